@@ -1,0 +1,5 @@
+// Every `kvroute bench <name>`: one module each, loaded on demand. Each exports the CommandModule shape.
+
+import type { CommandModule } from '../src/cli/command.js';
+
+export const BENCHES: Record<string, () => Promise<CommandModule>> = {};

@@ -1,0 +1,14 @@
+// `kvroute demo`: not built yet (see the open issues); exits 1 with a clear message.
+
+import type { CommandModule } from '../command.js';
+
+export const spec: CommandModule['spec'] = {
+  usage: 'kvroute demo',
+  summary: 'Not available yet in this build.',
+  options: [],
+};
+
+export async function run(): Promise<number> {
+  process.stderr.write('kvroute demo: not available yet in this build\n');
+  return 1;
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env node
+// `kvroute <command>`: dispatches to one module per command. Bad options exit 2 with one line.
+
+import { UsageError } from '../errors.js';
+import type { CommandModule } from './command.js';
+import { formatHelp, parseOptions } from './options.js';
+
+const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandModule> }> = {
+  demo: {
+    summary: 'router plus mock prefill and decode workers on loopback',
+    load: () => import('./commands/demo.js'),
+  },
+  router: { summary: 'the router service alone', load: () => import('./commands/router.js') },
+  worker: {
+    summary: 'one mock worker that registers with a router',
+    load: () => import('./commands/worker.js'),
+  },
+  bench: {
+    summary: 'operator benchmarks (kvroute bench --help lists them)',
+    load: () => import('./commands/bench.js'),
+  },
+};
+
+function topHelp(): string {
+  const rows = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(8)}${c.summary}`);
+  return `Usage: kvroute <command> [options]\n\nCommands:\n${rows.join('\n')}\n\nRun 'kvroute <command> --help' for a command's options.\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(topHelp());
+    return name === undefined ? 2 : 0;
+  }
+  const entry = COMMANDS[name];
+  if (!entry) {
+    process.stderr.write(`kvroute: unknown command '${name}' (see kvroute --help)\n`);
+    return 2;
+  }
+  const mod = await entry.load();
+  try {
+    // `bench` owns a second level of names and options: it parses `rest` itself.
+    if (name === 'bench') return (await mod.run({}, rest)) ?? 0;
+    const { options, positionals, help } = parseOptions(mod.spec, rest);
+    if (help) {
+      process.stdout.write(formatHelp(mod.spec));
+      return 0;
+    }
+    return (await mod.run(options, positionals)) ?? 0;
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`kvroute ${name}: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`kvroute: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,155 @@
+// The one option parser every command uses. Each option is declared once with its type, default
+// and help; the parser reads `--flag value`, `--flag=value`, then the environment variable
+// (`--block-size` -> `KVROUTE_BLOCK_SIZE`), then the default, and validates the result. Bad input
+// raises UsageError with a one-line reason, which the CLI prints before exiting 2.
+
+import { UsageError } from '../errors.js';
+
+type OptionType = 'string' | 'integer' | 'number' | 'boolean';
+
+export interface OptionSpec {
+  /** Long flag name without dashes, kebab-case: `block-size`. */
+  name: string;
+  type: OptionType;
+  help: string;
+  default?: string | number | boolean;
+  /** Allowed values for string options. */
+  choices?: readonly string[];
+  /** Inclusive lower bound for numeric options. */
+  min?: number;
+  /** Inclusive upper bound for numeric options. */
+  max?: number;
+  /** No environment variable (for options like --json that only make sense per invocation). */
+  noEnv?: boolean;
+}
+
+export interface CommandSpec {
+  /** `kvroute router`, `kvroute bench replay` ... */
+  usage: string;
+  summary: string;
+  options: readonly OptionSpec[];
+  /** Names of positional arguments accepted after the options, for help only. */
+  positionals?: string;
+}
+
+export type ParsedOptions = Record<string, string | number | boolean | undefined>;
+
+export function envName(optionName: string): string {
+  return `KVROUTE_${optionName.toUpperCase().replaceAll('-', '_')}`;
+}
+
+export function camelCase(optionName: string): string {
+  return optionName.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+function coerce(spec: OptionSpec, raw: string, source: string): string | number | boolean {
+  switch (spec.type) {
+    case 'boolean': {
+      const v = raw.toLowerCase();
+      if (['1', 'true', 'yes', 'on', ''].includes(v)) return true;
+      if (['0', 'false', 'no', 'off'].includes(v)) return false;
+      throw new UsageError(`${source}: expected true or false, got '${raw}'`);
+    }
+    case 'integer':
+    case 'number': {
+      const n = raw.trim() === '' ? Number.NaN : Number(raw);
+      if (!Number.isFinite(n)) throw new UsageError(`${source}: expected a number, got '${raw}'`);
+      if (spec.type === 'integer' && !Number.isInteger(n)) {
+        throw new UsageError(`${source}: expected a whole number, got '${raw}'`);
+      }
+      if (spec.min !== undefined && n < spec.min)
+        throw new UsageError(`${source}: must be >= ${spec.min}, got ${n}`);
+      if (spec.max !== undefined && n > spec.max)
+        throw new UsageError(`${source}: must be <= ${spec.max}, got ${n}`);
+      return n;
+    }
+    case 'string': {
+      if (spec.choices && !spec.choices.includes(raw)) {
+        throw new UsageError(`${source}: must be one of ${spec.choices.join('|')}, got '${raw}'`);
+      }
+      return raw;
+    }
+  }
+}
+
+/**
+ * Parses argv (the arguments after the command words). Returns the options keyed by camelCase
+ * name, plus `help: true` when --help/-h was given, and the positional arguments.
+ */
+export function parseOptions(
+  command: CommandSpec,
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): { options: ParsedOptions; positionals: string[]; help: boolean } {
+  const byName = new Map(command.options.map((o) => [o.name, o]));
+  const given = new Map<string, string | number | boolean>();
+  const positionals: string[] = [];
+  let help = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--help' || arg === '-h') {
+      help = true;
+      continue;
+    }
+    if (arg === '--') {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('--')) {
+      positionals.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq === -1 ? undefined : eq);
+    const spec = byName.get(name);
+    if (!spec) throw new UsageError(`unknown option --${name} (see ${command.usage} --help)`);
+    let raw: string;
+    if (eq !== -1) raw = arg.slice(eq + 1);
+    else if (spec.type === 'boolean') {
+      const next = argv[i + 1];
+      raw = next !== undefined && /^(true|false)$/i.test(next) ? (i++, next) : 'true';
+    } else {
+      const next = argv[i + 1];
+      if (next === undefined || (next.startsWith('--') && next.length > 2)) {
+        throw new UsageError(`--${name} needs a value`);
+      }
+      raw = next;
+      i++;
+    }
+    given.set(name, coerce(spec, raw, `--${name}`));
+  }
+  const options: ParsedOptions = {};
+  for (const spec of command.options) {
+    let value = given.get(spec.name);
+    if (value === undefined && !spec.noEnv) {
+      const fromEnv = env[envName(spec.name)];
+      if (fromEnv !== undefined && fromEnv !== '') value = coerce(spec, fromEnv, envName(spec.name));
+    }
+    if (value === undefined) value = spec.default;
+    options[camelCase(spec.name)] = value;
+  }
+  return { options, positionals, help };
+}
+
+export function formatHelp(command: CommandSpec): string {
+  const lines = [
+    `Usage: ${command.usage} [options]${command.positionals ? ` ${command.positionals}` : ''}`,
+    '',
+  ];
+  lines.push(command.summary, '', 'Options:');
+  const rows = command.options.map((o) => {
+    const flag = `--${o.name}${o.type === 'boolean' ? '' : ` <${o.choices ? o.choices.join('|') : o.type === 'string' ? 'value' : 'n'}>`}`;
+    const bits = [o.help];
+    if (o.default !== undefined) bits.push(`(default: ${String(o.default)})`);
+    if (!o.noEnv) bits.push(`[env ${envName(o.name)}]`);
+    return [flag, bits.join(' ')] as const;
+  });
+  rows.push(['-h, --help', 'show this help']);
+  const width = Math.min(36, Math.max(...rows.map(([f]) => f.length)) + 2);
+  for (const [flag, text] of rows) {
+    lines.push(
+      flag.length >= width ? `  ${flag}\n  ${' '.repeat(width)}${text}` : `  ${flag.padEnd(width)}${text}`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,26 @@
+// Worker <-> router control plane over HTTP (CONTRACT.md §2): registration, heartbeats, leases.
+
+export const WORKER_ROLES = ['prefill', 'decode', 'both'] as const;
+export type WorkerRole = (typeof WORKER_ROLES)[number];
+
+/** Body of `POST /v1/workers`. */
+export interface RegisterWorkerRequest {
+  role: WorkerRole;
+  /** Request-plane address, `host:port` (IPv6 as `[::1]:port`). */
+  address: string;
+  model: string;
+  /** Tokens per KV block; must equal the router's block size. */
+  block_size: number;
+  /** Total KV blocks in the worker's pool (its KV capacity). */
+  kv_blocks: number;
+  max_batched_tokens: number;
+  /** True when the worker serves the `kv_events` endpoint; otherwise the router uses approximate mode. */
+  kv_events?: boolean;
+}
+
+/** `201` answer to `POST /v1/workers`. */
+export interface RegisterWorkerResponse {
+  worker_id: string;
+  /** The worker must heartbeat well within this (the worker uses a third of it). */
+  lease_ttl_ms: number;
+}
