@@ -1,0 +1,149 @@
+// Validates an OpenAI completions or chat-completions body and normalises it into the one shape
+// the router works with. Pure: no I/O. Every rejection is a KvrouteError('invalid_request') that
+// names the offending field in `param`, so the HTTP layer answers 400 in OpenAI's error shape.
+
+import { KvrouteError } from '../../errors.js';
+import { flattenChat } from './chat-template.js';
+
+export type EndpointKind = 'completion' | 'chat';
+
+export interface RequestLimits {
+  /** Largest accepted max_tokens. */
+  maxOutputTokens: number;
+  /** max_tokens when the body does not say (OpenAI's completions default is 16). */
+  defaultMaxTokens: number;
+  /** Largest accepted prompt, in tokens (token-id prompts) or characters / 2 (text; checked again after tokenizing). */
+  maxPromptTokens: number;
+}
+
+export const DEFAULT_LIMITS: RequestLimits = {
+  maxOutputTokens: 8192,
+  defaultMaxTokens: 16,
+  maxPromptTokens: 131_072,
+};
+
+export type PromptInput = { kind: 'text'; text: string } | { kind: 'tokens'; tokenIds: number[] };
+
+export interface NormalizedRequest {
+  endpoint: EndpointKind;
+  model: string;
+  prompt: PromptInput;
+  maxTokens: number;
+  stream: boolean;
+  /** `stream_options.include_usage`: the last SSE chunk carries `usage`. */
+  includeUsage: boolean;
+  /** Token ids that end generation early (from the body's `stop_token_ids`, a common extension). */
+  stopTokenIds: number[];
+}
+
+function invalid(message: string, param: string): KvrouteError {
+  return new KvrouteError('invalid_request', message, { param });
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Non-negative integer token ids that fit in u32 (the block hash reads them as LE u32). */
+export function validateTokenIds(value: unknown[], param: string): number[] {
+  for (let i = 0; i < value.length; i++) {
+    const t = value[i];
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t > 0xffff_ffff) {
+      throw invalid(
+        `${param}[${i}] must be a non-negative integer token id, got ${JSON.stringify(t)}`,
+        param,
+      );
+    }
+  }
+  return value as number[];
+}
+
+function parsePrompt(prompt: unknown, limits: RequestLimits): PromptInput {
+  if (typeof prompt === 'string') {
+    if (prompt.length === 0) throw invalid('prompt must not be empty', 'prompt');
+    return { kind: 'text', text: prompt };
+  }
+  if (!Array.isArray(prompt)) throw invalid('prompt must be a string or an array of token ids', 'prompt');
+  if (prompt.length === 0) throw invalid('prompt must not be empty', 'prompt');
+  // OpenAI also accepts a batch: [string] or [[ids]]. A batch of one is unwrapped; larger batches
+  // would need n responses in one body, which this router does not do.
+  if (typeof prompt[0] === 'string' || Array.isArray(prompt[0])) {
+    if (prompt.length !== 1)
+      throw invalid('batched prompts are not supported: send one prompt per request', 'prompt');
+    return parsePrompt(prompt[0], limits);
+  }
+  if (prompt.length > limits.maxPromptTokens) {
+    throw new KvrouteError(
+      'context_length_exceeded',
+      `prompt has ${prompt.length} tokens, more than the limit of ${limits.maxPromptTokens}`,
+      { param: 'prompt' },
+    );
+  }
+  return { kind: 'tokens', tokenIds: validateTokenIds(prompt, 'prompt') };
+}
+
+function parseMaxTokens(body: Record<string, unknown>, limits: RequestLimits): number {
+  const param = body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens';
+  const raw = body[param];
+  if (raw === undefined || raw === null) return limits.defaultMaxTokens;
+  if (typeof raw !== 'number' || !Number.isInteger(raw)) throw invalid(`${param} must be an integer`, param);
+  if (raw <= 0) throw invalid(`${param} must be at least 1, got ${raw}`, param);
+  if (raw > limits.maxOutputTokens) {
+    throw invalid(`${param} must be at most ${limits.maxOutputTokens}, got ${raw}`, param);
+  }
+  return raw;
+}
+
+function parseStream(body: Record<string, unknown>): { stream: boolean; includeUsage: boolean } {
+  const stream = body.stream ?? false;
+  if (typeof stream !== 'boolean') throw invalid('stream must be a boolean', 'stream');
+  const options = body.stream_options;
+  if (options === undefined || options === null) return { stream, includeUsage: false };
+  if (!isPlainObject(options)) throw invalid('stream_options must be an object', 'stream_options');
+  const includeUsage = options.include_usage ?? false;
+  if (typeof includeUsage !== 'boolean') {
+    throw invalid('stream_options.include_usage must be a boolean', 'stream_options.include_usage');
+  }
+  return { stream, includeUsage };
+}
+
+function parseStopTokenIds(body: Record<string, unknown>): number[] {
+  const raw = body.stop_token_ids;
+  if (raw === undefined || raw === null) return [];
+  if (!Array.isArray(raw)) throw invalid('stop_token_ids must be an array of token ids', 'stop_token_ids');
+  return validateTokenIds(raw, 'stop_token_ids');
+}
+
+/**
+ * Validates and normalises a request body. Whether the model is served is checked later, against
+ * the registry (an unknown model is a 400, no registered worker at all a 503).
+ */
+export function parseInferenceRequest(
+  body: unknown,
+  endpoint: EndpointKind,
+  limits: RequestLimits = DEFAULT_LIMITS,
+): NormalizedRequest {
+  if (!isPlainObject(body)) throw invalid('the request body must be a JSON object', 'body');
+  const model = body.model;
+  if (typeof model !== 'string' || model.length === 0)
+    throw invalid('model must be a non-empty string', 'model');
+  const n = body.n ?? 1;
+  if (n !== 1) throw invalid('only n = 1 is supported', 'n');
+
+  let prompt: PromptInput;
+  if (endpoint === 'chat') {
+    if (body.messages === undefined) throw invalid('messages is required', 'messages');
+    prompt = { kind: 'text', text: flattenChat(body.messages) };
+  } else {
+    if (body.prompt === undefined) throw invalid('prompt is required', 'prompt');
+    prompt = parsePrompt(body.prompt, limits);
+  }
+  return {
+    endpoint,
+    model,
+    prompt,
+    maxTokens: parseMaxTokens(body, limits),
+    ...parseStream(body),
+    stopTokenIds: parseStopTokenIds(body),
+  };
+}

@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KvrouteError } from '../src/errors.js';
+import { flattenChat } from '../src/router/openai/chat-template.js';
+import { DEFAULT_LIMITS, parseInferenceRequest } from '../src/router/openai/request.js';
+import { completionBody, makeUsage, streamChunk } from '../src/router/openai/response.js';
+
+function rejects(body: unknown, param: RegExp | string, endpoint: 'completion' | 'chat' = 'completion') {
+  try {
+    parseInferenceRequest(body, endpoint);
+  } catch (err) {
+    assert.ok(err instanceof KvrouteError, String(err));
+    assert.equal(err.status, 400);
+    assert.match(err.param ?? '', typeof param === 'string' ? new RegExp(`^${param}$`) : param);
+    return;
+  }
+  assert.fail(`accepted ${JSON.stringify(body)}`);
+}
+
+test('text and token-id prompts normalise', () => {
+  const text = parseInferenceRequest(
+    { model: 'm', prompt: 'hello', max_tokens: 5, stream: true },
+    'completion',
+  );
+  assert.deepEqual(text.prompt, { kind: 'text', text: 'hello' });
+  assert.equal(text.maxTokens, 5);
+  assert.equal(text.stream, true);
+  const ids = parseInferenceRequest({ model: 'm', prompt: [[1, 2, 3]] }, 'completion');
+  assert.deepEqual(ids.prompt, { kind: 'tokens', tokenIds: [1, 2, 3] });
+  assert.equal(ids.maxTokens, DEFAULT_LIMITS.defaultMaxTokens);
+  const usage = parseInferenceRequest(
+    { model: 'm', prompt: 'x', stream: true, stream_options: { include_usage: true } },
+    'completion',
+  );
+  assert.equal(usage.includeUsage, true);
+});
+
+test('bad bodies are rejected naming the field', () => {
+  rejects(null, 'body');
+  rejects([], 'body');
+  rejects({ prompt: 'x' }, 'model');
+  rejects({ model: 'm' }, 'prompt');
+  rejects({ model: 'm', prompt: '' }, 'prompt');
+  rejects({ model: 'm', prompt: [] }, 'prompt');
+  rejects({ model: 'm', prompt: [1, -2] }, 'prompt');
+  rejects({ model: 'm', prompt: [1, 2.5] }, 'prompt');
+  rejects({ model: 'm', prompt: [1, '2'] }, 'prompt');
+  rejects({ model: 'm', prompt: ['a', 'b'] }, 'prompt');
+  rejects({ model: 'm', prompt: 'x', max_tokens: 0 }, 'max_tokens');
+  rejects({ model: 'm', prompt: 'x', max_tokens: -1 }, 'max_tokens');
+  rejects({ model: 'm', prompt: 'x', max_tokens: 1.5 }, 'max_tokens');
+  rejects({ model: 'm', prompt: 'x', max_tokens: DEFAULT_LIMITS.maxOutputTokens + 1 }, 'max_tokens');
+  rejects({ model: 'm', prompt: 'x', stream: 'yes' }, 'stream');
+  rejects({ model: 'm', prompt: 'x', n: 2 }, 'n');
+  rejects({ model: 'm' }, 'messages', 'chat');
+  rejects({ model: 'm', messages: [] }, 'messages', 'chat');
+  rejects({ model: 'm', messages: [{ role: 'wizard', content: 'x' }] }, 'messages', 'chat');
+  rejects({ model: 'm', messages: [{ role: 'user', content: [{ type: 'image_url' }] }] }, 'messages', 'chat');
+});
+
+test('an over-long token prompt is a context-length error', () => {
+  assert.throws(
+    () =>
+      parseInferenceRequest({ model: 'm', prompt: new Array(20).fill(1) }, 'completion', {
+        ...DEFAULT_LIMITS,
+        maxPromptTokens: 10,
+      }),
+    (err: unknown) => err instanceof KvrouteError && err.code === 'context_length_exceeded',
+  );
+});
+
+test('chat flattening keeps earlier turns as a prefix of later ones', () => {
+  const turn1 = [
+    { role: 'system', content: 'You are terse.' },
+    { role: 'user', content: 'hi' },
+  ];
+  const turn2 = [
+    ...turn1,
+    { role: 'assistant', content: 'hello' },
+    { role: 'user', content: [{ type: 'text', text: 'more' }] },
+  ];
+  const a = flattenChat(turn1);
+  const b = flattenChat(turn2);
+  assert.equal(a, '<|system|>\nYou are terse.\n<|user|>\nhi\n<|assistant|>\n');
+  assert.ok(b.startsWith(a.slice(0, -'<|assistant|>\n'.length)));
+  assert.ok(b.endsWith('<|user|>\nmore\n<|assistant|>\n'));
+});
+
+test('response shapes carry usage with cached tokens', () => {
+  const who = { id: 'cmpl-1', created: 1, model: 'm' };
+  const usage = makeUsage(10, 3, 4);
+  assert.deepEqual(usage, {
+    prompt_tokens: 10,
+    completion_tokens: 3,
+    total_tokens: 13,
+    prompt_tokens_details: { cached_tokens: 4 },
+  });
+  const chat = completionBody('chat', who, 'hey', 'length', usage) as {
+    choices: { message: { content: string } }[];
+  };
+  assert.equal(chat.choices[0]!.message.content, 'hey');
+  const first = streamChunk('chat', who, { text: 'a', finishReason: null, first: true }) as {
+    choices: { delta: { role?: string } }[];
+  };
+  assert.equal(first.choices[0]!.delta.role, 'assistant');
+  const tail = streamChunk('completion', who, null, usage) as { choices: unknown[]; usage: unknown };
+  assert.deepEqual(tail.choices, []);
+  assert.deepEqual(tail.usage, usage);
+});
