@@ -1,0 +1,114 @@
+// Pure core of the telemetry setup: reads the standard OTEL_* variables (CONTRACT.md §5) from an
+// env object and decides what to build. No SDK objects, no I/O, so every rule (when tracing is
+// off, which sampler, which URL) is testable with a plain object.
+
+import { UsageError } from '../errors.js';
+
+export type TraceExporterKind = 'otlp' | 'console';
+export type OtlpProtocol = 'http/protobuf' | 'http/json';
+export type SamplerKind =
+  | 'always_on'
+  | 'always_off'
+  | 'traceidratio'
+  | 'parentbased_always_on'
+  | 'parentbased_always_off'
+  | 'parentbased_traceidratio';
+
+export interface TelemetryConfig {
+  /** False means no SDK provider and no exporter: spans are non-recording pass-throughs. */
+  enabled: boolean;
+  serviceName: string;
+  /** Exporters to build, each with its own span processor. Empty when disabled. */
+  exporters: TraceExporterKind[];
+  protocol: OtlpProtocol;
+  /** Full URL of the OTLP traces endpoint (already ends in /v1/traces when derived from the base). */
+  otlpTracesUrl: string;
+  sampler: { kind: SamplerKind; ratio: number };
+}
+
+const SAMPLERS: readonly SamplerKind[] = [
+  'always_on',
+  'always_off',
+  'traceidratio',
+  'parentbased_always_on',
+  'parentbased_always_off',
+  'parentbased_traceidratio',
+];
+
+const DEFAULT_OTLP_BASE = 'http://localhost:4318';
+
+function read(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const v = env[name]?.trim();
+  return v === undefined || v === '' ? undefined : v;
+}
+
+/** `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL; the spec appends the signal path to it. */
+function tracesUrlFromBase(base: string): string {
+  return `${base.replace(/\/+$/, '')}/v1/traces`;
+}
+
+function parseSampler(env: NodeJS.ProcessEnv): TelemetryConfig['sampler'] {
+  const arg = read(env, 'OTEL_TRACES_SAMPLER_ARG');
+  // An explicit ratio with no sampler named means the operator wants ratio sampling that still
+  // honours the caller's decision: parentbased_traceidratio. Without either: parentbased_always_on.
+  const name =
+    read(env, 'OTEL_TRACES_SAMPLER') ?? (arg ? 'parentbased_traceidratio' : 'parentbased_always_on');
+  if (!(SAMPLERS as readonly string[]).includes(name)) {
+    throw new UsageError(`OTEL_TRACES_SAMPLER: must be one of ${SAMPLERS.join('|')}, got '${name}'`);
+  }
+  let ratio = 1;
+  if (arg !== undefined && name.endsWith('traceidratio')) {
+    ratio = Number(arg);
+    if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) {
+      throw new UsageError(`OTEL_TRACES_SAMPLER_ARG: expected a ratio in [0, 1], got '${arg}'`);
+    }
+  }
+  return { kind: name as SamplerKind, ratio };
+}
+
+function parseProtocol(env: NodeJS.ProcessEnv): OtlpProtocol {
+  const raw =
+    read(env, 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL') ??
+    read(env, 'OTEL_EXPORTER_OTLP_PROTOCOL') ??
+    'http/protobuf';
+  if (raw === 'http/protobuf' || raw === 'http/json') return raw;
+  throw new UsageError(
+    `OTEL_EXPORTER_OTLP_PROTOCOL: must be http/protobuf or http/json (grpc is not bundled), got '${raw}'`,
+  );
+}
+
+/**
+ * The "off" rule. Tracing is ON when OTEL_TRACES_EXPORTER names otlp or console, or when it is
+ * unset and an OTLP endpoint variable is set. It is OFF when OTEL_TRACES_EXPORTER is `none`, when
+ * OTEL_SDK_DISABLED=true, or when neither the exporter nor an endpoint is configured (a service
+ * started without any tracing configuration pays nothing and never dials localhost:4318).
+ */
+export function resolveTelemetryConfig(
+  defaultServiceName: string,
+  env: NodeJS.ProcessEnv = process.env,
+): TelemetryConfig {
+  const tracesEndpoint = read(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+  const baseEndpoint = read(env, 'OTEL_EXPORTER_OTLP_ENDPOINT');
+  const exporterVar = read(env, 'OTEL_TRACES_EXPORTER');
+  let exporters: TraceExporterKind[];
+  if (exporterVar === undefined) {
+    exporters = tracesEndpoint || baseEndpoint ? ['otlp'] : [];
+  } else {
+    const names = [...new Set(exporterVar.split(',').map((s) => s.trim().toLowerCase()))];
+    for (const n of names) {
+      if (n !== 'otlp' && n !== 'console' && n !== 'none') {
+        throw new UsageError(`OTEL_TRACES_EXPORTER: must be otlp, console or none, got '${n}'`);
+      }
+    }
+    exporters = names.includes('none') ? [] : (names as TraceExporterKind[]);
+  }
+  if (read(env, 'OTEL_SDK_DISABLED')?.toLowerCase() === 'true') exporters = [];
+  return {
+    enabled: exporters.length > 0,
+    serviceName: read(env, 'OTEL_SERVICE_NAME') ?? defaultServiceName,
+    exporters,
+    protocol: parseProtocol(env),
+    otlpTracesUrl: tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE),
+    sampler: parseSampler(env),
+  };
+}

@@ -1,0 +1,110 @@
+// Process-wide trace-context plumbing shared by router and workers: the AsyncLocalStorage
+// context manager and the W3C propagators (registered once per process, whether tracing exports
+// or not), plus the few helpers every component needs to carry a trace across its own I/O.
+
+import {
+  type Context,
+  context,
+  defaultTextMapGetter,
+  defaultTextMapSetter,
+  propagation,
+  ROOT_CONTEXT,
+  type TextMapGetter,
+} from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import {
+  CompositePropagator,
+  parseTraceParent,
+  W3CBaggagePropagator,
+  W3CTraceContextPropagator,
+} from '@opentelemetry/core';
+
+let globalsRegistered = false;
+
+/**
+ * Registers the AsyncLocalStorage context manager and the W3C trace-context + baggage propagator
+ * with the OpenTelemetry API. Idempotent. If something else registered first (the API refuses a
+ * second registration), that registration stays and ours is discarded.
+ */
+export function registerGlobalContext(): void {
+  if (globalsRegistered) return;
+  globalsRegistered = true;
+  const manager = new AsyncLocalStorageContextManager();
+  manager.enable();
+  if (!context.setGlobalContextManager(manager)) manager.disable();
+  propagation.setGlobalPropagator(
+    new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
+  );
+}
+
+/**
+ * Runs `fn` outside any trace. For background work started from a request path or a traced
+ * startup (heartbeats, KV-event subscriptions, health checks, resyncs) so that its spans are
+ * roots and its timers do not pin a user's trace.
+ */
+export function withRootContext<T>(fn: () => T): T {
+  registerGlobalContext();
+  return context.with(ROOT_CONTEXT, fn);
+}
+
+/**
+ * Starts `fn` now as a detached task that keeps the caller's trace context across awaits, timers
+ * and setImmediate (the router's spawned prefill task). The caller does not wait for it; the
+ * returned promise is the task's result and is the caller's to observe (a rejection that nobody
+ * handles is an unhandled rejection, as for any promise). A synchronous throw becomes a rejection.
+ */
+export function spawnInCurrentContext<T>(fn: () => Promise<T> | T): Promise<T> {
+  registerGlobalContext();
+  const captured = context.active();
+  return new Promise<T>((resolve, reject) => {
+    context.with(captured, () => {
+      try {
+        Promise.resolve(fn()).then(resolve, reject);
+      } catch (err) {
+        reject(err);
+      }
+    });
+  });
+}
+
+/**
+ * Returns `fn` bound to the context active now. For callbacks that fire from someone else's
+ * context: a pooled socket's 'data' handler runs in the context of the connect, not of the
+ * request waiting for the reply.
+ */
+export function bindToCurrentContext<F extends (...args: never[]) => unknown>(fn: F): F {
+  registerGlobalContext();
+  return context.bind(context.active(), fn);
+}
+
+/** Headers as node:http gives them (lower-case keys, maybe arrays) or a frame's string map. */
+export type HeaderCarrier = Record<string, string | string[] | undefined>;
+
+const headerGetter: TextMapGetter<HeaderCarrier> = defaultTextMapGetter;
+
+/**
+ * Reads `traceparent`/`tracestate`/`baggage` into a context derived from `base` (default: the
+ * active one). An absent or malformed `traceparent` leaves the span context of `base` untouched.
+ */
+export function extractFromHeaders(headers: HeaderCarrier, base: Context = context.active()): Context {
+  registerGlobalContext();
+  return propagation.extract(base, headers, headerGetter);
+}
+
+/**
+ * Writes the span context of `ctx` (default: the active one) into `headers` and returns them.
+ * Writes nothing for an invalid span context (no trace in progress).
+ */
+export function injectToHeaders<H extends Record<string, string>>(
+  ctx: Context = context.active(),
+  headers: H = {} as H,
+): H {
+  registerGlobalContext();
+  propagation.inject(ctx, headers, defaultTextMapSetter);
+  return headers;
+}
+
+/** Whether a `traceparent` value would be accepted as a parent (same parser the propagator uses). */
+export function isValidTraceparent(value: string | undefined): boolean {
+  return value !== undefined && parseTraceParent(value) !== null;
+}

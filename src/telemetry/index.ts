@@ -1,0 +1,116 @@
+// The one telemetry setup for router and workers: turns the OTEL_* variables (see config.ts) into
+// a tracer. When tracing is on, a NodeTracerProvider with the configured sampler and exporters;
+// when off, a no-op tracer whose spans carry an incoming parent's span context unchanged, so a
+// `traceparent` still flows from client to router to worker at near-zero cost.
+
+import { ProxyTracerProvider, type Tracer } from '@opentelemetry/api';
+import { OTLPTraceExporter as OtlpHttpJsonExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { OTLPTraceExporter as OtlpProtobufExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  AlwaysOffSampler,
+  AlwaysOnSampler,
+  BatchSpanProcessor,
+  ConsoleSpanExporter,
+  NodeTracerProvider,
+  ParentBasedSampler,
+  type Sampler,
+  SimpleSpanProcessor,
+  type SpanProcessor,
+  TraceIdRatioBasedSampler,
+} from '@opentelemetry/sdk-trace-node';
+import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
+import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
+import { registerGlobalContext } from './context.js';
+
+export type { TelemetryConfig } from './config.js';
+export { resolveTelemetryConfig } from './config.js';
+export {
+  bindToCurrentContext,
+  extractFromHeaders,
+  type HeaderCarrier,
+  injectToHeaders,
+  isValidTraceparent,
+  registerGlobalContext,
+  spawnInCurrentContext,
+  withRootContext,
+} from './context.js';
+
+export interface Telemetry {
+  /** Start every span of this component with this tracer (not `trace.getTracer()`). */
+  readonly tracer: Tracer;
+  /** True when spans are recorded and exported; false in pass-through mode. */
+  readonly enabled: boolean;
+  readonly config: TelemetryConfig;
+  /** Flushes pending spans and stops the exporters. Idempotent; a no-op when disabled. */
+  shutdown(): Promise<void>;
+}
+
+export interface TelemetryOptions {
+  /** service.name unless OTEL_SERVICE_NAME overrides it: `kvroute-router`, `kvroute-worker`. */
+  serviceName: string;
+  /** Where to read OTEL_* from (default process.env). */
+  env?: NodeJS.ProcessEnv;
+}
+
+function buildSampler({ kind, ratio }: TelemetryConfig['sampler']): Sampler {
+  switch (kind) {
+    case 'always_on':
+      return new AlwaysOnSampler();
+    case 'always_off':
+      return new AlwaysOffSampler();
+    case 'traceidratio':
+      return new TraceIdRatioBasedSampler(ratio);
+    case 'parentbased_always_on':
+      return new ParentBasedSampler({ root: new AlwaysOnSampler() });
+    case 'parentbased_always_off':
+      return new ParentBasedSampler({ root: new AlwaysOffSampler() });
+    case 'parentbased_traceidratio':
+      return new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
+  }
+}
+
+function buildProcessors(config: TelemetryConfig): SpanProcessor[] {
+  return config.exporters.map((kind) => {
+    if (kind === 'console') return new SimpleSpanProcessor(new ConsoleSpanExporter());
+    const Exporter = config.protocol === 'http/json' ? OtlpHttpJsonExporter : OtlpProtobufExporter;
+    return new BatchSpanProcessor(new Exporter({ url: config.otlpTracesUrl }));
+  });
+}
+
+/**
+ * Builds this component's tracer from the environment. Safe to call any number of times in one
+ * process (tests start several routers and workers): the context manager and propagators are
+ * registered globally once, and each call gets its own provider (with its own service.name and
+ * exporter) that is NOT registered as the API's global tracer provider, so shutting one down never
+ * silences another. Throws UsageError for an invalid OTEL_* value.
+ */
+export function initTelemetry(options: TelemetryOptions): Telemetry {
+  const config = resolveTelemetryConfig(options.serviceName, options.env ?? process.env);
+  registerGlobalContext();
+  if (!config.enabled) {
+    // A ProxyTracerProvider with no delegate hands out the API's no-op tracer: its spans are
+    // non-recording and reuse the parent's span context, so propagation passes straight through.
+    return {
+      tracer: new ProxyTracerProvider().getTracer(config.serviceName),
+      enabled: false,
+      config,
+      shutdown: async () => {},
+    };
+  }
+  const provider = new NodeTracerProvider({
+    resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }),
+    sampler: buildSampler(config.sampler),
+    spanProcessors: buildProcessors(config),
+  });
+  let shuttingDown: Promise<void> | undefined;
+  return {
+    tracer: provider.getTracer('kvroute'),
+    enabled: true,
+    config,
+    shutdown: () => {
+      shuttingDown ??= provider.shutdown();
+      return shuttingDown;
+    },
+  };
+}
