@@ -1,0 +1,178 @@
+// Active-sequence tracking: what each worker is busy with right now, as the router booked it.
+// Pure and synchronous; time comes in as `now` (ms) on every call that needs it.
+//
+// One admission path: `book` when a request is routed, `firstToken` when its first token arrives
+// (the prompt is computed, so its prefill tokens leave the worker's queue), `release` when the
+// stream ends. Entries whose stream never reported back go stale after `staleAfterMs` since their
+// last update and are swept lazily: every `book` retires at most `sweepPerCall` of the oldest
+// stale entries, so no call does unbounded work and no timer is needed.
+
+import { KvrouteError } from '../../errors.js';
+
+/** Load counters of one worker. The scheduler reads these fields directly (no lookups per candidate). */
+export interface WorkerLoad {
+  /** Prompt tokens routed to the worker whose prefill has not finished yet. */
+  readonly activePrefillTokens: number;
+  /** KV blocks the worker's in-flight requests were booked for. */
+  readonly activeDecodeBlocks: number;
+  /** Requests in flight on the worker. */
+  readonly activeRequests: number;
+}
+
+/** What one request adds to its worker's load (the scheduler's decision says how much). */
+export interface LoadBooking {
+  prefillTokens: number;
+  decodeBlocks: number;
+}
+
+interface MutableWorkerLoad {
+  activePrefillTokens: number;
+  activeDecodeBlocks: number;
+  activeRequests: number;
+}
+
+interface Booking {
+  readonly requestId: string;
+  readonly workerId: string;
+  readonly load: MutableWorkerLoad;
+  prefillTokens: number;
+  readonly decodeBlocks: number;
+  /** Time of the last update (book or first token); staleness counts from here. */
+  touchedAt: number;
+}
+
+interface WorkerEntry {
+  readonly load: MutableWorkerLoad;
+  readonly bookings: Set<Booking>;
+}
+
+export interface ActiveLoadOptions {
+  /** A booking not updated for this long is dropped (default 300 s). */
+  staleAfterMs?: number;
+  /** Stale bookings retired per `book` call at most (default 4). */
+  sweepPerCall?: number;
+}
+
+export const DEFAULT_STALE_AFTER_MS = 300_000;
+
+function nonNegative(n: number, what: string): number {
+  if (!(Number.isFinite(n) && n >= 0))
+    throw new KvrouteError('internal_error', `${what} must be >= 0, got ${n}`);
+  return n;
+}
+
+export class ActiveLoad {
+  readonly staleAfterMs: number;
+  private readonly sweepPerCall: number;
+  private readonly workers = new Map<string, WorkerEntry>();
+  /** Bookings in order of last update (re-inserted on update), so the stale ones are always at the front. */
+  private readonly bookings = new Map<string, Booking>();
+
+  constructor(options: ActiveLoadOptions = {}) {
+    this.staleAfterMs = options.staleAfterMs ?? DEFAULT_STALE_AFTER_MS;
+    this.sweepPerCall = options.sweepPerCall ?? 4;
+  }
+
+  /** Starts tracking a worker; returns its live counters (the same object for the worker's lifetime). */
+  addWorker(workerId: string): WorkerLoad {
+    let entry = this.workers.get(workerId);
+    if (!entry) {
+      entry = {
+        load: { activePrefillTokens: 0, activeDecodeBlocks: 0, activeRequests: 0 },
+        bookings: new Set(),
+      };
+      this.workers.set(workerId, entry);
+    }
+    return entry.load;
+  }
+
+  /** Stops tracking a worker and forgets every booking on it. O(its active requests). */
+  dropWorker(workerId: string): void {
+    const entry = this.workers.get(workerId);
+    if (!entry) return;
+    for (const booking of entry.bookings) this.bookings.delete(booking.requestId);
+    this.workers.delete(workerId);
+  }
+
+  /** The live counters of a worker, or undefined when it is not tracked. */
+  loadOf(workerId: string): WorkerLoad | undefined {
+    return this.workers.get(workerId)?.load;
+  }
+
+  /**
+   * Books a routed request on a worker. `requestId` must be unique among active bookings (use the
+   * router's own id, not a client-supplied one). Returns false when the worker is no longer tracked.
+   */
+  book(workerId: string, requestId: string, booking: LoadBooking, now: number): boolean {
+    this.sweep(now, this.sweepPerCall);
+    const entry = this.workers.get(workerId);
+    if (!entry) return false;
+    if (this.bookings.has(requestId)) {
+      throw new KvrouteError('internal_error', `request ${requestId} is already booked`);
+    }
+    const b: Booking = {
+      requestId,
+      workerId,
+      load: entry.load,
+      prefillTokens: nonNegative(booking.prefillTokens, 'prefillTokens'),
+      decodeBlocks: nonNegative(booking.decodeBlocks, 'decodeBlocks'),
+      touchedAt: now,
+    };
+    entry.load.activePrefillTokens += b.prefillTokens;
+    entry.load.activeDecodeBlocks += b.decodeBlocks;
+    entry.load.activeRequests += 1;
+    entry.bookings.add(b);
+    this.bookings.set(requestId, b);
+    return true;
+  }
+
+  /** The first token arrived: the prompt's prefill is done, its tokens leave the worker's prefill load. */
+  firstToken(requestId: string, now: number): boolean {
+    const b = this.bookings.get(requestId);
+    if (!b) return false;
+    b.load.activePrefillTokens -= b.prefillTokens;
+    b.prefillTokens = 0;
+    b.touchedAt = now;
+    // Move to the back: the map stays ordered by last update.
+    this.bookings.delete(requestId);
+    this.bookings.set(requestId, b);
+    return true;
+  }
+
+  /** The stream ended (done, failed or cancelled): everything the request booked is released. */
+  release(requestId: string): boolean {
+    const b = this.bookings.get(requestId);
+    if (!b) return false;
+    this.remove(b);
+    return true;
+  }
+
+  /** Worker id a request is booked on, if it is active. */
+  workerOf(requestId: string): string | undefined {
+    return this.bookings.get(requestId)?.workerId;
+  }
+
+  /** Active bookings across all workers. */
+  get size(): number {
+    return this.bookings.size;
+  }
+
+  /** Retires up to `limit` bookings not updated for `staleAfterMs`; returns how many. O(limit). */
+  sweep(now: number, limit = Number.POSITIVE_INFINITY): number {
+    let removed = 0;
+    for (const b of this.bookings.values()) {
+      if (removed >= limit || now - b.touchedAt < this.staleAfterMs) break;
+      this.remove(b);
+      removed++;
+    }
+    return removed;
+  }
+
+  private remove(b: Booking): void {
+    b.load.activePrefillTokens -= b.prefillTokens;
+    b.load.activeDecodeBlocks -= b.decodeBlocks;
+    b.load.activeRequests -= 1;
+    this.workers.get(b.workerId)?.bookings.delete(b);
+    this.bookings.delete(b.requestId);
+  }
+}

@@ -1,0 +1,19 @@
+// The registry's public surface: import from here.
+
+export {
+  ActiveLoad,
+  type ActiveLoadOptions,
+  DEFAULT_STALE_AFTER_MS,
+  type LoadBooking,
+  type WorkerLoad,
+} from './active-load.js';
+export { parseAddress, validateRegistration, type WorkerRegistration } from './validate-registration.js';
+export {
+  DEFAULT_LEASE_TTL_MS,
+  DEFAULT_MAX_WORKERS,
+  type RegisterResult,
+  type Worker,
+  type WorkerPhase,
+  WorkerRegistry,
+  type WorkerRegistryOptions,
+} from './worker-registry.js';

@@ -1,0 +1,103 @@
+// Validates the body of `POST /v1/workers` into one normalised registration. Pure: no I/O.
+// Every rejection is a KvrouteError('invalid_request') whose message and `param` name the field,
+// so the HTTP layer answers 400 in OpenAI's error shape without further branching.
+
+import { KvrouteError } from '../../errors.js';
+import { type RegisterWorkerRequest, WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
+
+/** A registration after validation: the address split into host and port, kv_events defaulted. */
+export interface WorkerRegistration {
+  role: WorkerRole;
+  /** Canonical `host:port` (IPv6 hosts in brackets), used as the worker's identity on the request plane. */
+  address: string;
+  /** Host without brackets, ready for `net.connect`. */
+  host: string;
+  port: number;
+  model: string;
+  blockSize: number;
+  kvBlocks: number;
+  maxBatchedTokens: number;
+  kvEvents: boolean;
+}
+
+function invalid(message: string, param: string): KvrouteError {
+  return new KvrouteError('invalid_request', message, { param });
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function positiveInteger(body: Record<string, unknown>, field: keyof RegisterWorkerRequest): number {
+  const v = body[field];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) {
+    throw invalid(`${field} must be a positive integer, got ${JSON.stringify(v)}`, field);
+  }
+  return v;
+}
+
+// Hostnames and IPv4 literals: letters, digits, dots, hyphens, underscores (no spaces, no scheme).
+const HOST_NAME = /^[A-Za-z0-9._-]{1,253}$/;
+// Bracketed IPv6 literal, optionally with a zone id (`[fe80::1%eth0]`).
+const IPV6_HOST = /^\[([0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?)\]$/;
+
+/** Splits `host:port` (IPv6 as `[::1]:port`); throws invalid_request naming `address`. */
+export function parseAddress(address: unknown): { host: string; port: number; address: string } {
+  if (typeof address !== 'string' || address.length === 0) {
+    throw invalid(`address must be a 'host:port' string, got ${JSON.stringify(address)}`, 'address');
+  }
+  const colon = address.lastIndexOf(':');
+  const hostPart = colon === -1 ? '' : address.slice(0, colon);
+  const portPart = colon === -1 ? '' : address.slice(colon + 1);
+  const port = /^[0-9]{1,5}$/.test(portPart) ? Number(portPart) : Number.NaN;
+  if (!(port >= 1 && port <= 65_535)) {
+    throw invalid(`address must end in ':port' with a port in 1..65535, got '${address}'`, 'address');
+  }
+  const v6 = IPV6_HOST.exec(hostPart);
+  if (v6) return { host: v6[1]!, port, address: `${hostPart}:${port}` };
+  if (!HOST_NAME.test(hostPart)) {
+    throw invalid(`address must be 'host:port' (IPv6 as '[::1]:port'), got '${address}'`, 'address');
+  }
+  return { host: hostPart, port, address: `${hostPart}:${port}` };
+}
+
+/**
+ * Checks a registration body against the router's block size. The block size must match exactly:
+ * block hashes (CONTRACT.md §4) are only comparable between pools cut at the same size.
+ */
+export function validateRegistration(body: unknown, routerBlockSize: number): WorkerRegistration {
+  if (!isPlainObject(body)) throw invalid('registration body must be a JSON object', 'body');
+  const role = body.role;
+  if (typeof role !== 'string' || !(WORKER_ROLES as readonly string[]).includes(role)) {
+    throw invalid(`role must be one of ${WORKER_ROLES.join('|')}, got ${JSON.stringify(role)}`, 'role');
+  }
+  const { host, port, address } = parseAddress(body.address);
+  const model = body.model;
+  if (typeof model !== 'string' || model.length === 0 || model.length > 256) {
+    throw invalid(`model must be a non-empty string of at most 256 characters`, 'model');
+  }
+  const blockSize = positiveInteger(body, 'block_size');
+  if (blockSize !== routerBlockSize) {
+    throw invalid(
+      `block_size ${blockSize} differs from the router's block size ${routerBlockSize}`,
+      'block_size',
+    );
+  }
+  const kvBlocks = positiveInteger(body, 'kv_blocks');
+  const maxBatchedTokens = positiveInteger(body, 'max_batched_tokens');
+  const kvEvents = body.kv_events;
+  if (kvEvents !== undefined && typeof kvEvents !== 'boolean') {
+    throw invalid(`kv_events must be a boolean, got ${JSON.stringify(kvEvents)}`, 'kv_events');
+  }
+  return {
+    role: role as WorkerRole,
+    address,
+    host,
+    port,
+    model,
+    blockSize,
+    kvBlocks,
+    maxBatchedTokens,
+    kvEvents: kvEvents === true,
+  };
+}

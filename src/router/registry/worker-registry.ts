@@ -1,0 +1,213 @@
+// The router's worker registry: who is registered, under which lease, serving which model in
+// which role, and (through ActiveLoad) how busy each one is. Pure and synchronous; time comes in
+// as `now` (ms) on every call that needs it, so leases are testable without timers.
+//
+// Removal (deregister, lease expiry, re-registration of the same address) drops the worker's load
+// here and hands the removed records back, so the caller purges the KV index of the same ids.
+
+import { KvrouteError } from '../../errors.js';
+import type { WorkerRole } from '../../protocols/registration.js';
+import { ActiveLoad, type ActiveLoadOptions, type WorkerLoad } from './active-load.js';
+import { validateRegistration, type WorkerRegistration } from './validate-registration.js';
+
+/** Which half of a request a worker is asked to serve. */
+export type WorkerPhase = 'prefill' | 'decode';
+
+/** One registered worker. Fields are fixed for its lifetime except the lease and the live load. */
+export interface Worker extends Readonly<WorkerRegistration> {
+  /** `w-1`, `w-2`, ... never reused within a process. */
+  readonly id: string;
+  readonly registeredAt: number;
+  /** The lease runs out at this time (ms) unless a heartbeat renews it. */
+  readonly leaseExpiresAt: number;
+  /** Live counters, updated in place by `registry.load`. */
+  readonly load: WorkerLoad;
+}
+
+export interface WorkerRegistryOptions {
+  /** Tokens per KV block; registrations with another block size are refused. */
+  blockSize: number;
+  /** Lease length (default 10 s). */
+  leaseTtlMs?: number;
+  /** Registrations beyond this many live workers are refused with `overloaded` (default 4096). */
+  maxWorkers?: number;
+  /** Options of the active-load tracker (stale expiry). */
+  load?: ActiveLoadOptions;
+}
+
+export const DEFAULT_LEASE_TTL_MS = 10_000;
+export const DEFAULT_MAX_WORKERS = 4096;
+
+export interface RegisterResult {
+  worker: Worker;
+  /** A live worker at the same address that the new registration replaced (the worker restarted). */
+  replaced: Worker | undefined;
+}
+
+type MutableWorker = { -readonly [K in keyof Worker]: Worker[K] };
+
+/** Members of one model, with candidate lists rebuilt only after membership changes. */
+interface ModelGroup {
+  readonly members: Set<MutableWorker>;
+  prefill: readonly Worker[] | undefined;
+  decode: readonly Worker[] | undefined;
+}
+
+const NONE: readonly Worker[] = Object.freeze([]);
+
+function serves(role: WorkerRole, phase: WorkerPhase): boolean {
+  return role === 'both' || role === phase;
+}
+
+export class WorkerRegistry {
+  readonly blockSize: number;
+  readonly leaseTtlMs: number;
+  readonly maxWorkers: number;
+  /** Active-sequence tracking of the registered workers; removal here drops their load there. */
+  readonly load: ActiveLoad;
+  private nextId = 1;
+  /**
+   * Workers by id, in order of lease expiry: every lease has the same TTL, so re-inserting a worker
+   * on each heartbeat keeps the soonest-expiring at the front and `expire` stops at the first live one.
+   */
+  private readonly byLease = new Map<string, MutableWorker>();
+  private readonly byAddress = new Map<string, MutableWorker>();
+  private readonly byModel = new Map<string, ModelGroup>();
+  private modelNames: readonly string[] | undefined;
+
+  constructor(options: WorkerRegistryOptions) {
+    this.blockSize = options.blockSize;
+    this.leaseTtlMs = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+    this.maxWorkers = options.maxWorkers ?? DEFAULT_MAX_WORKERS;
+    this.load = new ActiveLoad(options.load);
+  }
+
+  /**
+   * Validates a `POST /v1/workers` body and registers the worker under a fresh id. A live worker
+   * already registered at the same address is replaced (and returned in `replaced`): it restarted.
+   */
+  register(body: unknown, now: number): RegisterResult {
+    const registration = validateRegistration(body, this.blockSize);
+    const previous = this.byAddress.get(registration.address);
+    if (!previous && this.byLease.size >= this.maxWorkers) {
+      throw new KvrouteError('overloaded', `worker registry is full (${this.maxWorkers} workers)`, {
+        retryAfterSeconds: Math.ceil(this.leaseTtlMs / 1000),
+      });
+    }
+    const replaced = previous ? this.remove(previous) : undefined;
+    const id = `w-${this.nextId++}`;
+    const worker: MutableWorker = {
+      ...registration,
+      id,
+      registeredAt: now,
+      leaseExpiresAt: now + this.leaseTtlMs,
+      load: this.load.addWorker(id),
+    };
+    this.byLease.set(id, worker);
+    this.byAddress.set(worker.address, worker);
+    this.groupFor(worker.model).members.add(worker);
+    this.invalidate(worker.model);
+    return { worker, replaced };
+  }
+
+  /** Renews a lease. Throws `worker_not_found` (404: register again) for an unknown or expired id. */
+  heartbeat(workerId: string, now: number): Worker {
+    const worker = this.mustGet(workerId);
+    worker.leaseExpiresAt = now + this.leaseTtlMs;
+    this.byLease.delete(workerId);
+    this.byLease.set(workerId, worker);
+    return worker;
+  }
+
+  /** Removes a worker and its load; returns its record. Throws `worker_not_found` for an unknown id. */
+  deregister(workerId: string): Worker {
+    return this.remove(this.mustGet(workerId));
+  }
+
+  /** Removes every worker whose lease ran out by `now`; returns them. O(expired + 1). */
+  expire(now: number): Worker[] {
+    const expired: MutableWorker[] = [];
+    for (const worker of this.byLease.values()) {
+      if (worker.leaseExpiresAt > now) break;
+      expired.push(worker);
+    }
+    for (const worker of expired) this.remove(worker);
+    return expired;
+  }
+
+  get(workerId: string): Worker | undefined {
+    return this.byLease.get(workerId);
+  }
+
+  /** Every worker, soonest lease expiry first. O(n): for `GET /v1/workers`, not the request path. */
+  list(): Worker[] {
+    return [...this.byLease.values()];
+  }
+
+  get size(): number {
+    return this.byLease.size;
+  }
+
+  /**
+   * Workers of `model` able to serve `phase` (prefill: prefill|both, decode: decode|both), in
+   * registration order. O(1) after the first call following a membership change; the returned
+   * array is shared and must not be mutated.
+   */
+  candidates(model: string, phase: WorkerPhase): readonly Worker[] {
+    const group = this.byModel.get(model);
+    if (!group) return NONE;
+    let list = group[phase];
+    if (!list) {
+      list = Object.freeze([...group.members].filter((w) => serves(w.role, phase)));
+      group[phase] = list;
+    }
+    return list;
+  }
+
+  /** Models served by at least one registered worker, sorted (for `/v1/models`). */
+  models(): readonly string[] {
+    this.modelNames ??= Object.freeze([...this.byModel.keys()].sort());
+    return this.modelNames;
+  }
+
+  private mustGet(workerId: string): MutableWorker {
+    const worker = this.byLease.get(workerId);
+    if (!worker) {
+      throw new KvrouteError('worker_not_found', `worker ${workerId} is not registered`, { param: 'id' });
+    }
+    return worker;
+  }
+
+  private remove(worker: MutableWorker): Worker {
+    this.byLease.delete(worker.id);
+    if (this.byAddress.get(worker.address) === worker) this.byAddress.delete(worker.address);
+    const group = this.byModel.get(worker.model);
+    if (group) {
+      group.members.delete(worker);
+      if (group.members.size === 0) {
+        this.byModel.delete(worker.model);
+        this.modelNames = undefined;
+      } else this.invalidate(worker.model);
+    }
+    this.load.dropWorker(worker.id);
+    return worker;
+  }
+
+  private groupFor(model: string): ModelGroup {
+    let group = this.byModel.get(model);
+    if (!group) {
+      group = { members: new Set(), prefill: undefined, decode: undefined };
+      this.byModel.set(model, group);
+      this.modelNames = undefined;
+    }
+    return group;
+  }
+
+  private invalidate(model: string): void {
+    const group = this.byModel.get(model);
+    if (group) {
+      group.prefill = undefined;
+      group.decode = undefined;
+    }
+  }
+}

@@ -1,0 +1,10 @@
+// `random`: uniform over the candidates that are not busy. A baseline for benchmarks.
+
+import { uniformIndex } from '../pick.js';
+import { definePolicy } from '../policy-base.js';
+import type { ResolvedSchedulerConfig, RoutingPolicy } from '../types.js';
+
+export function createRandomPolicy(config: ResolvedSchedulerConfig): RoutingPolicy {
+  const { rng } = config;
+  return definePolicy('random', config, (_scores, eligible) => eligible[uniformIndex(eligible.length, rng)]!);
+}

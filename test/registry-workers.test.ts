@@ -1,0 +1,197 @@
+// The worker registry: validation, ids, leases, heartbeats, removal, role and model lookups.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KvrouteError } from '../src/errors.js';
+import type { RegisterWorkerRequest } from '../src/protocols/registration.js';
+import { WorkerRegistry } from '../src/router/registry/index.js';
+
+const T0 = 1_000_000;
+
+function body(overrides: Partial<RegisterWorkerRequest> = {}): RegisterWorkerRequest {
+  return {
+    role: 'both',
+    address: '127.0.0.1:9001',
+    model: 'mock',
+    block_size: 16,
+    kv_blocks: 1024,
+    max_batched_tokens: 2048,
+    ...overrides,
+  };
+}
+
+function rejects(registry: WorkerRegistry, b: unknown, field: string): void {
+  assert.throws(
+    () => registry.register(b, T0),
+    (err: unknown) =>
+      err instanceof KvrouteError &&
+      err.code === 'invalid_request' &&
+      err.status === 400 &&
+      err.param === field &&
+      err.message.includes(field),
+  );
+}
+
+test('register validates every field and names the bad one', () => {
+  const r = new WorkerRegistry({ blockSize: 16 });
+  rejects(r, null, 'body');
+  rejects(r, body({ role: 'router' as never }), 'role');
+  for (const address of [
+    '',
+    'localhost',
+    'localhost:0',
+    'localhost:70000',
+    'a b:80',
+    'http://x:80',
+    '::1:80',
+    9001,
+  ]) {
+    rejects(r, body({ address: address as string }), 'address');
+  }
+  rejects(r, body({ model: '' }), 'model');
+  rejects(r, body({ block_size: 32 }), 'block_size');
+  rejects(r, body({ kv_blocks: 0 }), 'kv_blocks');
+  rejects(r, body({ max_batched_tokens: 1.5 }), 'max_batched_tokens');
+  rejects(r, body({ kv_events: 'yes' as never }), 'kv_events');
+  assert.equal(r.size, 0);
+});
+
+test('a registration is normalised: host and port split, IPv6 unbracketed, kv_events defaulted', () => {
+  const r = new WorkerRegistry({ blockSize: 16 });
+  const { worker } = r.register(body({ address: '[::1]:9002', kv_events: true }), T0);
+  assert.equal(worker.host, '::1');
+  assert.equal(worker.port, 9002);
+  assert.equal(worker.address, '[::1]:9002');
+  assert.equal(worker.kvEvents, true);
+  assert.equal(worker.leaseExpiresAt, T0 + 10_000);
+  assert.equal(r.register(body({ address: 'worker-3.local:80' }), T0).worker.kvEvents, false);
+});
+
+test('ids count up and are never reused, even after removal', () => {
+  const r = new WorkerRegistry({ blockSize: 16 });
+  const a = r.register(body({ address: 'h:1' }), T0).worker;
+  const b = r.register(body({ address: 'h:2' }), T0).worker;
+  r.deregister(a.id);
+  r.deregister(b.id);
+  const c = r.register(body({ address: 'h:1' }), T0).worker;
+  assert.deepEqual([a.id, b.id, c.id], ['w-1', 'w-2', 'w-3']);
+});
+
+test('leases expire unless a heartbeat renews them', () => {
+  const r = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 1000 });
+  const a = r.register(body({ address: 'h:1' }), T0).worker;
+  const b = r.register(body({ address: 'h:2' }), T0 + 100).worker;
+  assert.deepEqual(r.expire(T0 + 999), []);
+  r.heartbeat(a.id, T0 + 900); // a now lives until T0 + 1900, b until T0 + 1100
+  assert.deepEqual(
+    r.expire(T0 + 1100).map((w) => w.id),
+    [b.id],
+  );
+  assert.equal(r.get(b.id), undefined);
+  assert.equal(r.get(a.id)?.leaseExpiresAt, T0 + 1900);
+  assert.deepEqual(
+    r.expire(T0 + 5000).map((w) => w.id),
+    [a.id],
+  );
+  assert.equal(r.size, 0);
+});
+
+test('heartbeat and deregister of an unknown or expired id answer 404 worker_not_found', () => {
+  const r = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 1000 });
+  const a = r.register(body(), T0).worker;
+  r.expire(T0 + 1000);
+  for (const call of [
+    () => r.heartbeat(a.id, T0 + 1001),
+    () => r.deregister(a.id),
+    () => r.heartbeat('w-99', T0),
+  ]) {
+    assert.throws(
+      call,
+      (err: unknown) => err instanceof KvrouteError && err.code === 'worker_not_found' && err.status === 404,
+    );
+  }
+});
+
+test('candidates by phase and model: prefill = prefill|both, decode = decode|both', () => {
+  const r = new WorkerRegistry({ blockSize: 16 });
+  const p = r.register(body({ role: 'prefill', address: 'h:1' }), T0).worker;
+  const d = r.register(body({ role: 'decode', address: 'h:2' }), T0).worker;
+  const both = r.register(body({ role: 'both', address: 'h:3' }), T0).worker;
+  const other = r.register(body({ role: 'decode', address: 'h:4', model: 'other' }), T0).worker;
+  assert.deepEqual(r.candidates('mock', 'prefill'), [p, both]);
+  assert.deepEqual(r.candidates('mock', 'decode'), [d, both]);
+  assert.deepEqual(r.candidates('other', 'decode'), [other]);
+  assert.deepEqual(r.candidates('other', 'prefill'), []);
+  assert.deepEqual(r.candidates('missing', 'decode'), []);
+  assert.equal(r.candidates('mock', 'decode'), r.candidates('mock', 'decode'), 'the list is cached');
+  r.deregister(both.id);
+  assert.deepEqual(r.candidates('mock', 'decode'), [d]);
+});
+
+test('models lists each served model once, sorted, and drops a model with its last worker', () => {
+  const r = new WorkerRegistry({ blockSize: 16 });
+  r.register(body({ address: 'h:1', model: 'zeta' }), T0);
+  const a = r.register(body({ address: 'h:2', model: 'alpha' }), T0).worker;
+  r.register(body({ address: 'h:3', model: 'zeta' }), T0);
+  assert.deepEqual(r.models(), ['alpha', 'zeta']);
+  r.deregister(a.id);
+  assert.deepEqual(r.models(), ['zeta']);
+});
+
+test('re-registering a live address replaces the old worker and returns it for purging', () => {
+  const r = new WorkerRegistry({ blockSize: 16 });
+  const first = r.register(body(), T0).worker;
+  const again = r.register(body({ role: 'decode' }), T0 + 5);
+  assert.equal(again.replaced, first);
+  assert.equal(again.worker.id, 'w-2');
+  assert.equal(r.get(first.id), undefined);
+  assert.equal(r.size, 1);
+  assert.deepEqual(r.candidates('mock', 'prefill'), []);
+});
+
+test('removal drops the worker’s load and bookings (deregister and expiry)', () => {
+  const r = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 1000 });
+  const a = r.register(body({ address: 'h:1' }), T0).worker;
+  const b = r.register(body({ address: 'h:2' }), T0).worker;
+  r.load.book(a.id, 'req-1', { prefillTokens: 100, decodeBlocks: 9 }, T0);
+  r.load.book(b.id, 'req-2', { prefillTokens: 50, decodeBlocks: 4 }, T0);
+  assert.equal(a.load.activePrefillTokens, 100);
+  const removed = r.deregister(a.id);
+  assert.equal(removed, a);
+  assert.equal(r.load.loadOf(a.id), undefined);
+  assert.equal(r.load.workerOf('req-1'), undefined);
+  assert.equal(r.load.release('req-1'), false);
+  assert.equal(r.load.book(a.id, 'req-3', { prefillTokens: 1, decodeBlocks: 1 }, T0), false);
+  r.heartbeat(b.id, T0);
+  assert.deepEqual(
+    r.expire(T0 + 1000).map((w) => w.id),
+    [b.id],
+  );
+  assert.equal(r.load.size, 0);
+});
+
+test('the registry refuses workers beyond maxWorkers with overloaded (503)', () => {
+  const r = new WorkerRegistry({ blockSize: 16, maxWorkers: 2 });
+  r.register(body({ address: 'h:1' }), T0);
+  r.register(body({ address: 'h:2' }), T0);
+  assert.throws(
+    () => r.register(body({ address: 'h:3' }), T0),
+    (err: unknown) => err instanceof KvrouteError && err.code === 'overloaded' && err.status === 503,
+  );
+  // Replacing a live address is not growth.
+  assert.equal(r.register(body({ address: 'h:2' }), T0).replaced?.id, 'w-2');
+});
+
+test('4,096 workers: lookups return every one, expiry removes them all', () => {
+  const r = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 1000 });
+  for (let i = 0; i < 4096; i++) {
+    r.register(
+      body({ address: `10.0.${i >> 8}.${i & 255}:8000`, role: i % 2 ? 'decode' : 'prefill' }),
+      T0 + i,
+    );
+  }
+  assert.equal(r.candidates('mock', 'decode').length, 2048);
+  assert.equal(r.candidates('mock', 'prefill').length, 2048);
+  assert.equal(r.expire(T0 + 999 + 100).length, 100);
+  assert.equal(r.expire(T0 + 10_000).length, 3996);
+});
