@@ -1,0 +1,146 @@
+// The router's tokenizer: text prompts to token ids, output ids back to text. Short texts are
+// encoded inline (cheaper than a thread hop); longer ones go to a piscina pool so a long prompt
+// never blocks the event loop. The pool is bounded: past it, encode() fails fast with
+// `overloaded` rather than queueing without limit.
+
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { KvrouteError } from '../../errors.js';
+import { decodeTokens, TokenStreamDecoder } from './stream-decoder.js';
+import { ENCODING_NAME, encodeText, TEXT_TOKEN_COUNT, VOCAB_SIZE } from './vocabulary.js';
+
+/**
+ * Texts up to this many UTF-16 code units are encoded on the calling thread. From
+ * `kvroute bench tokenizer` on the 2-core reference machine: one pool hop costs ~65 µs (p50) and
+ * inline encoding reaches that at ~270-300 characters; this is the power of two below, so an
+ * inline encode never holds the event loop longer than a hop would add. See README.md.
+ */
+export const DEFAULT_INLINE_MAX_CHARS = 256;
+
+export interface TokenizerOptions {
+  /** Longest text encoded inline; longer goes to the pool. 0 sends everything to the pool. */
+  inlineMaxChars?: number;
+  /** Worker threads (default: available cores - 1, at least 1, at most 4). */
+  maxThreads?: number;
+  /** Pooled encodes allowed to wait beyond the ones running (default 64). */
+  maxQueue?: number;
+}
+
+export interface TokenizerStats {
+  inline: number;
+  pooled: number;
+  rejected: number;
+}
+
+/**
+ * The compiled worker. From dist/ it sits next to this module; when this module runs from src/
+ * under tsx (tests), the build's copy under dist/ is used, so `npm run build` must have run.
+ */
+export function resolveWorkerFile(moduleUrl: string = import.meta.url): string {
+  const beside = new URL('./worker.js', moduleUrl);
+  if (existsSync(fileURLToPath(beside))) return beside.href;
+  const built = new URL('../../../dist/src/router/tokenizer/worker.js', moduleUrl);
+  if (existsSync(fileURLToPath(built))) return built.href;
+  throw new Error(
+    `tokenizer worker not found at ${fileURLToPath(beside)} or ${fileURLToPath(built)}: run \`npm run build\` (piscina needs compiled JS; tsx does not reach worker threads)`,
+  );
+}
+
+/** Longest delay a Node timer honours (larger values fire after 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function defaultThreads(): number {
+  return Math.max(1, Math.min(4, availableParallelism() - 1));
+}
+
+export class Tokenizer {
+  readonly encoding = ENCODING_NAME;
+  /** Ids in the vocabulary, special tokens included. */
+  readonly vocabSize = VOCAB_SIZE;
+  /** Ids below this are ordinary text tokens (what a mock engine should emit). */
+  readonly textTokenCount = TEXT_TOKEN_COUNT;
+  readonly inlineMaxChars: number;
+  readonly #pool: Piscina<string, Uint32Array>;
+  readonly #maxPending: number;
+  #pending = 0;
+  #closed = false;
+  readonly #stats: TokenizerStats = { inline: 0, pooled: 0, rejected: 0 };
+
+  constructor(opts: TokenizerOptions = {}) {
+    this.inlineMaxChars = opts.inlineMaxChars ?? DEFAULT_INLINE_MAX_CHARS;
+    const maxThreads = opts.maxThreads ?? defaultThreads();
+    this.#maxPending = maxThreads + (opts.maxQueue ?? 64);
+    this.#pool = new Piscina({
+      filename: resolveWorkerFile(),
+      // No thread until the first long prompt (or warmup()); once started, threads stay until
+      // close(), since a cold thread costs ~240 ms to load the vocabulary. Idle piscina threads
+      // do not keep the process alive.
+      minThreads: 0,
+      maxThreads,
+      idleTimeout: MAX_TIMER_MS,
+    });
+  }
+
+  /** Starts a pool thread and loads its vocabulary now, so the first long prompt does not wait. */
+  async warmup(): Promise<void> {
+    if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
+    await this.#pool.run('');
+  }
+
+  /** Text to token ids (special-token text is tokenized as ordinary characters). */
+  async encode(text: string): Promise<Uint32Array> {
+    if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
+    if (text.length <= this.inlineMaxChars) {
+      this.#stats.inline++;
+      return Uint32Array.from(encodeText(text));
+    }
+    // Our own bound (running + waiting) instead of piscina's maxQueue, whose limit also counts
+    // threads still starting: this one is exact and testable.
+    if (this.#pending >= this.#maxPending) {
+      this.#stats.rejected++;
+      throw new KvrouteError(
+        'overloaded',
+        `tokenizer queue is full (${this.#maxPending} long prompts pending)`,
+        {
+          retryAfterSeconds: 1,
+        },
+      );
+    }
+    this.#pending++;
+    this.#stats.pooled++;
+    try {
+      return await this.#pool.run(text);
+    } finally {
+      this.#pending--;
+    }
+  }
+
+  /** Token ids to text. Throws KvrouteError('invalid_request') for an id outside the vocabulary. */
+  decode(ids: Iterable<number>): string {
+    return decodeTokens(ids);
+  }
+
+  /** A per-stream incremental decoder for output tokens arriving one at a time. */
+  decodeStream(): TokenStreamDecoder {
+    return new TokenStreamDecoder();
+  }
+
+  /** Counters since construction (copy). */
+  get stats(): TokenizerStats {
+    return { ...this.#stats };
+  }
+
+  /** Live worker threads (0 before the first long prompt and after close). */
+  get threads(): number {
+    return this.#pool.threads.length;
+  }
+
+  /** Ends the worker threads; pending pooled encodes reject. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#pool.destroy();
+  }
+}

@@ -1,0 +1,80 @@
+// The Tokenizer's I/O shell: inline vs pooled encoding (same ids either way), the bounded queue,
+// and close(). The pool runs the compiled worker from dist/ (npm test builds first).
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { encode as referenceEncode } from 'gpt-tokenizer/encoding/o200k_base';
+import { isKvrouteError } from '../src/errors.js';
+import { Tokenizer } from '../src/router/tokenizer/index.js';
+
+const SHORT = 'Héllo wörld: 日本語のテキスト, emoji 🎉🦀, code `x => x + 1`, and <|endoftext|> as text.';
+const LONG = `${SHORT}\n`.repeat(200);
+
+test('round trip text -> ids -> text, inline, matching the reference encoder', async () => {
+  const t = new Tokenizer({ inlineMaxChars: 1000 });
+  try {
+    const ids = await t.encode(SHORT);
+    assert.ok(ids instanceof Uint32Array);
+    // Special-token text is ordinary text: same as the reference with special tokens disallowed-off.
+    assert.deepEqual([...ids], referenceEncode(SHORT, { disallowedSpecial: new Set() }));
+    assert.ok(ids.every((id) => id < t.textTokenCount));
+    assert.equal(t.decode(ids), SHORT);
+    assert.deepEqual(t.stats, { inline: 1, pooled: 0, rejected: 0 });
+    assert.equal(t.threads, 0, 'no thread starts for inline work');
+    assert.equal(t.vocabSize, 200006);
+  } finally {
+    await t.close();
+  }
+});
+
+test('a long prompt goes through the pool and gives the same ids as inline', async () => {
+  const pooled = new Tokenizer({ inlineMaxChars: 1000, maxThreads: 1 });
+  const inline = new Tokenizer({ inlineMaxChars: LONG.length });
+  try {
+    const viaPool = await pooled.encode(LONG);
+    const viaInline = await inline.encode(LONG);
+    assert.equal(pooled.stats.pooled, 1);
+    assert.equal(pooled.stats.inline, 0);
+    assert.equal(inline.stats.inline, 1);
+    assert.equal(pooled.threads, 1);
+    assert.deepEqual(viaPool, viaInline);
+    assert.equal(pooled.decode(viaPool), LONG);
+  } finally {
+    await pooled.close();
+    await inline.close();
+  }
+});
+
+test('past maxThreads + maxQueue pending long prompts, encode rejects with overloaded', async () => {
+  const t = new Tokenizer({ inlineMaxChars: 10, maxThreads: 1, maxQueue: 1 });
+  try {
+    const results = await Promise.allSettled(Array.from({ length: 5 }, () => t.encode(LONG)));
+    const fulfilled = results.filter((r) => r.status === 'fulfilled');
+    const rejected = results.filter((r) => r.status === 'rejected');
+    assert.equal(fulfilled.length, 2);
+    assert.equal(rejected.length, 3);
+    for (const r of rejected) {
+      assert.ok(isKvrouteError(r.reason));
+      assert.equal(r.reason.code, 'overloaded');
+      assert.equal(r.reason.status, 503);
+    }
+    assert.deepEqual(t.stats, { inline: 0, pooled: 2, rejected: 3 });
+    // The bound frees up as work completes: the next one is accepted again.
+    assert.equal((await t.encode(LONG)).length, fulfilled[0]!.value.length);
+    // Short prompts never touch the pool, so they pass whatever the queue holds.
+    assert.ok((await t.encode('hi')).length > 0);
+  } finally {
+    await t.close();
+  }
+});
+
+test('close() ends the threads; later encodes fail with shutting_down', async () => {
+  const t = new Tokenizer({ inlineMaxChars: 10, maxThreads: 1 });
+  await t.warmup();
+  assert.equal(t.threads, 1);
+  await t.close();
+  assert.equal(t.threads, 0);
+  await t.close(); // idempotent
+  await assert.rejects(t.encode(LONG), (err) => isKvrouteError(err) && err.code === 'shutting_down');
+  await assert.rejects(t.encode('hi'), (err) => isKvrouteError(err) && err.code === 'shutting_down');
+});
