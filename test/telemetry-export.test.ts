@@ -62,6 +62,8 @@ test('http/json: spans reach the receiver before the process exits, with service
   const rs = body.resourceSpans[0];
   const serviceName = rs.resource.attributes.find((a: { key: string }) => a.key === 'service.name');
   assert.equal(serviceName.value.stringValue, 'kvroute-test-child');
+  const sdkLanguage = rs.resource.attributes.find((a: { key: string }) => a.key === 'telemetry.sdk.language');
+  assert.equal(sdkLanguage.value.stringValue, 'nodejs');
   const spans = rs.scopeSpans.flatMap((s: { spans: unknown[] }) => s.spans) as {
     name: string;
     traceId: string;

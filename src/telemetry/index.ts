@@ -6,7 +6,7 @@
 import { ProxyTracerProvider, type Tracer } from '@opentelemetry/api';
 import { OTLPTraceExporter as OtlpHttpJsonExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { OTLPTraceExporter as OtlpProtobufExporter } from '@opentelemetry/exporter-trace-otlp-proto';
-import { resourceFromAttributes } from '@opentelemetry/resources';
+import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
 import {
   AlwaysOffSampler,
   AlwaysOnSampler,
@@ -99,7 +99,8 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
     };
   }
   const provider = new NodeTracerProvider({
-    resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName }),
+    // A resource given here replaces the SDK default, so merge to keep telemetry.sdk.* attributes.
+    resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName })),
     sampler: buildSampler(config.sampler),
     spanProcessors: buildProcessors(config),
   });
