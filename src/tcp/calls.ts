@@ -1,0 +1,122 @@
+// The two consumers of a dispatched stream that RequestPlaneClient hands to callers.
+// ChunkIterator: an AsyncIterator that buffers chunks until the caller pulls them and grants
+// credit only for what was pulled, so a slow consumer holds at most one window (+ one frame).
+// UnaryCollector: gathers the whole answer, granting as it goes, capped at maxFrameBytes in total.
+
+import { NOOP_HANDLE, type StreamHandle, type StreamHandler } from './dispatch.js';
+import { TransportError } from './transport-error.js';
+
+const DONE: IteratorResult<Buffer> = { value: undefined, done: true };
+
+export class ChunkIterator implements AsyncIterator<Buffer>, StreamHandler {
+  handle: StreamHandle = NOOP_HANDLE;
+  private queue: Buffer[] = [];
+  private head = 0;
+  private ended = false;
+  private error: TransportError | undefined;
+  private waiter: { resolve: (r: IteratorResult<Buffer>) => void; reject: (e: unknown) => void } | undefined;
+
+  onData(chunk: Buffer): void {
+    const w = this.waiter;
+    if (w !== undefined) {
+      this.waiter = undefined;
+      this.handle.grant(chunk.length);
+      w.resolve({ value: chunk, done: false });
+    } else {
+      this.queue.push(chunk);
+    }
+  }
+
+  onEnd(): void {
+    this.ended = true;
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.resolve(DONE);
+  }
+
+  onError(err: TransportError): void {
+    // A cancellation is acted on at once; other errors come after the chunks already received.
+    if (err.kind === 'cancelled') this.dropQueue();
+    this.error = err;
+    const w = this.waiter;
+    if (w !== undefined) {
+      this.waiter = undefined;
+      this.ended = true;
+      this.error = undefined;
+      w.reject(err);
+    }
+  }
+
+  next(): Promise<IteratorResult<Buffer>> {
+    if (this.head < this.queue.length) {
+      const chunk = this.queue[this.head]!;
+      this.queue[this.head++] = undefined as unknown as Buffer;
+      if (this.head === this.queue.length) this.dropQueue();
+      else if (this.head >= 1024 && this.head * 2 >= this.queue.length) {
+        this.queue = this.queue.slice(this.head);
+        this.head = 0;
+      }
+      this.handle.grant(chunk.length);
+      return Promise.resolve({ value: chunk, done: false });
+    }
+    if (this.error !== undefined) {
+      const err = this.error;
+      this.error = undefined;
+      this.ended = true;
+      return Promise.reject(err);
+    }
+    if (this.ended) return Promise.resolve(DONE);
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+    });
+  }
+
+  /** The caller stopped early (break/return/throw in for-await): cancel the remote stream. */
+  return(): Promise<IteratorResult<Buffer>> {
+    if (!this.ended) {
+      this.ended = true;
+      this.error = undefined;
+      this.handle.cancel();
+    }
+    this.dropQueue();
+    return Promise.resolve(DONE);
+  }
+
+  private dropQueue(): void {
+    this.queue = [];
+    this.head = 0;
+  }
+}
+
+export class UnaryCollector implements StreamHandler {
+  handle: StreamHandle = NOOP_HANDLE;
+  private chunks: Buffer[] = [];
+  private total = 0;
+
+  constructor(
+    private readonly resolve: (buf: Buffer) => void,
+    private readonly reject: (err: TransportError) => void,
+    private readonly maxBytes: number,
+  ) {}
+
+  onData(chunk: Buffer): void {
+    this.total += chunk.length;
+    if (this.total > this.maxBytes) {
+      this.handle.cancel();
+      this.chunks = [];
+      this.reject(new TransportError('protocol_error', `unary answer exceeds ${this.maxBytes} bytes`));
+      return;
+    }
+    this.chunks.push(chunk);
+    this.handle.grant(chunk.length);
+  }
+
+  onEnd(): void {
+    const c = this.chunks;
+    this.resolve(c.length === 1 ? c[0]! : c.length === 0 ? Buffer.alloc(0) : Buffer.concat(c, this.total));
+  }
+
+  onError(err: TransportError): void {
+    this.reject(err);
+  }
+}

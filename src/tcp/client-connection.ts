@@ -1,0 +1,280 @@
+// One socket from the client to a worker, multiplexing many streams by id. Implements the
+// dispatch contract: dispatch() writes a request frame (batched with the other writes of the same
+// tick under cork) and routes DATA/END/ERROR frames back to the stream's handler.
+//
+// Stream ids increase monotonically (wrapping after 2^32-1, skipping open ids), so frames a server
+// sent before it saw a cancel can never be mistaken for a newer stream's.
+// Credit: each stream's consumed bytes are granted back in `_credit` frames once half its window
+// was consumed, batched per tick. A server sending past window + one max frame is a protocol error.
+//
+// Failure classification when the socket dies: never connected -> connect_failed; no frame yet
+// on the stream -> disconnected_before_response; otherwise disconnected_mid_stream.
+
+import { connect, type Socket } from 'node:net';
+import type { DispatchRequest, StreamHandle, StreamHandler } from './dispatch.js';
+import { failLater } from './dispatch.js';
+import {
+  type ErrorBody,
+  encodeCancelFrame,
+  encodeCreditFrame,
+  encodeRequestFrame,
+  ResponseType,
+  requestFrameSize,
+  STREAM_HEADER,
+  WINDOW_HEADER,
+} from './frames.js';
+import { ResponseFrameDecoder } from './response-decoder.js';
+import { TransportError, type TransportErrorKind } from './transport-error.js';
+
+export interface ClientConnectionOptions {
+  connectTimeoutMs: number;
+  maxFrameBytes: number;
+}
+
+class ClientStream implements StreamHandle {
+  sawFrame = false;
+  /** Bytes received and not yet granted back (what the server believes we still hold). */
+  outstanding = 0;
+  /** Consumed bytes not yet granted. */
+  ungranted = 0;
+
+  constructor(
+    private readonly conn: ClientConnection,
+    readonly id: number,
+    readonly handler: StreamHandler,
+    readonly windowBytes: number,
+  ) {}
+
+  grant(bytes: number): void {
+    this.conn.grant(this, bytes);
+  }
+
+  cancel(): void {
+    this.conn.cancel(this);
+  }
+}
+
+export class ClientConnection {
+  private readonly socket: Socket;
+  private readonly streams = new Map<number, ClientStream>();
+  private readonly decoder: ResponseFrameDecoder;
+  private nextId = 1;
+  private connected = false;
+  private closed = false;
+  /** No new streams: the socket failed, ended, or is closing. */
+  private dead = false;
+  private failure: { kind: TransportErrorKind; message: string } | undefined;
+  private lastError: Error | undefined;
+  private corked = false;
+  private credits: Array<[number, number]> = [];
+  private connectTimer: NodeJS.Timeout | undefined;
+  private readonly closedPromise: Promise<void>;
+
+  constructor(
+    readonly host: string,
+    readonly port: number,
+    private readonly opts: ClientConnectionOptions,
+    /** Called once when the connection stops taking new streams. */
+    private readonly onDead: (conn: ClientConnection) => void,
+  ) {
+    this.decoder = new ResponseFrameDecoder(opts.maxFrameBytes);
+    const socket = connect({ host, port, noDelay: true });
+    this.socket = socket;
+    this.connectTimer = setTimeout(
+      () =>
+        this.fail('connect_failed', `connect to ${host}:${port} timed out after ${opts.connectTimeoutMs} ms`),
+      opts.connectTimeoutMs,
+    );
+    socket.once('connect', () => {
+      clearTimeout(this.connectTimer);
+      this.connected = true;
+      socket.setKeepAlive(true, 15_000);
+    });
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => {
+      this.lastError = err;
+    });
+    socket.on('end', () => this.markDead()); // server ended (graceful close): no new streams here
+    this.closedPromise = new Promise((resolve) => socket.once('close', () => resolve(this.onClose())));
+  }
+
+  get usable(): boolean {
+    return !this.dead;
+  }
+
+  get activeStreams(): number {
+    return this.streams.size;
+  }
+
+  dispatch(req: DispatchRequest, handler: StreamHandler): StreamHandle {
+    if (this.dead) {
+      return failLater(handler, new TransportError('disconnected_before_response', 'connection is closed'));
+    }
+    const id = this.allocateId();
+    const window = Math.max(1, Math.floor(req.windowBytes));
+    req.headers[STREAM_HEADER] = String(id);
+    req.headers[WINDOW_HEADER] = String(window);
+    const headersJson = JSON.stringify(req.headers);
+    const pathBytes = Buffer.byteLength(req.path);
+    const headersBytes = Buffer.byteLength(headersJson);
+    const size = requestFrameSize(pathBytes, headersBytes, req.payload.byteLength);
+    if (size > this.opts.maxFrameBytes || pathBytes > 0xffff || headersBytes > 0xffff) {
+      return failLater(
+        handler,
+        new TransportError(
+          'protocol_error',
+          `request frame to '${req.path}' is ${size} bytes (limit ${this.opts.maxFrameBytes}; path and headers at most 65535 each)`,
+        ),
+      );
+    }
+    const stream = new ClientStream(this, id, handler, window);
+    this.streams.set(id, stream);
+    this.write(encodeRequestFrame(req.path, headersJson, req.payload));
+    return stream;
+  }
+
+  grant(stream: ClientStream, bytes: number): void {
+    if (bytes <= 0 || this.streams.get(stream.id) !== stream) return;
+    stream.outstanding -= bytes;
+    stream.ungranted += bytes;
+    if (stream.ungranted * 2 >= stream.windowBytes) {
+      if (this.credits.length === 0) process.nextTick(this.flushCredits);
+      this.credits.push([stream.id, stream.ungranted]);
+      stream.ungranted = 0;
+    }
+  }
+
+  cancel(stream: ClientStream): void {
+    if (this.streams.get(stream.id) !== stream) return;
+    this.streams.delete(stream.id);
+    if (!this.dead) this.write(encodeCancelFrame(stream.id));
+  }
+
+  /** Closes the socket; open streams fail with `cancelled`. */
+  close(): Promise<void> {
+    this.fail('cancelled', 'client closed');
+    return this.closedPromise;
+  }
+
+  private allocateId(): number {
+    for (;;) {
+      const id = this.nextId;
+      this.nextId = id === 0xffffffff ? 1 : id + 1;
+      if (!this.streams.has(id)) return id;
+    }
+  }
+
+  private write(frame: Buffer): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
+    this.socket.write(frame);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  private readonly flushCredits = (): void => {
+    const grants = this.credits;
+    this.credits = [];
+    if (grants.length > 0 && !this.dead) this.write(encodeCreditFrame(grants));
+  };
+
+  private onData(chunk: Buffer): void {
+    const decoder = this.decoder;
+    decoder.push(chunk);
+    for (let ev = decoder.next(); ev !== undefined; ev = decoder.next()) {
+      if (ev.kind === 'fatal') {
+        this.fail('protocol_error', ev.reason);
+        return;
+      }
+      const { type, streamId, payload } = ev;
+      if (streamId === 0) {
+        const what = type === ResponseType.ERROR ? parseErrorBody(payload).message : `frame type ${type}`;
+        this.fail('protocol_error', `server reported a connection error: ${what}`);
+        return;
+      }
+      const stream = this.streams.get(streamId);
+      if (stream === undefined) continue; // a stream we cancelled: its last frames are dropped
+      stream.sawFrame = true;
+      if (type === ResponseType.DATA) {
+        stream.outstanding += payload.length;
+        if (stream.outstanding > stream.windowBytes + this.opts.maxFrameBytes) {
+          this.cancel(stream);
+          stream.handler.onError(
+            new TransportError(
+              'protocol_error',
+              `server overran the ${stream.windowBytes}-byte stream window`,
+            ),
+          );
+          continue;
+        }
+        stream.handler.onData(payload);
+      } else if (type === ResponseType.END) {
+        this.streams.delete(streamId);
+        stream.handler.onEnd();
+      } else {
+        this.streams.delete(streamId);
+        const body = parseErrorBody(payload);
+        stream.handler.onError(
+          new TransportError('remote_error', body.message, {
+            ...(body.code === undefined ? {} : { remoteCode: body.code }),
+            refused: body.refused === true,
+          }),
+        );
+      }
+      if (this.closed) return;
+    }
+  }
+
+  private markDead(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.onDead(this);
+  }
+
+  private fail(kind: TransportErrorKind, message: string): void {
+    if (this.failure === undefined) this.failure = { kind, message };
+    this.markDead();
+    this.socket.destroy();
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    clearTimeout(this.connectTimer);
+    this.markDead();
+    const streams = [...this.streams.values()];
+    this.streams.clear();
+    const detail = this.lastError ? `: ${this.lastError.message}` : '';
+    for (const s of streams) {
+      let kind: TransportErrorKind;
+      let message: string;
+      if (this.failure !== undefined) {
+        ({ kind, message } = this.failure);
+        if (kind === 'connect_failed' && this.connected) kind = 'disconnected_before_response';
+      } else if (!this.connected) {
+        kind = 'connect_failed';
+        message = `cannot connect to ${this.host}:${this.port}${detail}`;
+      } else if (!s.sawFrame) {
+        kind = 'disconnected_before_response';
+        message = `connection to ${this.host}:${this.port} closed before a response${detail}`;
+      } else {
+        kind = 'disconnected_mid_stream';
+        message = `connection to ${this.host}:${this.port} closed mid-stream${detail}`;
+      }
+      s.handler.onError(new TransportError(kind, message, { cause: this.lastError }));
+    }
+  }
+}
+
+function parseErrorBody(payload: Buffer): ErrorBody {
+  try {
+    const body = JSON.parse(payload.toString('utf8')) as Partial<ErrorBody>;
+    if (typeof body.message === 'string') return body as ErrorBody;
+  } catch {}
+  return { message: payload.toString('utf8') || 'remote error' };
+}

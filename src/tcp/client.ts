@@ -1,0 +1,148 @@
+// The request-plane client the router uses: a fleet of connection pools keyed by worker address,
+// and the two call shapes built on the dispatch contract: stream() (async iterable of chunks with
+// per-stream credit) and unary() (one answer).
+//
+// Trace context is captured when stream()/unary() is called, never in socket callbacks (those run
+// in the context the socket was dialled in).
+
+import { ChunkIterator, UnaryCollector } from './calls.js';
+import {
+  type DispatchFn,
+  type DispatchRequest,
+  failLater,
+  type StreamHandle,
+  type StreamHandler,
+  withAbortSignal,
+  withFirstResponseTimeout,
+} from './dispatch.js';
+import { DEFAULT_MAX_FRAME_BYTES, REQUEST_ID_HEADER } from './frames.js';
+import { ConnectionPool, type PoolOptions } from './pool.js';
+import { injectTraceHeaders } from './trace.js';
+import { TransportError } from './transport-error.js';
+
+export interface CallOptions {
+  requestId?: string;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+  firstResponseTimeoutMs?: number;
+}
+
+export interface RequestPlaneClientOptions {
+  connectTimeoutMs?: number;
+  /** Default for calls that do not set one; 0 disables. */
+  firstResponseTimeoutMs?: number;
+  maxConnectionsPerAddress?: number;
+  /** Streams a connection carries before the pool dials another (up to maxConnectionsPerAddress). */
+  streamsPerConnection?: number;
+  maxFrameBytes?: number;
+  /** Response bytes one stream may hold unconsumed: its credit window. */
+  maxBufferedBytesPerStream?: number;
+}
+
+export class RequestPlaneClient {
+  private readonly pools = new Map<string, ConnectionPool>();
+  private readonly poolOptions: PoolOptions;
+  private readonly firstResponseTimeoutMs: number;
+  private readonly windowBytes: number;
+  private closed = false;
+
+  constructor(opts: RequestPlaneClientOptions = {}) {
+    this.poolOptions = {
+      connectTimeoutMs: opts.connectTimeoutMs ?? 2000,
+      maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      maxConnections: opts.maxConnectionsPerAddress ?? 4,
+      streamsPerConnection: opts.streamsPerConnection ?? 64,
+    };
+    this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
+    this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;
+  }
+
+  get maxFrameBytes(): number {
+    return this.poolOptions.maxFrameBytes;
+  }
+
+  /** Streams the response chunks. Breaking out of the loop cancels the remote stream. */
+  stream(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): AsyncIterable<Buffer> {
+    const headers = this.requestHeaders(opts);
+    return {
+      [Symbol.asyncIterator]: () => {
+        const it = new ChunkIterator();
+        it.handle = this.call(address, { path, headers, payload, windowBytes: this.windowBytes }, it, opts);
+        return it;
+      },
+    };
+  }
+
+  /** One answer (chunks are concatenated if the worker sends several). */
+  unary(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Buffer> {
+    const headers = this.requestHeaders(opts);
+    return new Promise((resolve, reject) => {
+      const collector = new UnaryCollector(resolve, reject, this.poolOptions.maxFrameBytes);
+      collector.handle = this.call(
+        address,
+        { path, headers, payload, windowBytes: this.windowBytes },
+        collector,
+        opts,
+      );
+    });
+  }
+
+  /** The raw dispatch contract to one address (no timeout or signal wrapping). */
+  dispatch(address: string, req: DispatchRequest, handler: StreamHandler): StreamHandle {
+    if (this.closed) return failLater(handler, new TransportError('cancelled', 'client is closed'));
+    const pool = this.pool(address);
+    if (pool === undefined) {
+      return failLater(handler, new TransportError('connect_failed', `bad worker address '${address}'`));
+    }
+    return pool.dispatch(req, handler);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const pools = [...this.pools.values()];
+    this.pools.clear();
+    await Promise.all(pools.map((p) => p.close()));
+  }
+
+  private call(
+    address: string,
+    req: DispatchRequest,
+    handler: StreamHandler,
+    opts: CallOptions,
+  ): StreamHandle {
+    let fn: DispatchFn = (r, h) => this.dispatch(address, r, h);
+    fn = withFirstResponseTimeout(fn, opts.firstResponseTimeoutMs ?? this.firstResponseTimeoutMs);
+    fn = withAbortSignal(fn, opts.signal);
+    return fn(req, handler);
+  }
+
+  /** Frame headers for one call, with the trace context active right now. */
+  private requestHeaders(opts: CallOptions): Record<string, string> {
+    const headers: Record<string, string> = opts.headers ? { ...opts.headers } : {};
+    injectTraceHeaders(headers);
+    if (opts.requestId !== undefined) headers[REQUEST_ID_HEADER] = opts.requestId;
+    return headers;
+  }
+
+  private pool(address: string): ConnectionPool | undefined {
+    let pool = this.pools.get(address);
+    if (pool === undefined) {
+      const parsed = parseAddress(address);
+      if (parsed === undefined) return undefined;
+      pool = new ConnectionPool(parsed.host, parsed.port, this.poolOptions);
+      this.pools.set(address, pool);
+    }
+    return pool;
+  }
+}
+
+/** "host:port" or "[v6]:port". */
+export function parseAddress(address: string): { host: string; port: number } | undefined {
+  const colon = address.lastIndexOf(':');
+  if (colon <= 0) return undefined;
+  let host = address.slice(0, colon);
+  const port = Number(address.slice(colon + 1));
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  if (!Number.isInteger(port) || port < 1 || port > 65535 || host.length === 0) return undefined;
+  return { host, port };
+}

@@ -1,0 +1,142 @@
+// The dispatch contract shared by a connection, a pool and the client's fleet of pools, and the
+// interceptors that wrap it (first-response timeout, caller's AbortSignal). Policies live in
+// wrappers, not inside the connection, so each is small and tested on its own.
+//
+// A dispatcher sends one request and reports its response through a StreamHandler, always
+// asynchronously (never from inside dispatch()). The returned StreamHandle carries the
+// backpressure signal the other way: grant(bytes) says the caller consumed that many response
+// bytes (the connection turns it into credit for the server), cancel() abandons the stream.
+
+import { TransportError } from './transport-error.js';
+
+export interface DispatchRequest {
+  path: string;
+  /** Owned by the dispatcher once passed: the connection adds its stream headers to it. */
+  headers: Record<string, string>;
+  payload: Uint8Array;
+  /** Response bytes the server may send ahead of the caller's consumption (the stream's credit). */
+  windowBytes: number;
+}
+
+export interface StreamHandler {
+  onData(chunk: Buffer): void;
+  /** Clean end of the response. Exactly one of onEnd/onError is called, once. */
+  onEnd(): void;
+  onError(err: TransportError): void;
+}
+
+export interface StreamHandle {
+  /** The caller consumed `bytes` of response data; the server may send that much more. */
+  grant(bytes: number): void;
+  /** Abandons the stream: the server's handler sees its AbortSignal fire; no more callbacks. */
+  cancel(): void;
+}
+
+export type DispatchFn = (req: DispatchRequest, handler: StreamHandler) => StreamHandle;
+
+export const NOOP_HANDLE: StreamHandle = { grant() {}, cancel() {} };
+
+/** Reports `err` to `handler` on a later microtask and returns a handle that does nothing. */
+export function failLater(handler: StreamHandler, err: TransportError): StreamHandle {
+  let cancelled = false;
+  queueMicrotask(() => {
+    if (!cancelled) handler.onError(err);
+  });
+  return {
+    grant() {},
+    cancel() {
+      cancelled = true;
+    },
+  };
+}
+
+/** Sits between a dispatcher and a handler so an interceptor can end the stream early. */
+class Guard implements StreamHandler, StreamHandle {
+  handle: StreamHandle = NOOP_HANDLE;
+  private settled = false;
+  private sawFrame = false;
+
+  constructor(
+    private readonly inner: StreamHandler,
+    private readonly cleanup: () => void,
+    private readonly firstFrame: (() => void) | undefined,
+  ) {}
+
+  onData(chunk: Buffer): void {
+    if (this.settled) return;
+    this.first();
+    this.inner.onData(chunk);
+  }
+
+  onEnd(): void {
+    if (this.settle()) this.inner.onEnd();
+  }
+
+  onError(err: TransportError): void {
+    if (this.settle()) this.inner.onError(err);
+  }
+
+  /** Ends the stream from outside: cancels it remotely and reports `err`. */
+  fail(err: TransportError): void {
+    if (!this.settle()) return;
+    this.handle.cancel();
+    this.inner.onError(err);
+  }
+
+  grant(bytes: number): void {
+    this.handle.grant(bytes);
+  }
+
+  cancel(): void {
+    this.settle();
+    this.handle.cancel();
+  }
+
+  private first(): void {
+    if (this.sawFrame) return;
+    this.sawFrame = true;
+    this.firstFrame?.();
+  }
+
+  private settle(): boolean {
+    if (this.settled) return false;
+    this.settled = true;
+    this.cleanup();
+    return true;
+  }
+}
+
+/** Fails the stream with `timeout` when no response frame (data, end or error) arrives within ms. */
+export function withFirstResponseTimeout(next: DispatchFn, ms: number | undefined): DispatchFn {
+  if (ms === undefined || !(ms > 0) || !Number.isFinite(ms)) return next;
+  return (req, handler) => {
+    let timer: NodeJS.Timeout | undefined;
+    const stop = () => clearTimeout(timer);
+    const guard = new Guard(handler, stop, stop);
+    timer = setTimeout(
+      () => guard.fail(new TransportError('timeout', `no response to '${req.path}' within ${ms} ms`)),
+      ms,
+    );
+    guard.handle = next(req, guard);
+    return guard;
+  };
+}
+
+/** Fails the stream with `cancelled` (and cancels it remotely) when the caller's signal aborts. */
+export function withAbortSignal(next: DispatchFn, signal: AbortSignal | undefined): DispatchFn {
+  if (signal === undefined) return next;
+  return (req, handler) => {
+    if (signal.aborted) return failLater(handler, cancelledError(req.path, signal));
+    const onAbort = () => guard.fail(cancelledError(req.path, signal));
+    const guard = new Guard(handler, () => signal.removeEventListener('abort', onAbort), undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    guard.handle = next(req, guard);
+    return guard;
+  };
+}
+
+function cancelledError(path: string, signal: AbortSignal): TransportError {
+  return new TransportError('cancelled', `call to '${path}' cancelled by the caller`, {
+    cause: signal.reason,
+  });
+}

@@ -1,0 +1,220 @@
+// One accepted socket of the request-plane server: decodes request frames, dispatches them to
+// handlers as ServerStreams multiplexed by stream id, and writes their response frames.
+//
+// Writes are batched: the first write of a tick corks the socket and a nextTick uncorks it, so the
+// frames produced by many streams in one tick leave in a single writev. When socket.write returns
+// false, every stream pauses before pulling its next chunk until 'drain'. When unsent bytes exceed
+// outboundHighWaterBytes (e.g. a peer that sends requests but never reads), reading pauses too, so
+// nothing on either side grows without bound.
+
+import type { Socket } from 'node:net';
+import {
+  CANCEL_PATH,
+  CREDIT_PATH,
+  type ErrorBody,
+  encodeErrorFrame,
+  forEachCredit,
+  parseStreamId,
+  STREAM_HEADER,
+  WINDOW_HEADER,
+} from './frames.js';
+import { RequestFrameDecoder } from './request-decoder.js';
+import { ServerStream, type StreamSink } from './server-stream.js';
+import type { RequestHandler, ServerLimits } from './server-types.js';
+
+/** What a connection needs from the server that owns it. */
+export interface ConnectionHost {
+  readonly limits: ServerLimits;
+  readonly draining: boolean;
+  handlerFor(path: string): RequestHandler | undefined;
+  connectionClosed(conn: ServerConnection): void;
+}
+
+/** How long a connection closed for a protocol violation may linger to flush its error frame. */
+const LINGER_AFTER_FATAL_MS = 2000;
+
+export class ServerConnection implements StreamSink {
+  readonly streams = new Map<number, ServerStream>();
+  private readonly decoder: RequestFrameDecoder;
+  blocked = false;
+  private corked = false;
+  private closed = false;
+  private ending = false;
+  private readPaused = false;
+  private drainWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly host: ConnectionHost,
+  ) {
+    this.decoder = new RequestFrameDecoder(host.limits.maxFrameBytes);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.onDrain());
+    socket.on('error', () => {}); // 'close' always follows and does the cleanup
+    socket.on('close', () => this.onClose());
+  }
+
+  get maxFrameBytes(): number {
+    return this.host.limits.maxFrameBytes;
+  }
+
+  /** Bytes held in the decoder plus unsent response bytes. */
+  get bufferedBytes(): number {
+    return this.decoder.bufferedBytes;
+  }
+
+  get outboundBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  send(frame: Buffer): void {
+    if (this.closed || this.socket.destroyed) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
+    if (!this.socket.write(frame)) this.blocked = true;
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  onceDrained(wake: () => void): void {
+    this.drainWaiters.push(wake);
+  }
+
+  finished(stream: ServerStream): void {
+    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    if (this.host.draining && this.streams.size === 0) this.end();
+  }
+
+  /** Graceful close: end the socket once the last stream finished (now, if idle). */
+  drain(): void {
+    if (this.streams.size === 0) this.end();
+  }
+
+  /** Hard close: abort every stream and cut the socket. */
+  destroy(reason: string): void {
+    this.abortAll(reason);
+    this.socket.destroy();
+  }
+
+  private end(): void {
+    if (this.ending || this.closed) return;
+    this.ending = true;
+    this.socket.end();
+  }
+
+  private onData(chunk: Buffer): void {
+    const decoder = this.decoder;
+    decoder.push(chunk);
+    for (let ev = decoder.next(); ev !== undefined; ev = decoder.next()) {
+      if (ev.kind === 'frame') this.onFrame(ev.path, ev.headers, ev.payload);
+      else if (ev.kind === 'rejected') this.onRejected(ev.headers, ev.reason);
+      else this.fatal(ev.reason);
+      if (this.closed || this.ending) return;
+    }
+    if (!this.readPaused && this.socket.writableLength > this.host.limits.outboundHighWaterBytes) {
+      this.readPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  private onFrame(path: string, headers: Record<string, string>, payload: Buffer): void {
+    if (path === CANCEL_PATH) {
+      const id = parseStreamId(headers[STREAM_HEADER]);
+      if (id !== undefined) this.streams.get(id)?.abort('cancelled by the caller');
+      return;
+    }
+    if (path === CREDIT_PATH) {
+      const ok = forEachCredit(payload, (id, bytes) => this.streams.get(id)?.grant(bytes));
+      if (!ok) this.sendError(0, { message: 'malformed _credit payload', code: 'protocol_error' });
+      return;
+    }
+    const id = parseStreamId(headers[STREAM_HEADER]);
+    if (id === undefined) {
+      this.sendError(0, { message: `missing or invalid ${STREAM_HEADER} header`, code: 'protocol_error' });
+      return;
+    }
+    if (this.streams.has(id)) {
+      this.fatal(`stream id ${id} is already open`);
+      return;
+    }
+    if (this.host.draining) {
+      this.sendError(id, { message: 'server is shutting down', code: 'shutting_down', refused: true });
+      return;
+    }
+    if (this.streams.size >= this.host.limits.maxStreamsPerConnection) {
+      this.sendError(id, {
+        message: `connection already has ${this.streams.size} open streams`,
+        code: 'overloaded',
+        refused: true,
+      });
+      return;
+    }
+    const handler = this.host.handlerFor(path);
+    if (handler === undefined) {
+      this.sendError(id, { message: `no handler for endpoint '${path}'`, code: 'not_found', refused: true });
+      return;
+    }
+    const stream = new ServerStream(this, id, windowOf(headers, this.host.limits.defaultWindowBytes));
+    this.streams.set(id, stream);
+    void stream.run(handler, path, headers, payload);
+  }
+
+  private onRejected(headers: Record<string, string> | undefined, reason: string): void {
+    const id = headers === undefined ? undefined : parseStreamId(headers[STREAM_HEADER]);
+    if (id === undefined) this.sendError(0, { message: reason, code: 'protocol_error' });
+    else this.sendError(id, { message: reason, code: 'payload_too_large', refused: true });
+  }
+
+  /** Framing is lost or the peer broke the protocol: say why on stream 0, then close. */
+  private fatal(reason: string): void {
+    this.sendError(0, { message: reason, code: 'protocol_error' });
+    this.abortAll(`protocol error: ${reason}`);
+    this.end();
+    setTimeout(() => this.socket.destroy(), LINGER_AFTER_FATAL_MS).unref();
+  }
+
+  private sendError(id: number, body: ErrorBody): void {
+    this.send(encodeErrorFrame(id, body));
+  }
+
+  private onDrain(): void {
+    this.blocked = false;
+    if (this.readPaused) {
+      this.readPaused = false;
+      this.socket.resume();
+    }
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  private abortAll(reason: string): void {
+    for (const stream of this.streams.values()) stream.abort(reason);
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.abortAll('connection closed');
+    this.streams.clear();
+    this.blocked = false;
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const wake of waiters) wake();
+    this.host.connectionClosed(this);
+  }
+}
+
+function windowOf(headers: Record<string, string>, fallback: number): number {
+  const raw = headers[WINDOW_HEADER];
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  return Number.isInteger(n) && n >= 1 ? n : fallback;
+}

@@ -1,0 +1,134 @@
+// One request being served: runs the handler inside its `handle_payload` span and pumps the
+// handler's chunks into DATA frames, pulling the next chunk only while the socket is writable and
+// the stream has credit. Cancellation aborts the handler's signal and stops the pump at once, even
+// if the handler is stuck inside next().
+
+import { context } from '@opentelemetry/api';
+import { isKvrouteError } from '../errors.js';
+import { encodeErrorFrame, encodeResponseFrame, REQUEST_ID_HEADER, ResponseType } from './frames.js';
+import type { IncomingRequest, RequestHandler } from './server-types.js';
+import { endHandlerSpan, startHandlerSpan } from './trace.js';
+
+const ABORTED: unique symbol = Symbol('aborted');
+type Aborted = typeof ABORTED;
+
+/** The connection as a stream sees it. */
+export interface StreamSink {
+  /** True while socket.write has returned false and 'drain' has not come yet. */
+  readonly blocked: boolean;
+  readonly maxFrameBytes: number;
+  send(frame: Buffer): void;
+  /** Calls `wake` once on the next 'drain'. */
+  onceDrained(wake: () => void): void;
+  finished(stream: ServerStream): void;
+}
+
+export class ServerStream {
+  private readonly controller = new AbortController();
+  /** Bytes the stream may still send before it needs credit (may dip below 0 by one chunk). */
+  private window: number;
+  /** Resolves whatever the pump is currently awaiting (a chunk, credit or drain). */
+  private wake: ((value: Aborted | undefined) => void) | undefined;
+
+  constructor(
+    private readonly sink: StreamSink,
+    readonly id: number,
+    windowBytes: number,
+  ) {
+    this.window = windowBytes;
+  }
+
+  get aborted(): boolean {
+    return this.controller.signal.aborted;
+  }
+
+  abort(reason: string): void {
+    if (this.aborted) return;
+    this.controller.abort(new Error(reason));
+    this.wake?.(ABORTED);
+  }
+
+  grant(bytes: number): void {
+    const before = this.window;
+    this.window += bytes;
+    if (before <= 0 && this.window > 0) this.wake?.(undefined);
+  }
+
+  async run(handler: RequestHandler, path: string, headers: Record<string, string>, payload: Buffer) {
+    const requestId = headers[REQUEST_ID_HEADER];
+    const { span, ctx } = startHandlerSpan(path, headers, requestId);
+    const req: IncomingRequest = { path, headers, payload, signal: this.controller.signal, requestId };
+    let iterator: AsyncIterator<Uint8Array> | undefined;
+    let failure: unknown;
+    try {
+      const result = await this.untilSettledOrAborted(
+        Promise.resolve(context.with(ctx, handler, undefined, req)),
+      );
+      if (result !== ABORTED) {
+        if (result instanceof Uint8Array) {
+          this.sendData(result);
+        } else if (result !== null && typeof result === 'object' && Symbol.asyncIterator in result) {
+          const it = result[Symbol.asyncIterator]();
+          iterator = it;
+          for (;;) {
+            if ((this.sink.blocked || this.window <= 0) && (await this.untilSendable()) === ABORTED) break;
+            const step = await this.untilSettledOrAborted(context.with(ctx, () => it.next()));
+            if (step === ABORTED || step.done) break;
+            this.sendData(step.value);
+          }
+        } else {
+          throw new TypeError(`handler for '${path}' returned neither bytes nor an async iterable`);
+        }
+      }
+      if (!this.aborted) this.sink.send(encodeResponseFrame(ResponseType.END, this.id));
+    } catch (err) {
+      failure = err;
+      if (!this.aborted) {
+        this.sink.send(
+          encodeErrorFrame(this.id, {
+            message: err instanceof Error ? err.message : String(err),
+            ...(isKvrouteError(err) ? { code: err.code } : {}),
+          }),
+        );
+      }
+    } finally {
+      this.wake = undefined;
+      if (this.aborted && iterator?.return) {
+        // Not awaited: an async generator runs return() only after its pending next() settles.
+        try {
+          iterator.return().catch(() => {});
+        } catch {}
+      }
+      this.sink.finished(this);
+      endHandlerSpan(span, failure, this.aborted);
+    }
+  }
+
+  private sendData(chunk: Uint8Array): void {
+    if (chunk.byteLength + 9 > this.sink.maxFrameBytes) {
+      throw new RangeError(`response chunk of ${chunk.byteLength} bytes exceeds the frame limit`);
+    }
+    this.window -= chunk.byteLength;
+    this.sink.send(encodeResponseFrame(ResponseType.DATA, this.id, chunk));
+  }
+
+  private untilSettledOrAborted<T>(p: Promise<T>): Promise<T | Aborted> {
+    if (this.aborted) return Promise.resolve(ABORTED);
+    return new Promise<T | Aborted>((resolve, reject) => {
+      this.wake = resolve as (v: Aborted | undefined) => void;
+      p.then(resolve, reject);
+    });
+  }
+
+  /** Waits until the socket drained and the stream has credit, or the stream is aborted. */
+  private async untilSendable(): Promise<Aborted | undefined> {
+    while (!this.aborted && (this.sink.blocked || this.window <= 0)) {
+      const r = await new Promise<Aborted | undefined>((resolve) => {
+        this.wake = resolve;
+        if (this.sink.blocked) this.sink.onceDrained(() => resolve(undefined));
+      });
+      if (r === ABORTED) return ABORTED;
+    }
+    return this.aborted ? ABORTED : undefined;
+  }
+}
