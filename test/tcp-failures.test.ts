@@ -1,0 +1,123 @@
+// Request-plane failures over real sockets and a real child process: a worker killed mid-stream,
+// a closed port, oversize frames and garbage on one connection not disturbing the others.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { connect, createServer } from 'node:net';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import {
+  encodeRequestFrame,
+  RequestPlaneClient,
+  RequestPlaneServer,
+  ResponseFrameDecoder,
+  ResponseType,
+  TransportError,
+} from '../src/tcp/index.js';
+
+async function failureOf(p: Promise<unknown>): Promise<TransportError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof TransportError, String(err));
+    return err;
+  }
+  assert.fail('expected a TransportError');
+}
+
+test('a worker killed mid-stream: disconnected_mid_stream within 1 s; unanswered streams are retryable', async () => {
+  const fixture = fileURLToPath(new URL('./tcp-child-server.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', fixture], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  try {
+    const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+    const address = `127.0.0.1:${Number(line.toString().trim())}`;
+    const client = new RequestPlaneClient({ maxConnectionsPerAddress: 1 });
+    const unanswered = failureOf(client.unary(address, 'silent', Buffer.alloc(0)));
+    let killedAt = 0;
+    const streaming = failureOf(
+      (async () => {
+        let n = 0;
+        for await (const _ of client.stream(address, 'slow', Buffer.alloc(0))) {
+          if (++n === 3) {
+            child.kill('SIGKILL');
+            killedAt = performance.now();
+          }
+        }
+      })(),
+    );
+    const mid = await streaming;
+    const elapsedMs = performance.now() - killedAt;
+    assert.equal(mid.kind, 'disconnected_mid_stream', mid.message);
+    assert.equal(mid.retryable, false);
+    assert.ok(elapsedMs < 1000, `reported after ${elapsedMs} ms`);
+    const before = await unanswered;
+    assert.equal(before.kind, 'disconnected_before_response', before.message);
+    assert.equal(before.retryable, true);
+    // The dead connection left the pool: the next call dials again and finds nobody.
+    const again = await failureOf(client.unary(address, 'slow', Buffer.alloc(0)));
+    assert.equal(again.kind, 'connect_failed');
+    await client.close();
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
+test('connecting to a closed port fails with connect_failed (retryable)', async () => {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const { port } = probe.address() as { port: number };
+  await new Promise((r) => probe.close(r));
+  const client = new RequestPlaneClient();
+  const err = await failureOf(client.unary(`127.0.0.1:${port}`, 'x', Buffer.alloc(0)));
+  assert.equal(err.kind, 'connect_failed');
+  assert.equal(err.retryable, true);
+  await client.close();
+});
+
+test('an oversize frame is rejected on its stream and the connection carries on', async () => {
+  const server = new RequestPlaneServer({ maxFrameBytes: 1024 });
+  server.handle('echo', async (req) => req.payload);
+  await server.listen();
+  const client = new RequestPlaneClient({ maxConnectionsPerAddress: 1 });
+  const err = await failureOf(client.unary(server.address, 'echo', Buffer.alloc(5000)));
+  assert.equal(err.kind, 'remote_error');
+  assert.equal(err.remoteCode, 'payload_too_large');
+  assert.match(err.message, /exceeds the 1024-byte limit/);
+  assert.deepEqual(await client.unary(server.address, 'echo', Buffer.from('ok')), Buffer.from('ok'));
+  assert.equal(server.stats().connections, 1);
+  assert.equal(server.stats().bufferedBytes, 0);
+
+  // The client refuses to send what its own limit forbids.
+  const strict = new RequestPlaneClient({ maxFrameBytes: 1024 });
+  const local = await failureOf(strict.unary(server.address, 'echo', Buffer.alloc(5000)));
+  assert.equal(local.kind, 'protocol_error');
+  await strict.close();
+  await client.close();
+  await server.close({ deadlineMs: 500 });
+});
+
+test('garbage on one connection closes only that connection', async () => {
+  const server = new RequestPlaneServer({ maxFrameBytes: 1024 });
+  server.handle('echo', async (req) => req.payload);
+  const { port } = await server.listen();
+  const client = new RequestPlaneClient();
+  assert.deepEqual(await client.unary(server.address, 'echo', Buffer.from('before')), Buffer.from('before'));
+
+  const raw = connect({ port, host: '127.0.0.1' });
+  await once(raw, 'connect');
+  // A header block larger than the frame limit: framing cannot be trusted, so the server says why
+  // on stream 0 and closes this connection.
+  raw.write(encodeRequestFrame('echo', JSON.stringify({ pad: 'x'.repeat(2000) }), Buffer.alloc(0)));
+  const d = new ResponseFrameDecoder(1 << 20);
+  for await (const chunk of raw) d.push(chunk as Buffer);
+  const ev = d.next();
+  assert.ok(ev?.kind === 'frame' && ev.type === ResponseType.ERROR && ev.streamId === 0);
+  assert.match(ev.payload.toString(), /protocol_error/);
+
+  assert.deepEqual(await client.unary(server.address, 'echo', Buffer.from('after')), Buffer.from('after'));
+  await client.close();
+  await server.close({ deadlineMs: 500 });
+});

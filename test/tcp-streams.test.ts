@@ -1,0 +1,263 @@
+// Request-plane streams over real sockets: multiplexing, chunked answers, errors, cancellation,
+// credit-based backpressure, first-response timeout and graceful close.
+
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { KvrouteError } from '../src/errors.js';
+import {
+  decodeJson,
+  encodeJson,
+  RequestPlaneClient,
+  RequestPlaneServer,
+  TransportError,
+} from '../src/tcp/index.js';
+
+async function setup(opts: ConstructorParameters<typeof RequestPlaneClient>[0] = {}) {
+  const server = new RequestPlaneServer();
+  await server.listen();
+  const client = new RequestPlaneClient(opts);
+  return {
+    server,
+    client,
+    async [Symbol.asyncDispose]() {
+      await client.close();
+      await server.close({ deadlineMs: 500 });
+    },
+  };
+}
+
+async function collect(it: AsyncIterable<Buffer>): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  for await (const c of it) out.push(c);
+  return out;
+}
+
+async function rejectsWith(p: Promise<unknown>, kind: TransportError['kind']): Promise<TransportError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof TransportError, String(err));
+    assert.equal(err.kind, kind, err.message);
+    return err;
+  }
+  assert.fail(`expected a ${kind} TransportError`);
+}
+
+test('1,000 concurrent streams share one connection', async () => {
+  await using t = await setup({ maxConnectionsPerAddress: 1 });
+  const N = 1000;
+  let arrived = 0;
+  let releaseAll!: () => void;
+  const allArrived = new Promise<void>((r) => {
+    releaseAll = r;
+  });
+  t.server.handle('gen', async function* (req) {
+    const { n } = decodeJson<{ n: number }>(req.payload);
+    if (++arrived === N) releaseAll();
+    // No stream finishes before all N are open at once: FIFO handling would deadlock here.
+    await allArrived;
+    for (let i = 0; i < 3; i++) yield encodeJson({ n, i });
+  });
+  const results = await Promise.all(
+    Array.from({ length: N }, (_, n) => collect(t.client.stream(t.server.address, 'gen', encodeJson({ n })))),
+  );
+  for (const [n, chunks] of results.entries()) {
+    assert.deepEqual(
+      chunks.map((c) => decodeJson(c)),
+      [0, 1, 2].map((i) => ({ n, i })),
+    );
+  }
+  assert.equal(t.server.stats().connections, 1);
+  assert.equal(t.server.stats().activeStreams, 0);
+});
+
+test('many chunks, a clean end, and an error carrying its message after partial output', async () => {
+  await using t = await setup();
+  t.server.handle('count', async function* () {
+    for (let i = 0; i < 500; i++) yield Buffer.from(String(i));
+  });
+  t.server.handle('fails', async function* () {
+    yield Buffer.from('a');
+    yield Buffer.from('b');
+    throw new KvrouteError('overloaded', 'engine queue full');
+  });
+  const chunks = await collect(t.client.stream(t.server.address, 'count', Buffer.alloc(0)));
+  assert.deepEqual(
+    chunks.map((c) => c.toString()),
+    Array.from({ length: 500 }, (_, i) => String(i)),
+  );
+  assert.equal((await t.client.unary(t.server.address, 'count', Buffer.alloc(0))).length, 1390);
+
+  const got: string[] = [];
+  const err = await rejectsWith(
+    (async () => {
+      for await (const c of t.client.stream(t.server.address, 'fails', Buffer.alloc(0)))
+        got.push(c.toString());
+    })(),
+    'remote_error',
+  );
+  assert.deepEqual(got, ['a', 'b']);
+  assert.equal(err.message, 'engine queue full');
+  assert.equal(err.remoteCode, 'overloaded');
+  assert.equal(err.retryable, false);
+});
+
+test('unknown endpoint: a refused (retryable) error, and the connection stays usable', async () => {
+  await using t = await setup({ maxConnectionsPerAddress: 1 });
+  t.server.handle('echo', async (req) => req.payload);
+  const err = await rejectsWith(t.client.unary(t.server.address, 'nope', Buffer.alloc(0)), 'remote_error');
+  assert.match(err.message, /nope/);
+  assert.equal(err.retryable, true);
+  assert.deepEqual(await t.client.unary(t.server.address, 'echo', Buffer.from('x')), Buffer.from('x'));
+  assert.equal(t.server.stats().connections, 1);
+});
+
+test('breaking out of the loop cancels: the handler observes its AbortSignal', async () => {
+  await using t = await setup();
+  let aborted!: () => void;
+  const handlerSawAbort = new Promise<void>((r) => {
+    aborted = r;
+  });
+  t.server.handle('forever', async function* (req) {
+    req.signal.addEventListener('abort', () => aborted());
+    for (let i = 0; ; i++) {
+      yield Buffer.from(String(i));
+      await sleep(5);
+    }
+  });
+  let seen = 0;
+  for await (const _ of t.client.stream(t.server.address, 'forever', Buffer.alloc(0))) {
+    if (++seen === 3) break;
+  }
+  await handlerSawAbort;
+  while (t.server.stats().activeStreams !== 0) await sleep(5);
+});
+
+test("the caller's AbortSignal cancels a handler stuck inside next()", async () => {
+  await using t = await setup();
+  let onAbort!: () => void;
+  const handlerSawAbort = new Promise<void>((r) => {
+    onAbort = r;
+  });
+  t.server.handle('stuck', async function* (req) {
+    req.signal.addEventListener('abort', () => onAbort());
+    yield Buffer.from('first');
+    await new Promise(() => {}); // never resolves: only the signal can end this stream
+  });
+  const ac = new AbortController();
+  const chunks: string[] = [];
+  const done = rejectsWith(
+    (async () => {
+      for await (const c of t.client.stream(t.server.address, 'stuck', Buffer.alloc(0), {
+        signal: ac.signal,
+      })) {
+        chunks.push(c.toString());
+        ac.abort();
+      }
+    })(),
+    'cancelled',
+  );
+  await done;
+  await handlerSawAbort;
+  assert.deepEqual(chunks, ['first']);
+  while (t.server.stats().activeStreams !== 0) await sleep(5);
+});
+
+test('a slow consumer bounds what the handler produces to its credit window', async () => {
+  const window = 64 * 1024;
+  const chunk = 16 * 1024;
+  await using t = await setup({ maxBufferedBytesPerStream: window });
+  let produced = 0;
+  const total = 64;
+  t.server.handle('firehose', async function* () {
+    for (let i = 0; i < total; i++) {
+      produced++;
+      yield Buffer.alloc(chunk, i);
+    }
+  });
+  const it = t.client.stream(t.server.address, 'firehose', Buffer.alloc(0))[Symbol.asyncIterator]();
+  assert.equal((await it.next()).done, false);
+  await sleep(200); // the consumer stalls; the server must stop at the window
+  assert.ok(
+    produced <= window / chunk + 1,
+    `handler produced ${produced} chunks into a ${window}-byte window`,
+  );
+  let received = 1;
+  while (!(await it.next()).done) received++;
+  assert.equal(received, total);
+  assert.equal(produced, total);
+});
+
+test('no first response within the timeout: timeout error and the handler is cancelled', async () => {
+  await using t = await setup();
+  let sawAbort = false;
+  t.server.handle('silent', (req) => {
+    return new Promise<Uint8Array>((_, reject) => {
+      req.signal.addEventListener('abort', () => {
+        sawAbort = true;
+        reject(new Error('aborted'));
+      });
+    });
+  });
+  const err = await rejectsWith(
+    t.client.unary(t.server.address, 'silent', Buffer.alloc(0), { firstResponseTimeoutMs: 100 }),
+    'timeout',
+  );
+  assert.equal(err.retryable, false);
+  while (!sawAbort) await sleep(5);
+});
+
+test('graceful close lets in-flight streams finish, refuses new ones, then cuts at the deadline', async () => {
+  const server = new RequestPlaneServer();
+  await server.listen();
+  const client = new RequestPlaneClient({ maxConnectionsPerAddress: 1 });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  let started!: () => void;
+  const isStarted = new Promise<void>((r) => {
+    started = r;
+  });
+  server.handle('slow', async function* () {
+    started();
+    yield Buffer.from('a');
+    await gate;
+    yield Buffer.from('b');
+  });
+  const inFlight = collect(client.stream(server.address, 'slow', Buffer.alloc(0)));
+  await isStarted;
+  const closing = server.close({ deadlineMs: 10_000 });
+  const refused = await rejectsWith(client.unary(server.address, 'slow', Buffer.alloc(0)), 'remote_error');
+  assert.equal(refused.retryable, true);
+  assert.equal(refused.remoteCode, 'shutting_down');
+  release();
+  assert.deepEqual(
+    (await inFlight).map((c) => c.toString()),
+    ['a', 'b'],
+  );
+  await closing;
+  await rejectsWith(client.unary(server.address, 'slow', Buffer.alloc(0)), 'connect_failed');
+
+  const server2 = new RequestPlaneServer();
+  await server2.listen();
+  let aborted = false;
+  server2.handle('forever', async function* (req) {
+    req.signal.addEventListener('abort', () => {
+      aborted = true;
+    });
+    yield Buffer.from('x');
+    await once(req.signal, 'abort');
+  });
+  const cut = rejectsWith(
+    collect(client.stream(server2.address, 'forever', Buffer.alloc(0))),
+    'disconnected_mid_stream',
+  );
+  while (server2.stats().activeStreams === 0) await sleep(5);
+  await server2.close({ deadlineMs: 100 });
+  await cut;
+  assert.equal(aborted, true);
+  await client.close();
+});
