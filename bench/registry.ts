@@ -3,5 +3,6 @@
 import type { CommandModule } from '../src/cli/command.js';
 
 export const BENCHES: Record<string, () => Promise<CommandModule>> = {
+  scheduler: () => import('./scheduler.js'),
   tokenizer: () => import('./tokenizer.js'),
 };

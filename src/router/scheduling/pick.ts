@@ -2,27 +2,35 @@
 // random, or a softmax draw over normalised costs. Both look only at eligible (not busy)
 // candidates and cost O(eligible).
 
-import type { CandidateScore, Rng } from './types.js';
+import type { ScoreField, ScoreTable } from './score.js';
+import type { Rng } from './types.js';
 
 /** Values this close (relative) count as a tie: equal costs reached by different float paths. */
 const TIE_EPSILON = 1e-9;
 
-/** Index of the eligible candidate with the lowest `key`; ties pick uniformly at random (one rng call). */
-export function pickLowest(
-  scores: readonly CandidateScore[],
-  eligible: readonly number[],
-  key: 'cost' | 'load',
-  rng: Rng,
-): number {
+/** Index of the eligible candidate with the lowest `field`; ties pick uniformly at random (one rng call). */
+export function pickLowest(table: ScoreTable, field: ScoreField, rng: Rng): number {
+  const { eligible, eligibleCount } = table;
+  const values = table[field];
   let min = Number.POSITIVE_INFINITY;
-  for (const i of eligible) {
-    const v = scores[i]![key];
-    if (v < min) min = v;
+  let first = -1;
+  let ties = 0;
+  for (let k = 0; k < eligibleCount; k++) {
+    const v = values[eligible[k]!]!;
+    if (v < min) {
+      min = v;
+      first = k;
+    }
   }
   const limit = min + TIE_EPSILON * Math.max(1, Math.abs(min));
-  const tied: number[] = [];
-  for (const i of eligible) if (scores[i]![key] <= limit) tied.push(i);
-  return tied.length === 1 ? tied[0]! : tied[uniformIndex(tied.length, rng)]!;
+  for (let k = 0; k < eligibleCount; k++) if (values[eligible[k]!]! <= limit) ties++;
+  if (ties === 1) return eligible[first]!;
+  // Walk to the chosen tie instead of collecting them: no allocation on the hot path.
+  let nth = uniformIndex(ties, rng);
+  for (let k = 0; k < eligibleCount; k++) {
+    if (values[eligible[k]!]! <= limit && nth-- === 0) return eligible[k]!;
+  }
+  return eligible[first]!;
 }
 
 /**
@@ -31,35 +39,31 @@ export function pickLowest(
  * candidate then weighs exp(−n / temperature): the cheapest weighs 1, the dearest exp(−1/T).
  * All costs equal → uniform.
  */
-export function pickSoftmax(
-  scores: readonly CandidateScore[],
-  eligible: readonly number[],
-  temperature: number,
-  rng: Rng,
-): number {
+export function pickSoftmax(table: ScoreTable, temperature: number, rng: Rng): number {
+  const { eligible, eligibleCount, cost } = table;
   let min = Number.POSITIVE_INFINITY;
   let max = Number.NEGATIVE_INFINITY;
-  for (const i of eligible) {
-    const c = scores[i]!.cost;
+  for (let k = 0; k < eligibleCount; k++) {
+    const c = cost[eligible[k]!]!;
     if (c < min) min = c;
     if (c > max) max = c;
   }
   const range = max - min;
-  if (!(range > 0)) return eligible[uniformIndex(eligible.length, rng)]!;
-  const weights = new Float64Array(eligible.length);
+  if (!(range > 0)) return eligible[uniformIndex(eligibleCount, rng)]!;
+  const weights = new Float64Array(eligibleCount);
   let total = 0;
-  for (let k = 0; k < eligible.length; k++) {
-    const w = Math.exp(-(scores[eligible[k]!]!.cost - min) / range / temperature);
+  for (let k = 0; k < eligibleCount; k++) {
+    const w = Math.exp(-(cost[eligible[k]!]! - min) / range / temperature);
     weights[k] = w;
     total += w;
   }
   let r = rng() * total;
-  for (let k = 0; k < eligible.length; k++) {
+  for (let k = 0; k < eligibleCount; k++) {
     r -= weights[k]!;
     if (r < 0) return eligible[k]!;
   }
   // Float rounding left r at ~0: the last positive weight takes it.
-  for (let k = eligible.length - 1; k >= 0; k--) if (weights[k]! > 0) return eligible[k]!;
+  for (let k = eligibleCount - 1; k >= 0; k--) if (weights[k]! > 0) return eligible[k]!;
   return eligible[0]!;
 }
 

@@ -65,8 +65,10 @@ interface DecisionBase {
   policy: PolicyName;
   /** Overlap weight the costs were computed with. */
   overlapWeight: number;
-  /** One score per candidate, in the candidates' order. */
-  candidates: CandidateScore[];
+  /** Number of candidates scored (for tracing, without building `candidates`). */
+  candidateCount: number;
+  /** One score per candidate, in the candidates' order. Built lazily on first read (explain, JSON). */
+  readonly candidates: CandidateScore[];
 }
 
 export interface SelectedDecision<C extends Candidate = Candidate> extends DecisionBase {

@@ -8,9 +8,7 @@ import type { ResolvedSchedulerConfig, RoutingPolicy } from '../types.js';
 
 export function createKvPolicy(config: ResolvedSchedulerConfig): RoutingPolicy {
   const { temperature, rng } = config;
-  return definePolicy('kv', config, (scores, eligible) =>
-    temperature > 0
-      ? pickSoftmax(scores, eligible, temperature, rng)
-      : pickLowest(scores, eligible, 'cost', rng),
+  return definePolicy('kv', config, (table) =>
+    temperature > 0 ? pickSoftmax(table, temperature, rng) : pickLowest(table, 'cost', rng),
   );
 }

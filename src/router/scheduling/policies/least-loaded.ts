@@ -7,7 +7,5 @@ import type { ResolvedSchedulerConfig, RoutingPolicy } from '../types.js';
 
 export function createLeastLoadedPolicy(config: ResolvedSchedulerConfig): RoutingPolicy {
   const { rng } = config;
-  return definePolicy('least-loaded', config, (scores, eligible) =>
-    pickLowest(scores, eligible, 'load', rng),
-  );
+  return definePolicy('least-loaded', config, (table) => pickLowest(table, 'load', rng));
 }

@@ -6,5 +6,5 @@ import type { ResolvedSchedulerConfig, RoutingPolicy } from '../types.js';
 
 export function createRandomPolicy(config: ResolvedSchedulerConfig): RoutingPolicy {
   const { rng } = config;
-  return definePolicy('random', config, (_scores, eligible) => eligible[uniformIndex(eligible.length, rng)]!);
+  return definePolicy('random', config, (table) => table.eligible[uniformIndex(table.eligibleCount, rng)]!);
 }

@@ -7,12 +7,12 @@ import type { ResolvedSchedulerConfig, RoutingPolicy } from '../types.js';
 
 export function createRoundRobinPolicy(config: ResolvedSchedulerConfig): RoutingPolicy {
   let cursor = 0;
-  return definePolicy('round-robin', config, (scores) => {
-    const n = scores.length;
+  return definePolicy('round-robin', config, (table) => {
+    const n = table.count;
     const start = cursor % n;
     for (let k = 0; k < n; k++) {
       const i = (start + k) % n;
-      if (!scores[i]!.busy) {
+      if (!table.busy[i]) {
         cursor = i + 1;
         return i;
       }
