@@ -9,6 +9,8 @@ export const ENDPOINTS = {
   kvEvents: 'kv_events',
   load: 'load',
   health: 'health',
+  /** Engine accounting (computed, cached, transferred tokens) for tests and operators: src/worker/stats.ts. */
+  stats: 'stats',
 } as const;
 
 /** Body of `prefill`: compute the prompt's KV and the first token. */

@@ -1,0 +1,95 @@
+// The I/O shell around the pure MockEngine: feeds it the wall clock, keeps one timer armed for the
+// engine's next wake-up, and fans its outputs out to one AsyncQueue per request. Cancellation (the
+// request's AbortSignal, or the consumer stopping early) cancels the request in the engine at once,
+// which frees its blocks.
+
+import { performance } from 'node:perf_hooks';
+import type { EngineOutput, EngineRequest, MockEngine } from '../engine/index.js';
+import { KvrouteError } from '../errors.js';
+import { AsyncQueue } from './async-queue.js';
+
+export class EngineDriver {
+  private readonly streams = new Map<string, AsyncQueue<EngineOutput>>();
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Number.POSITIVE_INFINITY;
+  /** Engine-side ids are ours, so two callers reusing one request_id never collide. */
+  private nextId = 0;
+  private closed = false;
+
+  constructor(
+    readonly engine: MockEngine,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  /** Requests in flight (submitted and not yet finished or cancelled). */
+  get inFlight(): number {
+    return this.streams.size;
+  }
+
+  /**
+   * Submits a request and returns its outputs as they are produced. Throws (synchronously) the
+   * engine's KvrouteError when it is rejected; the iteration fails with `client_closed` when
+   * `signal` aborts.
+   */
+  run(req: Omit<EngineRequest, 'id'>, signal?: AbortSignal): AsyncIterable<EngineOutput> {
+    if (this.closed) throw new KvrouteError('shutting_down', 'worker is shutting down');
+    if (signal?.aborted) throw new KvrouteError('client_closed', 'request was cancelled');
+    const id = String(++this.nextId);
+    this.engine.submit({ ...req, id }, this.now());
+    const queue = new AsyncQueue<EngineOutput>();
+    this.streams.set(id, queue);
+    const cancel = () => {
+      if (!this.streams.delete(id)) return;
+      this.engine.cancel(id);
+      queue.fail(new KvrouteError('client_closed', 'request was cancelled'));
+      this.pump();
+    };
+    queue.onReturn = cancel;
+    signal?.addEventListener('abort', cancel, { once: true });
+    this.pump();
+    return queue;
+  }
+
+  /** Cancels everything in flight and disarms the timer. */
+  close(): void {
+    this.closed = true;
+    for (const [id, queue] of this.streams) {
+      this.engine.cancel(id);
+      queue.fail(new KvrouteError('shutting_down', 'worker is shutting down'));
+    }
+    this.streams.clear();
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private pump(): void {
+    const now = this.now();
+    for (const output of this.engine.tick(now)) {
+      const queue = this.streams.get(output.requestId);
+      if (!queue) continue;
+      queue.push(output);
+      if (output.finishReason !== null) {
+        queue.end();
+        this.streams.delete(output.requestId);
+      }
+    }
+    const at = this.engine.nextWakeAt();
+    if (at === null || this.closed) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.timerAt = Number.POSITIVE_INFINITY;
+      return;
+    }
+    if (this.timer !== undefined && this.timerAt <= at) return;
+    clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerAt = Number.POSITIVE_INFINITY;
+        this.pump();
+      },
+      Math.max(0, Math.ceil(at - now)),
+    );
+  }
+}

@@ -1,0 +1,142 @@
+// Keeps this worker registered with the router (CONTRACT.md §2): POST /v1/workers, then a
+// heartbeat every third of the lease TTL; a 404 means the router forgot us (restart, expired
+// lease), so we register again; while the router is unreachable we retry with capped exponential
+// backoff and jitter. stop() deregisters. All traffic runs in the ROOT context: control-plane calls
+// must never appear inside (or parent to) a user request's trace.
+
+import type { RegisterWorkerRequest, RegisterWorkerResponse } from '../protocols/registration.js';
+import { withRootContext } from '../telemetry/index.js';
+import { type BackoffPolicy, backoffDelay, DEFAULT_BACKOFF } from './backoff.js';
+
+export interface RouterLeaseOptions {
+  /** Router base URL, e.g. http://127.0.0.1:8000 */
+  routerUrl: string;
+  registration: RegisterWorkerRequest;
+  backoff?: BackoffPolicy;
+  /** Per-call HTTP timeout. */
+  requestTimeoutMs?: number;
+  log?: (event: string, fields: Record<string, unknown>) => void;
+  random?: () => number;
+}
+
+export class RouterLease {
+  private id: string | null = null;
+  private ttlMs = 0;
+  private readonly stopped = new AbortController();
+  private loop: Promise<void> | undefined;
+  private readonly base: string;
+  /** Registrations the router accepted (1 normally; more after router restarts). */
+  registrations = 0;
+
+  constructor(private readonly opts: RouterLeaseOptions) {
+    this.base = opts.routerUrl.replace(/\/+$/, '');
+  }
+
+  /** The id the router gave us, null while unregistered. */
+  get workerId(): string | null {
+    return this.id;
+  }
+
+  /** Starts the register/heartbeat loop in the background (idempotent). */
+  start(): void {
+    this.loop ??= withRootContext(() => this.run());
+  }
+
+  /** Stops heartbeating and deregisters (best effort, bounded by the request timeout). */
+  async stop(): Promise<void> {
+    this.stopped.abort();
+    await this.loop?.catch(() => {});
+    const id = this.id;
+    this.id = null;
+    if (id === null) return;
+    await withRootContext(() =>
+      this.call('DELETE', `/v1/workers/${encodeURIComponent(id)}`, undefined, new AbortController().signal),
+    )
+      .then((res) => this.log('deregistered', { worker_id: id, status: res.status }))
+      .catch((err: unknown) => this.log('deregister_failed', { worker_id: id, error: String(err) }));
+  }
+
+  private async run(): Promise<void> {
+    const { signal } = this.stopped;
+    const policy = this.opts.backoff ?? DEFAULT_BACKOFF;
+    let failures = 0;
+    while (!signal.aborted) {
+      try {
+        if (this.id === null) await this.register(signal);
+        else await this.heartbeat(signal);
+        failures = 0;
+        // After a 404 the id is gone: register again at once. Otherwise beat again in a third of the TTL.
+        if (this.id !== null) await sleep(this.ttlMs / 3, signal);
+      } catch (err) {
+        if (signal.aborted) break;
+        const delay = backoffDelay(failures++, policy, (this.opts.random ?? Math.random)());
+        this.log('router_unreachable', { error: errorText(err), retry_in_ms: delay, attempt: failures });
+        await sleep(delay, signal);
+      }
+    }
+  }
+
+  private async register(signal: AbortSignal): Promise<void> {
+    const res = await this.call('POST', '/v1/workers', this.opts.registration, signal);
+    if (res.status !== 201 && res.status !== 200) {
+      throw new Error(`POST /v1/workers answered ${res.status}: ${await res.text().catch(() => '')}`);
+    }
+    const body = (await res.json()) as RegisterWorkerResponse;
+    if (typeof body.worker_id !== 'string' || !(body.lease_ttl_ms > 0)) {
+      throw new Error('POST /v1/workers answered without worker_id and lease_ttl_ms');
+    }
+    this.id = body.worker_id;
+    this.ttlMs = body.lease_ttl_ms;
+    this.registrations++;
+    this.log('registered', { worker_id: this.id, lease_ttl_ms: this.ttlMs });
+  }
+
+  private async heartbeat(signal: AbortSignal): Promise<void> {
+    const id = this.id!;
+    const res = await this.call('POST', `/v1/workers/${encodeURIComponent(id)}/heartbeat`, undefined, signal);
+    await res.body?.cancel();
+    if (res.status === 404) {
+      this.log('lease_lost', { worker_id: id });
+      this.id = null; // register again on the next turn, without waiting
+      return;
+    }
+    if (res.status < 200 || res.status >= 300) throw new Error(`heartbeat answered ${res.status}`);
+  }
+
+  private call(method: string, path: string, body: unknown, signal: AbortSignal): Promise<Response> {
+    const timeout = AbortSignal.timeout(this.opts.requestTimeoutMs ?? 2_000);
+    return fetch(this.base + path, {
+      method,
+      signal: AbortSignal.any([signal, timeout]),
+      ...(body === undefined
+        ? {}
+        : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+    });
+  }
+
+  private log(event: string, fields: Record<string, unknown>): void {
+    this.opts.log?.(event, fields);
+  }
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof Error) {
+    const cause = err.cause instanceof Error ? `: ${err.cause.message}` : '';
+    return `${err.message}${cause}`;
+  }
+  return String(err);
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

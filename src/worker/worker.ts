@@ -1,0 +1,112 @@
+// One worker process's assembly: the mock engine and its driver, the request-plane server with
+// the endpoints of its role, and the router lease. Lifecycle: startWorker() listens, prints
+// nothing, starts registering; stop() deregisters (the router stops sending), ends KV-event
+// subscriptions, lets in-flight streams finish up to the deadline, then stops the engine.
+
+import { createGenerateHandler } from '../decode/handler.js';
+import { type BlockHasher, type EngineConfig, MockEngine } from '../engine/index.js';
+import { createPrefillHandler } from '../prefill/handler.js';
+import type { WorkerRole } from '../protocols/registration.js';
+import type { HealthReport } from '../protocols/worker-plane.js';
+import { ENDPOINTS } from '../protocols/worker-plane.js';
+import { encodeJson, RequestPlaneServer } from '../tcp/index.js';
+import { EngineDriver } from './engine-driver.js';
+import { KvEventsHub } from './kv-events-stream.js';
+import type { Log } from './log.js';
+import { parseKvEventsSubscribe } from './payload.js';
+import { RouterLease } from './router-lease.js';
+import { workerStats } from './stats.js';
+
+export interface WorkerConfig {
+  role: WorkerRole;
+  routerUrl: string;
+  host: string;
+  port: number;
+  model: string;
+  engine: Partial<EngineConfig> &
+    Pick<EngineConfig, 'blockSize' | 'kvBlocks' | 'maxBatchedTokens' | 'speedup'>;
+  /** How long stop() lets in-flight streams run before cutting them. */
+  drainDeadlineMs: number;
+  /** Live KV events one subscriber may fall behind before it is cut off. */
+  kvEventsBacklog: number;
+  log: Log;
+}
+
+export interface RunningWorker {
+  /** Request-plane address, `host:port`. */
+  readonly address: string;
+  readonly engine: MockEngine;
+  readonly lease: RouterLease;
+  /** Deregisters, drains, closes. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Promise<RunningWorker> {
+  const engine = new MockEngine(config.engine, hasher);
+  const driver = new EngineDriver(engine);
+  const hub = new KvEventsHub(engine);
+  const server = new RequestPlaneServer();
+  let address = '';
+  let lease: RouterLease | undefined;
+  let draining = false;
+  const workerId = () => lease?.workerId ?? address;
+
+  if (config.role !== 'decode') server.handle(ENDPOINTS.prefill, createPrefillHandler({ driver, workerId }));
+  if (config.role !== 'prefill') server.handle(ENDPOINTS.generate, createGenerateHandler(driver));
+  server.handle(ENDPOINTS.kvEvents, async (req) => {
+    const { after_event_id } = parseKvEventsSubscribe(req.payload);
+    const chunks = hub.subscribe({
+      afterEventId: after_event_id ?? 0,
+      maxBacklog: config.kvEventsBacklog,
+      signal: req.signal,
+    });
+    return mapChunks(chunks);
+  });
+  server.handle(ENDPOINTS.load, async () => encodeJson(engine.load()));
+  server.handle(ENDPOINTS.health, async () => {
+    const report: HealthReport = { ok: !draining, worker_id: lease?.workerId ?? null, role: config.role };
+    return encodeJson(report);
+  });
+  server.handle(ENDPOINTS.stats, async () => encodeJson(workerStats(engine, hub.subscribers)));
+
+  await server.listen(config.port, config.host);
+  address = server.address;
+  lease = new RouterLease({
+    routerUrl: config.routerUrl,
+    registration: {
+      role: config.role,
+      address,
+      model: config.model,
+      block_size: engine.config.blockSize,
+      kv_blocks: engine.config.kvBlocks,
+      max_batched_tokens: engine.config.maxBatchedTokens,
+      kv_events: true,
+    },
+    log: config.log,
+  });
+  lease.start();
+  const activeLease = lease;
+
+  let stopping: Promise<void> | undefined;
+  return {
+    address,
+    engine,
+    lease: activeLease,
+    stop() {
+      stopping ??= (async () => {
+        draining = true;
+        await activeLease.stop();
+        hub.endAll();
+        config.log('draining', { in_flight: driver.inFlight });
+        await server.close({ deadlineMs: config.drainDeadlineMs });
+        driver.close();
+        config.log('stopped', {});
+      })();
+      return stopping;
+    },
+  };
+}
+
+async function* mapChunks(chunks: AsyncIterable<unknown>): AsyncGenerator<Uint8Array> {
+  for await (const chunk of chunks) yield encodeJson(chunk);
+}
