@@ -108,6 +108,21 @@ for (const name of POLICY_NAMES) {
       assert.deepEqual(d.booking, { prefillTokens: 70 - 48, decodeBlocks: 7 - 3 });
     });
 
+    test('a decision serialises with every candidate’s score and stays valid after later selects', () => {
+      const p = policy(name);
+      const candidates = [worker('w-1', 16, 1), worker('w-2')];
+      const first = p.select({ candidates, promptTokens: 64, overlaps: new Map([['w-1', 2]]) });
+      p.select({ candidates, promptTokens: 999 });
+      const json = JSON.parse(JSON.stringify(first));
+      assert.equal(json.policy, name);
+      assert.equal(json.candidateCount, 2);
+      assert.equal(json.outcome, 'selected');
+      assert.deepEqual(json.candidates, first.candidates);
+      assert.equal(json.candidates[0].overlapBlocks, 2);
+      assert.equal(json.candidates[0].uncachedTokens, 32);
+      assert.equal(json.candidates[1].uncachedTokens, 64);
+    });
+
     test('selection books nothing: candidate load is unchanged', () => {
       const c = worker('w-1', 7, 8);
       policy(name).select({ candidates: [c], promptTokens: 100 });
