@@ -1,10 +1,13 @@
-// The kv policy: cache affinity, load spreading, random tie-breaks, softmax sampling.
+// The kv policy: cache affinity, load spreading, random tie-breaks, softmax sampling, and the
+// admission path through the registry.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { WorkerRegistry } from '../src/router/registry/index.js';
 import {
   type Candidate,
   createPolicy,
+  decodeOverlapWeight,
   type SchedulerConfig,
   seededRng,
 } from '../src/router/scheduling/index.js';
@@ -156,4 +159,45 @@ test('softmax with equal costs is uniform, and never picks a busy worker', () =>
   }
   assert.equal(counts.get('busy'), undefined);
   assert.ok(Math.abs(counts.get('a')! / 3000 - 0.5) < 0.05);
+});
+
+test('decode weight: 0 unless a decode candidate holds part of the prompt', () => {
+  const candidates = [worker('a'), worker('b')];
+  assert.equal(decodeOverlapWeight(candidates, undefined, 1.5), 0);
+  assert.equal(decodeOverlapWeight(candidates, new Map([['elsewhere', 3]]), 1.5), 0);
+  assert.equal(decodeOverlapWeight(candidates, new Map([['b', 1]]), 1.5), 1.5);
+});
+
+test('admission path: registry workers are candidates, booked load steers the next decision', () => {
+  const registry = new WorkerRegistry({ blockSize: BLOCK });
+  for (const port of [1, 2]) {
+    registry.register(
+      {
+        role: 'both',
+        address: `h:${port}`,
+        model: 'm',
+        block_size: BLOCK,
+        kv_blocks: 4096,
+        max_batched_tokens: 4096,
+      },
+      0,
+    );
+  }
+  const p = kv({}, 1);
+  const request = () => ({
+    candidates: registry.candidates('m', 'decode'),
+    promptTokens: 256,
+    outputTokens: 64,
+  });
+  const first = p.select(request());
+  assert.equal(first.outcome, 'selected');
+  if (first.outcome !== 'selected') return;
+  registry.load.book(first.worker.id, 'r1', first.booking, 0);
+  assert.deepEqual(first.booking, { prefillTokens: 256, decodeBlocks: 20 });
+  const second = p.select(request());
+  assert.equal(second.outcome, 'selected');
+  if (second.outcome !== 'selected') return;
+  assert.notEqual(second.worker.id, first.worker.id, 'the idle worker is now cheaper');
+  registry.deregister(first.worker.id);
+  assert.equal(registry.load.release('r1'), false, 'its booking went with it');
 });

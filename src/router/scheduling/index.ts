@@ -2,6 +2,7 @@
 
 export { createPolicy, DEFAULT_SCHEDULER_CONFIG, resolveSchedulerConfig } from './create-policy.js';
 export { decisionError } from './decision-error.js';
+export { decodeOverlapWeight } from './decode-weight.js';
 export { seededRng } from './rng.js';
 export {
   type Candidate,
