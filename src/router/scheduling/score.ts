@@ -2,11 +2,10 @@
 // plain load, and the busy verdict. Shared by all policies so that every decision explains itself
 // the same way whatever the policy minimises. O(candidates), one overlap lookup each.
 //
-// Figures go into plain number columns rather than an object per candidate: at 4,096 candidates
-// the objects cost more than the arithmetic. Plain arrays, not typed arrays: a typed array's
-// backing store lives outside the JS heap, and 100+ KB of it per decision made V8 run a full
-// mark-compact every few hundred decisions (p99 over 1 ms); young-generation arrays die cheaply.
-// `scores()` builds the CandidateScore objects on demand, for explain.
+// Figures go into number columns rather than an object per candidate: at 4,096 candidates the
+// objects (and the garbage they leave) cost more than the arithmetic. `scores()` builds the
+// CandidateScore objects on demand, for explain. The table is per call, never reused, so a
+// decision stays valid after later selections.
 
 import { KvrouteError } from '../../errors.js';
 import type { Candidate, CandidateScore, ResolvedSchedulerConfig, RouteRequest } from './types.js';
