@@ -42,6 +42,7 @@ export class ServerConnection implements StreamSink {
   private ending = false;
   private readPaused = false;
   private drainWaiters: Array<() => void> = [];
+  private lingerTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -177,7 +178,7 @@ export class ServerConnection implements StreamSink {
     this.sendError(0, { message: reason, code: 'protocol_error' });
     this.abortAll(`protocol error: ${reason}`);
     this.end();
-    setTimeout(() => this.socket.destroy(), LINGER_AFTER_FATAL_MS).unref();
+    this.lingerTimer = setTimeout(() => this.socket.destroy(), LINGER_AFTER_FATAL_MS).unref();
   }
 
   private sendError(id: number, body: ErrorBody): void {
@@ -202,6 +203,7 @@ export class ServerConnection implements StreamSink {
   private onClose(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.lingerTimer);
     this.abortAll('connection closed');
     this.streams.clear();
     this.blocked = false;
