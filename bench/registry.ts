@@ -4,5 +4,6 @@ import type { CommandModule } from '../src/cli/command.js';
 
 export const BENCHES: Record<string, () => Promise<CommandModule>> = {
   scheduler: () => import('./scheduler.js'),
+  transport: () => import('./transport.js'),
   tokenizer: () => import('./tokenizer.js'),
 };

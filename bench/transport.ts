@@ -1,0 +1,253 @@
+// `kvroute bench transport`: the request plane against HTTP/1.1 keep-alive (undici Pool ->
+// node:http) and a raw length-prefixed echo over `net` (the practical limit), on loopback, with
+// each server in its own child process. Per transport: round trips/s at concurrency 1 and N,
+// p50/p99 latency at N, and streamed chunks/s (responses of --stream-chunks small chunks).
+// Prints a table; with --json the last line is {"tcp":{...},"http":{...},"raw":{...}}.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { Pool } from 'undici';
+import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
+import { ByteQueue } from '../src/tcp/byte-queue.js';
+import { RequestPlaneClient } from '../src/tcp/index.js';
+
+export const spec: CommandSpec = {
+  usage: 'kvroute bench transport',
+  summary:
+    'Request plane vs HTTP/1.1 keep-alive (undici) vs raw length-prefixed TCP on loopback: round trips/s at c1 and cN, p50/p99 at cN, streamed chunks/s.',
+  options: [
+    { name: 'duration-ms', type: 'integer', default: 2000, min: 100, help: 'timed run per measurement' },
+    { name: 'warmup-ms', type: 'integer', default: 500, min: 0, help: 'untimed run before each measurement' },
+    { name: 'concurrency', type: 'integer', default: 64, min: 1, help: 'concurrent callers of the cN run' },
+    { name: 'payload-bytes', type: 'integer', default: 64, min: 0, help: 'request and answer size' },
+    { name: 'stream-chunks', type: 'integer', default: 256, min: 1, help: 'chunks per streamed answer' },
+    { name: 'chunk-bytes', type: 'integer', default: 32, min: 1, help: 'bytes per streamed chunk' },
+    {
+      name: 'stream-concurrency',
+      type: 'integer',
+      default: 4,
+      min: 1,
+      help: 'concurrent streamed calls',
+    },
+    {
+      name: 'json',
+      type: 'boolean',
+      default: false,
+      noEnv: true,
+      help: 'print one JSON object as the last line',
+    },
+  ],
+};
+
+type Kind = 'tcp' | 'http' | 'raw';
+
+export interface TransportResult {
+  rps_c1: number;
+  rps_c64: number;
+  p50_us_c64: number;
+  p99_us_c64: number;
+  stream_chunks_per_s: number;
+}
+
+/** One transport's client side: a small round trip, and a streamed answer (resolves its chunk count). */
+interface BenchClient {
+  echo(payload: Buffer): Promise<void>;
+  stream(): Promise<number>;
+  close(): Promise<void>;
+}
+
+async function startServer(kind: Kind, chunks: number, chunkBytes: number) {
+  const self = fileURLToPath(import.meta.url);
+  const script = self.replace(/transport\.(ts|js)$/, 'transport-server.$1');
+  const child = spawn(
+    process.execPath,
+    [...process.execArgv, script, kind, String(chunks), String(chunkBytes)],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+  return { child, port: Number(line.toString().trim()) };
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  child.kill('SIGKILL');
+  await once(child, 'exit');
+}
+
+function tcpClient(port: number): BenchClient {
+  const client = new RequestPlaneClient();
+  const address = `127.0.0.1:${port}`;
+  const empty = Buffer.alloc(0);
+  return {
+    async echo(payload) {
+      await client.unary(address, 'echo', payload);
+    },
+    async stream() {
+      let n = 0;
+      for await (const _ of client.stream(address, 'stream', empty)) n++;
+      return n;
+    },
+    close: () => client.close(),
+  };
+}
+
+function httpClient(port: number, connections: number, chunks: number): BenchClient {
+  const pool = new Pool(`http://127.0.0.1:${port}`, { connections, pipelining: 1 });
+  return {
+    async echo(payload) {
+      const res = await pool.request({ path: '/echo', method: 'POST', body: payload });
+      await res.body.arrayBuffer();
+    },
+    async stream() {
+      const res = await pool.request({ path: '/stream', method: 'POST', body: '' });
+      await res.body.arrayBuffer();
+      return chunks; // HTTP has no chunk boundaries of its own: count the chunks the server wrote
+    },
+    close: () => pool.close(),
+  };
+}
+
+/** Raw length-prefixed frames on one pipelined connection, answered in order. */
+function rawClient(port: number, chunks: number): BenchClient {
+  const socket: Socket = connect({ port, host: '127.0.0.1', noDelay: true });
+  const pending: Array<{ frames: number; resolve: (n: number) => void }> = [];
+  let head = 0;
+  const q = new ByteQueue();
+  socket.on('data', (c: Buffer) => {
+    q.push(c);
+    while (q.length >= 4 && q.length >= 4 + q.readUInt32BE(0)) {
+      q.skip(4 + q.readUInt32BE(0));
+      const p = pending[head]!;
+      if (--p.frames === 0) {
+        pending[head++] = undefined as never;
+        if (head > 1024) {
+          pending.splice(0, head);
+          head = 0;
+        }
+        p.resolve(chunks);
+      }
+    }
+  });
+  let corked = false;
+  const send = (op: number, body: Buffer, frames: number) =>
+    new Promise<number>((resolve) => {
+      const frame = Buffer.allocUnsafe(5 + body.length);
+      frame.writeUInt32BE(body.length, 0);
+      frame[4] = op;
+      body.copy(frame, 5);
+      pending.push({ frames, resolve });
+      if (!corked) {
+        corked = true;
+        socket.cork();
+        process.nextTick(() => {
+          corked = false;
+          socket.uncork();
+        });
+      }
+      socket.write(frame);
+    });
+  const empty = Buffer.alloc(0);
+  return {
+    async echo(payload) {
+      await send(1, payload, 1);
+    },
+    stream: () => send(2, empty, chunks),
+    close: async () => {
+      socket.destroy();
+    },
+  };
+}
+
+/** Runs `concurrency` callers back to back for durationMs; returns completed calls, elapsed and latencies. */
+async function drive(concurrency: number, durationMs: number, call: () => Promise<number | undefined>) {
+  const latencies: number[] = [];
+  let units = 0;
+  const start = performance.now();
+  const end = start + durationMs;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      for (let t0 = performance.now(); t0 < end; t0 = performance.now()) {
+        const n = await call();
+        latencies.push(performance.now() - t0);
+        units += n ?? 1;
+      }
+    }),
+  );
+  return { units, seconds: (performance.now() - start) / 1000, latencies };
+}
+
+function percentileUs(sorted: number[], q: number): number {
+  if (sorted.length === 0) return 0;
+  return Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! * 1000);
+}
+
+async function measure(kind: Kind, o: Record<string, number>): Promise<TransportResult> {
+  const { child, port } = await startServer(kind, o.streamChunks!, o.chunkBytes!);
+  const client =
+    kind === 'tcp'
+      ? tcpClient(port)
+      : kind === 'http'
+        ? httpClient(port, Math.max(o.concurrency!, o.streamConcurrency!), o.streamChunks!)
+        : rawClient(port, o.streamChunks!);
+  try {
+    const payload = Buffer.alloc(o.payloadBytes!, 0x62);
+    const echo = async () => {
+      await client.echo(payload);
+      return 1;
+    };
+    const run = async (concurrency: number, call: () => Promise<number>) => {
+      if (o.warmupMs! > 0) await drive(concurrency, o.warmupMs!, call);
+      return drive(concurrency, o.durationMs!, call);
+    };
+    process.stderr.write(`${kind}: c1 `);
+    const c1 = await run(1, echo);
+    process.stderr.write(`c${o.concurrency} `);
+    const cN = await run(o.concurrency!, echo);
+    process.stderr.write('stream\n');
+    const streamed = await run(o.streamConcurrency!, () => client.stream());
+    const sorted = cN.latencies.sort((a, b) => a - b);
+    return {
+      rps_c1: Math.round(c1.units / c1.seconds),
+      rps_c64: Math.round(cN.units / cN.seconds),
+      p50_us_c64: percentileUs(sorted, 0.5),
+      p99_us_c64: percentileUs(sorted, 0.99),
+      stream_chunks_per_s: Math.round(streamed.units / streamed.seconds),
+    };
+  } finally {
+    await client.close();
+    await stopServer(child);
+  }
+}
+
+export async function run(options: ParsedOptions): Promise<number> {
+  const o = options as Record<string, number>;
+  const results = {} as Record<Kind, TransportResult>;
+  for (const kind of ['tcp', 'http', 'raw'] as const) results[kind] = await measure(kind, o);
+
+  const n = o.concurrency;
+  const rows: Array<[string, keyof TransportResult]> = [
+    ['round trips/s, c1', 'rps_c1'],
+    [`round trips/s, c${n}`, 'rps_c64'],
+    [`p50 µs, c${n}`, 'p50_us_c64'],
+    [`p99 µs, c${n}`, 'p99_us_c64'],
+    [`streamed chunks/s (${o.streamChunks} x ${o.chunkBytes} B)`, 'stream_chunks_per_s'],
+  ];
+  const lines = [
+    `${'measure'.padEnd(34)}${'tcp'.padStart(12)}${'http'.padStart(12)}${'raw'.padStart(12)}`,
+    ...rows.map(
+      ([label, key]) =>
+        `${label.padEnd(34)}${(['tcp', 'http', 'raw'] as const).map((k) => String(results[k][key]).padStart(12)).join('')}`,
+    ),
+    '',
+    `c${n}: tcp/http ${(results.tcp.rps_c64 / results.http.rps_c64).toFixed(2)}x, tcp/raw ${(
+      (100 * results.tcp.rps_c64) / results.raw.rps_c64
+    ).toFixed(0)}%`,
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  if (options.json) process.stdout.write(`${JSON.stringify(results)}\n`);
+  return 0;
+}
