@@ -102,6 +102,7 @@ test('cancellation stops a request at once and frees its blocks; uncomputed bloc
   engine.submit({ id: 'a', tokenIds: range(0, 8 * BS), maxTokens: 100 }, 0);
   engine.tick(0);
   engine.tick(engine.nextWakeAt()!); // first 32-token chunk done: 2 blocks stored
+  assert.equal(engine.accountingOf('a')!.computedTokens, 32);
   assert.ok(engine.pool.usedBlocks > 0);
   assert.equal(engine.cancel('a'), true);
   assert.equal(engine.pool.usedBlocks, 0);
