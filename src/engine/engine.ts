@@ -107,7 +107,6 @@ interface Sequence {
   /** Prompt tokens whose KV exists. */
   promptDone: number;
   generated: number;
-  admitted: boolean;
   alive: boolean;
 }
 
@@ -203,7 +202,6 @@ export class MockEngine {
       anonymousBlocks: 0,
       promptDone: 0,
       generated: 0,
-      admitted: false,
       alive: true,
     });
     this.counters.requests++;
@@ -379,7 +377,6 @@ export class MockEngine {
     acc.installedBlocks = installed;
     acc.transferredTokens = installed * blockSize;
     seq.promptDone = (hits + installed) * blockSize;
-    seq.admitted = true;
     this.running.set(seq.req.id, seq);
     this.counters.promptTokens += acc.promptTokens;
     this.counters.cachedTokens += acc.cachedTokens;
