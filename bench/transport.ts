@@ -10,6 +10,7 @@ import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
+import { UsageError } from '../src/errors.js';
 import { ByteQueue } from '../src/tcp/byte-queue.js';
 import { RequestPlaneClient } from '../src/tcp/index.js';
 
@@ -30,6 +31,12 @@ export const spec: CommandSpec = {
       default: 4,
       min: 1,
       help: 'concurrent streamed calls',
+    },
+    {
+      name: 'transports',
+      type: 'string',
+      default: 'tcp,http,raw',
+      help: 'comma-separated subset to run (the JSON holds only those)',
     },
     {
       name: 'json',
@@ -74,7 +81,7 @@ async function startServer(kind: Kind, chunks: number, chunkBytes: number) {
 
 async function stopServer(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null) return;
-  child.kill('SIGKILL');
+  child.kill('SIGTERM');
   await once(child, 'exit');
 }
 
@@ -225,8 +232,13 @@ async function measure(kind: Kind, o: Record<string, number>): Promise<Transport
 
 export async function run(options: ParsedOptions): Promise<number> {
   const o = options as Record<string, number>;
+  const kinds = String(options.transports)
+    .split(',')
+    .map((k) => k.trim())
+    .filter((k): k is Kind => k === 'tcp' || k === 'http' || k === 'raw');
+  if (kinds.length === 0) throw new UsageError('--transports: name at least one of tcp, http, raw');
   const results = {} as Record<Kind, TransportResult>;
-  for (const kind of ['tcp', 'http', 'raw'] as const) results[kind] = await measure(kind, o);
+  for (const kind of kinds) results[kind] = await measure(kind, o);
 
   const n = o.concurrency;
   const rows: Array<[string, keyof TransportResult]> = [
@@ -237,16 +249,20 @@ export async function run(options: ParsedOptions): Promise<number> {
     [`streamed chunks/s (${o.streamChunks} x ${o.chunkBytes} B)`, 'stream_chunks_per_s'],
   ];
   const lines = [
-    `${'measure'.padEnd(34)}${'tcp'.padStart(12)}${'http'.padStart(12)}${'raw'.padStart(12)}`,
+    `${'measure'.padEnd(34)}${kinds.map((k) => k.padStart(12)).join('')}`,
     ...rows.map(
       ([label, key]) =>
-        `${label.padEnd(34)}${(['tcp', 'http', 'raw'] as const).map((k) => String(results[k][key]).padStart(12)).join('')}`,
+        `${label.padEnd(34)}${kinds.map((k) => String(results[k][key]).padStart(12)).join('')}`,
     ),
-    '',
-    `c${n}: tcp/http ${(results.tcp.rps_c64 / results.http.rps_c64).toFixed(2)}x, tcp/raw ${(
-      (100 * results.tcp.rps_c64) / results.raw.rps_c64
-    ).toFixed(0)}%`,
   ];
+  if (results.tcp && results.http && results.raw) {
+    lines.push(
+      '',
+      `c${n}: tcp/http ${(results.tcp.rps_c64 / results.http.rps_c64).toFixed(2)}x, tcp/raw ${(
+        (100 * results.tcp.rps_c64) / results.raw.rps_c64
+      ).toFixed(0)}%`,
+    );
+  }
   process.stdout.write(`${lines.join('\n')}\n`);
   if (options.json) process.stdout.write(`${JSON.stringify(results)}\n`);
   return 0;

@@ -7,6 +7,8 @@
  * not pin a whole 64 KiB read buffer (keeps the buffered-bytes accounting honest). */
 const COPY_BELOW = 4096;
 
+const EMPTY = Buffer.alloc(0);
+
 export class ByteQueue {
   private chunks: Buffer[] = [];
   /** Index of the first live chunk in `chunks`. */
@@ -57,7 +59,7 @@ export class ByteQueue {
 
   /** Removes and returns the next n bytes (n <= length). */
   take(n: number): Buffer {
-    if (n === 0) return Buffer.alloc(0);
+    if (n === 0) return EMPTY;
     const c = this.chunks[this.first]!;
     let out: Buffer;
     if (this.offset + n <= c.length) {

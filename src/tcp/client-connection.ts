@@ -1,6 +1,6 @@
 // One socket from the client to a worker, multiplexing many streams by id. Implements the
 // dispatch contract: dispatch() writes a request frame (batched with the other writes of the same
-// tick under cork) and routes DATA/END/ERROR frames back to the stream's handler.
+// tick by a FrameWriter) and routes DATA/END/ERROR frames back to the stream's handler.
 //
 // Stream ids increase monotonically (wrapping after 2^32-1, skipping open ids), so frames a server
 // sent before it saw a cancel can never be mistaken for a newer stream's.
@@ -13,6 +13,7 @@
 import { connect, type Socket } from 'node:net';
 import type { DispatchRequest, StreamHandle, StreamHandler } from './dispatch.js';
 import { failLater } from './dispatch.js';
+import { FrameWriter } from './frame-writer.js';
 import {
   type ErrorBody,
   encodeCancelFrame,
@@ -65,7 +66,7 @@ export class ClientConnection {
   private dead = false;
   private failure: { kind: TransportErrorKind; message: string } | undefined;
   private lastError: Error | undefined;
-  private corked = false;
+  private readonly writer: FrameWriter;
   private credits: Array<[number, number]> = [];
   private connectTimer: NodeJS.Timeout | undefined;
   private readonly closedPromise: Promise<void>;
@@ -80,6 +81,8 @@ export class ClientConnection {
     this.decoder = new ResponseFrameDecoder(opts.maxFrameBytes);
     const socket = connect({ host, port, noDelay: true });
     this.socket = socket;
+    this.writer = new FrameWriter(socket);
+    socket.on('drain', () => this.writer.drained());
     this.connectTimer = setTimeout(
       () =>
         this.fail('connect_failed', `connect to ${host}:${port} timed out after ${opts.connectTimeoutMs} ms`),
@@ -112,9 +115,7 @@ export class ClientConnection {
     }
     const id = this.allocateId();
     const window = Math.max(1, Math.floor(req.windowBytes));
-    req.headers[STREAM_HEADER] = String(id);
-    req.headers[WINDOW_HEADER] = String(window);
-    const headersJson = JSON.stringify(req.headers);
+    const headersJson = headerBlock(id, window, req.headers);
     const pathBytes = Buffer.byteLength(req.path);
     const headersBytes = Buffer.byteLength(headersJson);
     const size = requestFrameSize(pathBytes, headersBytes, req.payload.byteLength);
@@ -165,18 +166,8 @@ export class ClientConnection {
   }
 
   private write(frame: Buffer): void {
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
-    }
-    this.socket.write(frame);
+    this.writer.write(frame);
   }
-
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
-  };
 
   private readonly flushCredits = (): void => {
     const grants = this.credits;
@@ -269,6 +260,17 @@ export class ClientConnection {
       s.handler.onError(new TransportError(kind, message, { cause: this.lastError }));
     }
   }
+}
+
+/** The frame's header JSON: the plane's two headers first, then the caller's (stringified once). */
+function headerBlock(id: number, window: number, headers: Record<string, string>): string {
+  const own = `{"${STREAM_HEADER}":"${id}","${WINDOW_HEADER}":"${window}"`;
+  for (const _ in headers) {
+    const { [STREAM_HEADER]: _s, [WINDOW_HEADER]: _w, ...rest } = headers;
+    const json = JSON.stringify(rest);
+    return json === '{}' ? `${own}}` : `${own},${json.slice(1)}`;
+  }
+  return `${own}}`;
 }
 
 function parseErrorBody(payload: Buffer): ErrorBody {

@@ -11,7 +11,7 @@ import { TransportError } from './transport-error.js';
 
 export interface DispatchRequest {
   path: string;
-  /** Owned by the dispatcher once passed: the connection adds its stream headers to it. */
+  /** Caller's headers; the connection sends its own x-kvroute-stream/x-kvroute-window instead of any given. */
   headers: Record<string, string>;
   payload: Uint8Array;
   /** Response bytes the server may send ahead of the caller's consumption (the stream's credit). */

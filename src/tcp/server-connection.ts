@@ -1,13 +1,14 @@
 // One accepted socket of the request-plane server: decodes request frames, dispatches them to
 // handlers as ServerStreams multiplexed by stream id, and writes their response frames.
 //
-// Writes are batched: the first write of a tick corks the socket and a nextTick uncorks it, so the
-// frames produced by many streams in one tick leave in a single writev. When socket.write returns
+// Writes are batched by a FrameWriter: the frames many streams produce in one tick leave in one
+// socket.write. When socket.write returns
 // false, every stream pauses before pulling its next chunk until 'drain'. When unsent bytes exceed
 // outboundHighWaterBytes (e.g. a peer that sends requests but never reads), reading pauses too, so
 // nothing on either side grows without bound.
 
 import type { Socket } from 'node:net';
+import { FrameWriter } from './frame-writer.js';
 import {
   CANCEL_PATH,
   CREDIT_PATH,
@@ -36,8 +37,7 @@ const LINGER_AFTER_FATAL_MS = 2000;
 export class ServerConnection implements StreamSink {
   readonly streams = new Map<number, ServerStream>();
   private readonly decoder: RequestFrameDecoder;
-  blocked = false;
-  private corked = false;
+  private readonly writer: FrameWriter;
   private closed = false;
   private ending = false;
   private readPaused = false;
@@ -49,6 +49,7 @@ export class ServerConnection implements StreamSink {
     private readonly host: ConnectionHost,
   ) {
     this.decoder = new RequestFrameDecoder(host.limits.maxFrameBytes);
+    this.writer = new FrameWriter(socket);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.onDrain());
@@ -66,23 +67,16 @@ export class ServerConnection implements StreamSink {
   }
 
   get outboundBytes(): number {
-    return this.socket.writableLength;
+    return this.writer.queuedBytes;
+  }
+
+  get blocked(): boolean {
+    return this.writer.blocked;
   }
 
   send(frame: Buffer): void {
-    if (this.closed || this.socket.destroyed) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
-    }
-    if (!this.socket.write(frame)) this.blocked = true;
+    if (!this.closed) this.writer.write(frame);
   }
-
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
-  };
 
   onceDrained(wake: () => void): void {
     this.drainWaiters.push(wake);
@@ -107,7 +101,7 @@ export class ServerConnection implements StreamSink {
   private end(): void {
     if (this.ending || this.closed) return;
     this.ending = true;
-    this.socket.end();
+    this.writer.end();
   }
 
   private onData(chunk: Buffer): void {
@@ -119,7 +113,7 @@ export class ServerConnection implements StreamSink {
       else this.fatal(ev.reason);
       if (this.closed || this.ending) return;
     }
-    if (!this.readPaused && this.socket.writableLength > this.host.limits.outboundHighWaterBytes) {
+    if (!this.readPaused && this.writer.queuedBytes > this.host.limits.outboundHighWaterBytes) {
       this.readPaused = true;
       this.socket.pause();
     }
@@ -186,7 +180,7 @@ export class ServerConnection implements StreamSink {
   }
 
   private onDrain(): void {
-    this.blocked = false;
+    this.writer.drained();
     if (this.readPaused) {
       this.readPaused = false;
       this.socket.resume();
@@ -206,7 +200,6 @@ export class ServerConnection implements StreamSink {
     clearTimeout(this.lingerTimer);
     this.abortAll('connection closed');
     this.streams.clear();
-    this.blocked = false;
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const wake of waiters) wake();

@@ -24,7 +24,9 @@ export interface StreamSink {
 }
 
 export class ServerStream {
-  private readonly controller = new AbortController();
+  /** Created on first use of req.signal: an AbortController costs more than a small request. */
+  private controller: AbortController | undefined;
+  private abortReason: Error | undefined;
   /** Bytes the stream may still send before it needs credit (may dip below 0 by one chunk). */
   private window: number;
   /** Resolves whatever the pump is currently awaiting (a chunk, credit or drain). */
@@ -39,12 +41,13 @@ export class ServerStream {
   }
 
   get aborted(): boolean {
-    return this.controller.signal.aborted;
+    return this.abortReason !== undefined;
   }
 
   abort(reason: string): void {
     if (this.aborted) return;
-    this.controller.abort(new Error(reason));
+    this.abortReason = new Error(reason);
+    this.controller?.abort(this.abortReason);
     this.wake?.(ABORTED);
   }
 
@@ -57,7 +60,7 @@ export class ServerStream {
   async run(handler: RequestHandler, path: string, headers: Record<string, string>, payload: Buffer) {
     const requestId = headers[REQUEST_ID_HEADER];
     const { span, ctx } = startHandlerSpan(path, headers, requestId);
-    const req: IncomingRequest = { path, headers, payload, signal: this.controller.signal, requestId };
+    const req = new LazySignalRequest(path, headers, payload, requestId, this);
     let iterator: AsyncIterator<Uint8Array> | undefined;
     let failure: unknown;
     try {
@@ -104,6 +107,15 @@ export class ServerStream {
     }
   }
 
+  /** The AbortSignal handed to the handler, made on demand and already aborted if the stream is. */
+  signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.abortReason !== undefined) this.controller.abort(this.abortReason);
+    }
+    return this.controller.signal;
+  }
+
   private sendData(chunk: Uint8Array): void {
     if (chunk.byteLength + 9 > this.sink.maxFrameBytes) {
       throw new RangeError(`response chunk of ${chunk.byteLength} bytes exceeds the frame limit`);
@@ -130,5 +142,19 @@ export class ServerStream {
       if (r === ABORTED) return ABORTED;
     }
     return this.aborted ? ABORTED : undefined;
+  }
+}
+
+class LazySignalRequest implements IncomingRequest {
+  constructor(
+    readonly path: string,
+    readonly headers: Readonly<Record<string, string>>,
+    readonly payload: Buffer,
+    readonly requestId: string | undefined,
+    private readonly stream: ServerStream,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.stream.signal();
   }
 }
