@@ -50,8 +50,8 @@ export class RequestPlaneClient {
     this.poolOptions = {
       connectTimeoutMs: opts.connectTimeoutMs ?? 2000,
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-      maxConnections: opts.maxConnectionsPerAddress ?? 4,
-      streamsPerConnection: opts.streamsPerConnection ?? 64,
+      maxConnections: opts.maxConnectionsPerAddress ?? 8,
+      streamsPerConnection: opts.streamsPerConnection ?? 8,
     };
     this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
     this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;
