@@ -90,7 +90,9 @@ export class ChunkIterator implements AsyncIterator<Buffer>, StreamHandler {
 
 export class UnaryCollector implements StreamHandler {
   handle: StreamHandle = NOOP_HANDLE;
-  private chunks: Buffer[] = [];
+  /** The first chunk; `more` holds the rest only when the answer has several (rare). */
+  private first: Buffer | undefined;
+  private more: Buffer[] | undefined;
   private total = 0;
 
   constructor(
@@ -103,17 +105,21 @@ export class UnaryCollector implements StreamHandler {
     this.total += chunk.length;
     if (this.total > this.maxBytes) {
       this.handle.cancel();
-      this.chunks = [];
+      this.first = undefined;
+      this.more = undefined;
       this.reject(new TransportError('protocol_error', `unary answer exceeds ${this.maxBytes} bytes`));
       return;
     }
-    this.chunks.push(chunk);
+    if (this.first === undefined) this.first = chunk;
+    else if (this.more === undefined) this.more = [chunk];
+    else this.more.push(chunk);
     this.handle.grant(chunk.length);
   }
 
   onEnd(): void {
-    const c = this.chunks;
-    this.resolve(c.length === 1 ? c[0]! : c.length === 0 ? Buffer.alloc(0) : Buffer.concat(c, this.total));
+    if (this.first === undefined) this.resolve(Buffer.alloc(0));
+    else if (this.more === undefined) this.resolve(this.first);
+    else this.resolve(Buffer.concat([this.first, ...this.more], this.total));
   }
 
   onError(err: TransportError): void {

@@ -41,6 +41,7 @@ export interface RequestPlaneClientOptions {
 
 export class RequestPlaneClient {
   private readonly pools = new Map<string, ConnectionPool>();
+  private readonly defaultDispatch = new Map<string, DispatchFn>();
   private readonly poolOptions: PoolOptions;
   private readonly firstResponseTimeoutMs: number;
   private readonly windowBytes: number;
@@ -50,8 +51,8 @@ export class RequestPlaneClient {
     this.poolOptions = {
       connectTimeoutMs: opts.connectTimeoutMs ?? 2000,
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-      maxConnections: opts.maxConnectionsPerAddress ?? 8,
-      streamsPerConnection: opts.streamsPerConnection ?? 8,
+      maxConnections: opts.maxConnectionsPerAddress ?? 4,
+      streamsPerConnection: opts.streamsPerConnection ?? 16,
     };
     this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
     this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;
@@ -101,6 +102,7 @@ export class RequestPlaneClient {
     this.closed = true;
     const pools = [...this.pools.values()];
     this.pools.clear();
+    this.defaultDispatch.clear();
     await Promise.all(pools.map((p) => p.close()));
   }
 

@@ -58,6 +58,21 @@ export function encodeResponseFrame(type: ResponseTypeCode, streamId: number, pa
   return buf;
 }
 
+/** A DATA frame immediately followed by the END frame of the same stream, in one Buffer. */
+export function encodeDataEndFrames(streamId: number, payload: Uint8Array): Buffer {
+  const len = payload.byteLength;
+  const buf = Buffer.allocUnsafe(2 * RESPONSE_HEADER_BYTES + len);
+  buf[0] = ResponseType.DATA;
+  buf.writeUInt32BE(streamId, 1);
+  buf.writeUInt32BE(len, 5);
+  buf.set(payload, RESPONSE_HEADER_BYTES);
+  const end = RESPONSE_HEADER_BYTES + len;
+  buf[end] = ResponseType.END;
+  buf.writeUInt32BE(streamId, end + 1);
+  buf.writeUInt32BE(0, end + 5);
+  return buf;
+}
+
 export function encodeErrorFrame(streamId: number, body: ErrorBody): Buffer {
   return encodeResponseFrame(ResponseType.ERROR, streamId, Buffer.from(JSON.stringify(body), 'utf8'));
 }

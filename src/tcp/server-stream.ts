@@ -5,7 +5,14 @@
 
 import { context } from '@opentelemetry/api';
 import { isKvrouteError } from '../errors.js';
-import { encodeErrorFrame, encodeResponseFrame, REQUEST_ID_HEADER, ResponseType } from './frames.js';
+import {
+  encodeDataEndFrames,
+  encodeErrorFrame,
+  encodeResponseFrame,
+  REQUEST_ID_HEADER,
+  RESPONSE_HEADER_BYTES,
+  ResponseType,
+} from './frames.js';
 import type { IncomingRequest, RequestHandler } from './server-types.js';
 import { endHandlerSpan, startHandlerSpan } from './trace.js';
 
@@ -64,12 +71,17 @@ export class ServerStream {
     let iterator: AsyncIterator<Uint8Array> | undefined;
     let failure: unknown;
     try {
-      const result = await this.untilSettledOrAborted(
-        Promise.resolve(context.with(ctx, handler, undefined, req)),
-      );
+      const produced = context.with(ctx, handler, undefined, req);
+      const result = isThenable(produced)
+        ? await this.untilSettledOrAborted(Promise.resolve(produced))
+        : produced;
+      let ended = false;
       if (result !== ABORTED) {
         if (result instanceof Uint8Array) {
-          this.sendData(result);
+          // A single-chunk answer leaves as DATA+END in one buffer.
+          this.checkChunkSize(result);
+          if (!this.aborted) this.sink.send(encodeDataEndFrames(this.id, result));
+          ended = true;
         } else if (result !== null && typeof result === 'object' && Symbol.asyncIterator in result) {
           const it = result[Symbol.asyncIterator]();
           iterator = it;
@@ -83,7 +95,7 @@ export class ServerStream {
           throw new TypeError(`handler for '${path}' returned neither bytes nor an async iterable`);
         }
       }
-      if (!this.aborted) this.sink.send(encodeResponseFrame(ResponseType.END, this.id));
+      if (!this.aborted && !ended) this.sink.send(encodeResponseFrame(ResponseType.END, this.id));
     } catch (err) {
       failure = err;
       if (!this.aborted) {
@@ -116,10 +128,14 @@ export class ServerStream {
     return this.controller.signal;
   }
 
-  private sendData(chunk: Uint8Array): void {
-    if (chunk.byteLength + 9 > this.sink.maxFrameBytes) {
+  private checkChunkSize(chunk: Uint8Array): void {
+    if (chunk.byteLength + RESPONSE_HEADER_BYTES > this.sink.maxFrameBytes) {
       throw new RangeError(`response chunk of ${chunk.byteLength} bytes exceeds the frame limit`);
     }
+  }
+
+  private sendData(chunk: Uint8Array): void {
+    this.checkChunkSize(chunk);
     this.window -= chunk.byteLength;
     this.sink.send(encodeResponseFrame(ResponseType.DATA, this.id, chunk));
   }
@@ -143,6 +159,10 @@ export class ServerStream {
     }
     return this.aborted ? ABORTED : undefined;
   }
+}
+
+function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
 }
 
 class LazySignalRequest implements IncomingRequest {
