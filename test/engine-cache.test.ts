@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KvEventLog, MockEngine } from '../src/engine/index.js';
+import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
-import { range, runUntilIdle, testHasher } from './engine-helpers.js';
+import { range, runUntilIdle } from './engine-helpers.js';
 
 const BS = 16;
 
@@ -17,7 +18,7 @@ function applyEvents(set: Set<string>, events: readonly KvEvent[]): Set<string> 
 }
 
 test('a second prompt sharing a prefix is served from cache: less prefill work, by accounting', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 64 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 64 }, computeBlockHashes);
   const shared = range(1000, 4 * BS);
   engine.submit({ id: 'a', tokenIds: [...shared, ...range(1, 8)], maxTokens: 2 }, 0);
   const first = runUntilIdle(engine);
@@ -45,7 +46,7 @@ test('a second prompt sharing a prefix is served from cache: less prefill work, 
 });
 
 test('evicting unreferenced blocks emits removed, tail first, and keeps the pool within capacity', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 8 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 8 }, computeBlockHashes);
   const seen: KvEvent[] = [];
   engine.events.subscribe((e) => seen.push(e));
   engine.submit({ id: 'a', tokenIds: range(0, 4 * BS), maxTokens: 1 }, 0);
@@ -83,7 +84,7 @@ test('the event log numbers events 1, 2, 3 and replays after an id until the rin
 });
 
 test('replay from an id gives exactly the events after it, in order', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 24 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 24 }, computeBlockHashes);
   const live: KvEvent[] = [];
   engine.events.subscribe((e) => live.push(e));
   let now = 0;
@@ -101,7 +102,7 @@ test('replay from an id gives exactly the events after it, in order', () => {
 });
 
 test('a dump reproduces the block set that replaying every event gives', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 40 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 40 }, computeBlockHashes);
   const live: KvEvent[] = [];
   engine.events.subscribe((e) => live.push(e));
   let now = 0;
@@ -128,7 +129,7 @@ test('a dump reproduces the block set that replaying every event gives', () => {
 });
 
 test('clearing an idle cache emits cleared and empties the pool', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 16 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 16 }, computeBlockHashes);
   engine.submit({ id: 'a', tokenIds: range(0, 2 * BS), maxTokens: 1 }, 0);
   runUntilIdle(engine);
   engine.pool.clear();

@@ -2,13 +2,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { decodeStepMs, MockEngine, prefillMs, WORD_TOKEN_IDS } from '../src/engine/index.js';
 import { KvrouteError } from '../src/errors.js';
+import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
-import { range, runUntilIdle, testHasher, tokensOf } from './engine-helpers.js';
+import { range, runUntilIdle, tokensOf } from './engine-helpers.js';
 
 const BS = 16;
 
 test('step durations follow the prefill and decode formulas, divided by speedup', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 100, speedup: 2 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 100, speedup: 2 }, computeBlockHashes);
   engine.submit({ id: 'a', tokenIds: range(0, 40), maxTokens: 3 }, 1000);
   assert.deepEqual(engine.tick(1000), []);
   const prefillEnd = 1000 + prefillMs(40, 2);
@@ -31,7 +32,7 @@ test('step durations follow the prefill and decode formulas, divided by speedup'
 
 test('output tokens are deterministic, from the word list, and stop on max_tokens or a stop id', () => {
   const run = (stop?: number[]) => {
-    const engine = new MockEngine({ blockSize: BS, kvBlocks: 100 }, testHasher);
+    const engine = new MockEngine({ blockSize: BS, kvBlocks: 100 }, computeBlockHashes);
     engine.submit({ id: 'a', tokenIds: range(3, 20), maxTokens: 30, stopTokenIds: stop }, 0);
     return runUntilIdle(engine).outputs;
   };
@@ -46,7 +47,7 @@ test('output tokens are deterministic, from the word list, and stop on max_token
 });
 
 test('continuous batching: a newcomer joins between decode steps; max_batched_tokens chunks prefill', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 200, maxBatchedTokens: 64 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 200, maxBatchedTokens: 64 }, computeBlockHashes);
   engine.submit({ id: 'a', tokenIds: range(0, 10), maxTokens: 50 }, 0);
   engine.tick(0);
   let now = engine.nextWakeAt()!;
@@ -69,7 +70,7 @@ test('continuous batching: a newcomer joins between decode steps; max_batched_to
 });
 
 test('admission: a request waits for room; one that can never fit fails at once; the queue is bounded', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 10, maxWaiting: 1 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 10, maxWaiting: 1 }, computeBlockHashes);
   engine.submit({ id: 'a', tokenIds: range(0, 6 * BS), maxTokens: 10 }, 0); // 7 blocks
   engine.tick(0);
   engine.submit({ id: 'b', tokenIds: range(1000, 6 * BS), maxTokens: 10 }, 0); // 7 blocks: waits
@@ -96,7 +97,7 @@ test('admission: a request waits for room; one that can never fit fails at once;
 });
 
 test('cancellation stops a request at once and frees its blocks; uncomputed blocks are never announced', () => {
-  const engine = new MockEngine({ blockSize: BS, kvBlocks: 50, maxBatchedTokens: 32 }, testHasher);
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 50, maxBatchedTokens: 32 }, computeBlockHashes);
   const events: KvEvent[] = [];
   engine.events.subscribe((e) => events.push(e));
   engine.submit({ id: 'a', tokenIds: range(0, 8 * BS), maxTokens: 100 }, 0);
@@ -118,11 +119,11 @@ test('cancellation stops a request at once and frees its blocks; uncomputed bloc
 
 test('kv_transfer: blocks are installed (stored events), not recomputed; output matches aggregated serving', () => {
   const prompt = range(42, 5 * BS + 7);
-  const aggregated = new MockEngine({ blockSize: BS, kvBlocks: 100 }, testHasher);
+  const aggregated = new MockEngine({ blockSize: BS, kvBlocks: 100 }, computeBlockHashes);
   aggregated.submit({ id: 'x', tokenIds: prompt, maxTokens: 6 }, 0);
   const agg = runUntilIdle(aggregated).outputs;
 
-  const prefill = new MockEngine({ blockSize: BS, kvBlocks: 100 }, testHasher);
+  const prefill = new MockEngine({ blockSize: BS, kvBlocks: 100 }, computeBlockHashes);
   prefill.submit({ id: 'x', tokenIds: prompt, maxTokens: 1 }, 0);
   const pre = runUntilIdle(prefill).outputs;
   assert.equal(pre.length, 1);
@@ -131,7 +132,7 @@ test('kv_transfer: blocks are installed (stored events), not recomputed; output 
   assert.equal(prefill.pool.cachedBlocks, 5, 'prefill keeps the blocks cached after answering');
   assert.equal(prefill.pool.usedBlocks, 0);
 
-  const decode = new MockEngine({ blockSize: BS, kvBlocks: 100 }, testHasher);
+  const decode = new MockEngine({ blockSize: BS, kvBlocks: 100 }, computeBlockHashes);
   const events: KvEvent[] = [];
   decode.events.subscribe((e) => events.push(e));
   decode.submit(

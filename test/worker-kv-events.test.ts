@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MockEngine } from '../src/engine/index.js';
 import { KvrouteError } from '../src/errors.js';
+import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEventsChunk } from '../src/protocols/kv-events.js';
 import { KvEventsHub } from '../src/worker/kv-events-stream.js';
-import { range, runUntilIdle, testHasher } from './engine-helpers.js';
+import { range, runUntilIdle } from './engine-helpers.js';
 
 function engineWithHistory(requests: number): MockEngine {
-  const engine = new MockEngine({ blockSize: 16, kvBlocks: 64, eventRingCapacity: 4 }, testHasher);
+  const engine = new MockEngine({ blockSize: 16, kvBlocks: 64, eventRingCapacity: 4 }, computeBlockHashes);
   let now = 0;
   for (let r = 0; r < requests; r++) {
     engine.submit({ id: `r${r}`, tokenIds: range(r * 1000, 40), maxTokens: 1 }, now);

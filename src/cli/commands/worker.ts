@@ -1,14 +1,132 @@
-// `kvroute worker`: not built yet (see the open issues); exits 1 with a clear message.
+// `kvroute worker`: one mock worker (engine + request-plane server) that registers with a router,
+// heartbeats, and on SIGTERM/SIGINT deregisters, drains in-flight streams and exits 0.
 
+import { ENGINE_DEFAULTS } from '../../engine/index.js';
+import { UsageError } from '../../errors.js';
+import { computeBlockHashes } from '../../kv-index/index.js';
+import { WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
+import { initTelemetry } from '../../telemetry/index.js';
+import { createLog } from '../../worker/log.js';
+import { startWorker } from '../../worker/worker.js';
 import type { CommandModule } from '../command.js';
+import type { ParsedOptions } from '../options.js';
 
 export const spec: CommandModule['spec'] = {
   usage: 'kvroute worker',
-  summary: 'Not available yet in this build.',
-  options: [],
+  summary: 'One mock inference worker (prefill, decode or both) that registers with a router.',
+  options: [
+    { name: 'role', type: 'string', choices: WORKER_ROLES, help: 'what this worker serves (required)' },
+    { name: 'router', type: 'string', help: 'router base URL, e.g. http://127.0.0.1:8000 (required)' },
+    { name: 'host', type: 'string', default: '127.0.0.1', help: 'request-plane listen address' },
+    {
+      name: 'port',
+      type: 'integer',
+      default: 0,
+      min: 0,
+      max: 65535,
+      help: 'request-plane port (0 = any free)',
+    },
+    { name: 'model', type: 'string', default: 'mock-llm', help: 'model name served' },
+    {
+      name: 'block-size',
+      type: 'integer',
+      default: ENGINE_DEFAULTS.blockSize,
+      min: 1,
+      help: 'tokens per KV block',
+    },
+    {
+      name: 'kv-blocks',
+      type: 'integer',
+      default: ENGINE_DEFAULTS.kvBlocks,
+      min: 1,
+      help: 'KV pool capacity in blocks',
+    },
+    {
+      name: 'max-batched-tokens',
+      type: 'integer',
+      default: ENGINE_DEFAULTS.maxBatchedTokens,
+      min: 1,
+      help: 'tokens one engine step may process',
+    },
+    { name: 'speedup', type: 'number', default: 1, min: 0.001, help: 'divides every simulated duration' },
+    {
+      name: 'max-waiting',
+      type: 'integer',
+      default: ENGINE_DEFAULTS.maxWaiting,
+      min: 1,
+      help: 'requests that may wait for KV room before new ones are rejected',
+    },
+    {
+      name: 'drain-ms',
+      type: 'integer',
+      default: 10_000,
+      min: 0,
+      help: 'on SIGTERM, how long in-flight streams may run before they are cut',
+    },
+    { name: 'verbose', type: 'boolean', default: false, help: 'structured JSON logs on stderr' },
+  ],
 };
 
-export async function run(): Promise<number> {
-  process.stderr.write('kvroute worker: not available yet in this build\n');
-  return 1;
+function routerUrl(value: unknown): string {
+  if (typeof value !== 'string' || value === '')
+    throw new UsageError('--router is required (the router base URL)');
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new UsageError(`--router: not a URL: '${value}'`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new UsageError(`--router: expected an http(s) URL, got '${value}'`);
+  }
+  return value;
+}
+
+export async function run(options: ParsedOptions): Promise<number> {
+  if (options.role === undefined) throw new UsageError(`--role is required (${WORKER_ROLES.join('|')})`);
+  const role = options.role as WorkerRole;
+  const router = routerUrl(options.router);
+  const telemetry = initTelemetry({ serviceName: `kvroute-${role}-worker` });
+  const log = createLog(options.verbose === true, { component: 'worker', role });
+  const worker = await startWorker(
+    {
+      role,
+      routerUrl: router,
+      host: options.host as string,
+      port: options.port as number,
+      model: options.model as string,
+      engine: {
+        blockSize: options.blockSize as number,
+        kvBlocks: options.kvBlocks as number,
+        maxBatchedTokens: options.maxBatchedTokens as number,
+        speedup: options.speedup as number,
+        maxWaiting: options.maxWaiting as number,
+      },
+      drainDeadlineMs: options.drainMs as number,
+      kvEventsBacklog: 100_000,
+      log,
+    },
+    computeBlockHashes,
+  );
+  process.stdout.write(
+    `kvroute worker (${role}) listening on ${worker.address}, registering with ${router}\n`,
+  );
+
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      log('signal', { signal });
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      // A second signal while draining ends the process at once.
+      const force = () => process.exit(1);
+      process.once('SIGTERM', force);
+      process.once('SIGINT', force);
+      resolve();
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  await worker.stop();
+  await telemetry.shutdown();
+  return 0;
 }

@@ -1,0 +1,176 @@
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { computeBlockHashes } from '../src/kv-index/index.js';
+import type { KvEventsChunk } from '../src/protocols/kv-events.js';
+import type { GenerateChunk, LoadReport, PrefillResponse } from '../src/protocols/worker-plane.js';
+import { decodeJson, encodeJson, RequestPlaneClient, TransportError } from '../src/tcp/index.js';
+import type { WorkerStats } from '../src/worker/stats.js';
+import { StandInRouter, spawnWorker, type WorkerProcess } from './worker-helpers.js';
+
+const router = new StandInRouter(600);
+const client = new RequestPlaneClient();
+let prefill: WorkerProcess;
+let decode: WorkerProcess;
+let prefillId: string;
+
+const common = ['--kv-blocks', '64', '--block-size', '16', '--speedup', '10'];
+
+before(async () => {
+  await router.listen();
+  [prefill, decode] = await Promise.all([
+    spawnWorker(['--role', 'prefill', '--router', router.url, ...common]),
+    spawnWorker(['--role', 'decode', '--router', router.url, ...common]),
+  ]);
+  // Both registered and heartbeating (so each knows its worker id).
+  await router.waitFor((c) => c.url === '/v1/workers/w1/heartbeat');
+  await router.waitFor((c) => c.url === '/v1/workers/w2/heartbeat');
+  prefillId = router.idByAddress.get(prefill.address)!;
+});
+
+after(async () => {
+  prefill?.child.kill('SIGKILL');
+  decode?.child.kill('SIGKILL');
+  await client.close();
+  await router.close();
+});
+
+async function unary<T>(address: string, path: string, body: unknown): Promise<T> {
+  return decodeJson<T>(await client.unary(address, path, encodeJson(body)));
+}
+
+async function generate(address: string, body: unknown, signal?: AbortSignal): Promise<GenerateChunk[]> {
+  const chunks: GenerateChunk[] = [];
+  for await (const buf of client.stream(address, 'generate', encodeJson(body), { signal })) {
+    chunks.push(decodeJson<GenerateChunk>(buf));
+  }
+  return chunks;
+}
+
+async function remoteError(call: Promise<unknown>): Promise<TransportError> {
+  try {
+    await call;
+  } catch (err) {
+    assert.ok(err instanceof TransportError, String(err));
+    assert.equal(err.kind, 'remote_error');
+    return err;
+  }
+  assert.fail('expected an error response');
+}
+
+const prompt = Array.from({ length: 100 }, (_, i) => 1000 + i); // 6 full blocks + 4 tokens
+
+test('prefill then generate with the transferred KV: the decode worker installs, not recomputes', async () => {
+  const events = client
+    .stream(prefill.address, 'kv_events', encodeJson({ after_event_id: 0 }))
+    [Symbol.asyncIterator]();
+  assert.deepEqual(decodeJson<KvEventsChunk>((await events.next()).value), { kind: 'events', events: [] });
+
+  const pre = await unary<PrefillResponse>(prefill.address, 'prefill', {
+    request_id: 'r1',
+    token_ids: prompt,
+    extra: 1,
+  });
+  const expected = Array.from(computeBlockHashes(prompt, 16).sequence, String);
+  assert.equal(pre.prompt_tokens, 100);
+  assert.equal(pre.cached_tokens, 0);
+  assert.deepEqual(pre.kv_transfer, {
+    prefill_worker_id: prefillId,
+    block_size: 16,
+    transferred_blocks: 6,
+    block_hashes: expected,
+    cached_tokens: 0,
+  });
+  const stored = decodeJson<KvEventsChunk>((await events.next()).value);
+  assert.deepEqual(
+    stored.events.flatMap((e) => (e.type === 'stored' ? e.blocks.map((b) => b.sequence_hash) : [])),
+    expected,
+  );
+  await events.return!();
+
+  const chunks = await generate(decode.address, {
+    request_id: 'r1',
+    token_ids: prompt,
+    max_tokens: 8,
+    kv_transfer: pre.kv_transfer,
+    first_token: pre.first_token,
+  });
+  assert.equal(chunks[0]!.token_ids[0], pre.first_token);
+  assert.equal(chunks[0]!.prompt_tokens, 100);
+  assert.equal(chunks[0]!.cached_tokens, 96);
+  assert.equal(chunks.flatMap((c) => c.token_ids).length, 8);
+  assert.equal(chunks.at(-1)!.finish_reason, 'length');
+
+  const decodeStats = await unary<WorkerStats>(decode.address, 'stats', {});
+  assert.equal(decodeStats.installed_blocks, 6);
+  assert.equal(decodeStats.transferred_tokens, 96);
+  assert.equal(decodeStats.computed_tokens, 4, 'only the partial tail was prefilled on the decode worker');
+  const prefillStats = await unary<WorkerStats>(prefill.address, 'stats', {});
+  assert.equal(prefillStats.computed_tokens, 100);
+  assert.equal(prefillStats.cached_blocks, 6, 'the prefill worker keeps the blocks cached');
+  assert.equal(prefillStats.used_blocks, 0);
+
+  // A second prompt sharing the 6-block prefix costs the prefill worker only its new tail.
+  const again = await unary<PrefillResponse>(prefill.address, 'prefill', {
+    request_id: 'r2',
+    token_ids: [...prompt.slice(0, 96), 7, 7, 7],
+  });
+  assert.equal(again.cached_tokens, 96);
+  assert.equal((await unary<WorkerStats>(prefill.address, 'stats', {})).computed_tokens, 103);
+});
+
+test('load, health and roles: a prefill worker does not serve generate', async () => {
+  const load = await unary<LoadReport>(decode.address, 'load', {});
+  assert.equal(load.total_blocks, 64);
+  assert.equal(load.running, 0);
+  assert.deepEqual(await unary(prefill.address, 'health', {}), {
+    ok: true,
+    worker_id: prefillId,
+    role: 'prefill',
+  });
+  await remoteError(generate(prefill.address, { request_id: 'x', token_ids: [1], max_tokens: 1 }));
+});
+
+test('bad input answers with an error naming the field; a prompt larger than the pool fails at once', async () => {
+  let err = await remoteError(generate(decode.address, { token_ids: [1, 2], max_tokens: 2 }));
+  assert.equal(err.remoteCode, 'invalid_request');
+  assert.match(err.message, /request_id/);
+  err = await remoteError(generate(decode.address, { request_id: 'x', token_ids: [1, 2.5], max_tokens: 2 }));
+  assert.match(err.message, /token_ids\[1\]/);
+  err = await remoteError(unary(prefill.address, 'prefill', { request_id: 'x', token_ids: [-1] }));
+  assert.match(err.message, /token_ids\[0\]/);
+  err = await remoteError(unary(prefill.address, 'prefill', { request_id: 'x' }));
+  assert.match(err.message, /missing field 'token_ids'/);
+  err = await remoteError(
+    unary(prefill.address, 'prefill', { request_id: 'x', token_ids: new Array(2000).fill(5) }),
+  );
+  assert.equal(err.remoteCode, 'context_length_exceeded');
+  err = await remoteError(
+    generate(decode.address, {
+      request_id: 'x',
+      token_ids: prompt,
+      max_tokens: 2,
+      kv_transfer: { prefill_worker_id: 'w1', block_size: 16, transferred_blocks: 1, block_hashes: ['12'] },
+    }),
+  );
+  assert.match(err.message, /block_hashes\[0\] does not match/);
+});
+
+test('cancelling a stream stops the work and frees its blocks', async () => {
+  const abort = new AbortController();
+  const chunks: GenerateChunk[] = [];
+  await assert.rejects(async () => {
+    for await (const buf of client.stream(
+      decode.address,
+      'generate',
+      encodeJson({ request_id: 'long', token_ids: [9, 9, 9], max_tokens: 500 }),
+      { signal: abort.signal },
+    )) {
+      chunks.push(decodeJson<GenerateChunk>(buf));
+      if (chunks.length === 2) abort.abort();
+    }
+  });
+  let stats = await unary<WorkerStats>(decode.address, 'stats', {});
+  while (stats.cancelled === 0) stats = await unary<WorkerStats>(decode.address, 'stats', {});
+  assert.equal(stats.used_blocks, 0);
+  assert.ok(stats.generated_tokens < 8 + 500);
+});

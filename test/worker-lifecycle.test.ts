@@ -1,0 +1,139 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { GenerateChunk } from '../src/protocols/worker-plane.js';
+import { decodeJson, encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
+import { runWorkerCli, StandInRouter, spawnWorker } from './worker-helpers.js';
+
+async function waitUntil(check: () => boolean): Promise<void> {
+  while (!check()) await sleep(20);
+}
+
+function logEvents(stderr: readonly string[], event: string): Record<string, unknown>[] {
+  return stderr
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+    .filter((e) => e.event === event);
+}
+
+test('registers, heartbeats, backs off while the router is down, registers again after its restart', {
+  timeout: 60_000,
+}, async () => {
+  const router = new StandInRouter(300, 'a');
+  const port = await router.listen();
+  const restarted = new StandInRouter(300, 'b');
+  const worker = await spawnWorker([
+    '--role',
+    'decode',
+    '--router',
+    router.url,
+    '--kv-blocks',
+    '512',
+    '--max-batched-tokens',
+    '2048',
+    '--model',
+    'mock-x',
+    '--verbose',
+  ]);
+  try {
+    const registration = await router.waitFor((c) => c.method === 'POST' && c.url === '/v1/workers');
+    assert.deepEqual(registration.body, {
+      role: 'decode',
+      address: worker.address,
+      model: 'mock-x',
+      block_size: 16,
+      kv_blocks: 512,
+      max_batched_tokens: 2048,
+      kv_events: true,
+    });
+    const beat = (c: { method: string; url: string }) =>
+      c.method === 'POST' && c.url === '/v1/workers/a1/heartbeat';
+    await router.waitFor(beat);
+    await router.waitFor(beat, router.calls.length);
+
+    await router.close(); // the router crashes
+    await waitUntil(() => logEvents(worker.stderr, 'router_unreachable').length >= 3);
+    const retries = logEvents(worker.stderr, 'router_unreachable').slice(0, 3);
+    assert.deepEqual(
+      retries.map((e) => e.attempt),
+      [1, 2, 3],
+    );
+    assert.ok(retries.every((e) => typeof e.retry_in_ms === 'number' && e.retry_in_ms > 0));
+
+    await restarted.listen(port); // a new router on the same port knows nobody
+    const again = await restarted.waitFor((c) => c.method === 'POST' && c.url === '/v1/workers');
+    assert.deepEqual(again.body, registration.body);
+    const lostLease = restarted.calls.find((c) => c.url === '/v1/workers/a1/heartbeat');
+    assert.ok(lostLease, 'the old id was tried first and answered 404');
+    await restarted.waitFor((c) => c.method === 'POST' && c.url === '/v1/workers/b1/heartbeat');
+
+    worker.child.kill('SIGTERM');
+    assert.deepEqual(await worker.exit, { code: 0, signal: null });
+    assert.ok(restarted.calls.some((c) => c.method === 'DELETE' && c.url === '/v1/workers/b1'));
+  } finally {
+    worker.child.kill('SIGKILL');
+    await router.close();
+    await restarted.close();
+  }
+});
+
+test('SIGTERM deregisters, lets an in-flight stream finish, then exits 0', { timeout: 60_000 }, async () => {
+  const router = new StandInRouter(10_000);
+  await router.listen();
+  const worker = await spawnWorker(['--role', 'both', '--router', router.url]);
+  const client = new RequestPlaneClient();
+  try {
+    await router.waitFor((c) => c.method === 'POST' && c.url === '/v1/workers');
+    const maxTokens = 150; // ~150 decode steps of ~6 ms: still streaming when the signal lands
+    const stream = client.stream(
+      worker.address,
+      'generate',
+      encodeJson({ request_id: 'r1', token_ids: [1, 2, 3, 4, 5], max_tokens: maxTokens }),
+    );
+    const chunks: GenerateChunk[] = [];
+    for await (const buf of stream) {
+      chunks.push(decodeJson<GenerateChunk>(buf));
+      if (chunks.length === 1) worker.child.kill('SIGTERM');
+    }
+    assert.equal(chunks.flatMap((c) => c.token_ids).length, maxTokens);
+    assert.equal(chunks.at(-1)!.finish_reason, 'length');
+    assert.deepEqual(await worker.exit, { code: 0, signal: null });
+    assert.ok(router.calls.some((c) => c.method === 'DELETE' && c.url === '/v1/workers/w1'));
+  } finally {
+    worker.child.kill('SIGKILL');
+    await client.close();
+    await router.close();
+  }
+});
+
+test('bad options exit 2 with one line; --help lists every option with its variable', async () => {
+  for (const args of [
+    ['--router', 'http://127.0.0.1:1'],
+    ['--role', 'nope', '--router', 'http://127.0.0.1:1'],
+    ['--role', 'both'],
+    ['--role', 'both', '--router', 'ftp://x'],
+    ['--role', 'both', '--router', 'http://127.0.0.1:1', '--kv-blocks', '0'],
+  ]) {
+    const { code, stderr } = await runWorkerCli(args);
+    assert.equal(code, 2, args.join(' '));
+    assert.equal(stderr.trim().split('\n').length, 1, stderr);
+  }
+  const help = await runWorkerCli(['--help']);
+  assert.equal(help.code, 0);
+  for (const name of [
+    'role',
+    'router',
+    'host',
+    'port',
+    'model',
+    'block-size',
+    'kv-blocks',
+    'max-batched-tokens',
+    'speedup',
+  ]) {
+    assert.match(
+      help.stdout,
+      new RegExp(`--${name} .*KVROUTE_${name.toUpperCase().replaceAll('-', '_')}`, 's'),
+    );
+  }
+});
