@@ -3,9 +3,14 @@
 //
 // Complexity: push O(1); readUInt*/take/skip O(chunks touched); `length` is the buffered byte count.
 
-/** Payloads smaller than this are copied out of the socket chunk so a retained small payload does
- * not pin a whole 64 KiB read buffer (keeps the buffered-bytes accounting honest). */
+/** Payloads smaller than this are copied out of the socket chunk by take() so a retained small
+ * payload does not pin a whole 64 KiB read buffer (keeps the buffered-bytes accounting honest). */
 const COPY_BELOW = 4096;
+
+/** A copy of `buf` if it is a small view into a much larger buffer, else `buf` itself. */
+export function detach(buf: Buffer): Buffer {
+  return buf.length < COPY_BELOW && buf.buffer.byteLength > 2 * buf.length ? Buffer.from(buf) : buf;
+}
 
 const EMPTY = Buffer.alloc(0);
 
@@ -57,14 +62,22 @@ export class ByteQueue {
     );
   }
 
-  /** Removes and returns the next n bytes (n <= length). */
+  /** Removes and returns the next n bytes (n <= length), small ones copied out (see COPY_BELOW). */
   take(n: number): Buffer {
+    return this.takeView(n, true);
+  }
+
+  /**
+   * Removes and returns the next n bytes as a view into the socket chunk when they lie in one
+   * (no copy), for a consumer that uses them at once or detaches what it keeps.
+   */
+  takeView(n: number, copySmall = false): Buffer {
     if (n === 0) return EMPTY;
     const c = this.chunks[this.first]!;
     let out: Buffer;
     if (this.offset + n <= c.length) {
       const view = c.subarray(this.offset, this.offset + n);
-      out = n < COPY_BELOW && n < c.length ? Buffer.from(view) : view;
+      out = copySmall && n < COPY_BELOW && n < c.length ? Buffer.from(view) : view;
       this.advance(n);
       return out;
     }

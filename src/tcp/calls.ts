@@ -3,6 +3,7 @@
 // credit only for what was pulled, so a slow consumer holds at most one window (+ one frame).
 // UnaryCollector: gathers the whole answer, granting as it goes, capped at maxFrameBytes in total.
 
+import { detach } from './byte-queue.js';
 import { NOOP_HANDLE, type StreamHandle, type StreamHandler } from './dispatch.js';
 import { TransportError } from './transport-error.js';
 
@@ -23,7 +24,7 @@ export class ChunkIterator implements AsyncIterator<Buffer>, StreamHandler {
       this.handle.grant(chunk.length);
       w.resolve({ value: chunk, done: false });
     } else {
-      this.queue.push(chunk);
+      this.queue.push(detach(chunk));
     }
   }
 
@@ -110,9 +111,11 @@ export class UnaryCollector implements StreamHandler {
       this.reject(new TransportError('protocol_error', `unary answer exceeds ${this.maxBytes} bytes`));
       return;
     }
+    // The first chunk usually ends the answer in the same read: kept as a view. Later ones wait
+    // for more reads, so they are detached from the socket's read buffer.
     if (this.first === undefined) this.first = chunk;
-    else if (this.more === undefined) this.more = [chunk];
-    else this.more.push(chunk);
+    else if (this.more === undefined) this.more = [detach(chunk)];
+    else this.more.push(detach(chunk));
     this.handle.grant(chunk.length);
   }
 

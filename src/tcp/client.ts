@@ -62,7 +62,11 @@ export class RequestPlaneClient {
     return this.poolOptions.maxFrameBytes;
   }
 
-  /** Streams the response chunks. Breaking out of the loop cancels the remote stream. */
+  /**
+   * Streams the response chunks. Breaking out of the loop cancels the remote stream. A chunk
+   * handed straight to a waiting loop may be a view into the connection's read buffer: copy it
+   * (`Buffer.from`) if you keep it for long; chunks that had to be queued are already detached.
+   */
   stream(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): AsyncIterable<Buffer> {
     const headers = this.requestHeaders(opts);
     return {
@@ -74,7 +78,10 @@ export class RequestPlaneClient {
     };
   }
 
-  /** One answer (chunks are concatenated if the worker sends several). */
+  /**
+   * One answer (chunks are concatenated if the worker sends several). A single-chunk answer may be
+   * a view into the connection's read buffer: decode it, or copy it if you keep it for long.
+   */
   unary(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Buffer> {
     const headers = this.requestHeaders(opts);
     return new Promise((resolve, reject) => {

@@ -38,7 +38,9 @@ export class ResponseFrameDecoder {
     if (q.length < RESPONSE_HEADER_BYTES + len) return undefined;
     const streamId = q.readUInt32BE(1);
     q.skip(RESPONSE_HEADER_BYTES);
-    return { kind: 'frame', type, streamId, payload: q.take(len) };
+    // A view, not a copy: the client hands most chunks straight to a waiting caller and detaches
+    // only the ones it has to queue.
+    return { kind: 'frame', type, streamId, payload: q.takeView(len) };
   }
 
   private fail(reason: string): ResponseEvent {
