@@ -11,6 +11,8 @@ export interface RecordedCall {
   method: string;
   url: string;
   body: unknown;
+  /** The call's traceparent header, if any. */
+  traceparent: string | undefined;
 }
 
 /** Answers POST /v1/workers (201), heartbeats (200, or 404 for an unknown id) and DELETE (204). */
@@ -100,16 +102,18 @@ const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 export interface WorkerProcess {
   child: ChildProcess;
   address: string;
+  /** stdout so far, as received (the start line; console-exported spans). */
+  stdout: string[];
   /** stderr lines so far (structured logs with --verbose). */
   stderr: string[];
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Spawns `kvroute worker <args>` and resolves once it prints its address. */
-export async function spawnWorker(args: string[]): Promise<WorkerProcess> {
+/** Spawns `kvroute worker <args>` and resolves once it prints its address. Tracing is off unless `env` says. */
+export async function spawnWorker(args: string[], env: NodeJS.ProcessEnv = {}): Promise<WorkerProcess> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'worker', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env },
   });
   const stderr: string[] = [];
   let partial = '';
@@ -122,18 +126,18 @@ export async function spawnWorker(args: string[]): Promise<WorkerProcess> {
     code: code as number | null,
     signal: signal as NodeJS.Signals | null,
   }));
+  const stdout: string[] = [];
   const address = await new Promise<string>((resolve, reject) => {
-    let out = '';
     child.stdout!.setEncoding('utf8').on('data', (s: string) => {
-      out += s;
-      const m = /listening on (\S+),/.exec(out);
+      stdout.push(s);
+      const m = /listening on (\S+),/.exec(stdout.join(''));
       if (m) resolve(m[1]!);
     });
     void exit.then(({ code }) =>
       reject(new Error(`worker exited (${code}) before listening: ${stderr.join('\n')}`)),
     );
   });
-  return { child, address, stderr, exit };
+  return { child, address, stdout, stderr, exit };
 }
 
 /** Runs `kvroute worker <args>` to completion and returns its exit code and output. */
