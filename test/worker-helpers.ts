@@ -67,6 +67,7 @@ export class StandInRouter {
       method: req.method ?? '',
       url: req.url ?? '',
       body: text ? JSON.parse(text) : undefined,
+      traceparent: req.headers.traceparent as string | undefined,
     };
     this.calls.push(call);
     const heartbeat = /^\/v1\/workers\/([^/]+)\/heartbeat$/.exec(call.url);
