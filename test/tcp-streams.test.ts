@@ -261,3 +261,13 @@ test('graceful close lets in-flight streams finish, refuses new ones, then cuts 
   assert.equal(aborted, true);
   await client.close();
 });
+
+test('closeAddress drops the pool of one worker; the next call dials again', async () => {
+  await using t = await setup();
+  t.server.handle('echo', async (req) => req.payload);
+  assert.deepEqual(await t.client.unary(t.server.address, 'echo', Buffer.from('1')), Buffer.from('1'));
+  await t.client.closeAddress(t.server.address);
+  while (t.server.stats().connections !== 0) await sleep(5);
+  assert.deepEqual(await t.client.unary(t.server.address, 'echo', Buffer.from('2')), Buffer.from('2'));
+  assert.equal(t.server.stats().connections, 1);
+});

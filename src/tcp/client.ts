@@ -105,6 +105,14 @@ export class RequestPlaneClient {
     return pool.dispatch(req, handler);
   }
 
+  /** Closes the pool of one address (e.g. a deregistered worker); its open streams fail `cancelled`. */
+  async closeAddress(address: string): Promise<void> {
+    const pool = this.pools.get(address);
+    this.pools.delete(address);
+    this.defaultDispatch.delete(address);
+    await pool?.close();
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const pools = [...this.pools.values()];
