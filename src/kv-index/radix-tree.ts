@@ -1,0 +1,667 @@
+// The radix tree both indexes share: one node per distinct block prefix, children keyed by the
+// block's local hash, and per node the set of worker slots holding that block. Everything lives in
+// typed arrays (struct of arrays, node ids are indexes), so a million blocks cost a few dozen bytes
+// each and the garbage collector never walks them.
+//
+// Holder sets: a node held by one worker stores the slot inline; two or more get a bitset row of
+// `words` u32 over the worker slots. findMatches walks the prompt's path once and intersects the
+// still-matching set with each node's holders word by word, so scoring W workers on an m-block
+// prompt costs O(m × W/32) word operations, not O(m × W).
+//
+// Recency: `lastUsed` is a tick stamped on every matched or stored node and kept monotone (an
+// ancestor's tick is never older than a descendant's), so "evict everything older than t" always
+// removes whole subtrees and never strands a child without its parent.
+
+import type { BlockKeys } from './u64.js';
+
+const EMPTY = -1;
+/** `parent` of a node on the free list. */
+const FREE = -2;
+export const ROOT = 0;
+
+/** Scores of one findMatches call: for each worker, how many leading blocks of the prompt it holds. */
+export class MatchScores {
+  /**
+   * @param slotOf the index's worker-id → slot map (read at `get` time: use the scores before
+   *   the next removeWorker)
+   * @param blocksBySlot leading blocks held, by worker slot
+   */
+  constructor(
+    private readonly slotOf: ReadonlyMap<string, number>,
+    private readonly idOfSlot: readonly (string | undefined)[],
+    readonly blocksBySlot: Int32Array,
+    /** The most leading blocks any worker holds. */
+    readonly longest: number,
+  ) {}
+
+  /** Leading blocks `workerId` holds; undefined when none (the scheduler's OverlapSource). */
+  get(workerId: string): number | undefined {
+    const slot = this.slotOf.get(workerId);
+    if (slot === undefined) return undefined;
+    const blocks = this.blocksBySlot[slot];
+    return blocks !== undefined && blocks > 0 ? blocks : undefined;
+  }
+
+  /** Workers holding at least one leading block, with their counts. */
+  *entries(): IterableIterator<[string, number]> {
+    for (let slot = 0; slot < this.blocksBySlot.length; slot++) {
+      const blocks = this.blocksBySlot[slot]!;
+      if (blocks > 0) yield [this.idOfSlot[slot]!, blocks];
+    }
+  }
+
+  toMap(): Map<string, number> {
+    return new Map(this.entries());
+  }
+}
+
+function grownInt32(old: Int32Array<ArrayBuffer>, capacity: number, fill: number): Int32Array<ArrayBuffer> {
+  const next = new Int32Array(capacity);
+  next.set(old);
+  if (fill !== 0) next.fill(fill, old.length);
+  return next;
+}
+
+function grownUint32(old: Uint32Array<ArrayBuffer>, capacity: number): Uint32Array<ArrayBuffer> {
+  const next = new Uint32Array(capacity);
+  next.set(old);
+  return next;
+}
+
+/** A holding vanished because its subtree was dropped or evicted (not by an explicit removal). */
+export type DropListener = (node: number, slot: number) => void;
+
+export class RadixTree {
+  // ---- nodes (struct of arrays, index = node id; node 0 is the root) ----
+  capacity = 0;
+  parent = new Int32Array(0);
+  localLo = new Uint32Array(0);
+  localHi = new Uint32Array(0);
+  seqLo = new Uint32Array(0);
+  seqHi = new Uint32Array(0);
+  /** 1 when the node is registered in the sequence-hash table. */
+  hasSeq = new Uint8Array(0);
+  firstChild = new Int32Array(0);
+  nextSibling = new Int32Array(0);
+  prevSibling = new Int32Array(0);
+  holderCount = new Int32Array(0);
+  /** The holding slot when holderCount is 1, the bitset row when it is 2 or more. */
+  holder = new Int32Array(0);
+  lastUsed = new Uint32Array(0);
+  /** Live nodes, root excluded. */
+  nodeCount = 0;
+  private freeHead = EMPTY;
+  private highWater = 1;
+
+  // ---- holder bitsets: rows of `words` u32 ----
+  words = 1;
+  sets = new Uint32Array(0);
+  private rowCapacity = 0;
+  private freeRows: number[] = [];
+  private rowsUsed = 0;
+
+  // ---- child table: (parent, localLo, localHi) -> node; linear probing ----
+  private childTable = new Int32Array(0);
+  private childMask = 0;
+  // ---- sequence-hash table: (seqLo, seqHi) -> node ----
+  private seqTable = new Int32Array(0);
+  private seqMask = 0;
+  private seqCount = 0;
+
+  /** Blocks (holdings) per worker slot. */
+  blocksBySlot = new Float64Array(0);
+  totalBlocks = 0;
+  tick = 1;
+  private activeSet = new Uint32Array(1);
+
+  constructor(private readonly onDrop?: DropListener) {
+    this.growNodes(1024);
+    this.childTable = new Int32Array(2048).fill(EMPTY);
+    this.childMask = 2047;
+    this.seqTable = new Int32Array(2048).fill(EMPTY);
+    this.seqMask = 2047;
+    this.parent[ROOT] = EMPTY;
+  }
+
+  // ================= node storage =================
+
+  private growNodes(capacity: number): void {
+    this.parent = grownInt32(this.parent, capacity, FREE);
+    this.localLo = grownUint32(this.localLo, capacity);
+    this.localHi = grownUint32(this.localHi, capacity);
+    this.seqLo = grownUint32(this.seqLo, capacity);
+    this.seqHi = grownUint32(this.seqHi, capacity);
+    const hasSeq = new Uint8Array(capacity);
+    hasSeq.set(this.hasSeq);
+    this.hasSeq = hasSeq;
+    this.firstChild = grownInt32(this.firstChild, capacity, EMPTY);
+    this.nextSibling = grownInt32(this.nextSibling, capacity, EMPTY);
+    this.prevSibling = grownInt32(this.prevSibling, capacity, EMPTY);
+    this.holderCount = grownInt32(this.holderCount, capacity, 0);
+    this.holder = grownInt32(this.holder, capacity, EMPTY);
+    this.lastUsed = grownUint32(this.lastUsed, capacity);
+    this.capacity = capacity;
+  }
+
+  private allocNode(): number {
+    let node = this.freeHead;
+    if (node !== EMPTY) {
+      this.freeHead = this.nextSibling[node]!;
+    } else {
+      if (this.highWater === this.capacity) this.growNodes(Math.ceil(this.capacity * 1.5));
+      node = this.highWater++;
+    }
+    this.nodeCount++;
+    return node;
+  }
+
+  isLive(node: number): boolean {
+    return node > ROOT && node < this.highWater && this.parent[node] !== FREE;
+  }
+
+  /** Upper bound (exclusive) of node ids ever used: scan range for whole-tree passes. */
+  get nodeIdLimit(): number {
+    return this.highWater;
+  }
+
+  // ================= child table =================
+
+  private childHome(parent: number, lo: number): number {
+    return (lo ^ Math.imul(parent, 0x9e3779b1)) & this.childMask;
+  }
+
+  /** The child of `parent` whose local key is (lo, hi), or -1. */
+  findChild(parent: number, lo: number, hi: number): number {
+    const table = this.childTable;
+    const mask = this.childMask;
+    let i = (lo ^ Math.imul(parent, 0x9e3779b1)) & mask;
+    for (;;) {
+      const node = table[i]!;
+      if (node === EMPTY) return EMPTY;
+      if (this.localLo[node] === lo && this.localHi[node] === hi && this.parent[node] === parent) return node;
+      i = (i + 1) & mask;
+    }
+  }
+
+  private insertChildEntry(node: number): void {
+    if ((this.nodeCount + 1) * 2 > this.childTable.length) this.rebuildChildTable(this.childTable.length * 2);
+    const mask = this.childMask;
+    let i = this.childHome(this.parent[node]!, this.localLo[node]!);
+    while (this.childTable[i] !== EMPTY) i = (i + 1) & mask;
+    this.childTable[i] = node;
+  }
+
+  private rebuildChildTable(size: number): void {
+    this.childTable = new Int32Array(size).fill(EMPTY);
+    this.childMask = size - 1;
+    for (let node = 1; node < this.highWater; node++) {
+      if (this.parent[node] === FREE) continue;
+      let i = this.childHome(this.parent[node]!, this.localLo[node]!);
+      while (this.childTable[i] !== EMPTY) i = (i + 1) & this.childMask;
+      this.childTable[i] = node;
+    }
+  }
+
+  private deleteChildEntry(node: number): void {
+    const table = this.childTable;
+    const mask = this.childMask;
+    let i = this.childHome(this.parent[node]!, this.localLo[node]!);
+    while (table[i] !== node) i = (i + 1) & mask;
+    // Backward-shift deletion keeps probe chains intact without tombstones.
+    let j = i;
+    for (;;) {
+      j = (j + 1) & mask;
+      const moved = table[j]!;
+      if (moved === EMPTY) break;
+      const home = this.childHome(this.parent[moved]!, this.localLo[moved]!);
+      if (((j - home) & mask) >= ((j - i) & mask)) {
+        table[i] = moved;
+        i = j;
+      }
+    }
+    table[i] = EMPTY;
+  }
+
+  // ================= sequence-hash table =================
+
+  /** The node registered under sequence hash (lo, hi), or -1. */
+  findSeq(lo: number, hi: number): number {
+    const table = this.seqTable;
+    const mask = this.seqMask;
+    let i = (lo ^ Math.imul(hi, 0x85ebca77)) & mask;
+    for (;;) {
+      const node = table[i]!;
+      if (node === EMPTY) return EMPTY;
+      if (this.seqLo[node] === lo && this.seqHi[node] === hi) return node;
+      i = (i + 1) & mask;
+    }
+  }
+
+  private seqHome(node: number): number {
+    return (this.seqLo[node]! ^ Math.imul(this.seqHi[node]!, 0x85ebca77)) & this.seqMask;
+  }
+
+  setSeq(node: number, lo: number, hi: number): void {
+    this.seqLo[node] = lo;
+    this.seqHi[node] = hi;
+    this.hasSeq[node] = 1;
+    if ((this.seqCount + 1) * 2 > this.seqTable.length) {
+      const size = this.seqTable.length * 2;
+      this.seqTable = new Int32Array(size).fill(EMPTY);
+      this.seqMask = size - 1;
+      for (let n = 1; n < this.highWater; n++) {
+        if (this.parent[n] === FREE || this.hasSeq[n] === 0 || n === node) continue;
+        let i = this.seqHome(n);
+        while (this.seqTable[i] !== EMPTY) i = (i + 1) & this.seqMask;
+        this.seqTable[i] = n;
+      }
+    }
+    let i = this.seqHome(node);
+    while (this.seqTable[i] !== EMPTY) i = (i + 1) & this.seqMask;
+    this.seqTable[i] = node;
+    this.seqCount++;
+  }
+
+  private deleteSeqEntry(node: number): void {
+    const table = this.seqTable;
+    const mask = this.seqMask;
+    let i = this.seqHome(node);
+    while (table[i] !== node) i = (i + 1) & mask;
+    let j = i;
+    for (;;) {
+      j = (j + 1) & mask;
+      const moved = table[j]!;
+      if (moved === EMPTY) break;
+      const home = this.seqHome(moved);
+      if (((j - home) & mask) >= ((j - i) & mask)) {
+        table[i] = moved;
+        i = j;
+      }
+    }
+    table[i] = EMPTY;
+    this.hasSeq[node] = 0;
+    this.seqCount--;
+  }
+
+  // ================= structure =================
+
+  /** The child of `parent` keyed (lo, hi), created (holderless) when missing. */
+  childOrCreate(parent: number, lo: number, hi: number): number {
+    const found = this.findChild(parent, lo, hi);
+    if (found !== EMPTY) return found;
+    const node = this.allocNode();
+    this.parent[node] = parent;
+    this.localLo[node] = lo;
+    this.localHi[node] = hi;
+    this.hasSeq[node] = 0;
+    this.firstChild[node] = EMPTY;
+    this.holderCount[node] = 0;
+    this.holder[node] = EMPTY;
+    this.lastUsed[node] = this.lastUsed[parent]!;
+    const head = this.firstChild[parent]!;
+    this.nextSibling[node] = head;
+    this.prevSibling[node] = EMPTY;
+    if (head !== EMPTY) this.prevSibling[head] = node;
+    this.firstChild[parent] = node;
+    this.insertChildEntry(node);
+    return node;
+  }
+
+  /**
+   * Removes `top` and every node below it, with all their holdings (counted per slot and reported
+   * to the drop listener). Returns the number of nodes removed.
+   */
+  dropSubtree(top: number): number {
+    // Unlink from the parent's child list first; then the subtree is walked through the child
+    // lists and each node is freed after its children are queued.
+    const prev = this.prevSibling[top]!;
+    const next = this.nextSibling[top]!;
+    if (prev !== EMPTY) this.nextSibling[prev] = next;
+    else this.firstChild[this.parent[top]!] = next;
+    if (next !== EMPTY) this.prevSibling[next] = prev;
+    const stack = [top];
+    let dropped = 0;
+    while (stack.length > 0) {
+      const node = stack.pop()!;
+      for (let child = this.firstChild[node]!; child !== EMPTY; child = this.nextSibling[child]!) {
+        stack.push(child);
+      }
+      this.forgetHolders(node);
+      this.deleteChildEntry(node);
+      if (this.hasSeq[node] === 1) this.deleteSeqEntry(node);
+      this.parent[node] = FREE;
+      this.nextSibling[node] = this.freeHead;
+      this.freeHead = node;
+      this.nodeCount--;
+      dropped++;
+    }
+    return dropped;
+  }
+
+  private forgetHolders(node: number): void {
+    const count = this.holderCount[node]!;
+    if (count === 1) {
+      this.dropHolding(node, this.holder[node]!);
+    } else if (count > 1) {
+      const row = this.holder[node]!;
+      const base = row * this.words;
+      for (let w = 0; w < this.words; w++) {
+        let bits = this.sets[base + w]!;
+        while (bits !== 0) {
+          const low = bits & -bits;
+          this.dropHolding(node, w * 32 + 31 - Math.clz32(low));
+          bits ^= low;
+        }
+      }
+      this.freeRow(row);
+    }
+    this.holderCount[node] = 0;
+    this.holder[node] = EMPTY;
+  }
+
+  private dropHolding(node: number, slot: number): void {
+    this.blocksBySlot[slot]--;
+    this.totalBlocks--;
+    this.onDrop?.(node, slot);
+  }
+
+  // ================= holder sets =================
+
+  /** Makes room for worker slot `slot` (bitset rows widen in powers of two). */
+  ensureSlot(slot: number): void {
+    if (slot >= this.blocksBySlot.length) {
+      const counts = new Float64Array(Math.max(slot + 1, this.blocksBySlot.length * 2, 8));
+      counts.set(this.blocksBySlot);
+      this.blocksBySlot = counts;
+    }
+    if (slot < this.words * 32) return;
+    let words = this.words;
+    while (slot >= words * 32) words *= 2;
+    const sets = new Uint32Array(this.rowCapacity * words);
+    for (let row = 0; row < this.rowCapacity; row++) {
+      sets.set(this.sets.subarray(row * this.words, (row + 1) * this.words), row * words);
+    }
+    this.sets = sets;
+    this.words = words;
+    this.activeSet = new Uint32Array(words);
+  }
+
+  private allocRow(): number {
+    const row = this.freeRows.pop();
+    this.rowsUsed++;
+    if (row !== undefined) return row;
+    if (this.rowsUsed > this.rowCapacity) {
+      const capacity = Math.max(64, Math.ceil(this.rowCapacity * 1.5));
+      const sets = new Uint32Array(capacity * this.words);
+      sets.set(this.sets);
+      this.sets = sets;
+      for (let r = capacity - 1; r >= this.rowCapacity; r--) this.freeRows.push(r);
+      this.rowCapacity = capacity;
+    }
+    return this.freeRows.pop()!;
+  }
+
+  private freeRow(row: number): void {
+    this.sets.fill(0, row * this.words, (row + 1) * this.words);
+    this.freeRows.push(row);
+    this.rowsUsed--;
+  }
+
+  hasHolder(node: number, slot: number): boolean {
+    const count = this.holderCount[node]!;
+    if (count === 1) return this.holder[node] === slot;
+    if (count === 0) return false;
+    return (this.sets[this.holder[node]! * this.words + (slot >>> 5)]! & (1 << (slot & 31))) !== 0;
+  }
+
+  /** Adds `slot` to the node's holders; false when it already held the node. */
+  addHolder(node: number, slot: number): boolean {
+    const count = this.holderCount[node]!;
+    if (count === 0) {
+      this.holder[node] = slot;
+    } else if (count === 1) {
+      const only = this.holder[node]!;
+      if (only === slot) return false;
+      const row = this.allocRow();
+      const base = row * this.words;
+      this.sets[base + (only >>> 5)]! |= 1 << (only & 31);
+      this.sets[base + (slot >>> 5)]! |= 1 << (slot & 31);
+      this.holder[node] = row;
+    } else {
+      const at = this.holder[node]! * this.words + (slot >>> 5);
+      const bit = 1 << (slot & 31);
+      if ((this.sets[at]! & bit) !== 0) return false;
+      this.sets[at]! |= bit;
+    }
+    this.holderCount[node] = count + 1;
+    this.blocksBySlot[slot]++;
+    this.totalBlocks++;
+    return true;
+  }
+
+  /** Removes `slot` from the node's holders; false when it did not hold the node. */
+  removeHolder(node: number, slot: number): boolean {
+    const count = this.holderCount[node]!;
+    if (count === 0) return false;
+    if (count === 1) {
+      if (this.holder[node] !== slot) return false;
+      this.holder[node] = EMPTY;
+    } else {
+      const row = this.holder[node]!;
+      const base = row * this.words;
+      const at = base + (slot >>> 5);
+      const bit = 1 << (slot & 31);
+      if ((this.sets[at]! & bit) === 0) return false;
+      this.sets[at]! &= ~bit;
+      if (count === 2) {
+        // Back to an inline holder: find the remaining bit.
+        let remaining = EMPTY;
+        for (let w = 0; w < this.words && remaining === EMPTY; w++) {
+          const bits = this.sets[base + w]!;
+          if (bits !== 0) remaining = w * 32 + 31 - Math.clz32(bits & -bits);
+        }
+        this.freeRow(row);
+        this.holder[node] = remaining;
+      }
+    }
+    this.holderCount[node] = count - 1;
+    this.blocksBySlot[slot]--;
+    this.totalBlocks--;
+    return true;
+  }
+
+  /** Calls `visit(node)` for every live node held by `slot` (O(nodes)). */
+  forEachHeldBy(slot: number, visit: (node: number) => void): void {
+    for (let node = 1; node < this.highWater; node++) {
+      if (this.parent[node] !== FREE && this.hasHolder(node, slot)) visit(node);
+    }
+  }
+
+  /** Removes every holding of `slot`; drops the subtrees of nodes left without holders. */
+  removeSlot(slot: number): void {
+    if (this.blocksBySlot[slot] === 0) return;
+    const orphaned: number[] = [];
+    for (let node = 1; node < this.highWater; node++) {
+      if (this.parent[node] === FREE) continue;
+      if (this.removeHolder(node, slot) && this.holderCount[node] === 0) orphaned.push(node);
+    }
+    // An orphan may already be gone with an earlier orphan's subtree.
+    for (const node of orphaned) {
+      if (this.parent[node] !== FREE && this.holderCount[node] === 0) this.dropSubtree(node);
+    }
+  }
+
+  // ================= recency =================
+
+  /** Starts a new operation; returns its tick. Rescales all ticks (order kept) before u32 overflow. */
+  nextTick(): number {
+    if (this.tick >= 0xfffffff0) {
+      for (let node = 0; node < this.highWater; node++) this.lastUsed[node] = this.lastUsed[node]! >>> 1;
+      this.tick >>>= 1;
+    }
+    return ++this.tick;
+  }
+
+  /** Stamps `node` and its ancestors with `tick`, stopping at the first already that recent. */
+  touchUp(node: number, tick: number): void {
+    for (let n = node; n !== EMPTY && this.lastUsed[n]! < tick; n = this.parent[n]!) this.lastUsed[n] = tick;
+  }
+
+  // ================= matching =================
+
+  /**
+   * For each worker slot, how many leading blocks of `keys` it holds. Walks the path once; the set
+   * of still-matching workers shrinks monotonically and each step costs one bitset word per
+   * remaining 32 slots (or O(1) once a single worker remains). Stamps matched nodes as used.
+   */
+  match(keys: BlockKeys): { blocksBySlot: Int32Array; longest: number } {
+    const scores = new Int32Array(this.blocksBySlot.length);
+    const blocks = keys.length >>> 1;
+    const tick = this.nextTick();
+    let node = blocks > 0 ? this.findChild(ROOT, keys[0]!, keys[1]!) : EMPTY;
+    if (node === EMPTY || this.holderCount[node] === 0) return { blocksBySlot: scores, longest: 0 };
+    const words = this.words;
+    const sets = this.sets;
+    const active = this.activeSet;
+    const lastUsed = this.lastUsed;
+    // Single mode: exactly one worker (`single`) still matches; set mode: the bitset `active`
+    // over words [lo, hi] holds the matching workers.
+    let single = EMPTY;
+    let lo = 0;
+    let hi = 0;
+    if (this.holderCount[node] === 1) {
+      single = this.holder[node]!;
+    } else {
+      const base = this.holder[node]! * words;
+      lo = words;
+      for (let w = 0; w < words; w++) {
+        const bits = sets[base + w]!;
+        active[w] = bits;
+        if (bits !== 0) {
+          if (lo === words) lo = w;
+          hi = w;
+        }
+      }
+    }
+    lastUsed[node] = tick;
+    let depth = 1;
+    for (; depth < blocks; depth++) {
+      const next = this.findChild(node, keys[2 * depth]!, keys[2 * depth + 1]!);
+      if (next === EMPTY) break;
+      const count = this.holderCount[next]!;
+      if (single !== EMPTY) {
+        if (count === 0 || !this.hasHolder(next, single)) break;
+      } else if (count <= 1) {
+        // The set collapses to at most this one holder; everyone else stops here.
+        const only = count === 1 ? this.holder[next]! : EMPTY;
+        const keeps = only !== EMPTY && (active[only >>> 5]! & (1 << (only & 31))) !== 0;
+        if (keeps) active[only >>> 5]! &= ~(1 << (only & 31));
+        for (let w = lo; w <= hi; w++) {
+          let bits = active[w]!;
+          while (bits !== 0) {
+            const low = bits & -bits;
+            scores[w * 32 + 31 - Math.clz32(low)] = depth;
+            bits ^= low;
+          }
+          active[w] = 0;
+        }
+        if (!keeps) break;
+        single = only;
+      } else {
+        const base = this.holder[next]! * words;
+        let newLo = words;
+        let newHi = 0;
+        let survivors = 0;
+        for (let w = lo; w <= hi; w++) {
+          const bits = active[w]!;
+          if (bits === 0) continue;
+          const kept = bits & sets[base + w]!;
+          if (kept !== bits) {
+            let gone = bits & ~kept;
+            while (gone !== 0) {
+              const low = gone & -gone;
+              scores[w * 32 + 31 - Math.clz32(low)] = depth;
+              gone ^= low;
+            }
+            active[w] = kept;
+          }
+          if (kept !== 0) {
+            if (newLo === words) newLo = w;
+            newHi = w;
+            survivors++;
+          }
+        }
+        if (survivors === 0) break;
+        lo = newLo;
+        hi = newHi;
+      }
+      node = next;
+      lastUsed[node] = tick;
+    }
+    // Whoever is still matching holds `depth` leading blocks.
+    if (single !== EMPTY) {
+      scores[single] = depth;
+    } else {
+      for (let w = lo; w <= hi; w++) {
+        let bits = active[w]!;
+        while (bits !== 0) {
+          const low = bits & -bits;
+          scores[w * 32 + 31 - Math.clz32(low)] = depth;
+          bits ^= low;
+        }
+        active[w] = 0;
+      }
+    }
+    let longest = 0;
+    for (let i = 0; i < scores.length; i++) if (scores[i]! > longest) longest = scores[i]!;
+    return { blocksBySlot: scores, longest };
+  }
+
+  // ================= eviction =================
+
+  /**
+   * Evicts the least recently used nodes (with their subtrees) until at most `target` remain.
+   * The cutoff tick is chosen from an evenly strided sample of live nodes, then every maximal
+   * subtree at or below the cutoff goes (ticks are monotone, so these are whole subtrees).
+   * Returns the number of nodes evicted. O(nodes) per call.
+   */
+  evictTo(target: number): number {
+    let evicted = 0;
+    while (this.nodeCount > target) {
+      const excess = this.nodeCount - target;
+      const stride = Math.max(1, Math.floor(this.highWater / 4096));
+      const sample: number[] = [];
+      for (let node = 1; node < this.highWater; node += stride) {
+        if (this.parent[node] !== FREE) sample.push(this.lastUsed[node]!);
+      }
+      sample.sort((a, b) => a - b);
+      const rank = Math.min(sample.length - 1, Math.ceil((excess / this.nodeCount) * sample.length));
+      const cutoff = sample.length === 0 ? this.tick : sample[Math.max(0, rank)]!;
+      let round = 0;
+      for (let node = 1; node < this.highWater; node++) {
+        if (this.parent[node] === FREE || this.lastUsed[node]! > cutoff) continue;
+        const parent = this.parent[node]!;
+        if (parent !== ROOT && this.lastUsed[parent]! <= cutoff) continue;
+        round += this.dropSubtree(node);
+      }
+      evicted += round;
+      if (round === 0) break;
+    }
+    return evicted;
+  }
+
+  // ================= accounting =================
+
+  /** Bytes held by the typed arrays (capacity, not just live entries). */
+  approxBytes(): number {
+    const perNode = 4 * 4 + 4 * 4 + 4 * 3 + 1; // links, local/seq halves, count + holder + lastUsed, hasSeq
+    return (
+      this.capacity * perNode +
+      this.sets.byteLength +
+      this.childTable.byteLength +
+      this.seqTable.byteLength +
+      this.blocksBySlot.byteLength +
+      this.freeRows.length * 8
+    );
+  }
+}
