@@ -90,6 +90,8 @@ export class RadixIndex implements PrefixIndex {
   /** Parsed hashes of the event being applied: 4 u32 per block (local lo/hi, sequence lo/hi). */
   private scratch = new Uint32Array(4 * 64);
   private evicting = false;
+  /** Nodes named by `stored` events while resetWorker applies a dump. */
+  private mentioned: Set<number> | undefined;
   private counters = {
     rejected: {} as Partial<Record<RejectReason, number>>,
     duplicates: 0,
@@ -141,18 +143,33 @@ export class RadixIndex implements PrefixIndex {
 
   /**
    * Replaces everything known about `workerId` with a dump (`KvEventsChunk` of kind 'dump', or
-   * `dump()` output): clears the worker, applies the events ignoring their ids, and sets the last
-   * applied id to `asOfEventId`. Returns how many events were rejected.
+   * `dump()` output): afterwards the worker holds exactly what the events describe, and its last
+   * applied id is `asOfEventId`. Event ids inside the dump are ignored. Holdings the dump does not
+   * mention are removed only after the dump is applied, so blocks the worker keeps never pass
+   * through "held by nobody" (which would drop other workers' blocks beneath them).
+   * Returns how many events were rejected.
    */
   resetWorker(workerId: string, events: readonly unknown[], asOfEventId: number): { rejected: number } {
     const slot = this.slotFor(workerId);
-    this.tree.removeSlot(slot);
+    const before: number[] = [];
+    this.tree.forEachHeldBy(slot, (node) => before.push(node));
+    const mentioned = new Set<number>();
+    this.mentioned = mentioned;
     let rejected = 0;
-    for (const event of events) {
-      const result = isObject(event)
-        ? this.applyBody(slot, event)
-        : this.reject('malformed_event', 'event is not an object');
-      if (result.status === 'rejected') rejected++;
+    try {
+      for (const event of events) {
+        const result = isObject(event)
+          ? this.applyBody(slot, event)
+          : this.reject('malformed_event', 'event is not an object');
+        if (result.status === 'rejected') rejected++;
+      }
+    } finally {
+      this.mentioned = undefined;
+    }
+    for (const node of before) {
+      if (mentioned.has(node) || !this.tree.isLive(node)) continue;
+      if (this.tree.removeHolder(node, slot) && this.tree.holderCount[node] === 0)
+        this.tree.dropSubtree(node);
     }
     this.lastEventIds[slot] = Number.isSafeInteger(asOfEventId) && asOfEventId > 0 ? asOfEventId : 0;
     return { rejected };
@@ -253,6 +270,7 @@ export class RadixIndex implements PrefixIndex {
       }
       tree.addHolder(child, slot);
       tree.lastUsed[child] = tick;
+      this.mentioned?.add(child);
       node = child;
     }
     if (tree.nodeCount > this.maxNodes) this.evict();

@@ -1,0 +1,414 @@
+// RadixIndex specifics: a property test against a deliberately naive model, dump and restore,
+// event ids (duplicates, gaps), malformed events, and the global memory budget.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { computeBlockHashes, localBlockKeys, RadixIndex } from '../src/kv-index/index.js';
+import type { KvEvent } from '../src/protocols/kv-events.js';
+import { prng, storedEvent, tokensOf } from './kv-index-helpers.js';
+
+const BS = 4;
+
+/** A prompt universe with heavy prefix sharing: prompts are chains of shared segments. */
+function universe(seed: number, count: number) {
+  const random = prng(seed);
+  const segments = Array.from({ length: 6 }, (_, i) => tokensOf(seed * 100 + i, 2, BS));
+  return Array.from({ length: count }, () => {
+    const tokens: number[] = [];
+    const parts = 1 + Math.floor(random() * 4);
+    for (let p = 0; p < parts; p++) tokens.push(...segments[Math.floor(random() * segments.length)]!);
+    const { local, sequence } = computeBlockHashes(tokens, BS);
+    return {
+      tokens,
+      keys: localBlockKeys(tokens, BS),
+      local: [...local].map(String),
+      seq: [...sequence].map(String),
+    };
+  });
+}
+
+/**
+ * The naive model: a node is the comma-joined path of local hashes; holders per path; a sequence
+ * hash maps to its path. Everything is recomputed by brute force.
+ */
+class NaiveModel {
+  holders = new Map<string, Set<string>>();
+  pathOfSeq = new Map<string, string>();
+
+  stored(worker: string, parentSeq: string | null, blocks: { local: string; seq: string }[]): boolean {
+    let path = '';
+    if (parentSeq !== null) {
+      const parentPath = this.pathOfSeq.get(parentSeq);
+      if (parentPath === undefined || !this.holders.get(parentPath)?.has(worker)) return false;
+      path = parentPath;
+    }
+    for (const b of blocks) {
+      path = path === '' ? b.local : `${path},${b.local}`;
+      this.pathOfSeq.set(b.seq, path);
+      const set = this.holders.get(path) ?? new Set<string>();
+      this.holders.set(path, set);
+      set.add(worker);
+    }
+    return true;
+  }
+
+  private dropEmpty(): void {
+    for (const [path, set] of [...this.holders]) {
+      if (set.size > 0 || !this.holders.has(path)) continue;
+      for (const other of [...this.holders.keys()]) {
+        if (other === path || other.startsWith(`${path},`)) this.holders.delete(other);
+      }
+    }
+  }
+
+  removed(worker: string, seqs: string[]): void {
+    for (const seq of seqs) {
+      const path = this.pathOfSeq.get(seq);
+      const set = path === undefined ? undefined : this.holders.get(path);
+      if (!set?.has(worker)) continue;
+      set.delete(worker);
+      this.dropEmpty();
+    }
+  }
+
+  clear(worker: string): void {
+    for (const set of this.holders.values()) set.delete(worker);
+    this.dropEmpty();
+  }
+
+  matches(local: string[]): Map<string, number> {
+    const out = new Map<string, number>();
+    const workers = new Set([...this.holders.values()].flatMap((s) => [...s]));
+    for (const w of workers) {
+      let n = 0;
+      while (n < local.length && this.holders.get(local.slice(0, n + 1).join(','))?.has(w)) n++;
+      if (n > 0) out.set(w, n);
+    }
+    return out;
+  }
+
+  blocksPerWorker(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const set of this.holders.values()) for (const w of set) out[w] = (out[w] ?? 0) + 1;
+    return out;
+  }
+}
+
+function sorted(map: Map<string, number>): [string, number][] {
+  return [...map].sort(([a], [b]) => a.localeCompare(b));
+}
+
+function nonZero(record: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(record).filter(([, n]) => n > 0));
+}
+
+describe('RadixIndex against a naive model', () => {
+  for (const seed of [1, 2, 3, 4]) {
+    test(`random stored/removed/cleared/removeWorker sequence, seed ${seed}`, () => {
+      const random = prng(seed);
+      const prompts = universe(seed, 12);
+      const workers = ['w-0', 'w-1', 'w-2', 'w-3', 'w-4'];
+      const index = new RadixIndex();
+      const model = new NaiveModel();
+      const ids = new Map<string, number>();
+      const nextId = (w: string) => {
+        const id = (ids.get(w) ?? 0) + 1;
+        ids.set(w, id);
+        return id;
+      };
+      for (let step = 0; step < 400; step++) {
+        const worker = workers[Math.floor(random() * workers.length)]!;
+        const prompt = prompts[Math.floor(random() * prompts.length)]!;
+        const roll = random();
+        let what: string;
+        if (roll < 0.55) {
+          const start = Math.floor(random() * prompt.local.length);
+          const len = 1 + Math.floor(random() * (prompt.local.length - start));
+          const blocks = prompt.local
+            .slice(start, start + len)
+            .map((local, i) => ({ local, seq: prompt.seq[start + i]! }));
+          const parent = start === 0 ? null : prompt.seq[start - 1]!;
+          const expected = model.stored(worker, parent, blocks);
+          const result = index.applyEvent(worker, {
+            event_id: nextId(worker),
+            type: 'stored',
+            parent_hash: parent,
+            blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
+          });
+          what = `stored ${worker} [${start}, ${start + len}) -> ${result.status}`;
+          assert.equal(result.status, expected ? 'applied' : 'rejected', what);
+          if (!expected) assert.equal(result.status === 'rejected' && result.reason, 'unknown_parent');
+        } else if (roll < 0.9) {
+          const seqs = prompt.seq.filter(() => random() < 0.4);
+          model.removed(worker, seqs);
+          const result = index.applyEvent(worker, {
+            event_id: nextId(worker),
+            type: 'removed',
+            sequence_hashes: seqs,
+          });
+          what = `removed ${worker} ${seqs.length}`;
+          assert.equal(result.status, 'applied', what);
+        } else if (roll < 0.96) {
+          model.clear(worker);
+          index.applyEvent(worker, { event_id: nextId(worker), type: 'cleared' });
+          what = `cleared ${worker}`;
+        } else {
+          model.clear(worker);
+          index.removeWorker(worker);
+          ids.delete(worker);
+          what = `removeWorker ${worker}`;
+        }
+        for (const p of prompts) {
+          assert.deepEqual(
+            sorted(index.findMatches(p.keys).toMap()),
+            sorted(model.matches(p.local)),
+            `step ${step}: ${what}`,
+          );
+        }
+        const stats = index.stats();
+        assert.deepEqual(nonZero(stats.blocksPerWorker), model.blocksPerWorker(), `step ${step}: ${what}`);
+        assert.equal(stats.nodes, model.holders.size, `step ${step}: ${what}`);
+        assert.equal(
+          stats.blocks,
+          Object.values(model.blocksPerWorker()).reduce((a, b) => a + b, 0),
+        );
+
+        if (step % 40 === 39) {
+          // Dump and restore give equal state: each worker reset from its own dump in place ...
+          const before = prompts.map((p) => sorted(index.findMatches(p.keys).toMap()));
+          const statsBefore = index.stats();
+          for (const w of index.workers()) {
+            const dump = index.dump(w);
+            assert.ok(dump.every((e) => e.event_id === index.lastEventId(w)));
+            assert.deepEqual(index.resetWorker(w, dump, index.lastEventId(w)), { rejected: 0 });
+          }
+          assert.deepEqual(
+            prompts.map((p) => sorted(index.findMatches(p.keys).toMap())),
+            before,
+            `reset from dump at step ${step}`,
+          );
+          assert.deepEqual(
+            index.stats().blocksPerWorker,
+            statsBefore.blocksPerWorker,
+            `reset at step ${step}`,
+          );
+          assert.equal(index.stats().nodes, statsBefore.nodes);
+          // ... and every dump replayed into a fresh index (all stored runs first, then removals).
+          const fresh = new RadixIndex();
+          const dumps = index.workers().map((w) => [w, index.dump(w)] as const);
+          for (const [w, events] of dumps)
+            fresh.resetWorker(
+              w,
+              events.filter((e) => e.type === 'stored'),
+              1,
+            );
+          for (const [w, events] of dumps) {
+            for (const e of events.filter((x) => x.type === 'removed'))
+              fresh.applyEvent(w, { ...e, event_id: 2 });
+          }
+          assert.deepEqual(
+            prompts.map((p) => sorted(fresh.findMatches(p.keys).toMap())),
+            before,
+          );
+          assert.equal(fresh.stats().nodes, index.stats().nodes);
+          assert.deepEqual(nonZero(fresh.stats().blocksPerWorker), nonZero(statsBefore.blocksPerWorker));
+        }
+      }
+    });
+  }
+});
+
+describe('RadixIndex event ids', () => {
+  test('duplicates are ignored, gaps are applied and reported', () => {
+    const index = new RadixIndex();
+    const a = tokensOf(1, 2);
+    const b = tokensOf(2, 2);
+    assert.deepEqual(index.applyEvent('w', storedEvent(1, a)), { status: 'applied' });
+    assert.deepEqual(index.applyEvent('w', storedEvent(1, b)), { status: 'duplicate', lastEventId: 1 });
+    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w'), undefined);
+    assert.deepEqual(index.applyEvent('w', storedEvent(5, b)), { status: 'gap', expectedEventId: 2 });
+    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w'), 2);
+    assert.equal(index.lastEventId('w'), 5);
+    assert.equal(index.applyEvent('w', { event_id: 4, type: 'cleared' }).status, 'duplicate');
+    assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w'), 2);
+    // Ids are per worker.
+    assert.equal(index.applyEvent('v', storedEvent(1, a)).status, 'applied');
+    const stats = index.stats();
+    assert.equal(stats.duplicates, 2);
+    assert.equal(stats.gaps, 1);
+  });
+
+  test('resetWorker replaces the worker from a dump and sets its last id', () => {
+    const index = new RadixIndex();
+    const a = tokensOf(1, 3);
+    const b = tokensOf(2, 3);
+    index.applyEvent('w', storedEvent(1, a));
+    const snapshot = new RadixIndex();
+    snapshot.applyEvent('w', storedEvent(1, b));
+    index.resetWorker('w', snapshot.dump('w'), 40);
+    assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w'), undefined);
+    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w'), 3);
+    assert.equal(index.lastEventId('w'), 40);
+    assert.equal(index.applyEvent('w', storedEvent(40, a)).status, 'duplicate');
+    assert.equal(index.applyEvent('w', storedEvent(41, a)).status, 'applied');
+  });
+});
+
+describe('RadixIndex malformed events', () => {
+  const good = storedEvent(0, tokensOf(7, 3)) as Extract<KvEvent, { type: 'stored' }>;
+  const block = good.blocks[0]!;
+  const cases: [string, unknown, string][] = [
+    ['null', null, 'malformed_event'],
+    ['a string', 'stored', 'malformed_event'],
+    ['an array', [], 'malformed_event'],
+    ['string id', { event_id: '1', type: 'cleared' }, 'bad_event_id'],
+    ['NaN id', { event_id: Number.NaN, type: 'cleared' }, 'bad_event_id'],
+    ['negative id', { event_id: -1, type: 'cleared' }, 'bad_event_id'],
+    ['fractional id', { event_id: 1.5, type: 'cleared' }, 'bad_event_id'],
+    ['unsafe id', { event_id: 2 ** 60, type: 'cleared' }, 'bad_event_id'],
+    ['unknown type', { event_id: 1, type: 'evicted' }, 'unknown_type'],
+    ['stored without blocks', { event_id: 1, type: 'stored', parent_hash: null }, 'malformed_event'],
+    [
+      'blocks not an array',
+      { event_id: 1, type: 'stored', parent_hash: null, blocks: {} },
+      'malformed_event',
+    ],
+    [
+      'block not an object',
+      { event_id: 1, type: 'stored', parent_hash: null, blocks: [7] },
+      'malformed_event',
+    ],
+    [
+      'numeric hash',
+      { event_id: 1, type: 'stored', parent_hash: null, blocks: [{ ...block, local_hash: 12 }] },
+      'bad_hash',
+    ],
+    [
+      'hash 2^64',
+      {
+        event_id: 1,
+        type: 'stored',
+        parent_hash: null,
+        blocks: [{ ...block, sequence_hash: '18446744073709551616' }],
+      },
+      'bad_hash',
+    ],
+    [
+      'negative hash',
+      { event_id: 1, type: 'stored', parent_hash: null, blocks: [{ ...block, local_hash: '-5' }] },
+      'bad_hash',
+    ],
+    [
+      'hex hash',
+      { event_id: 1, type: 'stored', parent_hash: null, blocks: [{ ...block, local_hash: '0x1f' }] },
+      'bad_hash',
+    ],
+    [
+      'fractional hash',
+      { event_id: 1, type: 'stored', parent_hash: null, blocks: [{ ...block, local_hash: '1.5' }] },
+      'bad_hash',
+    ],
+    ['numeric parent', { ...good, event_id: 1, parent_hash: 5 }, 'bad_hash'],
+    ['too many blocks', { ...good, event_id: 1, blocks: Array(9).fill(block) }, 'too_many_blocks'],
+    ['unknown parent', { ...good, event_id: 1, parent_hash: '12345' }, 'unknown_parent'],
+    ['removed not an array', { event_id: 1, type: 'removed', sequence_hashes: '1' }, 'malformed_event'],
+    ['removed bad hash', { event_id: 1, type: 'removed', sequence_hashes: ['1', 'x'] }, 'bad_hash'],
+    [
+      'too many removed',
+      { event_id: 1, type: 'removed', sequence_hashes: Array(9).fill('1') },
+      'too_many_blocks',
+    ],
+  ];
+
+  test('each is rejected with its reason and a counter, and the tree is untouched', () => {
+    const index = new RadixIndex({ maxEventBlocks: 8 });
+    const held = tokensOf(8, 4);
+    index.applyEvent('w', storedEvent(1, held));
+    const before = index.findMatches(localBlockKeys(held, 16)).toMap();
+    const statsBefore = index.stats();
+    for (const [name, event, reason] of cases) {
+      const result = index.applyEvent(`x-${name}`, event);
+      assert.equal(result.status, 'rejected', name);
+      assert.equal(result.status === 'rejected' && result.reason, reason, name);
+    }
+    const after = index.stats();
+    assert.equal(
+      Object.values(after.rejected).reduce((a, b) => a + b, 0),
+      cases.length,
+    );
+    assert.equal(after.rejected.bad_hash, 7);
+    assert.deepEqual(index.findMatches(localBlockKeys(held, 16)).toMap(), before);
+    assert.equal(after.nodes, statsBefore.nodes);
+    assert.equal(after.blocks, statsBefore.blocks);
+  });
+
+  test('inconsistent sequence hashes are rejected before anything changes', () => {
+    const index = new RadixIndex();
+    const tokens = tokensOf(9, 3);
+    const event = storedEvent(1, tokens) as Extract<KvEvent, { type: 'stored' }>;
+    index.applyEvent('w', event);
+    // Same local hashes, another sequence hash for an indexed block.
+    const mismatch = {
+      ...event,
+      event_id: 1,
+      blocks: event.blocks.map((b, i) => (i === 2 ? { ...b, sequence_hash: '77' } : b)),
+    };
+    assert.deepEqual(index.applyEvent('v', mismatch).status, 'rejected');
+    // A new block reusing an indexed block's sequence hash.
+    const other = storedEvent(1, tokensOf(10, 2)) as Extract<KvEvent, { type: 'stored' }>;
+    const conflict = {
+      ...other,
+      blocks: [other.blocks[0]!, { ...other.blocks[1]!, sequence_hash: event.blocks[0]!.sequence_hash }],
+    };
+    const result = index.applyEvent('u', conflict);
+    assert.equal(result.status === 'rejected' && result.reason, 'sequence_hash_conflict');
+    const stats = index.stats();
+    assert.equal(stats.rejected.sequence_hash_mismatch, 1);
+    assert.deepEqual(stats.blocksPerWorker, { w: 3, v: 0, u: 0 });
+    assert.equal(stats.nodes, 3);
+  });
+
+  test('removing blocks the worker does not hold is counted, not fatal', () => {
+    const index = new RadixIndex();
+    const tokens = tokensOf(11, 2);
+    const { sequence } = computeBlockHashes(tokens, 16);
+    index.applyEvent('w', storedEvent(1, tokens));
+    const result = index.applyEvent('v', {
+      event_id: 1,
+      type: 'removed',
+      sequence_hashes: [String(sequence[0]), '42'],
+    });
+    assert.equal(result.status, 'applied');
+    assert.equal(index.stats().unknownRemovals, 2);
+    assert.equal(index.findMatches(localBlockKeys(tokens, 16)).get('w'), 2);
+  });
+});
+
+describe('RadixIndex memory budget', () => {
+  test('evicts the least recently matched subtrees first and counts them', () => {
+    const index = new RadixIndex({ maxNodes: 100, evictToFraction: 0.9 });
+    const a = tokensOf(1, 40);
+    const b = tokensOf(2, 40);
+    const c = tokensOf(3, 40);
+    index.applyEvent('w-1', storedEvent(1, a));
+    index.applyEvent('w-2', storedEvent(1, b));
+    // `a` was stored first but matched since: `b` is now the least recently used.
+    assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w-1'), 40);
+    index.applyEvent('w-3', storedEvent(1, c));
+    const stats = index.stats();
+    assert.equal(stats.nodes, 80);
+    assert.equal(stats.evictedNodes, 40);
+    assert.equal(stats.evictedBlocks, 40);
+    assert.deepEqual(stats.blocksPerWorker, { 'w-1': 40, 'w-2': 0, 'w-3': 40 });
+    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w-2'), undefined);
+    assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w-1'), 40);
+    // A partly matched prompt keeps its matched prefix longer than its unmatched tail.
+    index.findMatches(localBlockKeys(c.slice(0, 10 * 16), 16));
+    index.findMatches(localBlockKeys(a, 16));
+    index.applyEvent('w-4', storedEvent(1, tokensOf(4, 30)));
+    const after = index.stats();
+    assert.ok(after.nodes <= 100, `nodes ${after.nodes}`);
+    assert.equal(index.findMatches(localBlockKeys(c, 16)).get('w-3'), 10);
+    assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w-1'), 40);
+  });
+});
