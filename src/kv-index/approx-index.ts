@@ -79,7 +79,7 @@ export class ApproxIndex implements PrefixIndex {
     for (let i = 0; i < blocks; i++) {
       node = tree.childOrCreate(node, keys[2 * i]!, keys[2 * i + 1]!);
       tree.addHolder(node, slot);
-      tree.lastUsed[node] = tick;
+      tree.stamp(node, tick);
       this.path[i] = node;
     }
     // Deepest first, so that pruning (oldest entries first) trims a credit from its tail and
@@ -131,7 +131,8 @@ export class ApproxIndex implements PrefixIndex {
     this.expiry.delete(key);
     const slot = key % SLOT_SPACE;
     const node = (key - slot) / SLOT_SPACE;
-    if (this.tree.removeHolder(node, slot) && this.tree.holderCount[node] === 0) this.tree.dropSubtree(node);
+    if (this.tree.removeHolder(node, slot) && this.tree.holderCountOf(node) === 0)
+      this.tree.dropSubtree(node);
   }
 
   stats(): ApproxIndexStats {

@@ -89,6 +89,8 @@ export class RadixIndex implements PrefixIndex {
   private readonly maxEventBlocks: number;
   /** Parsed hashes of the event being applied: 4 u32 per block (local lo/hi, sequence lo/hi). */
   private scratch = new Uint32Array(4 * 64);
+  /** Existing node per block of the `stored` event being applied (-1 = new). */
+  private path = new Int32Array(64);
   private evicting = false;
   /** Nodes named by `stored` events while resetWorker applies a dump. */
   private mentioned: Set<number> | undefined;
@@ -168,7 +170,7 @@ export class RadixIndex implements PrefixIndex {
     }
     for (const node of before) {
       if (mentioned.has(node) || !this.tree.isLive(node)) continue;
-      if (this.tree.removeHolder(node, slot) && this.tree.holderCount[node] === 0)
+      if (this.tree.removeHolder(node, slot) && this.tree.holderCountOf(node) === 0)
         this.tree.dropSubtree(node);
     }
     this.lastEventIds[slot] = Number.isSafeInteger(asOfEventId) && asOfEventId > 0 ? asOfEventId : 0;
@@ -239,6 +241,9 @@ export class RadixIndex implements PrefixIndex {
       }
     }
     // Dry run: every block must either extend the tree or match the node already there exactly.
+    // Remembers the existing nodes; once a block is new, all after it are new too.
+    if (this.path.length < blocks.length) this.path = new Int32Array(blocks.length * 2);
+    const path = this.path;
     let node = parent;
     for (let i = 0; i < blocks.length; i++) {
       const child = node === -1 ? -1 : tree.findChild(node, s[4 * i]!, s[4 * i + 1]!);
@@ -252,24 +257,25 @@ export class RadixIndex implements PrefixIndex {
       } else if (tree.findSeq(s[4 * i + 2]!, s[4 * i + 3]!) !== -1) {
         throw new Rejection('sequence_hash_conflict', `blocks[${i}]: sequence hash names another prefix`);
       }
+      path[i] = child;
       node = child;
     }
     const tick = tree.nextTick();
     tree.touchUp(parent, tick);
     node = parent;
     for (let i = 0; i < blocks.length; i++) {
-      let child = tree.findChild(node, s[4 * i]!, s[4 * i + 1]!);
+      let child = path[i]!;
       if (child === -1) {
-        // Only a sequence hash repeated inside this very event can collide here; keep the blocks
-        // applied so far (a consistent prefix) and report it.
-        if (tree.findSeq(s[4 * i + 2]!, s[4 * i + 3]!) !== -1) {
+        child = tree.createChild(node, s[4 * i]!, s[4 * i + 1]!);
+        if (!tree.setSeq(child, s[4 * i + 2]!, s[4 * i + 3]!)) {
+          // Only a sequence hash repeated inside this very event gets here. Undo the new node; the
+          // blocks applied so far form a consistent prefix and stay.
+          tree.dropSubtree(child);
           throw new Rejection('sequence_hash_conflict', `blocks[${i}]: sequence hash repeated in the event`);
         }
-        child = tree.childOrCreate(node, s[4 * i]!, s[4 * i + 1]!);
-        tree.setSeq(child, s[4 * i + 2]!, s[4 * i + 3]!);
       }
       tree.addHolder(child, slot);
-      tree.lastUsed[child] = tick;
+      tree.stamp(child, tick);
       this.mentioned?.add(child);
       node = child;
     }
@@ -289,7 +295,7 @@ export class RadixIndex implements PrefixIndex {
       const node = tree.findSeq(s[2 * i]!, s[2 * i + 1]!);
       if (node === -1 || !tree.removeHolder(node, slot)) {
         this.counters.unknownRemovals++;
-      } else if (tree.holderCount[node] === 0) {
+      } else if (tree.holderCountOf(node) === 0) {
         tree.dropSubtree(node);
       }
     }
@@ -358,18 +364,18 @@ export class RadixIndex implements PrefixIndex {
     let runTail = -1;
     const push = (node: number) => {
       run!.blocks.push({
-        local_hash: u64String(tree.localLo[node]!, tree.localHi[node]!),
+        local_hash: u64String(tree.localLoOf(node), tree.localHiOf(node)),
         sequence_hash: seqString(node),
       });
       runTail = node;
     };
     const stack: number[] = [];
-    for (let c = tree.firstChild[ROOT]!; c !== -1; c = tree.nextSibling[c]!) stack.push(c);
+    for (let c = tree.firstChildOf(ROOT); c !== -1; c = tree.nextSiblingOf(c)) stack.push(c);
     while (stack.length > 0) {
       const node = stack.pop()!;
-      for (let c = tree.firstChild[node]!; c !== -1; c = tree.nextSibling[c]!) stack.push(c);
+      for (let c = tree.firstChildOf(node); c !== -1; c = tree.nextSiblingOf(c)) stack.push(c);
       if (!tree.hasHolder(node, slot)) continue;
-      const parent = tree.parent[node]!;
+      const parent = tree.parentOf(node);
       if (run !== undefined && parent === runTail && run.blocks.length < this.maxEventBlocks) {
         push(node);
         continue;
@@ -379,7 +385,7 @@ export class RadixIndex implements PrefixIndex {
       let anchor = parent;
       while (anchor !== ROOT && !tree.hasHolder(anchor, slot)) {
         missing.push(anchor);
-        anchor = tree.parent[anchor]!;
+        anchor = tree.parentOf(anchor);
       }
       run = {
         event_id: eventId,

@@ -19,6 +19,19 @@ const EMPTY = -1;
 const FREE = -2;
 export const ROOT = 0;
 
+// Fields of a node record: rec[node * STRIDE + FIELD]. Hash halves are stored as int32 (| 0).
+const STRIDE = 8;
+const PARENT = 0;
+const LOCAL_LO = 1;
+const LOCAL_HI = 2;
+const FIRST_CHILD = 3;
+const NEXT_SIBLING = 4;
+const HOLDER_COUNT = 5;
+/** The holding slot when the count is 1, the bitset row when it is 2 or more. */
+const HOLDER = 6;
+/** Recency tick (see nextTick). */
+const LAST_USED = 7;
+
 /** Scores of one findMatches call: for each worker, how many leading blocks of the prompt it holds. */
 export class MatchScores {
   /**
@@ -72,22 +85,15 @@ function grownUint32(old: Uint32Array<ArrayBuffer>, capacity: number): Uint32Arr
 export type DropListener = (node: number, slot: number) => void;
 
 export class RadixTree {
-  // ---- nodes (struct of arrays, index = node id; node 0 is the root) ----
+  // ---- nodes (index = node id; node 0 is the root) ----
   capacity = 0;
-  parent = new Int32Array(0);
-  localLo = new Uint32Array(0);
-  localHi = new Uint32Array(0);
+  /** Hot fields, STRIDE int32 per node. */
+  rec = new Int32Array(0);
+  prevSibling = new Int32Array(0);
   seqLo = new Uint32Array(0);
   seqHi = new Uint32Array(0);
   /** 1 when the node is registered in the sequence-hash table. */
   hasSeq = new Uint8Array(0);
-  firstChild = new Int32Array(0);
-  nextSibling = new Int32Array(0);
-  prevSibling = new Int32Array(0);
-  holderCount = new Int32Array(0);
-  /** The holding slot when holderCount is 1, the bitset row when it is 2 or more. */
-  holder = new Int32Array(0);
-  lastUsed = new Uint32Array(0);
   /** Live nodes, root excluded. */
   nodeCount = 0;
   private freeHead = EMPTY;
@@ -120,33 +126,55 @@ export class RadixTree {
     this.childMask = 2047;
     this.seqTable = new Int32Array(2048).fill(EMPTY);
     this.seqMask = 2047;
-    this.parent[ROOT] = EMPTY;
+    this.rec[ROOT * STRIDE + PARENT] = EMPTY;
+    this.rec[ROOT * STRIDE + FIRST_CHILD] = EMPTY;
+    this.rec[ROOT * STRIDE + HOLDER] = EMPTY;
   }
 
   // ================= node storage =================
 
   private growNodes(capacity: number): void {
-    this.parent = grownInt32(this.parent, capacity, FREE);
-    this.localLo = grownUint32(this.localLo, capacity);
-    this.localHi = grownUint32(this.localHi, capacity);
+    const rec = new Int32Array(capacity * STRIDE);
+    rec.set(this.rec);
+    for (let node = this.capacity; node < capacity; node++) rec[node * STRIDE + PARENT] = FREE;
+    this.rec = rec;
+    this.prevSibling = grownInt32(this.prevSibling, capacity, EMPTY);
     this.seqLo = grownUint32(this.seqLo, capacity);
     this.seqHi = grownUint32(this.seqHi, capacity);
     const hasSeq = new Uint8Array(capacity);
     hasSeq.set(this.hasSeq);
     this.hasSeq = hasSeq;
-    this.firstChild = grownInt32(this.firstChild, capacity, EMPTY);
-    this.nextSibling = grownInt32(this.nextSibling, capacity, EMPTY);
-    this.prevSibling = grownInt32(this.prevSibling, capacity, EMPTY);
-    this.holderCount = grownInt32(this.holderCount, capacity, 0);
-    this.holder = grownInt32(this.holder, capacity, EMPTY);
-    this.lastUsed = grownUint32(this.lastUsed, capacity);
     this.capacity = capacity;
+  }
+
+  // Field accessors for the other modules (inlined by V8).
+  parentOf(node: number): number {
+    return this.rec[node * STRIDE + PARENT]!;
+  }
+  firstChildOf(node: number): number {
+    return this.rec[node * STRIDE + FIRST_CHILD]!;
+  }
+  nextSiblingOf(node: number): number {
+    return this.rec[node * STRIDE + NEXT_SIBLING]!;
+  }
+  holderCountOf(node: number): number {
+    return this.rec[node * STRIDE + HOLDER_COUNT]!;
+  }
+  localLoOf(node: number): number {
+    return this.rec[node * STRIDE + LOCAL_LO]! >>> 0;
+  }
+  localHiOf(node: number): number {
+    return this.rec[node * STRIDE + LOCAL_HI]! >>> 0;
+  }
+  /** Marks `node` used at `tick` (callers keep ticks monotone down the tree). */
+  stamp(node: number, tick: number): void {
+    this.rec[node * STRIDE + LAST_USED] = tick;
   }
 
   private allocNode(): number {
     let node = this.freeHead;
     if (node !== EMPTY) {
-      this.freeHead = this.nextSibling[node]!;
+      this.freeHead = this.rec[node * STRIDE + NEXT_SIBLING]!;
     } else {
       if (this.highWater === this.capacity) this.growNodes(Math.ceil(this.capacity * 1.5));
       node = this.highWater++;
@@ -156,7 +184,7 @@ export class RadixTree {
   }
 
   isLive(node: number): boolean {
-    return node > ROOT && node < this.highWater && this.parent[node] !== FREE;
+    return node > ROOT && node < this.highWater && this.rec[node * STRIDE + PARENT] !== FREE;
   }
 
   /** Upper bound (exclusive) of node ids ever used: scan range for whole-tree passes. */
@@ -172,13 +200,27 @@ export class RadixTree {
 
   /** The child of `parent` whose local key is (lo, hi), or -1. */
   findChild(parent: number, lo: number, hi: number): number {
+    const rec = this.rec;
+    const lo32 = lo | 0;
+    const hi32 = hi | 0;
+    // A chain (the common case) has one child: check it before hashing.
+    const first = rec[parent * STRIDE + FIRST_CHILD]!;
+    if (
+      first !== EMPTY &&
+      rec[first * STRIDE + LOCAL_LO] === lo32 &&
+      rec[first * STRIDE + LOCAL_HI] === hi32
+    ) {
+      return first;
+    }
     const table = this.childTable;
     const mask = this.childMask;
-    let i = (lo ^ Math.imul(parent, 0x9e3779b1)) & mask;
+    let i = (lo32 ^ Math.imul(parent, 0x9e3779b1)) & mask;
     for (;;) {
       const node = table[i]!;
       if (node === EMPTY) return EMPTY;
-      if (this.localLo[node] === lo && this.localHi[node] === hi && this.parent[node] === parent) return node;
+      const at = node * STRIDE;
+      if (rec[at + LOCAL_LO] === lo32 && rec[at + LOCAL_HI] === hi32 && rec[at + PARENT] === parent)
+        return node;
       i = (i + 1) & mask;
     }
   }
@@ -186,7 +228,7 @@ export class RadixTree {
   private insertChildEntry(node: number): void {
     if ((this.nodeCount + 1) * 2 > this.childTable.length) this.rebuildChildTable(this.childTable.length * 2);
     const mask = this.childMask;
-    let i = this.childHome(this.parent[node]!, this.localLo[node]!);
+    let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
     while (this.childTable[i] !== EMPTY) i = (i + 1) & mask;
     this.childTable[i] = node;
   }
@@ -195,8 +237,8 @@ export class RadixTree {
     this.childTable = new Int32Array(size).fill(EMPTY);
     this.childMask = size - 1;
     for (let node = 1; node < this.highWater; node++) {
-      if (this.parent[node] === FREE) continue;
-      let i = this.childHome(this.parent[node]!, this.localLo[node]!);
+      if (this.rec[node * STRIDE + PARENT] === FREE) continue;
+      let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
       while (this.childTable[i] !== EMPTY) i = (i + 1) & this.childMask;
       this.childTable[i] = node;
     }
@@ -205,7 +247,7 @@ export class RadixTree {
   private deleteChildEntry(node: number): void {
     const table = this.childTable;
     const mask = this.childMask;
-    let i = this.childHome(this.parent[node]!, this.localLo[node]!);
+    let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
     while (table[i] !== node) i = (i + 1) & mask;
     // Backward-shift deletion keeps probe chains intact without tombstones.
     let j = i;
@@ -213,7 +255,7 @@ export class RadixTree {
       j = (j + 1) & mask;
       const moved = table[j]!;
       if (moved === EMPTY) break;
-      const home = this.childHome(this.parent[moved]!, this.localLo[moved]!);
+      const home = this.childHome(this.rec[moved * STRIDE + PARENT]!, this.rec[moved * STRIDE + LOCAL_LO]!);
       if (((j - home) & mask) >= ((j - i) & mask)) {
         table[i] = moved;
         i = j;
@@ -241,25 +283,37 @@ export class RadixTree {
     return (this.seqLo[node]! ^ Math.imul(this.seqHi[node]!, 0x85ebca77)) & this.seqMask;
   }
 
-  setSeq(node: number, lo: number, hi: number): void {
+  /**
+   * Registers `node` under sequence hash (lo, hi). Returns false, changing nothing, when another
+   * node already has that hash.
+   */
+  setSeq(node: number, lo: number, hi: number): boolean {
+    if ((this.seqCount + 1) * 2 > this.seqTable.length) this.rebuildSeqTable(this.seqTable.length * 2);
+    const mask = this.seqMask;
+    let i = (lo ^ Math.imul(hi, 0x85ebca77)) & mask;
+    for (;;) {
+      const other = this.seqTable[i]!;
+      if (other === EMPTY) break;
+      if (this.seqLo[other] === lo && this.seqHi[other] === hi) return false;
+      i = (i + 1) & mask;
+    }
+    this.seqTable[i] = node;
     this.seqLo[node] = lo;
     this.seqHi[node] = hi;
     this.hasSeq[node] = 1;
-    if ((this.seqCount + 1) * 2 > this.seqTable.length) {
-      const size = this.seqTable.length * 2;
-      this.seqTable = new Int32Array(size).fill(EMPTY);
-      this.seqMask = size - 1;
-      for (let n = 1; n < this.highWater; n++) {
-        if (this.parent[n] === FREE || this.hasSeq[n] === 0 || n === node) continue;
-        let i = this.seqHome(n);
-        while (this.seqTable[i] !== EMPTY) i = (i + 1) & this.seqMask;
-        this.seqTable[i] = n;
-      }
-    }
-    let i = this.seqHome(node);
-    while (this.seqTable[i] !== EMPTY) i = (i + 1) & this.seqMask;
-    this.seqTable[i] = node;
     this.seqCount++;
+    return true;
+  }
+
+  private rebuildSeqTable(size: number): void {
+    this.seqTable = new Int32Array(size).fill(EMPTY);
+    this.seqMask = size - 1;
+    for (let n = 1; n < this.highWater; n++) {
+      if (this.rec[n * STRIDE + PARENT] === FREE || this.hasSeq[n] === 0) continue;
+      let i = this.seqHome(n);
+      while (this.seqTable[i] !== EMPTY) i = (i + 1) & this.seqMask;
+      this.seqTable[i] = n;
+    }
   }
 
   private deleteSeqEntry(node: number): void {
@@ -288,21 +342,27 @@ export class RadixTree {
   /** The child of `parent` keyed (lo, hi), created (holderless) when missing. */
   childOrCreate(parent: number, lo: number, hi: number): number {
     const found = this.findChild(parent, lo, hi);
-    if (found !== EMPTY) return found;
+    return found !== EMPTY ? found : this.createChild(parent, lo, hi);
+  }
+
+  /** A new holderless child of `parent`; the caller knows no child (lo, hi) exists. */
+  createChild(parent: number, lo: number, hi: number): number {
     const node = this.allocNode();
-    this.parent[node] = parent;
-    this.localLo[node] = lo;
-    this.localHi[node] = hi;
+    const rec = this.rec;
+    const at = node * STRIDE;
+    rec[at + PARENT] = parent;
+    rec[at + LOCAL_LO] = lo;
+    rec[at + LOCAL_HI] = hi;
+    rec[at + FIRST_CHILD] = EMPTY;
+    rec[at + HOLDER_COUNT] = 0;
+    rec[at + HOLDER] = EMPTY;
+    rec[at + LAST_USED] = rec[parent * STRIDE + LAST_USED]!;
+    const head = rec[parent * STRIDE + FIRST_CHILD]!;
+    rec[at + NEXT_SIBLING] = head;
+    rec[parent * STRIDE + FIRST_CHILD] = node;
     this.hasSeq[node] = 0;
-    this.firstChild[node] = EMPTY;
-    this.holderCount[node] = 0;
-    this.holder[node] = EMPTY;
-    this.lastUsed[node] = this.lastUsed[parent]!;
-    const head = this.firstChild[parent]!;
-    this.nextSibling[node] = head;
     this.prevSibling[node] = EMPTY;
     if (head !== EMPTY) this.prevSibling[head] = node;
-    this.firstChild[parent] = node;
     this.insertChildEntry(node);
     return node;
   }
@@ -315,22 +375,26 @@ export class RadixTree {
     // Unlink from the parent's child list first; then the subtree is walked through the child
     // lists and each node is freed after its children are queued.
     const prev = this.prevSibling[top]!;
-    const next = this.nextSibling[top]!;
-    if (prev !== EMPTY) this.nextSibling[prev] = next;
-    else this.firstChild[this.parent[top]!] = next;
+    const next = this.rec[top * STRIDE + NEXT_SIBLING]!;
+    if (prev !== EMPTY) this.rec[prev * STRIDE + NEXT_SIBLING] = next;
+    else this.rec[this.rec[top * STRIDE + PARENT]! * STRIDE + FIRST_CHILD] = next;
     if (next !== EMPTY) this.prevSibling[next] = prev;
     const stack = [top];
     let dropped = 0;
     while (stack.length > 0) {
       const node = stack.pop()!;
-      for (let child = this.firstChild[node]!; child !== EMPTY; child = this.nextSibling[child]!) {
+      for (
+        let child = this.rec[node * STRIDE + FIRST_CHILD]!;
+        child !== EMPTY;
+        child = this.rec[child * STRIDE + NEXT_SIBLING]!
+      ) {
         stack.push(child);
       }
       this.forgetHolders(node);
       this.deleteChildEntry(node);
       if (this.hasSeq[node] === 1) this.deleteSeqEntry(node);
-      this.parent[node] = FREE;
-      this.nextSibling[node] = this.freeHead;
+      this.rec[node * STRIDE + PARENT] = FREE;
+      this.rec[node * STRIDE + NEXT_SIBLING] = this.freeHead;
       this.freeHead = node;
       this.nodeCount--;
       dropped++;
@@ -339,11 +403,11 @@ export class RadixTree {
   }
 
   private forgetHolders(node: number): void {
-    const count = this.holderCount[node]!;
+    const count = this.rec[node * STRIDE + HOLDER_COUNT]!;
     if (count === 1) {
-      this.dropHolding(node, this.holder[node]!);
+      this.dropHolding(node, this.rec[node * STRIDE + HOLDER]!);
     } else if (count > 1) {
-      const row = this.holder[node]!;
+      const row = this.rec[node * STRIDE + HOLDER]!;
       const base = row * this.words;
       for (let w = 0; w < this.words; w++) {
         let bits = this.sets[base + w]!;
@@ -355,8 +419,8 @@ export class RadixTree {
       }
       this.freeRow(row);
     }
-    this.holderCount[node] = 0;
-    this.holder[node] = EMPTY;
+    this.rec[node * STRIDE + HOLDER_COUNT] = 0;
+    this.rec[node * STRIDE + HOLDER] = EMPTY;
   }
 
   private dropHolding(node: number, slot: number): void {
@@ -408,32 +472,34 @@ export class RadixTree {
   }
 
   hasHolder(node: number, slot: number): boolean {
-    const count = this.holderCount[node]!;
-    if (count === 1) return this.holder[node] === slot;
+    const count = this.rec[node * STRIDE + HOLDER_COUNT]!;
+    if (count === 1) return this.rec[node * STRIDE + HOLDER] === slot;
     if (count === 0) return false;
-    return (this.sets[this.holder[node]! * this.words + (slot >>> 5)]! & (1 << (slot & 31))) !== 0;
+    return (
+      (this.sets[this.rec[node * STRIDE + HOLDER]! * this.words + (slot >>> 5)]! & (1 << (slot & 31))) !== 0
+    );
   }
 
   /** Adds `slot` to the node's holders; false when it already held the node. */
   addHolder(node: number, slot: number): boolean {
-    const count = this.holderCount[node]!;
+    const count = this.rec[node * STRIDE + HOLDER_COUNT]!;
     if (count === 0) {
-      this.holder[node] = slot;
+      this.rec[node * STRIDE + HOLDER] = slot;
     } else if (count === 1) {
-      const only = this.holder[node]!;
+      const only = this.rec[node * STRIDE + HOLDER]!;
       if (only === slot) return false;
       const row = this.allocRow();
       const base = row * this.words;
       this.sets[base + (only >>> 5)]! |= 1 << (only & 31);
       this.sets[base + (slot >>> 5)]! |= 1 << (slot & 31);
-      this.holder[node] = row;
+      this.rec[node * STRIDE + HOLDER] = row;
     } else {
-      const at = this.holder[node]! * this.words + (slot >>> 5);
+      const at = this.rec[node * STRIDE + HOLDER]! * this.words + (slot >>> 5);
       const bit = 1 << (slot & 31);
       if ((this.sets[at]! & bit) !== 0) return false;
       this.sets[at]! |= bit;
     }
-    this.holderCount[node] = count + 1;
+    this.rec[node * STRIDE + HOLDER_COUNT] = count + 1;
     this.blocksBySlot[slot]++;
     this.totalBlocks++;
     return true;
@@ -441,13 +507,13 @@ export class RadixTree {
 
   /** Removes `slot` from the node's holders; false when it did not hold the node. */
   removeHolder(node: number, slot: number): boolean {
-    const count = this.holderCount[node]!;
+    const count = this.rec[node * STRIDE + HOLDER_COUNT]!;
     if (count === 0) return false;
     if (count === 1) {
-      if (this.holder[node] !== slot) return false;
-      this.holder[node] = EMPTY;
+      if (this.rec[node * STRIDE + HOLDER] !== slot) return false;
+      this.rec[node * STRIDE + HOLDER] = EMPTY;
     } else {
-      const row = this.holder[node]!;
+      const row = this.rec[node * STRIDE + HOLDER]!;
       const base = row * this.words;
       const at = base + (slot >>> 5);
       const bit = 1 << (slot & 31);
@@ -461,10 +527,10 @@ export class RadixTree {
           if (bits !== 0) remaining = w * 32 + 31 - Math.clz32(bits & -bits);
         }
         this.freeRow(row);
-        this.holder[node] = remaining;
+        this.rec[node * STRIDE + HOLDER] = remaining;
       }
     }
-    this.holderCount[node] = count - 1;
+    this.rec[node * STRIDE + HOLDER_COUNT] = count - 1;
     this.blocksBySlot[slot]--;
     this.totalBlocks--;
     return true;
@@ -473,7 +539,7 @@ export class RadixTree {
   /** Calls `visit(node)` for every live node held by `slot` (O(nodes)). */
   forEachHeldBy(slot: number, visit: (node: number) => void): void {
     for (let node = 1; node < this.highWater; node++) {
-      if (this.parent[node] !== FREE && this.hasHolder(node, slot)) visit(node);
+      if (this.rec[node * STRIDE + PARENT] !== FREE && this.hasHolder(node, slot)) visit(node);
     }
   }
 
@@ -482,21 +548,22 @@ export class RadixTree {
     if (this.blocksBySlot[slot] === 0) return;
     const orphaned: number[] = [];
     for (let node = 1; node < this.highWater; node++) {
-      if (this.parent[node] === FREE) continue;
-      if (this.removeHolder(node, slot) && this.holderCount[node] === 0) orphaned.push(node);
+      if (this.rec[node * STRIDE + PARENT] === FREE) continue;
+      if (this.removeHolder(node, slot) && this.rec[node * STRIDE + HOLDER_COUNT] === 0) orphaned.push(node);
     }
     // An orphan may already be gone with an earlier orphan's subtree.
     for (const node of orphaned) {
-      if (this.parent[node] !== FREE && this.holderCount[node] === 0) this.dropSubtree(node);
+      if (this.rec[node * STRIDE + PARENT] !== FREE && this.rec[node * STRIDE + HOLDER_COUNT] === 0)
+        this.dropSubtree(node);
     }
   }
 
   // ================= recency =================
 
-  /** Starts a new operation; returns its tick. Rescales all ticks (order kept) before u32 overflow. */
+  /** Starts a new operation; returns its tick. Rescales all ticks (order kept) before int32 overflow. */
   nextTick(): number {
-    if (this.tick >= 0xfffffff0) {
-      for (let node = 0; node < this.highWater; node++) this.lastUsed[node] = this.lastUsed[node]! >>> 1;
+    if (this.tick >= 0x7ffffff0) {
+      for (let node = 0; node < this.highWater; node++) this.rec[node * STRIDE + LAST_USED]! >>= 1;
       this.tick >>>= 1;
     }
     return ++this.tick;
@@ -504,7 +571,12 @@ export class RadixTree {
 
   /** Stamps `node` and its ancestors with `tick`, stopping at the first already that recent. */
   touchUp(node: number, tick: number): void {
-    for (let n = node; n !== EMPTY && this.lastUsed[n]! < tick; n = this.parent[n]!) this.lastUsed[n] = tick;
+    for (
+      let n = node;
+      n !== EMPTY && this.rec[n * STRIDE + LAST_USED]! < tick;
+      n = this.rec[n * STRIDE + PARENT]!
+    )
+      this.rec[n * STRIDE + LAST_USED] = tick;
   }
 
   // ================= matching =================
@@ -519,20 +591,21 @@ export class RadixTree {
     const blocks = keys.length >>> 1;
     const tick = this.nextTick();
     let node = blocks > 0 ? this.findChild(ROOT, keys[0]!, keys[1]!) : EMPTY;
-    if (node === EMPTY || this.holderCount[node] === 0) return { blocksBySlot: scores, longest: 0 };
+    const rec = this.rec;
+    if (node === EMPTY || rec[node * STRIDE + HOLDER_COUNT] === 0)
+      return { blocksBySlot: scores, longest: 0 };
     const words = this.words;
     const sets = this.sets;
     const active = this.activeSet;
-    const lastUsed = this.lastUsed;
     // Single mode: exactly one worker (`single`) still matches; set mode: the bitset `active`
     // over words [lo, hi] holds the matching workers.
     let single = EMPTY;
     let lo = 0;
     let hi = 0;
-    if (this.holderCount[node] === 1) {
-      single = this.holder[node]!;
+    if (rec[node * STRIDE + HOLDER_COUNT] === 1) {
+      single = rec[node * STRIDE + HOLDER]!;
     } else {
-      const base = this.holder[node]! * words;
+      const base = rec[node * STRIDE + HOLDER]! * words;
       lo = words;
       for (let w = 0; w < words; w++) {
         const bits = sets[base + w]!;
@@ -543,17 +616,25 @@ export class RadixTree {
         }
       }
     }
-    lastUsed[node] = tick;
+    rec[node * STRIDE + LAST_USED] = tick;
     let depth = 1;
     for (; depth < blocks; depth++) {
       const next = this.findChild(node, keys[2 * depth]!, keys[2 * depth + 1]!);
       if (next === EMPTY) break;
-      const count = this.holderCount[next]!;
+      const at = next * STRIDE;
+      const count = rec[at + HOLDER_COUNT]!;
       if (single !== EMPTY) {
-        if (count === 0 || !this.hasHolder(next, single)) break;
+        if (count === 1) {
+          if (rec[at + HOLDER] !== single) break;
+        } else if (
+          count === 0 ||
+          (sets[rec[at + HOLDER]! * words + (single >>> 5)]! & (1 << (single & 31))) === 0
+        ) {
+          break;
+        }
       } else if (count <= 1) {
         // The set collapses to at most this one holder; everyone else stops here.
-        const only = count === 1 ? this.holder[next]! : EMPTY;
+        const only = count === 1 ? rec[at + HOLDER]! : EMPTY;
         const keeps = only !== EMPTY && (active[only >>> 5]! & (1 << (only & 31))) !== 0;
         if (keeps) active[only >>> 5]! &= ~(1 << (only & 31));
         for (let w = lo; w <= hi; w++) {
@@ -568,10 +649,9 @@ export class RadixTree {
         if (!keeps) break;
         single = only;
       } else {
-        const base = this.holder[next]! * words;
+        const base = rec[at + HOLDER]! * words;
         let newLo = words;
         let newHi = 0;
-        let survivors = 0;
         for (let w = lo; w <= hi; w++) {
           const bits = active[w]!;
           if (bits === 0) continue;
@@ -588,15 +668,14 @@ export class RadixTree {
           if (kept !== 0) {
             if (newLo === words) newLo = w;
             newHi = w;
-            survivors++;
           }
         }
-        if (survivors === 0) break;
+        if (newLo === words) break;
         lo = newLo;
         hi = newHi;
       }
       node = next;
-      lastUsed[node] = tick;
+      rec[at + LAST_USED] = tick;
     }
     // Whoever is still matching holds `depth` leading blocks.
     if (single !== EMPTY) {
@@ -632,16 +711,17 @@ export class RadixTree {
       const stride = Math.max(1, Math.floor(this.highWater / 4096));
       const sample: number[] = [];
       for (let node = 1; node < this.highWater; node += stride) {
-        if (this.parent[node] !== FREE) sample.push(this.lastUsed[node]!);
+        if (this.rec[node * STRIDE + PARENT] !== FREE) sample.push(this.rec[node * STRIDE + LAST_USED]!);
       }
       sample.sort((a, b) => a - b);
       const rank = Math.min(sample.length - 1, Math.ceil((excess / this.nodeCount) * sample.length));
       const cutoff = sample.length === 0 ? this.tick : sample[Math.max(0, rank)]!;
       let round = 0;
       for (let node = 1; node < this.highWater; node++) {
-        if (this.parent[node] === FREE || this.lastUsed[node]! > cutoff) continue;
-        const parent = this.parent[node]!;
-        if (parent !== ROOT && this.lastUsed[parent]! <= cutoff) continue;
+        if (this.rec[node * STRIDE + PARENT] === FREE || this.rec[node * STRIDE + LAST_USED]! > cutoff)
+          continue;
+        const parent = this.rec[node * STRIDE + PARENT]!;
+        if (parent !== ROOT && this.rec[parent * STRIDE + LAST_USED]! <= cutoff) continue;
         round += this.dropSubtree(node);
       }
       evicted += round;
@@ -654,7 +734,7 @@ export class RadixTree {
 
   /** Bytes held by the typed arrays (capacity, not just live entries). */
   approxBytes(): number {
-    const perNode = 4 * 4 + 4 * 4 + 4 * 3 + 1; // links, local/seq halves, count + holder + lastUsed, hasSeq
+    const perNode = STRIDE * 4 + 4 + 8 + 1; // record, prevSibling, sequence halves, hasSeq
     return (
       this.capacity * perNode +
       this.sets.byteLength +
