@@ -368,6 +368,31 @@ describe('RadixIndex malformed events', () => {
     assert.equal(stats.nodes, 3);
   });
 
+  test('a sequence hash repeated inside one event keeps the consistent prefix and adds nothing else', () => {
+    const index = new RadixIndex();
+    const event = storedEvent(1, tokensOf(12, 3)) as Extract<KvEvent, { type: 'stored' }>;
+    const repeated = {
+      ...event,
+      blocks: [
+        event.blocks[0]!,
+        event.blocks[1]!,
+        { ...event.blocks[2]!, sequence_hash: event.blocks[1]!.sequence_hash },
+      ],
+    };
+    const result = index.applyEvent('w', repeated);
+    assert.equal(result.status === 'rejected' && result.reason, 'sequence_hash_conflict');
+    const stats = index.stats();
+    assert.equal(stats.nodes, 2);
+    assert.deepEqual(stats.blocksPerWorker, { w: 2 });
+    assert.equal(index.findMatches(localBlockKeys(tokensOf(12, 3), 16)).get('w'), 2);
+  });
+
+  test('rejects nonsensical options', () => {
+    assert.throws(() => new RadixIndex({ maxNodes: 0 }), RangeError);
+    assert.throws(() => new RadixIndex({ maxNodes: 1.5 }), RangeError);
+    assert.throws(() => new RadixIndex({ evictToFraction: 0 }), RangeError);
+  });
+
   test('removing blocks the worker does not hold is counted, not fatal', () => {
     const index = new RadixIndex();
     const tokens = tokensOf(11, 2);
