@@ -11,8 +11,6 @@ export interface RecordedCall {
   method: string;
   url: string;
   body: unknown;
-  /** The call's traceparent header, if any. */
-  traceparent: string | undefined;
 }
 
 /** Answers POST /v1/workers (201), heartbeats (200, or 404 for an unknown id) and DELETE (204). */
@@ -67,7 +65,6 @@ export class StandInRouter {
       method: req.method ?? '',
       url: req.url ?? '',
       body: text ? JSON.parse(text) : undefined,
-      traceparent: req.headers.traceparent as string | undefined,
     };
     this.calls.push(call);
     const heartbeat = /^\/v1\/workers\/([^/]+)\/heartbeat$/.exec(call.url);

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { context, ROOT_CONTEXT, trace } from '@opentelemetry/api';
 import { encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
+import { registerGlobalContext } from '../src/telemetry/index.js';
+import { RouterLease } from '../src/worker/router-lease.js';
 import { StandInRouter, spawnWorker } from './worker-helpers.js';
 
-test('the worker exports a handle_payload span in the caller trace; control-plane calls carry no trace', async () => {
+test('the worker exports a handle_payload span in the trace of the caller', async () => {
   const router = new StandInRouter(300);
   await router.listen();
   const worker = await spawnWorker(['--role', 'both', '--router', router.url], {
@@ -23,13 +26,42 @@ test('the worker exports a handle_payload span in the caller trace; control-plan
       out,
       /parentSpanId: 'b7ad6b7169203331'|parentSpanContext: \{[^}]*spanId: 'b7ad6b7169203331'/,
     );
-    // Registration and heartbeats reached the router without trace headers.
-    await router.waitFor((c) => c.url.endsWith('/heartbeat'));
-    assert.ok(router.calls.length >= 2);
-    assert.ok(router.calls.every((c) => c.traceparent === undefined));
   } finally {
     worker.child.kill('SIGKILL');
     await client.close();
     await router.close();
   }
+});
+
+test('registration and heartbeats run in the ROOT context even when started inside a request trace', async () => {
+  const router = new StandInRouter(150);
+  await router.listen();
+  const seen: (string | undefined)[] = [];
+  const lease = new RouterLease({
+    routerUrl: router.url,
+    registration: {
+      role: 'decode',
+      address: '127.0.0.1:1',
+      model: 'm',
+      block_size: 16,
+      kv_blocks: 16,
+      max_batched_tokens: 16,
+    },
+    fetch: (input: string | URL | Request, init?: RequestInit) => {
+      seen.push(trace.getSpanContext(context.active())?.traceId);
+      return fetch(input, init);
+    },
+  });
+  registerGlobalContext();
+  const requestSpan = trace.wrapSpanContext({
+    traceId: '0af7651916cd43dd8448eb211c80319c',
+    spanId: 'b7ad6b7169203331',
+    traceFlags: 1,
+  });
+  context.with(trace.setSpan(ROOT_CONTEXT, requestSpan), () => lease.start());
+  await router.waitFor((c) => c.url.endsWith('/heartbeat'));
+  await lease.stop();
+  assert.ok(seen.length >= 3, 'register, heartbeat, deregister');
+  assert.deepEqual(new Set(seen), new Set([undefined]));
+  await router.close();
 });

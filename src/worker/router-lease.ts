@@ -17,6 +17,8 @@ export interface RouterLeaseOptions {
   requestTimeoutMs?: number;
   log?: (event: string, fields: Record<string, unknown>) => void;
   random?: () => number;
+  /** HTTP client (default: the global fetch); tests wrap it to see the context calls run in. */
+  fetch?: typeof fetch;
 }
 
 export class RouterLease {
@@ -105,7 +107,7 @@ export class RouterLease {
 
   private call(method: string, path: string, body: unknown, signal: AbortSignal): Promise<Response> {
     const timeout = AbortSignal.timeout(this.opts.requestTimeoutMs ?? 2_000);
-    return fetch(this.base + path, {
+    return (this.opts.fetch ?? fetch)(this.base + path, {
       method,
       signal: AbortSignal.any([signal, timeout]),
       ...(body === undefined
