@@ -32,6 +32,16 @@ const HOLDER = 6;
 /** Recency tick (see nextTick). */
 const LAST_USED = 7;
 
+// `flags` bits.
+/** Registered in the sequence-hash table. */
+const HAS_SEQ = 1;
+/**
+ * Registered in the child table. An only child is not: findChild checks the first child directly,
+ * and a parent's children all enter the table when it gets a second one. Chains, most of the
+ * tree, thus cost no table entry.
+ */
+const IN_CHILD_TABLE = 2;
+
 /** Scores of one findMatches call: for each worker, how many leading blocks of the prompt it holds. */
 export class MatchScores {
   /**
@@ -92,8 +102,8 @@ export class RadixTree {
   prevSibling = new Int32Array(0);
   seqLo = new Uint32Array(0);
   seqHi = new Uint32Array(0);
-  /** 1 when the node is registered in the sequence-hash table. */
-  hasSeq = new Uint8Array(0);
+  /** HAS_SEQ | IN_CHILD_TABLE bits per node. */
+  flags = new Uint8Array(0);
   /** Live nodes, root excluded. */
   nodeCount = 0;
   private freeHead = EMPTY;
@@ -109,6 +119,7 @@ export class RadixTree {
   // ---- child table: (parent, localLo, localHi) -> node; linear probing ----
   private childTable = new Int32Array(0);
   private childMask = 0;
+  private childEntries = 0;
   // ---- sequence-hash table: (seqLo, seqHi) -> node ----
   private seqTable = new Int32Array(0);
   private seqMask = 0;
@@ -141,9 +152,9 @@ export class RadixTree {
     this.prevSibling = grownInt32(this.prevSibling, capacity, EMPTY);
     this.seqLo = grownUint32(this.seqLo, capacity);
     this.seqHi = grownUint32(this.seqHi, capacity);
-    const hasSeq = new Uint8Array(capacity);
-    hasSeq.set(this.hasSeq);
-    this.hasSeq = hasSeq;
+    const flags = new Uint8Array(capacity);
+    flags.set(this.flags);
+    this.flags = flags;
     this.capacity = capacity;
   }
 
@@ -205,13 +216,9 @@ export class RadixTree {
     const hi32 = hi | 0;
     // A chain (the common case) has one child: check it before hashing.
     const first = rec[parent * STRIDE + FIRST_CHILD]!;
-    if (
-      first !== EMPTY &&
-      rec[first * STRIDE + LOCAL_LO] === lo32 &&
-      rec[first * STRIDE + LOCAL_HI] === hi32
-    ) {
-      return first;
-    }
+    if (first === EMPTY) return EMPTY;
+    if (rec[first * STRIDE + LOCAL_LO] === lo32 && rec[first * STRIDE + LOCAL_HI] === hi32) return first;
+    if (rec[first * STRIDE + NEXT_SIBLING] === EMPTY) return EMPTY;
     const table = this.childTable;
     const mask = this.childMask;
     let i = (lo32 ^ Math.imul(parent, 0x9e3779b1)) & mask;
@@ -226,7 +233,10 @@ export class RadixTree {
   }
 
   private insertChildEntry(node: number): void {
-    if ((this.nodeCount + 1) * 2 > this.childTable.length) this.rebuildChildTable(this.childTable.length * 2);
+    if ((this.childEntries + 1) * 2 > this.childTable.length)
+      this.rebuildChildTable(this.childTable.length * 2);
+    this.childEntries++;
+    this.flags[node]! |= IN_CHILD_TABLE;
     const mask = this.childMask;
     let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
     while (this.childTable[i] !== EMPTY) i = (i + 1) & mask;
@@ -237,7 +247,7 @@ export class RadixTree {
     this.childTable = new Int32Array(size).fill(EMPTY);
     this.childMask = size - 1;
     for (let node = 1; node < this.highWater; node++) {
-      if (this.rec[node * STRIDE + PARENT] === FREE) continue;
+      if (this.rec[node * STRIDE + PARENT] === FREE || (this.flags[node]! & IN_CHILD_TABLE) === 0) continue;
       let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
       while (this.childTable[i] !== EMPTY) i = (i + 1) & this.childMask;
       this.childTable[i] = node;
@@ -262,6 +272,8 @@ export class RadixTree {
       }
     }
     table[i] = EMPTY;
+    this.childEntries--;
+    this.flags[node]! &= ~IN_CHILD_TABLE;
   }
 
   // ================= sequence-hash table =================
@@ -300,7 +312,7 @@ export class RadixTree {
     this.seqTable[i] = node;
     this.seqLo[node] = lo;
     this.seqHi[node] = hi;
-    this.hasSeq[node] = 1;
+    this.flags[node]! |= HAS_SEQ;
     this.seqCount++;
     return true;
   }
@@ -309,7 +321,7 @@ export class RadixTree {
     this.seqTable = new Int32Array(size).fill(EMPTY);
     this.seqMask = size - 1;
     for (let n = 1; n < this.highWater; n++) {
-      if (this.rec[n * STRIDE + PARENT] === FREE || this.hasSeq[n] === 0) continue;
+      if (this.rec[n * STRIDE + PARENT] === FREE || (this.flags[n]! & HAS_SEQ) === 0) continue;
       let i = this.seqHome(n);
       while (this.seqTable[i] !== EMPTY) i = (i + 1) & this.seqMask;
       this.seqTable[i] = n;
@@ -333,7 +345,7 @@ export class RadixTree {
       }
     }
     table[i] = EMPTY;
-    this.hasSeq[node] = 0;
+    this.flags[node]! &= ~HAS_SEQ;
     this.seqCount--;
   }
 
@@ -360,10 +372,14 @@ export class RadixTree {
     const head = rec[parent * STRIDE + FIRST_CHILD]!;
     rec[at + NEXT_SIBLING] = head;
     rec[parent * STRIDE + FIRST_CHILD] = node;
-    this.hasSeq[node] = 0;
+    this.flags[node] = 0;
     this.prevSibling[node] = EMPTY;
-    if (head !== EMPTY) this.prevSibling[head] = node;
-    this.insertChildEntry(node);
+    if (head !== EMPTY) {
+      this.prevSibling[head] = node;
+      // A second child: from now on the parent's children are found through the table.
+      if ((this.flags[head]! & IN_CHILD_TABLE) === 0) this.insertChildEntry(head);
+      this.insertChildEntry(node);
+    }
     return node;
   }
 
@@ -391,8 +407,8 @@ export class RadixTree {
         stack.push(child);
       }
       this.forgetHolders(node);
-      this.deleteChildEntry(node);
-      if (this.hasSeq[node] === 1) this.deleteSeqEntry(node);
+      if ((this.flags[node]! & IN_CHILD_TABLE) !== 0) this.deleteChildEntry(node);
+      if ((this.flags[node]! & HAS_SEQ) !== 0) this.deleteSeqEntry(node);
       this.rec[node * STRIDE + PARENT] = FREE;
       this.rec[node * STRIDE + NEXT_SIBLING] = this.freeHead;
       this.freeHead = node;
@@ -734,7 +750,7 @@ export class RadixTree {
 
   /** Bytes held by the typed arrays (capacity, not just live entries). */
   approxBytes(): number {
-    const perNode = STRIDE * 4 + 4 + 8 + 1; // record, prevSibling, sequence halves, hasSeq
+    const perNode = STRIDE * 4 + 4 + 8 + 1; // record, prevSibling, sequence halves, flags
     return (
       this.capacity * perNode +
       this.sets.byteLength +
