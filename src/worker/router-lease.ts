@@ -4,6 +4,7 @@
 // backoff and jitter. stop() deregisters. All traffic runs in the ROOT context: control-plane calls
 // must never appear inside (or parent to) a user request's trace.
 
+import { setTimeout as delay } from 'node:timers/promises';
 import type { RegisterWorkerRequest, RegisterWorkerResponse } from '../protocols/registration.js';
 import { withRootContext } from '../telemetry/index.js';
 import { type BackoffPolicy, backoffDelay, DEFAULT_BACKOFF } from './backoff.js';
@@ -131,14 +132,5 @@ function errorText(err: unknown): string {
 
 /** Resolves after `ms`, or at once when `signal` aborts. */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
+  return delay(ms, undefined, { signal }).catch(() => {});
 }
