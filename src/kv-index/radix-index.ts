@@ -36,8 +36,12 @@ export type RejectReason =
 
 export type ApplyResult =
   | { status: 'applied' }
-  /** Applied, but ids between the last applied one and this one are missing: resync the worker. */
-  | { status: 'gap'; expectedEventId: number }
+  /**
+   * event_id > last applied + 1: events are missing. NOT applied and the last id stays, so the
+   * index never holds a state with holes; resubscribe after `lastEventId` (the worker replays the
+   * missing events or sends a dump for resetWorker). Later events keep answering `gap` until then.
+   */
+  | { status: 'gap'; expectedEventId: number; lastEventId: number }
   /** event_id <= the last applied id: ignored. */
   | { status: 'duplicate'; lastEventId: number }
   /** Not applied; the tree is unchanged. The id still counts as seen. */
@@ -134,13 +138,12 @@ export class RadixIndex implements PrefixIndex {
       this.counters.duplicates++;
       return { status: 'duplicate', lastEventId: last };
     }
-    this.lastEventIds[slot] = id;
-    const result = this.applyBody(slot, event);
-    if (result.status === 'applied' && id > last + 1) {
+    if (id > last + 1) {
       this.counters.gaps++;
-      return { status: 'gap', expectedEventId: last + 1 };
+      return { status: 'gap', expectedEventId: last + 1, lastEventId: last };
     }
-    return result;
+    this.lastEventIds[slot] = id;
+    return this.applyBody(slot, event);
   }
 
   /**
