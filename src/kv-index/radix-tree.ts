@@ -198,11 +198,6 @@ export class RadixTree {
     return node > ROOT && node < this.highWater && this.rec[node * STRIDE + PARENT] !== FREE;
   }
 
-  /** Upper bound (exclusive) of node ids ever used: scan range for whole-tree passes. */
-  get nodeIdLimit(): number {
-    return this.highWater;
-  }
-
   // ================= child table =================
 
   private childHome(parent: number, lo: number): number {
