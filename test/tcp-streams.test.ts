@@ -3,12 +3,14 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { connect } from 'node:net';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KvrouteError } from '../src/errors.js';
 import {
   decodeJson,
   encodeJson,
+  encodeRequestFrame,
   RequestPlaneClient,
   RequestPlaneServer,
   TransportError,
@@ -270,4 +272,46 @@ test('closeAddress drops the pool of one worker; the next call dials again', asy
   while (t.server.stats().connections !== 0) await sleep(5);
   assert.deepEqual(await t.client.unary(t.server.address, 'echo', Buffer.from('2')), Buffer.from('2'));
   assert.equal(t.server.stats().connections, 1);
+});
+
+test('a peer that stops reading: the server stops pulling from the handler (socket backpressure)', async () => {
+  const server = new RequestPlaneServer();
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  const limit = 4096; // 256 MiB if nothing held the handler back
+  let produced = 0;
+  let aborted = false;
+  server.handle('firehose', async function* (req) {
+    req.signal.addEventListener('abort', () => {
+      aborted = true;
+    });
+    while (produced < limit) {
+      produced++;
+      yield chunk;
+    }
+  });
+  const { port } = await server.listen();
+  const raw = connect({ port, host: '127.0.0.1' });
+  await once(raw, 'connect');
+  raw.pause(); // never read: the kernel buffers fill, then socket.write returns false
+  // A window far beyond anything the socket can hold, so only the socket can stop the handler.
+  raw.write(
+    encodeRequestFrame(
+      'firehose',
+      '{"x-kvroute-stream":"1","x-kvroute-window":"4000000000"}',
+      Buffer.alloc(0),
+    ),
+  );
+  let last = -1;
+  for (let still = 0; still < 5 && produced < limit; ) {
+    await sleep(40);
+    still = produced === last ? still + 1 : 0;
+    last = produced;
+  }
+  assert.ok(
+    produced < limit / 4,
+    `handler produced ${produced} x 64 KiB chunks into a peer that reads nothing`,
+  );
+  raw.destroy();
+  while (!aborted) await sleep(5);
+  await server.close({ deadlineMs: 500 });
 });
