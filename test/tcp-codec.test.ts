@@ -32,7 +32,7 @@ function decodeRequests(chunks: Buffer[], max = 1 << 20) {
   const out = [];
   for (const c of chunks) {
     d.push(c);
-    for (let ev = d.next(); ev; ev = d.next()) out.push(ev);
+    for (let ev = d.next(); ev; ev = d.next()) out.push(ev.kind === 'frame' ? { ...ev } : ev);
   }
   assert.equal(d.bufferedBytes, 0);
   return out;
@@ -68,7 +68,7 @@ test('response frames round-trip delivered 1 byte at a time and coalesced', () =
     const got = [];
     for (const c of chunks) {
       d.push(c);
-      for (let ev = d.next(); ev; ev = d.next()) got.push(ev);
+      for (let ev = d.next(); ev; ev = d.next()) got.push({ ...ev });
     }
     assert.deepEqual(
       got,

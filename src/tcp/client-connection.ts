@@ -130,7 +130,7 @@ export class ClientConnection {
     }
     const stream = new ClientStream(this, id, handler, window);
     this.streams.set(id, stream);
-    this.write(encodeRequestFrame(req.path, headersJson, req.payload));
+    this.write(encodeRequestFrame(req.path, headersJson, req.payload, pathBytes, headersBytes));
     return stream;
   }
 

@@ -33,9 +33,14 @@ export function requestFrameSize(pathBytes: number, headersBytes: number, payloa
   return 2 + pathBytes + 2 + headersBytes + 4 + payloadBytes;
 }
 
-export function encodeRequestFrame(path: string, headersJson: string, payload: Uint8Array): Buffer {
-  const pathBytes = Buffer.byteLength(path, 'utf8');
-  const headersBytes = Buffer.byteLength(headersJson, 'utf8');
+/** pathBytes/headersBytes: the UTF-8 lengths when the caller already measured them. */
+export function encodeRequestFrame(
+  path: string,
+  headersJson: string,
+  payload: Uint8Array,
+  pathBytes = Buffer.byteLength(path, 'utf8'),
+  headersBytes = Buffer.byteLength(headersJson, 'utf8'),
+): Buffer {
   if (pathBytes > 0xffff) throw new RangeError(`endpoint path is ${pathBytes} bytes (max 65535)`);
   if (headersBytes > 0xffff) throw new RangeError(`headers are ${headersBytes} bytes (max 65535)`);
   const buf = Buffer.allocUnsafe(requestFrameSize(pathBytes, headersBytes, payload.byteLength));
