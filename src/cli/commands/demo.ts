@@ -1,14 +1,150 @@
-// `kvroute demo`: not built yet (see the open issues); exits 1 with a clear message.
+// `kvroute demo`: the router plus N prefill and N decode mock workers, each a child process of
+// this one, all on loopback. Prints the URL and a first request once the fleet is ready; Ctrl-C
+// (or SIGTERM) stops every process it started. If the router dies, the demo stops with exit 1.
 
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
 import type { CommandModule } from '../command.js';
+import type { ParsedOptions } from '../options.js';
 
 export const spec: CommandModule['spec'] = {
   usage: 'kvroute demo',
-  summary: 'Not available yet in this build.',
-  options: [],
+  summary:
+    'Router plus mock prefill and decode workers on loopback (child processes). Prints the URL; Ctrl-C stops everything.',
+  options: [
+    { name: 'host', type: 'string', default: '127.0.0.1', help: 'router listen address' },
+    { name: 'port', type: 'integer', default: 8000, min: 0, max: 65535, help: 'router HTTP port' },
+    { name: 'prefill', type: 'integer', default: 2, min: 0, max: 64, help: 'prefill workers to start' },
+    { name: 'decode', type: 'integer', default: 2, min: 1, max: 64, help: 'decode workers to start' },
+    {
+      name: 'speedup',
+      type: 'number',
+      default: 1,
+      min: 0.001,
+      help: 'mock engine time divisor for every worker',
+    },
+    { name: 'model', type: 'string', default: 'mock-llm', help: 'model name the workers serve' },
+    {
+      name: 'ready-timeout-ms',
+      type: 'integer',
+      default: 30_000,
+      min: 1000,
+      help: 'how long to wait for the router and every worker to come up',
+    },
+  ],
 };
 
-export async function run(): Promise<number> {
-  process.stderr.write('kvroute demo: not available yet in this build\n');
-  return 1;
+const CLI_MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
+
+function startChild(name: string, args: string[], children: Map<string, ChildProcess>): ChildProcess {
+  // Children run the same entry point as this process (dist, or src under tsx via execArgv).
+  const child = spawn(process.execPath, [...process.execArgv, CLI_MAIN, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: process.env,
+  });
+  child.stdout?.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line) process.stdout.write(`[${name}] ${line}\n`);
+  });
+  children.set(name, child);
+  return child;
+}
+
+async function waitForRouterUrl(
+  router: ChildProcess,
+  host: string,
+  port: number,
+  deadline: number,
+): Promise<string> {
+  // With --port 0 the router picks a port and prints its URL; otherwise the URL is known up front.
+  const known = port === 0 ? undefined : `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  let printed: string | undefined;
+  router.stdout?.on('data', (chunk: Buffer) => {
+    printed ??= /https?:\/\/[^\s"]+/.exec(chunk.toString())?.[0];
+  });
+  while (Date.now() < deadline) {
+    if (router.exitCode !== null) throw new Error(`the router exited with code ${router.exitCode}`);
+    const url = known ?? printed;
+    if (url) {
+      const ok = await fetch(`${url}/health`).then(
+        (r) => r.ok,
+        () => false,
+      );
+      if (ok) return url;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the router did not become healthy in time');
+}
+
+async function waitForWorkers(url: string, expected: number, deadline: number): Promise<void> {
+  while (Date.now() < deadline) {
+    const workers = await fetch(`${url}/v1/workers`).then(
+      async (r) => (r.ok ? ((await r.json()) as { data?: unknown[]; workers?: unknown[] }) : null),
+      () => null,
+    );
+    const count = workers ? (workers.data ?? workers.workers ?? []).length : 0;
+    if (count >= expected) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`fewer than ${expected} workers registered in time`);
+}
+
+async function stopAll(children: Map<string, ChildProcess>): Promise<void> {
+  // Workers first (they deregister from the live router), then the router.
+  const order = [...children.entries()].sort(([a], [b]) => Number(a === 'router') - Number(b === 'router'));
+  for (const [, child] of order) {
+    if (child.exitCode !== null || child.signalCode !== null) continue;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await once(child, 'exit');
+    clearTimeout(timer);
+  }
+}
+
+export async function run(o: ParsedOptions): Promise<number> {
+  const host = o.host as string;
+  const children = new Map<string, ChildProcess>();
+  let stopping = false;
+  const stopped = new Promise<number>((resolve) => {
+    const stop = (code: number) => {
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write('kvroute demo: stopping every process...\n');
+      void stopAll(children).then(() => resolve(code));
+    };
+    process.once('SIGINT', () => stop(0));
+    process.once('SIGTERM', () => stop(0));
+    const router = startChild('router', ['router', '--host', host, '--port', String(o.port)], children);
+    router.once('exit', (code) => {
+      if (!stopping) process.stderr.write(`kvroute demo: the router exited (code ${code}); stopping\n`);
+      stop(1);
+    });
+    const deadline = Date.now() + (o.readyTimeoutMs as number);
+    void (async () => {
+      const url = await waitForRouterUrl(router, host, o.port as number, deadline);
+      const common = ['--router', url, '--speedup', String(o.speedup), '--model', o.model as string];
+      const roles = [
+        ...Array.from({ length: o.prefill as number }, (_, i) => [`prefill-${i + 1}`, 'prefill'] as const),
+        ...Array.from({ length: o.decode as number }, (_, i) => [`decode-${i + 1}`, 'decode'] as const),
+      ];
+      for (const [name, role] of roles) {
+        const worker = startChild(name, ['worker', '--role', role, ...common], children);
+        worker.once('exit', (code, signal) => {
+          if (!stopping) process.stderr.write(`kvroute demo: ${name} exited (${signal ?? code})\n`);
+        });
+      }
+      await waitForWorkers(url, roles.length, deadline);
+      process.stdout.write(
+        `\nkvroute demo ready: ${url}  (${o.prefill} prefill + ${o.decode} decode workers)\n` +
+          `Try:\n  curl -s ${url}/v1/completions -H 'content-type: application/json' \\\n` +
+          `    -d '{"model":"${o.model}","prompt":"Hello, router","max_tokens":16}'\n` +
+          'Press Ctrl-C to stop.\n',
+      );
+    })().catch((err: unknown) => {
+      process.stderr.write(`kvroute demo: ${err instanceof Error ? err.message : String(err)}\n`);
+      stop(1);
+    });
+  });
+  return stopped;
 }
