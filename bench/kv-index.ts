@@ -11,6 +11,7 @@ import { runInNewContext } from 'node:vm';
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { ApproxIndex, computeBlockHashes, localBlockKeys, RadixIndex } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
+import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench kv-index',
@@ -71,10 +72,6 @@ function concat(a: Uint32Array, b: Uint32Array): Uint32Array {
   out.set(a);
   out.set(b, a.length);
   return out;
-}
-
-function percentile(sorted: Float64Array, p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
 }
 
 const round2 = (x: number) => Math.round(x * 100) / 100;

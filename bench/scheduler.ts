@@ -11,6 +11,7 @@ import {
   type PolicyName,
   seededRng,
 } from '../src/router/scheduling/index.js';
+import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench scheduler',
@@ -46,10 +47,6 @@ interface Row {
   p50_us: number;
   p99_us: number;
   mean_us: number;
-}
-
-function percentile(sorted: Float64Array, q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
 function round(n: number): number {

@@ -7,6 +7,7 @@
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { DEFAULT_INLINE_MAX_CHARS, Tokenizer } from '../src/router/tokenizer/index.js';
 import { ENCODING_NAME, encodeText } from '../src/router/tokenizer/vocabulary.js';
+import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench tokenizer',
@@ -82,10 +83,6 @@ interface Row {
   inline_p99_us: number;
   pooled_p50_us: number;
   pooled_p99_us: number;
-}
-
-function percentile(sorted: number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
 function round(n: number): number {

@@ -13,6 +13,7 @@ import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { UsageError } from '../src/errors.js';
 import { ByteQueue } from '../src/tcp/byte-queue.js';
 import { RequestPlaneClient } from '../src/tcp/index.js';
+import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench transport',
@@ -188,8 +189,7 @@ async function drive(concurrency: number, durationMs: number, call: () => Promis
 }
 
 function percentileUs(sorted: number[], q: number): number {
-  if (sorted.length === 0) return 0;
-  return Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! * 1000);
+  return Math.round(percentile(sorted, q) * 1000);
 }
 
 async function measure(kind: Kind, o: Record<string, number>): Promise<TransportResult> {
