@@ -1,25 +1,35 @@
-// Trace propagation across the request plane: the caller's active context at call time travels in
-// the frame headers, and the handler (and every step of its async iterable) runs inside a
-// `handle_payload` SERVER span parented by it, even when many contexts share one pooled socket.
+// Trace propagation across the request plane: each call gets one CLIENT span (child of the
+// caller's context at call time) from the client's own tracer; its context travels in the frame
+// headers, and the handler (and every step of its async iterable) runs inside a `handle_payload`
+// SERVER span from the server's own tracer, parented by the client span, even when many contexts
+// share one pooled socket. No tracer provider is registered globally here: the `tracer` options
+// are what make the spans record.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import {
+  AlwaysOffSampler,
   BasicTracerProvider,
   InMemorySpanExporter,
+  type ReadableSpan,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { decodeJson, encodeJson, RequestPlaneClient, RequestPlaneServer } from '../src/tcp/index.js';
+import { registerGlobalContext } from '../src/telemetry/index.js';
 
-const exporter = new InMemorySpanExporter();
-const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
-const tracer = provider.getTracer('test');
-const server = new RequestPlaneServer();
-const client = new RequestPlaneClient({ maxConnectionsPerAddress: 1 });
+function recorder() {
+  const exporter = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  return { exporter, provider, tracer: provider.getTracer('test') };
+}
+
+const callers = recorder();
+const clientSide = recorder();
+const serverSide = recorder();
+const server = new RequestPlaneServer({ tracer: serverSide.tracer });
+const client = new RequestPlaneClient({ maxConnectionsPerAddress: 1, tracer: clientSide.tracer });
 
 interface Seen {
   traceparent: string | undefined;
@@ -29,9 +39,7 @@ interface Seen {
 }
 
 before(async () => {
-  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-  trace.setGlobalTracerProvider(provider);
+  registerGlobalContext();
   server.handle('whoami', async function* (req) {
     const active = () => trace.getActiveSpan()?.spanContext().traceId ?? 'none';
     const seen: Seen = {
@@ -48,48 +56,73 @@ before(async () => {
   server.handle('fails', async () => {
     throw new Error('handler broke');
   });
+  server.handle('endless', async function* (req) {
+    while (!req.signal.aborted) {
+      yield encodeJson({ tick: true });
+      await sleep(2);
+    }
+  });
   await server.listen();
 });
 
 after(async () => {
   await client.close();
   await server.close({ deadlineMs: 500 });
-  await provider.shutdown();
-  trace.disable();
-  context.disable();
-  propagation.disable();
+  await Promise.all([callers, clientSide, serverSide].map((r) => r.provider.shutdown()));
 });
 
-test('a call made inside a span arrives with its traceparent; the handler span is its child', async () => {
-  exporter.reset();
-  const caller = tracer.startSpan('caller');
+function reset(): void {
+  for (const r of [callers, clientSide, serverSide]) r.exporter.reset();
+}
+
+function finished(r: ReturnType<typeof recorder>, name: string): ReadableSpan[] {
+  return r.exporter.getFinishedSpans().filter((s) => s.name === name);
+}
+
+test('caller -> request_plane CLIENT span -> handle_payload SERVER span, each from its own tracer', async () => {
+  reset();
+  const caller = callers.tracer.startSpan('caller');
   const { traceId, spanId } = caller.spanContext();
-  const answer = await context.with(trace.setSpan(context.active(), caller), () =>
+  const answer = await context.with(trace.setSpan(ROOT_CONTEXT, caller), () =>
     client.unary(server.address, 'whoami', Buffer.alloc(0), { requestId: 'req-1' }),
   );
   caller.end();
-  // unary() concatenates the three chunks; the last one is what the handler saw at the end.
   const seen = decodeJson<Seen>(answer.subarray(answer.lastIndexOf('{"traceparent"')));
-  assert.equal(seen.traceparent, `00-${traceId}-${spanId}-01`);
+
+  const [clientSpan, ...moreClient] = finished(clientSide, 'request_plane whoami');
+  assert.ok(clientSpan);
+  assert.equal(moreClient.length, 0);
+  assert.equal(clientSpan.kind, SpanKind.CLIENT);
+  assert.equal(clientSpan.spanContext().traceId, traceId);
+  assert.equal(clientSpan.parentSpanContext?.spanId, spanId);
+  assert.equal(clientSpan.attributes['kvroute.address'], server.address);
+  assert.equal(clientSpan.attributes['kvroute.endpoint'], 'whoami');
+  assert.equal(clientSpan.attributes['kvroute.request_id'], 'req-1');
+  assert.equal(clientSpan.attributes['kvroute.outcome'], 'ok');
+  assert.equal(clientSpan.attributes['kvroute.chunks'], 3);
+
+  // The frame carried the CLIENT span's context, not the caller's.
+  assert.equal(seen.traceparent, `00-${traceId}-${clientSpan.spanContext().spanId}-01`);
   assert.equal(seen.requestId, 'req-1');
   assert.deepEqual(seen.activeTraceIds, [traceId, traceId, traceId, traceId]);
 
-  const spans = exporter.getFinishedSpans().filter((s) => s.name === 'handle_payload');
-  assert.equal(spans.length, 1);
-  const [span] = spans;
-  assert.equal(span!.kind, SpanKind.SERVER);
-  assert.equal(span!.spanContext().traceId, traceId);
-  assert.equal(span!.parentSpanContext?.spanId, spanId);
-  assert.equal(span!.attributes['kvroute.endpoint'], 'whoami');
-  assert.equal(span!.attributes['kvroute.request_id'], 'req-1');
+  const [span, ...more] = finished(serverSide, 'handle_payload');
+  assert.ok(span);
+  assert.equal(more.length, 0);
+  assert.equal(span.kind, SpanKind.SERVER);
+  assert.equal(span.spanContext().traceId, traceId);
+  assert.equal(span.parentSpanContext?.spanId, clientSpan.spanContext().spanId);
+  assert.equal(span.attributes['kvroute.endpoint'], 'whoami');
+  assert.equal(span.attributes['kvroute.request_id'], 'req-1');
+  assert.equal(finished(clientSide, 'handle_payload').length, 0, 'server spans use the server tracer');
 });
 
-test('many concurrent calls from different contexts on one pooled connection keep their own trace', async () => {
-  exporter.reset();
+test('many concurrent streams from different contexts on one pooled connection keep their own trace', async () => {
+  reset();
   const N = 50;
   const results = await Promise.all(
     Array.from({ length: N }, (_, i) =>
-      tracer.startActiveSpan(`caller-${i}`, async (caller) => {
+      callers.tracer.startActiveSpan(`caller-${i}`, async (caller) => {
         const mine = caller.spanContext().traceId;
         const seen: Seen[] = [];
         for await (const chunk of client.stream(server.address, 'whoami', Buffer.alloc(0))) {
@@ -104,24 +137,96 @@ test('many concurrent calls from different contexts on one pooled connection kee
   );
   assert.equal(server.stats().connections, 1);
   assert.equal(new Set(results.map((r) => r.mine)).size, N);
+  const clientSpans = finished(clientSide, 'request_plane whoami');
+  assert.equal(clientSpans.length, N);
+  const clientByTrace = new Map(clientSpans.map((s) => [s.spanContext().traceId, s]));
   for (const r of results) {
+    const cs = clientByTrace.get(r.mine);
+    assert.ok(cs, 'one client span per caller trace');
+    assert.equal(cs.parentSpanContext?.spanId, r.spanId);
     assert.equal(r.seen.length, 3);
     for (const s of r.seen) {
-      assert.equal(s.traceparent, `00-${r.mine}-${r.spanId}-01`);
+      assert.equal(s.traceparent, `00-${r.mine}-${cs.spanContext().spanId}-01`);
       for (const id of s.activeTraceIds) assert.equal(id, r.mine);
     }
   }
-  const serverSpans = exporter.getFinishedSpans().filter((s) => s.name === 'handle_payload');
+  const serverSpans = finished(serverSide, 'handle_payload');
   assert.equal(serverSpans.length, N);
-  const parents = new Map(results.map((r) => [r.mine, r.spanId]));
-  for (const s of serverSpans)
-    assert.equal(s.parentSpanContext?.spanId, parents.get(s.spanContext().traceId));
+  for (const s of serverSpans) {
+    const cs = clientByTrace.get(s.spanContext().traceId);
+    assert.equal(s.parentSpanContext?.spanId, cs?.spanContext().spanId);
+  }
 });
 
-test('a failing handler ends its span with error status', async () => {
-  exporter.reset();
+test('a failing handler: handle_payload has error status, the client span says remote_error', async () => {
+  reset();
   await assert.rejects(client.unary(server.address, 'fails', Buffer.alloc(0)), /handler broke/);
-  const [span] = exporter.getFinishedSpans().filter((s) => s.name === 'handle_payload');
+  const [span] = finished(serverSide, 'handle_payload');
   assert.equal(span!.status.code, SpanStatusCode.ERROR);
   assert.equal(span!.status.message, 'handler broke');
+  const [cs] = finished(clientSide, 'request_plane fails');
+  assert.equal(cs!.attributes['kvroute.outcome'], 'error');
+  assert.equal(cs!.attributes['kvroute.error_kind'], 'remote_error');
+  assert.equal(cs!.status.code, SpanStatusCode.ERROR);
+});
+
+test('a caller that stops reading early ends the client span as cancelled; so does an unknown endpoint fail it', async () => {
+  reset();
+  let n = 0;
+  for await (const _ of client.stream(server.address, 'endless', Buffer.alloc(0))) {
+    if (++n === 3) break;
+  }
+  const [cs] = finished(clientSide, 'request_plane endless');
+  assert.equal(cs!.attributes['kvroute.outcome'], 'cancelled');
+  assert.equal(cs!.status.code, SpanStatusCode.UNSET);
+
+  await assert.rejects(client.unary(server.address, 'nope', Buffer.alloc(0)));
+  const [missing] = finished(clientSide, 'request_plane nope');
+  assert.equal(missing!.attributes['kvroute.outcome'], 'error');
+  assert.equal(missing!.attributes['kvroute.remote_code'], 'not_found');
+});
+
+test('an iterable that is never iterated starts no span', async () => {
+  reset();
+  client.stream(server.address, 'whoami', Buffer.alloc(0));
+  await sleep(5);
+  assert.equal(clientSide.exporter.getFinishedSpans().length, 0);
+  assert.equal(serverSide.exporter.getFinishedSpans().length, 0);
+});
+
+test('with no tracer (API global, none registered) the caller context passes through unchanged', async () => {
+  const plain = new RequestPlaneClient();
+  try {
+    const caller = callers.tracer.startSpan('caller');
+    const { traceId, spanId } = caller.spanContext();
+    const answer = await context.with(trace.setSpan(ROOT_CONTEXT, caller), () =>
+      plain.unary(server.address, 'whoami', Buffer.alloc(0)),
+    );
+    caller.end();
+    const seen = decodeJson<Seen>(answer.subarray(answer.lastIndexOf('{"traceparent"')));
+    assert.equal(seen.traceparent, `00-${traceId}-${spanId}-01`);
+  } finally {
+    await plain.close();
+  }
+});
+
+test('a sampled-out caller: no client span recorded, the not-sampled flag still travels', async () => {
+  reset();
+  const off = new BasicTracerProvider({ sampler: new AlwaysOffSampler() }).getTracer('off');
+  const caller = off.startSpan('caller');
+  const { traceId } = caller.spanContext();
+  const sampledOut = new RequestPlaneClient({
+    tracer: new BasicTracerProvider({ sampler: new AlwaysOffSampler() }).getTracer('off'),
+  });
+  try {
+    const answer = await context.with(trace.setSpan(ROOT_CONTEXT, caller), () =>
+      sampledOut.unary(server.address, 'whoami', Buffer.alloc(0)),
+    );
+    const seen = decodeJson<Seen>(answer.subarray(answer.lastIndexOf('{"traceparent"')));
+    assert.match(seen.traceparent ?? '', new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
+    // The server's parent-based default follows the caller's decision.
+    assert.equal(serverSide.exporter.getFinishedSpans().length, 0);
+  } finally {
+    await sampledOut.close();
+  }
 });

@@ -3,8 +3,10 @@
 // per-stream credit) and unary() (one answer).
 //
 // Trace context is captured when stream()/unary() is called, never in socket callbacks (those run
-// in the context the socket was dialled in).
+// in the context the socket was dialled in): each call gets one CLIENT span, child of the caller's
+// context at call time, and that span's context travels in the frame headers.
 
+import { context, type Span, type Tracer } from '@opentelemetry/api';
 import { ChunkIterator, UnaryCollector } from './calls.js';
 import {
   type DispatchFn,
@@ -17,7 +19,7 @@ import {
 } from './dispatch.js';
 import { DEFAULT_MAX_FRAME_BYTES, REQUEST_ID_HEADER } from './frames.js';
 import { ConnectionPool, type PoolOptions } from './pool.js';
-import { injectTraceHeaders } from './trace.js';
+import { ClientSpanGuard, globalTracer, startClientSpan } from './trace.js';
 import { TransportError } from './transport-error.js';
 
 export interface CallOptions {
@@ -37,6 +39,8 @@ export interface RequestPlaneClientOptions {
   maxFrameBytes?: number;
   /** Response bytes one stream may hold unconsumed: its credit window. */
   maxBufferedBytesPerStream?: number;
+  /** Starts each call's CLIENT span: the component's tracer (default: the API global). */
+  tracer?: Tracer;
 }
 
 export class RequestPlaneClient {
@@ -45,6 +49,7 @@ export class RequestPlaneClient {
   private readonly poolOptions: PoolOptions;
   private readonly firstResponseTimeoutMs: number;
   private readonly windowBytes: number;
+  private readonly tracer: Tracer;
   private closed = false;
 
   constructor(opts: RequestPlaneClientOptions = {}) {
@@ -56,6 +61,7 @@ export class RequestPlaneClient {
     };
     this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
     this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;
+    this.tracer = opts.tracer ?? globalTracer;
   }
 
   get maxFrameBytes(): number {
@@ -68,11 +74,21 @@ export class RequestPlaneClient {
    * (`Buffer.from`) if you keep it for long; chunks that had to be queued are already detached.
    */
   stream(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): AsyncIterable<Buffer> {
-    const headers = this.requestHeaders(opts);
+    // The parent is the caller's context now, at call time; the span starts (and the stream is
+    // dialled) when iteration starts, so an iterable never iterated leaves no open span.
+    const parent = context.active();
     return {
       [Symbol.asyncIterator]: () => {
+        const headers = this.requestHeaders(opts);
+        const span = startClientSpan(this.tracer, parent, address, path, opts.requestId, headers);
         const it = new ChunkIterator();
-        it.handle = this.call(address, { path, headers, payload, windowBytes: this.windowBytes }, it, opts);
+        it.handle = this.call(
+          address,
+          { path, headers, payload, windowBytes: this.windowBytes },
+          it,
+          opts,
+          span,
+        );
         return it;
       },
     };
@@ -84,6 +100,7 @@ export class RequestPlaneClient {
    */
   unary(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Buffer> {
     const headers = this.requestHeaders(opts);
+    const span = startClientSpan(this.tracer, context.active(), address, path, opts.requestId, headers);
     return new Promise((resolve, reject) => {
       const collector = new UnaryCollector(resolve, reject, this.poolOptions.maxFrameBytes);
       collector.handle = this.call(
@@ -91,6 +108,7 @@ export class RequestPlaneClient {
         { path, headers, payload, windowBytes: this.windowBytes },
         collector,
         opts,
+        span,
       );
     });
   }
@@ -126,17 +144,21 @@ export class RequestPlaneClient {
     req: DispatchRequest,
     handler: StreamHandler,
     opts: CallOptions,
+    span: Span | undefined,
   ): StreamHandle {
     let fn: DispatchFn = (r, h) => this.dispatch(address, r, h);
     fn = withFirstResponseTimeout(fn, opts.firstResponseTimeoutMs ?? this.firstResponseTimeoutMs);
     fn = withAbortSignal(fn, opts.signal);
-    return fn(req, handler);
+    if (span === undefined) return fn(req, handler);
+    // Outermost, so it sees the outcome the caller sees (timeouts and aborts included).
+    const guard = new ClientSpanGuard(span, handler);
+    guard.handle = fn(req, guard);
+    return guard;
   }
 
-  /** Frame headers for one call, with the trace context active right now. */
+  /** Frame headers for one call (the trace context is added by startClientSpan). */
   private requestHeaders(opts: CallOptions): Record<string, string> {
     const headers: Record<string, string> = opts.headers ? { ...opts.headers } : {};
-    injectTraceHeaders(headers);
     if (opts.requestId !== undefined) headers[REQUEST_ID_HEADER] = opts.requestId;
     return headers;
   }

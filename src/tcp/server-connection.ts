@@ -8,6 +8,7 @@
 // nothing on either side grows without bound.
 
 import type { Socket } from 'node:net';
+import type { Tracer } from '@opentelemetry/api';
 import { FrameWriter } from './frame-writer.js';
 import {
   CANCEL_PATH,
@@ -26,6 +27,7 @@ import type { RequestHandler, ServerLimits } from './server-types.js';
 /** What a connection needs from the server that owns it. */
 export interface ConnectionHost {
   readonly limits: ServerLimits;
+  readonly tracer: Tracer;
   readonly draining: boolean;
   handlerFor(path: string): RequestHandler | undefined;
   connectionClosed(conn: ServerConnection): void;
@@ -158,7 +160,7 @@ export class ServerConnection implements StreamSink {
     }
     const stream = new ServerStream(this, id, windowOf(headers, this.host.limits.defaultWindowBytes));
     this.streams.set(id, stream);
-    void stream.run(handler, path, headers, payload);
+    void stream.run(handler, path, headers, payload, this.host.tracer);
   }
 
   private onRejected(headers: Record<string, string> | undefined, reason: string): void {

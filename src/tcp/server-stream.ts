@@ -3,7 +3,7 @@
 // the stream has credit. Cancellation aborts the handler's signal and stops the pump at once, even
 // if the handler is stuck inside next().
 
-import { context } from '@opentelemetry/api';
+import { context, type Tracer } from '@opentelemetry/api';
 import { isKvrouteError } from '../errors.js';
 import {
   encodeDataEndFrames,
@@ -64,9 +64,15 @@ export class ServerStream {
     if (before <= 0 && this.window > 0) this.wake?.(undefined);
   }
 
-  async run(handler: RequestHandler, path: string, headers: Record<string, string>, payload: Buffer) {
+  async run(
+    handler: RequestHandler,
+    path: string,
+    headers: Record<string, string>,
+    payload: Buffer,
+    tracer: Tracer,
+  ) {
     const requestId = headers[REQUEST_ID_HEADER];
-    const { span, ctx } = startHandlerSpan(path, headers, requestId);
+    const { span, ctx } = startHandlerSpan(tracer, path, headers, requestId);
     const req = new LazySignalRequest(path, headers, payload, requestId, this);
     let iterator: AsyncIterator<Uint8Array> | undefined;
     let failure: unknown;

@@ -6,9 +6,11 @@
 // finishes, and after deadlineMs aborts the remaining handlers and destroys their sockets.
 
 import { createServer, type Server, type Socket } from 'node:net';
+import type { Tracer } from '@opentelemetry/api';
 import { DEFAULT_MAX_FRAME_BYTES } from './frames.js';
 import { type ConnectionHost, ServerConnection } from './server-connection.js';
 import type { RequestHandler, ServerLimits } from './server-types.js';
+import { globalTracer } from './trace.js';
 
 export interface RequestPlaneServerOptions {
   maxFrameBytes?: number;
@@ -17,6 +19,8 @@ export interface RequestPlaneServerOptions {
   outboundHighWaterBytes?: number;
   /** Accepted connections at once; more are dropped by the kernel listener. */
   maxConnections?: number;
+  /** Starts each request's `handle_payload` span: the component's tracer (default: the API global). */
+  tracer?: Tracer;
 }
 
 export interface ServerStats {
@@ -30,6 +34,7 @@ export interface ServerStats {
 
 export class RequestPlaneServer implements ConnectionHost {
   readonly limits: ServerLimits;
+  readonly tracer: Tracer;
   private readonly maxConnections: number;
   private readonly handlers = new Map<string, RequestHandler>();
   private readonly connections = new Set<ServerConnection>();
@@ -47,6 +52,7 @@ export class RequestPlaneServer implements ConnectionHost {
       outboundHighWaterBytes: opts.outboundHighWaterBytes ?? 4 * 1024 * 1024,
     };
     this.maxConnections = opts.maxConnections ?? 10_000;
+    this.tracer = opts.tracer ?? globalTracer;
   }
 
   /** Registers the handler of one endpoint path. Paths starting with `_` are reserved by the plane. */

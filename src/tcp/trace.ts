@@ -1,31 +1,134 @@
-// Trace propagation across the request plane (CONTRACT.md §5): the client injects the caller's
-// active context into the frame headers; the server extracts it and runs each handler inside a
-// `handle_payload` SERVER span parented by it.
+// Trace propagation across the request plane (CONTRACT.md §5). The client starts one CLIENT span
+// per call, parented by the caller's context captured at call time, and injects THAT span's
+// context into the frame headers; the server extracts it and runs each handler inside a
+// `handle_payload` SERVER span. Both sides use the tracer their component hands them (the API
+// global only as a default), so a process with several components exports each through its own
+// provider.
 
 import {
   type Context,
-  context,
   propagation,
   ROOT_CONTEXT,
   type Span,
   SpanKind,
   SpanStatusCode,
+  type Tracer,
   trace,
 } from '@opentelemetry/api';
+import type { StreamHandle, StreamHandler } from './dispatch.js';
+import { isTransportError, type TransportError } from './transport-error.js';
 
-const tracer = trace.getTracer('kvroute');
+/**
+ * The default when a component names no tracer: the API global. A ProxyTracer, so a provider
+ * registered globally after this module loads is still picked up on first use.
+ */
+export const globalTracer: Tracer = trace.getTracer('kvroute');
 
-/** Adds traceparent/tracestate of `ctx` (the caller's context, captured at call time) to `headers`. */
-export function injectTraceHeaders(headers: Record<string, string>, ctx: Context = context.active()): void {
-  propagation.inject(ctx, headers);
+/** Span attribute names shared by both ends of the request plane (docs/tracing.md). */
+export const ATTR = {
+  address: 'kvroute.address',
+  endpoint: 'kvroute.endpoint',
+  requestId: 'kvroute.request_id',
+  outcome: 'kvroute.outcome',
+  errorKind: 'kvroute.error_kind',
+  remoteCode: 'kvroute.remote_code',
+  chunks: 'kvroute.chunks',
+  cancelled: 'kvroute.cancelled',
+} as const;
+
+/**
+ * Starts the CLIENT span of one call as a child of `parent` (the caller's context at call time) and writes its
+ * traceparent/tracestate into `headers`. Returns the span only when it records: a non-recording
+ * span (tracing off, or sampled out) needs no ending, so the call pays for no wrapper. With
+ * tracing off the no-op span carries the caller's span context, which is what gets injected.
+ */
+export function startClientSpan(
+  tracer: Tracer,
+  parent: Context,
+  address: string,
+  path: string,
+  requestId: string | undefined,
+  headers: Record<string, string>,
+): Span | undefined {
+  const span = tracer.startSpan(
+    `request_plane ${path}`,
+    {
+      kind: SpanKind.CLIENT,
+      attributes:
+        requestId === undefined
+          ? { [ATTR.address]: address, [ATTR.endpoint]: path }
+          : { [ATTR.address]: address, [ATTR.endpoint]: path, [ATTR.requestId]: requestId },
+    },
+    parent,
+  );
+  propagation.inject(trace.setSpan(parent, span), headers);
+  return span.isRecording() ? span : undefined;
+}
+
+/**
+ * Sits between the dispatcher and the caller's handler and ends the client span with the call's
+ * outcome: `ok`, `error` (with the TransportError kind) or `cancelled` (the caller stopped early).
+ * Ending a span needs no context, so it does not matter that these callbacks run in the socket's.
+ */
+export class ClientSpanGuard implements StreamHandler, StreamHandle {
+  handle: StreamHandle | undefined;
+  private chunks = 0;
+  private ended = false;
+
+  constructor(
+    private readonly span: Span,
+    private readonly inner: StreamHandler,
+  ) {}
+
+  onData(chunk: Buffer): void {
+    this.chunks++;
+    this.inner.onData(chunk);
+  }
+
+  onEnd(): void {
+    this.finish('ok');
+    this.inner.onEnd();
+  }
+
+  onError(err: TransportError): void {
+    this.finish(err.kind === 'cancelled' ? 'cancelled' : 'error', err);
+    this.inner.onError(err);
+  }
+
+  grant(bytes: number): void {
+    this.handle?.grant(bytes);
+  }
+
+  cancel(): void {
+    this.finish('cancelled');
+    this.handle?.cancel();
+  }
+
+  private finish(outcome: 'ok' | 'error' | 'cancelled', err?: TransportError): void {
+    if (this.ended) return;
+    this.ended = true;
+    const span = this.span;
+    span.setAttribute(ATTR.outcome, outcome);
+    span.setAttribute(ATTR.chunks, this.chunks);
+    if (err !== undefined && outcome === 'error') {
+      span.setAttribute(ATTR.errorKind, err.kind);
+      if (isTransportError(err) && err.remoteCode !== undefined)
+        span.setAttribute(ATTR.remoteCode, err.remoteCode);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+    }
+    span.end();
+  }
 }
 
 /** Starts the server span for one request; returns it with the context to run the handler in. */
 export function startHandlerSpan(
+  tracer: Tracer,
   path: string,
   headers: Readonly<Record<string, string>>,
   requestId: string | undefined,
 ): { span: Span; ctx: Context } {
+  // ROOT as the base: a frame without traceparent starts a new trace instead of joining whatever
+  // context the socket callback happens to run in.
   const parent = propagation.extract(ROOT_CONTEXT, headers);
   const span = tracer.startSpan(
     'handle_payload',
@@ -33,8 +136,8 @@ export function startHandlerSpan(
       kind: SpanKind.SERVER,
       attributes:
         requestId === undefined
-          ? { 'kvroute.endpoint': path }
-          : { 'kvroute.endpoint': path, 'kvroute.request_id': requestId },
+          ? { [ATTR.endpoint]: path }
+          : { [ATTR.endpoint]: path, [ATTR.requestId]: requestId },
     },
     parent,
   );
@@ -43,7 +146,7 @@ export function startHandlerSpan(
 
 export function endHandlerSpan(span: Span, err: unknown, cancelled: boolean): void {
   if (cancelled) {
-    span.setAttribute('kvroute.cancelled', true);
+    span.setAttribute(ATTR.cancelled, true);
   } else if (err !== undefined) {
     span.recordException(err instanceof Error ? err : String(err));
     span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });

@@ -4,9 +4,11 @@
 // which frees its blocks.
 
 import { performance } from 'node:perf_hooks';
+import type { Tracer } from '@opentelemetry/api';
 import type { EngineOutput, EngineRequest, MockEngine } from '../engine/index.js';
 import { KvrouteError } from '../errors.js';
 import { AsyncQueue } from './async-queue.js';
+import { traceEnginePhases } from './engine-spans.js';
 
 export class EngineDriver {
   private readonly streams = new Map<string, AsyncQueue<EngineOutput>>();
@@ -19,6 +21,8 @@ export class EngineDriver {
   constructor(
     readonly engine: MockEngine,
     private readonly now: () => number = () => performance.now(),
+    /** When given, each request's prefill and decode phases become spans (engine-spans.ts). */
+    private readonly tracer?: Tracer,
   ) {}
 
   /** Requests in flight (submitted and not yet finished or cancelled). */
@@ -47,7 +51,7 @@ export class EngineDriver {
     queue.onReturn = cancel;
     signal?.addEventListener('abort', cancel, { once: true });
     this.pump();
-    return queue;
+    return this.tracer === undefined ? queue : traceEnginePhases(this.tracer, queue, req.tokenIds.length);
   }
 
   /** Cancels everything in flight and disarms the timer. */

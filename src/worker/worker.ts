@@ -3,6 +3,7 @@
 // nothing, starts registering; stop() deregisters (the router stops sending), ends KV-event
 // subscriptions, lets in-flight streams finish up to the deadline, then stops the engine.
 
+import type { Tracer } from '@opentelemetry/api';
 import { createGenerateHandler } from '../decode/handler.js';
 import { type BlockHasher, type EngineConfig, MockEngine } from '../engine/index.js';
 import { createPrefillHandler } from '../prefill/handler.js';
@@ -30,6 +31,8 @@ export interface WorkerConfig {
   /** Live KV events one subscriber may fall behind before it is cut off. */
   kvEventsBacklog: number;
   log: Log;
+  /** This process's tracer (telemetry.tracer): request-plane and engine spans. Default: the API global. */
+  tracer?: Tracer;
 }
 
 export interface RunningWorker {
@@ -43,9 +46,9 @@ export interface RunningWorker {
 
 export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Promise<RunningWorker> {
   const engine = new MockEngine(config.engine, hasher);
-  const driver = new EngineDriver(engine);
+  const driver = new EngineDriver(engine, undefined, config.tracer);
   const hub = new KvEventsHub(engine);
-  const server = new RequestPlaneServer();
+  const server = new RequestPlaneServer(config.tracer ? { tracer: config.tracer } : {});
   let address = '';
   let lease: RouterLease | undefined;
   let draining = false;

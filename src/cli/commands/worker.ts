@@ -1,7 +1,6 @@
 // `kvroute worker`: one mock worker (engine + request-plane server) that registers with a router,
 // heartbeats, and on SIGTERM/SIGINT deregisters, drains in-flight streams and exits 0.
 
-import { trace } from '@opentelemetry/api';
 import { ENGINE_DEFAULTS } from '../../engine/index.js';
 import { UsageError } from '../../errors.js';
 import { computeBlockHashes } from '../../kv-index/index.js';
@@ -88,9 +87,6 @@ export async function run(options: ParsedOptions): Promise<number> {
   const role = options.role as WorkerRole;
   const router = routerUrl(options.router);
   const telemetry = initTelemetry({ serviceName: `kvroute-${role}-worker` });
-  // The request plane starts its `handle_payload` spans from the API's global tracer; this process
-  // has exactly one telemetry setup, so it may be the global one.
-  if (telemetry.enabled) trace.setGlobalTracerProvider({ getTracer: () => telemetry.tracer });
   const log = createLog(options.verbose === true, { component: 'worker', role });
   const worker = await startWorker(
     {
@@ -109,6 +105,7 @@ export async function run(options: ParsedOptions): Promise<number> {
       drainDeadlineMs: options.drainMs as number,
       kvEventsBacklog: 100_000,
       log,
+      tracer: telemetry.tracer,
     },
     computeBlockHashes,
   );
