@@ -2,18 +2,29 @@
 // are installed from the prefill worker instead of recomputed (only an uncached tail is
 // prefilled), and the remote first token is emitted first. The first chunk carries the prompt
 // accounting: cached_tokens = local cache hits + transferred tokens.
+// With `await_kv_handoff` (overlapped prefill) the request first waits, bounded, on the handoff
+// board for the router's `kv_handoff`, which brings the kv_transfer and first token (or says to
+// prefill locally); a `kv_handoff` endpoint is registered beside `generate` for that.
 
 import type { EngineOutput } from '../engine/index.js';
-import type { GenerateChunk } from '../protocols/worker-plane.js';
+import type { GenerateChunk, KvHandoffResponse } from '../protocols/worker-plane.js';
 import type { IncomingRequest, RequestHandler } from '../tcp/index.js';
 import { encodeJson } from '../tcp/index.js';
 import type { EngineDriver } from '../worker/engine-driver.js';
-import { parseGenerateRequest } from '../worker/payload.js';
+import { parseGenerateRequest, parseKvHandoff } from '../worker/payload.js';
+import type { KvHandoffBoard } from './handoff-board.js';
 
-export function createGenerateHandler(driver: EngineDriver): RequestHandler {
+export function createGenerateHandler(driver: EngineDriver, handoffs?: KvHandoffBoard): RequestHandler {
   // async: a rejected submit (bad payload, never fits, queue full) becomes the error response.
   return async (req: IncomingRequest) => {
     const body = parseGenerateRequest(req.payload);
+    if (body.await_kv_handoff && handoffs) {
+      const handoff = await handoffs.wait(body.request_id, body.await_kv_handoff.timeout_ms, req.signal);
+      if (handoff.prefill) {
+        body.kv_transfer = handoff.prefill.kv_transfer;
+        body.first_token = handoff.prefill.first_token;
+      }
+    }
     const outputs = driver.run(
       {
         tokenIds: body.token_ids,
@@ -32,6 +43,14 @@ export function createGenerateHandler(driver: EngineDriver): RequestHandler {
       req.signal,
     );
     return chunks(outputs);
+  };
+}
+
+/** The `kv_handoff` endpoint: delivers a handoff to the generate waiting for it (or holds it briefly). */
+export function createKvHandoffHandler(handoffs: KvHandoffBoard): RequestHandler {
+  return async (req: IncomingRequest) => {
+    const answer: KvHandoffResponse = { delivered: handoffs.deliver(parseKvHandoff(req.payload)) };
+    return encodeJson(answer);
   };
 }
 

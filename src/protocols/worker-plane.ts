@@ -11,6 +11,8 @@ export const ENDPOINTS = {
   health: 'health',
   /** Engine accounting (computed, cached, transferred tokens) for tests and operators: src/worker/stats.ts. */
   stats: 'stats',
+  /** Overlapped prefill: the router hands a prefilled prompt's KV to a waiting `generate` (src/decode/handoff-board.ts). */
+  kvHandoff: 'kv_handoff',
 } as const;
 
 /** Body of `prefill`: compute the prompt's KV and the first token. */
@@ -51,6 +53,20 @@ export interface GenerateRequest {
   kv_transfer?: KvTransferParams;
   /** The first token produced by remote prefill; it is emitted first and counts toward max_tokens. */
   first_token?: number;
+  /** Overlapped prefill: wait up to timeout_ms for a `kv_handoff` with this request_id before starting. */
+  await_kv_handoff?: { timeout_ms: number };
+}
+
+/** Body of `kv_handoff`: what a `generate` waiting with `await_kv_handoff` starts from. */
+export interface KvHandoffRequest {
+  request_id: string;
+  /** The remote prefill's result. Absent: the remote leg failed, prefill the prompt locally. */
+  prefill?: { first_token: number; kv_transfer: KvTransferParams };
+}
+
+/** Answer of `kv_handoff`: `waiting` = a generate was waiting for it; `held` = it arrived first and is kept for it. */
+export interface KvHandoffResponse {
+  delivered: 'waiting' | 'held';
 }
 
 /** One chunk of a `generate` stream. The first chunk carries the prompt accounting. */

@@ -4,7 +4,12 @@
 
 import { KvrouteError } from '../errors.js';
 import type { KvEventsSubscribe } from '../protocols/kv-events.js';
-import type { GenerateRequest, KvTransferParams, PrefillRequest } from '../protocols/worker-plane.js';
+import type {
+  GenerateRequest,
+  KvHandoffRequest,
+  KvTransferParams,
+  PrefillRequest,
+} from '../protocols/worker-plane.js';
 import { validateTokenIds } from '../router/openai/request.js';
 
 type Obj = Record<string, unknown>;
@@ -105,7 +110,31 @@ export function parseGenerateRequest(payload: Uint8Array): GenerateRequest {
   if (body.first_token !== undefined && body.first_token !== null) {
     req.first_token = tokenIds([body.first_token], 'first_token', false)[0]!;
   }
+  if (body.await_kv_handoff !== undefined && body.await_kv_handoff !== null) {
+    const wait = body.await_kv_handoff;
+    if (!isObject(wait)) throw invalid(`'await_kv_handoff' must be an object`, 'await_kv_handoff');
+    const timeout = integer(
+      required(wait, 'timeout_ms', 'await_kv_handoff.'),
+      'await_kv_handoff.timeout_ms',
+      1,
+    );
+    req.await_kv_handoff = { timeout_ms: timeout };
+  }
   return req;
+}
+
+export function parseKvHandoff(payload: Uint8Array): KvHandoffRequest {
+  const body = parseObject(payload, 'kv_handoff');
+  const handoff: KvHandoffRequest = { request_id: string(required(body, 'request_id', ''), 'request_id') };
+  if (body.prefill !== undefined && body.prefill !== null) {
+    const prefill = body.prefill;
+    if (!isObject(prefill)) throw invalid(`'prefill' must be an object`, 'prefill');
+    handoff.prefill = {
+      first_token: tokenIds([required(prefill, 'first_token', 'prefill.')], 'prefill.first_token', false)[0]!,
+      kv_transfer: kvTransfer(required(prefill, 'kv_transfer', 'prefill.')),
+    };
+  }
+  return handoff;
 }
 
 export function parseKvEventsSubscribe(payload: Uint8Array): KvEventsSubscribe {

@@ -4,7 +4,8 @@
 // subscriptions, lets in-flight streams finish up to the deadline, then stops the engine.
 
 import type { Tracer } from '@opentelemetry/api';
-import { createGenerateHandler } from '../decode/handler.js';
+import { createGenerateHandler, createKvHandoffHandler } from '../decode/handler.js';
+import { KvHandoffBoard } from '../decode/handoff-board.js';
 import { type BlockHasher, type EngineConfig, MockEngine } from '../engine/index.js';
 import { createPrefillHandler } from '../prefill/handler.js';
 import type { WorkerRole } from '../protocols/registration.js';
@@ -55,7 +56,11 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
   const workerId = () => lease?.workerId ?? address;
 
   if (config.role !== 'decode') server.handle(ENDPOINTS.prefill, createPrefillHandler({ driver, workerId }));
-  if (config.role !== 'prefill') server.handle(ENDPOINTS.generate, createGenerateHandler(driver));
+  const handoffs = new KvHandoffBoard();
+  if (config.role !== 'prefill') {
+    server.handle(ENDPOINTS.generate, createGenerateHandler(driver, handoffs));
+    server.handle(ENDPOINTS.kvHandoff, createKvHandoffHandler(handoffs));
+  }
   server.handle(ENDPOINTS.kvEvents, async (req) => {
     const { after_event_id } = parseKvEventsSubscribe(req.payload);
     const chunks = hub.subscribe({
@@ -102,6 +107,7 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
         hub.endAll();
         config.log('draining', { in_flight: driver.inFlight });
         await server.close({ deadlineMs: config.drainDeadlineMs });
+        handoffs.close();
         driver.close();
         config.log('stopped', {});
       })();

@@ -1,0 +1,102 @@
+// Overlapped prefill, decode side: a `generate` sent with `await_kv_handoff` waits here, keyed by
+// its request_id, until the router's `kv_handoff` brings the remote prefill's result (or says to
+// prefill locally). The wait is bounded: past `timeout_ms` the generate fails with `timeout`, so a
+// prefill leg that never answers cannot pin a decode request. A handoff that arrives before its
+// generate (the two travel on different streams) is held for the same bound.
+//
+// Lifecycle per request id: wait() or deliver() first; the other completes it; a timer, the
+// generate's AbortSignal or close() ends it otherwise. At most one waiter and one held handoff per id.
+
+import { KvrouteError } from '../errors.js';
+import type { KvHandoffRequest } from '../protocols/worker-plane.js';
+
+/** Longest wait a generate may ask for; also how long an early handoff is held. */
+export const MAX_HANDOFF_WAIT_MS = 60_000;
+
+interface Waiter {
+  resolve(handoff: KvHandoffRequest): void;
+  reject(err: Error): void;
+}
+
+export class KvHandoffBoard {
+  private readonly waiting = new Map<string, Waiter>();
+  private readonly held = new Map<string, { handoff: KvHandoffRequest; timer: NodeJS.Timeout }>();
+
+  /** Requests waiting for their handoff (for stats and tests). */
+  get waitingCount(): number {
+    return this.waiting.size;
+  }
+
+  /**
+   * Resolves with the handoff for `requestId`. Rejects with `timeout` after `timeoutMs` (clamped to
+   * [1, MAX_HANDOFF_WAIT_MS]), `client_closed` when `signal` aborts, `invalid_request` if the id
+   * already has a waiter.
+   */
+  wait(requestId: string, timeoutMs: number, signal?: AbortSignal): Promise<KvHandoffRequest> {
+    const early = this.held.get(requestId);
+    if (early) {
+      this.held.delete(requestId);
+      clearTimeout(early.timer);
+      return Promise.resolve(early.handoff);
+    }
+    if (this.waiting.has(requestId)) {
+      return Promise.reject(
+        new KvrouteError('invalid_request', `a generate is already waiting for the handoff of ${requestId}`, {
+          param: 'request_id',
+        }),
+      );
+    }
+    if (signal?.aborted) return Promise.reject(new KvrouteError('client_closed', 'request was cancelled'));
+    const boundMs = Math.min(Math.max(1, timeoutMs), MAX_HANDOFF_WAIT_MS);
+    return new Promise<KvHandoffRequest>((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.waiting.delete(requestId);
+      };
+      const onAbort = () => {
+        done();
+        reject(new KvrouteError('client_closed', 'request was cancelled'));
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new KvrouteError('timeout', `no kv_handoff for ${requestId} within ${boundMs} ms`));
+      }, boundMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiting.set(requestId, {
+        resolve: (h) => {
+          done();
+          resolve(h);
+        },
+        reject: (err) => {
+          done();
+          reject(err);
+        },
+      });
+    });
+  }
+
+  /** Hands a handoff to its waiting generate, or holds it (bounded) for a generate still on its way. */
+  deliver(handoff: KvHandoffRequest): 'waiting' | 'held' {
+    const waiter = this.waiting.get(handoff.request_id);
+    if (waiter) {
+      waiter.resolve(handoff);
+      return 'waiting';
+    }
+    const previous = this.held.get(handoff.request_id);
+    if (previous) clearTimeout(previous.timer);
+    const timer = setTimeout(() => this.held.delete(handoff.request_id), MAX_HANDOFF_WAIT_MS);
+    timer.unref();
+    this.held.set(handoff.request_id, { handoff, timer });
+    return 'held';
+  }
+
+  /** Fails every waiter with `shutting_down` and drops held handoffs. */
+  close(): void {
+    for (const waiter of [...this.waiting.values()]) {
+      waiter.reject(new KvrouteError('shutting_down', 'worker is shutting down'));
+    }
+    for (const { timer } of this.held.values()) clearTimeout(timer);
+    this.held.clear();
+  }
+}

@@ -1,0 +1,11 @@
+// Disaggregated prefill/decode: pure decision rules. Import from here.
+
+export { reusedPromptTokens } from './cached-tokens.js';
+export { enforcedDisaggError, type FallbackReason, fallbackReason } from './fallback.js';
+export {
+  decidePlacement,
+  type PlacementDecision,
+  type PlacementInput,
+  type PlacementReason,
+  type PrefillPlacement,
+} from './placement.js';

@@ -1,0 +1,129 @@
+// Disaggregation's pure rules (placement, fallback classification, reused-token reporting) and the
+// decode worker's handoff board (real timers, real AbortSignals).
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KvHandoffBoard } from '../src/decode/handoff-board.js';
+import { KvrouteError } from '../src/errors.js';
+import { decidePlacement, fallbackReason, reusedPromptTokens } from '../src/router/disagg/index.js';
+import {
+  type Candidate,
+  createPolicy,
+  type RouteDecision,
+  seededRng,
+} from '../src/router/scheduling/index.js';
+import { TransportError } from '../src/tcp/index.js';
+
+const BLOCK = 16;
+const policy = createPolicy({ policy: 'kv', blockSize: BLOCK, rng: seededRng(1) });
+
+function worker(id: string, activePrefillTokens = 0): Candidate {
+  return { id, kvBlocks: 1000, load: { activePrefillTokens, activeDecodeBlocks: 0 } };
+}
+
+function selected(d: RouteDecision): Extract<RouteDecision, { outcome: 'selected' }> {
+  assert.equal(d.outcome, 'selected');
+  return d as Extract<RouteDecision, { outcome: 'selected' }>;
+}
+
+function place(opts: {
+  prefill: Candidate[];
+  promptTokens: number;
+  overlaps?: Map<string, number>;
+  decodeId?: string;
+  max?: number;
+}) {
+  const decode = selected(
+    policy.select({
+      candidates: [worker(opts.decodeId ?? 'd')],
+      promptTokens: opts.promptTokens,
+      overlaps: opts.overlaps,
+      overlapWeight: 0,
+    }),
+  );
+  const prefill = policy.select({
+    candidates: opts.prefill,
+    promptTokens: opts.promptTokens,
+    overlaps: opts.overlaps,
+  });
+  return decidePlacement({ prefill, decode, maxLocalPrefill: opts.max ?? 512 });
+}
+
+test('a long uncached prompt goes to the best prefill worker', () => {
+  const d = place({
+    prefill: [worker('p1'), worker('p2')],
+    promptTokens: 2000,
+    overlaps: new Map([['p2', 10]]),
+  });
+  assert.equal(d.placement, 'remote');
+  assert.equal(d.reason, 'long_prompt');
+  assert.equal(d.prefill?.worker.id, 'p2');
+});
+
+test('uncached part under max-local-prefill on the best prefill candidate: local short_prompt', () => {
+  // 600 tokens, 10 blocks (160) cached on p1: 440 uncached < 512.
+  const d = place({ prefill: [worker('p1')], promptTokens: 600, overlaps: new Map([['p1', 10]]) });
+  assert.deepEqual([d.placement, d.reason, d.prefill], ['local', 'short_prompt', null]);
+  // The threshold is strict: exactly 512 uncached goes remote.
+  assert.equal(place({ prefill: [worker('p1')], promptTokens: 512 }).placement, 'remote');
+  assert.equal(place({ prefill: [worker('p1')], promptTokens: 511 }).reason, 'short_prompt');
+});
+
+test('the decode worker holding most of the prompt keeps it local: cached_on_decode', () => {
+  const d = place({ prefill: [worker('p1')], promptTokens: 2000, overlaps: new Map([['d', 100]]) });
+  assert.deepEqual([d.placement, d.reason], ['local', 'cached_on_decode']);
+});
+
+test('no prefill workers, all busy, or the decode worker itself: local with that reason', () => {
+  assert.equal(place({ prefill: [], promptTokens: 4000 }).reason, 'no_prefill_workers');
+  assert.equal(place({ prefill: [worker('p1', 1e6)], promptTokens: 4000 }).reason, 'prefill_busy');
+  assert.equal(place({ prefill: [worker('d')], promptTokens: 4000 }).reason, 'same_worker');
+});
+
+test('fallback reasons follow the transport failure; a caller abort is no fallback', () => {
+  assert.equal(fallbackReason(new TransportError('connect_failed', 'x'), false), 'connect_failed');
+  assert.equal(fallbackReason(new TransportError('remote_error', 'x'), false), 'remote_error');
+  assert.equal(fallbackReason(new TransportError('timeout', 'x'), false), 'timeout');
+  assert.equal(fallbackReason(new TransportError('disconnected_mid_stream', 'x'), false), 'disconnect');
+  assert.equal(fallbackReason(new TransportError('disconnected_before_response', 'x'), false), 'disconnect');
+  assert.equal(fallbackReason(new KvrouteError('timeout', 'x'), false), 'timeout');
+  assert.equal(fallbackReason(new SyntaxError('bad json'), false), 'invalid_answer');
+  assert.equal(fallbackReason(new TransportError('cancelled', 'x'), true), null);
+});
+
+test('reused tokens: the prefill worker hits when remote prefill ran, else decode local hits', () => {
+  assert.equal(reusedPromptTokens({ cached_tokens: 32 }, 640), 32);
+  assert.equal(reusedPromptTokens(null, 48), 48);
+});
+
+test('handoff board: a waiting generate gets its handoff; an early handoff is held for it', async () => {
+  const board = new KvHandoffBoard();
+  const waiting = board.wait('r1', 5000);
+  assert.equal(board.waitingCount, 1);
+  assert.equal(board.deliver({ request_id: 'r1' }), 'waiting');
+  assert.deepEqual(await waiting, { request_id: 'r1' });
+  assert.equal(board.deliver({ request_id: 'r2' }), 'held');
+  assert.deepEqual(await board.wait('r2', 5000), { request_id: 'r2' });
+  assert.equal(board.waitingCount, 0);
+  board.close();
+});
+
+test('handoff board: the wait is bounded, abortable, and one waiter per id', async () => {
+  const board = new KvHandoffBoard();
+  await assert.rejects(
+    board.wait('slow', 20),
+    (e: unknown) => e instanceof KvrouteError && e.code === 'timeout',
+  );
+  const ac = new AbortController();
+  const aborted = board.wait('gone', 5000, ac.signal);
+  ac.abort();
+  await assert.rejects(aborted, (e: unknown) => e instanceof KvrouteError && e.code === 'client_closed');
+  const first = board.wait('dup', 5000);
+  await assert.rejects(
+    board.wait('dup', 5000),
+    (e: unknown) => e instanceof KvrouteError && e.code === 'invalid_request',
+  );
+  board.close();
+  await assert.rejects(first, (e: unknown) => e instanceof KvrouteError && e.code === 'shutting_down');
+  assert.equal(board.waitingCount, 0);
+});
