@@ -1,0 +1,137 @@
+// A router and N aggregated (`--role both`) workers as child processes of the bench, on loopback.
+// Children run the same CLI entry point as this process (dist, or src under tsx via execArgv).
+// Their stdout is drained and their stderr kept as a short tail for error messages, so the bench's
+// own stdout (results) and stderr (progress) stay clean.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const TAIL_BYTES = 4096;
+
+export interface FleetOptions {
+  workers: number;
+  policy: string;
+  /** Extra `kvroute router` flags, e.g. ['--max-prompt-tokens', '262144']. */
+  routerArgs?: string[];
+  /** Extra `kvroute worker` flags, e.g. ['--speedup', '50', '--kv-blocks', '16384']. */
+  workerArgs?: string[];
+  readyTimeoutMs?: number;
+}
+
+export interface Fleet {
+  url: string;
+  /** Worker ids as the router assigned them, in registration order. */
+  workerIds: string[];
+  stop(): Promise<void>;
+}
+
+interface Child {
+  name: string;
+  proc: ChildProcess;
+  tail: () => string;
+}
+
+/** A TCP port that was free a moment ago (listen on 0, read it, close). */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, resolve);
+  });
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+function startChild(name: string, args: string[]): Child {
+  const proc = spawn(process.execPath, [...process.execArgv, CLI_MAIN, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: process.env,
+  });
+  let tail = '';
+  proc.stdout?.resume();
+  proc.stderr?.on('data', (chunk: Buffer) => {
+    tail = (tail + chunk.toString()).slice(-TAIL_BYTES);
+  });
+  return { name, proc, tail: () => tail.trim() };
+}
+
+function exited(c: Child): boolean {
+  return c.proc.exitCode !== null || c.proc.signalCode !== null;
+}
+
+function deathMessage(c: Child): string {
+  return `${c.name} exited (${c.proc.signalCode ?? c.proc.exitCode})${c.tail() ? `: ${c.tail()}` : ''}`;
+}
+
+async function stopChildren(children: readonly Child[]): Promise<void> {
+  // Workers first (they deregister from the live router), then the router (first in the list).
+  for (const c of [...children].reverse()) {
+    if (exited(c)) continue;
+    c.proc.kill('SIGTERM');
+    const timer = setTimeout(() => c.proc.kill('SIGKILL'), 5000);
+    await once(c.proc, 'exit');
+    clearTimeout(timer);
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Worker ids listed by `GET /v1/workers` (accepts `{data: [...]}` or `{workers: [...]}`). */
+export async function listWorkerIds(url: string): Promise<string[]> {
+  const res = await fetch(`${url}/v1/workers`);
+  if (!res.ok) return [];
+  const body = (await res.json()) as { data?: unknown[]; workers?: unknown[] };
+  return (body.data ?? body.workers ?? []).map((w) => {
+    const r = w as { worker_id?: string; id?: string };
+    return String(r.worker_id ?? r.id);
+  });
+}
+
+/** Starts the router, waits for /health, starts the workers, waits until all are registered. */
+export async function startFleet(o: FleetOptions): Promise<Fleet> {
+  const deadline = Date.now() + (o.readyTimeoutMs ?? 30_000);
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const router = startChild('router', [
+    'router',
+    '--port',
+    String(port),
+    '--policy',
+    o.policy,
+    ...(o.routerArgs ?? []),
+  ]);
+  const children: Child[] = [router];
+  const fail = async (why: string): Promise<never> => {
+    await stopChildren(children);
+    throw new Error(why);
+  };
+  for (;;) {
+    if (exited(router)) return fail(deathMessage(router));
+    if (Date.now() > deadline) return fail(`the router did not answer /health in time: ${router.tail()}`);
+    if (
+      await fetch(`${url}/health`).then(
+        (r) => r.ok,
+        () => false,
+      )
+    )
+      break;
+    await sleep(50);
+  }
+  for (let i = 0; i < o.workers; i++) {
+    children.push(
+      startChild(`worker-${i + 1}`, ['worker', '--role', 'both', '--router', url, ...(o.workerArgs ?? [])]),
+    );
+  }
+  for (;;) {
+    const dead = children.find(exited);
+    if (dead) return fail(deathMessage(dead));
+    const ids = await listWorkerIds(url).catch(() => []);
+    if (ids.length >= o.workers) return { url, workerIds: ids, stop: () => stopChildren(children) };
+    if (Date.now() > deadline) return fail(`only ${ids.length} of ${o.workers} workers registered in time`);
+    await sleep(50);
+  }
+}

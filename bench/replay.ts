@@ -1,0 +1,275 @@
+// `kvroute bench replay --trace FILE`: replays a Mooncake-format trace against a real router and
+// N aggregated mock workers (child processes, fresh for every policy), sending each request at its
+// timestamp divided by --speedup (the workers' engines run --speedup times faster too, so the
+// offered load relative to capacity is the trace's own). Measures TTFT, inter-token latency,
+// output throughput, KV hit rate (usage cached_tokens / prompt_tokens) and the spread of requests
+// over workers (x-kvroute-decode-worker). Prints a table, --out writes an HTML report with SVG
+// charts, --json prints one JSON object as the last line.
+
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Agent } from 'undici';
+import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
+import { UsageError } from '../src/errors.js';
+import { type CompletionTiming, streamCompletion } from './lib/completion-stream.js';
+import { startFleet } from './lib/fleet.js';
+import { Progress } from './lib/progress.js';
+import { type PolicySummary, type ReplayRecord, summarizeReplay } from './lib/replay-metrics.js';
+import { type PolicyRun, renderReport } from './lib/replay-report.js';
+import { round } from './lib/stats.js';
+import { expandPrompt, parseTrace, type TraceRequest } from './lib/trace.js';
+
+const POLICIES = ['kv', 'round-robin', 'random'] as const;
+
+/** Why the default pool is what it is: see DEFAULT_KV_BLOCKS in the README section on this bench. */
+const DEFAULT_KV_BLOCKS = 16_384;
+
+export const spec: CommandSpec = {
+  usage: 'kvroute bench replay',
+  summary:
+    'Replay a Mooncake-format trace (JSONL: timestamp ms, input_length, output_length, hash_ids of 512 tokens) against a router and N mock workers; compare policies.',
+  options: [
+    { name: 'trace', type: 'string', help: 'trace file (JSONL, Mooncake format; required)' },
+    {
+      name: 'policy',
+      type: 'string',
+      default: 'kv',
+      choices: [...POLICIES, 'all'],
+      help: 'router policy; all = each in turn on fresh workers',
+    },
+    { name: 'workers', type: 'integer', default: 4, min: 1, max: 64, help: 'aggregated (role both) workers' },
+    {
+      name: 'speedup',
+      type: 'number',
+      default: 10,
+      min: 0.001,
+      help: 'divides trace time and the workers’ simulated time',
+    },
+    {
+      name: 'kv-blocks',
+      type: 'integer',
+      default: DEFAULT_KV_BLOCKS,
+      min: 1,
+      help: 'KV pool per worker in blocks of --block-size tokens',
+    },
+    {
+      name: 'block-size',
+      type: 'integer',
+      default: 16,
+      min: 1,
+      help: 'tokens per KV block (router and workers)',
+    },
+    {
+      name: 'limit',
+      type: 'integer',
+      default: 0,
+      min: 0,
+      help: 'replay only the first N requests (0 = all)',
+    },
+    { name: 'model', type: 'string', default: 'mock-llm', help: 'model name sent and served' },
+    { name: 'out', type: 'string', help: 'directory for report.html and the SVG charts' },
+    { name: 'quick', type: 'boolean', default: false, noEnv: true, help: 'first 200 requests at speedup 20' },
+    {
+      name: 'json',
+      type: 'boolean',
+      default: false,
+      noEnv: true,
+      help: 'print one JSON object as the last line',
+    },
+  ],
+};
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** One policy on a fresh fleet: every request sent at its scaled timestamp, all answers awaited. */
+async function replayPolicy(
+  policy: string,
+  requests: readonly TraceRequest[],
+  o: { workers: number; speedup: number; kvBlocks: number; blockSize: number; model: string },
+): Promise<{ run: PolicyRun; workerIds: string[] }> {
+  const maxPrompt = Math.max(...requests.map((r) => r.inputLength));
+  const fleet = await startFleet({
+    workers: o.workers,
+    policy,
+    routerArgs: [
+      '--block-size',
+      String(o.blockSize),
+      // Trace prompts reach ~190k tokens; the router's default bound is lower.
+      '--max-prompt-tokens',
+      String(Math.max(131_072, maxPrompt)),
+      '--body-limit',
+      String(Math.max(4 << 20, maxPrompt * 8 + 4096)),
+    ],
+    workerArgs: [
+      '--speedup',
+      String(o.speedup),
+      '--kv-blocks',
+      String(o.kvBlocks),
+      '--block-size',
+      String(o.blockSize),
+      '--model',
+      o.model,
+    ],
+  });
+  const agent = new Agent({ connections: 1024, keepAliveTimeout: 30_000 });
+  const progress = new Progress(`replay ${policy}`, requests.length);
+  const records: ReplayRecord[] = [];
+  try {
+    const t0 = performance.now();
+    const first = requests[0]?.timestamp ?? 0;
+    const pending: Promise<void>[] = [];
+    let inFlight = 0;
+    for (const req of requests) {
+      const due = (req.timestamp - first) / o.speedup;
+      const wait = due - (performance.now() - t0);
+      if (wait > 1) await sleep(wait);
+      const sentAt = performance.now() - t0;
+      const body = { model: o.model, prompt: expandPrompt(req), max_tokens: req.outputLength };
+      inFlight++;
+      pending.push(
+        streamCompletion(agent, fleet.url, body).then((timing: CompletionTiming) => {
+          inFlight--;
+          records.push({ sentAt, timing });
+          progress.tick(1, `in flight ${inFlight}`);
+        }),
+      );
+    }
+    await Promise.all(pending);
+    progress.finish();
+  } finally {
+    await agent.close();
+    await fleet.stop();
+  }
+  records.sort((a, b) => a.sentAt - b.sentAt);
+  const summary = summarizeReplay(records, fleet.workerIds);
+  const ttftSamples = records.flatMap((r) =>
+    r.timing.ok && r.timing.ttftMs !== undefined ? [r.timing.ttftMs] : [],
+  );
+  return { run: { policy, summary, ttftSamples }, workerIds: fleet.workerIds };
+}
+
+function jsonSummary(s: PolicySummary) {
+  const { timeline: _timeline, ...rest } = s;
+  return rest;
+}
+
+function printTable(runs: readonly PolicyRun[]): void {
+  const cols: Array<[string, (s: PolicySummary) => string | number]> = [
+    ['done', (s) => s.completed],
+    ['err', (s) => s.errors],
+    ['TTFT mean', (s) => s.ttftMs.mean],
+    ['p50', (s) => s.ttftMs.p50],
+    ['p90', (s) => s.ttftMs.p90],
+    ['p99', (s) => s.ttftMs.p99],
+    ['ITL ms', (s) => s.itlMs.mean],
+    ['out tok/s', (s) => s.outputTokensPerS],
+    ['hit rate', (s) => `${(s.kvHitRate * 100).toFixed(1)}%`],
+    ['CV req', (s) => s.cvRequests],
+    ['CV tok', (s) => s.cvPromptTokens],
+  ];
+  const lines = [`${'policy'.padEnd(13)}${cols.map(([h]) => h.padStart(11)).join('')}`];
+  for (const r of runs) {
+    lines.push(`${r.policy.padEnd(13)}${cols.map(([, f]) => String(f(r.summary)).padStart(11)).join('')}`);
+  }
+  for (const r of runs) {
+    lines.push(
+      `${r.policy}: requests per worker ${r.summary.perWorker.map((w) => `${w.worker}=${w.requests}`).join(' ')}`,
+    );
+    if (r.summary.errorSamples.length > 0)
+      lines.push(`${r.policy}: errors e.g. ${r.summary.errorSamples[0]}`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+export async function run(options: ParsedOptions): Promise<number> {
+  if (typeof options.trace !== 'string' || options.trace === '') {
+    throw new UsageError('--trace is required (a Mooncake-format JSONL file)');
+  }
+  const quick = options.quick === true;
+  const speedup =
+    quick && options.speedup === spec.options.find((s) => s.name === 'speedup')!.default
+      ? 20
+      : (options.speedup as number);
+  const limit = (options.limit as number) || (quick ? 200 : 0);
+  const text = await readFile(options.trace, 'utf8').catch((err: Error) => {
+    throw new UsageError(`--trace: cannot read '${options.trace}': ${err.message}`);
+  });
+  const parsed = parseTrace(text);
+  for (const e of parsed.errors.slice(0, 10)) {
+    process.stderr.write(`${options.trace}:${e.line}: skipped: ${e.message}\n`);
+  }
+  if (parsed.errors.length > 10)
+    process.stderr.write(`… and ${parsed.errors.length - 10} more malformed lines\n`);
+  const requests = limit > 0 ? parsed.requests.slice(0, limit) : parsed.requests;
+  if (requests.length === 0) throw new UsageError(`--trace: no valid requests in '${options.trace}'`);
+
+  const policies = options.policy === 'all' ? [...POLICIES] : [options.policy as string];
+  const settings = {
+    workers: options.workers as number,
+    speedup,
+    kvBlocks: options.kvBlocks as number,
+    blockSize: options.blockSize as number,
+    model: options.model as string,
+  };
+  const runs: PolicyRun[] = [];
+  for (const policy of policies) runs.push((await replayPolicy(policy, requests, settings)).run);
+
+  printTable(runs);
+  const byPolicy = Object.fromEntries(runs.map((r) => [r.policy, jsonSummary(r.summary)]));
+  const kv = runs.find((r) => r.policy === 'kv')?.summary;
+  const rr = runs.find((r) => r.policy === 'round-robin')?.summary;
+  const comparison =
+    kv && rr
+      ? {
+          kvMeanTtftOverRoundRobin: rr.ttftMs.mean > 0 ? round(kv.ttftMs.mean / rr.ttftMs.mean, 3) : null,
+          kvHitRateOverRoundRobin: rr.kvHitRate > 0 ? round(kv.kvHitRate / rr.kvHitRate, 2) : null,
+        }
+      : null;
+  const goals = { kvMeanTtftOverRoundRobinAtMost: 1 / 3, kvHitRateOverRoundRobinAtLeast: 2 };
+  const met = comparison
+    ? {
+        ttft: comparison.kvMeanTtftOverRoundRobin !== null && comparison.kvMeanTtftOverRoundRobin <= 1 / 3,
+        hitRate:
+          comparison.kvHitRateOverRoundRobin === null
+            ? kv!.kvHitRate > 0
+            : comparison.kvHitRateOverRoundRobin >= 2,
+      }
+    : null;
+  if (comparison) {
+    process.stdout.write(
+      `kv / round-robin: mean TTFT ${comparison.kvMeanTtftOverRoundRobin} (goal ≤ 0.333), hit rate ${comparison.kvHitRateOverRoundRobin}x (goal ≥ 2)\n`,
+    );
+  }
+  if (typeof options.out === 'string' && options.out !== '') {
+    await mkdir(options.out, { recursive: true });
+    const files = renderReport({
+      title: `kvroute replay: ${options.trace}`,
+      settings: {
+        trace: options.trace,
+        requests: requests.length,
+        'malformed lines': parsed.errors.length,
+        ...settings,
+      },
+      runs,
+    });
+    for (const [name, content] of files) await writeFile(join(options.out, name), content);
+    process.stdout.write(`report: ${join(options.out, 'report.html')}\n`);
+  }
+  if (options.json) {
+    process.stdout.write(
+      `${JSON.stringify({
+        bench: 'replay',
+        trace: options.trace,
+        quick,
+        requests: requests.length,
+        malformedLines: parsed.errors.length,
+        ...settings,
+        policies: byPolicy,
+        comparison,
+        goals,
+        met,
+      })}\n`,
+    );
+  }
+  return runs.some((r) => r.summary.completed === 0) ? 1 : 0;
+}
