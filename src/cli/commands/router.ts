@@ -1,14 +1,34 @@
-// `kvroute router`: not built yet (see the open issues); exits 1 with a clear message.
+// `kvroute router`: the router service alone. Every option (src/router/config.ts) has a KVROUTE_*
+// environment variable; logs are fastify's pino JSON lines on stdout (warnings only unless
+// --verbose). SIGINT/SIGTERM close the router (open streams end, workers are released) and exit 0.
 
+import { ROUTER_OPTION_SPECS, routerConfigFromOptions } from '../../router/config.js';
+import { createRouter } from '../../router/service.js';
 import type { CommandModule } from '../command.js';
+import type { ParsedOptions } from '../options.js';
 
 export const spec: CommandModule['spec'] = {
   usage: 'kvroute router',
-  summary: 'Not available yet in this build.',
-  options: [],
+  summary: 'The KV-aware router service: OpenAI-compatible HTTP API in front of registered workers.',
+  options: ROUTER_OPTION_SPECS,
 };
 
-export async function run(): Promise<number> {
-  process.stderr.write('kvroute router: not available yet in this build\n');
-  return 1;
+export async function run(options: ParsedOptions): Promise<number> {
+  const router = await createRouter(routerConfigFromOptions(options));
+  const url = await router.listen();
+  process.stdout.write(`kvroute router listening on ${url}\n`);
+  await new Promise<void>((resolve) => {
+    const onSignal = () => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      // A second signal while closing ends the process at once.
+      process.once('SIGTERM', () => process.exit(1));
+      process.once('SIGINT', () => process.exit(1));
+      resolve();
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  await router.close();
+  return 0;
 }

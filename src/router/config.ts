@@ -1,0 +1,172 @@
+// The router's typed configuration and the `kvroute router` options that fill it. Each option is
+// declared once (name, type, default, help, env KVROUTE_*); the config field is the option's
+// camelCase name, so `resolveRouterConfig` is defaults + overrides with no mapping table.
+
+import { camelCase, type OptionSpec, type ParsedOptions } from '../cli/options.js';
+import { POLICY_NAMES, type PolicyName, type Rng } from './scheduling/index.js';
+
+export interface RouterConfig {
+  host: string;
+  port: number;
+  policy: PolicyName;
+  blockSize: number;
+  overlapWeight: number;
+  temperature: number;
+  /** Prompts with at most this many uncached tokens prefill on the decode worker. */
+  maxLocalPrefill: number;
+  /** Always prefill on a prefill worker when one exists. */
+  enforceDisagg: boolean;
+  /** Start decode while remote prefill runs (the KV handoff is awaited by the decode worker). */
+  overlappedPrefill: boolean;
+  /** Decode's bound on waiting for a KV handoff from remote prefill. */
+  prefillWaitMs: number;
+  leaseTtlMs: number;
+  /** Attempts per request across workers (1 = no retry). */
+  maxAttempts: number;
+  busyPrefillTokens: number;
+  busyDecodeFraction: number;
+  /** Requests in flight (routed, not yet finished) before new ones get 503. */
+  maxInflight: number;
+  /** Largest request body in bytes (413 beyond). */
+  bodyLimit: number;
+  maxOutputTokens: number;
+  maxPromptTokens: number;
+  firstTokenTimeoutMs: number;
+  streamIdleTimeoutMs: number;
+  /** How long an approximate-mode credit lasts. */
+  approxTtlMs: number;
+  verbose: boolean;
+  /** Not a CLI option: random source of the policy (seed it in tests). */
+  rng?: Rng;
+  /** Not a CLI option: fastify logging (default: on at warn, or info with verbose; false = off). */
+  logger?: boolean;
+}
+
+export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
+  { name: 'host', type: 'string', default: '127.0.0.1', help: 'HTTP listen address' },
+  { name: 'port', type: 'integer', default: 8000, min: 0, max: 65535, help: 'HTTP port (0 = any free)' },
+  { name: 'policy', type: 'string', default: 'kv', choices: POLICY_NAMES, help: 'worker selection policy' },
+  { name: 'block-size', type: 'integer', default: 16, min: 1, max: 65536, help: 'tokens per KV block' },
+  {
+    name: 'overlap-weight',
+    type: 'number',
+    default: 1,
+    min: 0,
+    help: 'weight of prefill work against decode blocks in the kv cost',
+  },
+  {
+    name: 'temperature',
+    type: 'number',
+    default: 0,
+    min: 0,
+    help: '0 = cheapest worker; > 0 = softmax over normalised costs',
+  },
+  {
+    name: 'max-local-prefill',
+    type: 'integer',
+    default: 512,
+    min: 0,
+    help: 'uncached prompt tokens up to which prefill stays on the decode worker',
+  },
+  { name: 'enforce-disagg', type: 'boolean', default: false, help: 'always prefill on a prefill worker' },
+  {
+    name: 'overlapped-prefill',
+    type: 'boolean',
+    default: false,
+    help: 'start decode while remote prefill runs',
+  },
+  {
+    name: 'prefill-wait-ms',
+    type: 'integer',
+    default: 5000,
+    min: 1,
+    help: "decode's bound on waiting for a KV handoff",
+  },
+  { name: 'lease-ttl-ms', type: 'integer', default: 10_000, min: 100, help: 'worker lease length' },
+  {
+    name: 'max-attempts',
+    type: 'integer',
+    default: 3,
+    min: 1,
+    max: 16,
+    help: 'attempts per request across workers before failing',
+  },
+  {
+    name: 'busy-prefill-tokens',
+    type: 'integer',
+    default: 65_536,
+    min: 0,
+    help: 'a worker with more active prefill tokens is busy',
+  },
+  {
+    name: 'busy-decode-fraction',
+    type: 'number',
+    default: 0.95,
+    min: 0,
+    help: 'a worker with more booked decode blocks than this fraction of its KV is busy',
+  },
+  {
+    name: 'max-inflight',
+    type: 'integer',
+    default: 4096,
+    min: 1,
+    help: 'requests in flight before new ones get 503',
+  },
+  {
+    name: 'body-limit',
+    type: 'integer',
+    default: 4 * 1024 * 1024,
+    min: 1024,
+    help: 'largest request body in bytes (413 beyond)',
+  },
+  { name: 'max-output-tokens', type: 'integer', default: 8192, min: 1, help: 'largest accepted max_tokens' },
+  {
+    name: 'max-prompt-tokens',
+    type: 'integer',
+    default: 131_072,
+    min: 1,
+    help: 'largest accepted prompt in tokens',
+  },
+  {
+    name: 'first-token-timeout-ms',
+    type: 'integer',
+    default: 30_000,
+    min: 1,
+    help: "bound on waiting for a worker's first token (per attempt)",
+  },
+  {
+    name: 'stream-idle-timeout-ms',
+    type: 'integer',
+    default: 30_000,
+    min: 1,
+    help: 'bound on the silence between two chunks of a stream',
+  },
+  {
+    name: 'approx-ttl-ms',
+    type: 'integer',
+    default: 120_000,
+    min: 1,
+    help: 'how long approximate-mode credits last (workers without KV events)',
+  },
+  { name: 'verbose', type: 'boolean', default: false, help: 'log one line per request and fleet event' },
+];
+
+export const DEFAULT_ROUTER_CONFIG: RouterConfig = Object.freeze(
+  Object.fromEntries(ROUTER_OPTION_SPECS.map((o) => [camelCase(o.name), o.default])),
+) as unknown as RouterConfig;
+
+/** Defaults overlaid with the given fields (undefined fields keep the default). */
+export function resolveRouterConfig(overrides: Partial<RouterConfig> = {}): RouterConfig {
+  const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
+  return { ...DEFAULT_ROUTER_CONFIG, ...defined };
+}
+
+/** The router's fields out of parsed CLI options (also for `kvroute demo`, which shares the specs). */
+export function routerConfigFromOptions(options: ParsedOptions): Partial<RouterConfig> {
+  const out: Record<string, unknown> = {};
+  for (const spec of ROUTER_OPTION_SPECS) {
+    const key = camelCase(spec.name);
+    if (options[key] !== undefined) out[key] = options[key];
+  }
+  return out as Partial<RouterConfig>;
+}

@@ -1,0 +1,96 @@
+// Calling a worker's `generate` over the request plane, with the router's bounds: the first chunk
+// within `firstTokenTimeoutMs` (the client's first-response timeout), and no silence longer than
+// `streamIdleTimeoutMs` between chunks. Plus the one mapping from request-plane failures to the
+// KvrouteError the client sees, and the rule for which failures may be retried elsewhere.
+
+import { ERROR_CODES, type ErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
+import type { GenerateChunk, GenerateRequest } from '../../protocols/worker-plane.js';
+import { ENDPOINTS } from '../../protocols/worker-plane.js';
+import { decodeJson, encodeJson, isTransportError } from '../../tcp/index.js';
+import type { ExecutionContext } from './types.js';
+
+/**
+ * Whether sending the request to another worker is safe and useful: the worker produced nothing
+ * (refused, unreachable, gone before answering) or said it is overloaded.
+ */
+export function isRetryable(err: unknown): boolean {
+  if (!isTransportError(err)) return false;
+  return err.retryable || (err.kind === 'remote_error' && err.remoteCode === 'overloaded');
+}
+
+/** The label for `kvroute_request_retries_total{reason}`. */
+export function failureKind(err: unknown): string {
+  if (isTransportError(err))
+    return err.kind === 'remote_error' ? (err.remoteCode ?? 'remote_error') : err.kind;
+  return isKvrouteError(err) ? err.code : 'error';
+}
+
+/** What the client sees for a failed worker call. An abort by the request's signal keeps its reason. */
+export function toClientError(err: unknown, signal: AbortSignal): KvrouteError {
+  if (signal.aborted && isKvrouteError(signal.reason)) return signal.reason;
+  if (isKvrouteError(err)) return err;
+  if (!isTransportError(err)) {
+    return new KvrouteError('internal_error', `worker call failed: ${String(err)}`, { cause: err });
+  }
+  const options = { cause: err };
+  switch (err.kind) {
+    case 'timeout':
+      return new KvrouteError('timeout', `worker did not answer in time: ${err.message}`, options);
+    case 'disconnected_mid_stream':
+    case 'disconnected_before_response':
+    case 'connect_failed':
+      return new KvrouteError('worker_disconnected', `worker connection failed: ${err.message}`, options);
+    case 'remote_error': {
+      // A worker's own KvrouteError code passes through when it is the caller's mistake or overload.
+      const code = err.remoteCode as ErrorCode | undefined;
+      if (code && code in ERROR_CODES && (ERROR_CODES[code].status < 500 || code === 'overloaded')) {
+        return new KvrouteError(code, `worker refused the request: ${err.message}`, {
+          ...options,
+          ...(code === 'overloaded' ? { retryAfterSeconds: 1 } : {}),
+        });
+      }
+      return new KvrouteError('worker_error', `worker failed: ${err.message}`, options);
+    }
+    default:
+      return new KvrouteError('worker_error', `worker call failed: ${err.message}`, options);
+  }
+}
+
+/**
+ * Streams `generate` from one worker. Throws the raw TransportError (callers decide on retries),
+ * or KvrouteError('timeout') when the stream falls silent for longer than the idle bound.
+ */
+export async function* callGenerate(
+  ctx: ExecutionContext,
+  address: string,
+  body: GenerateRequest,
+  requestId: string,
+): AsyncGenerator<GenerateChunk> {
+  const idle = new AbortController();
+  const signal = AbortSignal.any([ctx.signal, idle.signal]);
+  const stream = ctx.client.stream(address, ENDPOINTS.generate, encodeJson(body), {
+    requestId,
+    signal,
+    firstResponseTimeoutMs: ctx.firstTokenTimeoutMs,
+  });
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    for await (const buf of stream) {
+      if (timer) timer.refresh();
+      else {
+        timer = setTimeout(() => idle.abort(), ctx.streamIdleTimeoutMs);
+        timer.unref();
+      }
+      yield decodeJson<GenerateChunk>(buf);
+    }
+  } catch (err) {
+    if (idle.signal.aborted && !ctx.signal.aborted) {
+      throw new KvrouteError('timeout', `worker stream was silent for ${ctx.streamIdleTimeoutMs} ms`, {
+        cause: err,
+      });
+    }
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}

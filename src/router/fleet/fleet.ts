@@ -1,0 +1,160 @@
+// The fleet: the registry plus everything that must follow a worker's membership. Registering a
+// worker starts its KV-event subscription (or puts it in approximate mode when it publishes no
+// events); removing it (deregistration, lease expiry, replacement at the same address, refused
+// connections) purges its index entries, drops its load, stops its subscription and closes its
+// request-plane pool. Lease expiry is swept by an unref'd interval.
+
+import type { FastifyBaseLogger } from 'fastify';
+import { ApproxIndex, type BlockKeys, RadixIndex } from '../../kv-index/index.js';
+import type { RequestPlaneClient } from '../../tcp/index.js';
+import { KvEventsSubscriber } from '../kv-events/subscriber.js';
+import type { RouterMetrics } from '../metrics.js';
+import type { Worker, WorkerRegistry } from '../registry/index.js';
+import type { OverlapSource } from '../scheduling/index.js';
+
+export interface FleetOptions {
+  registry: WorkerRegistry;
+  client: RequestPlaneClient;
+  metrics: RouterMetrics;
+  log: FastifyBaseLogger;
+  approxTtlMs: number;
+  /** Lease sweep period (default: a quarter of the lease TTL, within 50..1000 ms). */
+  sweepIntervalMs?: number;
+}
+
+export type RemovalReason = 'deregistered' | 'lease_expired' | 'replaced' | 'unreachable';
+
+const NO_OVERLAP: OverlapSource = { get: () => undefined };
+
+export class Fleet {
+  readonly registry: WorkerRegistry;
+  /** Exact index fed by KV events. */
+  readonly index = new RadixIndex();
+  /** Credit-based index for workers without KV events. */
+  readonly approx: ApproxIndex;
+  private readonly subscribers = new Map<string, KvEventsSubscriber>();
+  private readonly approxWorkers = new Set<string>();
+  /** Live worker id at each address: a pool is closed only when no live worker uses it. */
+  private readonly liveAt = new Map<string, string>();
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(private readonly opts: FleetOptions) {
+    this.registry = opts.registry;
+    this.approx = new ApproxIndex({ ttlMs: opts.approxTtlMs });
+  }
+
+  start(): void {
+    const ttl = this.registry.leaseTtlMs;
+    const period = this.opts.sweepIntervalMs ?? Math.max(50, Math.min(1000, Math.floor(ttl / 4)));
+    this.sweepTimer = setInterval(() => this.expire(Date.now()), period);
+    this.sweepTimer.unref();
+  }
+
+  register(body: unknown, now: number): Worker {
+    const { worker, replaced } = this.registry.register(body, now);
+    if (replaced) this.purge(replaced, 'replaced');
+    this.liveAt.set(worker.address, worker.id);
+    if (worker.kvEvents && !this.closed) {
+      const sub = new KvEventsSubscriber(worker, {
+        client: this.opts.client,
+        index: this.index,
+        metrics: this.opts.metrics,
+        log: this.opts.log,
+        onUnreachable: (w) => this.remove(w.id, 'unreachable'),
+      });
+      this.subscribers.set(worker.id, sub);
+      sub.start();
+    } else this.approxWorkers.add(worker.id);
+    this.opts.log.info(
+      {
+        event: 'worker_registered',
+        worker_id: worker.id,
+        role: worker.role,
+        address: worker.address,
+        model: worker.model,
+        kv_events: worker.kvEvents,
+      },
+      'worker registered',
+    );
+    return worker;
+  }
+
+  heartbeat(workerId: string, now: number): Worker {
+    return this.registry.heartbeat(workerId, now);
+  }
+
+  /** Removes a worker; throws worker_not_found (404) for an unknown id. */
+  deregister(workerId: string): Worker {
+    const worker = this.registry.deregister(workerId);
+    this.purge(worker, 'deregistered');
+    return worker;
+  }
+
+  /** Removes a worker if it is still registered (no error otherwise). */
+  remove(workerId: string, reason: RemovalReason): void {
+    if (!this.registry.get(workerId)) return;
+    this.purge(this.registry.deregister(workerId), reason);
+  }
+
+  expire(now: number): void {
+    for (const worker of this.registry.expire(now)) this.purge(worker, 'lease_expired');
+  }
+
+  /** Leading prompt blocks per worker from both indexes. Valid until either index next changes. */
+  overlaps(keys: BlockKeys): OverlapSource {
+    const exact = this.index.findMatches(keys);
+    if (this.approxWorkers.size === 0) return exact;
+    const approx = this.approx.findMatches(keys);
+    return { get: (id) => exact.get(id) ?? approx.get(id) };
+  }
+
+  /** After routing: a worker without KV events is assumed to cache the prompt's blocks now. */
+  credit(workerId: string, keys: BlockKeys): void {
+    if (this.approxWorkers.has(workerId) && keys.length > 0) this.approx.credit(workerId, keys);
+  }
+
+  /** Blocks indexed for one worker (for GET /v1/workers). */
+  indexBlocksOf(workerId: string): number {
+    return this.approxWorkers.has(workerId)
+      ? (this.approx.stats().blocksPerWorker[workerId] ?? 0)
+      : (this.index.stats().blocksPerWorker[workerId] ?? 0);
+  }
+
+  /** Blocks held in both indexes (for the scrape-time gauge). */
+  indexBlocks(): number {
+    return this.index.stats().blocks + (this.approxWorkers.size > 0 ? this.approx.stats().blocks : 0);
+  }
+
+  /** Whether the worker's KV-event subscription is live (false: approximate mode). */
+  subscribed(workerId: string): boolean {
+    return this.subscribers.has(workerId);
+  }
+
+  static readonly NO_OVERLAP = NO_OVERLAP;
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    const subs = [...this.subscribers.values()];
+    this.subscribers.clear();
+    await Promise.all(subs.map((s) => s.stop()));
+  }
+
+  private purge(worker: Worker, reason: RemovalReason): void {
+    this.index.removeWorker(worker.id);
+    this.approx.removeWorker(worker.id);
+    this.approxWorkers.delete(worker.id);
+    const sub = this.subscribers.get(worker.id);
+    this.subscribers.delete(worker.id);
+    void sub?.stop();
+    if (this.liveAt.get(worker.address) === worker.id) {
+      this.liveAt.delete(worker.address);
+      void this.opts.client.closeAddress(worker.address);
+    }
+    this.opts.log.info(
+      { event: 'worker_removed', worker_id: worker.id, address: worker.address, reason },
+      'worker removed',
+    );
+  }
+}

@@ -1,0 +1,154 @@
+// The router's fastify app: request ids, the per-request `http-request` SERVER span, request
+// metrics, one access-log line per request (info level), and the one error handler that renders
+// every failure as OpenAI's `{error: {message, type, code}}` with its status (+ Retry-After).
+// Routes live one group per module beside this file.
+
+import { randomUUID } from 'node:crypto';
+import type { Tracer } from '@opentelemetry/api';
+import {
+  type Context,
+  context,
+  ROOT_CONTEXT,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+} from '@opentelemetry/api';
+import Fastify, { type FastifyInstance, type FastifyRequest, LogController } from 'fastify';
+import { isKvrouteError, KvrouteError } from '../../errors.js';
+import { extractFromHeaders } from '../../telemetry/index.js';
+import type { RouterConfig } from '../config.js';
+import type { RouterMetrics } from '../metrics.js';
+
+interface RequestTrace {
+  span: Span;
+  ctx: Context;
+}
+
+const traces = new WeakMap<FastifyRequest, RequestTrace>();
+
+/** Runs `fn` inside the request's `http-request` span (never AsyncLocalStorage.enterWith in hooks). */
+export function inRequestContext<T>(request: FastifyRequest, fn: () => T): T {
+  const t = traces.get(request);
+  return t ? context.with(t.ctx, fn) : fn();
+}
+
+// Client-chosen request ids are echoed back, so keep them short and printable.
+const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
+/** Maps fastify's own errors (body parsing, limits, 404) onto our codes. */
+export function toHttpError(err: unknown): KvrouteError {
+  if (isKvrouteError(err)) return err;
+  const e = err as { code?: string; statusCode?: number; message?: string };
+  switch (e.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new KvrouteError('payload_too_large', 'request body is larger than the limit');
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new KvrouteError('invalid_json', `request body is not valid JSON: ${e.message}`);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new KvrouteError('invalid_request', 'content-type must be application/json');
+  }
+  if (err instanceof SyntaxError || (e.statusCode === 400 && /JSON/i.test(e.message ?? ''))) {
+    return new KvrouteError('invalid_json', `request body is not valid JSON: ${e.message}`);
+  }
+  if (e.statusCode === 413)
+    return new KvrouteError('payload_too_large', 'request body is larger than the limit');
+  if (e.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500) {
+    return new KvrouteError('invalid_request', e.message ?? 'bad request');
+  }
+  return new KvrouteError('internal_error', 'internal error', { cause: err });
+}
+
+export interface AppDeps {
+  config: RouterConfig;
+  metrics: RouterMetrics;
+  tracer: Tracer;
+  /** True once close() started: new requests get 503. */
+  isClosing(): boolean;
+}
+
+export function createApp(deps: AppDeps): FastifyInstance {
+  const { config, metrics, tracer } = deps;
+  const app = Fastify({
+    logger: config.logger === false ? false : { level: config.verbose ? 'info' : 'warn' },
+    // Fastify's two lines per request are replaced by our one line in onResponse.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: config.bodyLimit,
+    requestIdHeader: false,
+    genReqId: (raw) => {
+      const given = raw.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+    // Extract on ROOT: a malformed traceparent starts a fresh trace instead of inheriting anything.
+    const parent = extractFromHeaders(request.headers, ROOT_CONTEXT);
+    const span = tracer.startSpan(
+      'http-request',
+      {
+        kind: SpanKind.SERVER,
+        attributes: {
+          'http.request.method': request.method,
+          'url.path': request.url.split('?')[0],
+          'kvroute.request_id': request.id,
+        },
+      },
+      parent,
+    );
+    traces.set(request, { span, ctx: trace.setSpan(parent, span) });
+    if (deps.isClosing())
+      throw new KvrouteError('shutting_down', 'the router is shutting down', { retryAfterSeconds: 1 });
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    const status = reply.statusCode;
+    metrics.requests.inc({ route, status: String(status) });
+    const t = traces.get(request);
+    if (t) {
+      t.span.setAttributes({ 'http.route': route, 'http.response.status_code': status });
+      if (status >= 500) t.span.setStatus({ code: SpanStatusCode.ERROR });
+      t.span.end();
+    }
+    // Control-plane chatter (heartbeats, scrapes, probes) only at debug level.
+    const level =
+      route === '/v1/workers/:id/heartbeat' ||
+      route === '/metrics' ||
+      route === '/health' ||
+      route === '/ready'
+        ? 'debug'
+        : 'info';
+    request.log[level](
+      {
+        event: 'request',
+        request_id: request.id,
+        method: request.method,
+        route,
+        status,
+        ms: Math.round(reply.elapsedTime),
+        worker: reply.getHeader('x-kvroute-decode-worker'),
+      },
+      'request',
+    );
+  });
+
+  app.setErrorHandler((err, request, reply) => {
+    const e = toHttpError(err);
+    if (e.code === 'internal_error') request.log.error({ err, request_id: request.id }, 'internal error');
+    traces.get(request)?.span.recordException(e);
+    if (e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
+    reply.status(e.status).send(e.toJSON());
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    const e = new KvrouteError('not_found', `no route for ${request.method} ${request.url.split('?')[0]}`);
+    reply.status(e.status).send(e.toJSON());
+  });
+
+  return app;
+}

@@ -1,0 +1,74 @@
+// The OpenAI endpoints (completions, chat completions) and `/v1/route`, which explains the routing
+// decision for the same body and runs nothing. A client disconnect (the response closes before it
+// finished) aborts the request's signal, which cancels the worker stream.
+
+import { Readable } from 'node:stream';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { KvrouteError } from '../../errors.js';
+import type { EndpointKind } from '../openai/request.js';
+import type { InflightLimit } from '../pipeline/admission.js';
+import type { PipelineDeps } from '../pipeline/deps.js';
+import { handleInference } from '../pipeline/handle.js';
+import { parseStage, routeStage } from '../pipeline/route.js';
+import { inRequestContext } from './app.js';
+
+export interface InferenceRouteDeps {
+  pipeline: PipelineDeps;
+  limit: InflightLimit;
+  /** Signals of requests in flight, so close() can end them. */
+  active: Set<AbortController>;
+}
+
+function requestSignal(reply: FastifyReply, active: Set<AbortController>): AbortController {
+  const ac = new AbortController();
+  active.add(ac);
+  reply.raw.once('close', () => {
+    active.delete(ac);
+    if (!reply.raw.writableFinished) ac.abort(new KvrouteError('client_closed', 'the client disconnected'));
+  });
+  return ac;
+}
+
+export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRouteDeps): void {
+  const serve = (endpoint: EndpointKind) => async (request: FastifyRequest, reply: FastifyReply) => {
+    const arrivedAt = performance.now();
+    const ac = requestSignal(reply, deps.active);
+    const result = await inRequestContext(request, () =>
+      handleInference(deps.pipeline, deps.limit, {
+        body: request.body,
+        endpoint,
+        signal: ac.signal,
+        arrivedAt,
+      }),
+    );
+    reply.headers(result.headers);
+    if (result.kind === 'json') return reply.send(result.body);
+    reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache');
+    return reply.send(Readable.from(result.events, { objectMode: false }));
+  };
+
+  app.post('/v1/completions', serve('completion'));
+  app.post('/v1/chat/completions', serve('chat'));
+
+  app.post('/v1/route', async (request) =>
+    inRequestContext(request, async () => {
+      const endpoint: EndpointKind =
+        typeof request.body === 'object' && request.body !== null && 'messages' in request.body
+          ? 'chat'
+          : 'completion';
+      const parsed = parseStage(deps.pipeline, request.body, endpoint);
+      const plan = await routeStage(deps.pipeline, parsed, 'explain');
+      const score = (d: typeof plan.decode) => ({ ...d.chosen, address: d.worker.address });
+      return {
+        model: parsed.model,
+        prompt_tokens: plan.routing.promptTokens,
+        policy: plan.decode.policy,
+        decode: score(plan.decode),
+        prefill: plan.prefill ? score(plan.prefill) : null,
+        prefill_reason: plan.prefillReason,
+        candidates: plan.decode.candidates,
+        prefill_candidates: plan.prefill ? plan.prefill.candidates : [],
+      };
+    }),
+  );
+}

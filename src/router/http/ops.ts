@@ -1,0 +1,29 @@
+// Operations endpoints: liveness, readiness (a decode-capable worker is registered), Prometheus
+// metrics, and the models served by registered workers.
+
+import type { FastifyInstance } from 'fastify';
+import { KvrouteError } from '../../errors.js';
+import type { Fleet } from '../fleet/fleet.js';
+import type { RouterMetrics } from '../metrics.js';
+
+export function registerOpsRoutes(app: FastifyInstance, fleet: Fleet, metrics: RouterMetrics): void {
+  const { registry } = fleet;
+
+  app.get('/health', async () => ({ status: 'ok' }));
+
+  app.get('/ready', async () => {
+    const decode = registry.models().some((m) => registry.candidates(m, 'decode').length > 0);
+    if (!decode) throw new KvrouteError('no_workers', 'no decode-capable worker is registered');
+    return { status: 'ready', workers: registry.size };
+  });
+
+  app.get('/metrics', async (_request, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.header('content-type', metrics.registry.contentType).send(text);
+  });
+
+  app.get('/v1/models', async () => ({
+    object: 'list',
+    data: registry.models().map((id) => ({ id, object: 'model', created: 0, owned_by: 'kvroute' })),
+  }));
+}

@@ -1,0 +1,129 @@
+// One worker's KV-event subscription: streams `kv_events` from the worker, applies each chunk to
+// the router's RadixIndex, and keeps doing so across disconnects. On reconnect it resumes after the
+// last applied event id; a `gap` (events missing) ends the stream and resubscribes from that id,
+// so the worker replays what is missing or sends a dump (`resetWorker`). Runs entirely in the ROOT
+// trace context: background traffic never joins a user's trace.
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FastifyBaseLogger } from 'fastify';
+import type { RadixIndex } from '../../kv-index/index.js';
+import type { KvEventsChunk, KvEventsSubscribe } from '../../protocols/kv-events.js';
+import { ENDPOINTS } from '../../protocols/worker-plane.js';
+import { decodeJson, encodeJson, isTransportError, type RequestPlaneClient } from '../../tcp/index.js';
+import { withRootContext } from '../../telemetry/index.js';
+import type { RouterMetrics } from '../metrics.js';
+import type { Worker } from '../registry/index.js';
+
+export interface KvEventsSubscriberDeps {
+  client: RequestPlaneClient;
+  index: RadixIndex;
+  metrics: RouterMetrics;
+  log: FastifyBaseLogger;
+  /** Called once when the worker refused connections `unreachableAfter` times in a row. */
+  onUnreachable(worker: Worker): void;
+  /** Consecutive connect failures that make the worker unreachable (default 3). */
+  unreachableAfter?: number;
+  /** Bound on the worker's first answer to a subscription. */
+  firstResponseTimeoutMs?: number;
+}
+
+const BACKOFF_BASE_MS = 50;
+const BACKOFF_MAX_MS = 2000;
+
+export class KvEventsSubscriber {
+  private readonly stopper = new AbortController();
+  private loop: Promise<void> | undefined;
+  /** Chunks applied since start (tests and /v1/workers). */
+  chunks = 0;
+
+  constructor(
+    readonly worker: Worker,
+    private readonly deps: KvEventsSubscriberDeps,
+  ) {}
+
+  start(): void {
+    this.loop ??= withRootContext(() => this.run());
+  }
+
+  /** Cancels the subscription; resolves when the loop has ended. */
+  async stop(): Promise<void> {
+    this.stopper.abort();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    const { signal } = this.stopper;
+    const unreachableAfter = this.deps.unreachableAfter ?? 3;
+    let failures = 0;
+    let connectFailures = 0;
+    while (!signal.aborted) {
+      try {
+        const progressed = await this.follow(signal);
+        if (progressed) failures = 0;
+        connectFailures = 0;
+      } catch (err) {
+        if (signal.aborted) break;
+        failures++;
+        if (isTransportError(err) && err.kind === 'connect_failed') {
+          if (++connectFailures >= unreachableAfter) {
+            this.deps.log.warn(
+              { event: 'worker_unreachable', worker_id: this.worker.id, address: this.worker.address },
+              'worker unreachable',
+            );
+            this.deps.onUnreachable(this.worker);
+            return;
+          }
+        } else connectFailures = 0;
+        this.deps.log.info(
+          { event: 'kv_events_reconnect', worker_id: this.worker.id, error: String(err), attempt: failures },
+          'kv_events subscription failed',
+        );
+      }
+      if (signal.aborted) break;
+      // Full jitter, capped exponential: a fleet of subscribers does not reconnect in lockstep.
+      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(failures, 10));
+      await sleep(failures === 0 ? 0 : Math.random() * ceiling, undefined, { signal }).catch(() => {});
+    }
+  }
+
+  /**
+   * One subscription from the last applied id. Returns whether any chunk arrived (progress),
+   * when the stream ends cleanly or a gap asks for a resubscription; throws on transport failure.
+   */
+  private async follow(signal: AbortSignal): Promise<boolean> {
+    const { client, index, metrics, log } = this.deps;
+    const workerId = this.worker.id;
+    const body: KvEventsSubscribe = { after_event_id: index.lastEventId(workerId) };
+    const stream = client.stream(this.worker.address, ENDPOINTS.kvEvents, encodeJson(body), {
+      signal,
+      firstResponseTimeoutMs: this.deps.firstResponseTimeoutMs ?? 5000,
+    });
+    let progressed = false;
+    for await (const buf of stream) {
+      progressed = true;
+      this.chunks++;
+      const chunk = decodeJson<KvEventsChunk>(buf);
+      if (chunk.kind === 'dump') {
+        const { rejected } = index.resetWorker(workerId, chunk.events, chunk.as_of_event_id);
+        metrics.kvResyncs.inc({ reason: 'dump' });
+        metrics.kvEventsApplied.inc(chunk.events.length - rejected);
+        if (rejected > 0) metrics.kvEventsRejected.inc({ reason: 'dump' }, rejected);
+        continue;
+      }
+      for (const event of chunk.events) {
+        const result = index.applyEvent(workerId, event);
+        if (result.status === 'applied') metrics.kvEventsApplied.inc();
+        else if (result.status === 'rejected') metrics.kvEventsRejected.inc({ reason: result.reason });
+        else if (result.status === 'gap') {
+          metrics.kvResyncs.inc({ reason: 'gap' });
+          log.info(
+            { event: 'kv_events_gap', worker_id: workerId, expected: result.expectedEventId },
+            'kv_events gap: resubscribing',
+          );
+          return true; // leaving the loop cancels the stream; the caller resubscribes from lastEventId
+        }
+      }
+    }
+    return progressed;
+  }
+}

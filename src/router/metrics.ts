@@ -1,0 +1,154 @@
+// The router's Prometheus metrics, one registry per router instance (tests run several routers in
+// one process). Per-worker and index gauges are read at scrape time from the live structures
+// through `collect` callbacks, so the request path never writes them.
+
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** What the scrape-time gauges read. */
+export interface MetricsSources {
+  workers(): Iterable<{ id: string; activePrefillTokens: number; activeDecodeBlocks: number }>;
+  indexBlocks(): number;
+}
+
+const LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const ITL_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
+const ROUTING_BUCKETS_S = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3];
+
+export type RoutingPhase = 'tokenize' | 'hash' | 'match' | 'score';
+
+export class RouterMetrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'route' | 'status'>;
+  readonly ttft: Histogram;
+  readonly itl: Histogram;
+  readonly routingPhase: Record<RoutingPhase, Histogram.Internal<'phase'>>;
+  readonly promptTokens: Counter;
+  readonly cachedTokens: Counter;
+  readonly kvEventsApplied: Counter;
+  readonly kvEventsRejected: Counter<'reason'>;
+  readonly kvResyncs: Counter<'reason'>;
+  readonly retries: Counter<'reason'>;
+  readonly disaggDecisions: Counter<'decision' | 'reason'>;
+  readonly prefillFallbacks: Counter<'reason'>;
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    this.requests = new Counter({
+      name: 'kvroute_http_requests_total',
+      help: 'HTTP requests by route and status code',
+      labelNames: ['route', 'status'],
+      registers,
+    });
+    this.ttft = new Histogram({
+      name: 'kvroute_time_to_first_token_seconds',
+      help: 'Time from request arrival to the first output token',
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.itl = new Histogram({
+      name: 'kvroute_inter_token_latency_seconds',
+      help: 'Time between consecutive output chunks of a stream',
+      buckets: ITL_BUCKETS_S,
+      registers,
+    });
+    const routing = new Histogram({
+      name: 'kvroute_routing_decision_seconds',
+      help: 'Routing decision time by phase: tokenize, hash, match (index lookup), score (policy)',
+      labelNames: ['phase'],
+      buckets: ROUTING_BUCKETS_S,
+      registers,
+    });
+    // Children resolved once: observing through them skips the label lookup on the hot path.
+    this.routingPhase = {
+      tokenize: routing.labels('tokenize'),
+      hash: routing.labels('hash'),
+      match: routing.labels('match'),
+      score: routing.labels('score'),
+    };
+    this.promptTokens = new Counter({
+      name: 'kvroute_prompt_tokens_total',
+      help: 'Prompt tokens of completed requests',
+      registers,
+    });
+    this.cachedTokens = new Counter({
+      name: 'kvroute_cached_tokens_total',
+      help: 'Prompt tokens that workers reported as reused from KV cache',
+      registers,
+    });
+    const prompt = this.promptTokens;
+    const cached = this.cachedTokens;
+    new Gauge({
+      name: 'kvroute_cache_hit_ratio',
+      help: 'Cached prompt tokens over prompt tokens, since start',
+      registers,
+      async collect() {
+        const p = (await prompt.get()).values[0]?.value ?? 0;
+        const c = (await cached.get()).values[0]?.value ?? 0;
+        this.set(p === 0 ? 0 : c / p);
+      },
+    });
+    new Gauge({
+      name: 'kvroute_worker_active_prefill_tokens',
+      help: 'Prefill tokens booked on each worker and not yet done',
+      labelNames: ['worker_id'],
+      registers,
+      collect() {
+        this.reset();
+        for (const w of sources.workers()) this.set({ worker_id: w.id }, w.activePrefillTokens);
+      },
+    });
+    new Gauge({
+      name: 'kvroute_worker_active_decode_blocks',
+      help: 'KV blocks booked on each worker by running streams',
+      labelNames: ['worker_id'],
+      registers,
+      collect() {
+        this.reset();
+        for (const w of sources.workers()) this.set({ worker_id: w.id }, w.activeDecodeBlocks);
+      },
+    });
+    new Gauge({
+      name: 'kvroute_index_blocks',
+      help: 'Blocks held in the KV prefix index (all workers)',
+      registers,
+      collect() {
+        this.set(sources.indexBlocks());
+      },
+    });
+    this.kvEventsApplied = new Counter({
+      name: 'kvroute_kv_events_applied_total',
+      help: 'KV events applied to the index',
+      registers,
+    });
+    this.kvEventsRejected = new Counter({
+      name: 'kvroute_kv_events_rejected_total',
+      help: 'KV events the index rejected, by reason',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.kvResyncs = new Counter({
+      name: 'kvroute_kv_resyncs_total',
+      help: 'Times a worker was resynchronised from a dump, by reason',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.retries = new Counter({
+      name: 'kvroute_request_retries_total',
+      help: 'Requests retried on another worker, by failure kind',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.disaggDecisions = new Counter({
+      name: 'kvroute_disagg_decisions_total',
+      help: 'Prefill placement decisions: remote or local, by reason',
+      labelNames: ['decision', 'reason'],
+      registers,
+    });
+    this.prefillFallbacks = new Counter({
+      name: 'kvroute_prefill_fallbacks_total',
+      help: 'Remote prefills that failed before the handoff and were redone locally, by failure kind',
+      labelNames: ['reason'],
+      registers,
+    });
+  }
+}

@@ -1,0 +1,100 @@
+// The admit stage: the ONE place that books load. A routed request books its decode worker under
+// its request id and, when prefill is remote, its prefill worker under `<id>#prefill` (ActiveLoad
+// keeps one booking per key). Retries move the booking; the first token releases the prompt's
+// prefill tokens; finishing releases everything. Workers without KV events are credited with the
+// prompt's blocks here (approximate mode). Also enforces the in-flight cap: nothing queues.
+
+import { KvrouteError } from '../../errors.js';
+import type { ExecutionPlan, WorkerDecision } from '../execute/types.js';
+import type { Fleet } from '../fleet/fleet.js';
+
+/** Counts admitted, unfinished requests against a cap. */
+export class InflightLimit {
+  active = 0;
+  constructor(readonly max: number) {}
+
+  acquire(): void {
+    if (this.active >= this.max) {
+      throw new KvrouteError('overloaded', `the router has ${this.max} requests in flight; retry in 1 s`, {
+        retryAfterSeconds: 1,
+      });
+    }
+    this.active++;
+  }
+
+  release(): void {
+    this.active--;
+  }
+}
+
+export class Admission {
+  private readonly prefillKey: string;
+  private released = false;
+
+  private constructor(
+    private readonly fleet: Fleet,
+    private readonly limit: InflightLimit,
+    readonly plan: ExecutionPlan,
+  ) {
+    this.prefillKey = `${plan.requestId}#prefill`;
+  }
+
+  /** Takes an in-flight slot and books the plan's workers. Throws 503 when the router is full. */
+  static admit(fleet: Fleet, limit: InflightLimit, plan: ExecutionPlan, now = Date.now()): Admission {
+    limit.acquire();
+    const admission = new Admission(fleet, limit, plan);
+    admission.bookDecode(plan.decode, now);
+    if (plan.prefill) admission.bookPrefill(plan.prefill, now);
+    return admission;
+  }
+
+  /** A retry moved the request to another decode worker. */
+  moveDecode(decision: WorkerDecision, now = Date.now()): void {
+    this.fleet.registry.load.release(this.plan.requestId);
+    this.plan.decode = decision;
+    this.bookDecode(decision, now);
+  }
+
+  /** The prefill leg moved to another worker, or (null) back onto the decode worker. */
+  movePrefill(decision: WorkerDecision | null, now = Date.now()): void {
+    this.fleet.registry.load.release(this.prefillKey);
+    this.plan.prefill = decision;
+    if (decision) this.bookPrefill(decision, now);
+  }
+
+  /** The first output token arrived: the prompt is computed. */
+  firstToken(now = Date.now()): void {
+    this.fleet.registry.load.firstToken(this.plan.requestId, now);
+    this.prefillDone();
+  }
+
+  prefillDone(): void {
+    this.fleet.registry.load.release(this.prefillKey);
+  }
+
+  /** The request is over (done, failed, cancelled). Idempotent. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    const { load } = this.fleet.registry;
+    load.release(this.plan.requestId);
+    load.release(this.prefillKey);
+    this.limit.release();
+  }
+
+  private bookDecode(decision: WorkerDecision, now: number): void {
+    this.fleet.registry.load.book(decision.worker.id, this.plan.requestId, decision.booking, now);
+    this.fleet.credit(decision.worker.id, this.plan.routing.keys);
+  }
+
+  private bookPrefill(decision: WorkerDecision, now: number): void {
+    // The prefill worker computes the prompt and hands the KV over: it holds no decode blocks.
+    this.fleet.registry.load.book(
+      decision.worker.id,
+      this.prefillKey,
+      { prefillTokens: decision.booking.prefillTokens, decodeBlocks: 0 },
+      now,
+    );
+    this.fleet.credit(decision.worker.id, this.plan.routing.keys);
+  }
+}

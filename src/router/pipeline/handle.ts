@@ -1,0 +1,158 @@
+// One inference request through the whole pipeline:
+//   parse -> route (tokenize, hash, match, select) -> admit (book) -> execute -> respond -> finish
+// The first chunk is awaited before anything is sent, so every failure up to the first token
+// (including retries on other workers) is an ordinary HTTP error with its status, and the
+// response headers can name the worker that actually serves the request.
+
+import { randomUUID } from 'node:crypto';
+import { trace } from '@opentelemetry/api';
+import { KvrouteError } from '../../errors.js';
+import type { GenerateChunk } from '../../protocols/worker-plane.js';
+import type { ExecutionContext, ExecutionPlan } from '../execute/types.js';
+import type { EndpointKind } from '../openai/request.js';
+import { type ResponseIdentity, responseId } from '../openai/response.js';
+import { Admission, type InflightLimit } from './admission.js';
+import type { PipelineDeps } from './deps.js';
+import { collectBody, StreamTally, sseEvents } from './respond.js';
+import { parseStage, routeStage, selectDecode } from './route.js';
+
+export interface InferenceCall {
+  body: unknown;
+  endpoint: EndpointKind;
+  /** Aborted when the client disconnects or the router shuts down. */
+  signal: AbortSignal;
+  /** Arrival time (performance.now ms) for TTFT. */
+  arrivedAt: number;
+}
+
+export type InferenceResult =
+  | { kind: 'json'; headers: Record<string, string>; body: object }
+  | { kind: 'sse'; headers: Record<string, string>; events: AsyncGenerator<string> };
+
+/** Renders any error as the body of an SSE error event. */
+export function errorEventBody(err: unknown): object {
+  const e = err instanceof KvrouteError ? err : new KvrouteError('internal_error', String(err));
+  return e.toJSON();
+}
+
+export async function handleInference(
+  deps: PipelineDeps,
+  limit: InflightLimit,
+  call: InferenceCall,
+): Promise<InferenceResult> {
+  const request = parseStage(deps, call.body, call.endpoint);
+  const requestId = randomUUID();
+  const plan = await routeStage(deps, request, requestId);
+  const admission = Admission.admit(deps.fleet, limit, plan);
+  const span = trace.getActiveSpan();
+  const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream());
+  let lastChunkAt = 0;
+  const finish = (err: unknown) => {
+    admission.release();
+    deps.metrics.promptTokens.inc(tally.promptTokens);
+    deps.metrics.cachedTokens.inc(tally.cachedTokens);
+    span?.setAttributes({
+      'kvroute.decode_worker_id': plan.decode.worker.id,
+      'kvroute.prompt_tokens': tally.promptTokens,
+      'kvroute.cached_tokens': tally.cachedTokens,
+      'kvroute.completion_tokens': tally.completionTokens,
+    });
+    if (err !== undefined) span?.recordException(err as Error);
+  };
+  const onChunk = () => {
+    const now = performance.now();
+    deps.metrics.itl.observe((now - lastChunkAt) / 1000);
+    lastChunkAt = now;
+  };
+
+  let chunks: AsyncIterator<GenerateChunk>;
+  let firstText: string;
+  try {
+    const executor = plan.prefill ? deps.executors.disaggregated : deps.executors.aggregated;
+    if (!executor) throw new KvrouteError('internal_error', 'no executor for remote prefill');
+    chunks = executor.run(plan, executionContext(deps, plan, admission, call.signal))[Symbol.asyncIterator]();
+    const first = await chunks.next();
+    if (first.done) throw new KvrouteError('worker_error', 'worker ended the stream without output');
+    lastChunkAt = performance.now();
+    deps.metrics.ttft.observe((lastChunkAt - call.arrivedAt) / 1000);
+    admission.firstToken();
+    firstText = tally.add(first.value);
+  } catch (err) {
+    finish(err);
+    throw err;
+  }
+
+  const headers: Record<string, string> = { 'x-kvroute-decode-worker': plan.decode.worker.id };
+  if (plan.prefill) headers['x-kvroute-prefill-worker'] = plan.prefill.worker.id;
+  const who: ResponseIdentity = {
+    id: responseId(call.endpoint, requestId),
+    created: Math.floor(Date.now() / 1000),
+    model: request.model,
+  };
+  if (!request.stream) {
+    try {
+      const body = await collectBody(call.endpoint, who, tally, firstText, chunks, onChunk);
+      finish(undefined);
+      return { kind: 'json', headers, body };
+    } catch (err) {
+      finish(err);
+      await chunks.return?.();
+      throw err;
+    }
+  }
+  const events = sseEvents(
+    {
+      endpoint: call.endpoint,
+      who,
+      includeUsage: request.includeUsage,
+      onChunk,
+      onEnd: finish,
+      errorBody: errorEventBody,
+    },
+    tally,
+    firstText,
+    chunks,
+  );
+  return { kind: 'sse', headers, events };
+}
+
+function executionContext(
+  deps: PipelineDeps,
+  plan: ExecutionPlan,
+  admission: Admission,
+  signal: AbortSignal,
+): ExecutionContext {
+  const { config } = deps;
+  return {
+    signal,
+    client: deps.client,
+    metrics: deps.metrics,
+    maxAttempts: config.maxAttempts,
+    firstTokenTimeoutMs: config.firstTokenTimeoutMs,
+    streamIdleTimeoutMs: config.streamIdleTimeoutMs,
+    prefillWaitMs: config.prefillWaitMs,
+    rerouteDecode(exclude) {
+      // The overlaps read at routing time may be stale by now: read the index again.
+      plan.routing.overlaps = deps.fleet.overlaps(plan.routing.keys);
+      const decision = selectDecode(deps, plan.routing, exclude);
+      admission.moveDecode(decision);
+      return decision;
+    },
+    reroutePrefill(exclude) {
+      plan.routing.overlaps = deps.fleet.overlaps(plan.routing.keys);
+      let decision = null;
+      const candidates = deps.fleet.registry
+        .candidates(plan.routing.model, 'prefill')
+        .filter((w) => !exclude.has(w.id));
+      const d = deps.policy.select({
+        candidates,
+        promptTokens: plan.routing.promptTokens,
+        overlaps: plan.routing.overlaps,
+      });
+      if (d.outcome === 'selected') decision = d;
+      admission.movePrefill(decision);
+      return decision;
+    },
+    prefillDone: () => admission.prefillDone(),
+  };
+}

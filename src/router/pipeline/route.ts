@@ -1,0 +1,143 @@
+// The routing stages of the pipeline: parse -> tokenize -> hash -> match -> select. Each routing
+// phase is timed into `routing_decision_seconds{phase}`. `select` books nothing, so `/v1/route`
+// (explain) runs exactly these stages and stops.
+
+import { context, trace } from '@opentelemetry/api';
+import { KvrouteError } from '../../errors.js';
+import { type BlockKeys, localBlockKeys } from '../../kv-index/index.js';
+import type { ExecutionPlan, RoutingInput, WorkerDecision } from '../execute/types.js';
+import { type EndpointKind, type NormalizedRequest, parseInferenceRequest } from '../openai/request.js';
+import type { Worker } from '../registry/index.js';
+import { decisionError, type OverlapSource } from '../scheduling/index.js';
+import type { PipelineDeps } from './deps.js';
+
+const NS_PER_S = 1e9;
+
+function elapsedSeconds(start: bigint): number {
+  return Number(process.hrtime.bigint() - start) / NS_PER_S;
+}
+
+/** Validates the body; an unknown model is a 400, a router without any worker a 503. */
+export function parseStage(deps: PipelineDeps, body: unknown, endpoint: EndpointKind): NormalizedRequest {
+  const req = parseInferenceRequest(body, endpoint, deps.limits);
+  const { registry } = deps.fleet;
+  if (!registry.models().includes(req.model)) {
+    if (registry.size === 0) throw new KvrouteError('no_workers', 'no workers are registered');
+    throw new KvrouteError('model_not_found', `model '${req.model}' is not served by any worker`, {
+      param: 'model',
+    });
+  }
+  return req;
+}
+
+export async function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest): Promise<number[]> {
+  const start = process.hrtime.bigint();
+  const ids =
+    req.prompt.kind === 'tokens'
+      ? req.prompt.tokenIds
+      : Array.from(await deps.tokenizer.encode(req.prompt.text));
+  deps.metrics.routingPhase.tokenize.observe(elapsedSeconds(start));
+  if (ids.length === 0)
+    throw new KvrouteError('invalid_request', 'prompt has no tokens', { param: 'prompt' });
+  if (ids.length > deps.limits.maxPromptTokens) {
+    throw new KvrouteError(
+      'context_length_exceeded',
+      `prompt has ${ids.length} tokens, more than the limit of ${deps.limits.maxPromptTokens}`,
+      { param: 'prompt' },
+    );
+  }
+  return ids;
+}
+
+export function hashStage(deps: PipelineDeps, tokenIds: number[]): BlockKeys {
+  const start = process.hrtime.bigint();
+  const keys = localBlockKeys(tokenIds, deps.config.blockSize);
+  deps.metrics.routingPhase.hash.observe(elapsedSeconds(start));
+  return keys;
+}
+
+export function matchStage(deps: PipelineDeps, keys: BlockKeys): OverlapSource {
+  const start = process.hrtime.bigint();
+  const overlaps = deps.fleet.overlaps(keys);
+  deps.metrics.routingPhase.match.observe(elapsedSeconds(start));
+  return overlaps;
+}
+
+/** Chooses a decode worker among the model's decode-capable ones, avoiding `exclude`. Books nothing. */
+export function selectDecode(
+  deps: PipelineDeps,
+  routing: RoutingInput,
+  exclude?: ReadonlySet<string>,
+): WorkerDecision {
+  const start = process.hrtime.bigint();
+  let candidates: readonly Worker[] = deps.fleet.registry.candidates(routing.model, 'decode');
+  if (exclude && exclude.size > 0) candidates = candidates.filter((w) => !exclude.has(w.id));
+  const decision = deps.policy.select({
+    candidates,
+    promptTokens: routing.promptTokens,
+    outputTokens: routing.outputTokens,
+    overlaps: routing.overlaps,
+  });
+  deps.metrics.routingPhase.score.observe(elapsedSeconds(start));
+  if (decision.outcome !== 'selected') throw decisionError(decision, 'decode workers');
+  return decision;
+}
+
+export interface RoutedRequest {
+  request: NormalizedRequest;
+  plan: ExecutionPlan;
+}
+
+/**
+ * tokenize -> hash -> match -> select (decode, then the prefill planner), inside a
+ * `kv_find_best_match` span. Returns the plan; nothing is booked yet.
+ */
+export async function routeStage(
+  deps: PipelineDeps,
+  request: NormalizedRequest,
+  requestId: string,
+): Promise<ExecutionPlan> {
+  const tokenIds = await tokenizeStage(deps, request);
+  const span = deps.tracer.startSpan('kv_find_best_match');
+  try {
+    return context.with(trace.setSpan(context.active(), span), () => {
+      const keys = hashStage(deps, tokenIds);
+      const overlaps = matchStage(deps, keys);
+      const routing: RoutingInput = {
+        model: request.model,
+        tokenIds,
+        keys,
+        overlaps,
+        promptTokens: tokenIds.length,
+        outputTokens: request.maxTokens,
+      };
+      const decode = selectDecode(deps, routing);
+      const prefillChoice = deps.prefillPlanner?.choosePrefill(routing, decode) ?? {
+        prefill: null,
+        reason: 'aggregated',
+      };
+      span.setAttributes({
+        'kvroute.candidates': decode.candidateCount,
+        'kvroute.worker_id': decode.worker.id,
+        'kvroute.overlap_blocks': decode.chosen.overlapBlocks,
+        'kvroute.cost': decode.chosen.cost,
+        'kvroute.prompt_tokens': tokenIds.length,
+        ...(prefillChoice.prefill ? { 'kvroute.prefill_worker_id': prefillChoice.prefill.worker.id } : {}),
+      });
+      return {
+        requestId,
+        routing,
+        maxTokens: request.maxTokens,
+        stopTokenIds: request.stopTokenIds,
+        decode,
+        prefill: prefillChoice.prefill,
+        prefillReason: prefillChoice.reason,
+      };
+    });
+  } catch (err) {
+    span.recordException(err as Error);
+    throw err;
+  } finally {
+    span.end();
+  }
+}

@@ -1,0 +1,168 @@
+// The router service: one fastify app, one request-plane client, one fleet (registry + indexes +
+// KV-event subscriptions), one policy, one tokenizer, one metrics registry. `createRouter` builds
+// them; `listen()` starts serving; `close()` refuses new requests, ends open streams, stops the
+// fleet and releases threads and sockets. Used in-process by tests and benches and by the CLI.
+
+import type { FastifyInstance } from 'fastify';
+import { KvrouteError } from '../errors.js';
+import type { RadixIndex } from '../kv-index/index.js';
+import { RequestPlaneClient } from '../tcp/index.js';
+import { initTelemetry, type Telemetry } from '../telemetry/index.js';
+import { type RouterConfig, resolveRouterConfig } from './config.js';
+import { aggregatedExecutor } from './execute/aggregated.js';
+import { DisaggregatedExecutor } from './execute/disaggregated.js';
+import { KvPrefillPlanner } from './execute/prefill-planner.js';
+import type { Executor, PrefillPlanner } from './execute/types.js';
+import { Fleet } from './fleet/fleet.js';
+import { createApp } from './http/app.js';
+import { registerInferenceRoutes } from './http/inference.js';
+import { registerOpsRoutes } from './http/ops.js';
+import { registerWorkerRoutes } from './http/workers.js';
+import { RouterMetrics } from './metrics.js';
+import { DEFAULT_LIMITS } from './openai/request.js';
+import { InflightLimit } from './pipeline/admission.js';
+import type { PipelineDeps } from './pipeline/deps.js';
+import { WorkerRegistry } from './registry/index.js';
+import { createPolicy } from './scheduling/index.js';
+import { Tokenizer } from './tokenizer/index.js';
+
+export interface RouterService {
+  readonly app: FastifyInstance;
+  readonly config: RouterConfig;
+  /** Base URL once listening (`http://host:port`), else ''. */
+  readonly url: string;
+  listen(): Promise<string>;
+  close(): Promise<void>;
+  readonly registry: WorkerRegistry;
+  /** The KV-event fed index (workers in approximate mode live in `fleet.approx`). */
+  readonly index: RadixIndex;
+  readonly fleet: Fleet;
+  readonly metrics: RouterMetrics;
+  readonly telemetry: Telemetry;
+  /** Requests admitted and not finished. */
+  readonly inflight: InflightLimit;
+}
+
+/** Extension points for other areas (disaggregation); defaults run everything aggregated. */
+export interface RouterExtensions {
+  prefillPlanner?: PrefillPlanner;
+  disaggregatedExecutor?: Executor;
+  /** The router's telemetry (tests inject one with an in-memory exporter); default from OTEL_*. */
+  telemetry?: Telemetry;
+}
+
+export async function createRouter(
+  overrides: Partial<RouterConfig> = {},
+  extensions: RouterExtensions = {},
+): Promise<RouterService> {
+  const config = resolveRouterConfig(overrides);
+  const telemetry = extensions.telemetry ?? initTelemetry({ serviceName: 'kvroute-router' });
+  const registry = new WorkerRegistry({ blockSize: config.blockSize, leaseTtlMs: config.leaseTtlMs });
+  let fleet: Fleet | undefined;
+  const metrics = new RouterMetrics({
+    workers: () =>
+      registry.list().map((w) => ({
+        id: w.id,
+        activePrefillTokens: w.load.activePrefillTokens,
+        activeDecodeBlocks: w.load.activeDecodeBlocks,
+      })),
+    indexBlocks: () => fleet?.indexBlocks() ?? 0,
+  });
+  let closing = false;
+  const app = createApp({ config, metrics, tracer: telemetry.tracer, isClosing: () => closing });
+  const client = new RequestPlaneClient({ firstResponseTimeoutMs: config.firstTokenTimeoutMs });
+  fleet = new Fleet({ registry, client, metrics, log: app.log, approxTtlMs: config.approxTtlMs });
+  const tokenizer = new Tokenizer();
+  await tokenizer.warmup();
+  const policy = createPolicy({
+    policy: config.policy,
+    blockSize: config.blockSize,
+    overlapWeight: config.overlapWeight,
+    temperature: config.temperature,
+    busyPrefillTokens: config.busyPrefillTokens,
+    busyDecodeFraction: config.busyDecodeFraction,
+    ...(config.rng ? { rng: config.rng } : {}),
+  });
+  const pipeline: PipelineDeps = {
+    config,
+    limits: {
+      ...DEFAULT_LIMITS,
+      maxOutputTokens: config.maxOutputTokens,
+      maxPromptTokens: config.maxPromptTokens,
+    },
+    fleet,
+    policy,
+    tokenizer,
+    metrics,
+    tracer: telemetry.tracer,
+    client,
+    executors: {
+      aggregated: aggregatedExecutor,
+      // Disaggregation (docs/disaggregation.md) is always on: with no prefill worker it plans local.
+      disaggregated:
+        extensions.disaggregatedExecutor ??
+        new DisaggregatedExecutor({
+          tracer: telemetry.tracer,
+          local: aggregatedExecutor,
+          overlapped: config.overlappedPrefill,
+          enforceDisagg: config.enforceDisagg,
+        }),
+    },
+    prefillPlanner:
+      extensions.prefillPlanner ??
+      new KvPrefillPlanner({
+        registry,
+        policy,
+        tracer: telemetry.tracer,
+        metrics,
+        maxLocalPrefill: config.maxLocalPrefill,
+        enforceDisagg: config.enforceDisagg,
+      }),
+  };
+  const inflight = new InflightLimit(config.maxInflight);
+  const active = new Set<AbortController>();
+  registerOpsRoutes(app, fleet, metrics);
+  registerWorkerRoutes(app, fleet);
+  registerInferenceRoutes(app, { pipeline, limit: inflight, active });
+
+  let url = '';
+  let closed: Promise<void> | undefined;
+  const theFleet = fleet;
+  return {
+    app,
+    config,
+    get url() {
+      return url;
+    },
+    async listen() {
+      const address = await app.listen({ host: config.host, port: config.port });
+      const { port } = app.server.address() as { port: number };
+      const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+      url = `http://${host}:${port}`;
+      theFleet.start();
+      app.log.info({ event: 'listening', url, address }, 'router listening');
+      return url;
+    },
+    close() {
+      closed ??= (async () => {
+        closing = true;
+        const reason = new KvrouteError('shutting_down', 'the router is shutting down', {
+          retryAfterSeconds: 1,
+        });
+        for (const ac of active) ac.abort(reason);
+        await app.close();
+        await theFleet.close();
+        await client.close();
+        await tokenizer.close();
+        await telemetry.shutdown();
+      })();
+      return closed;
+    },
+    registry,
+    index: fleet.index,
+    fleet,
+    metrics,
+    telemetry,
+    inflight,
+  };
+}
