@@ -1,0 +1,310 @@
+// The disaggregated executor: runs a plan whose prompt is prefilled on a separate prefill worker.
+//
+// Sequential (default): the prefill leg runs as a SPAWNED task (detached from the HTTP handler's
+// promise chain, inside the request's trace context) sending `prefill` with max_tokens 1; its
+// answer (first token + kv_transfer) is handed to the decode worker's `generate`.
+// Overlapped (`--overlapped-prefill`): `generate` goes out at once with `await_kv_handoff`, the
+// prefill leg runs concurrently, and its answer travels to the decode worker as `kv_handoff`. Both
+// sides bound the wait by `prefillWaitMs`; when either leg fails, the other is cancelled.
+//
+// A prefill leg that fails before the handoff (connect_failed, remote_error, timeout, disconnect)
+// falls back to prefilling on the decode worker, counted in `kvroute_prefill_fallbacks_total` and
+// marked on the request's span — unless `--enforce-disagg`, which makes it a 502/504. In
+// overlapped mode a leg that does not answer within the bound fails the request (504): the decode
+// worker's own bound has run out too. Plans without a remote prefill go to the `local` executor.
+
+import { type Tracer, trace } from '@opentelemetry/api';
+import { KvrouteError } from '../../errors.js';
+import {
+  ENDPOINTS,
+  type GenerateChunk,
+  type GenerateRequest,
+  type KvHandoffRequest,
+  type PrefillRequest,
+  type PrefillResponse,
+} from '../../protocols/worker-plane.js';
+import { decodeJson, encodeJson } from '../../tcp/index.js';
+import { spawnInCurrentContext } from '../../telemetry/index.js';
+import {
+  enforcedDisaggError,
+  type FallbackReason,
+  fallbackReason,
+  reusedPromptTokens,
+} from '../disagg/index.js';
+import { generateBody } from './aggregated.js';
+import type { ExecutionContext, ExecutionPlan, Executor, WorkerDecision } from './types.js';
+import { callGenerate, failureKind, isRetryable, toClientError } from './worker-call.js';
+
+export interface DisaggregatedExecutorDeps {
+  /** The router's tracer (`telemetry.tracer`). */
+  tracer: Tracer;
+  /** Runs plans without a remote prefill, and the local fallback (the aggregated executor). */
+  local: Executor;
+  /** Start decode while prefill runs (`--overlapped-prefill`). */
+  overlapped: boolean;
+  /** A failed remote prefill fails the request instead of falling back (`--enforce-disagg`). */
+  enforceDisagg: boolean;
+}
+
+/** Span attributes and event names this executor writes (docs/disaggregation.md). */
+export const DISAGG_ATTR = {
+  prefillWorker: 'kvroute.prefill.worker_id',
+  fallback: 'kvroute.prefill.fallback',
+  fallbackEvent: 'prefill_fallback',
+} as const;
+
+export class DisaggregatedExecutor implements Executor {
+  constructor(private readonly deps: DisaggregatedExecutorDeps) {}
+
+  run(plan: ExecutionPlan, ctx: ExecutionContext): AsyncIterable<GenerateChunk> {
+    const prefill = plan.prefill;
+    if (!prefill) return this.deps.local.run(plan, ctx);
+    return this.deps.overlapped ? this.overlapped(plan, prefill, ctx) : this.sequential(plan, prefill, ctx);
+  }
+
+  private async *sequential(
+    plan: ExecutionPlan,
+    prefill: WorkerDecision,
+    ctx: ExecutionContext,
+  ): AsyncGenerator<GenerateChunk> {
+    let remote: PrefillResponse | null = null;
+    let failure: { reason: FallbackReason; err: unknown } | null = null;
+    try {
+      // Spawned: the prefill call does not hang off the handler's promise chain, but its spans
+      // are children of the request's (the context is captured here).
+      remote = await spawnInCurrentContext(() =>
+        this.remotePrefill(plan, prefill, ctx, ctx.signal, ctx.firstTokenTimeoutMs),
+      );
+    } catch (err) {
+      const reason = fallbackReason(err, ctx.signal.aborted);
+      if (reason === null) throw cancelled(err);
+      failure = { reason, err };
+    } finally {
+      ctx.prefillDone();
+    }
+    if (failure) {
+      this.fallBack(plan, prefill, failure.reason, failure.err, ctx);
+      yield* this.deps.local.run(plan, ctx);
+      return;
+    }
+    const handoff = remote as PrefillResponse;
+    yield* this.generate(
+      plan,
+      ctx,
+      { kv_transfer: handoff.kv_transfer, first_token: handoff.first_token },
+      handoff,
+    );
+  }
+
+  private async *overlapped(
+    plan: ExecutionPlan,
+    prefill: WorkerDecision,
+    ctx: ExecutionContext,
+  ): AsyncGenerator<GenerateChunk> {
+    const waitMs = ctx.prefillWaitMs;
+    const decodeAbort = new AbortController();
+    const prefillAbort = new AbortController();
+    const onCallerAbort = () => {
+      decodeAbort.abort();
+      prefillAbort.abort();
+    };
+    if (ctx.signal.aborted) throw new KvrouteError('client_closed', 'request was cancelled');
+    ctx.signal.addEventListener('abort', onCallerAbort, { once: true });
+    const decode = plan.decode.worker;
+    // What made the prefill side fail the request (it then cancels the decode leg).
+    let legError: KvrouteError | undefined;
+    let remote: PrefillResponse | null = null;
+    // The decode leg runs under its own signal (cancelled when the prefill side fails) and waits
+    // for its first chunk through the handoff bound plus the usual first-token bound.
+    const decodeCtx: ExecutionContext = {
+      ...ctx,
+      signal: decodeAbort.signal,
+      firstTokenTimeoutMs: waitMs + ctx.firstTokenTimeoutMs,
+    };
+    const chunks = this.generate(plan, decodeCtx, { await_kv_handoff: { timeout_ms: waitMs } }, () => remote);
+    // Starts the decode stream now (the request-plane client dials on the first next()).
+    const first = chunks.next();
+    first.catch(() => {});
+
+    const prefillSide = spawnInCurrentContext(async () => {
+      let handoff: KvHandoffRequest = { request_id: plan.requestId };
+      try {
+        // The router's side of the bound: the prefill answer is this call's first response.
+        remote = await this.remotePrefill(plan, prefill, ctx, prefillAbort.signal, waitMs);
+        handoff = {
+          request_id: plan.requestId,
+          prefill: { first_token: remote.first_token, kv_transfer: remote.kv_transfer },
+        };
+      } catch (err) {
+        const reason = fallbackReason(err, ctx.signal.aborted || prefillAbort.signal.aborted);
+        if (reason === null) return;
+        if (reason === 'timeout') {
+          legError = new KvrouteError(
+            'timeout',
+            `remote prefill on ${prefill.worker.id} did not answer within --prefill-wait-ms (${waitMs} ms)`,
+            { cause: err },
+          );
+        } else {
+          try {
+            this.fallBack(plan, prefill, reason, err, ctx);
+          } catch (enforced) {
+            legError = enforced as KvrouteError;
+          }
+        }
+        if (legError) {
+          decodeAbort.abort();
+          return;
+        }
+      } finally {
+        ctx.prefillDone();
+      }
+      try {
+        await ctx.client.unary(decode.address, ENDPOINTS.kvHandoff, encodeJson(handoff), {
+          requestId: plan.requestId,
+          signal: decodeAbort.signal,
+          firstResponseTimeoutMs: waitMs,
+        });
+      } catch (err) {
+        if (decodeAbort.signal.aborted) return;
+        legError = toClientError(err, decodeAbort.signal);
+        decodeAbort.abort();
+      }
+    });
+    prefillSide.catch(() => {});
+
+    try {
+      let result: IteratorResult<GenerateChunk>;
+      try {
+        result = await first;
+      } catch (err) {
+        throw legError ?? err;
+      }
+      while (!result.done) {
+        yield result.value;
+        try {
+          result = await chunks.next();
+        } catch (err) {
+          throw legError ?? err;
+        }
+      }
+    } finally {
+      ctx.signal.removeEventListener('abort', onCallerAbort);
+      // Whatever ended the stream (done, failure, the consumer stopping), the other leg stops too.
+      prefillAbort.abort();
+      decodeAbort.abort();
+      await chunks.return(undefined).catch(() => {});
+    }
+  }
+
+  /** One `prefill` call on the prefill worker, in its own `remote_prefill` span. */
+  private remotePrefill(
+    plan: ExecutionPlan,
+    prefill: WorkerDecision,
+    ctx: ExecutionContext,
+    signal: AbortSignal,
+    timeoutMs: number,
+  ): Promise<PrefillResponse> {
+    const worker = prefill.worker;
+    return this.deps.tracer.startActiveSpan(
+      'remote_prefill',
+      { attributes: { [DISAGG_ATTR.prefillWorker]: worker.id, 'kvroute.request_id': plan.requestId } },
+      async (span) => {
+        try {
+          const body: PrefillRequest = {
+            request_id: plan.requestId,
+            token_ids: plan.routing.tokenIds,
+            max_tokens: 1,
+          };
+          const answer = await ctx.client.unary(worker.address, ENDPOINTS.prefill, encodeJson(body), {
+            requestId: plan.requestId,
+            signal,
+            firstResponseTimeoutMs: timeoutMs,
+          });
+          const res = decodeJson<PrefillResponse>(answer);
+          if (typeof res?.first_token !== 'number' || typeof res.kv_transfer !== 'object') {
+            throw new KvrouteError('worker_error', `prefill worker ${worker.id} sent an invalid answer`);
+          }
+          span.setAttributes({
+            'kvroute.prefill.cached_tokens': res.cached_tokens,
+            'kvroute.prefill.transferred_blocks': res.kv_transfer.transferred_blocks,
+          });
+          return res;
+        } catch (err) {
+          span.recordException(err as Error);
+          span.setStatus({ code: 2, message: (err as Error).message });
+          throw err;
+        } finally {
+          span.end();
+        }
+      },
+    );
+  }
+
+  /**
+   * The remote leg failed before the handoff: count it, mark the request's span, and make the plan
+   * local — or, under --enforce-disagg, throw the 502/504 instead.
+   */
+  private fallBack(
+    plan: ExecutionPlan,
+    prefill: WorkerDecision,
+    reason: FallbackReason,
+    err: unknown,
+    ctx: ExecutionContext,
+  ): void {
+    if (this.deps.enforceDisagg) throw enforcedDisaggError(reason, prefill.worker.id, err);
+    ctx.metrics.prefillFallbacks.labels(reason).inc();
+    const span = trace.getActiveSpan();
+    span?.addEvent(DISAGG_ATTR.fallbackEvent, {
+      reason,
+      [DISAGG_ATTR.prefillWorker]: prefill.worker.id,
+      'exception.message': (err as Error)?.message ?? String(err),
+    });
+    span?.setAttribute(DISAGG_ATTR.fallback, reason);
+    plan.prefill = null;
+    plan.prefillReason = `fallback_${reason}`;
+  }
+
+  /**
+   * `generate` on the decode worker, retried on another decode worker (same kv_transfer: the blocks
+   * are named by hash) while nothing was received and the failure is safe to retry. The first
+   * chunk's cached_tokens is rewritten to what was reused (src/router/disagg/cached-tokens.ts): the
+   * transferred blocks are not reuse.
+   */
+  private async *generate(
+    plan: ExecutionPlan,
+    ctx: ExecutionContext,
+    extra: Partial<GenerateRequest>,
+    remote: PrefillResponse | null | (() => PrefillResponse | null),
+  ): AsyncGenerator<GenerateChunk> {
+    const body: GenerateRequest = { ...generateBody(plan), ...extra };
+    const failed = new Set<string>();
+    for (let attempt = 1; ; attempt++) {
+      const worker = plan.decode.worker;
+      let received = false;
+      try {
+        for await (const chunk of callGenerate(ctx, worker.address, body, plan.requestId)) {
+          if (!received && chunk.cached_tokens !== undefined) {
+            const prefilled = typeof remote === 'function' ? remote() : remote;
+            chunk.cached_tokens = reusedPromptTokens(prefilled, chunk.cached_tokens);
+          }
+          received = true;
+          yield chunk;
+        }
+        return;
+      } catch (err) {
+        // A waiting (overlapped) generate cannot move: its handoff is addressed to this worker.
+        const movable = body.await_kv_handoff === undefined;
+        if (received || !movable || ctx.signal.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
+          throw toClientError(err, ctx.signal);
+        }
+        ctx.metrics.retries.inc({ reason: failureKind(err) });
+        failed.add(worker.id);
+        ctx.rerouteDecode(failed);
+      }
+    }
+  }
+}
+
+function cancelled(cause: unknown): KvrouteError {
+  return new KvrouteError('client_closed', 'request was cancelled', { cause });
+}

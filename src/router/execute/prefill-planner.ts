@@ -1,0 +1,87 @@
+// The pipeline's prefill planner for a disaggregated fleet: after the decode worker is chosen, pick
+// the best prefill candidate KV-aware (span `kv_find_best_match` inside span `prefill_routing`) and
+// apply the conditional-disaggregation rules of src/router/disagg. Books nothing; records the
+// decision in `kvroute_disagg_decisions_total` only for requests that will run (not for /v1/route).
+
+import type { Tracer } from '@opentelemetry/api';
+import { decidePlacement } from '../disagg/index.js';
+import type { RouterMetrics } from '../metrics.js';
+import type { Worker, WorkerRegistry } from '../registry/index.js';
+import { decisionError, type RoutingPolicy } from '../scheduling/index.js';
+import type { PrefillPlanner, RoutingInput, WorkerDecision } from './types.js';
+
+export interface PrefillPlannerDeps {
+  registry: WorkerRegistry;
+  policy: RoutingPolicy;
+  tracer: Tracer;
+  metrics: RouterMetrics;
+  maxLocalPrefill: number;
+  /** Prefill on a prefill worker whenever one is registered (no short-prompt rules; all busy = 503). */
+  enforceDisagg: boolean;
+}
+
+export interface PlannedPrefill {
+  prefill: WorkerDecision | null;
+  reason: string;
+}
+
+export class KvPrefillPlanner implements PrefillPlanner {
+  constructor(private readonly deps: PrefillPlannerDeps) {}
+
+  /** For a request that runs: plans and counts the decision. */
+  choosePrefill(routing: RoutingInput, decode: WorkerDecision): PlannedPrefill {
+    const planned = this.explain(routing, decode);
+    this.deps.metrics.disaggDecisions.labels(planned.prefill ? 'remote' : 'local', planned.reason).inc();
+    return planned;
+  }
+
+  /** Plans without counting (for /v1/route). Throws 503 under --enforce-disagg when every prefill worker is busy. */
+  explain(routing: RoutingInput, decode: WorkerDecision): PlannedPrefill {
+    const { tracer, registry, policy, maxLocalPrefill, enforceDisagg } = this.deps;
+    return tracer.startActiveSpan('prefill_routing', (span) => {
+      try {
+        const candidates = registry.candidates(routing.model, 'prefill');
+        const prefill = tracer.startActiveSpan('kv_find_best_match', (match) => {
+          const d = policy.select<Worker>({
+            candidates,
+            promptTokens: routing.promptTokens,
+            overlaps: routing.overlaps,
+          });
+          match.setAttributes({
+            'kvroute.phase': 'prefill',
+            'kvroute.candidates': d.candidateCount,
+            'kvroute.outcome': d.outcome,
+          });
+          if (d.outcome === 'selected') {
+            match.setAttributes({
+              'kvroute.worker_id': d.worker.id,
+              'kvroute.overlap_blocks': d.chosen.overlapBlocks,
+              'kvroute.cost': d.chosen.cost,
+            });
+          }
+          match.end();
+          return d;
+        });
+        const placement = decidePlacement({ prefill, decode, maxLocalPrefill });
+        let chosen: WorkerDecision | null = placement.prefill;
+        let reason: string = placement.reason;
+        if (enforceDisagg && placement.placement === 'local') {
+          if (prefill.outcome === 'overloaded') throw decisionError(prefill);
+          if (prefill.outcome === 'selected' && placement.reason !== 'same_worker') {
+            // The short-prompt rules are what --enforce-disagg switches off.
+            chosen = prefill;
+            reason = 'enforced';
+          }
+        }
+        span.setAttributes({
+          'kvroute.prefill.placement': chosen ? 'remote' : 'local',
+          'kvroute.prefill.reason': reason,
+          ...(chosen ? { 'kvroute.prefill.worker_id': chosen.worker.id } : {}),
+        });
+        return { prefill: chosen, reason };
+      } finally {
+        span.end();
+      }
+    });
+  }
+}
