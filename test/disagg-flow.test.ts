@@ -1,0 +1,167 @@
+// Disaggregated prefill/decode against real processes: an in-process router (with an in-memory
+// span exporter) and compiled `kvroute worker` children (run `npm run build` first).
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import type { LoadReport } from '../src/protocols/worker-plane.js';
+import type { WorkerStats } from '../src/worker/stats.js';
+import {
+  closePlane,
+  completion,
+  metricValue,
+  prompt,
+  spawnWorker,
+  startRouter,
+  type TestRouter,
+  type TestWorker,
+  waitFor,
+  workerCall,
+} from './disagg-helpers.js';
+
+let r: TestRouter;
+let prefill: TestWorker;
+let decode: TestWorker;
+
+before(async () => {
+  r = await startRouter({ maxLocalPrefill: 64 }, true);
+  [prefill, decode] = await Promise.all([
+    spawnWorker(r, 'prefill', ['--speedup', '20', '--kv-blocks', '512']),
+    spawnWorker(r, 'decode', ['--speedup', '20', '--kv-blocks', '512']),
+  ]);
+});
+
+after(async () => {
+  await Promise.all([prefill?.proc.stop(), decode?.proc.stop()]);
+  await r?.router.close();
+  await closePlane();
+});
+
+async function route(
+  tokens: number[],
+): Promise<{
+  prefill: { workerId: string } | null;
+  prefill_reason: string;
+  decode: { workerId: string; overlapBlocks: number };
+}> {
+  const res = await fetch(`${r.url}/v1/route`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'mock-llm', prompt: tokens, max_tokens: 4 }),
+  });
+  assert.equal(res.status, 200);
+  return (await res.json()) as never;
+}
+
+test('a long prompt is prefilled on the prefill worker and decoded on the decode worker without recomputing the transferred blocks', async () => {
+  const tokens = prompt(200, 1); // 12 full blocks + 8 tokens
+  const before = await workerCall<WorkerStats>(decode.address, 'stats');
+  const prefillBefore = await workerCall<WorkerStats>(prefill.address, 'stats');
+  const remoteBefore = await metricValue(r, 'kvroute_disagg_decisions_total', {
+    decision: 'remote',
+    reason: 'long_prompt',
+  });
+
+  const res = await completion(r, { prompt: tokens, max_tokens: 4 });
+  assert.equal(res.status, 200, await res.clone().text());
+  assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id);
+  assert.equal(res.headers.get('x-kvroute-decode-worker'), decode.id);
+  const body = (await res.json()) as {
+    usage: {
+      prompt_tokens: number;
+      completion_tokens: number;
+      prompt_tokens_details: { cached_tokens: number };
+    };
+  };
+  assert.equal(body.usage.prompt_tokens, 200);
+  assert.equal(body.usage.completion_tokens, 4);
+  // Nothing was in any cache: the transferred blocks are not reuse.
+  assert.equal(body.usage.prompt_tokens_details.cached_tokens, 0);
+
+  const after = await workerCall<WorkerStats>(decode.address, 'stats');
+  const prefillAfter = await workerCall<WorkerStats>(prefill.address, 'stats');
+  assert.equal(prefillAfter.computed_tokens - prefillBefore.computed_tokens, 200);
+  assert.equal(after.transferred_tokens - before.transferred_tokens, 192);
+  assert.equal(
+    after.computed_tokens - before.computed_tokens,
+    8,
+    'only the partial tail is computed on decode',
+  );
+  assert.equal(
+    await metricValue(r, 'kvroute_disagg_decisions_total', { decision: 'remote', reason: 'long_prompt' }),
+    remoteBefore + 1,
+  );
+  // Both legs' bookings are released.
+  await waitFor(() => r.router.registry.load.size === 0);
+
+  // Once both workers' KV events reach the router, the prompt is mostly cached everywhere: it stays
+  // on decode, and what is reported as reused is decode's own hits.
+  const again = await waitFor(async () => {
+    const e = await route(tokens);
+    return e.decode.overlapBlocks === 12 && e;
+  });
+  assert.equal(again.prefill, null);
+  assert.equal(again.prefill_reason, 'short_prompt');
+  const res2 = await completion(r, { prompt: tokens, max_tokens: 4 });
+  assert.equal(res2.headers.get('x-kvroute-prefill-worker'), null);
+  const body2 = (await res2.json()) as typeof body;
+  assert.equal(body2.usage.prompt_tokens_details.cached_tokens, 192);
+});
+
+test('a short prompt is prefilled locally on the decode worker; /v1/route says why', async () => {
+  const tokens = prompt(30, 2);
+  const explained = await route(tokens);
+  assert.equal(explained.prefill, null);
+  assert.equal(explained.prefill_reason, 'short_prompt');
+  assert.equal(explained.decode.workerId, decode.id);
+
+  const before = await workerCall<WorkerStats>(decode.address, 'stats');
+  const localBefore = await metricValue(r, 'kvroute_disagg_decisions_total', {
+    decision: 'local',
+    reason: 'short_prompt',
+  });
+  const res = await completion(r, { prompt: tokens, max_tokens: 3 });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('x-kvroute-prefill-worker'), null);
+  assert.equal(res.headers.get('x-kvroute-decode-worker'), decode.id);
+  await res.json();
+  const after = await workerCall<WorkerStats>(decode.address, 'stats');
+  assert.equal(after.computed_tokens - before.computed_tokens, 30);
+  assert.equal(after.transferred_tokens, before.transferred_tokens);
+  assert.equal(
+    await metricValue(r, 'kvroute_disagg_decisions_total', { decision: 'local', reason: 'short_prompt' }),
+    localBefore + 1,
+  );
+});
+
+test('the spawned prefill task runs inside the request trace: remote_prefill is a child of http-request', async () => {
+  r.exporter.reset();
+  const res = await completion(r, { prompt: prompt(300, 3), max_tokens: 2, stream: true });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id);
+  assert.match(await res.text(), /data: \[DONE\]/);
+  const spans = await waitFor(() => {
+    const s = r.exporter.getFinishedSpans();
+    return s.some((x) => x.name === 'http-request') && s;
+  });
+  const byName = (name: string) => spans.filter((s) => s.name === name);
+  const [http] = byName('http-request');
+  const [remote] = byName('remote_prefill');
+  const [prefillRouting] = byName('prefill_routing');
+  assert.ok(http && remote && prefillRouting, spans.map((s) => s.name).join(','));
+  const traceId = http.spanContext().traceId;
+  assert.equal(remote.spanContext().traceId, traceId);
+  assert.equal(remote.parentSpanContext?.spanId, http.spanContext().spanId);
+  assert.equal(remote.attributes['kvroute.prefill.worker_id'], prefill.id);
+  // prefill_routing holds the prefill candidate's kv_find_best_match.
+  const inner = byName('kv_find_best_match').find(
+    (s) => s.parentSpanContext?.spanId === prefillRouting.spanContext().spanId,
+  );
+  assert.ok(inner, 'kv_find_best_match inside prefill_routing');
+  assert.equal(inner.attributes['kvroute.worker_id'], prefill.id);
+  assert.equal(prefillRouting.spanContext().traceId, traceId);
+});
+
+test('a decode worker answers `load` with nothing active after the flows above', async () => {
+  const load = await workerCall<LoadReport>(decode.address, 'load');
+  assert.equal(load.running + load.waiting, 0);
+});
