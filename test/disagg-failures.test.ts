@@ -1,0 +1,171 @@
+// Disaggregation when things go wrong, against real processes: a client cancelling mid-prefill, a
+// prefill worker killed mid-prefill (local fallback), and overlapped mode with a prefill leg that
+// never answers (bounded failure). Run `npm run build` first.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { LoadReport } from '../src/protocols/worker-plane.js';
+import { encodeJson, RequestPlaneServer } from '../src/tcp/index.js';
+import type { WorkerStats } from '../src/worker/stats.js';
+import {
+  closePlane,
+  completion,
+  metricValue,
+  prompt,
+  spawnWorker,
+  startRouter,
+  type TestRouter,
+  type TestWorker,
+  waitFor,
+  workerCall,
+} from './disagg-helpers.js';
+
+after(closePlane);
+
+/** True once neither the router's bookings nor the worker's engine hold anything. */
+async function idle(r: TestRouter, ...workers: TestWorker[]): Promise<boolean> {
+  if (r.router.registry.load.size !== 0) return false;
+  for (const w of workers) {
+    const booked = r.router.registry.load.loadOf(w.id);
+    if (
+      booked &&
+      (booked.activePrefillTokens !== 0 || booked.activeDecodeBlocks !== 0 || booked.activeRequests !== 0)
+    )
+      return false;
+    const load = await workerCall<LoadReport>(w.address, 'load');
+    if (load.running + load.waiting !== 0 || load.active_prefill_tokens !== 0) return false;
+  }
+  return true;
+}
+
+/** Resolves once the worker's engine is running a request (its prefill has started). */
+function running(w: TestWorker): Promise<LoadReport> {
+  return waitFor(async () => {
+    const load = await workerCall<LoadReport>(w.address, 'load');
+    return load.running > 0 && load;
+  });
+}
+
+describe('sequential mode with a slow prefill worker', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let decode: TestWorker;
+
+  before(async () => {
+    r = await startRouter({ maxLocalPrefill: 64 });
+    // 400 uncached tokens at speedup 0.01 take ~2.3 s to prefill: long enough to act mid-prefill.
+    [prefill, decode] = await Promise.all([
+      spawnWorker(r, 'prefill', ['--speedup', '0.01']),
+      spawnWorker(r, 'decode', ['--speedup', '20']),
+    ]);
+  });
+
+  after(async () => {
+    prefill?.proc.child.kill('SIGKILL');
+    await decode?.proc.stop();
+    await r?.router.close();
+  });
+
+  test('a client cancelling mid-prefill leaves no load booked on the router or active on either worker', async () => {
+    const ac = new AbortController();
+    const pending = completion(r, { prompt: prompt(400, 11), max_tokens: 8 }, ac.signal);
+    pending.catch(() => {});
+    await running(prefill);
+    // Booked while the prefill runs: the prefill worker's tokens and the decode worker's blocks.
+    assert.ok(r.router.registry.load.loadOf(prefill.id)!.activePrefillTokens > 0);
+    assert.ok(r.router.registry.load.loadOf(decode.id)!.activeDecodeBlocks > 0);
+    ac.abort();
+    await assert.rejects(pending);
+    await waitFor(() => idle(r, prefill, decode));
+    const stats = await workerCall<WorkerStats>(prefill.address, 'stats');
+    assert.equal(stats.cancelled, 1, 'the prefill was cancelled on the worker, not run to the end');
+  });
+
+  test('a prefill worker killed mid-prefill: the request completes through local prefill and the fallback is counted', async () => {
+    const before = await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'disconnect' });
+    const decodeBefore = await workerCall<WorkerStats>(decode.address, 'stats');
+    const pending = completion(r, { prompt: prompt(400, 12), max_tokens: 4 });
+    await running(prefill);
+    prefill.proc.child.kill('SIGKILL');
+    const res = await pending;
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal(res.headers.get('x-kvroute-decode-worker'), decode.id);
+    assert.equal(res.headers.get('x-kvroute-prefill-worker'), null, 'prefill ended up local');
+    const body = (await res.json()) as { usage: { completion_tokens: number } };
+    assert.equal(body.usage.completion_tokens, 4);
+    assert.equal(
+      await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'disconnect' }),
+      before + 1,
+    );
+    const decodeAfter = await workerCall<WorkerStats>(decode.address, 'stats');
+    assert.equal(decodeAfter.computed_tokens - decodeBefore.computed_tokens, 400);
+    assert.equal(decodeAfter.transferred_tokens, decodeBefore.transferred_tokens);
+    await waitFor(() => r.router.registry.load.size === 0);
+  });
+});
+
+describe('overlapped mode', () => {
+  const WAIT_MS = 400;
+  let r: TestRouter;
+  let decode: TestWorker;
+  let prefill: TestWorker | undefined;
+  // A prefill worker that accepts `prefill` and never answers (until cancelled).
+  const silent = new RequestPlaneServer().handle(
+    'prefill',
+    (req) =>
+      new Promise<Uint8Array>((_, reject) =>
+        req.signal.addEventListener('abort', () => reject(new Error('cancelled'))),
+      ),
+  );
+  let silentId = '';
+
+  before(async () => {
+    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, prefillWaitMs: WAIT_MS });
+    decode = await spawnWorker(r, 'decode', ['--speedup', '20']);
+    await silent.listen(0);
+    const res = await fetch(`${r.url}/v1/workers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        role: 'prefill',
+        address: silent.address,
+        model: 'mock-llm',
+        block_size: 16,
+        kv_blocks: 1024,
+        max_batched_tokens: 8192,
+      }),
+    });
+    assert.equal(res.status, 201);
+    silentId = ((await res.json()) as { worker_id: string }).worker_id;
+  });
+
+  after(async () => {
+    await Promise.all([decode?.proc.stop(), prefill?.proc.stop()]);
+    await silent.close({ deadlineMs: 100 });
+    await r?.router.close();
+  });
+
+  test('a prefill leg that never answers fails the request with 504 within --prefill-wait-ms, and decode is released', async () => {
+    const res = await completion(r, { prompt: prompt(300, 21), max_tokens: 4 });
+    assert.equal(res.status, 504);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    assert.equal(body.error.code, 'timeout');
+    assert.match(body.error.message, /prefill/);
+    await waitFor(() => idle(r, decode));
+  });
+
+  test('with a real prefill worker, decode starts at once and takes the KV through kv_handoff', async () => {
+    await fetch(`${r.url}/v1/workers/${silentId}`, { method: 'DELETE' });
+    prefill = await spawnWorker(r, 'prefill', ['--speedup', '20']);
+    const before = await workerCall<WorkerStats>(decode.address, 'stats');
+    const res = await completion(r, { prompt: prompt(300, 22), max_tokens: 4, stream: true });
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id);
+    assert.equal(res.headers.get('x-kvroute-decode-worker'), decode.id);
+    assert.match(await res.text(), /data: \[DONE\]/);
+    const after = await workerCall<WorkerStats>(decode.address, 'stats');
+    assert.equal(after.transferred_tokens - before.transferred_tokens, 288);
+    assert.equal(after.computed_tokens - before.computed_tokens, 12);
+    await waitFor(() => idle(r, decode, prefill!));
+  });
+});
