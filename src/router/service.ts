@@ -70,7 +70,10 @@ export async function createRouter(
   });
   let closing = false;
   const app = createApp({ config, metrics, tracer: telemetry.tracer, isClosing: () => closing });
-  const client = new RequestPlaneClient({ firstResponseTimeoutMs: config.firstTokenTimeoutMs });
+  const client = new RequestPlaneClient({
+    firstResponseTimeoutMs: config.firstTokenTimeoutMs,
+    tracer: telemetry.tracer,
+  });
   fleet = new Fleet({ registry, client, metrics, log: app.log, approxTtlMs: config.approxTtlMs });
   const tokenizer = new Tokenizer();
   await tokenizer.warmup();

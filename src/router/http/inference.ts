@@ -39,6 +39,7 @@ export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRou
         endpoint,
         signal: ac.signal,
         arrivedAt,
+        requestId: request.id,
       }),
     );
     reply.headers(result.headers);

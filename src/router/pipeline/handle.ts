@@ -23,6 +23,8 @@ export interface InferenceCall {
   signal: AbortSignal;
   /** Arrival time (performance.now ms) for TTFT. */
   arrivedAt: number;
+  /** The HTTP request's x-request-id: sent to every worker hop (frame header, span attribute). */
+  requestId?: string;
 }
 
 export type InferenceResult =
@@ -41,7 +43,7 @@ export async function handleInference(
   call: InferenceCall,
 ): Promise<InferenceResult> {
   const request = parseStage(deps, call.body, call.endpoint);
-  const requestId = randomUUID();
+  const requestId = call.requestId ?? randomUUID();
   const plan = await routeStage(deps, request, requestId);
   const admission = Admission.admit(deps.fleet, limit, plan);
   const span = trace.getActiveSpan();

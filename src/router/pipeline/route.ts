@@ -98,6 +98,7 @@ export async function routeStage(
   requestId: string,
 ): Promise<ExecutionPlan> {
   const tokenIds = await tokenizeStage(deps, request);
+  const outer = context.active();
   const span = deps.tracer.startSpan('kv_find_best_match');
   try {
     return context.with(trace.setSpan(context.active(), span), () => {
@@ -112,7 +113,10 @@ export async function routeStage(
         outputTokens: request.maxTokens,
       };
       const decode = selectDecode(deps, routing);
-      const prefillChoice = deps.prefillPlanner?.choosePrefill(routing, decode) ?? {
+      // prefill_routing is a sibling of this span under http-request, not its child.
+      const prefillChoice = context.with(outer, () =>
+        deps.prefillPlanner?.choosePrefill(routing, decode),
+      ) ?? {
         prefill: null,
         reason: 'aggregated',
       };
