@@ -52,7 +52,7 @@ describe('sequential mode with a slow prefill worker', () => {
   let decode: TestWorker;
 
   before(async () => {
-    r = await startRouter({ maxLocalPrefill: 64 });
+    r = await startRouter({ maxLocalPrefill: 64 }, true);
     // 400 uncached tokens at speedup 0.01 take ~2.3 s to prefill: long enough to act mid-prefill.
     [prefill, decode] = await Promise.all([
       spawnWorker(r, 'prefill', ['--speedup', '0.01']),
@@ -101,6 +101,77 @@ describe('sequential mode with a slow prefill worker', () => {
     assert.equal(decodeAfter.computed_tokens - decodeBefore.computed_tokens, 400);
     assert.equal(decodeAfter.transferred_tokens, decodeBefore.transferred_tokens);
     await waitFor(() => r.router.registry.load.size === 0);
+    // Marked on the request's span: an event and an attribute naming the reason.
+    const http = await waitFor(() =>
+      r.exporter
+        .getFinishedSpans()
+        .find((s) => s.name === 'http-request' && s.attributes['kvroute.prefill.fallback']),
+    );
+    assert.equal(http.attributes['kvroute.prefill.fallback'], 'disconnect');
+    const event = http.events.find((e) => e.name === 'prefill_fallback');
+    assert.equal(event?.attributes?.['kvroute.prefill.worker_id'], prefill.id);
+  });
+});
+
+/** A prefill worker that answers every `prefill` with an error. */
+function failingPrefill(): RequestPlaneServer {
+  return new RequestPlaneServer().handle('prefill', async () => {
+    throw new Error('prefill stand-in fails on purpose');
+  });
+}
+
+/** Registers a stand-in request-plane server as a prefill worker (no KV events); returns its id. */
+async function registerStandIn(r: TestRouter, address: string): Promise<string> {
+  const res = await fetch(`${r.url}/v1/workers`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      role: 'prefill',
+      address,
+      model: 'mock-llm',
+      block_size: 16,
+      kv_blocks: 1024,
+      max_batched_tokens: 8192,
+    }),
+  });
+  assert.equal(res.status, 201);
+  return ((await res.json()) as { worker_id: string }).worker_id;
+}
+
+describe('--enforce-disagg', () => {
+  let r: TestRouter;
+  let decode: TestWorker;
+  const failing = failingPrefill();
+
+  before(async () => {
+    await failing.listen(0);
+    r = await startRouter({ maxLocalPrefill: 64, enforceDisagg: true });
+    decode = await spawnWorker(r, 'decode', ['--speedup', '20']);
+    await registerStandIn(r, failing.address);
+  });
+
+  after(async () => {
+    await decode?.proc.stop();
+    await r?.router.close();
+    await failing.close({ deadlineMs: 100 });
+  });
+
+  test('a failed remote prefill is a 502, not a local fallback; even a short prompt goes remote', async () => {
+    const fallbacks = await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'remote_error' });
+    const res = await completion(r, { prompt: prompt(20, 31), max_tokens: 2 });
+    assert.equal(res.status, 502);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    assert.equal(body.error.code, 'worker_error');
+    assert.match(body.error.message, /enforce-disagg/);
+    assert.equal(
+      await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'remote_error' }),
+      fallbacks,
+    );
+    assert.equal(
+      await metricValue(r, 'kvroute_disagg_decisions_total', { decision: 'remote', reason: 'enforced' }),
+      1,
+    );
+    await waitFor(() => idle(r, decode));
   });
 });
 
@@ -118,30 +189,18 @@ describe('overlapped mode', () => {
       ),
   );
   let silentId = '';
+  const failing = failingPrefill();
 
   before(async () => {
     r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, prefillWaitMs: WAIT_MS });
     decode = await spawnWorker(r, 'decode', ['--speedup', '20']);
-    await silent.listen(0);
-    const res = await fetch(`${r.url}/v1/workers`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        role: 'prefill',
-        address: silent.address,
-        model: 'mock-llm',
-        block_size: 16,
-        kv_blocks: 1024,
-        max_batched_tokens: 8192,
-      }),
-    });
-    assert.equal(res.status, 201);
-    silentId = ((await res.json()) as { worker_id: string }).worker_id;
+    await Promise.all([silent.listen(0), failing.listen(0)]);
+    silentId = await registerStandIn(r, silent.address);
   });
 
   after(async () => {
     await Promise.all([decode?.proc.stop(), prefill?.proc.stop()]);
-    await silent.close({ deadlineMs: 100 });
+    await Promise.all([silent.close({ deadlineMs: 100 }), failing.close({ deadlineMs: 100 })]);
     await r?.router.close();
   });
 
@@ -154,8 +213,26 @@ describe('overlapped mode', () => {
     await waitFor(() => idle(r, decode));
   });
 
-  test('with a real prefill worker, decode starts at once and takes the KV through kv_handoff', async () => {
+  test('a prefill leg that fails at once falls back: the waiting decode is told to prefill locally', async () => {
     await fetch(`${r.url}/v1/workers/${silentId}`, { method: 'DELETE' });
+    const failingId = await registerStandIn(r, failing.address);
+    const before = await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'remote_error' });
+    const decodeBefore = await workerCall<WorkerStats>(decode.address, 'stats');
+    const res = await completion(r, { prompt: prompt(300, 23), max_tokens: 4 });
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal(res.headers.get('x-kvroute-prefill-worker'), null);
+    await res.json();
+    assert.equal(
+      await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'remote_error' }),
+      before + 1,
+    );
+    const decodeAfter = await workerCall<WorkerStats>(decode.address, 'stats');
+    assert.equal(decodeAfter.computed_tokens - decodeBefore.computed_tokens, 300);
+    await fetch(`${r.url}/v1/workers/${failingId}`, { method: 'DELETE' });
+    await waitFor(() => idle(r, decode));
+  });
+
+  test('with a real prefill worker, decode starts at once and takes the KV through kv_handoff', async () => {
     prefill = await spawnWorker(r, 'prefill', ['--speedup', '20']);
     const before = await workerCall<WorkerStats>(decode.address, 'stats');
     const res = await completion(r, { prompt: prompt(300, 22), max_tokens: 4, stream: true });

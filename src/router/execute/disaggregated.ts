@@ -23,7 +23,7 @@ import {
   type PrefillRequest,
   type PrefillResponse,
 } from '../../protocols/worker-plane.js';
-import { decodeJson, encodeJson } from '../../tcp/index.js';
+import { decodeJson, encodeJson, isTransportError } from '../../tcp/index.js';
 import { spawnInCurrentContext } from '../../telemetry/index.js';
 import {
   enforcedDisaggError,
@@ -105,8 +105,9 @@ export class DisaggregatedExecutor implements Executor {
     const decodeAbort = new AbortController();
     const prefillAbort = new AbortController();
     const onCallerAbort = () => {
-      decodeAbort.abort();
-      prefillAbort.abort();
+      // Keep the router's reason (client gone, shutting down) so the client sees it.
+      decodeAbort.abort(ctx.signal.reason);
+      prefillAbort.abort(ctx.signal.reason);
     };
     if (ctx.signal.aborted) throw new KvrouteError('client_closed', 'request was cancelled');
     ctx.signal.addEventListener('abort', onCallerAbort, { once: true });
@@ -160,7 +161,7 @@ export class DisaggregatedExecutor implements Executor {
       }
       try {
         await ctx.client.unary(decode.address, ENDPOINTS.kvHandoff, encodeJson(handoff), {
-          requestId: plan.requestId,
+          requestId: plan.httpRequestId,
           signal: decodeAbort.signal,
           firstResponseTimeoutMs: waitMs,
         });
@@ -177,14 +178,14 @@ export class DisaggregatedExecutor implements Executor {
       try {
         result = await first;
       } catch (err) {
-        throw legError ?? err;
+        throw legError ?? handoffTimeout(err, waitMs);
       }
       while (!result.done) {
         yield result.value;
         try {
           result = await chunks.next();
         } catch (err) {
-          throw legError ?? err;
+          throw legError ?? handoffTimeout(err, waitMs);
         }
       }
     } finally {
@@ -207,7 +208,7 @@ export class DisaggregatedExecutor implements Executor {
     const worker = prefill.worker;
     return this.deps.tracer.startActiveSpan(
       'remote_prefill',
-      { attributes: { [DISAGG_ATTR.prefillWorker]: worker.id, 'kvroute.request_id': plan.requestId } },
+      { attributes: { [DISAGG_ATTR.prefillWorker]: worker.id, 'kvroute.request_id': plan.httpRequestId } },
       async (span) => {
         try {
           const body: PrefillRequest = {
@@ -216,7 +217,7 @@ export class DisaggregatedExecutor implements Executor {
             max_tokens: 1,
           };
           const answer = await ctx.client.unary(worker.address, ENDPOINTS.prefill, encodeJson(body), {
-            requestId: plan.requestId,
+            requestId: plan.httpRequestId,
             signal,
             firstResponseTimeoutMs: timeoutMs,
           });
@@ -282,7 +283,7 @@ export class DisaggregatedExecutor implements Executor {
       const worker = plan.decode.worker;
       let received = false;
       try {
-        for await (const chunk of callGenerate(ctx, worker.address, body, plan.requestId)) {
+        for await (const chunk of callGenerate(ctx, worker.address, body, plan.httpRequestId)) {
           if (!received && chunk.cached_tokens !== undefined) {
             const prefilled = typeof remote === 'function' ? remote() : remote;
             chunk.cached_tokens = reusedPromptTokens(prefilled, chunk.cached_tokens);
@@ -303,6 +304,22 @@ export class DisaggregatedExecutor implements Executor {
       }
     }
   }
+}
+
+/**
+ * The decode worker's own bound on the handoff may fire before the router's (both are
+ * `prefillWaitMs`): its `timeout` answer is the same 504, not a generic worker failure.
+ */
+function handoffTimeout(err: unknown, waitMs: number): unknown {
+  const cause = err instanceof KvrouteError ? err.cause : err;
+  if (isTransportError(cause) && cause.kind === 'remote_error' && cause.remoteCode === 'timeout') {
+    return new KvrouteError(
+      'timeout',
+      `the decode worker got no KV handoff from remote prefill within --prefill-wait-ms (${waitMs} ms)`,
+      { cause },
+    );
+  }
+  return err;
 }
 
 function cancelled(cause: unknown): KvrouteError {
