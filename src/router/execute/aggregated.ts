@@ -24,7 +24,7 @@ export const aggregatedExecutor: Executor = {
       const worker = plan.decode.worker;
       let received = false;
       try {
-        for await (const chunk of callGenerate(ctx, worker.address, body, plan.requestId)) {
+        for await (const chunk of callGenerate(ctx, worker.address, body, plan.httpRequestId)) {
           received = true;
           yield chunk;
         }
@@ -33,9 +33,14 @@ export const aggregatedExecutor: Executor = {
         if (received || ctx.signal.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
           throw toClientError(err, ctx.signal);
         }
-        ctx.metrics.retries.inc({ reason: failureKind(err) });
         failed.add(worker.id);
-        ctx.rerouteDecode(failed); // throws 503 when no other worker can take it
+        try {
+          ctx.rerouteDecode(failed);
+        } catch {
+          // No other worker can take it: the client hears about the failure itself.
+          throw toClientError(err, ctx.signal);
+        }
+        ctx.metrics.retries.inc({ reason: failureKind(err) });
       }
     }
   },

@@ -30,8 +30,10 @@ export interface RoutingInput {
 
 /** Where a request runs. Open for extension: executors read only what they need. */
 export interface ExecutionPlan {
-  /** The router's own request id (booking key, request-plane `x-request-id`). Unique per process. */
+  /** The router's own id: booking key and the workers' `request_id`. Unique (a UUID). */
   requestId: string;
+  /** The caller's `x-request-id` (or a generated one): the frame header on every worker hop, logs, spans. */
+  httpRequestId: string;
   routing: RoutingInput;
   maxTokens: number;
   stopTokenIds: number[];

@@ -43,8 +43,9 @@ export async function handleInference(
   call: InferenceCall,
 ): Promise<InferenceResult> {
   const request = parseStage(deps, call.body, call.endpoint);
-  const requestId = call.requestId ?? randomUUID();
-  const plan = await routeStage(deps, request, requestId);
+  // Bookings and worker request ids need a unique key; a client may reuse its x-request-id.
+  const requestId = randomUUID();
+  const plan = await routeStage(deps, request, requestId, call.requestId ?? requestId);
   const admission = Admission.admit(deps.fleet, limit, plan);
   const span = trace.getActiveSpan();
   const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream());

@@ -96,6 +96,7 @@ export async function routeStage(
   deps: PipelineDeps,
   request: NormalizedRequest,
   requestId: string,
+  httpRequestId: string = requestId,
 ): Promise<ExecutionPlan> {
   const tokenIds = await tokenizeStage(deps, request);
   const outer = context.active();
@@ -130,6 +131,7 @@ export async function routeStage(
       });
       return {
         requestId,
+        httpRequestId,
         routing,
         maxTokens: request.maxTokens,
         stopTokenIds: request.stopTokenIds,

@@ -1,0 +1,299 @@
+// The router's HTTP surface without inference: bad input answered 400/413 in OpenAI's error shape,
+// worker registration rules, request ids, readiness, 404s, and /metrics as Prometheus text.
+// No worker processes: registrations here name addresses nobody listens on (kv_events false).
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { createRouter, type RouterService } from '../src/router/service.js';
+
+let router: RouterService;
+let url: string;
+
+async function post(path: string, body: unknown, headers: Record<string, string> = {}) {
+  const res = await fetch(`${url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { res, status: res.status, json: text ? JSON.parse(text) : undefined };
+}
+
+function registration(over: Record<string, unknown> = {}) {
+  return {
+    role: 'both',
+    address: '127.0.0.1:9',
+    model: 'mock-llm',
+    block_size: 16,
+    kv_blocks: 1024,
+    max_batched_tokens: 8192,
+    kv_events: false,
+    ...over,
+  };
+}
+
+function assertOpenAIError(json: unknown, code: string, param?: string) {
+  const error = (json as { error: { message: string; type: string; code: string; param?: string } }).error;
+  assert.equal(error.code, code);
+  assert.equal(typeof error.message, 'string');
+  assert.ok(error.message.length > 0);
+  assert.equal(
+    error.type,
+    code === 'payload_too_large' || code.startsWith('invalid') || code === 'model_not_found'
+      ? 'invalid_request_error'
+      : error.type,
+  );
+  if (param !== undefined) assert.equal(error.param, param);
+}
+
+before(async () => {
+  router = await createRouter({ port: 0, logger: false, bodyLimit: 64 * 1024, maxOutputTokens: 1000 });
+  url = await router.listen();
+});
+after(() => router.close());
+
+describe('readiness and ids', () => {
+  test('/health is 200; /ready is 503 without a decode-capable worker, 200 with one', async () => {
+    assert.equal((await fetch(`${url}/health`)).status, 200);
+    const notReady = await fetch(`${url}/ready`);
+    assert.equal(notReady.status, 503);
+    assertOpenAIError(await notReady.json(), 'no_workers');
+    const prefillOnly = await post('/v1/workers', registration({ role: 'prefill', address: '127.0.0.1:11' }));
+    assert.equal(prefillOnly.status, 201);
+    assert.equal((await fetch(`${url}/ready`)).status, 503);
+    const both = await post('/v1/workers', registration({ address: '127.0.0.1:12' }));
+    assert.equal((await fetch(`${url}/ready`)).status, 200);
+    for (const w of [prefillOnly, both]) {
+      const del = await fetch(`${url}/v1/workers/${w.json.worker_id}`, { method: 'DELETE' });
+      assert.equal(del.status, 204);
+    }
+    assert.equal((await fetch(`${url}/ready`)).status, 503);
+  });
+
+  test('x-request-id is echoed when given and generated otherwise', async () => {
+    const given = await fetch(`${url}/health`, { headers: { 'x-request-id': 'client-id-42' } });
+    assert.equal(given.headers.get('x-request-id'), 'client-id-42');
+    const made = await fetch(`${url}/health`);
+    assert.match(made.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/);
+    const error = await post('/v1/completions', '{', { 'x-request-id': 'err-7' });
+    assert.equal(error.res.headers.get('x-request-id'), 'err-7');
+  });
+
+  test('unknown paths answer 404 in the error shape', async () => {
+    const res = await fetch(`${url}/v1/nope`);
+    assert.equal(res.status, 404);
+    assertOpenAIError(await res.json(), 'not_found');
+  });
+});
+
+describe('worker registration', () => {
+  test('registers (201 with id and lease), heartbeats, lists, deregisters; unknown id is 404', async () => {
+    const reg = await post('/v1/workers', registration({ address: '127.0.0.1:21' }));
+    assert.equal(reg.status, 201);
+    assert.match(reg.json.worker_id, /^w-\d+$/);
+    assert.equal(reg.json.lease_ttl_ms, router.config.leaseTtlMs);
+    const beat = await fetch(`${url}/v1/workers/${reg.json.worker_id}/heartbeat`, { method: 'POST' });
+    assert.equal(beat.status, 200);
+    const list = (await (await fetch(`${url}/v1/workers`)).json()) as {
+      data: { worker_id: string; index_mode: string; load: object }[];
+    };
+    const row = list.data.find((w) => w.worker_id === reg.json.worker_id);
+    assert.ok(row);
+    assert.equal(row.index_mode, 'approximate');
+    assert.deepEqual(row.load, { active_prefill_tokens: 0, active_decode_blocks: 0, active_requests: 0 });
+    assert.equal((await fetch(`${url}/v1/workers/${reg.json.worker_id}`, { method: 'DELETE' })).status, 204);
+    const gone = await fetch(`${url}/v1/workers/${reg.json.worker_id}/heartbeat`, { method: 'POST' });
+    assert.equal(gone.status, 404);
+    assertOpenAIError(await gone.json(), 'worker_not_found');
+    assert.equal((await fetch(`${url}/v1/workers/w-999999`, { method: 'DELETE' })).status, 404);
+  });
+
+  test('a bad address or block size is a 400 naming the field', async () => {
+    for (const [over, param] of [
+      [{ address: 'not-an-address' }, 'address'],
+      [{ address: 'host:99999' }, 'address'],
+      [{ address: 'http://x:1' }, 'address'],
+      [{ block_size: 32 }, 'block_size'],
+      [{ block_size: 'sixteen' }, 'block_size'],
+      [{ role: 'boss' }, 'role'],
+      [{ kv_blocks: 0 }, 'kv_blocks'],
+    ] as const) {
+      const r = await post('/v1/workers', registration(over));
+      assert.equal(r.status, 400, JSON.stringify(over));
+      assertOpenAIError(r.json, 'invalid_request', param);
+    }
+    assert.equal(router.registry.size, 0);
+  });
+});
+
+describe('bad inference input', () => {
+  let workerId: string;
+  before(async () => {
+    // A registered model, so that validation (not "no workers") is what answers.
+    workerId = (await post('/v1/workers', registration({ address: '127.0.0.1:31' }))).json.worker_id;
+  });
+  after(async () => {
+    await fetch(`${url}/v1/workers/${workerId}`, { method: 'DELETE' });
+  });
+
+  const cases: [string, string, unknown, string, string?][] = [
+    ['malformed JSON', '/v1/completions', '{"model": "mock-llm", "prompt": ', 'invalid_json'],
+    ['a JSON array body', '/v1/completions', '[1,2]', 'invalid_request', 'body'],
+    [
+      'prompt of the wrong type',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: 42 },
+      'invalid_request',
+      'prompt',
+    ],
+    ['model of the wrong type', '/v1/completions', { model: 7, prompt: 'hi' }, 'invalid_request', 'model'],
+    [
+      'stream of the wrong type',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: 'hi', stream: 'yes' },
+      'invalid_request',
+      'stream',
+    ],
+    ['empty text prompt', '/v1/completions', { model: 'mock-llm', prompt: '' }, 'invalid_request', 'prompt'],
+    ['empty token prompt', '/v1/completions', { model: 'mock-llm', prompt: [] }, 'invalid_request', 'prompt'],
+    [
+      'max_tokens 0',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: 'hi', max_tokens: 0 },
+      'invalid_request',
+      'max_tokens',
+    ],
+    [
+      'max_tokens negative',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: 'hi', max_tokens: -5 },
+      'invalid_request',
+      'max_tokens',
+    ],
+    [
+      'max_tokens over the limit',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: 'hi', max_tokens: 1001 },
+      'invalid_request',
+      'max_tokens',
+    ],
+    [
+      'negative token id',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: [1, -2, 3] },
+      'invalid_request',
+      'prompt',
+    ],
+    [
+      'fractional token id',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: [1, 2.5] },
+      'invalid_request',
+      'prompt',
+    ],
+    [
+      'string token id',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: [1, '2'] },
+      'invalid_request',
+      'prompt',
+    ],
+    [
+      'token id over u32',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: [2 ** 32] },
+      'invalid_request',
+      'prompt',
+    ],
+    [
+      'unknown model',
+      '/v1/completions',
+      { model: 'no-such-model', prompt: 'hi' },
+      'model_not_found',
+      'model',
+    ],
+    ['chat without messages', '/v1/chat/completions', { model: 'mock-llm' }, 'invalid_request', 'messages'],
+    [
+      'chat with a bad role',
+      '/v1/chat/completions',
+      { model: 'mock-llm', messages: [{ role: 'x', content: 'hi' }] },
+      'invalid_request',
+      'messages',
+    ],
+    ['route with unknown model', '/v1/route', { model: 'nope', prompt: 'hi' }, 'model_not_found', 'model'],
+  ];
+  for (const [name, path, body, code, param] of cases) {
+    test(`${name} -> 400 ${code}`, async () => {
+      const r = await post(path, body);
+      assert.equal(r.status, 400);
+      assertOpenAIError(r.json, code, param);
+    });
+  }
+
+  test('a body over the limit -> 413', async () => {
+    const r = await post('/v1/completions', { model: 'mock-llm', prompt: 'x'.repeat(70 * 1024) });
+    assert.equal(r.status, 413);
+    assertOpenAIError(r.json, 'payload_too_large');
+  });
+
+  test('a worker that cannot be reached -> 502 after the attempts, and the booking is released', async () => {
+    const r = await post('/v1/completions', { model: 'mock-llm', prompt: 'hello there' });
+    assert.equal(r.status, 502);
+    assertOpenAIError(r.json, 'worker_disconnected');
+    assert.equal(router.registry.load.size, 0);
+    assert.equal(router.inflight.active, 0);
+  });
+});
+
+describe('no workers', () => {
+  test('inference without any registered worker -> 503 no_workers', async () => {
+    const r = await post('/v1/completions', { model: 'mock-llm', prompt: 'hi' });
+    assert.equal(r.status, 503);
+    assertOpenAIError(r.json, 'no_workers');
+  });
+});
+
+describe('/metrics', () => {
+  test('parses as Prometheus text and has every metric family', async () => {
+    await fetch(`${url}/health`);
+    const res = await fetch(`${url}/metrics`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/plain/);
+    const families = new Map<string, string>();
+    const samples: string[] = [];
+    for (const line of (await res.text()).split('\n')) {
+      if (line === '') continue;
+      const type = /^# TYPE (\w+) (counter|gauge|histogram|summary|untyped)$/.exec(line);
+      if (type) {
+        families.set(type[1]!, type[2]!);
+        continue;
+      }
+      if (line.startsWith('# HELP ')) continue;
+      // name{label="value",...} value
+      const sample =
+        /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(
+          line,
+        );
+      assert.ok(sample, `not a Prometheus sample line: ${line}`);
+      samples.push(sample[1]!);
+    }
+    for (const [name, type] of [
+      ['kvroute_http_requests_total', 'counter'],
+      ['kvroute_time_to_first_token_seconds', 'histogram'],
+      ['kvroute_inter_token_latency_seconds', 'histogram'],
+      ['kvroute_routing_decision_seconds', 'histogram'],
+      ['kvroute_cache_hit_ratio', 'gauge'],
+      ['kvroute_worker_active_prefill_tokens', 'gauge'],
+      ['kvroute_worker_active_decode_blocks', 'gauge'],
+      ['kvroute_index_blocks', 'gauge'],
+      ['kvroute_kv_events_applied_total', 'counter'],
+      ['kvroute_kv_events_rejected_total', 'counter'],
+      ['kvroute_kv_resyncs_total', 'counter'],
+      ['kvroute_request_retries_total', 'counter'],
+    ]) {
+      assert.equal(families.get(name!), type, `family ${name}`);
+    }
+    assert.ok(samples.includes('kvroute_http_requests_total'));
+    assert.ok(samples.includes('kvroute_routing_decision_seconds_bucket'));
+  });
+});
