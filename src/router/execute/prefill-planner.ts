@@ -1,7 +1,8 @@
 // The pipeline's prefill planner for a disaggregated fleet: after the decode worker is chosen, pick
 // the best prefill candidate KV-aware (span `kv_find_best_match` inside span `prefill_routing`) and
-// apply the conditional-disaggregation rules of src/router/disagg. Books nothing; records the
-// decision in `kvroute_disagg_decisions_total` only for requests that will run (not for /v1/route).
+// apply the conditional-disaggregation rules of src/router/disagg. Books nothing; records each
+// decision in `kvroute_disagg_decisions_total{decision,reason}` (a /v1/route explanation counts too:
+// the pipeline plans both through the same call).
 
 import type { Tracer } from '@opentelemetry/api';
 import { decidePlacement } from '../disagg/index.js';
@@ -28,15 +29,14 @@ export interface PlannedPrefill {
 export class KvPrefillPlanner implements PrefillPlanner {
   constructor(private readonly deps: PrefillPlannerDeps) {}
 
-  /** For a request that runs: plans and counts the decision. */
+  /** Plans and counts the decision. Throws 503 under --enforce-disagg when every prefill worker is busy. */
   choosePrefill(routing: RoutingInput, decode: WorkerDecision): PlannedPrefill {
-    const planned = this.explain(routing, decode);
+    const planned = this.plan(routing, decode);
     this.deps.metrics.disaggDecisions.labels(planned.prefill ? 'remote' : 'local', planned.reason).inc();
     return planned;
   }
 
-  /** Plans without counting (for /v1/route). Throws 503 under --enforce-disagg when every prefill worker is busy. */
-  explain(routing: RoutingInput, decode: WorkerDecision): PlannedPrefill {
+  private plan(routing: RoutingInput, decode: WorkerDecision): PlannedPrefill {
     const { tracer, registry, policy, maxLocalPrefill, enforceDisagg } = this.deps;
     return tracer.startActiveSpan('prefill_routing', (span) => {
       try {
