@@ -74,6 +74,8 @@ describe('sequential mode with a slow prefill worker', () => {
     // Booked while the prefill runs: the prefill worker's tokens and the decode worker's blocks.
     assert.ok(r.router.registry.load.loadOf(prefill.id)!.activePrefillTokens > 0);
     assert.ok(r.router.registry.load.loadOf(decode.id)!.activeDecodeBlocks > 0);
+    // ...but no prefill tokens on decode: 400 tokens are 25 full blocks, all transferred.
+    assert.equal(r.router.registry.load.loadOf(decode.id)!.activePrefillTokens, 0);
     ac.abort();
     await assert.rejects(pending);
     await waitFor(() => idle(r, prefill, decode));

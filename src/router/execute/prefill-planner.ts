@@ -73,6 +73,14 @@ export class KvPrefillPlanner implements PrefillPlanner {
             reason = 'enforced';
           }
         }
+        if (chosen) {
+          // The decode worker will install the transferred blocks and compute only the partial
+          // tail block: book that, not the whole uncached prompt (admission books `decode.booking`).
+          decode.booking = {
+            prefillTokens: Math.min(decode.booking.prefillTokens, routing.promptTokens % registry.blockSize),
+            decodeBlocks: decode.booking.decodeBlocks,
+          };
+        }
         span.setAttributes({
           'kvroute.prefill.placement': chosen ? 'remote' : 'local',
           'kvroute.prefill.reason': reason,
