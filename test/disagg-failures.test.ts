@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { LoadReport } from '../src/protocols/worker-plane.js';
-import { encodeJson, RequestPlaneServer } from '../src/tcp/index.js';
+import { encodeJson, RequestPlaneClient, RequestPlaneServer, TransportError } from '../src/tcp/index.js';
 import type { WorkerStats } from '../src/worker/stats.js';
 import {
   closePlane,
@@ -20,7 +20,12 @@ import {
   workerCall,
 } from './disagg-helpers.js';
 
-after(closePlane);
+const plane = new RequestPlaneClient();
+
+after(async () => {
+  await plane.close();
+  await closePlane();
+});
 
 /** True once neither the router's bookings nor the worker's engine hold anything. */
 async function idle(r: TestRouter, ...workers: TestWorker[]): Promise<boolean> {
@@ -204,6 +209,37 @@ describe('overlapped mode', () => {
     await Promise.all([decode?.proc.stop(), prefill?.proc.stop()]);
     await Promise.all([silent.close({ deadlineMs: 100 }), failing.close({ deadlineMs: 100 })]);
     await r?.router.close();
+  });
+
+  test('the decode worker bounds its own wait: a generate whose handoff never comes fails with timeout', async () => {
+    const body = {
+      request_id: 'no-handoff',
+      token_ids: prompt(40, 24),
+      max_tokens: 2,
+      await_kv_handoff: { timeout_ms: 50 },
+    };
+    await assert.rejects(
+      (async () => {
+        for await (const _ of plane.stream(decode.address, 'generate', encodeJson(body))) {
+          /* nothing arrives */
+        }
+      })(),
+      (err: unknown) =>
+        err instanceof TransportError && err.kind === 'remote_error' && err.remoteCode === 'timeout',
+    );
+    // A handoff that comes first is held for its generate, which then runs on the handed-over KV.
+    const handoff = await workerCall<{ delivered: string }>(decode.address, 'kv_handoff', {
+      request_id: 'early',
+    });
+    assert.equal(handoff.delivered, 'held');
+    const chunks: unknown[] = [];
+    for await (const c of plane.stream(
+      decode.address,
+      'generate',
+      encodeJson({ ...body, request_id: 'early', await_kv_handoff: { timeout_ms: 5000 } }),
+    ))
+      chunks.push(c);
+    assert.equal(chunks.length, 2);
   });
 
   test('a prefill leg that never answers fails the request with 504 within --prefill-wait-ms, and decode is released', async () => {
