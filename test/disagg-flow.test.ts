@@ -36,9 +36,7 @@ after(async () => {
   await closePlane();
 });
 
-async function route(
-  tokens: number[],
-): Promise<{
+async function route(tokens: number[]): Promise<{
   prefill: { workerId: string } | null;
   prefill_reason: string;
   decode: { workerId: string; overlapBlocks: number };
