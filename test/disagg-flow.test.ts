@@ -163,3 +163,47 @@ test('a decode worker answers `load` with nothing active after the flows above',
   const load = await workerCall<LoadReport>(decode.address, 'load');
   assert.equal(load.running + load.waiting, 0);
 });
+
+test('with prefill workers registered, decode is chosen by load (overlap weight 0) while no decode worker holds the prompt', async () => {
+  const r2 = await startRouter({});
+  try {
+    const register = async (role: string, port: number) => {
+      const res = await fetch(`${r2.url}/v1/workers`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          role,
+          address: `127.0.0.1:${port}`,
+          model: 'mock-llm',
+          block_size: 16,
+          kv_blocks: 10_000,
+          max_batched_tokens: 8192,
+        }),
+      });
+      return ((await res.json()) as { worker_id: string }).worker_id;
+    };
+    const a = await register('decode', 1);
+    const b = await register('decode', 2);
+    // a: a long prefill queue, no decode blocks; b: no prefill queue, some decode blocks.
+    r2.router.registry.load.book(a, 'busy-a', { prefillTokens: 1600, decodeBlocks: 0 }, Date.now());
+    r2.router.registry.load.book(b, 'busy-b', { prefillTokens: 0, decodeBlocks: 10 }, Date.now());
+    const explain = async () => {
+      const res = await fetch(`${r2.url}/v1/route`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'mock-llm', prompt: prompt(600, 9), max_tokens: 4 }),
+      });
+      return (await res.json()) as { decode: { workerId: string }; prefill_reason: string };
+    };
+    // Aggregated fleet: the configured weight counts a's prefill queue, so b.
+    assert.equal((await explain()).decode.workerId, b);
+    const p = await register('prefill', 3);
+    // Disaggregated fleet: decode does not prefill, so its prefill queue does not count: a.
+    const e = await explain();
+    assert.equal(e.decode.workerId, a);
+    assert.equal(e.prefill_reason, 'long_prompt');
+    await fetch(`${r2.url}/v1/workers/${p}`, { method: 'DELETE' });
+  } finally {
+    await r2.router.close();
+  }
+});

@@ -8,7 +8,7 @@ import { type BlockKeys, localBlockKeys } from '../../kv-index/index.js';
 import type { ExecutionPlan, RoutingInput, WorkerDecision } from '../execute/types.js';
 import { type EndpointKind, type NormalizedRequest, parseInferenceRequest } from '../openai/request.js';
 import type { Worker } from '../registry/index.js';
-import { decisionError, type OverlapSource } from '../scheduling/index.js';
+import { decisionError, decodeOverlapWeight, type OverlapSource } from '../scheduling/index.js';
 import type { PipelineDeps } from './deps.js';
 
 const NS_PER_S = 1e9;
@@ -72,11 +72,18 @@ export function selectDecode(
   const start = process.hrtime.bigint();
   let candidates: readonly Worker[] = deps.fleet.registry.candidates(routing.model, 'decode');
   if (exclude && exclude.size > 0) candidates = candidates.filter((w) => !exclude.has(w.id));
+  // A fleet with prefill workers picks decode by load unless a decode worker already holds part
+  // of the prompt (docs/disaggregation.md); an aggregated fleet uses the configured weight.
+  const disaggregated =
+    deps.prefillPlanner !== undefined && deps.fleet.registry.candidates(routing.model, 'prefill').length > 0;
   const decision = deps.policy.select({
     candidates,
     promptTokens: routing.promptTokens,
     outputTokens: routing.outputTokens,
     overlaps: routing.overlaps,
+    ...(disaggregated
+      ? { overlapWeight: decodeOverlapWeight(candidates, routing.overlaps, deps.policy.config.overlapWeight) }
+      : {}),
   });
   deps.metrics.routingPhase.score.observe(elapsedSeconds(start));
   if (decision.outcome !== 'selected') throw decisionError(decision, 'decode workers');
