@@ -5,10 +5,10 @@ import type { CommandModule } from '../command.js';
 import { formatHelp, parseOptions } from '../options.js';
 
 export const spec: CommandModule['spec'] = {
-  usage: 'kvroute bench <name>',
+  usage: 'kvroute bench',
   summary: `Operator benchmarks. Names: ${Object.keys(BENCHES).join(', ')}. Each takes --json to print one JSON object as the last line.`,
   options: [],
-  positionals: '<name> [bench options]',
+  positionals: "<name> [bench options]  (kvroute bench <name> --help lists a benchmark's options)",
 };
 
 export async function run(_options: unknown, argv: string[]): Promise<number> {
