@@ -284,3 +284,50 @@ describe('overlapped mode', () => {
     await waitFor(() => idle(r, decode, prefill!));
   });
 });
+
+describe('overlapped mode, client cancelling while prefill runs', () => {
+  let r: TestRouter;
+  let decode: TestWorker;
+  let prefillCalls = 0;
+  let prefillCancelled = 0;
+  // Accepts `prefill` and answers only when cancelled (long --prefill-wait-ms: the client goes first).
+  const silent = new RequestPlaneServer().handle('prefill', (req) => {
+    prefillCalls++;
+    return new Promise<Uint8Array>((_, reject) =>
+      req.signal.addEventListener('abort', () => {
+        prefillCancelled++;
+        reject(new Error('cancelled'));
+      }),
+    );
+  });
+
+  before(async () => {
+    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, prefillWaitMs: 30_000 });
+    decode = await spawnWorker(r, 'decode', ['--speedup', '20']);
+    await silent.listen(0);
+    await registerStandIn(r, silent.address);
+  });
+
+  after(async () => {
+    await decode?.proc.stop();
+    await silent.close({ deadlineMs: 100 });
+    await r?.router.close();
+  });
+
+  test('both legs are cancelled: the prefill call and the decode worker waiting for its handoff', async () => {
+    const ac = new AbortController();
+    const pending = completion(r, { prompt: prompt(300, 41), max_tokens: 4 }, ac.signal);
+    pending.catch(() => {});
+    await waitFor(async () => {
+      const stats = await workerCall<WorkerStats>(decode.address, 'stats');
+      return prefillCalls === 1 && stats.handoffs_waiting === 1;
+    });
+    ac.abort();
+    await assert.rejects(pending);
+    await waitFor(() => prefillCancelled === 1);
+    await waitFor(
+      async () => (await workerCall<WorkerStats>(decode.address, 'stats')).handoffs_waiting === 0,
+    );
+    await waitFor(() => idle(r, decode));
+  });
+});

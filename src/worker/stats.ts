@@ -25,9 +25,15 @@ export interface WorkerStats {
   total_blocks: number;
   last_event_id: number;
   kv_event_subscribers: number;
+  /** Overlapped-prefill generates waiting for their kv_handoff. */
+  handoffs_waiting: number;
 }
 
-export function workerStats(engine: MockEngine, kvEventSubscribers: number): WorkerStats {
+export function workerStats(
+  engine: MockEngine,
+  kvEventSubscribers: number,
+  handoffsWaiting = 0,
+): WorkerStats {
   const t = engine.totals();
   return {
     requests: t.requests,
@@ -47,5 +53,6 @@ export function workerStats(engine: MockEngine, kvEventSubscribers: number): Wor
     total_blocks: engine.pool.capacity,
     last_event_id: engine.events.lastEventId,
     kv_event_subscribers: kvEventSubscribers,
+    handoffs_waiting: handoffsWaiting,
   };
 }

@@ -75,7 +75,9 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
     const report: HealthReport = { ok: !draining, worker_id: lease?.workerId ?? null, role: config.role };
     return encodeJson(report);
   });
-  server.handle(ENDPOINTS.stats, async () => encodeJson(workerStats(engine, hub.subscribers)));
+  server.handle(ENDPOINTS.stats, async () =>
+    encodeJson(workerStats(engine, hub.subscribers, handoffs.waitingCount)),
+  );
 
   await server.listen(config.port, config.host);
   address = server.address;
