@@ -8,4 +8,5 @@ export const BENCHES: Record<string, () => Promise<CommandModule>> = {
   scheduler: () => import('./scheduler.js'),
   transport: () => import('./transport.js'),
   tokenizer: () => import('./tokenizer.js'),
+  tracing: () => import('./tracing.js'),
 };

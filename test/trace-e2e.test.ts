@@ -20,6 +20,7 @@ import {
   type KvrouteProcess,
   OtlpReceiver,
   type ReceivedSpan,
+  renderWaterfall,
   spawnKvroute,
 } from './trace-helpers.js';
 
@@ -236,12 +237,14 @@ async function settled(sent: Sent[]): Promise<string[]> {
   return problems;
 }
 
-test('a request with traceparent: one trace with that id, exact parent links, request id on every hop', async () => {
+test('a request with traceparent: one trace with that id, exact parent links, request id on every hop', async (t) => {
   const sent = await complete('trace-e2e-one', true);
   assert.equal(sent.status, 200);
   assert.equal(sent.returnedRequestId, 'trace-e2e-one');
   assert.ok(sent.prefillWorkerHeader, 'the remote-prefill path was taken');
   assert.deepEqual(await settled([sent]), []);
+  // The picture in docs/tracing.md comes from here.
+  for (const line of renderWaterfall(receiver.byTrace(sent.traceId!)).split('\n')) t.diagnostic(line);
 });
 
 test('a request without traceparent gets a fresh root trace with the same structure', async () => {

@@ -240,3 +240,42 @@ export async function eventually(predicate: () => boolean, timeoutMs = 15_000): 
   }
   return true;
 }
+
+/**
+ * One trace as an ASCII waterfall (docs/tracing.md shows one from the e2e test): spans in tree
+ * order, indented under their parent, with service, start offset, duration and a time bar.
+ */
+export function renderWaterfall(spans: readonly ReceivedSpan[], width = 40): string {
+  if (spans.length === 0) return '(no spans)\n';
+  const ids = new Set(spans.map((s) => s.spanId));
+  const children = new Map<string, ReceivedSpan[]>();
+  for (const s of spans) {
+    const key = ids.has(s.parentSpanId) ? s.parentSpanId : '';
+    children.set(key, [...(children.get(key) ?? []), s]);
+  }
+  for (const list of children.values()) list.sort((a, b) => Number(a.startNs - b.startNs));
+  const t0 = spans.reduce((m, s) => (s.startNs < m ? s.startNs : m), spans[0]!.startNs);
+  const t1 = spans.reduce((m, s) => (s.endNs > m ? s.endNs : m), spans[0]!.endNs);
+  const total = Number(t1 - t0) || 1;
+  const rows: [string, string, string, string][] = [];
+  const walk = (parent: string, depth: number) => {
+    for (const s of children.get(parent) ?? []) {
+      const from = Math.floor((Number(s.startNs - t0) / total) * width);
+      const len = Math.max(1, Math.round((Number(s.endNs - s.startNs) / total) * width));
+      const bar = `${' '.repeat(from)}${'█'.repeat(Math.min(len, width - from))}`.padEnd(width);
+      const ms = (ns: bigint) => (Number(ns) / 1e6).toFixed(2);
+      rows.push([
+        `${'  '.repeat(depth)}${s.name}`,
+        s.service,
+        `+${ms(s.startNs - t0)} ${ms(s.endNs - s.startNs)}ms`,
+        bar,
+      ]);
+      walk(s.spanId, depth + 1);
+    }
+  };
+  walk('', 0);
+  const w0 = Math.max(...rows.map((r) => r[0].length));
+  const w1 = Math.max(...rows.map((r) => r[1].length));
+  const w2 = Math.max(...rows.map((r) => r[2].length));
+  return `${rows.map((r) => `${r[0].padEnd(w0)}  ${r[1].padEnd(w1)}  ${r[2].padStart(w2)}  |${r[3]}|`).join('\n')}\n`;
+}
