@@ -99,6 +99,12 @@ async function replayPolicy(
       String(Math.max(131_072, maxPrompt)),
       '--body-limit',
       String(Math.max(4 << 20, maxPrompt * 8 + 4096)),
+      // Every request is served and queues in a worker instead of a 503 from the busy check, so
+      // all policies answer the same requests and TTFT shows the queueing each policy causes.
+      '--busy-prefill-tokens',
+      String(1e12),
+      '--busy-decode-fraction',
+      String(1e6),
     ],
     workerArgs: [
       '--speedup',

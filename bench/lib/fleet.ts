@@ -91,36 +91,50 @@ export async function listWorkerIds(url: string): Promise<string[]> {
   });
 }
 
-/** Starts the router, waits for /health, starts the workers, waits until all are registered. */
-export async function startFleet(o: FleetOptions): Promise<Fleet> {
-  const deadline = Date.now() + (o.readyTimeoutMs ?? 30_000);
+export interface RouterProcess {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** Starts `kvroute router` on a free port with `args` and waits for /health. */
+export async function startRouter(args: readonly string[], readyTimeoutMs = 30_000): Promise<RouterProcess> {
+  const started = await launchRouter(args, Date.now() + readyTimeoutMs);
+  return { url: started.url, stop: () => stopChildren([started.router]) };
+}
+
+async function launchRouter(
+  args: readonly string[],
+  deadline: number,
+): Promise<{ url: string; router: Child }> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const router = startChild('router', [
-    'router',
-    '--port',
-    String(port),
-    '--policy',
-    o.policy,
-    ...(o.routerArgs ?? []),
-  ]);
-  const children: Child[] = [router];
-  const fail = async (why: string): Promise<never> => {
-    await stopChildren(children);
-    throw new Error(why);
-  };
+  const router = startChild('router', ['router', '--port', String(port), ...args]);
   for (;;) {
-    if (exited(router)) return fail(deathMessage(router));
-    if (Date.now() > deadline) return fail(`the router did not answer /health in time: ${router.tail()}`);
+    if (exited(router)) throw new Error(deathMessage(router));
+    if (Date.now() > deadline) {
+      await stopChildren([router]);
+      throw new Error(`the router did not answer /health in time: ${router.tail()}`);
+    }
     if (
       await fetch(`${url}/health`).then(
         (r) => r.ok,
         () => false,
       )
     )
-      break;
+      return { url, router };
     await sleep(50);
   }
+}
+
+/** Starts the router, waits for /health, starts the workers, waits until all are registered. */
+export async function startFleet(o: FleetOptions): Promise<Fleet> {
+  const deadline = Date.now() + (o.readyTimeoutMs ?? 30_000);
+  const { url, router } = await launchRouter(['--policy', o.policy, ...(o.routerArgs ?? [])], deadline);
+  const children: Child[] = [router];
+  const fail = async (why: string): Promise<never> => {
+    await stopChildren(children);
+    throw new Error(why);
+  };
   for (let i = 0; i < o.workers; i++) {
     children.push(
       startChild(`worker-${i + 1}`, ['worker', '--role', 'both', '--router', url, ...(o.workerArgs ?? [])]),

@@ -1,0 +1,98 @@
+// `kvroute bench replay --quick` end to end on a tiny trace: a real router and two real workers as
+// child processes; the JSON line carries every reported field and the report files are written.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+
+test('replay --quick on a 10-line trace completes and reports every field', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
+  try {
+    // Requests 2..9 reuse the first request's two leading blocks; one malformed line (line 11).
+    const lines = Array.from({ length: 10 }, (_, i) =>
+      JSON.stringify({
+        timestamp: i * 1000,
+        input_length: 1100 + i,
+        output_length: 4 + i,
+        hash_ids: i === 0 ? [0, 1, 2] : [0, 1, 100 + i],
+      }),
+    );
+    lines.push('{"timestamp": 1, "input_length": 5}');
+    const trace = join(dir, 'trace.jsonl');
+    await writeFile(trace, `${lines.join('\n')}\n`);
+    const out = join(dir, 'report');
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        MAIN,
+        'bench',
+        'replay',
+        '--trace',
+        trace,
+        '--quick',
+        '--workers',
+        '2',
+        '--speedup',
+        '50',
+        '--json',
+        '--out',
+        out,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' } },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 0, stderr);
+    assert.match(stderr, /trace\.jsonl:11: skipped: .*output_length/);
+    const result = JSON.parse(stdout.trim().split('\n').at(-1)!);
+    assert.equal(result.bench, 'replay');
+    assert.equal(result.requests, 10);
+    assert.equal(result.malformedLines, 1);
+    assert.equal(result.workers, 2);
+    const kv = result.policies.kv;
+    assert.equal(kv.completed, 10, JSON.stringify(kv.errorSamples));
+    assert.equal(kv.errors, 0);
+    for (const key of ['mean', 'p50', 'p90', 'p99', 'max']) {
+      assert.equal(typeof kv.ttftMs[key], 'number', `ttftMs.${key}`);
+      assert.equal(typeof kv.itlMs[key], 'number', `itlMs.${key}`);
+    }
+    assert.ok(kv.ttftMs.p50 > 0);
+    assert.equal(
+      kv.outputTokens,
+      lines.slice(0, 10).reduce((n, l) => n + JSON.parse(l).output_length, 0),
+    );
+    assert.ok(kv.outputTokensPerS > 0);
+    assert.equal(
+      kv.promptTokens,
+      lines.slice(0, 10).reduce((n, l) => n + JSON.parse(l).input_length, 0),
+    );
+    assert.ok(kv.cachedTokens > 0, 'shared leading blocks are served from the KV cache');
+    assert.equal(kv.kvHitRate, Math.round((kv.cachedTokens / kv.promptTokens) * 1e4) / 1e4);
+    assert.equal(kv.perWorker.length, 2);
+    assert.equal(
+      kv.perWorker.reduce((n: number, w: { requests: number }) => n + w.requests, 0),
+      10,
+    );
+    assert.equal(typeof kv.cvRequests, 'number');
+    assert.equal(typeof kv.cvPromptTokens, 'number');
+    const html = await readFile(join(out, 'report.html'), 'utf8');
+    for (const svg of ['ttft-cdf.svg', 'hit-rate.svg', 'ttft-mean.svg', 'load-kv.svg']) {
+      assert.ok(html.includes(svg), svg);
+      assert.match(await readFile(join(out, svg), 'utf8'), /^<svg[\s\S]*<\/svg>\n$/);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
