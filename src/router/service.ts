@@ -3,6 +3,7 @@
 // them; `listen()` starts serving; `close()` refuses new requests, ends open streams, stops the
 // fleet and releases threads and sockets. Used in-process by tests and benches and by the CLI.
 
+import type { Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../errors.js';
 import type { RadixIndex } from '../kv-index/index.js';
@@ -25,6 +26,9 @@ import type { PipelineDeps } from './pipeline/deps.js';
 import { WorkerRegistry } from './registry/index.js';
 import { createPolicy } from './scheduling/index.js';
 import { Tokenizer } from './tokenizer/index.js';
+
+/** How long close() lets open connections finish after ending the streams. */
+const CLOSE_GRACE_MS = 500;
 
 export interface RouterService {
   readonly app: FastifyInstance;
@@ -128,6 +132,12 @@ export async function createRouter(
   registerWorkerRoutes(app, fleet);
   registerInferenceRoutes(app, { pipeline, limit: inflight, active });
 
+  const sockets = new Set<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+
   let url = '';
   let closed: Promise<void> | undefined;
   const theFleet = fleet;
@@ -153,7 +163,14 @@ export async function createRouter(
           retryAfterSeconds: 1,
         });
         for (const ac of active) ac.abort(reason);
+        // The aborted requests answer at once; a socket still open after a short grace (seen:
+        // a client's spare connection that never sent a request) would hold close() until the
+        // keep-alive timeout, so it is cut.
+        const cut = setTimeout(() => {
+          for (const socket of sockets) socket.destroy();
+        }, CLOSE_GRACE_MS);
         await app.close();
+        clearTimeout(cut);
         await theFleet.close();
         await client.close();
         await tokenizer.close();

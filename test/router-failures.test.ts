@@ -1,0 +1,165 @@
+// Worker failures seen from the router, with real worker processes: an unreachable worker is
+// retried elsewhere, a SIGKILLed worker leaves the fleet and requests keep succeeding, a worker
+// dying mid-stream ends the SSE stream with an error event, and a client that disconnects
+// cancels the worker's stream.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { LoadReport } from '../src/protocols/worker-plane.js';
+import { createRouter, type RouterService } from '../src/router/service.js';
+import { decodeJson, encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
+import { TestFleet, waitForWorkers, waitUntil } from './helpers/fleet.js';
+
+const MODEL = 'mock-llm';
+
+function complete(url: string, body: object, init: RequestInit = {}) {
+  return fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, max_tokens: 4, ...body }),
+    ...init,
+  });
+}
+
+async function retriesCounted(router: RouterService): Promise<number> {
+  const values = (await router.metrics.retries.get()).values;
+  return values.reduce((sum, v) => sum + v.value, 0);
+}
+
+describe('unreachable and killed workers', () => {
+  let router: RouterService;
+  let fleet: TestFleet;
+  before(async () => {
+    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, policy: 'random' });
+    fleet = new TestFleet(await router.listen());
+  });
+  after(async () => {
+    await fleet.killAll();
+    await router.close();
+  });
+
+  test('a request routed to an unreachable worker is retried on another one', async () => {
+    const [live] = await fleet.spawn(1);
+    await waitForWorkers(router.url, 1);
+    // A registration whose address nobody listens on (no KV events: no subscription notices it).
+    const ghost = await fetch(`${router.url}/v1/workers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        role: 'both',
+        address: '127.0.0.1:9',
+        model: MODEL,
+        block_size: 16,
+        kv_blocks: 1024,
+        max_batched_tokens: 8192,
+      }),
+    });
+    assert.equal(ghost.status, 201);
+    const ghostId = ((await ghost.json()) as { worker_id: string }).worker_id;
+    const liveId = router.registry.list().find((w) => w.address === live!.address)!.id;
+    try {
+      // Random policy over [live, ghost]: within 40 requests one goes to the ghost (odds of
+      // never: 2^-40); every one must be served by the live worker.
+      for (let i = 0; i < 40 && (await retriesCounted(router)) === 0; i++) {
+        const res = await complete(router.url, { prompt: `retry me ${i}` });
+        assert.equal(res.status, 200);
+        assert.equal(res.headers.get('x-kvroute-decode-worker'), liveId);
+      }
+      assert.equal(await retriesCounted(router), 1);
+      assert.equal(router.registry.load.size, 0);
+    } finally {
+      await fetch(`${router.url}/v1/workers/${ghostId}`, { method: 'DELETE' });
+    }
+  });
+
+  test('a SIGKILLed worker leaves the fleet and later requests still succeed', async () => {
+    const [victim] = await fleet.spawn(1);
+    await waitForWorkers(router.url, 2);
+    const victimId = router.registry.list().find((w) => w.address === victim!.address)!.id;
+    // Give the victim something in the index first, so its purge is visible.
+    for (let i = 0; i < 40 && !router.index.stats().blocksPerWorker[victimId]; i++) {
+      await complete(router.url, { prompt: `warm the victim ${i} `.repeat(8) });
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.ok(router.index.stats().blocksPerWorker[victimId]! > 0);
+    victim!.kill('SIGKILL');
+    await victim!.exit;
+    // Requests right after the kill: any routed to the dead worker are retried on the live one.
+    for (let i = 0; i < 4; i++) {
+      const res = await complete(router.url, { prompt: `after the kill ${i}` });
+      assert.equal(res.status, 200, await res.clone().text());
+    }
+    // Its subscription fails (connection refused) or its lease runs out: either removes it.
+    await waitUntil(
+      () => !router.registry.list().some((w) => w.address === victim!.address),
+      'the killed worker to be removed',
+    );
+    assert.equal(router.registry.size, 1);
+    assert.equal(router.index.stats().blocksPerWorker[victimId], undefined);
+    assert.equal(router.registry.load.loadOf(victimId), undefined);
+    const res = await complete(router.url, { prompt: 'still served' });
+    assert.equal(res.status, 200);
+  });
+});
+
+describe('mid-stream failure and client disconnect', () => {
+  let router: RouterService;
+  let fleet: TestFleet;
+  const plane = new RequestPlaneClient();
+  before(async () => {
+    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500 });
+    fleet = new TestFleet(await router.listen());
+  });
+  after(async () => {
+    await plane.close();
+    await fleet.killAll();
+    await router.close();
+  });
+
+  test('a worker killed mid-stream ends the SSE stream with an error event (no [DONE])', async () => {
+    // Real-time speed: 2000 tokens take seconds, so the kill lands mid-stream.
+    const [slow] = await fleet.spawn(1, ['--speedup', '1']);
+    await waitForWorkers(router.url, 1, [slow!.address]);
+    const res = await complete(router.url, { prompt: 'a long story', max_tokens: 2000, stream: true });
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = decoder.decode((await reader.read()).value);
+    assert.match(text, /^data: \{/);
+    slow!.kill('SIGKILL');
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+    const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+    const last = JSON.parse(events.at(-1)!.slice('data: '.length)) as { error?: { code: string } };
+    assert.equal(last.error?.code, 'worker_disconnected');
+    assert.ok(!text.includes('[DONE]'));
+    await waitUntil(() => router.registry.load.size === 0, 'the booking to be released');
+    await waitUntil(() => router.registry.size === 0, 'the killed worker to be removed');
+  });
+
+  test('a client that disconnects cancels the worker stream and releases the booking', async () => {
+    const [slow] = await fleet.spawn(1, ['--speedup', '1']);
+    await waitForWorkers(router.url, 1, [slow!.address]);
+    const abort = new AbortController();
+    const res = await complete(
+      router.url,
+      { prompt: 'a story I will not finish reading', max_tokens: 3000, stream: true },
+      { signal: abort.signal },
+    );
+    const reader = res.body!.getReader();
+    await reader.read();
+    const load = async () => decodeJson<LoadReport>(await plane.unary(slow!.address, 'load', encodeJson({})));
+    assert.equal((await load()).running, 1);
+    abort.abort();
+    // 3000 tokens at real-time speed run for ~20 s: seeing the engine idle within the wait means
+    // the router cancelled the stream.
+    await waitUntil(async () => (await load()).running === 0, 'the worker to stop generating');
+    await waitUntil(
+      () => router.registry.load.size === 0 && router.inflight.active === 0,
+      'the booking to be released',
+    );
+  });
+});
