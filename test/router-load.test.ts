@@ -1,0 +1,140 @@
+// Load and admission with real workers: requests sharing a cached prefix spread to another worker
+// once the holder is loaded; when every candidate is busy the router answers 503 + Retry-After
+// instead of queueing; the in-flight cap does the same. Nothing here waits on timing: bookings
+// are made synchronously at routing time, so concurrent requests see each other's load.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { createRouter, type RouterService } from '../src/router/service.js';
+import { TestFleet, waitForWorkers, waitUntil } from './helpers/fleet.js';
+
+const MODEL = 'mock-llm';
+
+function complete(url: string, body: object, init: RequestInit = {}) {
+  return fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, max_tokens: 4, ...body }),
+    ...init,
+  });
+}
+
+function prefixTokens(blocks: number): number[] {
+  return Array.from({ length: blocks * 16 }, (_, i) => 2000 + ((i * 37) % 40_000));
+}
+
+describe('load spreads', () => {
+  let router: RouterService;
+  let fleet: TestFleet;
+  before(async () => {
+    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, maxLocalPrefill: 1_000_000 });
+    fleet = new TestFleet(await router.listen());
+    await fleet.spawn(2);
+    await waitForWorkers(router.url, 2);
+  });
+  after(async () => {
+    await fleet.killAll();
+    await router.close();
+  });
+
+  test('a saturated prefix holder gives work to the other worker', async () => {
+    const prefix = prefixTokens(24);
+    const warm = await complete(router.url, { prompt: [...prefix, 1], max_tokens: 1 });
+    const holder = warm.headers.get('x-kvroute-decode-worker')!;
+    await waitUntil(
+      () => (router.index.stats().blocksPerWorker[holder] ?? 0) >= 24,
+      'the prefix in the index',
+    );
+    // Each request books ~32 decode blocks on its worker (500 output tokens); the other worker
+    // costs 24 prefill + 56 decode blocks. From the third concurrent request on, the holder is
+    // dearer than the idle worker.
+    const responses = await Promise.all(
+      Array.from({ length: 4 }, (_, i) =>
+        complete(router.url, { prompt: [...prefix, 100 + i], max_tokens: 500 }),
+      ),
+    );
+    const workers = responses.map((r) => r.headers.get('x-kvroute-decode-worker'));
+    for (const r of responses) assert.equal(r.status, 200);
+    assert.equal(new Set(workers).size, 2, `decode workers: ${workers.join(', ')}`);
+    assert.equal(
+      workers.filter((w) => w === holder).length >= 2,
+      true,
+      `decode workers: ${workers.join(', ')}`,
+    );
+    const bodies = (await Promise.all(responses.map((r) => r.json()))) as {
+      usage: { prompt_tokens_details: { cached_tokens: number } };
+    }[];
+    const cachedOnHolder = bodies.filter((_, i) => workers[i] === holder);
+    for (const b of cachedOnHolder) assert.ok(b.usage.prompt_tokens_details.cached_tokens >= 24 * 16);
+  });
+});
+
+describe('admission control', () => {
+  let router: RouterService;
+  let fleet: TestFleet;
+  before(async () => {
+    // busyDecodeFraction 0: a worker with any booked decode block is busy.
+    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, busyDecodeFraction: 0 });
+    fleet = new TestFleet(await router.listen());
+    await fleet.spawn(1, ['--speedup', '1']);
+    await waitForWorkers(router.url, 1);
+  });
+  after(async () => {
+    await fleet.killAll();
+    await router.close();
+  });
+
+  test('every candidate busy -> 503 overloaded with Retry-After; served again once it is free', async () => {
+    const abort = new AbortController();
+    const running = await complete(
+      router.url,
+      { prompt: 'keep the only worker busy', max_tokens: 3000, stream: true },
+      { signal: abort.signal },
+    );
+    assert.equal(running.status, 200);
+    const reader = running.body!.getReader();
+    await reader.read();
+    const refused = await complete(router.url, { prompt: 'no room for me' });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get('retry-after'), '1');
+    const body = (await refused.json()) as { error: { code: string } };
+    assert.equal(body.error.code, 'overloaded');
+    abort.abort();
+    await waitUntil(() => router.registry.load.size === 0, 'the running request to be released');
+    assert.equal((await complete(router.url, { prompt: 'now there is room' })).status, 200);
+  });
+});
+
+describe('in-flight cap', () => {
+  let router: RouterService;
+  let fleet: TestFleet;
+  before(async () => {
+    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, maxInflight: 1 });
+    fleet = new TestFleet(await router.listen());
+    await fleet.spawn(1, ['--speedup', '1']);
+    await waitForWorkers(router.url, 1);
+  });
+  after(async () => {
+    await fleet.killAll();
+    await router.close();
+  });
+
+  test('past max-inflight requests -> 503 overloaded with Retry-After, nothing queues', async () => {
+    const abort = new AbortController();
+    const running = await complete(
+      router.url,
+      { prompt: 'hold the only slot', max_tokens: 3000, stream: true },
+      { signal: abort.signal },
+    );
+    const reader = running.body!.getReader();
+    await reader.read();
+    assert.equal(router.inflight.active, 1);
+    const refused = await complete(router.url, { prompt: 'over the cap' });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get('retry-after'), '1');
+    assert.equal(((await refused.json()) as { error: { code: string } }).error.code, 'overloaded');
+    abort.abort();
+    await waitUntil(() => router.inflight.active === 0, 'the slot to be released');
+    assert.equal((await complete(router.url, { prompt: 'under the cap again' })).status, 200);
+  });
+});
