@@ -1,0 +1,194 @@
+// Router behaviour that needs a worker misbehaving on purpose: an in-process request-plane server
+// stands in for the worker (real sockets, real router). Covers approximate mode (no KV events),
+// KV-event resume + gap resync + dump, the first-token timeout and the stream idle timeout.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { computeBlockHashes } from '../src/kv-index/index.js';
+import type { KvEvent, KvEventsChunk, KvEventsSubscribe } from '../src/protocols/kv-events.js';
+import type { GenerateChunk } from '../src/protocols/worker-plane.js';
+import { createRouter, type RouterService } from '../src/router/service.js';
+import { decodeJson, encodeJson, type IncomingRequest, RequestPlaneServer } from '../src/tcp/index.js';
+import { waitUntil } from './helpers/fleet.js';
+
+const MODEL = 'fake-llm';
+
+async function register(router: RouterService, address: string, kvEvents: boolean): Promise<string> {
+  const res = await fetch(`${router.url}/v1/workers`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      role: 'both',
+      address,
+      model: MODEL,
+      block_size: 16,
+      kv_blocks: 4096,
+      max_batched_tokens: 8192,
+      kv_events: kvEvents,
+    }),
+  });
+  assert.equal(res.status, 201);
+  return ((await res.json()) as { worker_id: string }).worker_id;
+}
+
+function post(router: RouterService, path: string, body: object) {
+  return fetch(`${router.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, max_tokens: 2, ...body }),
+  });
+}
+
+/** `stored` events for a token prompt, as a worker would publish them. */
+function storedEvents(tokens: number[], firstId: number): KvEvent[] {
+  const { local, sequence } = computeBlockHashes(tokens, 16);
+  return Array.from(local, (l, i) => ({
+    event_id: firstId + i,
+    type: 'stored' as const,
+    parent_hash: i === 0 ? null : sequence[i - 1]!.toString(),
+    blocks: [{ local_hash: l.toString(), sequence_hash: sequence[i]!.toString() }],
+  }));
+}
+
+const tokens = (seed: number, blocks: number) =>
+  Array.from({ length: blocks * 16 }, (_, i) => 500 + ((seed * 131 + i * 17) % 9000));
+
+describe('fake workers', () => {
+  let router: RouterService;
+  let server: RequestPlaneServer;
+  let generate: (req: IncomingRequest) => AsyncIterable<Uint8Array>;
+  let kvEvents: (req: IncomingRequest) => AsyncIterable<Uint8Array>;
+  const subscriptions: KvEventsSubscribe[] = [];
+
+  before(async () => {
+    router = await createRouter({
+      port: 0,
+      logger: false,
+      leaseTtlMs: 60_000,
+      firstTokenTimeoutMs: 300,
+      streamIdleTimeoutMs: 300,
+      maxLocalPrefill: 1_000_000,
+    });
+    await router.listen();
+    server = new RequestPlaneServer()
+      .handle('generate', (req) => generate(req))
+      .handle('kv_events', (req) => {
+        subscriptions.push(decodeJson<KvEventsSubscribe>(req.payload));
+        return kvEvents(req);
+      });
+    await server.listen(0);
+  });
+  after(async () => {
+    await router.close();
+    await server.close({ deadlineMs: 100 });
+  });
+
+  test('a worker without KV events is credited with the blocks routed to it (approximate mode)', async () => {
+    generate = async function* () {
+      const chunk: GenerateChunk = {
+        token_ids: [290, 328],
+        finish_reason: 'length',
+        prompt_tokens: 64,
+        cached_tokens: 0,
+      };
+      yield encodeJson(chunk);
+    };
+    const id = await register(router, server.address, false);
+    const prompt = tokens(1, 4);
+    const before = (await (await post(router, '/v1/route', { prompt })).json()) as {
+      decode: { overlapBlocks: number };
+    };
+    assert.equal(before.decode.overlapBlocks, 0);
+    const res = await post(router, '/v1/completions', { prompt });
+    assert.equal(res.status, 200);
+    assert.equal(((await res.json()) as { choices: { text: string }[] }).choices[0]!.text, ' the of');
+    const after = (await (await post(router, '/v1/route', { prompt })).json()) as {
+      decode: { workerId: string; overlapBlocks: number };
+    };
+    assert.equal(after.decode.workerId, id);
+    assert.equal(after.decode.overlapBlocks, 4);
+    const list = (await (await fetch(`${router.url}/v1/workers`)).json()) as {
+      data: { index_mode: string; index_blocks: number }[];
+    };
+    assert.equal(list.data[0]!.index_mode, 'approximate');
+    assert.equal(list.data[0]!.index_blocks, 4);
+    assert.equal((await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' })).status, 204);
+  });
+
+  test('no first chunk within first-token-timeout-ms -> 504, and the worker call is cancelled', async () => {
+    let cancelled = false;
+    generate = async function* (req) {
+      await new Promise<void>((resolve) => req.signal.addEventListener('abort', () => resolve()));
+      cancelled = true;
+    };
+    const id = await register(router, server.address, false);
+    const res = await post(router, '/v1/completions', { prompt: 'are you there?' });
+    assert.equal(res.status, 504);
+    assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'timeout');
+    await waitUntil(() => cancelled, 'the worker to see the cancel');
+    assert.equal(router.registry.load.size, 0);
+    await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
+  });
+
+  test('a stream silent for longer than stream-idle-timeout-ms ends: 504, or an SSE timeout event', async () => {
+    generate = async function* (req) {
+      yield encodeJson({ token_ids: [290], finish_reason: null, prompt_tokens: 4, cached_tokens: 0 });
+      await new Promise<void>((resolve) => req.signal.addEventListener('abort', () => resolve()));
+    };
+    const id = await register(router, server.address, false);
+    const whole = await post(router, '/v1/completions', { prompt: 'then silence' });
+    assert.equal(whole.status, 504);
+    const streamed = await post(router, '/v1/completions', { prompt: 'then silence', stream: true });
+    assert.equal(streamed.status, 200);
+    const text = await streamed.text();
+    const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+    assert.equal(events.length, 2);
+    assert.equal((JSON.parse(events[1]!.slice(6)) as { error: { code: string } }).error.code, 'timeout');
+    assert.equal(router.registry.load.size, 0);
+    await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
+  });
+
+  test('KV events: applied, a gap resubscribes from the last applied id, a dump resets the worker', async () => {
+    const a = tokens(2, 3);
+    const b = tokens(3, 2);
+    subscriptions.length = 0;
+    kvEvents = async function* (req) {
+      const { after_event_id } = decodeJson<KvEventsSubscribe>(req.payload);
+      if (after_event_id === 0) {
+        // Events 1..3 (prompt a), then event 5: event 4 is missing.
+        yield encodeJson({ kind: 'events', events: storedEvents(a, 1) } satisfies KvEventsChunk);
+        yield encodeJson({ kind: 'events', events: storedEvents(b, 5).slice(0, 1) } satisfies KvEventsChunk);
+      } else {
+        // Too old for the ring: a dump holding only prompt b, as of event 6.
+        const dump = storedEvents(b, 5);
+        yield encodeJson({ kind: 'dump', as_of_event_id: 6, events: dump } satisfies KvEventsChunk);
+      }
+      await new Promise<void>((resolve) => req.signal.addEventListener('abort', () => resolve()));
+    };
+    const id = await register(router, server.address, true);
+    await waitUntil(() => subscriptions.length >= 2 && router.index.lastEventId(id) === 6, 'the resync');
+    assert.deepEqual(
+      subscriptions.map((s) => s.after_event_id),
+      [0, 3],
+    );
+    const resyncs = Object.fromEntries(
+      (await router.metrics.kvResyncs.get()).values.map((v) => [v.labels.reason, v.value]),
+    );
+    assert.deepEqual(resyncs, { gap: 1, dump: 1 });
+    // After the dump the worker holds b only.
+    assert.equal(router.index.stats().blocksPerWorker[id], 2);
+    const routeA = (await (await post(router, '/v1/route', { prompt: a })).json()) as {
+      decode: { overlapBlocks: number };
+    };
+    const routeB = (await (await post(router, '/v1/route', { prompt: b })).json()) as {
+      decode: { overlapBlocks: number };
+    };
+    assert.equal(routeA.decode.overlapBlocks, 0);
+    assert.equal(routeB.decode.overlapBlocks, 2);
+    await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
+    // Deregistration purges its index entries.
+    assert.equal(router.index.stats().blocksPerWorker[id], undefined);
+    await sleep(10);
+  });
+});
