@@ -191,4 +191,37 @@ describe('fake workers', () => {
     assert.equal(router.index.stats().blocksPerWorker[id], undefined);
     await sleep(10);
   });
+
+  // Last: it closes the router.
+  test('close() ends open streams with a shutting_down event and resolves', async () => {
+    generate = async function* (req) {
+      while (!req.signal.aborted) {
+        yield encodeJson({ token_ids: [290], finish_reason: null, prompt_tokens: 4, cached_tokens: 0 });
+        await sleep(20);
+      }
+    };
+    await register(router, server.address, false);
+    const streamed = await post(router, '/v1/completions', {
+      prompt: 'endless',
+      stream: true,
+      max_tokens: 8000,
+    });
+    const reader = streamed.body!.getReader();
+    await reader.read();
+    const closing = router.close();
+    let text = '';
+    const decoder = new TextDecoder();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+    await closing;
+    const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+    assert.equal(
+      (JSON.parse(events.at(-1)!.slice(6)) as { error: { code: string } }).error.code,
+      'shutting_down',
+    );
+    assert.equal(router.registry.load.size, 0);
+  });
 });

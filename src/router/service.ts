@@ -4,6 +4,7 @@
 // fleet and releases threads and sockets. Used in-process by tests and benches and by the CLI.
 
 import type { Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../errors.js';
 import type { RadixIndex } from '../kv-index/index.js';
@@ -163,6 +164,10 @@ export async function createRouter(
           retryAfterSeconds: 1,
         });
         for (const ac of active) ac.abort(reason);
+        // Let the aborted responses finish first: server.close() only ends connections idle at
+        // the moment it is called.
+        const drainBy = Date.now() + CLOSE_GRACE_MS;
+        while (active.size > 0 && Date.now() < drainBy) await sleep(5);
         // The aborted requests answer at once; a socket still open after a short grace (seen:
         // a client's spare connection that never sent a request) would hold close() until the
         // keep-alive timeout, so it is cut.

@@ -1,0 +1,72 @@
+// `kvroute router` as a process (compiled, from dist/): --help lists every option with its
+// environment variable, a bad option exits 2 with one line, options come from KVROUTE_* too, and
+// SIGTERM / SIGINT close the router and exit 0.
+
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { test } from 'node:test';
+import { envName } from '../src/cli/options.js';
+import { ROUTER_OPTION_SPECS } from '../src/router/config.js';
+import { CLI_MAIN } from './helpers/fleet.js';
+
+test('--help lists every option with its environment variable', () => {
+  const r = spawnSync(process.execPath, [CLI_MAIN, 'router', '--help'], { encoding: 'utf8' });
+  assert.equal(r.status, 0);
+  for (const o of ROUTER_OPTION_SPECS) {
+    assert.ok(r.stdout.includes(`--${o.name}`), `--${o.name} in help`);
+    assert.ok(r.stdout.includes(envName(o.name)), `${envName(o.name)} in help`);
+  }
+});
+
+test('bad options exit 2 with one line', () => {
+  for (const args of [['--policy', 'fastest'], ['--port', 'eighty'], ['--block-size', '0'], ['--nope']]) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, 'router', ...args], { encoding: 'utf8' });
+    assert.equal(r.status, 2, args.join(' '));
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, /^kvroute router: /);
+  }
+  const env = spawnSync(process.execPath, [CLI_MAIN, 'router'], {
+    encoding: 'utf8',
+    env: { ...process.env, KVROUTE_MAX_ATTEMPTS: '0' },
+  });
+  assert.equal(env.status, 2);
+  assert.match(env.stderr, /KVROUTE_MAX_ATTEMPTS/);
+});
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  test(`options from the environment; ${signal} exits 0`, async () => {
+    const child = spawn(process.execPath, [CLI_MAIN, 'router'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, KVROUTE_PORT: '0', KVROUTE_BLOCK_SIZE: '32', OTEL_TRACES_EXPORTER: 'none' },
+    });
+    const exit = once(child, 'exit');
+    let out = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+        out += s;
+        const m = /listening on (http:\/\/\S+)/.exec(out);
+        if (m) resolve(m[1]!);
+      });
+      void exit.then(() => reject(new Error(`router exited early: ${out}`)));
+    });
+    // Block size 32 from the environment: a 16-token worker is refused.
+    const res = await fetch(`${url}/v1/workers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        role: 'both',
+        address: '127.0.0.1:9',
+        model: 'm',
+        block_size: 16,
+        kv_blocks: 64,
+        max_batched_tokens: 64,
+      }),
+    });
+    assert.equal(res.status, 400);
+    assert.equal(((await res.json()) as { error: { param: string } }).error.param, 'block_size');
+    child.kill(signal);
+    const [code] = await exit;
+    assert.equal(code, 0);
+  });
+}
