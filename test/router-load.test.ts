@@ -138,3 +138,29 @@ describe('in-flight cap', () => {
     assert.equal((await complete(router.url, { prompt: 'under the cap again' })).status, 200);
   });
 });
+
+describe('round-robin', () => {
+  let router: RouterService;
+  let fleet: TestFleet;
+  before(async () => {
+    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, policy: 'round-robin' });
+    fleet = new TestFleet(await router.listen());
+    await fleet.spawn(2);
+    await waitForWorkers(router.url, 2);
+  });
+  after(async () => {
+    await fleet.killAll();
+    await router.close();
+  });
+
+  test('alternates decode workers (prefill placement keeps its own cursor)', async () => {
+    const seen: (string | null)[] = [];
+    for (let i = 0; i < 4; i++) {
+      const res = await complete(router.url, { prompt: `turn ${i}`, max_tokens: 1 });
+      assert.equal(res.status, 200);
+      seen.push(res.headers.get('x-kvroute-decode-worker'));
+    }
+    assert.notEqual(seen[0], seen[1]);
+    assert.deepEqual(seen.slice(2), seen.slice(0, 2));
+  });
+});

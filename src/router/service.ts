@@ -82,7 +82,7 @@ export async function createRouter(
   fleet = new Fleet({ registry, client, metrics, log: app.log, approxTtlMs: config.approxTtlMs });
   const tokenizer = new Tokenizer();
   await tokenizer.warmup();
-  const policy = createPolicy({
+  const schedulerConfig = {
     policy: config.policy,
     blockSize: config.blockSize,
     overlapWeight: config.overlapWeight,
@@ -90,7 +90,11 @@ export async function createRouter(
     busyPrefillTokens: config.busyPrefillTokens,
     busyDecodeFraction: config.busyDecodeFraction,
     ...(config.rng ? { rng: config.rng } : {}),
-  });
+  };
+  const policy = createPolicy(schedulerConfig);
+  // Prefill placement gets its own instance: sharing one would advance round-robin's cursor twice
+  // per request, and with `both` workers in both lists every decode pick landed on the same worker.
+  const prefillPolicy = createPolicy(schedulerConfig);
   const pipeline: PipelineDeps = {
     config,
     limits: {
@@ -100,6 +104,7 @@ export async function createRouter(
     },
     fleet,
     policy,
+    prefillPolicy,
     tokenizer,
     metrics,
     tracer: telemetry.tracer,
@@ -120,7 +125,7 @@ export async function createRouter(
       extensions.prefillPlanner ??
       new KvPrefillPlanner({
         registry,
-        policy,
+        policy: prefillPolicy,
         tracer: telemetry.tracer,
         metrics,
         maxLocalPrefill: config.maxLocalPrefill,

@@ -14,7 +14,10 @@ export interface PipelineDeps {
   readonly config: RouterConfig;
   readonly limits: RequestLimits;
   readonly fleet: Fleet;
+  /** Chooses decode workers. */
   readonly policy: RoutingPolicy;
+  /** Chooses prefill workers: a separate instance (own round-robin cursor) of the same config. */
+  readonly prefillPolicy: RoutingPolicy;
   readonly tokenizer: Tokenizer;
   readonly metrics: RouterMetrics;
   readonly tracer: Tracer;

@@ -147,7 +147,7 @@ function executionContext(
       const candidates = deps.fleet.registry
         .candidates(plan.routing.model, 'prefill')
         .filter((w) => !exclude.has(w.id));
-      const d = deps.policy.select({
+      const d = deps.prefillPolicy.select({
         candidates,
         promptTokens: plan.routing.promptTokens,
         overlaps: plan.routing.overlaps,
