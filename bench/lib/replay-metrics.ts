@@ -29,6 +29,8 @@ export interface PolicySummary {
   completed: number;
   errors: number;
   errorSamples: string[];
+  /** Requests whose prompt was prefilled on another worker than the decode worker (x-kvroute-prefill-worker). */
+  remotePrefills: number;
   /** Wall time from the first send to the last answer, ms. */
   durationMs: number;
   ttftMs: Distribution;
@@ -91,6 +93,9 @@ export function summarizeReplay(
     requests: records.length,
     completed: completed.length,
     errors: failed.length,
+    remotePrefills: records.filter(
+      (r) => r.timing.prefillWorker !== undefined && r.timing.prefillWorker !== r.timing.decodeWorker,
+    ).length,
     errorSamples: [...new Set(failed.map((r) => r.timing.error ?? 'unknown error'))].slice(0, 5),
     durationMs: round(durationMs, 1),
     ttftMs: distribution(ttft),
