@@ -140,6 +140,29 @@ describe('mid-stream failure and client disconnect', () => {
     await waitUntil(() => router.registry.size === 0, 'the killed worker to be removed');
   });
 
+  test('a worker that deregisters on SIGTERM finishes the stream it is serving', async () => {
+    const [draining] = await fleet.spawn(1, ['--speedup', '2']);
+    await waitForWorkers(router.url, 1, [draining!.address]);
+    const res = await complete(router.url, {
+      prompt: 'finish what you started',
+      max_tokens: 300,
+      stream: true,
+    });
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = decoder.decode((await reader.read()).value);
+    draining!.kill('SIGTERM');
+    await waitUntil(() => router.registry.size === 0, 'the worker to deregister');
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+    assert.ok(text.endsWith('data: [DONE]\n\n'), text.slice(-300));
+    assert.ok(!text.includes('"error"'));
+    assert.equal((await draining!.exit).code, 0);
+  });
+
   test('a client that disconnects cancels the worker stream and releases the booking', async () => {
     const [slow] = await fleet.spawn(1, ['--speedup', '1']);
     await waitForWorkers(router.url, 1, [slow!.address]);

@@ -2,7 +2,8 @@
 // worker starts its KV-event subscription (or puts it in approximate mode when it publishes no
 // events); removing it (deregistration, lease expiry, replacement at the same address, refused
 // connections) purges its index entries, drops its load, stops its subscription and closes its
-// request-plane pool. Lease expiry is swept by an unref'd interval.
+// request-plane pool (only when the process is gone: a draining worker finishes its streams).
+// Lease expiry is swept by an unref'd interval.
 
 import type { FastifyBaseLogger } from 'fastify';
 import { ApproxIndex, type BlockKeys, RadixIndex } from '../../kv-index/index.js';
@@ -150,7 +151,11 @@ export class Fleet {
     void sub?.stop();
     if (this.liveAt.get(worker.address) === worker.id) {
       this.liveAt.delete(worker.address);
-      void this.opts.client.closeAddress(worker.address);
+      // A dead or replaced process has nothing left to cut. A worker that deregistered (it is
+      // draining) or whose lease ran out (maybe just slow) keeps its open streams: its
+      // connections end when its server closes.
+      if (reason === 'unreachable' || reason === 'replaced')
+        void this.opts.client.closeAddress(worker.address);
     }
     this.opts.log.info(
       { event: 'worker_removed', worker_id: worker.id, address: worker.address, reason },
