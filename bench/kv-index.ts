@@ -11,6 +11,7 @@ import { runInNewContext } from 'node:vm';
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { ApproxIndex, computeBlockHashes, localBlockKeys, RadixIndex } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
+import { seededRng as prng } from '../src/util/seeded-rng.js';
 import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
@@ -49,17 +50,6 @@ export const spec: CommandSpec = {
 const BLOCK = 16;
 const SIZES = [1024, 8192, 32768] as const;
 const GOALS = { findMatchesP99Us: 20, applyBlocksPerSec: 2_000_000, bytesPerBlock: 120, hashingMedianUs: 10 };
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomTokens(random: () => number, n: number): Uint32Array {
   const out = new Uint32Array(n);

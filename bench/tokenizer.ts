@@ -7,6 +7,7 @@
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { DEFAULT_INLINE_MAX_CHARS, Tokenizer } from '../src/router/tokenizer/index.js';
 import { ENCODING_NAME, encodeText } from '../src/router/tokenizer/vocabulary.js';
+import { seededRng } from '../src/util/seeded-rng.js';
 import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
@@ -40,23 +41,12 @@ const COMMON =
     ' ',
   );
 
-function seededRandom(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Prompt-like text: mostly common words, a fifth made-up words (so BPE merges and the merge cache
  * see unfamiliar pieces), numbers, punctuation and line breaks.
  */
 function corpus(chars: number, seed: number): string {
-  const rand = seededRandom(seed);
+  const rand = seededRng(seed);
   const parts: string[] = [];
   let length = 0;
   while (length < chars) {

@@ -16,6 +16,7 @@ import {
   u64String,
   xxh3Seeded,
 } from '../src/kv-index/index.js';
+import { seededRng as prng } from '../src/util/seeded-rng.js';
 
 interface VectorCase {
   name: string;
@@ -27,18 +28,6 @@ interface VectorCase {
 const vectors: { cases: VectorCase[] } = JSON.parse(
   readFileSync(new URL('../../shared/test-vectors/block_hashes.json', import.meta.url), 'utf8'),
 );
-
-/** Deterministic PRNG (mulberry32) so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function referenceXxh3(bytes: Uint8Array): Promise<bigint> {
   return BigInt(`0x${await xxhash3(bytes, 1337, 0)}`);

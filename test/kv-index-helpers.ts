@@ -9,18 +9,9 @@ import {
   RadixIndex,
 } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
+import { seededRng as prng } from '../src/util/seeded-rng.js';
 
-/** mulberry32: deterministic so a failing seed reproduces. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng };
 
 /** `blocks` blocks of `blockSize` distinct-looking tokens derived from `seed`. */
 export function tokensOf(seed: number, blocks: number, blockSize = 16): number[] {

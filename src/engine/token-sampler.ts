@@ -4,6 +4,8 @@
 // Ids are drawn from a fixed list of o200k_base tokens for common English words (each a single
 // token with a leading space), plus '.' and ',', so the router's tokenizer decodes readable text.
 
+import { seededRng } from '../util/seeded-rng.js';
+
 /** o200k_base ids of ' the', ' of', ' and', ... (single-token words), then ',' and '.'. */
 export const WORD_TOKEN_IDS: readonly number[] = [
   290, 328, 326, 316, 306, 261, 382, 484, 395, 480, 472, 673, 483, 413, 656, 402, 625, 501, 495, 553, 503,
@@ -23,20 +25,15 @@ export function promptSeed(tokenIds: readonly number[], engineSeed: number): num
   return h;
 }
 
-/** mulberry32: a tiny, well-mixed 32-bit PRNG; state is one integer, so a sampler is cheap to keep per request. */
+/** Draws word tokens from the project's seeded PRNG; one closure of state per request. */
 export class TokenSampler {
-  private state: number;
+  private readonly random: () => number;
 
   constructor(seed: number) {
-    this.state = seed >>> 0;
+    this.random = seededRng(seed);
   }
 
   next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    const r = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    return WORD_TOKEN_IDS[Math.floor(r * WORD_TOKEN_IDS.length)]!;
+    return WORD_TOKEN_IDS[Math.floor(this.random() * WORD_TOKEN_IDS.length)]!;
   }
 }
