@@ -254,7 +254,9 @@ export function renderWaterfall(spans: readonly ReceivedSpan[], width = 40): str
     children.set(key, [...(children.get(key) ?? []), s]);
   }
   for (const list of children.values()) list.sort((a, b) => Number(a.startNs - b.startNs));
+  // biome-ignore lint/complexity/useMathMinMax: bigint nanoseconds (Math.min takes numbers)
   const t0 = spans.reduce((m, s) => (s.startNs < m ? s.startNs : m), spans[0]!.startNs);
+  // biome-ignore lint/complexity/useMathMinMax: as above
   const t1 = spans.reduce((m, s) => (s.endNs > m ? s.endNs : m), spans[0]!.endNs);
   const total = Number(t1 - t0) || 1;
   const rows: [string, string, string, string][] = [];
