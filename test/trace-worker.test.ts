@@ -84,8 +84,6 @@ test('generate: caller -> request_plane generate -> handle_payload -> engine.pre
   assert.equal(prefill?.attributes['kvroute.cached_tokens'], 0);
   assert.equal(decode?.attributes['kvroute.output_tokens'], 5);
   assert.equal(decode?.attributes['kvroute.finish_reason'], 'length');
-  // (Start times are only millisecond-precise in this SDK, so compare ends.)
-  assert.ok(prefill!.endNs <= decode!.endNs, 'decode ends after prefill');
   assert.equal(spans.length, 3, 'nothing else in the trace');
 
   // The health call made outside any span starts its own trace: a root CLIENT span here, its
