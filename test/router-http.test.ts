@@ -90,7 +90,7 @@ describe('worker registration', () => {
   test('registers (201 with id and lease), heartbeats, lists, deregisters; unknown id is 404', async () => {
     const reg = await post('/v1/workers', registration({ address: '127.0.0.1:21' }));
     assert.equal(reg.status, 201);
-    assert.match(reg.json.worker_id, /^w-\d+$/);
+    assert.match(reg.json.worker_id, /^w[0-9a-f]{6}-\d+$/);
     assert.equal(reg.json.lease_ttl_ms, router.config.leaseTtlMs);
     const beat = await fetch(`${url}/v1/workers/${reg.json.worker_id}/heartbeat`, { method: 'POST' });
     assert.equal(beat.status, 200);

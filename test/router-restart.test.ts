@@ -40,6 +40,7 @@ test('after a router restart the workers register again and the index refills', 
   const holderAddress = router.registry.get(holderId)!.address;
   await waitUntil(() => (router!.index.stats().blocksPerWorker[holderId] ?? 0) >= 20, 'the prefix indexed');
 
+  const oldIds = router.registry.list().map((w) => w.id);
   await router.close();
   router = await createRouter({ ...config, port });
   assert.equal(await router.listen(), url);
@@ -51,6 +52,8 @@ test('after a router restart the workers register again and the index refills', 
     workers.map((w) => w.address),
   );
   const newHolder = rows.find((r) => r.address === holderAddress)!;
+  // A worker heartbeating with its old id must get 404, never renew another worker's lease.
+  for (const r of rows) assert.ok(!oldIds.includes(r.worker_id), `${r.worker_id} reused`);
   // The replayed events rebuild what the holder caches, with no request sent to the new router.
   await waitUntil(
     () => (router!.index.stats().blocksPerWorker[newHolder.worker_id] ?? 0) >= 20,

@@ -3,6 +3,7 @@
 // them; `listen()` starts serving; `close()` refuses new requests, ends open streams, stops the
 // fleet and releases threads and sockets. Used in-process by tests and benches and by the CLI.
 
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance } from 'fastify';
@@ -62,7 +63,12 @@ export async function createRouter(
 ): Promise<RouterService> {
   const config = resolveRouterConfig(overrides);
   const telemetry = extensions.telemetry ?? initTelemetry({ serviceName: 'kvroute-router' });
-  const registry = new WorkerRegistry({ blockSize: config.blockSize, leaseTtlMs: config.leaseTtlMs });
+  const registry = new WorkerRegistry({
+    blockSize: config.blockSize,
+    leaseTtlMs: config.leaseTtlMs,
+    // Ids unique across router restarts: `w-1` of the old router must not name a new router's worker.
+    idPrefix: `w${randomBytes(3).toString('hex')}-`,
+  });
   let fleet: Fleet | undefined;
   const metrics = new RouterMetrics({
     workers: () =>

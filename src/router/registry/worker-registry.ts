@@ -31,6 +31,12 @@ export interface WorkerRegistryOptions {
   leaseTtlMs?: number;
   /** Registrations beyond this many live workers are refused with `overloaded` (default 4096). */
   maxWorkers?: number;
+  /**
+   * Start of every id (default `w-`). A router process should make it unique (e.g. random): a
+   * worker that outlived a router restart heartbeats with its old id, which must not name another
+   * worker in the new router (it would renew that worker's lease and never register itself).
+   */
+  idPrefix?: string;
   /** Options of the active-load tracker (stale expiry). */
   load?: ActiveLoadOptions;
 }
@@ -66,6 +72,7 @@ export class WorkerRegistry {
   /** Active-sequence tracking of the registered workers; removal here drops their load there. */
   readonly load: ActiveLoad;
   private nextId = 1;
+  private readonly idPrefix: string;
   /**
    * Workers by id, in order of lease expiry: every lease has the same TTL, so re-inserting a worker
    * on each heartbeat keeps the soonest-expiring at the front and `expire` stops at the first live one.
@@ -79,6 +86,7 @@ export class WorkerRegistry {
     this.blockSize = options.blockSize;
     this.leaseTtlMs = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
     this.maxWorkers = options.maxWorkers ?? DEFAULT_MAX_WORKERS;
+    this.idPrefix = options.idPrefix ?? 'w-';
     this.load = new ActiveLoad(options.load);
   }
 
@@ -95,7 +103,7 @@ export class WorkerRegistry {
       });
     }
     const replaced = previous ? this.remove(previous) : undefined;
-    const id = `w-${this.nextId++}`;
+    const id = `${this.idPrefix}${this.nextId++}`;
     const worker: MutableWorker = {
       ...registration,
       id,
