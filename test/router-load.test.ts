@@ -29,7 +29,8 @@ describe('load spreads', () => {
   before(async () => {
     router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, maxLocalPrefill: 1_000_000 });
     fleet = new TestFleet(await router.listen());
-    await fleet.spawn(2);
+    // Real-time speed: each 500-token stream runs for seconds, so the requests below overlap.
+    await fleet.spawn(2, ['--speedup', '1']);
     await waitForWorkers(router.url, 2);
   });
   after(async () => {
@@ -45,27 +46,22 @@ describe('load spreads', () => {
       () => (router.index.stats().blocksPerWorker[holder] ?? 0) >= 24,
       'the prefix in the index',
     );
-    // Each request books ~32 decode blocks on its worker (500 output tokens); the other worker
-    // costs 24 prefill + 56 decode blocks. From the third concurrent request on, the holder is
-    // dearer than the idle worker.
-    const responses = await Promise.all(
-      Array.from({ length: 4 }, (_, i) =>
-        complete(router.url, { prompt: [...prefix, 100 + i], max_tokens: 500 }),
-      ),
-    );
-    const workers = responses.map((r) => r.headers.get('x-kvroute-decode-worker'));
-    for (const r of responses) assert.equal(r.status, 200);
-    assert.equal(new Set(workers).size, 2, `decode workers: ${workers.join(', ')}`);
-    assert.equal(
-      workers.filter((w) => w === holder).length >= 2,
-      true,
-      `decode workers: ${workers.join(', ')}`,
-    );
-    const bodies = (await Promise.all(responses.map((r) => r.json()))) as {
-      usage: { prompt_tokens_details: { cached_tokens: number } };
-    }[];
-    const cachedOnHolder = bodies.filter((_, i) => workers[i] === holder);
-    for (const b of cachedOnHolder) assert.ok(b.usage.prompt_tokens_details.cached_tokens >= 24 * 16);
+    // Each request books 32 decode blocks on the holder (ceil((385 + 500) / 16) = 56 blocks, 24
+    // of them cached) against 24 prefill + 56 decode blocks on the idle worker: the holder costs
+    // 32, then 64, then 96 > 80. Streaming answers start at the first token, so each request below
+    // is routed while the earlier ones still run.
+    const streams: Response[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await complete(router.url, { prompt: [...prefix, 100 + i], max_tokens: 500, stream: true });
+      assert.equal(res.status, 200);
+      streams.push(res);
+    }
+    const workers = streams.map((r) => r.headers.get('x-kvroute-decode-worker'));
+    assert.deepEqual(workers.slice(0, 2), [holder, holder], `decode workers: ${workers.join(', ')}`);
+    assert.notEqual(workers[2], holder, `decode workers: ${workers.join(', ')}`);
+    // Abandoning the streams cancels them on the workers.
+    await Promise.all(streams.map((r) => r.body!.cancel()));
+    await waitUntil(() => router.registry.load.size === 0, 'the bookings to be released');
   });
 });
 
