@@ -66,8 +66,8 @@ describe('fake workers', () => {
       port: 0,
       logger: false,
       leaseTtlMs: 60_000,
-      firstTokenTimeoutMs: 300,
-      streamIdleTimeoutMs: 300,
+      firstTokenTimeoutMs: 800,
+      streamIdleTimeoutMs: 800,
       maxLocalPrefill: 1_000_000,
     });
     await router.listen();
