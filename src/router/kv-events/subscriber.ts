@@ -58,9 +58,14 @@ export class KvEventsSubscriber {
     let connectFailures = 0;
     while (!signal.aborted) {
       try {
-        const progressed = await this.follow(signal);
-        if (progressed) failures = 0;
+        const chunksBefore = this.chunks;
+        const outcome = await this.follow(signal);
         connectFailures = 0;
+        // A gap resubscribes at once. A stream the worker ended (it is draining, or restarting its
+        // subscriptions) is retried after a short backoff, longer each time it ends without live
+        // chunks, so it cannot become a tight loop.
+        if (outcome === 'gap') failures = 0;
+        else failures = this.chunks - chunksBefore > 1 ? 1 : failures + 1;
       } catch (err) {
         if (signal.aborted) break;
         failures++;
@@ -87,10 +92,10 @@ export class KvEventsSubscriber {
   }
 
   /**
-   * One subscription from the last applied id. Returns whether any chunk arrived (progress),
-   * when the stream ends cleanly or a gap asks for a resubscription; throws on transport failure.
+   * One subscription from the last applied id. Returns 'gap' when events are missing (resubscribe
+   * from the last applied id) or 'ended' when the worker ended the stream; throws on transport failure.
    */
-  private async follow(signal: AbortSignal): Promise<boolean> {
+  private async follow(signal: AbortSignal): Promise<'gap' | 'ended'> {
     const { client, index, metrics, log } = this.deps;
     const workerId = this.worker.id;
     const body: KvEventsSubscribe = { after_event_id: index.lastEventId(workerId) };
@@ -98,9 +103,7 @@ export class KvEventsSubscriber {
       signal,
       firstResponseTimeoutMs: this.deps.firstResponseTimeoutMs ?? 5000,
     });
-    let progressed = false;
     for await (const buf of stream) {
-      progressed = true;
       this.chunks++;
       const chunk = decodeJson<KvEventsChunk>(buf);
       if (chunk.kind === 'dump') {
@@ -120,10 +123,10 @@ export class KvEventsSubscriber {
             { event: 'kv_events_gap', worker_id: workerId, expected: result.expectedEventId },
             'kv_events gap: resubscribing',
           );
-          return true; // leaving the loop cancels the stream; the caller resubscribes from lastEventId
+          return 'gap'; // leaving the loop cancels the stream; the caller resubscribes from lastEventId
         }
       }
     }
-    return progressed;
+    return 'ended';
   }
 }
