@@ -32,6 +32,17 @@ function tokenPrompt(seed: number, blocks: number): number[] {
   return Array.from({ length: blocks * 16 }, (_, i) => 1000 + ((seed * 7919 + i * 31) % 50_000));
 }
 
+describe('models', () => {
+  test('the served model is listed and the router is ready', async () => {
+    const models = await client.models.list();
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      [MODEL],
+    );
+    assert.equal((await fetch(`${router.url}/ready`)).status, 200);
+  });
+});
+
 describe('completions', () => {
   test('non-streaming: text, finish reason and usage with cached_tokens', async () => {
     const res = await client.completions.create({
