@@ -160,12 +160,11 @@ export async function createRouter(
       return url;
     },
     async listen() {
-      const address = await app.listen({ host: config.host, port: config.port });
+      await app.listen({ host: config.host, port: config.port });
       const { port } = app.server.address() as { port: number };
       const host = config.host.includes(':') ? `[${config.host}]` : config.host;
       url = `http://${host}:${port}`;
       theFleet.start();
-      app.log.info({ event: 'listening', url, address }, 'router listening');
       return url;
     },
     close() {

@@ -126,7 +126,6 @@ export function createApp(deps: AppDeps): FastifyInstance {
     request.log[level](
       {
         event: 'request',
-        request_id: request.id,
         method: request.method,
         route,
         status,
