@@ -22,6 +22,7 @@ import {
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
+import { followsParent, UnsampledShortcutTracer } from './unsampled-shortcut.js';
 
 export type { TelemetryConfig } from './config.js';
 export { resolveTelemetryConfig } from './config.js';
@@ -105,8 +106,9 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
     spanProcessors: buildProcessors(config),
   });
   let shuttingDown: Promise<void> | undefined;
+  const sdkTracer = provider.getTracer('kvroute');
   return {
-    tracer: provider.getTracer('kvroute'),
+    tracer: followsParent(config.sampler.kind) ? new UnsampledShortcutTracer(sdkTracer) : sdkTracer,
     enabled: true,
     config,
     shutdown: () => {

@@ -1,0 +1,49 @@
+// A tracer in front of the SDK's for samplers that follow the parent's decision (the
+// parentbased_* family, and always_off). Under those, a span whose parent is a valid span context
+// that was NOT sampled is always non-recording; the SDK still generates ids and asks the sampler
+// to learn that. This answers it directly with a non-recording span carrying the parent's
+// context, so a sampled-out request costs one SDK span (its root) instead of one per hop: what
+// keeps "sampled out" close to "off" (bench tracing). Nothing is recorded either way, so the
+// propagated span id (the parent's instead of a fresh one) is never seen by a backend.
+
+import {
+  type Context,
+  context,
+  type Span,
+  type SpanOptions,
+  TraceFlags,
+  type Tracer,
+  trace,
+} from '@opentelemetry/api';
+
+export class UnsampledShortcutTracer implements Tracer {
+  constructor(private readonly sdk: Tracer) {}
+
+  startSpan(name: string, options?: SpanOptions, ctx: Context = context.active()): Span {
+    if (options?.root !== true) {
+      const parent = trace.getSpanContext(ctx);
+      if (
+        parent !== undefined &&
+        (parent.traceFlags & TraceFlags.SAMPLED) === 0 &&
+        trace.isSpanContextValid(parent)
+      ) {
+        return trace.wrapSpanContext(parent);
+      }
+    }
+    return this.sdk.startSpan(name, options, ctx);
+  }
+
+  // The API's three overloads: (name, fn), (name, options, fn), (name, options, context, fn).
+  startActiveSpan: Tracer['startActiveSpan'] = (name: string, ...rest: unknown[]) => {
+    const fn = rest[rest.length - 1] as (span: Span) => unknown;
+    const options = rest.length >= 2 ? (rest[0] as SpanOptions | undefined) : undefined;
+    const ctx = rest.length >= 3 ? ((rest[1] as Context | undefined) ?? context.active()) : context.active();
+    const span = this.startSpan(name, options, ctx);
+    return context.with(trace.setSpan(ctx, span), fn, undefined, span);
+  };
+}
+
+/** Whether a sampler of this kind decides a child with a parent exactly as its parent was decided. */
+export function followsParent(samplerKind: string): boolean {
+  return samplerKind.startsWith('parentbased_') || samplerKind === 'always_off';
+}
