@@ -75,6 +75,9 @@ export function createApp(deps: AppDeps): FastifyInstance {
     // Fastify's two lines per request are replaced by our one line in onResponse.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.bodyLimit,
+    // A client must finish sending its request within this (node's receive timeout; responses,
+    // streams included, are not bounded by it): a stalled upload cannot hold a socket forever.
+    requestTimeout: 30_000,
     requestIdHeader: false,
     genReqId: (raw) => {
       const given = raw.headers['x-request-id'];
