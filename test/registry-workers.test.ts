@@ -112,13 +112,13 @@ test('heartbeat and deregister of an unknown or expired id answer 404 worker_not
   }
 });
 
-test('candidates by phase and model: prefill = prefill|both, decode = decode|both', () => {
+test('candidates by phase and model: prefill = dedicated prefill workers, decode = decode|both', () => {
   const r = new WorkerRegistry({ blockSize: 16 });
   const p = r.register(body({ role: 'prefill', address: 'h:1' }), T0).worker;
   const d = r.register(body({ role: 'decode', address: 'h:2' }), T0).worker;
   const both = r.register(body({ role: 'both', address: 'h:3' }), T0).worker;
   const other = r.register(body({ role: 'decode', address: 'h:4', model: 'other' }), T0).worker;
-  assert.deepEqual(r.candidates('mock', 'prefill'), [p, both]);
+  assert.deepEqual(r.candidates('mock', 'prefill'), [p]);
   assert.deepEqual(r.candidates('mock', 'decode'), [d, both]);
   assert.deepEqual(r.candidates('other', 'decode'), [other]);
   assert.deepEqual(r.candidates('other', 'prefill'), []);

@@ -61,8 +61,10 @@ interface ModelGroup {
 
 const NONE: readonly Worker[] = Object.freeze([]);
 
+// Remote prefill goes to dedicated prefill workers only: a `both` worker prefills its own
+// requests, so a fleet of aggregated workers never splits a request across two of them.
 function serves(role: WorkerRole, phase: WorkerPhase): boolean {
-  return role === 'both' || role === phase;
+  return phase === 'prefill' ? role === 'prefill' : role === 'both' || role === 'decode';
 }
 
 export class WorkerRegistry {
@@ -157,7 +159,7 @@ export class WorkerRegistry {
   }
 
   /**
-   * Workers of `model` able to serve `phase` (prefill: prefill|both, decode: decode|both), in
+   * Workers of `model` for `phase` (prefill: dedicated prefill workers, decode: decode|both), in
    * registration order. O(1) after the first call following a membership change; the returned
    * array is shared and must not be mutated.
    */
