@@ -31,7 +31,12 @@ export class KvPrefillPlanner implements PrefillPlanner {
 
   /** Plans and counts the decision. Throws 503 under --enforce-disagg when every prefill worker is busy. */
   choosePrefill(routing: RoutingInput, decode: WorkerDecision): PlannedPrefill {
-    const planned = this.plan(routing, decode);
+    // An aggregated fleet (no prefill workers for the model) decides without the
+    // prefill_routing/kv_find_best_match span pair: two spans per request it would never use.
+    const planned =
+      this.deps.registry.candidates(routing.model, 'prefill').length === 0
+        ? { prefill: null, reason: 'no_prefill_workers' }
+        : this.plan(routing, decode);
     this.deps.metrics.disaggDecisions.labels(planned.prefill ? 'remote' : 'local', planned.reason).inc();
     return planned;
   }
