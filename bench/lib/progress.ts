@@ -30,6 +30,7 @@ export class Progress {
   private readonly now: () => number;
   private readonly start: number;
   private lastDraw = -Infinity;
+  private lastDrawnDone = -1;
   private done = 0;
 
   constructor(
@@ -55,11 +56,13 @@ export class Progress {
 
   /** Final state on its own line. */
   finish(extra = ''): void {
-    this.draw(extra);
+    // A plain-line stream already shows the final count when the last tick drew it.
+    if (this.tty || this.lastDrawnDone !== this.done || extra) this.draw(extra);
     if (this.tty) this.stream.write('\n');
   }
 
   private draw(extra: string): void {
+    this.lastDrawnDone = this.done;
     const line = formatProgress(this.label, this.done, this.total, this.now() - this.start, extra);
     this.stream.write(this.tty ? `\r\x1b[2K${line}` : `${line}\n`);
   }
