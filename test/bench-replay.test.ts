@@ -18,7 +18,7 @@ test('replay --quick on a 10-line trace completes and reports every field', asyn
     // Requests 2..9 reuse the first request's two leading blocks; one malformed line (line 11).
     const lines = Array.from({ length: 10 }, (_, i) =>
       JSON.stringify({
-        timestamp: i * 1000,
+        timestamp: i * 5000,
         input_length: 1100 + i,
         output_length: 4 + i,
         hash_ids: i === 0 ? [0, 1, 2] : [0, 1, 100 + i],
