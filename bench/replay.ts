@@ -123,10 +123,6 @@ async function replayPolicy(
       String(Math.max(4 << 20, maxPrompt * 8 + 4096)),
       // Every request is served and queues in a worker instead of a 503 from the busy check, so
       // all policies answer the same requests and TTFT shows the queueing each policy causes.
-      // Aggregated workers: each prompt is prefilled where it decodes (no remote prefill on
-      // another role-both worker), so policies compare on placement alone.
-      '--max-local-prefill',
-      String(1e9),
       '--busy-prefill-tokens',
       String(1e12),
       '--busy-decode-fraction',
