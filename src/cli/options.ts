@@ -106,8 +106,12 @@ export function parseOptions(
     let raw: string;
     if (eq !== -1) raw = arg.slice(eq + 1);
     else if (spec.type === 'boolean') {
+      // `--flag true|false` consumes the next word; a bare `--flag` means true.
       const next = argv[i + 1];
-      raw = next !== undefined && /^(true|false)$/i.test(next) ? (i++, next) : 'true';
+      if (next !== undefined && /^(true|false)$/i.test(next)) {
+        raw = next;
+        i++;
+      } else raw = 'true';
     } else {
       const next = argv[i + 1];
       if (next === undefined || (next.startsWith('--') && next.length > 2)) {
