@@ -6,7 +6,8 @@
 import { ERROR_CODES, type ErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk, GenerateRequest } from '../../protocols/worker-plane.js';
 import { ENDPOINTS } from '../../protocols/worker-plane.js';
-import { decodeJson, encodeJson, isTransportError } from '../../tcp/index.js';
+import { decodeJson, isTransportError } from '../../tcp/index.js';
+import { encodeGenerateRequest } from './generate-payload.js';
 import type { ExecutionContext } from './types.js';
 
 /**
@@ -68,7 +69,7 @@ export async function* callGenerate(
 ): AsyncGenerator<GenerateChunk> {
   const idle = new AbortController();
   const signal = AbortSignal.any([ctx.signal, idle.signal]);
-  const stream = ctx.client.stream(address, ENDPOINTS.generate, encodeJson(body), {
+  const stream = ctx.client.stream(address, ENDPOINTS.generate, encodeGenerateRequest(body), {
     requestId,
     signal,
     firstResponseTimeoutMs: ctx.firstTokenTimeoutMs,

@@ -1,0 +1,55 @@
+// The `generate` request payload, encoded without JSON.stringify of the prompt: the token-id array
+// (1k–100k+ small integers) is written as ASCII digits straight into the frame buffer. The bytes
+// are the same JSON a `JSON.stringify` would give (docs/worker.md is unchanged); stringify of a 1k
+// prompt plus its UTF-8 copy was ~10% of the router's CPU under load (this: ~40% less per call).
+// An id outside 0..2^31-1 or not an integer falls back to plain JSON, so the output is always the
+// same JSON.
+
+import type { GenerateRequest } from '../../protocols/worker-plane.js';
+import { encodeJson } from '../../tcp/index.js';
+
+/** Decimal digits of an integer in 0..2^31-1. */
+function digits(v: number): number {
+  if (v < 100_000) return v < 100 ? (v < 10 ? 1 : 2) : v < 1000 ? 3 : v < 10_000 ? 4 : 5;
+  return v < 10_000_000 ? (v < 1_000_000 ? 6 : 7) : v < 100_000_000 ? 8 : v < 1_000_000_000 ? 9 : 10;
+}
+
+/**
+ * Writes `[a,b,c]` at `at`; returns the end offset, or -1 when an id is not an integer in
+ * 0..2^31-1 (token ids always are; anything else takes the JSON.stringify path).
+ */
+function writeIdArray(buf: Uint8Array, at: number, ids: readonly number[]): number {
+  let o = at;
+  buf[o++] = 0x5b; // [
+  for (let i = 0; i < ids.length; i++) {
+    let v = ids[i] as number;
+    if ((v | 0) !== v || v < 0) return -1;
+    if (i > 0) buf[o++] = 0x2c; // ,
+    const end = o + digits(v);
+    for (let p = end - 1; p >= o; p--) {
+      const q = (v / 10) | 0;
+      buf[p] = 0x30 + v - q * 10;
+      v = q;
+    }
+    o = end;
+  }
+  buf[o++] = 0x5d; // ]
+  return o;
+}
+
+export function encodeGenerateRequest(body: GenerateRequest): Buffer {
+  const { request_id, token_ids, ...rest } = body;
+  const head = `{"request_id":${JSON.stringify(request_id)},"token_ids":`;
+  // Everything after token_ids, in its own key order: `,"max_tokens":16}`.
+  const restJson = JSON.stringify(rest);
+  const tail = restJson === '{}' ? '}' : `,${restJson.slice(1)}`;
+  const headBytes = Buffer.byteLength(head);
+  const tailBytes = Buffer.byteLength(tail);
+  // 10 digits is the longest id written here, plus one comma each.
+  const buf = Buffer.allocUnsafe(headBytes + 2 + token_ids.length * 11 + tailBytes);
+  buf.write(head, 0);
+  const end = writeIdArray(buf, headBytes, token_ids);
+  if (end < 0) return encodeJson(body);
+  buf.write(tail, end);
+  return buf.subarray(0, end + tailBytes);
+}

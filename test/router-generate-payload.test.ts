@@ -1,0 +1,33 @@
+// The generate payload encoder must produce exactly the JSON that JSON.stringify gives, for
+// every id shape (digit-count borders, zero) and fall back to JSON for ids it does not write.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { encodeGenerateRequest } from '../src/router/execute/generate-payload.js';
+import { encodeJson } from '../src/tcp/index.js';
+
+test('encodeGenerateRequest gives the bytes of JSON.stringify at every digit-count border', () => {
+  const ids = [0, 9, 10, 99, 100, 999, 1000, 9999, 10_000, 99_999, 100_000, 199_997, 999_999];
+  for (let p = 1e6; p <= 1e9; p *= 10) ids.push(p - 1, p);
+  ids.push(2 ** 31 - 1);
+  const body = { request_id: 'é"\\\u0001id', token_ids: ids, max_tokens: 16, stop_token_ids: [1, 2] };
+  assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+});
+
+test('encodeGenerateRequest keeps every other field and handles an empty prompt', () => {
+  const body = {
+    request_id: 'r',
+    token_ids: [],
+    max_tokens: 1,
+    first_token: 7,
+    await_kv_handoff: { timeout_ms: 5 },
+  };
+  assert.deepEqual(JSON.parse(encodeGenerateRequest(body).toString()), body);
+  assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+});
+
+test('encodeGenerateRequest falls back to JSON for ids it does not write as digits', () => {
+  for (const odd of [1.5, -1, 2 ** 31, Number.NaN]) {
+    const body = { request_id: 'r', token_ids: [1, odd], max_tokens: 1 };
+    assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+  }
+});
