@@ -58,6 +58,36 @@ export function toClientError(err: unknown, signal: AbortSignal): KvrouteError {
 }
 
 /**
+ * One call's abort signal: follows the request's signal, and the idle bound aborts it alone. A
+ * listener object instead of `AbortSignal.any` (a second signal and weak references per call,
+ * ~5% of the router's CPU under load) and instead of a closure.
+ */
+class CallAbort {
+  readonly controller = new AbortController();
+  idled = false;
+
+  constructor(private readonly outer: AbortSignal) {
+    if (outer.aborted) this.controller.abort(outer.reason);
+    else outer.addEventListener('abort', this, { once: true });
+  }
+
+  /** The request's signal aborted. */
+  handleEvent(): void {
+    this.controller.abort(this.outer.reason);
+  }
+
+  /** The stream fell silent: abort this call only. */
+  idle(): void {
+    this.idled = true;
+    this.controller.abort();
+  }
+
+  dispose(): void {
+    this.outer.removeEventListener('abort', this);
+  }
+}
+
+/**
  * Streams `generate` from one worker. Throws the raw TransportError (callers decide on retries),
  * or KvrouteError('timeout') when the stream falls silent for longer than the idle bound.
  */
@@ -67,11 +97,10 @@ export async function* callGenerate(
   body: GenerateRequest,
   requestId: string,
 ): AsyncGenerator<GenerateChunk> {
-  const idle = new AbortController();
-  const signal = AbortSignal.any([ctx.signal, idle.signal]);
+  const abort = new CallAbort(ctx.signal);
   const stream = ctx.client.stream(address, ENDPOINTS.generate, encodeGenerateRequest(body), {
     requestId,
-    signal,
+    signal: abort.controller.signal,
     firstResponseTimeoutMs: ctx.firstTokenTimeoutMs,
   });
   let timer: NodeJS.Timeout | undefined;
@@ -79,13 +108,13 @@ export async function* callGenerate(
     for await (const buf of stream) {
       if (timer) timer.refresh();
       else {
-        timer = setTimeout(() => idle.abort(), ctx.streamIdleTimeoutMs);
+        timer = setTimeout(() => abort.idle(), ctx.streamIdleTimeoutMs);
         timer.unref();
       }
       yield decodeJson<GenerateChunk>(buf);
     }
   } catch (err) {
-    if (idle.signal.aborted && !ctx.signal.aborted) {
+    if (abort.idled && !ctx.signal.aborted) {
       throw new KvrouteError('timeout', `worker stream was silent for ${ctx.streamIdleTimeoutMs} ms`, {
         cause: err,
       });
@@ -93,5 +122,6 @@ export async function* callGenerate(
     throw err;
   } finally {
     clearTimeout(timer);
+    abort.dispose();
   }
 }
