@@ -4,22 +4,18 @@
 // cancels the worker's stream.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import type { LoadReport } from '../src/protocols/worker-plane.js';
-import { createRouter, type RouterService } from '../src/router/service.js';
+import type { RouterService } from '../src/router/service.js';
 import { decodeJson, encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
-import { TestFleet, waitForWorkers, waitUntil } from './helpers/fleet.js';
+import {
+  postCompletion as complete,
+  useRouterWithFleet,
+  waitForWorkers,
+  waitUntil,
+} from './helpers/fleet.js';
 
 const MODEL = 'mock-llm';
-
-function complete(url: string, body: object, init: RequestInit = {}) {
-  return fetch(`${url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: MODEL, max_tokens: 4, ...body }),
-    ...init,
-  });
-}
 
 async function retriesCounted(router: RouterService): Promise<number> {
   const values = (await router.metrics.retries.get()).values;
@@ -27,18 +23,10 @@ async function retriesCounted(router: RouterService): Promise<number> {
 }
 
 describe('unreachable and killed workers', () => {
-  let router: RouterService;
-  let fleet: TestFleet;
-  before(async () => {
-    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, policy: 'random' });
-    fleet = new TestFleet(await router.listen());
-  });
-  after(async () => {
-    await fleet.killAll();
-    await router.close();
-  });
+  const fixture = useRouterWithFleet({ policy: 'random' });
 
   test('a request routed to an unreachable worker is retried on another one', async () => {
+    const { router, fleet } = fixture;
     const [live] = await fleet.spawn(1);
     await waitForWorkers(router.url, 1);
     // A registration whose address nobody listens on (no KV events: no subscription notices it).
@@ -73,6 +61,7 @@ describe('unreachable and killed workers', () => {
   });
 
   test('a SIGKILLed worker leaves the fleet and later requests still succeed', async () => {
+    const { router, fleet } = fixture;
     const [victim] = await fleet.spawn(1);
     await waitForWorkers(router.url, 2);
     const victimId = router.registry.list().find((w) => w.address === victim!.address)!.id;
@@ -103,20 +92,12 @@ describe('unreachable and killed workers', () => {
 });
 
 describe('mid-stream failure and client disconnect', () => {
-  let router: RouterService;
-  let fleet: TestFleet;
+  const fixture = useRouterWithFleet({});
   const plane = new RequestPlaneClient();
-  before(async () => {
-    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500 });
-    fleet = new TestFleet(await router.listen());
-  });
-  after(async () => {
-    await plane.close();
-    await fleet.killAll();
-    await router.close();
-  });
+  after(() => plane.close());
 
   test('a worker killed mid-stream ends the SSE stream with an error event (no [DONE])', async () => {
+    const { router, fleet } = fixture;
     // Real-time speed: 2000 tokens take seconds, so the kill lands mid-stream.
     const [slow] = await fleet.spawn(1, ['--speedup', '1']);
     await waitForWorkers(router.url, 1, [slow!.address]);
@@ -141,6 +122,7 @@ describe('mid-stream failure and client disconnect', () => {
   });
 
   test('a worker that deregisters on SIGTERM finishes the stream it is serving', async () => {
+    const { router, fleet } = fixture;
     const [draining] = await fleet.spawn(1, ['--speedup', '2']);
     await waitForWorkers(router.url, 1, [draining!.address]);
     const res = await complete(router.url, {
@@ -164,6 +146,7 @@ describe('mid-stream failure and client disconnect', () => {
   });
 
   test('a client that disconnects cancels the worker stream and releases the booking', async () => {
+    const { router, fleet } = fixture;
     const [slow] = await fleet.spawn(1, ['--speedup', '1']);
     await waitForWorkers(router.url, 1, [slow!.address]);
     const abort = new AbortController();

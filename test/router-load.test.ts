@@ -4,41 +4,19 @@
 // are made synchronously at routing time, so concurrent requests see each other's load.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { createRouter, type RouterService } from '../src/router/service.js';
-import { TestFleet, waitForWorkers, waitUntil } from './helpers/fleet.js';
-
-const MODEL = 'mock-llm';
-
-function complete(url: string, body: object, init: RequestInit = {}) {
-  return fetch(`${url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: MODEL, max_tokens: 4, ...body }),
-    ...init,
-  });
-}
+import { describe, test } from 'node:test';
+import { postCompletion as complete, useRouterWithFleet, waitUntil } from './helpers/fleet.js';
 
 function prefixTokens(blocks: number): number[] {
   return Array.from({ length: blocks * 16 }, (_, i) => 2000 + ((i * 37) % 40_000));
 }
 
 describe('load spreads', () => {
-  let router: RouterService;
-  let fleet: TestFleet;
-  before(async () => {
-    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, maxLocalPrefill: 1_000_000 });
-    fleet = new TestFleet(await router.listen());
-    // Real-time speed: each 500-token stream runs for seconds, so the requests below overlap.
-    await fleet.spawn(2, ['--speedup', '1']);
-    await waitForWorkers(router.url, 2);
-  });
-  after(async () => {
-    await fleet.killAll();
-    await router.close();
-  });
+  // Real-time speed: each 500-token stream runs for seconds, so the requests below overlap.
+  const fixture = useRouterWithFleet({ maxLocalPrefill: 1_000_000 }, 2, ['--speedup', '1']);
 
   test('a saturated prefix holder gives work to the other worker', async () => {
+    const { router } = fixture;
     const prefix = prefixTokens(24);
     const warm = await complete(router.url, { prompt: [...prefix, 1], max_tokens: 1 });
     const holder = warm.headers.get('x-kvroute-decode-worker')!;
@@ -66,21 +44,11 @@ describe('load spreads', () => {
 });
 
 describe('admission control', () => {
-  let router: RouterService;
-  let fleet: TestFleet;
-  before(async () => {
-    // busyDecodeFraction 0: a worker with any booked decode block is busy.
-    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, busyDecodeFraction: 0 });
-    fleet = new TestFleet(await router.listen());
-    await fleet.spawn(1, ['--speedup', '1']);
-    await waitForWorkers(router.url, 1);
-  });
-  after(async () => {
-    await fleet.killAll();
-    await router.close();
-  });
+  // busyDecodeFraction 0: a worker with any booked decode block is busy.
+  const fixture = useRouterWithFleet({ busyDecodeFraction: 0 }, 1, ['--speedup', '1']);
 
   test('every candidate busy -> 503 overloaded with Retry-After; served again once it is free', async () => {
+    const { router } = fixture;
     const abort = new AbortController();
     const running = await complete(
       router.url,
@@ -102,20 +70,10 @@ describe('admission control', () => {
 });
 
 describe('in-flight cap', () => {
-  let router: RouterService;
-  let fleet: TestFleet;
-  before(async () => {
-    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, maxInflight: 1 });
-    fleet = new TestFleet(await router.listen());
-    await fleet.spawn(1, ['--speedup', '1']);
-    await waitForWorkers(router.url, 1);
-  });
-  after(async () => {
-    await fleet.killAll();
-    await router.close();
-  });
+  const fixture = useRouterWithFleet({ maxInflight: 1 }, 1, ['--speedup', '1']);
 
   test('past max-inflight requests -> 503 overloaded with Retry-After, nothing queues', async () => {
+    const { router } = fixture;
     const abort = new AbortController();
     const running = await complete(
       router.url,
@@ -136,20 +94,10 @@ describe('in-flight cap', () => {
 });
 
 describe('round-robin', () => {
-  let router: RouterService;
-  let fleet: TestFleet;
-  before(async () => {
-    router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, policy: 'round-robin' });
-    fleet = new TestFleet(await router.listen());
-    await fleet.spawn(2);
-    await waitForWorkers(router.url, 2);
-  });
-  after(async () => {
-    await fleet.killAll();
-    await router.close();
-  });
+  const fixture = useRouterWithFleet({ policy: 'round-robin' }, 2);
 
   test('alternates decode workers (prefill placement keeps its own cursor)', async () => {
+    const { router } = fixture;
     const seen: (string | null)[] = [];
     for (let i = 0; i < 4; i++) {
       const res = await complete(router.url, { prompt: `turn ${i}`, max_tokens: 1 });

@@ -1,4 +1,4 @@
-// Shared helper for router tests and benches: spawn real `kvroute worker` processes (compiled,
+// Shared helpers for router tests: spawn real `kvroute worker` processes (compiled,
 // from dist/: run `npm run build` first; `npm test` does) against a router URL, wait until the
 // router lists them, and kill them all at the end.
 //
@@ -12,7 +12,10 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import type { RouterConfig } from '../../src/router/config.js';
+import { createRouter, type RouterService } from '../../src/router/service.js';
 
 /** The compiled CLI; workers run from dist/ so each starts in ~100 ms without tsx. */
 export const CLI_MAIN = fileURLToPath(new URL('../../dist/src/cli/main.js', import.meta.url));
@@ -147,4 +150,46 @@ export function waitForWorkers(
     `${count} registered workers at ${routerUrl}`,
     timeoutMs,
   );
+}
+
+/** `POST /v1/completions` with model `mock-llm` and 4 output tokens unless `body` says otherwise. */
+export function postCompletion(routerUrl: string, body: object, init: RequestInit = {}): Promise<Response> {
+  return fetch(`${routerUrl}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'mock-llm', max_tokens: 4, ...body }),
+    ...init,
+  });
+}
+
+/** A router and its worker processes, filled in by the `before` hook of `useRouterWithFleet`. */
+export interface RouterWithFleet {
+  router: RouterService;
+  fleet: TestFleet;
+}
+
+/**
+ * Inside a `describe`: before its tests, an in-process router (`createRouter(config)`, no log, a
+ * 1.5 s lease) with `workers` spawned workers (default args plus `workerArgs`) that it lists;
+ * after them, the workers killed and the router closed.
+ */
+export function useRouterWithFleet(
+  config: Partial<RouterConfig>,
+  workers = 0,
+  workerArgs: readonly string[] = [],
+): RouterWithFleet {
+  const fixture = {} as RouterWithFleet;
+  before(async () => {
+    fixture.router = await createRouter({ port: 0, logger: false, leaseTtlMs: 1500, ...config });
+    fixture.fleet = new TestFleet(await fixture.router.listen());
+    if (workers > 0) {
+      await fixture.fleet.spawn(workers, workerArgs);
+      await waitForWorkers(fixture.router.url, workers);
+    }
+  });
+  after(async () => {
+    await fixture.fleet?.killAll();
+    await fixture.router?.close();
+  });
+  return fixture;
 }
