@@ -9,7 +9,13 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
-import { ApproxIndex, computeBlockHashes, localBlockKeys, RadixIndex } from '../src/kv-index/index.js';
+import {
+  ApproxIndex,
+  type BlockKeys,
+  computeBlockHashes,
+  localBlockKeys,
+  RadixIndex,
+} from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { seededRng as prng } from '../src/util/seeded-rng.js';
 import { percentile } from './lib/stats.js';
@@ -97,6 +103,28 @@ interface ConfigResult {
   heapBytesPerBlock: number;
   approxBytesPerBlock: number;
   findMatches: Record<string, { p50Us: number; p99Us: number; meanMatchedBlocks: number }>;
+}
+
+/**
+ * µs per `findMatches` call, sorted: every key `rounds` times, after 4,000 unmeasured calls
+ * (steady state is what a long-running router sees: let the JIT settle first).
+ */
+function timeFindMatches(
+  index: { findMatches(keys: BlockKeys): unknown },
+  keys: readonly BlockKeys[],
+  rounds: number,
+): Float64Array {
+  for (let warm = 0; warm < 4000; warm++) index.findMatches(keys[warm % keys.length]!);
+  const samples = new Float64Array(keys.length * rounds);
+  let n = 0;
+  for (let r = 0; r < rounds; r++) {
+    for (const k of keys) {
+      const t0 = process.hrtime.bigint();
+      index.findMatches(k);
+      samples[n++] = Number(process.hrtime.bigint() - t0) / 1000;
+    }
+  }
+  return samples.sort();
 }
 
 function runConfig(
@@ -206,18 +234,7 @@ function runConfig(
     }
     let matched = 0;
     for (const k of keys) matched += index.findMatches(k).longest;
-    // Steady state is what a long-running router sees: let the JIT settle first.
-    for (let warm = 0; warm < 4000; warm++) index.findMatches(keys[warm % keys.length]!);
-    const samples = new Float64Array(keys.length * rounds);
-    let n = 0;
-    for (let r = 0; r < rounds; r++) {
-      for (const k of keys) {
-        const t0 = process.hrtime.bigint();
-        index.findMatches(k);
-        samples[n++] = Number(process.hrtime.bigint() - t0) / 1000;
-      }
-    }
-    samples.sort();
+    const samples = timeFindMatches(index, keys, rounds);
     findMatches[`${size / 1024}k`] = {
       p50Us: round2(percentile(samples, 0.5)),
       p99Us: round2(percentile(samples, 0.99)),
@@ -275,17 +292,7 @@ function runApprox(targetBlocks: number, queries: number, rounds: number, seed: 
       base.length >= 8192 ? base.subarray(0, 8192) : concat(base, randomTokens(random, 8192 - base.length));
     return localBlockKeys(tokens, BLOCK);
   });
-  for (let warm = 0; warm < 4000; warm++) index.findMatches(keys[warm % keys.length]!);
-  const samples = new Float64Array(keys.length * rounds);
-  let n = 0;
-  for (let r = 0; r < rounds; r++) {
-    for (const k of keys) {
-      const t0 = process.hrtime.bigint();
-      index.findMatches(k);
-      samples[n++] = Number(process.hrtime.bigint() - t0) / 1000;
-    }
-  }
-  samples.sort();
+  const samples = timeFindMatches(index, keys, rounds);
   const stats = index.stats();
   return {
     workers,
