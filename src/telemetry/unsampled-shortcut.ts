@@ -2,33 +2,63 @@
 // parentbased_* family, and always_off). Under those, a span whose parent is a valid span context
 // that was NOT sampled is always non-recording; the SDK still generates ids and asks the sampler
 // to learn that. This answers it directly with a non-recording span carrying the parent's
-// context, so a sampled-out request costs one SDK span (its root) instead of one per hop: what
-// keeps "sampled out" close to "off" (bench tracing). Nothing is recorded either way, so the
-// propagated span id (the parent's instead of a fresh one) is never seen by a backend.
+// context, so a sampled-out request costs no SDK span per hop: what keeps "sampled out" close to
+// "off" (bench tracing). Nothing is recorded either way, so the propagated span id (the parent's
+// instead of a fresh one) is never seen by a backend.
+//
+// When the root sampler can never sample either (always_off, parentbased_always_off, a ratio of
+// 0), a new root is answered the same way: fresh random ids (the SDK's generator) in a
+// non-recording span, so a sampled-out request makes no SDK span at all, only the trace context
+// that travels downstream.
 
 import {
   type Context,
   context,
   type Span,
+  type SpanContext,
   type SpanOptions,
   TraceFlags,
   type Tracer,
   trace,
 } from '@opentelemetry/api';
+import { isTracingSuppressed } from '@opentelemetry/core';
+import { RandomIdGenerator } from '@opentelemetry/sdk-trace-node';
+
+export interface ShortcutRules {
+  /** True when the root sampler never samples: new roots skip the SDK too. */
+  rootsUnsampled: boolean;
+}
 
 export class UnsampledShortcutTracer implements Tracer {
-  constructor(private readonly sdk: Tracer) {}
+  private readonly ids = new RandomIdGenerator();
+  /**
+   * Parent span contexts already known valid: the unsampled roots made here and those checked
+   * once (the W3C check is two regular expressions; every hop of a request has the same parent).
+   */
+  private readonly valid = new WeakSet<SpanContext>();
+
+  constructor(
+    private readonly sdk: Tracer,
+    private readonly rules: ShortcutRules = { rootsUnsampled: false },
+  ) {}
 
   startSpan(name: string, options?: SpanOptions, ctx: Context = context.active()): Span {
-    if (options?.root !== true) {
-      const parent = trace.getSpanContext(ctx);
-      if (
-        parent !== undefined &&
-        (parent.traceFlags & TraceFlags.SAMPLED) === 0 &&
-        trace.isSpanContextValid(parent)
-      ) {
-        return trace.wrapSpanContext(parent);
-      }
+    const parent = options?.root === true ? undefined : trace.getSpanContext(ctx);
+    if (parent !== undefined && (parent.traceFlags & TraceFlags.SAMPLED) === 0 && this.isValid(parent)) {
+      return trace.wrapSpanContext(parent);
+    }
+    if (
+      this.rules.rootsUnsampled &&
+      (parent === undefined || !trace.isSpanContextValid(parent)) &&
+      !isTracingSuppressed(ctx)
+    ) {
+      const root: SpanContext = {
+        traceId: this.ids.generateTraceId(),
+        spanId: this.ids.generateSpanId(),
+        traceFlags: TraceFlags.NONE,
+      };
+      this.valid.add(root);
+      return trace.wrapSpanContext(root);
     }
     return this.sdk.startSpan(name, options, ctx);
   }
@@ -41,9 +71,25 @@ export class UnsampledShortcutTracer implements Tracer {
     const span = this.startSpan(name, options, ctx);
     return context.with(trace.setSpan(ctx, span), fn, undefined, span);
   };
+
+  private isValid(spanContext: SpanContext): boolean {
+    if (this.valid.has(spanContext)) return true;
+    if (!trace.isSpanContextValid(spanContext)) return false;
+    this.valid.add(spanContext);
+    return true;
+  }
 }
 
 /** Whether a sampler of this kind decides a child with a parent exactly as its parent was decided. */
 export function followsParent(samplerKind: string): boolean {
   return samplerKind.startsWith('parentbased_') || samplerKind === 'always_off';
+}
+
+/** Whether a sampler of this kind (and ratio) can never sample a new root. */
+export function rootsNeverSampled(samplerKind: string, ratio: number): boolean {
+  return (
+    samplerKind === 'always_off' ||
+    samplerKind === 'parentbased_always_off' ||
+    (samplerKind === 'parentbased_traceidratio' && ratio === 0)
+  );
 }
