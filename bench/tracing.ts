@@ -79,26 +79,40 @@ export const spec: CommandSpec = {
 type Mode = 'off' | 'sampled_out' | 'full';
 const MODES: readonly Mode[] = ['off', 'sampled_out', 'full'];
 
-/** A collector that accepts every export and throws it away; counts what it was sent. */
+/**
+ * A collector that accepts every export and throws it away; counts what it was sent per mode
+ * (each mode exports to `<base>/<mode>/v1/traces`, so a late batch is counted for its own mode).
+ */
 class OtlpSink {
-  requests = 0;
-  bytes = 0;
+  readonly received = new Map<string, { requests: number; bytes: number }>();
   private server: Server | undefined;
+
+  /** Exports received so far from `mode`'s processes. */
+  count(mode: Mode): { requests: number; bytes: number } {
+    return { ...(this.received.get(mode) ?? { requests: 0, bytes: 0 }) };
+  }
 
   async listen(): Promise<string> {
     const server = createServer((req, res) => {
-      req.on('data', (c: Buffer) => {
-        this.bytes += c.length;
+      const mode = req.url?.split('/')[1] ?? '';
+      let count = this.received.get(mode);
+      if (count === undefined) {
+        count = { requests: 0, bytes: 0 };
+        this.received.set(mode, count);
+      }
+      const c = count;
+      req.on('data', (chunk: Buffer) => {
+        c.bytes += chunk.length;
       });
       req.on('end', () => {
-        this.requests++;
+        c.requests++;
         res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/json' }).end();
       });
     });
     this.server = server;
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`;
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   }
 
   async close(): Promise<void> {
@@ -108,11 +122,11 @@ class OtlpSink {
 }
 
 /** The OTEL_* variables of one mode (every other OTEL_* variable of this process is cleared). */
-function modeEnv(mode: Mode, sinkUrl: string, protocol: string): Record<string, string> {
+function modeEnv(mode: Mode, sinkBase: string, protocol: string): Record<string, string> {
   if (mode === 'off') return { OTEL_TRACES_EXPORTER: 'none' };
   const base = {
     OTEL_TRACES_EXPORTER: 'otlp',
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: sinkUrl,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${sinkBase}/${mode}/v1/traces`,
     OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
   };
   return mode === 'sampled_out'
@@ -230,9 +244,9 @@ interface ModeFleet {
   stop(): Promise<void>;
 }
 
-async function startModeFleet(mode: Mode, o: ParsedOptions, sinkUrl: string): Promise<ModeFleet> {
+async function startModeFleet(mode: Mode, o: ParsedOptions, sinkBase: string): Promise<ModeFleet> {
   const saved = { ...process.env };
-  applyEnv(modeEnv(mode, sinkUrl, o.protocol as string));
+  applyEnv(modeEnv(mode, sinkBase, o.protocol as string));
   const fleet = await startFleet({
     workers: o.workers as number,
     policy: 'kv',
@@ -261,7 +275,7 @@ async function startModeFleet(mode: Mode, o: ParsedOptions, sinkUrl: string): Pr
 const SETTLE_MS = 300;
 
 async function runSlice(f: ModeFleet, o: ParsedOptions, sink: OtlpSink): Promise<SliceResult> {
-  const sinkBefore = { requests: sink.requests, bytes: sink.bytes };
+  const sinkBefore = sink.count(f.mode);
   const cpuBefore = fleetCpuMs(f.url);
   const latenciesMs: number[] = [];
   const r = await load(
@@ -279,8 +293,8 @@ async function runSlice(f: ModeFleet, o: ParsedOptions, sink: OtlpSink): Promise
     latenciesMs,
     routerCpuMs: cpuAfter.router - cpuBefore.router,
     workerCpuMs: cpuAfter.worker - cpuBefore.worker,
-    sinkRequests: sink.requests - sinkBefore.requests,
-    sinkBytes: sink.bytes - sinkBefore.bytes,
+    sinkRequests: sink.count(f.mode).requests - sinkBefore.requests,
+    sinkBytes: sink.count(f.mode).bytes - sinkBefore.bytes,
   };
 }
 
@@ -292,11 +306,11 @@ async function runSlice(f: ModeFleet, o: ParsedOptions, sink: OtlpSink): Promise
  */
 async function inProcessCpuPerRequest(
   mode: Mode,
-  sinkUrl: string,
+  sinkBase: string,
   protocol: string,
   ms: number,
 ): Promise<number> {
-  const env = modeEnv(mode, sinkUrl, protocol);
+  const env = modeEnv(mode, sinkBase, protocol);
   const routerTelemetry = initTelemetry({ serviceName: 'kvroute-router', env });
   const workerTelemetry = initTelemetry({ serviceName: 'kvroute-both-worker', env });
   const router = await createRouter({ port: 0, logger: false }, { telemetry: routerTelemetry });
@@ -334,7 +348,7 @@ async function inProcessCpuPerRequest(
 
 export async function run(options: ParsedOptions): Promise<number> {
   const sink = new OtlpSink();
-  const sinkUrl = await sink.listen();
+  const sinkBase = await sink.listen();
   const rounds = options.rounds as number;
   const runs: SliceResult[] = [];
   const inProcess: Record<Mode, number[]> = { off: [], sampled_out: [], full: [] };
@@ -342,7 +356,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   try {
     for (const mode of MODES) {
       process.stderr.write(`tracing: starting the ${mode} fleet…\n`);
-      const f = await startModeFleet(mode, options, sinkUrl);
+      const f = await startModeFleet(mode, options, sinkBase);
       fleets.push(f);
       await load(
         f.pool,
@@ -370,7 +384,7 @@ export async function run(options: ParsedOptions): Promise<number> {
         for (const mode of order) {
           process.stderr.write(`tracing: in-process CPU per request, round ${r + 1}/${rounds}, ${mode}…\n`);
           inProcess[mode].push(
-            await inProcessCpuPerRequest(mode, sinkUrl, options.protocol as string, inProcessMs),
+            await inProcessCpuPerRequest(mode, sinkBase, options.protocol as string, inProcessMs),
           );
         }
       }

@@ -15,7 +15,6 @@ import {
   type Context,
   context,
   type Span,
-  type SpanContext,
   type SpanOptions,
   TraceFlags,
   type Tracer,
@@ -31,11 +30,6 @@ export interface ShortcutRules {
 
 export class UnsampledShortcutTracer implements Tracer {
   private readonly ids = new RandomIdGenerator();
-  /**
-   * Parent span contexts already known valid: the unsampled roots made here and those checked
-   * once (the W3C check is two regular expressions; every hop of a request has the same parent).
-   */
-  private readonly valid = new WeakSet<SpanContext>();
 
   constructor(
     private readonly sdk: Tracer,
@@ -44,7 +38,11 @@ export class UnsampledShortcutTracer implements Tracer {
 
   startSpan(name: string, options?: SpanOptions, ctx: Context = context.active()): Span {
     const parent = options?.root === true ? undefined : trace.getSpanContext(ctx);
-    if (parent !== undefined && (parent.traceFlags & TraceFlags.SAMPLED) === 0 && this.isValid(parent)) {
+    if (
+      parent !== undefined &&
+      (parent.traceFlags & TraceFlags.SAMPLED) === 0 &&
+      trace.isSpanContextValid(parent)
+    ) {
       return trace.wrapSpanContext(parent);
     }
     if (
@@ -52,13 +50,11 @@ export class UnsampledShortcutTracer implements Tracer {
       (parent === undefined || !trace.isSpanContextValid(parent)) &&
       !isTracingSuppressed(ctx)
     ) {
-      const root: SpanContext = {
+      return trace.wrapSpanContext({
         traceId: this.ids.generateTraceId(),
         spanId: this.ids.generateSpanId(),
         traceFlags: TraceFlags.NONE,
-      };
-      this.valid.add(root);
-      return trace.wrapSpanContext(root);
+      });
     }
     return this.sdk.startSpan(name, options, ctx);
   }
@@ -71,13 +67,6 @@ export class UnsampledShortcutTracer implements Tracer {
     const span = this.startSpan(name, options, ctx);
     return context.with(trace.setSpan(ctx, span), fn, undefined, span);
   };
-
-  private isValid(spanContext: SpanContext): boolean {
-    if (this.valid.has(spanContext)) return true;
-    if (!trace.isSpanContextValid(spanContext)) return false;
-    this.valid.add(spanContext);
-    return true;
-  }
 }
 
 /** Whether a sampler of this kind decides a child with a parent exactly as its parent was decided. */
