@@ -409,6 +409,10 @@ export async function run(options: ParsedOptions): Promise<number> {
       p99_ms: round(percentile(latencies, 0.99), 2),
       router_cpu_us_per_req: round((1000 * mine.reduce((a, r) => a + r.routerCpuMs, 0)) / requests, 1),
       workers_cpu_us_per_req: round((1000 * mine.reduce((a, r) => a + r.workerCpuMs, 0)) / requests, 1),
+      // Router + workers CPU per request of each slice (from /proc, 10 ms ticks).
+      fleet_cpu_us_per_round: mine.map((r) =>
+        round((1000 * (r.routerCpuMs + r.workerCpuMs)) / Math.max(1, r.requests), 1),
+      ),
       sink_exports: mine.reduce((a, r) => a + r.sinkRequests, 0),
       sink_bytes: mine.reduce((a, r) => a + r.sinkBytes, 0),
     };
@@ -417,6 +421,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   // same background load), and the headline is the median of those paired losses: one noisy run
   // moves it less than it moves the totals.
   const offPerRound = summary[0]!.rps_per_round;
+  const offCpuPerRound = summary[0]!.fleet_cpu_us_per_round;
   const median = (xs: number[]) => {
     const sorted = [...xs].sort((x, y) => x - y);
     const mid = sorted.length >> 1;
@@ -429,6 +434,13 @@ export async function run(options: ParsedOptions): Promise<number> {
       loss_vs_off_pct: s.mode === 'off' ? 0 : round(median(paired), 1),
       loss_per_round_pct: paired.map((x) => round(x, 1)),
       loss_of_totals_pct: round((100 * (summary[0]!.rps - s.rps)) / summary[0]!.rps, 1),
+      // The same pairing for the fleet's CPU per request: what tracing adds to each request's work.
+      fleet_cpu_vs_off_pct: round(
+        median(
+          s.fleet_cpu_us_per_round.map((us, i) => (100 * (us - offCpuPerRound[i]!)) / offCpuPerRound[i]!),
+        ),
+        1,
+      ),
     };
   });
   const inProcessRows = MODES.map((mode) => {
@@ -451,11 +463,11 @@ export async function run(options: ParsedOptions): Promise<number> {
     "loss = median over rounds of (off - mode) / off, each slice against the same round's off slice\n",
   );
   process.stdout.write(
-    'mode          req/s     loss   p50 ms   p99 ms  router µs/req  workers µs/req  errors  exports to sink\n',
+    'mode          req/s     loss   p50 ms   p99 ms  router µs/req  workers µs/req  CPU vs off  errors  exports to sink\n',
   );
   for (const r of rows) {
     process.stdout.write(
-      `${r.mode.padEnd(12)}${String(r.rps).padStart(7)}  ${`${r.loss_vs_off_pct}%`.padStart(7)}  ${String(r.p50_ms).padStart(7)}  ${String(r.p99_ms).padStart(7)}  ${String(r.router_cpu_us_per_req).padStart(13)}  ${String(r.workers_cpu_us_per_req).padStart(14)}  ${String(r.errors).padStart(6)}  ${r.sink_exports} (${r.sink_bytes} B)\n`,
+      `${r.mode.padEnd(12)}${String(r.rps).padStart(7)}  ${`${r.loss_vs_off_pct}%`.padStart(7)}  ${String(r.p50_ms).padStart(7)}  ${String(r.p99_ms).padStart(7)}  ${String(r.router_cpu_us_per_req).padStart(13)}  ${String(r.workers_cpu_us_per_req).padStart(14)}  ${`${r.fleet_cpu_vs_off_pct > 0 ? '+' : ''}${r.fleet_cpu_vs_off_pct}%`.padStart(10)}  ${String(r.errors).padStart(6)}  ${r.sink_exports} (${r.sink_bytes} B)\n`,
     );
   }
   if (inProcess.off.length > 0) {
