@@ -1,16 +1,20 @@
 // `kvroute bench tracing`: what tracing costs the router. The same closed-loop workload (N
 // concurrent clients, short prompts, non-streamed completions, zero-latency workers) against a
-// fresh router + workers fleet three ways: tracing off (OTEL_TRACES_EXPORTER=none), on but sampled
-// out (ratio 0: spans are non-recording, the context still propagates), and fully sampled with
-// every process exporting OTLP to a sink in this process that accepts and discards. Modes run in
-// ABC CBA order over the rounds so drift of a shared, noisy machine hits each alike. Goal: at most
-// 15% throughput lost fully sampled, at most 3% sampled out. Prints a table, and with --json one
-// JSON object as the last line.
+// router + workers fleet three ways: tracing off (OTEL_TRACES_EXPORTER=none), on but sampled out
+// (ratio 0: spans are non-recording, the context still propagates), and fully sampled with every
+// process exporting OTLP to a sink in this process that accepts and discards. The three fleets are
+// started once and stay up; the load then visits them in short interleaved slices (ABC CBA ...),
+// so the drift of a shared, noisy machine hits each mode alike, and each mode's loss is the median
+// over rounds of its slice against the same round's `off` slice. Goal: at most 15% throughput lost
+// fully sampled, at most 3% sampled out. Prints a table, and with --json one JSON object as the
+// last line.
 
 import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Pool } from 'undici';
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
@@ -30,17 +34,29 @@ export const spec: CommandSpec = {
     {
       name: 'duration-ms',
       type: 'integer',
-      default: 5000,
+      default: 2000,
       min: 500,
-      help: 'measured time per mode and round',
+      help: 'measured time per mode and round (one slice)',
     },
-    { name: 'warmup-ms', type: 'integer', default: 1500, min: 0, help: 'unmeasured load before each run' },
-    { name: 'rounds', type: 'integer', default: 2, min: 1, help: 'runs of each mode (ABC, CBA, ...)' },
+    {
+      name: 'warmup-ms',
+      type: 'integer',
+      default: 1500,
+      min: 0,
+      help: 'unmeasured load on each fleet after it starts',
+    },
+    {
+      name: 'rounds',
+      type: 'integer',
+      default: 6,
+      min: 1,
+      help: 'slices of each mode, interleaved ABC, CBA, ...',
+    },
     { name: 'workers', type: 'integer', default: 2, min: 1, help: 'aggregated (--role both) workers' },
     {
       name: 'in-process-ms',
       type: 'integer',
-      default: 2000,
+      default: 1000,
       min: 0,
       help: 'also time CPU per request with router, worker and client in this one process (0 = skip)',
     },
@@ -65,26 +81,40 @@ export const spec: CommandSpec = {
 type Mode = 'off' | 'sampled_out' | 'full';
 const MODES: readonly Mode[] = ['off', 'sampled_out', 'full'];
 
-/** A collector that accepts every export and throws it away; counts what it was sent. */
+/**
+ * A collector that accepts every export and throws it away; counts what it was sent per mode
+ * (each mode exports to `<base>/<mode>/v1/traces`, so a late batch is counted for its own mode).
+ */
 class OtlpSink {
-  requests = 0;
-  bytes = 0;
+  readonly received = new Map<string, { requests: number; bytes: number }>();
   private server: Server | undefined;
+
+  /** Exports received so far from `mode`'s processes. */
+  count(mode: Mode): { requests: number; bytes: number } {
+    return { ...(this.received.get(mode) ?? { requests: 0, bytes: 0 }) };
+  }
 
   async listen(): Promise<string> {
     const server = createServer((req, res) => {
-      req.on('data', (c: Buffer) => {
-        this.bytes += c.length;
+      const mode = req.url?.split('/')[1] ?? '';
+      let count = this.received.get(mode);
+      if (count === undefined) {
+        count = { requests: 0, bytes: 0 };
+        this.received.set(mode, count);
+      }
+      const c = count;
+      req.on('data', (chunk: Buffer) => {
+        c.bytes += chunk.length;
       });
       req.on('end', () => {
-        this.requests++;
+        c.requests++;
         res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/json' }).end();
       });
     });
     this.server = server;
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`;
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   }
 
   async close(): Promise<void> {
@@ -94,11 +124,11 @@ class OtlpSink {
 }
 
 /** The OTEL_* variables of one mode (every other OTEL_* variable of this process is cleared). */
-function modeEnv(mode: Mode, sinkUrl: string, protocol: string): Record<string, string> {
+function modeEnv(mode: Mode, sinkBase: string, protocol: string): Record<string, string> {
   if (mode === 'off') return { OTEL_TRACES_EXPORTER: 'none' };
   const base = {
     OTEL_TRACES_EXPORTER: 'otlp',
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: sinkUrl,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${sinkBase}/${mode}/v1/traces`,
     OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
   };
   return mode === 'sampled_out'
@@ -113,12 +143,14 @@ function applyEnv(env: Record<string, string>): void {
 }
 
 /**
- * CPU time (ms) used so far by each child process of this one, by role (`router` / `worker`),
- * from /proc. Throughput on a shared 2-core machine swings with whatever else runs; CPU time per
- * request is the steadier measure of what tracing adds. Empty where /proc is missing.
+ * CPU time (ms) used so far by the processes of the fleet at `url`, by role, from /proc: the
+ * router is the child started with `--port <port>`, its workers the ones given `<url>` as
+ * `--router`. Throughput on a shared 2-core machine swings with whatever else runs; CPU time per
+ * request is the steadier measure of what tracing adds. Zeros where /proc is missing.
  */
-function childCpuMs(): { router: number; worker: number } {
+function fleetCpuMs(url: string): { router: number; worker: number } {
   const out = { router: 0, worker: 0 };
+  const port = new URL(url).port;
   let tasks: string[];
   try {
     tasks = readdirSync('/proc/self/task');
@@ -136,7 +168,12 @@ function childCpuMs(): { router: number; worker: number } {
     for (const pid of pids) {
       try {
         const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-        const role = cmd.includes('router') ? 'router' : cmd.includes('worker') ? 'worker' : undefined;
+        const role =
+          cmd.includes('router') && cmd[cmd.indexOf('--port') + 1] === port
+            ? 'router'
+            : cmd.includes('worker') && cmd.includes(url)
+              ? 'worker'
+              : undefined;
         if (role === undefined) continue;
         // Fields after the ')' closing the command name: utime and stime are the 12th and 13th.
         const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
@@ -147,7 +184,7 @@ function childCpuMs(): { router: number; worker: number } {
   return out;
 }
 
-interface RunResult {
+interface SliceResult {
   mode: Mode;
   requests: number;
   errors: number;
@@ -160,13 +197,12 @@ interface RunResult {
 }
 
 async function load(
-  url: string,
+  pool: Pool,
   concurrency: number,
   maxTokens: number,
   ms: number,
   latencies: number[] | undefined,
 ): Promise<{ requests: number; errors: number; seconds: number }> {
-  const pool = new Pool(url, { connections: concurrency, pipelining: 1 });
   let requests = 0;
   let errors = 0;
   let n = 0;
@@ -199,13 +235,20 @@ async function load(
   };
   await Promise.all(Array.from({ length: concurrency }, client));
   const seconds = (performance.now() - start) / 1000;
-  await pool.close();
   return { requests, errors, seconds };
 }
 
-async function runMode(mode: Mode, o: ParsedOptions, sink: OtlpSink, sinkUrl: string): Promise<RunResult> {
+/** One mode's fleet, started once and loaded slice by slice through its own connection pool. */
+interface ModeFleet {
+  mode: Mode;
+  url: string;
+  pool: Pool;
+  stop(): Promise<void>;
+}
+
+async function startModeFleet(mode: Mode, o: ParsedOptions, sinkBase: string): Promise<ModeFleet> {
   const saved = { ...process.env };
-  applyEnv(modeEnv(mode, sinkUrl, o.protocol as string));
+  applyEnv(modeEnv(mode, sinkBase, o.protocol as string));
   const fleet = await startFleet({
     workers: o.workers as number,
     policy: 'kv',
@@ -214,27 +257,53 @@ async function runMode(mode: Mode, o: ParsedOptions, sink: OtlpSink, sinkUrl: st
     for (const key of Object.keys(process.env)) if (!(key in saved)) delete process.env[key];
     Object.assign(process.env, saved);
   });
-  try {
-    const concurrency = o.concurrency as number;
-    const maxTokens = o.maxTokens as number;
-    await load(fleet.url, concurrency, maxTokens, o.warmupMs as number, undefined);
-    const sinkBefore = { requests: sink.requests, bytes: sink.bytes };
-    const cpuBefore = childCpuMs();
-    const latenciesMs: number[] = [];
-    const r = await load(fleet.url, concurrency, maxTokens, o.durationMs as number, latenciesMs);
-    const cpuAfter = childCpuMs();
-    return {
-      mode,
-      ...r,
-      latenciesMs,
-      routerCpuMs: cpuAfter.router - cpuBefore.router,
-      workerCpuMs: cpuAfter.worker - cpuBefore.worker,
-      sinkRequests: sink.requests - sinkBefore.requests,
-      sinkBytes: sink.bytes - sinkBefore.bytes,
-    };
-  } finally {
-    await fleet.stop();
-  }
+  const concurrency = o.concurrency as number;
+  const pool = new Pool(fleet.url, { connections: concurrency, pipelining: 1 });
+  return {
+    mode,
+    url: fleet.url,
+    pool,
+    stop: async () => {
+      await pool.close();
+      await fleet.stop();
+    },
+  };
+}
+
+/**
+ * A pause after each slice: what a slice's requests leave behind (a span batch being exported,
+ * garbage collection) is charged to its own mode's processes, not to the next slice.
+ */
+const SETTLE_MS = 300;
+
+async function runSlice(f: ModeFleet, o: ParsedOptions, sink: OtlpSink): Promise<SliceResult> {
+  const sinkBefore = sink.count(f.mode);
+  const cpuBefore = fleetCpuMs(f.url);
+  const latenciesMs: number[] = [];
+  const r = await load(
+    f.pool,
+    o.concurrency as number,
+    o.maxTokens as number,
+    o.durationMs as number,
+    latenciesMs,
+  );
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+  const cpuAfter = fleetCpuMs(f.url);
+  return {
+    mode: f.mode,
+    ...r,
+    latenciesMs,
+    routerCpuMs: cpuAfter.router - cpuBefore.router,
+    workerCpuMs: cpuAfter.worker - cpuBefore.worker,
+    sinkRequests: sink.count(f.mode).requests - sinkBefore.requests,
+    sinkBytes: sink.count(f.mode).bytes - sinkBefore.bytes,
+  };
+}
+
+/** A full GC now: node's `gc()`, made available without starting the bench with --expose-gc. */
+function collectGarbage(): void {
+  setFlagsFromString('--expose-gc');
+  (runInNewContext('gc') as () => void)();
 }
 
 /**
@@ -245,11 +314,11 @@ async function runMode(mode: Mode, o: ParsedOptions, sink: OtlpSink, sinkUrl: st
  */
 async function inProcessCpuPerRequest(
   mode: Mode,
-  sinkUrl: string,
+  sinkBase: string,
   protocol: string,
   ms: number,
 ): Promise<number> {
-  const env = modeEnv(mode, sinkUrl, protocol);
+  const env = modeEnv(mode, sinkBase, protocol);
   const routerTelemetry = initTelemetry({ serviceName: 'kvroute-router', env });
   const workerTelemetry = initTelemetry({ serviceName: 'kvroute-both-worker', env });
   const router = await createRouter({ port: 0, logger: false }, { telemetry: routerTelemetry });
@@ -269,14 +338,16 @@ async function inProcessCpuPerRequest(
     },
     computeBlockHashes,
   );
+  const pool = new Pool(url, { connections: 16, pipelining: 1 });
   try {
     while (router.registry.size === 0) await new Promise((r) => setTimeout(r, 20));
-    await load(url, 16, 4, 300, undefined);
+    await load(pool, 16, 4, 300, undefined);
     const before = process.cpuUsage();
-    const { requests } = await load(url, 16, 4, ms, undefined);
+    const { requests } = await load(pool, 16, 4, ms, undefined);
     const used = process.cpuUsage(before);
     return (used.user + used.system) / Math.max(1, requests);
   } finally {
+    await pool.close();
     await worker.stop();
     await router.close();
     await Promise.all([routerTelemetry.shutdown(), workerTelemetry.shutdown()]);
@@ -285,35 +356,54 @@ async function inProcessCpuPerRequest(
 
 export async function run(options: ParsedOptions): Promise<number> {
   const sink = new OtlpSink();
-  const sinkUrl = await sink.listen();
+  const sinkBase = await sink.listen();
   const rounds = options.rounds as number;
-  const runs: RunResult[] = [];
+  const runs: SliceResult[] = [];
   const inProcess: Record<Mode, number[]> = { off: [], sampled_out: [], full: [] };
+  const fleets: ModeFleet[] = [];
   try {
+    for (const mode of MODES) {
+      process.stderr.write(`tracing: starting the ${mode} fleet…\n`);
+      const f = await startModeFleet(mode, options, sinkBase);
+      fleets.push(f);
+      await load(
+        f.pool,
+        options.concurrency as number,
+        options.maxTokens as number,
+        options.warmupMs as number,
+        undefined,
+      );
+    }
     for (let r = 0; r < rounds; r++) {
-      const order = r % 2 === 0 ? MODES : [...MODES].reverse();
-      for (const mode of order) {
-        process.stderr.write(`tracing: round ${r + 1}/${rounds}, ${mode}…\n`);
-        const result = await runMode(mode, options, sink, sinkUrl);
+      const order = r % 2 === 0 ? fleets : [...fleets].reverse();
+      for (const f of order) {
+        const result = await runSlice(f, options, sink);
         process.stderr.write(
-          `tracing:   ${round(result.requests / result.seconds, 0)} req/s, ${result.errors} errors, sink got ${result.sinkRequests} exports\n`,
+          `tracing: round ${r + 1}/${rounds}, ${f.mode}: ${round(result.requests / result.seconds, 0)} req/s, ${result.errors} errors, sink got ${result.sinkRequests} exports\n`,
         );
         runs.push(result);
       }
     }
+    await Promise.all(fleets.splice(0).map((f) => f.stop()));
     const inProcessMs = options.inProcessMs as number;
     if (inProcessMs > 0) {
+      // Unmeasured: the first run in this process also compiles the router and worker code.
+      await inProcessCpuPerRequest('full', sinkBase, options.protocol as string, inProcessMs);
       for (let r = 0; r < rounds; r++) {
         const order = r % 2 === 0 ? MODES : [...MODES].reverse();
         for (const mode of order) {
           process.stderr.write(`tracing: in-process CPU per request, round ${r + 1}/${rounds}, ${mode}…\n`);
+          // The previous run's router, worker and spans are garbage now: collect it here, or the
+          // next run pays for it (a run after `full` inherited its retained spans).
+          collectGarbage();
           inProcess[mode].push(
-            await inProcessCpuPerRequest(mode, sinkUrl, options.protocol as string, inProcessMs),
+            await inProcessCpuPerRequest(mode, sinkBase, options.protocol as string, inProcessMs),
           );
         }
       }
     }
   } finally {
+    await Promise.all(fleets.map((f) => f.stop()));
     await sink.close();
   }
 
@@ -332,6 +422,10 @@ export async function run(options: ParsedOptions): Promise<number> {
       p99_ms: round(percentile(latencies, 0.99), 2),
       router_cpu_us_per_req: round((1000 * mine.reduce((a, r) => a + r.routerCpuMs, 0)) / requests, 1),
       workers_cpu_us_per_req: round((1000 * mine.reduce((a, r) => a + r.workerCpuMs, 0)) / requests, 1),
+      // Router + workers CPU per request of each slice (from /proc, 10 ms ticks).
+      fleet_cpu_us_per_round: mine.map((r) =>
+        round((1000 * (r.routerCpuMs + r.workerCpuMs)) / Math.max(1, r.requests), 1),
+      ),
       sink_exports: mine.reduce((a, r) => a + r.sinkRequests, 0),
       sink_bytes: mine.reduce((a, r) => a + r.sinkBytes, 0),
     };
@@ -340,6 +434,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   // same background load), and the headline is the median of those paired losses: one noisy run
   // moves it less than it moves the totals.
   const offPerRound = summary[0]!.rps_per_round;
+  const offCpuPerRound = summary[0]!.fleet_cpu_us_per_round;
   const median = (xs: number[]) => {
     const sorted = [...xs].sort((x, y) => x - y);
     const mid = sorted.length >> 1;
@@ -352,6 +447,13 @@ export async function run(options: ParsedOptions): Promise<number> {
       loss_vs_off_pct: s.mode === 'off' ? 0 : round(median(paired), 1),
       loss_per_round_pct: paired.map((x) => round(x, 1)),
       loss_of_totals_pct: round((100 * (summary[0]!.rps - s.rps)) / summary[0]!.rps, 1),
+      // The same pairing for the fleet's CPU per request: what tracing adds to each request's work.
+      fleet_cpu_vs_off_pct: round(
+        median(
+          s.fleet_cpu_us_per_round.map((us, i) => (100 * (us - offCpuPerRound[i]!)) / offCpuPerRound[i]!),
+        ),
+        1,
+      ),
     };
   });
   const inProcessRows = MODES.map((mode) => {
@@ -368,17 +470,17 @@ export async function run(options: ParsedOptions): Promise<number> {
   const full = rows[2]!;
 
   process.stdout.write(
-    `\nrouter throughput, concurrency ${options.concurrency}, ${options.workers} workers, ${rounds} round(s) of ${options.durationMs} ms per mode\n`,
+    `\nrouter throughput, concurrency ${options.concurrency}, ${options.workers} workers, ${rounds} interleaved slice(s) of ${options.durationMs} ms per mode\n`,
   );
   process.stdout.write(
-    "loss = median over rounds of (off - mode) / off, each against the same round's off run\n",
+    "loss = median over rounds of (off - mode) / off, each slice against the same round's off slice\n",
   );
   process.stdout.write(
-    'mode          req/s     loss   p50 ms   p99 ms  router µs/req  workers µs/req  errors  exports to sink\n',
+    'mode          req/s     loss   p50 ms   p99 ms  router µs/req  workers µs/req  CPU vs off  errors  exports to sink\n',
   );
   for (const r of rows) {
     process.stdout.write(
-      `${r.mode.padEnd(12)}${String(r.rps).padStart(7)}  ${`${r.loss_vs_off_pct}%`.padStart(7)}  ${String(r.p50_ms).padStart(7)}  ${String(r.p99_ms).padStart(7)}  ${String(r.router_cpu_us_per_req).padStart(13)}  ${String(r.workers_cpu_us_per_req).padStart(14)}  ${String(r.errors).padStart(6)}  ${r.sink_exports} (${r.sink_bytes} B)\n`,
+      `${r.mode.padEnd(12)}${String(r.rps).padStart(7)}  ${`${r.loss_vs_off_pct}%`.padStart(7)}  ${String(r.p50_ms).padStart(7)}  ${String(r.p99_ms).padStart(7)}  ${String(r.router_cpu_us_per_req).padStart(13)}  ${String(r.workers_cpu_us_per_req).padStart(14)}  ${`${r.fleet_cpu_vs_off_pct > 0 ? '+' : ''}${r.fleet_cpu_vs_off_pct}%`.padStart(10)}  ${String(r.errors).padStart(6)}  ${r.sink_exports} (${r.sink_bytes} B)\n`,
     );
   }
   if (inProcess.off.length > 0) {

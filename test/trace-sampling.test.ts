@@ -110,3 +110,36 @@ test('startActiveSpan: all three call shapes make the new span active for fn and
   // Outside fn the caller's context is back.
   assert.equal(trace.getActiveSpan(), trace.getSpan(context.active()));
 });
+
+test('a root sampler that never samples: fresh, distinct, valid roots without the SDK; a sampled parent is still followed', () => {
+  const envs: Record<string, string>[] = [
+    { OTEL_TRACES_SAMPLER_ARG: '0' },
+    { OTEL_TRACES_SAMPLER: 'parentbased_always_off' },
+    { OTEL_TRACES_SAMPLER: 'always_off' },
+  ];
+  for (const env of envs) {
+    const { tracer } = telemetry(env);
+    const a = tracer.startSpan('http-request', {}, ROOT_CONTEXT).spanContext();
+    const b = tracer.startSpan('http-request', {}, ROOT_CONTEXT).spanContext();
+    for (const ctx of [a, b]) {
+      assert.ok(trace.isSpanContextValid(ctx), JSON.stringify(env));
+      assert.equal(ctx.traceFlags, TraceFlags.NONE);
+    }
+    assert.notEqual(a.traceId, b.traceId);
+    assert.notEqual(a.spanId, b.spanId);
+    // root: true over an unsampled parent is a new root too, in a trace of its own.
+    const fresh = tracer.startSpan('background', { root: true }, remote(TraceFlags.NONE));
+    assert.equal(fresh.isRecording(), false);
+    assert.notEqual(fresh.spanContext().traceId, '0af7651916cd43dd8448eb211c80319c');
+    // An invalid parent counts as no parent.
+    const invalid = trace.setSpanContext(ROOT_CONTEXT, { traceId: 'x', spanId: 'y', traceFlags: 0 });
+    assert.ok(trace.isSpanContextValid(tracer.startSpan('x', {}, invalid).spanContext()));
+  }
+  const sampled = telemetry({ OTEL_TRACES_SAMPLER_ARG: '0' }).tracer.startSpan(
+    'handle_payload',
+    {},
+    remote(TraceFlags.SAMPLED),
+  );
+  assert.equal(sampled.isRecording(), true);
+  sampled.end();
+});

@@ -11,6 +11,7 @@ import {
   ROOT_CONTEXT,
   type Span,
   SpanKind,
+  type SpanOptions,
   SpanStatusCode,
   type Tracer,
   trace,
@@ -36,6 +37,20 @@ export const ATTR = {
   cancelled: 'kvroute.cancelled',
 } as const;
 
+const CLIENT_KIND: SpanOptions = { kind: SpanKind.CLIENT };
+const SERVER_KIND: SpanOptions = { kind: SpanKind.SERVER };
+
+/** `request_plane <path>` per path (a handful), built once: a call builds no span-name string. */
+const clientSpanNames = new Map<string, string>();
+function clientSpanName(path: string): string {
+  let name = clientSpanNames.get(path);
+  if (name === undefined) {
+    name = `request_plane ${path}`;
+    clientSpanNames.set(path, name);
+  }
+  return name;
+}
+
 /**
  * Starts the CLIENT span of one call as a child of `parent` (the caller's context at call time) and writes its
  * traceparent/tracestate into `headers`. Returns the span only when it records: a non-recording
@@ -50,19 +65,12 @@ export function startClientSpan(
   requestId: string | undefined,
   headers: Record<string, string>,
 ): Span | undefined {
-  const span = tracer.startSpan(
-    `request_plane ${path}`,
-    {
-      kind: SpanKind.CLIENT,
-      attributes:
-        requestId === undefined
-          ? { [ATTR.address]: address, [ATTR.endpoint]: path }
-          : { [ATTR.address]: address, [ATTR.endpoint]: path, [ATTR.requestId]: requestId },
-    },
-    parent,
-  );
+  const span = tracer.startSpan(clientSpanName(path), CLIENT_KIND, parent);
   propagation.inject(trace.setSpan(parent, span), headers);
-  return span.isRecording() ? span : undefined;
+  if (!span.isRecording()) return undefined;
+  // Attributes only for a span that records (one write, undefined ones are skipped).
+  span.setAttributes({ [ATTR.address]: address, [ATTR.endpoint]: path, [ATTR.requestId]: requestId });
+  return span;
 }
 
 /**
@@ -108,13 +116,16 @@ export class ClientSpanGuard implements StreamHandler, StreamHandle {
     if (this.ended) return;
     this.ended = true;
     const span = this.span;
-    span.setAttribute(ATTR.outcome, outcome);
-    span.setAttribute(ATTR.chunks, this.chunks);
     if (err !== undefined && outcome === 'error') {
-      span.setAttribute(ATTR.errorKind, err.kind);
-      if (isTransportError(err) && err.remoteCode !== undefined)
-        span.setAttribute(ATTR.remoteCode, err.remoteCode);
+      span.setAttributes({
+        [ATTR.outcome]: outcome,
+        [ATTR.chunks]: this.chunks,
+        [ATTR.errorKind]: err.kind,
+        [ATTR.remoteCode]: isTransportError(err) ? err.remoteCode : undefined,
+      });
       span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+    } else {
+      span.setAttributes({ [ATTR.outcome]: outcome, [ATTR.chunks]: this.chunks });
     }
     span.end();
   }
@@ -130,17 +141,8 @@ export function startHandlerSpan(
   // ROOT as the base: a frame without traceparent starts a new trace instead of joining whatever
   // context the socket callback happens to run in.
   const parent = propagation.extract(ROOT_CONTEXT, headers);
-  const span = tracer.startSpan(
-    'handle_payload',
-    {
-      kind: SpanKind.SERVER,
-      attributes:
-        requestId === undefined
-          ? { [ATTR.endpoint]: path }
-          : { [ATTR.endpoint]: path, [ATTR.requestId]: requestId },
-    },
-    parent,
-  );
+  const span = tracer.startSpan('handle_payload', SERVER_KIND, parent);
+  if (span.isRecording()) span.setAttributes({ [ATTR.endpoint]: path, [ATTR.requestId]: requestId });
   return { span, ctx: trace.setSpan(parent, span) };
 }
 

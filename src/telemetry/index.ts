@@ -22,7 +22,7 @@ import {
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
-import { followsParent, UnsampledShortcutTracer } from './unsampled-shortcut.js';
+import { followsParent, rootsNeverSampled, UnsampledShortcutTracer } from './unsampled-shortcut.js';
 
 export type { TelemetryConfig } from './config.js';
 export { resolveTelemetryConfig } from './config.js';
@@ -108,7 +108,11 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
   let shuttingDown: Promise<void> | undefined;
   const sdkTracer = provider.getTracer('kvroute');
   return {
-    tracer: followsParent(config.sampler.kind) ? new UnsampledShortcutTracer(sdkTracer) : sdkTracer,
+    tracer: followsParent(config.sampler.kind)
+      ? new UnsampledShortcutTracer(sdkTracer, {
+          rootsUnsampled: rootsNeverSampled(config.sampler.kind, config.sampler.ratio),
+        })
+      : sdkTracer,
     enabled: true,
     config,
     shutdown: () => {

@@ -2,9 +2,14 @@
 // parentbased_* family, and always_off). Under those, a span whose parent is a valid span context
 // that was NOT sampled is always non-recording; the SDK still generates ids and asks the sampler
 // to learn that. This answers it directly with a non-recording span carrying the parent's
-// context, so a sampled-out request costs one SDK span (its root) instead of one per hop: what
-// keeps "sampled out" close to "off" (bench tracing). Nothing is recorded either way, so the
-// propagated span id (the parent's instead of a fresh one) is never seen by a backend.
+// context, so a sampled-out request costs no SDK span per hop: what keeps "sampled out" close to
+// "off" (bench tracing). Nothing is recorded either way, so the propagated span id (the parent's
+// instead of a fresh one) is never seen by a backend.
+//
+// When the root sampler can never sample either (always_off, parentbased_always_off, a ratio of
+// 0), a new root is answered the same way: fresh random ids (the SDK's generator) in a
+// non-recording span, so a sampled-out request makes no SDK span at all, only the trace context
+// that travels downstream.
 
 import {
   type Context,
@@ -15,20 +20,41 @@ import {
   type Tracer,
   trace,
 } from '@opentelemetry/api';
+import { isTracingSuppressed } from '@opentelemetry/core';
+import { RandomIdGenerator } from '@opentelemetry/sdk-trace-node';
+
+export interface ShortcutRules {
+  /** True when the root sampler never samples: new roots skip the SDK too. */
+  rootsUnsampled: boolean;
+}
 
 export class UnsampledShortcutTracer implements Tracer {
-  constructor(private readonly sdk: Tracer) {}
+  private readonly ids = new RandomIdGenerator();
+
+  constructor(
+    private readonly sdk: Tracer,
+    private readonly rules: ShortcutRules = { rootsUnsampled: false },
+  ) {}
 
   startSpan(name: string, options?: SpanOptions, ctx: Context = context.active()): Span {
-    if (options?.root !== true) {
-      const parent = trace.getSpanContext(ctx);
-      if (
-        parent !== undefined &&
-        (parent.traceFlags & TraceFlags.SAMPLED) === 0 &&
-        trace.isSpanContextValid(parent)
-      ) {
-        return trace.wrapSpanContext(parent);
-      }
+    const parent = options?.root === true ? undefined : trace.getSpanContext(ctx);
+    if (
+      parent !== undefined &&
+      (parent.traceFlags & TraceFlags.SAMPLED) === 0 &&
+      trace.isSpanContextValid(parent)
+    ) {
+      return trace.wrapSpanContext(parent);
+    }
+    if (
+      this.rules.rootsUnsampled &&
+      (parent === undefined || !trace.isSpanContextValid(parent)) &&
+      !isTracingSuppressed(ctx)
+    ) {
+      return trace.wrapSpanContext({
+        traceId: this.ids.generateTraceId(),
+        spanId: this.ids.generateSpanId(),
+        traceFlags: TraceFlags.NONE,
+      });
     }
     return this.sdk.startSpan(name, options, ctx);
   }
@@ -46,4 +72,13 @@ export class UnsampledShortcutTracer implements Tracer {
 /** Whether a sampler of this kind decides a child with a parent exactly as its parent was decided. */
 export function followsParent(samplerKind: string): boolean {
   return samplerKind.startsWith('parentbased_') || samplerKind === 'always_off';
+}
+
+/** Whether a sampler of this kind (and ratio) can never sample a new root. */
+export function rootsNeverSampled(samplerKind: string, ratio: number): boolean {
+  return (
+    samplerKind === 'always_off' ||
+    samplerKind === 'parentbased_always_off' ||
+    (samplerKind === 'parentbased_traceidratio' && ratio === 0)
+  );
 }

@@ -19,29 +19,29 @@ export function traceEnginePhases(
   promptTokens: number,
 ): AsyncIterable<EngineOutput> {
   const parent = context.active();
-  const prefill = tracer.startSpan(
-    ENGINE_SPAN.prefill,
-    { attributes: { 'kvroute.prompt_tokens': promptTokens } },
-    parent,
-  );
+  const prefill = tracer.startSpan(ENGINE_SPAN.prefill, undefined, parent);
   if (!prefill.isRecording()) return outputs;
-  return phases(tracer, parent, prefill, outputs);
+  return phases(tracer, parent, prefill, promptTokens, outputs);
 }
 
 async function* phases(
   tracer: Tracer,
   parent: Context,
   prefill: Span,
+  promptTokens: number,
   outputs: AsyncIterable<EngineOutput>,
 ): AsyncGenerator<EngineOutput> {
   let open: Span | undefined = prefill;
   let generated = 0;
+  let finishReason: string | undefined;
   let outcome: 'finished' | 'cancelled' | 'error' = 'cancelled';
   try {
     for await (const out of outputs) {
       if (out.prompt) {
         const a = out.prompt.accounting;
+        // The prefill span's attributes in one write, when it ends.
         prefill.setAttributes({
+          'kvroute.prompt_tokens': promptTokens,
           'kvroute.computed_tokens': a.computedTokens,
           'kvroute.cached_tokens': a.cachedTokens,
           'kvroute.transferred_tokens': a.transferredTokens,
@@ -50,12 +50,12 @@ async function* phases(
         prefill.end();
         open = undefined;
         if (out.finishReason === null) {
-          open = tracer.startSpan(ENGINE_SPAN.decode, {}, parent);
+          open = tracer.startSpan(ENGINE_SPAN.decode, undefined, parent);
         }
       }
       generated += out.tokenIds.length;
       if (out.finishReason !== null) {
-        open?.setAttribute('kvroute.finish_reason', out.finishReason);
+        finishReason = out.finishReason;
         outcome = 'finished';
       }
       yield out;
@@ -70,8 +70,13 @@ async function* phases(
     throw err;
   } finally {
     if (open !== undefined) {
-      if (open !== prefill) open.setAttribute('kvroute.output_tokens', generated);
-      if (outcome === 'cancelled') open.setAttribute('kvroute.cancelled', true);
+      // The open span's closing attributes in one write (undefined ones are skipped).
+      open.setAttributes({
+        'kvroute.prompt_tokens': open === prefill ? promptTokens : undefined,
+        'kvroute.output_tokens': open === prefill ? undefined : generated,
+        'kvroute.finish_reason': finishReason,
+        'kvroute.cancelled': outcome === 'cancelled' ? true : undefined,
+      });
       open.end();
     }
   }

@@ -52,19 +52,18 @@ export class KvPrefillPlanner implements PrefillPlanner {
             promptTokens: routing.promptTokens,
             overlaps: routing.overlaps,
           });
-          match.setAttributes({
-            'kvroute.phase': 'prefill',
-            'kvroute.candidates': d.candidateCount,
-            'kvroute.outcome': d.outcome,
-          });
-          if (d.outcome === 'selected') {
+          if (match.isRecording()) {
+            const selected = d.outcome === 'selected' ? d : undefined;
             match.setAttributes({
-              'kvroute.worker_id': d.worker.id,
-              'kvroute.overlap_blocks': d.chosen.overlapBlocks,
-              'kvroute.cost': d.chosen.cost,
+              'kvroute.phase': 'prefill',
+              'kvroute.candidates': d.candidateCount,
+              'kvroute.outcome': d.outcome,
+              'kvroute.worker_id': selected?.worker.id,
+              'kvroute.overlap_blocks': selected?.chosen.overlapBlocks,
+              'kvroute.cost': selected?.chosen.cost,
             });
+            match.end();
           }
-          match.end();
           return d;
         });
         const placement = decidePlacement({ prefill, decode, maxLocalPrefill });
@@ -86,11 +85,13 @@ export class KvPrefillPlanner implements PrefillPlanner {
             decodeBlocks: decode.booking.decodeBlocks,
           };
         }
-        span.setAttributes({
-          'kvroute.prefill.placement': chosen ? 'remote' : 'local',
-          'kvroute.prefill.reason': reason,
-          ...(chosen ? { 'kvroute.prefill.worker_id': chosen.worker.id } : {}),
-        });
+        if (span.isRecording()) {
+          span.setAttributes({
+            'kvroute.prefill.placement': chosen ? 'remote' : 'local',
+            'kvroute.prefill.reason': reason,
+            'kvroute.prefill.worker_id': chosen?.worker.id,
+          });
+        }
         return { prefill: chosen, reason };
       } finally {
         span.end();

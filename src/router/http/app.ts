@@ -91,18 +91,15 @@ export function createApp(deps: AppDeps): FastifyInstance {
     reply.header('x-request-id', request.id);
     // Extract on ROOT: a malformed traceparent starts a fresh trace instead of inheriting anything.
     const parent = extractFromHeaders(request.headers, ROOT_CONTEXT);
-    const span = tracer.startSpan(
-      'http-request',
-      {
-        kind: SpanKind.SERVER,
-        attributes: {
-          'http.request.method': request.method,
-          'url.path': request.url.split('?')[0],
-          'kvroute.request_id': request.id,
-        },
-      },
-      parent,
-    );
+    const span = tracer.startSpan('http-request', { kind: SpanKind.SERVER }, parent);
+    // Sampled out, the span records nothing: skip building its attributes.
+    if (span.isRecording()) {
+      span.setAttributes({
+        'http.request.method': request.method,
+        'url.path': request.url.split('?')[0],
+        'kvroute.request_id': request.id,
+      });
+    }
     traces.set(request, { span, ctx: trace.setSpan(parent, span) });
     if (deps.isClosing())
       throw new KvrouteError('shutting_down', 'the router is shutting down', { retryAfterSeconds: 1 });
@@ -113,7 +110,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
     const status = reply.statusCode;
     metrics.requests.inc({ route, status: String(status) });
     const t = traces.get(request);
-    if (t) {
+    if (t?.span.isRecording()) {
       t.span.setAttributes({ 'http.route': route, 'http.response.status_code': status });
       if (status >= 500) t.span.setStatus({ code: SpanStatusCode.ERROR });
       t.span.end();

@@ -50,17 +50,25 @@ export async function handleInference(
   const span = trace.getActiveSpan();
   const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream());
   let lastChunkAt = 0;
+  let ttftMs: number | undefined;
   const finish = (err: unknown) => {
     admission.release();
     deps.metrics.promptTokens.inc(tally.promptTokens);
     deps.metrics.cachedTokens.inc(tally.cachedTokens);
-    span?.setAttributes({
-      'kvroute.decode_worker_id': plan.decode.worker.id,
-      'kvroute.prompt_tokens': tally.promptTokens,
-      'kvroute.cached_tokens': tally.cachedTokens,
-      'kvroute.completion_tokens': tally.completionTokens,
-    });
-    if (err !== undefined) span?.recordException(err as Error);
+    // One attribute write for the whole request, and none when the span does not record.
+    if (span?.isRecording()) {
+      span.setAttributes({
+        'kvroute.model': request.model,
+        'kvroute.decode_worker_id': plan.decode.worker.id,
+        'kvroute.prefill_worker_id': plan.prefill?.worker.id,
+        'kvroute.prompt_tokens': tally.promptTokens,
+        'kvroute.cached_tokens': tally.cachedTokens,
+        'kvroute.completion_tokens': tally.completionTokens,
+        'kvroute.ttft_ms': ttftMs,
+        'kvroute.outcome': err === undefined ? 'ok' : 'error',
+      });
+      if (err !== undefined) span.recordException(err as Error);
+    }
   };
   const onChunk = () => {
     const now = performance.now();
@@ -77,7 +85,8 @@ export async function handleInference(
     const first = await chunks.next();
     if (first.done) throw new KvrouteError('worker_error', 'worker ended the stream without output');
     lastChunkAt = performance.now();
-    deps.metrics.ttft.observe((lastChunkAt - call.arrivedAt) / 1000);
+    ttftMs = lastChunkAt - call.arrivedAt;
+    deps.metrics.ttft.observe(ttftMs / 1000);
     admission.firstToken();
     firstText = tally.add(first.value);
   } catch (err) {

@@ -128,14 +128,16 @@ export async function routeStage(
         prefill: null,
         reason: 'aggregated',
       };
-      span.setAttributes({
-        'kvroute.candidates': decode.candidateCount,
-        'kvroute.worker_id': decode.worker.id,
-        'kvroute.overlap_blocks': decode.chosen.overlapBlocks,
-        'kvroute.cost': decode.chosen.cost,
-        'kvroute.prompt_tokens': tokenIds.length,
-        ...(prefillChoice.prefill ? { 'kvroute.prefill_worker_id': prefillChoice.prefill.worker.id } : {}),
-      });
+      if (span.isRecording()) {
+        span.setAttributes({
+          'kvroute.candidates': decode.candidateCount,
+          'kvroute.worker_id': decode.worker.id,
+          'kvroute.overlap_blocks': decode.chosen.overlapBlocks,
+          'kvroute.cost': decode.chosen.cost,
+          'kvroute.prompt_tokens': tokenIds.length,
+          'kvroute.prefill_worker_id': prefillChoice.prefill?.worker.id,
+        });
+      }
       return {
         requestId,
         httpRequestId,
