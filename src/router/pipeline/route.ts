@@ -11,10 +11,9 @@ import type { Worker } from '../registry/index.js';
 import { decisionError, decodeOverlapWeight, type OverlapSource } from '../scheduling/index.js';
 import type { PipelineDeps } from './deps.js';
 
-const NS_PER_S = 1e9;
-
-function elapsedSeconds(start: bigint): number {
-  return Number(process.hrtime.bigint() - start) / NS_PER_S;
+/** Seconds since `startMs` (a performance.now() reading): a double, no BigInt per phase. */
+function elapsedSeconds(startMs: number): number {
+  return (performance.now() - startMs) / 1000;
 }
 
 /** Validates the body; an unknown model is a 400, a router without any worker a 503. */
@@ -31,7 +30,7 @@ export function parseStage(deps: PipelineDeps, body: unknown, endpoint: Endpoint
 }
 
 export async function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest): Promise<number[]> {
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   const ids =
     req.prompt.kind === 'tokens'
       ? req.prompt.tokenIds
@@ -50,14 +49,14 @@ export async function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest):
 }
 
 export function hashStage(deps: PipelineDeps, tokenIds: number[]): BlockKeys {
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   const keys = localBlockKeys(tokenIds, deps.config.blockSize);
   deps.metrics.routingPhase.hash.observe(elapsedSeconds(start));
   return keys;
 }
 
 export function matchStage(deps: PipelineDeps, keys: BlockKeys): OverlapSource {
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   const overlaps = deps.fleet.overlaps(keys);
   deps.metrics.routingPhase.match.observe(elapsedSeconds(start));
   return overlaps;
@@ -69,7 +68,7 @@ export function selectDecode(
   routing: RoutingInput,
   exclude?: ReadonlySet<string>,
 ): WorkerDecision {
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   let candidates: readonly Worker[] = deps.fleet.registry.candidates(routing.model, 'decode');
   if (exclude && exclude.size > 0) candidates = candidates.filter((w) => !exclude.has(w.id));
   // A fleet with prefill workers picks decode by load unless a decode worker already holds part
