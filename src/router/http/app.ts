@@ -25,6 +25,7 @@ import { extractFromHeaders } from '../../telemetry/index.js';
 import type { RouterConfig } from '../config.js';
 import type { RouterMetrics } from '../metrics.js';
 import { registerJsonBodyParser } from './json-body.js';
+import { LazyRequestLogger } from './lazy-logger.js';
 
 interface RequestTrace {
   span: Span;
@@ -88,6 +89,12 @@ export function createApp(deps: AppDeps): FastifyInstance {
     logger: config.logger === false ? false : { level: config.verbose ? 'info' : 'warn' },
     // Fastify's two lines per request are replaced by our one line in onResponse.
     logController: new LogController({ disableRequestLogging: true }),
+    // Each request's pino child is made on its first line (most requests write none).
+    ...(config.logger === false
+      ? {}
+      : {
+          childLoggerFactory: (logger, bindings, options) => new LazyRequestLogger(logger, bindings, options),
+        }),
     bodyLimit: config.bodyLimit,
     // A client must finish sending its request within this (node's receive timeout; responses,
     // streams included, are not bounded by it): a stalled upload cannot hold a socket forever.
