@@ -28,7 +28,9 @@ class DigitTable {
 
   /** Fills the entry of `id`; returns its digit count. */
   fill(id: number): number {
-    return (this.length[id] = writeDigits(this.bytes, id * 8, id) - id * 8);
+    const n = writeDigits(this.bytes, id * 8, id) - id * 8;
+    this.length[id] = n;
+    return n;
   }
 }
 
