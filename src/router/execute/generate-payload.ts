@@ -3,10 +3,7 @@
 // are the same JSON a `JSON.stringify` would give (docs/worker.md is unchanged); stringify of a 1k
 // prompt plus its UTF-8 copy was ~10% of the router's CPU under load (this: ~40% less per call).
 // An id outside 0..2^31-1 or not an integer falls back to plain JSON, so the output is always the
-// same JSON. Ids below 2^18 (every vocabulary in use: o200k has ~200k) copy their digits from a
-// table filled on first sight, 8 bytes per id written as two little-endian u32 stores: about half
-// the cost of dividing each id into digits (~5 µs instead of ~11 µs per 1k ids, random ids over
-// 200k included). The table is 2.4 MB, allocated on the first request.
+// same JSON.
 
 import type { GenerateRequest } from '../../protocols/worker-plane.js';
 import { encodeJson } from '../../tcp/index.js';
@@ -17,59 +14,24 @@ function digits(v: number): number {
   return v < 10_000_000 ? (v < 1_000_000 ? 6 : 7) : v < 100_000_000 ? 8 : v < 1_000_000_000 ? 9 : 10;
 }
 
-/** Ids with a table entry. */
-const TABLE_IDS = 1 << 18;
-
-/** Per id below TABLE_IDS: its digit count (0 = not filled yet) and ASCII digits, 8 bytes. */
-class DigitTable {
-  readonly length = new Uint8Array(TABLE_IDS);
-  readonly bytes = new Uint8Array(TABLE_IDS * 8);
-  readonly words = new DataView(this.bytes.buffer);
-
-  /** Fills the entry of `id`; returns its digit count. */
-  fill(id: number): number {
-    const n = writeDigits(this.bytes, id * 8, id) - id * 8;
-    this.length[id] = n;
-    return n;
-  }
-}
-
-let table: DigitTable | undefined;
-
-/** Writes the digits of `v` (an integer in 0..2^31-1) at `o`; returns the end offset. */
-function writeDigits(buf: Uint8Array, o: number, v: number): number {
-  const end = o + digits(v);
-  for (let p = end - 1; p >= o; p--) {
-    const q = (v / 10) | 0;
-    buf[p] = 0x30 + v - q * 10;
-    v = q;
-  }
-  return end;
-}
-
 /**
  * Writes `[a,b,c]` at `at`; returns the end offset, or -1 when an id is not an integer in
- * 0..2^31-1 (token ids always are; anything else takes the JSON.stringify path). Needs 8 spare
- * bytes after the end (a table copy stores whole u32s).
+ * 0..2^31-1 (token ids always are; anything else takes the JSON.stringify path).
  */
-function writeIdArray(buf: Buffer, at: number, ids: readonly number[]): number {
-  table ??= new DigitTable();
-  const { length, words } = table;
-  const out = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+function writeIdArray(buf: Uint8Array, at: number, ids: readonly number[]): number {
   let o = at;
   buf[o++] = 0x5b; // [
   for (let i = 0; i < ids.length; i++) {
-    const v = ids[i] as number;
+    let v = ids[i] as number;
     if ((v | 0) !== v || v < 0) return -1;
     if (i > 0) buf[o++] = 0x2c; // ,
-    if (v >= TABLE_IDS) {
-      o = writeDigits(buf, o, v);
-      continue;
+    const end = o + digits(v);
+    for (let p = end - 1; p >= o; p--) {
+      const q = (v / 10) | 0;
+      buf[p] = 0x30 + v - q * 10;
+      v = q;
     }
-    const n = length[v] || table.fill(v);
-    out.setUint32(o, words.getUint32(v * 8, true), true);
-    if (n > 4) out.setUint32(o + 4, words.getUint32(v * 8 + 4, true), true);
-    o += n;
+    o = end;
   }
   buf[o++] = 0x5d; // ]
   return o;
@@ -83,8 +45,8 @@ export function encodeGenerateRequest(body: GenerateRequest): Buffer {
   const tail = restJson === '{}' ? '}' : `,${restJson.slice(1)}`;
   const headBytes = Buffer.byteLength(head);
   const tailBytes = Buffer.byteLength(tail);
-  // 10 digits is the longest id written here, plus one comma each; 8 spare bytes for writeIdArray.
-  const buf = Buffer.allocUnsafe(headBytes + 2 + token_ids.length * 11 + tailBytes + 8);
+  // 10 digits is the longest id written here, plus one comma each.
+  const buf = Buffer.allocUnsafe(headBytes + 2 + token_ids.length * 11 + tailBytes);
   buf.write(head, 0);
   const end = writeIdArray(buf, headBytes, token_ids);
   if (end < 0) return encodeJson(body);
