@@ -32,7 +32,7 @@ test('encodeGenerateRequest falls back to JSON for ids it does not write as digi
   }
 });
 
-test('encodeGenerateRequest gives the same bytes when ids repeat (digit table already filled)', () => {
+test('encodeGenerateRequest gives the same bytes for repeated and widely spread ids', () => {
   let seed = 7;
   const next = () => {
     seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
