@@ -29,7 +29,8 @@ export const aggregatedExecutor: Executor = {
  * the promises a generator layer adds per chunk (see GenerateCall).
  */
 class AggregatedRun implements AsyncIterableIterator<GenerateChunk> {
-  readonly #failed = new Set<string>();
+  /** Workers that failed this request (made on the first retry). */
+  #failed: Set<string> | undefined;
   #body: GenerateRequest | undefined;
   #attempt = 1;
   #worker: Worker | undefined;
@@ -76,6 +77,7 @@ class AggregatedRun implements AsyncIterableIterator<GenerateChunk> {
       this.#done = true;
       throw toClientError(err, ctx.signal);
     }
+    this.#failed ??= new Set<string>();
     this.#failed.add(this.#worker!.id);
     try {
       ctx.rerouteDecode(this.#failed);

@@ -29,12 +29,17 @@ export function parseStage(deps: PipelineDeps, body: unknown, endpoint: Endpoint
   return req;
 }
 
-export async function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest): Promise<number[]> {
+/**
+ * The prompt's token ids: given ones at once (no promise on that path, the common one for
+ * token-id clients), text through the tokenizer. Either way checked against the limits.
+ */
+export function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest): number[] | Promise<number[]> {
   const start = performance.now();
-  const ids =
-    req.prompt.kind === 'tokens'
-      ? req.prompt.tokenIds
-      : Array.from(await deps.tokenizer.encode(req.prompt.text));
+  if (req.prompt.kind === 'tokens') return checkedPrompt(deps, req.prompt.tokenIds, start);
+  return deps.tokenizer.encode(req.prompt.text).then((ids) => checkedPrompt(deps, Array.from(ids), start));
+}
+
+function checkedPrompt(deps: PipelineDeps, ids: number[], start: number): number[] {
   deps.metrics.routingPhase.tokenize.observe(elapsedSeconds(start));
   if (ids.length === 0)
     throw new KvrouteError('invalid_request', 'prompt has no tokens', { param: 'prompt' });
@@ -104,7 +109,8 @@ export async function routeStage(
   requestId: string,
   httpRequestId: string = requestId,
 ): Promise<ExecutionPlan> {
-  const tokenIds = await tokenizeStage(deps, request);
+  const tokenized = tokenizeStage(deps, request);
+  const tokenIds = Array.isArray(tokenized) ? tokenized : await tokenized;
   const outer = context.active();
   const span = deps.tracer.startSpan('kv_find_best_match');
   try {
