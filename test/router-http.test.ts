@@ -4,6 +4,8 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { Histogram, Registry } from 'prom-client';
+import { RequestHistogram } from '../src/router/request-histogram.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
 
 let router: RouterService;
@@ -296,4 +298,46 @@ describe('/metrics', () => {
     assert.ok(samples.includes('kvroute_http_requests_total'));
     assert.ok(samples.includes('kvroute_routing_decision_seconds_bucket'));
   });
+});
+
+test('RequestHistogram exposes exactly what a prom-client Histogram does (labelled, unlabelled, reset)', async () => {
+  const ours = new Registry();
+  const theirs = new Registry();
+  const buckets = [1e-6, 2.5e-6, 1e-3, 0.5];
+  const labelled = new RequestHistogram({
+    name: 'l_seconds',
+    help: 'l',
+    labelNames: ['phase'],
+    buckets,
+    registers: [ours],
+  });
+  const plain = new RequestHistogram({ name: 'u_seconds', help: 'u', buckets, registers: [ours] });
+  const refLabelled = new Histogram({
+    name: 'l_seconds',
+    help: 'l',
+    labelNames: ['phase'],
+    buckets,
+    registers: [theirs],
+  });
+  const refPlain = new Histogram({ name: 'u_seconds', help: 'u', buckets, registers: [theirs] });
+  const hash = labelled.labels({ phase: 'hash' });
+  const match = labelled.labels({ phase: 'match' });
+  const same = async (when: string) => assert.equal(await ours.metrics(), await theirs.metrics(), when);
+  await same('before any observation');
+  for (const v of [0, 1e-6, 3e-7, 2e-6, 2e-3, 7, 0.5]) {
+    hash.observe(v);
+    refLabelled.labels('hash').observe(v);
+    plain.observe(v * 2);
+    refPlain.observe(v * 2);
+  }
+  await same('after observations');
+  ours.resetMetrics();
+  theirs.resetMetrics();
+  await same('after a reset');
+  match.observe(1e-4);
+  refLabelled.labels('match').observe(1e-4);
+  plain.observe(1);
+  refPlain.observe(1);
+  await same('observed again after the reset');
+  assert.throws(() => hash.observe(Number.NaN), TypeError);
 });

@@ -58,12 +58,15 @@ export class RequestHistogram {
   private readonly series: HistogramSeries[] = [];
   /** The unlabelled series (exported even before its first observation, as prom-client does). */
   private unlabelled: HistogramSeries | undefined;
+  /** Whether an unlabelled histogram exports its series at zero (until a reset, as prom-client). */
+  private exportsEmpty: boolean;
 
   constructor(opts: RequestHistogramOptions) {
     this.name = opts.name;
     this.help = opts.help;
     this.bounds = [...opts.buckets].sort((a, b) => a - b);
     this.labelled = (opts.labelNames?.length ?? 0) > 0;
+    this.exportsEmpty = !this.labelled;
     for (const registry of opts.registers) registry.registerMetric(this as never);
   }
 
@@ -80,6 +83,16 @@ export class RequestHistogram {
     this.unlabelled.observe(value);
   }
 
+  /** Forgets every observation (prom-client's `registry.resetMetrics()` calls this). */
+  reset(): void {
+    this.exportsEmpty = false;
+    for (const s of this.series) {
+      s.counts.fill(0);
+      s.sum = 0;
+      s.count = 0;
+    }
+  }
+
   /** What prom-client's registry reads at scrape time. */
   async get(): Promise<{
     name: string;
@@ -91,7 +104,7 @@ export class RequestHistogram {
     if (!this.labelled) this.unlabelled ??= this.labels({});
     const values: SampleValue[] = [];
     for (const s of this.series) {
-      if (s.count === 0 && s !== this.unlabelled) continue;
+      if (s.count === 0 && !(s === this.unlabelled && this.exportsEmpty)) continue;
       let cumulative = 0;
       for (let i = 0; i < this.bounds.length; i++) {
         cumulative += s.counts[i]!;
