@@ -4,7 +4,9 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import Fastify from 'fastify';
 import { Histogram, Registry } from 'prom-client';
+import { LazyRequestLogger } from '../src/router/http/lazy-logger.js';
 import { RequestHistogram } from '../src/router/request-histogram.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
 
@@ -340,4 +342,48 @@ test('RequestHistogram exposes exactly what a prom-client Histogram does (labell
   refPlain.observe(1);
   await same('observed again after the reset');
   assert.throws(() => hash.observe(Number.NaN), TypeError);
+});
+
+test('LazyRequestLogger writes the lines the pino child would, and makes the child only on the first line', () => {
+  const lines: Record<string, unknown>[] = [];
+  const stream = { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) };
+  const app = Fastify({ logger: { level: 'info', stream } });
+  let children = 0;
+  const parent = app.log;
+  const counting = Object.create(parent) as typeof parent;
+  counting.child = (bindings, options) => {
+    children++;
+    return parent.child(bindings, options);
+  };
+  const lazy = new LazyRequestLogger(counting, { reqId: 'r-1' }, {});
+  assert.equal(lazy.level, 'info');
+  lazy.debug({ skipped: true }, 'below the level');
+  assert.equal(lines.length, 0);
+  assert.equal(children, 1, 'a line (even a dropped one) makes the child');
+  lazy.info({ event: 'request', status: 200 }, 'request');
+  lazy.warn('plain %s', 'text');
+  assert.equal(children, 1);
+  assert.equal(lines.length, 2);
+  assert.deepEqual(
+    {
+      reqId: lines[0]!.reqId,
+      event: lines[0]!.event,
+      status: lines[0]!.status,
+      msg: lines[0]!.msg,
+      level: lines[0]!.level,
+    },
+    { reqId: 'r-1', event: 'request', status: 200, msg: 'request', level: 30 },
+  );
+  assert.deepEqual(
+    { reqId: lines[1]!.reqId, msg: lines[1]!.msg, level: lines[1]!.level },
+    { reqId: 'r-1', msg: 'plain text', level: 40 },
+  );
+  lazy.child({ part: 'x' }).error('inner');
+  assert.deepEqual(
+    { reqId: lines[2]!.reqId, part: lines[2]!.part, msg: lines[2]!.msg },
+    { reqId: 'r-1', part: 'x', msg: 'inner' },
+  );
+  const untouched = new LazyRequestLogger(counting, { reqId: 'r-2' }, {});
+  assert.equal(untouched.level, 'info');
+  assert.equal(children, 1, 'reading the level makes no child');
 });
