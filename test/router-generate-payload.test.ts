@@ -31,3 +31,18 @@ test('encodeGenerateRequest falls back to JSON for ids it does not write as digi
     assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
   }
 });
+
+test('encodeGenerateRequest gives the same bytes for repeated and widely spread ids', () => {
+  let seed = 7;
+  const next = () => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed;
+  };
+  for (let round = 0; round < 50; round++) {
+    const ids = Array.from({ length: 64 }, () => (next() % 3 === 0 ? next() % 2 ** 31 : next() % 300_000));
+    ids.push(...ids.slice(0, 16));
+    const body = { request_id: `r${round}`, token_ids: ids, max_tokens: 16 };
+    assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+    assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+  }
+});

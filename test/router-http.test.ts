@@ -4,6 +4,10 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import Fastify from 'fastify';
+import { Histogram, Registry } from 'prom-client';
+import { LazyRequestLogger } from '../src/router/http/lazy-logger.js';
+import { RequestHistogram } from '../src/router/request-histogram.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
 
 let router: RouterService;
@@ -296,4 +300,90 @@ describe('/metrics', () => {
     assert.ok(samples.includes('kvroute_http_requests_total'));
     assert.ok(samples.includes('kvroute_routing_decision_seconds_bucket'));
   });
+});
+
+test('RequestHistogram exposes exactly what a prom-client Histogram does (labelled, unlabelled, reset)', async () => {
+  const ours = new Registry();
+  const theirs = new Registry();
+  const buckets = [1e-6, 2.5e-6, 1e-3, 0.5];
+  const labelled = new RequestHistogram({
+    name: 'l_seconds',
+    help: 'l',
+    labelNames: ['phase'],
+    buckets,
+    registers: [ours],
+  });
+  const plain = new RequestHistogram({ name: 'u_seconds', help: 'u', buckets, registers: [ours] });
+  const refLabelled = new Histogram({
+    name: 'l_seconds',
+    help: 'l',
+    labelNames: ['phase'],
+    buckets,
+    registers: [theirs],
+  });
+  const refPlain = new Histogram({ name: 'u_seconds', help: 'u', buckets, registers: [theirs] });
+  const hash = labelled.labels({ phase: 'hash' });
+  const match = labelled.labels({ phase: 'match' });
+  const same = async (when: string) => assert.equal(await ours.metrics(), await theirs.metrics(), when);
+  await same('before any observation');
+  for (const v of [0, 1e-6, 3e-7, 2e-6, 2e-3, 7, 0.5]) {
+    hash.observe(v);
+    refLabelled.labels('hash').observe(v);
+    plain.observe(v * 2);
+    refPlain.observe(v * 2);
+  }
+  await same('after observations');
+  ours.resetMetrics();
+  theirs.resetMetrics();
+  await same('after a reset');
+  match.observe(1e-4);
+  refLabelled.labels('match').observe(1e-4);
+  plain.observe(1);
+  refPlain.observe(1);
+  await same('observed again after the reset');
+  assert.throws(() => hash.observe(Number.NaN), TypeError);
+});
+
+test('LazyRequestLogger writes the lines the pino child would, and makes the child only on the first line', () => {
+  const lines: Record<string, unknown>[] = [];
+  const stream = { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) };
+  const app = Fastify({ logger: { level: 'info', stream } });
+  let children = 0;
+  const parent = app.log;
+  const counting = Object.create(parent) as typeof parent;
+  counting.child = (bindings, options) => {
+    children++;
+    return parent.child(bindings, options);
+  };
+  const lazy = new LazyRequestLogger(counting, { reqId: 'r-1' }, {});
+  assert.equal(lazy.level, 'info');
+  lazy.debug({ skipped: true }, 'below the level');
+  assert.equal(lines.length, 0);
+  assert.equal(children, 1, 'a line (even a dropped one) makes the child');
+  lazy.info({ event: 'request', status: 200 }, 'request');
+  lazy.warn('plain %s', 'text');
+  assert.equal(children, 1);
+  assert.equal(lines.length, 2);
+  assert.deepEqual(
+    {
+      reqId: lines[0]!.reqId,
+      event: lines[0]!.event,
+      status: lines[0]!.status,
+      msg: lines[0]!.msg,
+      level: lines[0]!.level,
+    },
+    { reqId: 'r-1', event: 'request', status: 200, msg: 'request', level: 30 },
+  );
+  assert.deepEqual(
+    { reqId: lines[1]!.reqId, msg: lines[1]!.msg, level: lines[1]!.level },
+    { reqId: 'r-1', msg: 'plain text', level: 40 },
+  );
+  lazy.child({ part: 'x' }).error('inner');
+  assert.deepEqual(
+    { reqId: lines[2]!.reqId, part: lines[2]!.part, msg: lines[2]!.msg },
+    { reqId: 'r-1', part: 'x', msg: 'inner' },
+  );
+  const untouched = new LazyRequestLogger(counting, { reqId: 'r-2' }, {});
+  assert.equal(untouched.level, 'info');
+  assert.equal(children, 1, 'reading the level makes no child');
 });

@@ -59,6 +59,7 @@ export class MatchScores {
 
   /** Leading blocks `workerId` holds; undefined when none (the scheduler's OverlapSource). */
   get(workerId: string): number | undefined {
+    if (this.longest === 0) return undefined;
     const slot = this.slotOf.get(workerId);
     if (slot === undefined) return undefined;
     const blocks = this.blocksBySlot[slot];

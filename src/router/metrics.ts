@@ -2,7 +2,8 @@
 // one process). Per-worker and index gauges are read at scrape time from the live structures
 // through `collect` callbacks, so the request path never writes them.
 
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
+import { type HistogramSeries, RequestHistogram } from './request-histogram.js';
 
 /** What the scrape-time gauges read. */
 export interface MetricsSources {
@@ -19,9 +20,9 @@ export type RoutingPhase = 'tokenize' | 'hash' | 'match' | 'score';
 export class RouterMetrics {
   readonly registry = new Registry();
   readonly requests: Counter<'route' | 'status'>;
-  readonly ttft: Histogram;
-  readonly itl: Histogram;
-  readonly routingPhase: Record<RoutingPhase, Histogram.Internal<'phase'>>;
+  readonly ttft: RequestHistogram;
+  readonly itl: RequestHistogram;
+  readonly routingPhase: Record<RoutingPhase, HistogramSeries>;
   readonly promptTokens: Counter;
   readonly cachedTokens: Counter;
   readonly kvEventsApplied: Counter;
@@ -39,31 +40,31 @@ export class RouterMetrics {
       labelNames: ['route', 'status'],
       registers,
     });
-    this.ttft = new Histogram({
+    this.ttft = new RequestHistogram({
       name: 'kvroute_time_to_first_token_seconds',
       help: 'Time from request arrival to the first output token',
       buckets: LATENCY_BUCKETS_S,
       registers,
     });
-    this.itl = new Histogram({
+    this.itl = new RequestHistogram({
       name: 'kvroute_inter_token_latency_seconds',
       help: 'Time between consecutive output chunks of a stream',
       buckets: ITL_BUCKETS_S,
       registers,
     });
-    const routing = new Histogram({
+    const routing = new RequestHistogram({
       name: 'kvroute_routing_decision_seconds',
       help: 'Routing decision time by phase: tokenize, hash, match (index lookup), score (policy)',
       labelNames: ['phase'],
       buckets: ROUTING_BUCKETS_S,
       registers,
     });
-    // Children resolved once: observing through them skips the label lookup on the hot path.
+    // Series resolved once: observing through them is a bucket search and three additions.
     this.routingPhase = {
-      tokenize: routing.labels('tokenize'),
-      hash: routing.labels('hash'),
-      match: routing.labels('match'),
-      score: routing.labels('score'),
+      tokenize: routing.labels({ phase: 'tokenize' }),
+      hash: routing.labels({ phase: 'hash' }),
+      match: routing.labels({ phase: 'match' }),
+      score: routing.labels({ phase: 'score' }),
     };
     this.promptTokens = new Counter({
       name: 'kvroute_prompt_tokens_total',

@@ -4,8 +4,9 @@
 // re-books it) up to `maxAttempts`; after the first chunk a failure ends the stream.
 
 import type { GenerateChunk, GenerateRequest } from '../../protocols/worker-plane.js';
+import type { Worker } from '../registry/index.js';
 import type { ExecutionContext, ExecutionPlan, Executor } from './types.js';
-import { callGenerate, failureKind, isRetryable, toClientError } from './worker-call.js';
+import { callGenerate, DONE, failureKind, isRetryable, toClientError } from './worker-call.js';
 
 export function generateBody(plan: ExecutionPlan): GenerateRequest {
   return {
@@ -17,31 +18,77 @@ export function generateBody(plan: ExecutionPlan): GenerateRequest {
 }
 
 export const aggregatedExecutor: Executor = {
-  async *run(plan: ExecutionPlan, ctx: ExecutionContext): AsyncGenerator<GenerateChunk> {
-    const body = generateBody(plan);
-    const failed = new Set<string>();
-    for (let attempt = 1; ; attempt++) {
-      const worker = plan.decode.worker;
-      let received = false;
-      try {
-        for await (const chunk of callGenerate(ctx, worker.address, body, plan.httpRequestId)) {
-          received = true;
-          yield chunk;
-        }
-        return;
-      } catch (err) {
-        if (received || ctx.signal.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
-          throw toClientError(err, ctx.signal);
-        }
-        failed.add(worker.id);
-        try {
-          ctx.rerouteDecode(failed);
-        } catch {
-          // No other worker can take it: the client hears about the failure itself.
-          throw toClientError(err, ctx.signal);
-        }
-        ctx.metrics.retries.inc({ reason: failureKind(err) });
-      }
-    }
+  run(plan: ExecutionPlan, ctx: ExecutionContext): AsyncIterableIterator<GenerateChunk> {
+    return new AggregatedRun(plan, ctx);
   },
 };
+
+/**
+ * One aggregated request's chunks: the current attempt's call, replaced by a call to another
+ * worker when it fails before its first chunk. An iterator rather than an async generator, for
+ * the promises a generator layer adds per chunk (see GenerateCall).
+ */
+class AggregatedRun implements AsyncIterableIterator<GenerateChunk> {
+  /** Workers that failed this request (made on the first retry). */
+  #failed: Set<string> | undefined;
+  #body: GenerateRequest | undefined;
+  #attempt = 1;
+  #worker: Worker | undefined;
+  #call: AsyncIterator<GenerateChunk> | undefined;
+  #received = false;
+  #done = false;
+
+  constructor(
+    private readonly plan: ExecutionPlan,
+    private readonly ctx: ExecutionContext,
+  ) {}
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  next(): Promise<IteratorResult<GenerateChunk>> {
+    if (this.#done) return Promise.resolve(DONE);
+    if (this.#call === undefined) {
+      const { plan } = this;
+      this.#body ??= generateBody(plan);
+      this.#worker = plan.decode.worker;
+      this.#call = callGenerate(this.ctx, this.#worker.address, this.#body, plan.httpRequestId);
+    }
+    return this.#call.next().then(this.#onChunk, this.#onError);
+  }
+
+  return(): Promise<IteratorResult<GenerateChunk>> {
+    this.#done = true;
+    const call = this.#call;
+    this.#call = undefined;
+    return call?.return ? call.return().then(() => DONE) : Promise.resolve(DONE);
+  }
+
+  readonly #onChunk = (result: IteratorResult<GenerateChunk>): IteratorResult<GenerateChunk> => {
+    if (result.done) this.#done = true;
+    else this.#received = true;
+    return result;
+  };
+
+  readonly #onError = (err: unknown): Promise<IteratorResult<GenerateChunk>> => {
+    const { ctx } = this;
+    if (this.#received || ctx.signal.aborted || !isRetryable(err) || this.#attempt >= ctx.maxAttempts) {
+      this.#done = true;
+      throw toClientError(err, ctx.signal);
+    }
+    this.#failed ??= new Set<string>();
+    this.#failed.add(this.#worker!.id);
+    try {
+      ctx.rerouteDecode(this.#failed);
+    } catch {
+      // No other worker can take it: the client hears about the failure itself.
+      this.#done = true;
+      throw toClientError(err, ctx.signal);
+    }
+    ctx.metrics.retries.inc({ reason: failureKind(err) });
+    this.#attempt++;
+    this.#call = undefined;
+    return this.next();
+  };
+}

@@ -107,6 +107,9 @@ export class Fleet {
     const exact = this.index.findMatches(keys);
     if (this.approxWorkers.size === 0) return exact;
     const approx = this.approx.findMatches(keys);
+    // An index that matched nothing answers undefined for everyone: skip its lookup per candidate.
+    if (approx.longest === 0) return exact;
+    if (exact.longest === 0) return approx;
     return { get: (id) => exact.get(id) ?? approx.get(id) };
   }
 

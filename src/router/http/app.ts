@@ -14,11 +14,18 @@ import {
   SpanStatusCode,
   trace,
 } from '@opentelemetry/api';
-import Fastify, { type FastifyInstance, type FastifyRequest, LogController } from 'fastify';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
 import { isKvrouteError, KvrouteError } from '../../errors.js';
 import { extractFromHeaders } from '../../telemetry/index.js';
 import type { RouterConfig } from '../config.js';
 import type { RouterMetrics } from '../metrics.js';
+import { registerJsonBodyParser } from './json-body.js';
+import { LazyRequestLogger } from './lazy-logger.js';
 
 interface RequestTrace {
   span: Span;
@@ -60,6 +67,14 @@ export function toHttpError(err: unknown): KvrouteError {
   return new KvrouteError('internal_error', 'internal error', { cause: err });
 }
 
+const LEVEL_RANK: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
+
+/** Whether `log` writes lines at `level` (pino's ranks; a logger without a level, e.g. disabled, writes nothing). */
+function logs(log: FastifyBaseLogger, level: 'debug' | 'info'): boolean {
+  const threshold = LEVEL_RANK[log.level];
+  return threshold !== undefined && LEVEL_RANK[level]! >= threshold;
+}
+
 export interface AppDeps {
   config: RouterConfig;
   metrics: RouterMetrics;
@@ -74,6 +89,12 @@ export function createApp(deps: AppDeps): FastifyInstance {
     logger: config.logger === false ? false : { level: config.verbose ? 'info' : 'warn' },
     // Fastify's two lines per request are replaced by our one line in onResponse.
     logController: new LogController({ disableRequestLogging: true }),
+    // Each request's pino child is made on its first line (most requests write none).
+    ...(config.logger === false
+      ? {}
+      : {
+          childLoggerFactory: (logger, bindings, options) => new LazyRequestLogger(logger, bindings, options),
+        }),
     bodyLimit: config.bodyLimit,
     // A client must finish sending its request within this (node's receive timeout; responses,
     // streams included, are not bounded by it): a stalled upload cannot hold a socket forever.
@@ -86,6 +107,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
     return503OnClosing: true,
     forceCloseConnections: 'idle',
   });
+  registerJsonBodyParser(app, config.bodyLimit);
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
@@ -123,6 +145,8 @@ export function createApp(deps: AppDeps): FastifyInstance {
       route === '/ready'
         ? 'debug'
         : 'info';
+    // Build the line only when it will be written (the default level is warn).
+    if (!logs(request.log, level)) return;
     request.log[level](
       {
         event: 'request',

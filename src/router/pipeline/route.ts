@@ -11,10 +11,9 @@ import type { Worker } from '../registry/index.js';
 import { decisionError, decodeOverlapWeight, type OverlapSource } from '../scheduling/index.js';
 import type { PipelineDeps } from './deps.js';
 
-const NS_PER_S = 1e9;
-
-function elapsedSeconds(start: bigint): number {
-  return Number(process.hrtime.bigint() - start) / NS_PER_S;
+/** Seconds since `startMs` (a performance.now() reading): a double, no BigInt per phase. */
+function elapsedSeconds(startMs: number): number {
+  return (performance.now() - startMs) / 1000;
 }
 
 /** Validates the body; an unknown model is a 400, a router without any worker a 503. */
@@ -30,12 +29,17 @@ export function parseStage(deps: PipelineDeps, body: unknown, endpoint: Endpoint
   return req;
 }
 
-export async function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest): Promise<number[]> {
-  const start = process.hrtime.bigint();
-  const ids =
-    req.prompt.kind === 'tokens'
-      ? req.prompt.tokenIds
-      : Array.from(await deps.tokenizer.encode(req.prompt.text));
+/**
+ * The prompt's token ids: given ones at once (no promise on that path, the common one for
+ * token-id clients), text through the tokenizer. Either way checked against the limits.
+ */
+export function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest): number[] | Promise<number[]> {
+  const start = performance.now();
+  if (req.prompt.kind === 'tokens') return checkedPrompt(deps, req.prompt.tokenIds, start);
+  return deps.tokenizer.encode(req.prompt.text).then((ids) => checkedPrompt(deps, Array.from(ids), start));
+}
+
+function checkedPrompt(deps: PipelineDeps, ids: number[], start: number): number[] {
   deps.metrics.routingPhase.tokenize.observe(elapsedSeconds(start));
   if (ids.length === 0)
     throw new KvrouteError('invalid_request', 'prompt has no tokens', { param: 'prompt' });
@@ -50,14 +54,14 @@ export async function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest):
 }
 
 export function hashStage(deps: PipelineDeps, tokenIds: number[]): BlockKeys {
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   const keys = localBlockKeys(tokenIds, deps.config.blockSize);
   deps.metrics.routingPhase.hash.observe(elapsedSeconds(start));
   return keys;
 }
 
 export function matchStage(deps: PipelineDeps, keys: BlockKeys): OverlapSource {
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   const overlaps = deps.fleet.overlaps(keys);
   deps.metrics.routingPhase.match.observe(elapsedSeconds(start));
   return overlaps;
@@ -69,7 +73,7 @@ export function selectDecode(
   routing: RoutingInput,
   exclude?: ReadonlySet<string>,
 ): WorkerDecision {
-  const start = process.hrtime.bigint();
+  const start = performance.now();
   let candidates: readonly Worker[] = deps.fleet.registry.candidates(routing.model, 'decode');
   if (exclude && exclude.size > 0) candidates = candidates.filter((w) => !exclude.has(w.id));
   // A fleet with prefill workers picks decode by load unless a decode worker already holds part
@@ -105,7 +109,8 @@ export async function routeStage(
   requestId: string,
   httpRequestId: string = requestId,
 ): Promise<ExecutionPlan> {
-  const tokenIds = await tokenizeStage(deps, request);
+  const tokenized = tokenizeStage(deps, request);
+  const tokenIds = Array.isArray(tokenized) ? tokenized : await tokenized;
   const outer = context.active();
   const span = deps.tracer.startSpan('kv_find_best_match');
   try {
