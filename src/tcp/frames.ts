@@ -109,7 +109,12 @@ export function forEachCredit(payload: Buffer, grant: (streamId: number, bytes: 
 /** Parses a stream id header value: a canonical decimal in 1..2^32-1, else undefined. */
 export function parseStreamId(value: string | undefined): number | undefined {
   if (value === undefined || value.length === 0 || value.length > 10) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 0xffffffff || String(n) !== value) return undefined;
-  return n;
+  // Digit by digit rather than Number + String round trip: no string made per request.
+  let n = 0;
+  for (let i = 0; i < value.length; i++) {
+    const d = value.charCodeAt(i) - 0x30;
+    if (d < 0 || d > 9 || (d === 0 && i === 0)) return undefined;
+    n = n * 10 + d;
+  }
+  return n <= 0xffffffff ? n : undefined;
 }
