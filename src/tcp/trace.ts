@@ -70,7 +70,7 @@ export function startClientSpan(
   const sameAsParent =
     !recording &&
     (span.spanContext() === parentSpanContext ||
-      (parentSpanContext === undefined && !trace.isSpanContextValid(span.spanContext())));
+      (parentSpanContext === undefined && span.spanContext() === INVALID_SPAN_CONTEXT));
   propagation.inject(sameAsParent ? parent : trace.setSpan(parent, span), headers);
   return recording ? span : undefined;
 }
