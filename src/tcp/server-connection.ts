@@ -17,8 +17,11 @@ import {
   encodeErrorFrame,
   forEachCredit,
   parseStreamId,
+  RESPONSE_HEADER_BYTES,
+  ResponseType,
   STREAM_HEADER,
   WINDOW_HEADER,
+  writeResponseHeader,
 } from './frames.js';
 import { RequestFrameDecoder } from './request-decoder.js';
 import { ServerStream, type StreamSink } from './server-stream.js';
@@ -78,6 +81,27 @@ export class ServerConnection implements StreamSink {
 
   send(frame: Buffer): void {
     if (!this.closed) this.writer.write(frame);
+  }
+
+  sendResponse(
+    type: typeof ResponseType.DATA | typeof ResponseType.END,
+    streamId: number,
+    payload?: Uint8Array,
+    thenEnd = false,
+  ): void {
+    if (this.closed) return;
+    const len = payload === undefined ? 0 : payload.byteLength;
+    const size = RESPONSE_HEADER_BYTES + len + (thenEnd ? RESPONSE_HEADER_BYTES : 0);
+    const writer = this.writer;
+    const at = writer.reserve(size); // first: it may replace writer.buffer
+    const buf = writer.buffer;
+    let o = writeResponseHeader(buf, at, type, streamId, len);
+    if (payload !== undefined) {
+      buf.set(payload, o);
+      o += len;
+    }
+    if (thenEnd) writeResponseHeader(buf, o, ResponseType.END, streamId, 0);
+    writer.commit(size);
   }
 
   onceDrained(wake: () => void): void {
