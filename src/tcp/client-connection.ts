@@ -26,6 +26,7 @@ import {
   writeStreamRequestFrame,
 } from './frames.js';
 import { ResponseFrameDecoder } from './response-decoder.js';
+import { StreamTable } from './stream-table.js';
 import { TransportError, type TransportErrorKind } from './transport-error.js';
 
 export interface ClientConnectionOptions {
@@ -58,7 +59,7 @@ class ClientStream implements StreamHandle {
 
 export class ClientConnection {
   private readonly socket: Socket;
-  private readonly streams = new Map<number, ClientStream>();
+  private readonly streams = new StreamTable<ClientStream>();
   private readonly decoder: ResponseFrameDecoder;
   private nextId = 1;
   private connected = false;
@@ -134,7 +135,7 @@ export class ClientConnection {
       );
     }
     const stream = new ClientStream(this, id, handler, window);
-    this.streams.set(id, stream);
+    this.streams.add(stream);
     const writer = this.writer;
     const at = writer.reserve(size);
     writeStreamRequestFrame(writer.buffer, at, path, pathBytes, id, window, tail, tailBytes, req.payload);
@@ -253,7 +254,7 @@ export class ClientConnection {
     this.closed = true;
     clearTimeout(this.connectTimer);
     this.markDead();
-    const streams = [...this.streams.values()];
+    const streams = this.streams.values();
     this.streams.clear();
     const detail = this.lastError ? `: ${this.lastError.message}` : '';
     for (const s of streams) {

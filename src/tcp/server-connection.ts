@@ -26,6 +26,7 @@ import {
 import { RequestFrameDecoder } from './request-decoder.js';
 import { ServerStream, type StreamSink } from './server-stream.js';
 import type { RequestHandler, ServerLimits } from './server-types.js';
+import { StreamTable } from './stream-table.js';
 
 /** What a connection needs from the server that owns it. */
 export interface ConnectionHost {
@@ -40,7 +41,7 @@ export interface ConnectionHost {
 const LINGER_AFTER_FATAL_MS = 2000;
 
 export class ServerConnection implements StreamSink {
-  readonly streams = new Map<number, ServerStream>();
+  readonly streams = new StreamTable<ServerStream>();
   private readonly decoder: RequestFrameDecoder;
   private readonly writer: FrameWriter;
   private closed = false;
@@ -183,7 +184,7 @@ export class ServerConnection implements StreamSink {
       return;
     }
     const stream = new ServerStream(this, id, windowOf(headers, this.host.limits.defaultWindowBytes));
-    this.streams.set(id, stream);
+    this.streams.add(stream);
     void stream.run(handler, path, headers, payload, this.host.tracer);
   }
 
