@@ -43,6 +43,10 @@ export interface RequestPlaneClientOptions {
   tracer?: Tracer;
 }
 
+/** A pool's connections per worker address, and the streams each carries before another is dialled. */
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 4;
+export const DEFAULT_STREAMS_PER_CONNECTION = 16;
+
 /** The options of a call that gives none (shared: one object fewer per call). */
 const NO_OPTIONS: CallOptions = Object.freeze({});
 
@@ -59,8 +63,8 @@ export class RequestPlaneClient {
     this.poolOptions = {
       connectTimeoutMs: opts.connectTimeoutMs ?? 2000,
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-      maxConnections: opts.maxConnectionsPerAddress ?? 4,
-      streamsPerConnection: opts.streamsPerConnection ?? 16,
+      maxConnections: opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+      streamsPerConnection: opts.streamsPerConnection ?? DEFAULT_STREAMS_PER_CONNECTION,
     };
     this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
     this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;
