@@ -87,6 +87,10 @@ export class RequestFrameDecoder {
     payload: Buffer.alloc(0),
   };
 
+  private lastPath = '';
+  /** The UTF-8 bytes of lastPath (a copy, not a view of a socket chunk). */
+  private lastPathBytes: Buffer = Buffer.alloc(0);
+
   constructor(readonly maxFrameBytes: number) {}
 
   /** Bytes held while waiting for the rest of a frame. */
@@ -143,8 +147,7 @@ export class RequestFrameDecoder {
     }
 
     if (q.length < total) return undefined;
-    q.skip(2);
-    const path = q.takeUtf8(pathLen);
+    const path = this.takePath(pathLen);
     q.skip(2);
     const headers = parseHeaderBlock(q.takeUtf8(headersLen));
     q.skip(4);
@@ -155,6 +158,22 @@ export class RequestFrameDecoder {
     frame.headers = headers;
     frame.payload = payload;
     return frame;
+  }
+
+  /**
+   * Consumes the path length and path; the string of the previous frame's path when the bytes are
+   * the same (they nearly always are: no decode, and the handler lookup hits a hashed string).
+   */
+  private takePath(pathLen: number): string {
+    const q = this.queue;
+    if (pathLen === this.lastPathBytes.length && q.equalsAt(2, this.lastPathBytes)) {
+      q.skip(2 + pathLen);
+      return this.lastPath;
+    }
+    q.skip(2);
+    this.lastPathBytes = Buffer.from(q.takeView(pathLen));
+    this.lastPath = this.lastPathBytes.toString('utf8');
+    return this.lastPath;
   }
 
   private fail(reason: string): RequestEvent | undefined {
