@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { connect } from 'node:net';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { requestFrameSize, streamHeaderBlockBytes, writeStreamRequestFrame } from '../src/tcp/frames.js';
 import {
   encodeRequestFrame,
   encodeResponseFrame,
@@ -250,6 +251,34 @@ test('stream table: the same answers as a Map under random adds and deletes', ()
           .sort((a, b) => a - b),
         [...model.keys()].sort((a, b) => a - b),
       );
+    }
+  }
+});
+
+test('the client header block written in place is byte for byte the JSON it stands for', () => {
+  const payload = Buffer.from('pl');
+  for (const id of [1, 9, 10, 12345, 0xffffffff]) {
+    for (const window of [1, 262144, 2 ** 40, Number.NaN]) {
+      for (const caller of [
+        {},
+        { 'x-request-id': 'r1', traceparent: '00-aa-bb-01' },
+        { ü: 'é'.repeat(40) },
+      ]) {
+        const json = JSON.stringify(caller);
+        const tail = json === '{}' ? '' : `,${json.slice(1, -1)}`;
+        const tailBytes = Buffer.byteLength(tail);
+        const text = String(window);
+        const expected = encodeRequestFrame(
+          'gen',
+          `{"x-kvroute-stream":"${id}","x-kvroute-window":"${text}"${tail}}`,
+          payload,
+        );
+        const size = requestFrameSize(3, streamHeaderBlockBytes(id, text, tailBytes), payload.length);
+        const buf = Buffer.alloc(size + 3, 0xee);
+        const end = writeStreamRequestFrame(buf, 3, 'gen', 3, id, text, tail, tailBytes, payload);
+        assert.equal(end, size + 3);
+        assert.deepEqual(buf.subarray(3), expected, `${id} ${window} ${json}`);
+      }
     }
   }
 });

@@ -73,6 +73,9 @@ export class ClientConnection {
   private connectTimer: NodeJS.Timeout | undefined;
   private lastPath = '';
   private lastPathBytes = 0;
+  /** The last window sent and its decimal text (String(), as the header always had it). */
+  private lastWindow = Number.NaN;
+  private lastWindowText = '';
   private readonly closedPromise: Promise<void>;
 
   constructor(
@@ -123,7 +126,12 @@ export class ClientConnection {
     const tailBytes = tail.length === 0 ? 0 : Buffer.byteLength(tail);
     const path = req.path;
     const pathBytes = path === this.lastPath ? this.lastPathBytes : this.measurePath(path);
-    const headersBytes = streamHeaderBlockBytes(id, window, tailBytes);
+    if (window !== this.lastWindow) {
+      this.lastWindow = window;
+      this.lastWindowText = String(window);
+    }
+    const windowText = this.lastWindowText;
+    const headersBytes = streamHeaderBlockBytes(id, windowText, tailBytes);
     const size = requestFrameSize(pathBytes, headersBytes, req.payload.byteLength);
     if (size > this.opts.maxFrameBytes || pathBytes > 0xffff || headersBytes > 0xffff) {
       return failLater(
@@ -138,7 +146,7 @@ export class ClientConnection {
     this.streams.add(stream);
     const writer = this.writer;
     const at = writer.reserve(size);
-    writeStreamRequestFrame(writer.buffer, at, path, pathBytes, id, window, tail, tailBytes, req.payload);
+    writeStreamRequestFrame(writer.buffer, at, path, pathBytes, id, windowText, tail, tailBytes, req.payload);
     writer.commit(size);
     return stream;
   }

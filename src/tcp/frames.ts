@@ -62,7 +62,7 @@ function checkRequestParts(pathBytes: number, headersBytes: number): void {
  * Writes `s` (`bytes` = its UTF-8 length) at buf[o..]; returns the offset after it. Short ASCII
  * strings are copied in JS: the native UTF-8 writer's call overhead is most of a short write.
  */
-export function writeUtf8(buf: Buffer, o: number, s: string, bytes: number): number {
+function writeUtf8(buf: Buffer, o: number, s: string, bytes: number): number {
   if (bytes === s.length && bytes <= 64) {
     // Equal lengths mean every char is ASCII (anything else takes 2+ bytes per UTF-16 unit).
     for (let i = 0; i < bytes; i++) buf[o + i] = s.charCodeAt(i);
@@ -74,7 +74,7 @@ export function writeUtf8(buf: Buffer, o: number, s: string, bytes: number): num
 const STREAM_PREFIX = Buffer.from(`{"${STREAM_HEADER}":"`, 'latin1');
 const WINDOW_INFIX = Buffer.from(`","${WINDOW_HEADER}":"`, 'latin1');
 
-/** Decimal digits of a u32. */
+/** Decimal digits of a u32 (a stream id). */
 function digits(n: number): number {
   let d = 1;
   while (n >= 10) {
@@ -87,25 +87,26 @@ function digits(n: number): number {
 /**
  * The header block a client sends with each request, written straight into the frame rather than
  * built as a string: `{"x-kvroute-stream":"<id>","x-kvroute-window":"<window>"<tail>}`, where
- * `tail` is '' or `,"k":"v",...` (the caller's headers as JSON members; `tailBytes` its UTF-8
- * length). The same bytes as JSON.stringify of those headers in that order.
+ * `window` is the window's decimal text (ASCII) and `tail` is '' or `,"k":"v",...` (the caller's
+ * headers as JSON members; `tailBytes` its UTF-8 length). The same bytes as JSON.stringify of those
+ * headers in that order.
  */
-export function streamHeaderBlockBytes(streamId: number, window: number, tailBytes: number): number {
-  return STREAM_PREFIX.length + digits(streamId) + WINDOW_INFIX.length + digits(window) + 2 + tailBytes;
+export function streamHeaderBlockBytes(streamId: number, window: string, tailBytes: number): number {
+  return STREAM_PREFIX.length + digits(streamId) + WINDOW_INFIX.length + window.length + 2 + tailBytes;
 }
 
 function writeStreamHeaderBlock(
   buf: Buffer,
   o: number,
   streamId: number,
-  window: number,
+  window: string,
   tail: string,
   tailBytes: number,
 ): number {
   buf.set(STREAM_PREFIX, o);
   o = writeDecimal(buf, o + STREAM_PREFIX.length, streamId);
   buf.set(WINDOW_INFIX, o);
-  o = writeDecimal(buf, o + WINDOW_INFIX.length, window);
+  o = writeUtf8(buf, o + WINDOW_INFIX.length, window, window.length);
   buf[o++] = 0x22; // the window value's closing quote
   if (tailBytes > 0) o = writeUtf8(buf, o, tail, tailBytes);
   buf[o++] = 0x7d; // }
@@ -131,7 +132,7 @@ export function writeStreamRequestFrame(
   path: string,
   pathBytes: number,
   streamId: number,
-  window: number,
+  window: string,
   tail: string,
   tailBytes: number,
   payload: Uint8Array,
