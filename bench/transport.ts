@@ -1,7 +1,9 @@
 // `kvroute bench transport`: the request plane against HTTP/1.1 keep-alive (undici Pool ->
 // node:http) and a raw length-prefixed echo over `net` (the practical limit), on loopback, with
 // each server in its own child process. Per transport: round trips/s at concurrency 1 and N,
-// p50/p99 latency at N, and streamed chunks/s (responses of --stream-chunks small chunks).
+// p50/p99 latency at N, and streamed chunks/s (responses of --stream-chunks small chunks). The
+// request plane and the raw echo spread their calls over connections the same way (the plane's
+// pool defaults); HTTP gets a connection per concurrent call (no multiplexing in HTTP/1.1).
 // Prints a table; with --json the last line is {"tcp":{...},"http":{...},"raw":{...}}.
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -12,7 +14,11 @@ import { Pool } from 'undici';
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { UsageError } from '../src/errors.js';
 import { ByteQueue } from '../src/tcp/byte-queue.js';
-import { RequestPlaneClient } from '../src/tcp/index.js';
+import {
+  DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+  DEFAULT_STREAMS_PER_CONNECTION,
+  RequestPlaneClient,
+} from '../src/tcp/index.js';
 import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
@@ -119,8 +125,8 @@ function httpClient(port: number, connections: number, chunks: number): BenchCli
   };
 }
 
-/** Raw length-prefixed frames on one pipelined connection, answered in order. */
-function rawClient(port: number, chunks: number): BenchClient {
+/** One raw connection: length-prefixed frames, pipelined, answered in order. */
+function rawConnection(port: number, chunks: number) {
   const socket: Socket = connect({ port, host: '127.0.0.1', noDelay: true });
   const pending: Array<{ frames: number; resolve: (n: number) => void }> = [];
   let head = 0;
@@ -141,31 +147,59 @@ function rawClient(port: number, chunks: number): BenchClient {
     }
   });
   let corked = false;
-  const send = (op: number, body: Buffer, frames: number) =>
-    new Promise<number>((resolve) => {
-      const frame = Buffer.allocUnsafe(5 + body.length);
-      frame.writeUInt32BE(body.length, 0);
-      frame[4] = op;
-      body.copy(frame, 5);
-      pending.push({ frames, resolve });
-      if (!corked) {
-        corked = true;
-        socket.cork();
-        process.nextTick(() => {
-          corked = false;
-          socket.uncork();
-        });
-      }
-      socket.write(frame);
-    });
+  return {
+    socket,
+    get inFlight() {
+      return pending.length - head;
+    },
+    send: (op: number, body: Buffer, frames: number) =>
+      new Promise<number>((resolve) => {
+        const frame = Buffer.allocUnsafe(5 + body.length);
+        frame.writeUInt32BE(body.length, 0);
+        frame[4] = op;
+        body.copy(frame, 5);
+        pending.push({ frames, resolve });
+        if (!corked) {
+          corked = true;
+          socket.cork();
+          process.nextTick(() => {
+            corked = false;
+            socket.uncork();
+          });
+        }
+        socket.write(frame);
+      }),
+  };
+}
+
+/**
+ * Raw length-prefixed frames, spread over connections exactly as the request plane's pool spreads
+ * its streams (least busy; a new connection only when every open one carries
+ * DEFAULT_STREAMS_PER_CONNECTION calls, up to DEFAULT_MAX_CONNECTIONS_PER_ADDRESS), so both are
+ * measured with the same connection layout: at c64 both use 4 pipelined connections.
+ */
+function rawClient(port: number, chunks: number): BenchClient {
+  const conns: Array<ReturnType<typeof rawConnection>> = [];
+  const pick = () => {
+    let best = conns[0];
+    for (const c of conns) if (c.inFlight < best!.inFlight) best = c;
+    if (
+      best === undefined ||
+      (best.inFlight >= DEFAULT_STREAMS_PER_CONNECTION && conns.length < DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
+    ) {
+      best = rawConnection(port, chunks);
+      conns.push(best);
+    }
+    return best;
+  };
   const empty = Buffer.alloc(0);
   return {
     async echo(payload) {
-      await send(1, payload, 1);
+      await pick().send(1, payload, 1);
     },
-    stream: () => send(2, empty, chunks),
+    stream: () => pick().send(2, empty, chunks),
     close: async () => {
-      socket.destroy();
+      for (const c of conns) c.socket.destroy();
     },
   };
 }

@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { connect } from 'node:net';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { requestFrameSize, streamHeaderBlockBytes, writeStreamRequestFrame } from '../src/tcp/frames.js';
 import {
   encodeRequestFrame,
   encodeResponseFrame,
@@ -15,6 +16,7 @@ import {
   ResponseFrameDecoder,
   ResponseType,
 } from '../src/tcp/index.js';
+import { StreamTable } from '../src/tcp/stream-table.js';
 
 const frames = [
   { path: 'generate', headers: { 'x-kvroute-stream': '1', 'x-request-id': 'a' }, payload: Buffer.from('{}') },
@@ -162,4 +164,121 @@ test('through a real socket: frames written 1 byte per write, then coalesced in 
   }
   sock.destroy();
   await server.close({ deadlineMs: 1000 });
+});
+
+test('compact header blocks read exactly as JSON.parse reads them, odd ones included', () => {
+  const good = encodeRequestFrame('p', '{}', Buffer.from('x'));
+  const blocks = [
+    '{}',
+    '{"a":"b"}',
+    '{"x-kvroute-stream":"7","x-kvroute-window":"262144","traceparent":"00-ab-cd-01"}',
+    '{"a":"1","a":"2"}', // duplicate key: the last value, the first position
+    '{"2":"x","b":"y","1":"z"}', // integer-like keys are ordered first, as JSON.parse does
+    '{"__proto__":"x"}', // an own property, not the prototype
+    '{"a":"\\u0041\\"q"}', // escapes
+    '{"é":"ü"}',
+    '{ "a" : "b" }',
+    '{"a":"b",}',
+    '{"a":"b"}x',
+    '{"a":1}',
+    '{"a":"b"',
+    '{"a""b"}',
+    '{"a":"b\u0001"}',
+    '{"":""}',
+  ];
+  for (const block of blocks) {
+    const events = decodeRequests([encodeRequestFrame('x', block, Buffer.alloc(0)), good]);
+    let expected: unknown;
+    try {
+      expected = JSON.parse(block);
+    } catch {
+      expected = undefined;
+    }
+    const valid =
+      expected !== null &&
+      typeof expected === 'object' &&
+      !Array.isArray(expected) &&
+      Object.values(expected as object).every((v) => typeof v === 'string');
+    const ev = events[0]!;
+    if (valid) {
+      assert.equal(ev.kind, 'frame', block);
+      const headers = (ev as { headers: Record<string, string> }).headers;
+      assert.deepEqual(headers, expected, block);
+      assert.deepEqual(Object.keys(headers), Object.keys(expected as object), block);
+      assert.equal(Object.getPrototypeOf(headers), Object.prototype, block);
+    } else {
+      assert.equal(ev.kind, 'rejected', block);
+    }
+    assert.equal(events[1]!.kind, 'frame', 'framing intact after it');
+  }
+});
+
+test('stream table: the same answers as a Map under random adds and deletes', () => {
+  const table = new StreamTable<{ id: number }>(2);
+  const model = new Map<number, { id: number }>();
+  let seed = 42;
+  const rnd = (n: number) => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed % n;
+  };
+  let nextId = 1;
+  for (let step = 0; step < 50_000; step++) {
+    const op = rnd(10);
+    if (op < 5 || model.size === 0) {
+      // mostly sequential ids, sometimes far away ones (a peer's choice)
+      const id = rnd(8) === 0 ? 1 + rnd(0xfffffffe) : nextId++;
+      if (model.has(id)) continue;
+      const s = { id };
+      table.add(s);
+      model.set(id, s);
+    } else if (op < 9) {
+      const ids = [...model.keys()];
+      const id = ids[rnd(ids.length)]!;
+      assert.equal(table.delete(id), true);
+      model.delete(id);
+    } else {
+      const id = 0xffffffff - rnd(1000); // usually absent
+      assert.equal(table.delete(id), model.delete(id));
+    }
+    assert.equal(table.size, model.size);
+    if (step % 97 === 0) {
+      for (const [id, s] of model) assert.equal(table.get(id), s);
+      assert.equal(table.get(nextId + 5), undefined);
+      assert.deepEqual(
+        table
+          .values()
+          .map((s) => s.id)
+          .sort((a, b) => a - b),
+        [...model.keys()].sort((a, b) => a - b),
+      );
+    }
+  }
+});
+
+test('the client header block written in place is byte for byte the JSON it stands for', () => {
+  const payload = Buffer.from('pl');
+  for (const id of [1, 9, 10, 12345, 0xffffffff]) {
+    for (const window of [1, 262144, 2 ** 40, Number.NaN]) {
+      for (const caller of [
+        {},
+        { 'x-request-id': 'r1', traceparent: '00-aa-bb-01' },
+        { ü: 'é'.repeat(40) },
+      ]) {
+        const json = JSON.stringify(caller);
+        const tail = json === '{}' ? '' : `,${json.slice(1, -1)}`;
+        const tailBytes = Buffer.byteLength(tail);
+        const text = String(window);
+        const expected = encodeRequestFrame(
+          'gen',
+          `{"x-kvroute-stream":"${id}","x-kvroute-window":"${text}"${tail}}`,
+          payload,
+        );
+        const size = requestFrameSize(3, streamHeaderBlockBytes(id, text, tailBytes), payload.length);
+        const buf = Buffer.alloc(size + 3, 0xee);
+        const end = writeStreamRequestFrame(buf, 3, 'gen', 3, id, text, tail, tailBytes, payload);
+        assert.equal(end, size + 3);
+        assert.deepEqual(buf.subarray(3), expected, `${id} ${window} ${json}`);
+      }
+    }
+  }
 });

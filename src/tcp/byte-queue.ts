@@ -93,6 +93,19 @@ export class ByteQueue {
     return out;
   }
 
+  /** Whether the bytes at `pos` past the read position are `bytes` (caller guarantees they are buffered). */
+  equalsAt(pos: number, bytes: Uint8Array): boolean {
+    const n = bytes.length;
+    const c = this.chunks[this.first]!;
+    const p = this.offset + pos;
+    if (p + n <= c.length) {
+      for (let i = 0; i < n; i++) if (c[p + i] !== bytes[i]) return false;
+      return true;
+    }
+    for (let i = 0; i < n; i++) if (this.byteAt(pos + i) !== bytes[i]) return false;
+    return true;
+  }
+
   /** Removes the next n bytes (n <= length) and decodes them as UTF-8. */
   takeUtf8(n: number): string {
     if (n === 0) return '';

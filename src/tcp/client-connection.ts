@@ -18,13 +18,15 @@ import {
   type ErrorBody,
   encodeCancelFrame,
   encodeCreditFrame,
-  encodeRequestFrame,
   ResponseType,
   requestFrameSize,
   STREAM_HEADER,
+  streamHeaderBlockBytes,
   WINDOW_HEADER,
+  writeStreamRequestFrame,
 } from './frames.js';
 import { ResponseFrameDecoder } from './response-decoder.js';
+import { StreamTable } from './stream-table.js';
 import { TransportError, type TransportErrorKind } from './transport-error.js';
 
 export interface ClientConnectionOptions {
@@ -57,7 +59,7 @@ class ClientStream implements StreamHandle {
 
 export class ClientConnection {
   private readonly socket: Socket;
-  private readonly streams = new Map<number, ClientStream>();
+  private readonly streams = new StreamTable<ClientStream>();
   private readonly decoder: ResponseFrameDecoder;
   private nextId = 1;
   private connected = false;
@@ -69,6 +71,11 @@ export class ClientConnection {
   private readonly writer: FrameWriter;
   private credits: Array<[number, number]> = [];
   private connectTimer: NodeJS.Timeout | undefined;
+  private lastPath = '';
+  private lastPathBytes = 0;
+  /** The last window sent and its decimal text (String(), as the header always had it). */
+  private lastWindow = Number.NaN;
+  private lastWindowText = '';
   private readonly closedPromise: Promise<void>;
 
   constructor(
@@ -115,23 +122,40 @@ export class ClientConnection {
     }
     const id = this.allocateId();
     const window = Math.max(1, Math.floor(req.windowBytes));
-    const headersJson = headerBlock(id, window, req.headers);
-    const pathBytes = Buffer.byteLength(req.path);
-    const headersBytes = Buffer.byteLength(headersJson);
+    const tail = headerTail(req.headers);
+    const tailBytes = tail.length === 0 ? 0 : Buffer.byteLength(tail);
+    const path = req.path;
+    const pathBytes = path === this.lastPath ? this.lastPathBytes : this.measurePath(path);
+    if (window !== this.lastWindow) {
+      this.lastWindow = window;
+      this.lastWindowText = String(window);
+    }
+    const windowText = this.lastWindowText;
+    const headersBytes = streamHeaderBlockBytes(id, windowText, tailBytes);
     const size = requestFrameSize(pathBytes, headersBytes, req.payload.byteLength);
     if (size > this.opts.maxFrameBytes || pathBytes > 0xffff || headersBytes > 0xffff) {
       return failLater(
         handler,
         new TransportError(
           'protocol_error',
-          `request frame to '${req.path}' is ${size} bytes (limit ${this.opts.maxFrameBytes}; path and headers at most 65535 each)`,
+          `request frame to '${path}' is ${size} bytes (limit ${this.opts.maxFrameBytes}; path and headers at most 65535 each)`,
         ),
       );
     }
     const stream = new ClientStream(this, id, handler, window);
-    this.streams.set(id, stream);
-    this.write(encodeRequestFrame(req.path, headersJson, req.payload, pathBytes, headersBytes));
+    this.streams.add(stream);
+    const writer = this.writer;
+    const at = writer.reserve(size);
+    writeStreamRequestFrame(writer.buffer, at, path, pathBytes, id, windowText, tail, tailBytes, req.payload);
+    writer.commit(size);
     return stream;
+  }
+
+  /** UTF-8 length of a path, remembered for the next call (a connection mostly sees one or two). */
+  private measurePath(path: string): number {
+    this.lastPath = path;
+    this.lastPathBytes = Buffer.byteLength(path);
+    return this.lastPathBytes;
   }
 
   grant(stream: ClientStream, bytes: number): void {
@@ -238,7 +262,7 @@ export class ClientConnection {
     this.closed = true;
     clearTimeout(this.connectTimer);
     this.markDead();
-    const streams = [...this.streams.values()];
+    const streams = this.streams.values();
     this.streams.clear();
     const detail = this.lastError ? `: ${this.lastError.message}` : '';
     for (const s of streams) {
@@ -262,15 +286,22 @@ export class ClientConnection {
   }
 }
 
-/** The frame's header JSON: the plane's two headers first, then the caller's (stringified once). */
-function headerBlock(id: number, window: number, headers: Record<string, string>): string {
-  const own = `{"${STREAM_HEADER}":"${id}","${WINDOW_HEADER}":"${window}"`;
+/**
+ * The caller's headers as JSON members to follow the plane's own two (`,"k":"v",...`, or '' for
+ * none); any x-kvroute-stream/x-kvroute-window the caller gave is left out.
+ */
+function headerTail(headers: Record<string, string>): string {
   for (const _ in headers) {
-    const { [STREAM_HEADER]: _s, [WINDOW_HEADER]: _w, ...rest } = headers;
-    const json = JSON.stringify(rest);
-    return json === '{}' ? `${own}}` : `${own},${json.slice(1)}`;
+    let json: string;
+    if (Object.hasOwn(headers, STREAM_HEADER) || Object.hasOwn(headers, WINDOW_HEADER)) {
+      const { [STREAM_HEADER]: _s, [WINDOW_HEADER]: _w, ...rest } = headers;
+      json = JSON.stringify(rest);
+    } else {
+      json = JSON.stringify(headers);
+    }
+    return json === '{}' ? '' : `,${json.slice(1, -1)}`;
   }
-  return `${own}}`;
+  return '';
 }
 
 function parseErrorBody(payload: Buffer): ErrorBody {

@@ -43,6 +43,13 @@ export interface RequestPlaneClientOptions {
   tracer?: Tracer;
 }
 
+/** A pool's connections per worker address, and the streams each carries before another is dialled. */
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 4;
+export const DEFAULT_STREAMS_PER_CONNECTION = 16;
+
+/** The options of a call that gives none (shared: one object fewer per call). */
+const NO_OPTIONS: CallOptions = Object.freeze({});
+
 export class RequestPlaneClient {
   private readonly pools = new Map<string, ConnectionPool>();
   private readonly defaultDispatch = new Map<string, DispatchFn>();
@@ -56,8 +63,8 @@ export class RequestPlaneClient {
     this.poolOptions = {
       connectTimeoutMs: opts.connectTimeoutMs ?? 2000,
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-      maxConnections: opts.maxConnectionsPerAddress ?? 4,
-      streamsPerConnection: opts.streamsPerConnection ?? 16,
+      maxConnections: opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+      streamsPerConnection: opts.streamsPerConnection ?? DEFAULT_STREAMS_PER_CONNECTION,
     };
     this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
     this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;
@@ -73,7 +80,12 @@ export class RequestPlaneClient {
    * handed straight to a waiting loop may be a view into the connection's read buffer: copy it
    * (`Buffer.from`) if you keep it for long; chunks that had to be queued are already detached.
    */
-  stream(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): AsyncIterable<Buffer> {
+  stream(
+    address: string,
+    path: string,
+    payload: Uint8Array,
+    opts: CallOptions = NO_OPTIONS,
+  ): AsyncIterable<Buffer> {
     // The parent is the caller's context now, at call time; the span starts (and the stream is
     // dialled) when iteration starts, so an iterable never iterated leaves no open span.
     const parent = context.active();
@@ -98,7 +110,7 @@ export class RequestPlaneClient {
    * One answer (chunks are concatenated if the worker sends several). A single-chunk answer may be
    * a view into the connection's read buffer: decode it, or copy it if you keep it for long.
    */
-  unary(address: string, path: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Buffer> {
+  unary(address: string, path: string, payload: Uint8Array, opts: CallOptions = NO_OPTIONS): Promise<Buffer> {
     const headers = this.requestHeaders(opts);
     const span = startClientSpan(this.tracer, context.active(), address, path, opts.requestId, headers);
     return new Promise((resolve, reject) => {
@@ -146,14 +158,29 @@ export class RequestPlaneClient {
     opts: CallOptions,
     span: Span | undefined,
   ): StreamHandle {
-    let fn: DispatchFn = (r, h) => this.dispatch(address, r, h);
-    fn = withFirstResponseTimeout(fn, opts.firstResponseTimeoutMs ?? this.firstResponseTimeoutMs);
-    fn = withAbortSignal(fn, opts.signal);
+    let fn: DispatchFn;
+    if (opts.signal === undefined && opts.firstResponseTimeoutMs === undefined) {
+      fn = this.defaultDispatchTo(address);
+    } else {
+      fn = (r, h) => this.dispatch(address, r, h);
+      fn = withFirstResponseTimeout(fn, opts.firstResponseTimeoutMs ?? this.firstResponseTimeoutMs);
+      fn = withAbortSignal(fn, opts.signal);
+    }
     if (span === undefined) return fn(req, handler);
     // Outermost, so it sees the outcome the caller sees (timeouts and aborts included).
     const guard = new ClientSpanGuard(span, handler);
     guard.handle = fn(req, guard);
     return guard;
+  }
+
+  /** The dispatch of a call with no options (the client's default timeout), composed once per address. */
+  private defaultDispatchTo(address: string): DispatchFn {
+    let fn = this.defaultDispatch.get(address);
+    if (fn === undefined) {
+      fn = withFirstResponseTimeout((r, h) => this.dispatch(address, r, h), this.firstResponseTimeoutMs);
+      this.defaultDispatch.set(address, fn);
+    }
+    return fn;
   }
 
   /** Frame headers for one call (the trace context is added by startClientSpan). */

@@ -107,19 +107,24 @@ abstract class Guard implements StreamHandler, StreamHandle {
 }
 
 /**
- * Pending first-response deadlines of all calls, checked by one sweep every SWEEP_MS while any is
- * pending (a setTimeout per call cost ~8% of a small round trip). A timeout fires within
- * SWEEP_MS after it is due. Guards leave the set on their first frame, so it holds only calls
- * still waiting for an answer: the sweep is O(those).
+ * Calls still waiting for their first response frame, checked by one sweep every SWEEP_MS while
+ * any is waiting (a setTimeout per call cost ~8% of a small round trip). Kept as an intrusive
+ * doubly linked list (no allocation or hashing per call), and a call's deadline is stamped by the
+ * first sweep that sees it rather than by reading the clock per call: a timeout fires between
+ * `ms` and `ms` + 2 × SWEEP_MS after the call (later only if the event loop is late), never
+ * early. Guards leave the list on their first frame, so the sweep is O(calls still waiting).
  */
 const SWEEP_MS = 10;
 
 class Deadlines {
-  private readonly pending = new Set<TimeoutGuard>();
+  private head: TimeoutGuard | undefined;
   private timer: NodeJS.Timeout | undefined;
 
   add(guard: TimeoutGuard): void {
-    this.pending.add(guard);
+    guard.next = this.head;
+    if (this.head !== undefined) this.head.prev = guard;
+    this.head = guard;
+    guard.waiting = true;
     if (this.timer === undefined) {
       this.timer = setInterval(this.sweep, SWEEP_MS);
       this.timer.unref();
@@ -127,18 +132,28 @@ class Deadlines {
   }
 
   delete(guard: TimeoutGuard): void {
-    this.pending.delete(guard);
+    if (!guard.waiting) return;
+    guard.waiting = false;
+    const { prev, next } = guard;
+    if (prev === undefined) this.head = next;
+    else prev.next = next;
+    if (next !== undefined) next.prev = prev;
+    guard.prev = undefined;
+    guard.next = undefined;
   }
 
   private readonly sweep = (): void => {
     const now = performance.now();
-    for (const guard of this.pending) {
-      if (guard.due <= now) {
-        this.pending.delete(guard);
+    for (let guard = this.head; guard !== undefined; ) {
+      const next = guard.next;
+      if (guard.due === 0) guard.due = now + guard.ms;
+      else if (guard.due <= now) {
+        this.delete(guard);
         guard.expire();
       }
+      guard = next;
     }
-    if (this.pending.size === 0) {
+    if (this.head === undefined) {
       clearInterval(this.timer);
       this.timer = undefined;
     }
@@ -148,15 +163,19 @@ class Deadlines {
 const deadlines = new Deadlines();
 
 class TimeoutGuard extends Guard {
-  readonly due: number;
+  /** When the call times out (performance.now() scale); 0 until the first sweep stamps it. */
+  due = 0;
+  /** Links of the Deadlines list, while waiting for a first frame. */
+  waiting = false;
+  prev: TimeoutGuard | undefined = undefined;
+  next: TimeoutGuard | undefined = undefined;
 
   constructor(
     inner: StreamHandler,
-    private readonly ms: number,
+    readonly ms: number,
     private readonly path: string,
   ) {
     super(inner);
-    this.due = performance.now() + ms;
     deadlines.add(this);
   }
 

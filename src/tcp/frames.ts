@@ -1,6 +1,7 @@
 // Wire constants and frame encoders of the request plane (docs/protocol.md is the byte-level spec).
 // Request frames follow CONTRACT.md §3; response frames are ours: u8 type | u32 stream_id | u32 len | payload.
-// Every encoder returns ONE Buffer per frame so a frame never straddles two writes (Nagle stalls).
+// A frame is either encoded as one Buffer (encode*) or written in place into a FrameWriter's
+// slab (write*); either way it leaves in one socket.write, never straddling two (Nagle stalls).
 
 export const DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024;
 
@@ -41,40 +42,131 @@ export function encodeRequestFrame(
   pathBytes = Buffer.byteLength(path, 'utf8'),
   headersBytes = Buffer.byteLength(headersJson, 'utf8'),
 ): Buffer {
-  if (pathBytes > 0xffff) throw new RangeError(`endpoint path is ${pathBytes} bytes (max 65535)`);
-  if (headersBytes > 0xffff) throw new RangeError(`headers are ${headersBytes} bytes (max 65535)`);
+  checkRequestParts(pathBytes, headersBytes);
   const buf = Buffer.allocUnsafe(requestFrameSize(pathBytes, headersBytes, payload.byteLength));
   let o = buf.writeUInt16BE(pathBytes, 0);
-  o += buf.write(path, o, 'utf8');
+  o = writeUtf8(buf, o, path, pathBytes);
   o = buf.writeUInt16BE(headersBytes, o);
-  o += buf.write(headersJson, o, 'utf8');
+  o = writeUtf8(buf, o, headersJson, headersBytes);
   o = buf.writeUInt32BE(payload.byteLength, o);
   buf.set(payload, o);
   return buf;
 }
 
+function checkRequestParts(pathBytes: number, headersBytes: number): void {
+  if (pathBytes > 0xffff) throw new RangeError(`endpoint path is ${pathBytes} bytes (max 65535)`);
+  if (headersBytes > 0xffff) throw new RangeError(`headers are ${headersBytes} bytes (max 65535)`);
+}
+
+/**
+ * Writes `s` (`bytes` = its UTF-8 length) at buf[o..]; returns the offset after it. Short ASCII
+ * strings are copied in JS: the native UTF-8 writer's call overhead is most of a short write.
+ */
+function writeUtf8(buf: Buffer, o: number, s: string, bytes: number): number {
+  if (bytes === s.length && bytes <= 64) {
+    // Equal lengths mean every char is ASCII (anything else takes 2+ bytes per UTF-16 unit).
+    for (let i = 0; i < bytes; i++) buf[o + i] = s.charCodeAt(i);
+    return o + bytes;
+  }
+  return o + buf.write(s, o, bytes, 'utf8');
+}
+
+const STREAM_PREFIX = Buffer.from(`{"${STREAM_HEADER}":"`, 'latin1');
+const WINDOW_INFIX = Buffer.from(`","${WINDOW_HEADER}":"`, 'latin1');
+
+/** Decimal digits of a u32 (a stream id). */
+function digits(n: number): number {
+  let d = 1;
+  while (n >= 10) {
+    n = Math.floor(n / 10);
+    d++;
+  }
+  return d;
+}
+
+/**
+ * The header block a client sends with each request, written straight into the frame rather than
+ * built as a string: `{"x-kvroute-stream":"<id>","x-kvroute-window":"<window>"<tail>}`, where
+ * `window` is the window's decimal text (ASCII) and `tail` is '' or `,"k":"v",...` (the caller's
+ * headers as JSON members; `tailBytes` its UTF-8 length). The same bytes as JSON.stringify of those
+ * headers in that order.
+ */
+export function streamHeaderBlockBytes(streamId: number, window: string, tailBytes: number): number {
+  return STREAM_PREFIX.length + digits(streamId) + WINDOW_INFIX.length + window.length + 2 + tailBytes;
+}
+
+function writeStreamHeaderBlock(
+  buf: Buffer,
+  o: number,
+  streamId: number,
+  window: string,
+  tail: string,
+  tailBytes: number,
+): number {
+  buf.set(STREAM_PREFIX, o);
+  o = writeDecimal(buf, o + STREAM_PREFIX.length, streamId);
+  buf.set(WINDOW_INFIX, o);
+  o = writeUtf8(buf, o + WINDOW_INFIX.length, window, window.length);
+  buf[o++] = 0x22; // the window value's closing quote
+  if (tailBytes > 0) o = writeUtf8(buf, o, tail, tailBytes);
+  buf[o++] = 0x7d; // }
+  return o;
+}
+
+function writeDecimal(buf: Buffer, o: number, n: number): number {
+  const end = o + digits(n);
+  for (let i = end - 1; i >= o; i--) {
+    buf[i] = 0x30 + (n % 10);
+    n = Math.floor(n / 10);
+  }
+  return end;
+}
+
+/**
+ * Writes at buf[o..] a request frame whose header block is the client's own (see
+ * streamHeaderBlockBytes, which gives `headersBytes`); returns the offset after it.
+ */
+export function writeStreamRequestFrame(
+  buf: Buffer,
+  o: number,
+  path: string,
+  pathBytes: number,
+  streamId: number,
+  window: string,
+  tail: string,
+  tailBytes: number,
+  payload: Uint8Array,
+): number {
+  const headersBytes = streamHeaderBlockBytes(streamId, window, tailBytes);
+  checkRequestParts(pathBytes, headersBytes);
+  o = buf.writeUInt16BE(pathBytes, o);
+  o = writeUtf8(buf, o, path, pathBytes);
+  o = buf.writeUInt16BE(headersBytes, o);
+  o = writeStreamHeaderBlock(buf, o, streamId, window, tail, tailBytes);
+  o = buf.writeUInt32BE(payload.byteLength, o);
+  buf.set(payload, o);
+  return o + payload.byteLength;
+}
+
+/** Writes a response frame header (u8 type | u32 stream_id | u32 len) at buf[o..]; returns o + 9. */
+export function writeResponseHeader(
+  buf: Buffer,
+  o: number,
+  type: ResponseTypeCode,
+  streamId: number,
+  len: number,
+): number {
+  buf[o] = type;
+  buf.writeUInt32BE(streamId, o + 1);
+  buf.writeUInt32BE(len, o + 5);
+  return o + RESPONSE_HEADER_BYTES;
+}
+
 export function encodeResponseFrame(type: ResponseTypeCode, streamId: number, payload?: Uint8Array): Buffer {
   const len = payload === undefined ? 0 : payload.byteLength;
   const buf = Buffer.allocUnsafe(RESPONSE_HEADER_BYTES + len);
-  buf[0] = type;
-  buf.writeUInt32BE(streamId, 1);
-  buf.writeUInt32BE(len, 5);
-  if (payload !== undefined) buf.set(payload, RESPONSE_HEADER_BYTES);
-  return buf;
-}
-
-/** A DATA frame immediately followed by the END frame of the same stream, in one Buffer. */
-export function encodeDataEndFrames(streamId: number, payload: Uint8Array): Buffer {
-  const len = payload.byteLength;
-  const buf = Buffer.allocUnsafe(2 * RESPONSE_HEADER_BYTES + len);
-  buf[0] = ResponseType.DATA;
-  buf.writeUInt32BE(streamId, 1);
-  buf.writeUInt32BE(len, 5);
-  buf.set(payload, RESPONSE_HEADER_BYTES);
-  const end = RESPONSE_HEADER_BYTES + len;
-  buf[end] = ResponseType.END;
-  buf.writeUInt32BE(streamId, end + 1);
-  buf.writeUInt32BE(0, end + 5);
+  const o = writeResponseHeader(buf, 0, type, streamId, len);
+  if (payload !== undefined) buf.set(payload, o);
   return buf;
 }
 
@@ -109,7 +201,12 @@ export function forEachCredit(payload: Buffer, grant: (streamId: number, bytes: 
 /** Parses a stream id header value: a canonical decimal in 1..2^32-1, else undefined. */
 export function parseStreamId(value: string | undefined): number | undefined {
   if (value === undefined || value.length === 0 || value.length > 10) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 0xffffffff || String(n) !== value) return undefined;
-  return n;
+  // Digit by digit rather than Number + String round trip: no string made per request.
+  let n = 0;
+  for (let i = 0; i < value.length; i++) {
+    const d = value.charCodeAt(i) - 0x30;
+    if (d < 0 || d > 9 || (d === 0 && i === 0)) return undefined;
+    n = n * 10 + d;
+  }
+  return n <= 0xffffffff ? n : undefined;
 }

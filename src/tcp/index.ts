@@ -4,6 +4,8 @@
 export { ChunkIterator, UnaryCollector } from './calls.js';
 export {
   type CallOptions,
+  DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+  DEFAULT_STREAMS_PER_CONNECTION,
   parseAddress,
   RequestPlaneClient,
   type RequestPlaneClientOptions,

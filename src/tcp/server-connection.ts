@@ -17,12 +17,16 @@ import {
   encodeErrorFrame,
   forEachCredit,
   parseStreamId,
+  RESPONSE_HEADER_BYTES,
+  ResponseType,
   STREAM_HEADER,
   WINDOW_HEADER,
+  writeResponseHeader,
 } from './frames.js';
 import { RequestFrameDecoder } from './request-decoder.js';
 import { ServerStream, type StreamSink } from './server-stream.js';
 import type { RequestHandler, ServerLimits } from './server-types.js';
+import { StreamTable } from './stream-table.js';
 
 /** What a connection needs from the server that owns it. */
 export interface ConnectionHost {
@@ -37,7 +41,7 @@ export interface ConnectionHost {
 const LINGER_AFTER_FATAL_MS = 2000;
 
 export class ServerConnection implements StreamSink {
-  readonly streams = new Map<number, ServerStream>();
+  readonly streams = new StreamTable<ServerStream>();
   private readonly decoder: RequestFrameDecoder;
   private readonly writer: FrameWriter;
   private closed = false;
@@ -78,6 +82,27 @@ export class ServerConnection implements StreamSink {
 
   send(frame: Buffer): void {
     if (!this.closed) this.writer.write(frame);
+  }
+
+  sendResponse(
+    type: typeof ResponseType.DATA | typeof ResponseType.END,
+    streamId: number,
+    payload?: Uint8Array,
+    thenEnd = false,
+  ): void {
+    if (this.closed) return;
+    const len = payload === undefined ? 0 : payload.byteLength;
+    const size = RESPONSE_HEADER_BYTES + len + (thenEnd ? RESPONSE_HEADER_BYTES : 0);
+    const writer = this.writer;
+    const at = writer.reserve(size); // first: it may replace writer.buffer
+    const buf = writer.buffer;
+    let o = writeResponseHeader(buf, at, type, streamId, len);
+    if (payload !== undefined) {
+      buf.set(payload, o);
+      o += len;
+    }
+    if (thenEnd) writeResponseHeader(buf, o, ResponseType.END, streamId, 0);
+    writer.commit(size);
   }
 
   onceDrained(wake: () => void): void {
@@ -159,7 +184,7 @@ export class ServerConnection implements StreamSink {
       return;
     }
     const stream = new ServerStream(this, id, windowOf(headers, this.host.limits.defaultWindowBytes));
-    this.streams.set(id, stream);
+    this.streams.add(stream);
     void stream.run(handler, path, headers, payload, this.host.tracer);
   }
 

@@ -5,14 +5,7 @@
 
 import { context, type Tracer } from '@opentelemetry/api';
 import { isKvrouteError } from '../errors.js';
-import {
-  encodeDataEndFrames,
-  encodeErrorFrame,
-  encodeResponseFrame,
-  REQUEST_ID_HEADER,
-  RESPONSE_HEADER_BYTES,
-  ResponseType,
-} from './frames.js';
+import { encodeErrorFrame, REQUEST_ID_HEADER, RESPONSE_HEADER_BYTES, ResponseType } from './frames.js';
 import type { IncomingRequest, RequestHandler } from './server-types.js';
 import { endHandlerSpan, startHandlerSpan } from './trace.js';
 
@@ -25,6 +18,13 @@ export interface StreamSink {
   readonly blocked: boolean;
   readonly maxFrameBytes: number;
   send(frame: Buffer): void;
+  /** Sends a DATA (with payload) or END (without) frame of `streamId`; with `thenEnd`, an END after the DATA. */
+  sendResponse(
+    type: typeof ResponseType.DATA | typeof ResponseType.END,
+    streamId: number,
+    payload?: Uint8Array,
+    thenEnd?: boolean,
+  ): void;
   /** Calls `wake` once on the next 'drain'. */
   onceDrained(wake: () => void): void;
   finished(stream: ServerStream): void;
@@ -86,7 +86,7 @@ export class ServerStream {
         if (result instanceof Uint8Array) {
           // A single-chunk answer leaves as DATA+END in one buffer.
           this.checkChunkSize(result);
-          if (!this.aborted) this.sink.send(encodeDataEndFrames(this.id, result));
+          if (!this.aborted) this.sink.sendResponse(ResponseType.DATA, this.id, result, true);
           ended = true;
         } else if (result !== null && typeof result === 'object' && Symbol.asyncIterator in result) {
           const it = result[Symbol.asyncIterator]();
@@ -101,7 +101,7 @@ export class ServerStream {
           throw new TypeError(`handler for '${path}' returned neither bytes nor an async iterable`);
         }
       }
-      if (!this.aborted && !ended) this.sink.send(encodeResponseFrame(ResponseType.END, this.id));
+      if (!this.aborted && !ended) this.sink.sendResponse(ResponseType.END, this.id);
     } catch (err) {
       failure = err;
       if (!this.aborted) {
@@ -143,7 +143,7 @@ export class ServerStream {
   private sendData(chunk: Uint8Array): void {
     this.checkChunkSize(chunk);
     this.window -= chunk.byteLength;
-    this.sink.send(encodeResponseFrame(ResponseType.DATA, this.id, chunk));
+    this.sink.sendResponse(ResponseType.DATA, this.id, chunk);
   }
 
   private untilSettledOrAborted<T>(p: Promise<T>): Promise<T | Aborted> {

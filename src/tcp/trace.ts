@@ -7,6 +7,7 @@
 
 import {
   type Context,
+  INVALID_SPAN_CONTEXT,
   propagation,
   ROOT_CONTEXT,
   type Span,
@@ -66,8 +67,18 @@ export function startClientSpan(
   headers: Record<string, string>,
 ): Span | undefined {
   const span = tracer.startSpan(clientSpanName(path), CLIENT_KIND, parent);
+  if (!span.isRecording()) {
+    // A non-recording span that carries the parent's own span context (tracing off, or the
+    // unsampled shortcut) propagates exactly what the parent does: inject the parent as is and
+    // skip the context copy setSpan makes (a Map per call, ~15% of a small call's allocations).
+    const parentSpanContext = trace.getSpanContext(parent);
+    const sameAsParent =
+      span.spanContext() === parentSpanContext ||
+      (parentSpanContext === undefined && span.spanContext() === INVALID_SPAN_CONTEXT);
+    propagation.inject(sameAsParent ? parent : trace.setSpan(parent, span), headers);
+    return undefined;
+  }
   propagation.inject(trace.setSpan(parent, span), headers);
-  if (!span.isRecording()) return undefined;
   // Attributes only for a span that records (one write, undefined ones are skipped).
   span.setAttributes({ [ATTR.address]: address, [ATTR.endpoint]: path, [ATTR.requestId]: requestId });
   return span;
@@ -143,7 +154,25 @@ export function startHandlerSpan(
   const parent = propagation.extract(ROOT_CONTEXT, headers);
   const span = tracer.startSpan('handle_payload', SERVER_KIND, parent);
   if (span.isRecording()) span.setAttributes({ [ATTR.endpoint]: path, [ATTR.requestId]: requestId });
-  return { span, ctx: trace.setSpan(parent, span) };
+  return { span, ctx: handlerContext(parent, span) };
+}
+
+/** The context of a request with no trace parent and a non-recording span (tracing off). */
+const UNTRACED_HANDLER_CONTEXT = trace.setSpan(ROOT_CONTEXT, trace.wrapSpanContext(INVALID_SPAN_CONTEXT));
+
+/**
+ * `trace.setSpan(parent, span)`, without the context copy it makes when that would change nothing
+ * a handler can observe: a non-recording span (no-op methods) whose span context is the parent's
+ * own (tracing off, or sampled out by the unsampled shortcut), or invalid under no parent.
+ */
+function handlerContext(parent: Context, span: Span): Context {
+  if (span.isRecording()) return trace.setSpan(parent, span);
+  const own = span.spanContext();
+  const parentSpan = trace.getSpan(parent);
+  if (parentSpan !== undefined && !parentSpan.isRecording() && parentSpan.spanContext() === own)
+    return parent;
+  if (parent === ROOT_CONTEXT && own === INVALID_SPAN_CONTEXT) return UNTRACED_HANDLER_CONTEXT;
+  return trace.setSpan(parent, span);
 }
 
 export function endHandlerSpan(span: Span, err: unknown, cancelled: boolean): void {
