@@ -108,7 +108,9 @@ async function launchRouter(
 ): Promise<{ url: string; router: Child }> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const router = startChild('router', ['router', '--port', String(port), ...args]);
+  // Host and port on the command line: a KVROUTE_HOST/KVROUTE_PORT in the environment must not move
+  // the bench's own router (nor, below, put a worker on the router's port).
+  const router = startChild('router', ['router', '--host', '127.0.0.1', '--port', String(port), ...args]);
   for (;;) {
     if (exited(router)) throw new Error(deathMessage(router));
     if (Date.now() > deadline) {
@@ -137,7 +139,11 @@ export async function startFleet(o: FleetOptions): Promise<Fleet> {
   };
   for (let i = 0; i < o.workers; i++) {
     children.push(
-      startChild(`worker-${i + 1}`, ['worker', '--role', 'both', '--router', url, ...(o.workerArgs ?? [])]),
+      startChild(`worker-${i + 1}`, [
+        'worker',
+        ...['--role', 'both', '--router', url, '--host', '127.0.0.1', '--port', '0'],
+        ...(o.workerArgs ?? []),
+      ]),
     );
   }
   for (;;) {

@@ -52,7 +52,35 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`kvroute ${name}: ${err.message}\n`);
       return 2;
     }
+    const socketProblem = socketErrorMessage(err);
+    if (socketProblem !== undefined) {
+      process.stderr.write(`kvroute ${name}: ${socketProblem}\n`);
+      return 1;
+    }
     throw err;
+  }
+}
+
+/**
+ * One line for the errors an operator causes and can fix (a port in use, an address this host does
+ * not have, a privileged port, a host name that does not resolve); undefined for anything else,
+ * which keeps its stack trace because it is a bug.
+ */
+function socketErrorMessage(err: unknown): string | undefined {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number; hostname?: string };
+  const where = e?.address !== undefined ? `${e.address}${e.port !== undefined ? `:${e.port}` : ''}` : '';
+  switch (e?.code) {
+    case 'EADDRINUSE':
+      return `cannot listen on ${where}: the address is already in use`;
+    case 'EADDRNOTAVAIL':
+      return `cannot listen on ${where}: this host has no such address`;
+    case 'EACCES':
+      return `cannot listen on ${where}: permission denied (a port below 1024 needs privileges)`;
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return `cannot resolve host ${e.hostname ?? ''}`.trimEnd();
+    default:
+      return undefined;
   }
 }
 

@@ -123,7 +123,19 @@ export async function run(o: ParsedOptions): Promise<number> {
     const deadline = Date.now() + (o.readyTimeoutMs as number);
     void (async () => {
       const url = await waitForRouterUrl(router, host, o.port as number, deadline);
-      const common = ['--router', url, '--speedup', String(o.speedup), '--model', o.model as string];
+      // An explicit --host/--port 0: a KVROUTE_PORT meant for the router must not reach the workers.
+      const common = [
+        '--router',
+        url,
+        '--host',
+        host,
+        '--port',
+        '0',
+        '--speedup',
+        String(o.speedup),
+        '--model',
+        o.model as string,
+      ];
       const roles = [
         ...Array.from({ length: o.prefill as number }, (_, i) => [`prefill-${i + 1}`, 'prefill'] as const),
         ...Array.from({ length: o.decode as number }, (_, i) => [`decode-${i + 1}`, 'decode'] as const),
