@@ -66,7 +66,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     type: 'integer',
     default: 512,
     min: 0,
-    help: 'uncached prompt tokens up to which prefill stays on the decode worker',
+    help: 'uncached prompt tokens below which prefill stays on the decode worker',
   },
   { name: 'enforce-disagg', type: 'boolean', default: false, help: 'always prefill on a prefill worker' },
   {
