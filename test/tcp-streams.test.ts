@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KvrouteError } from '../src/errors.js';
 import {
+  ChunkIterator,
   decodeJson,
   encodeJson,
   encodeRequestFrame,
@@ -165,6 +166,71 @@ test("the caller's AbortSignal cancels a handler stuck inside next()", async () 
   await handlerSawAbort;
   assert.deepEqual(chunks, ['first']);
   while (t.server.stats().activeStreams !== 0) await sleep(5);
+});
+
+test('return() while a next() is waiting: the pending next() ends (done) and the handler is cancelled', async () => {
+  await using t = await setup();
+  let onAbort!: () => void;
+  const handlerSawAbort = new Promise<void>((r) => {
+    onAbort = r;
+  });
+  t.server.handle('stuck', async function* (req) {
+    req.signal.addEventListener('abort', () => onAbort());
+    yield Buffer.from('first');
+    await new Promise(() => {}); // never resolves: only a cancel can end this stream
+  });
+  const it = t.client.stream(t.server.address, 'stuck', Buffer.alloc(0))[Symbol.asyncIterator]();
+  assert.equal((await it.next()).value?.toString(), 'first');
+  const pending = it.next();
+  assert.deepEqual(await it.return!(), { value: undefined, done: true });
+  assert.deepEqual(await pending, { value: undefined, done: true });
+  assert.deepEqual(await it.next(), { value: undefined, done: true });
+  await handlerSawAbort;
+  while (t.server.stats().activeStreams !== 0) await sleep(5);
+});
+
+test('cancel(err) ends an open stream: the pending next() rejects with err, the handler is cancelled', async () => {
+  await using t = await setup();
+  let onAbort!: () => void;
+  const handlerSawAbort = new Promise<void>((r) => {
+    onAbort = r;
+  });
+  t.server.handle('stuck', async function* (req) {
+    req.signal.addEventListener('abort', () => onAbort());
+    yield Buffer.from('first');
+    await new Promise(() => {});
+  });
+  const it = t.client.stream(t.server.address, 'stuck', Buffer.alloc(0))[Symbol.asyncIterator]();
+  assert.equal((await it.next()).value?.toString(), 'first');
+  const pending = it.next();
+  const err = new TransportError('cancelled', 'gave up waiting');
+  it.cancel(err);
+  await assert.rejects(pending, (e) => e === err);
+  assert.deepEqual(await it.next(), { value: undefined, done: true });
+  await handlerSawAbort;
+  while (t.server.stats().activeStreams !== 0) await sleep(5);
+});
+
+test('cancel(err) after the end or an error arrived changes nothing: what was received is still read', async () => {
+  let cancels = 0;
+  const handle = { grant() {}, cancel: () => cancels++ };
+  const ended = new ChunkIterator();
+  ended.handle = handle;
+  ended.onData(Buffer.from('a'));
+  ended.onEnd();
+  ended.cancel(new TransportError('cancelled', 'too late'));
+  assert.equal((await ended.next()).value?.toString(), 'a');
+  assert.deepEqual(await ended.next(), { value: undefined, done: true });
+
+  const failed = new ChunkIterator();
+  failed.handle = handle;
+  failed.onData(Buffer.from('a'));
+  const err = new TransportError('disconnected_mid_stream', 'gone');
+  failed.onError(err);
+  failed.cancel(new TransportError('cancelled', 'too late'));
+  assert.equal((await failed.next()).value?.toString(), 'a');
+  await assert.rejects(failed.next(), (e) => e === err);
+  assert.equal(cancels, 0);
 });
 
 test('a slow consumer bounds what the handler produces to its credit window', async () => {

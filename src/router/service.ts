@@ -15,6 +15,7 @@ import { type RouterConfig, resolveRouterConfig } from './config.js';
 import { aggregatedExecutor } from './execute/aggregated.js';
 import { DisaggregatedExecutor } from './execute/disaggregated.js';
 import { KvPrefillPlanner } from './execute/prefill-planner.js';
+import type { RequestAbort } from './execute/request-abort.js';
 import type { Executor, PrefillPlanner } from './execute/types.js';
 import { Fleet } from './fleet/fleet.js';
 import { createApp } from './http/app.js';
@@ -139,7 +140,7 @@ export async function createRouter(
       }),
   };
   const inflight = new InflightLimit(config.maxInflight);
-  const active = new Set<AbortController>();
+  const active = new Set<RequestAbort>();
   registerOpsRoutes(app, fleet, metrics);
   registerWorkerRoutes(app, fleet);
   registerInferenceRoutes(app, { pipeline, limit: inflight, active });

@@ -9,7 +9,18 @@ import { TransportError } from './transport-error.js';
 
 const DONE: IteratorResult<Buffer> = { value: undefined, done: true };
 
-export class ChunkIterator implements AsyncIterator<Buffer>, StreamHandler {
+/** A stream() call's iterator, with a way to end the call from outside a pull. */
+export interface ChunkStream extends AsyncIterator<Buffer> {
+  /**
+   * Abandons the stream if it is still open (no end or error received yet), as the caller's
+   * signal would: it is cancelled remotely, what was not pulled is dropped, and the pending or
+   * next pull fails with `err`. Lets a caller enforce its own bound (an idle timeout) without an
+   * AbortSignal of its own per call.
+   */
+  cancel(err: TransportError): void;
+}
+
+export class ChunkIterator implements ChunkStream, StreamHandler {
   handle: StreamHandle = NOOP_HANDLE;
   private queue: Buffer[] = [];
   private head = 0;
@@ -72,7 +83,10 @@ export class ChunkIterator implements AsyncIterator<Buffer>, StreamHandler {
     });
   }
 
-  /** The caller stopped early (break/return/throw in for-await): cancel the remote stream. */
+  /**
+   * The caller stopped early (break/return/throw in for-await): cancel the remote stream. A pull
+   * still waiting for a chunk ends (done) rather than waiting forever.
+   */
   return(): Promise<IteratorResult<Buffer>> {
     if (!this.ended) {
       this.ended = true;
@@ -80,7 +94,16 @@ export class ChunkIterator implements AsyncIterator<Buffer>, StreamHandler {
       this.handle.cancel();
     }
     this.dropQueue();
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.resolve(DONE);
     return Promise.resolve(DONE);
+  }
+
+  cancel(err: TransportError): void {
+    if (this.ended || this.error !== undefined) return;
+    this.handle.cancel();
+    this.onError(err);
   }
 
   private dropQueue(): void {

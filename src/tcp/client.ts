@@ -7,7 +7,7 @@
 // context at call time, and that span's context travels in the frame headers.
 
 import { context, type Span, type Tracer } from '@opentelemetry/api';
-import { ChunkIterator, UnaryCollector } from './calls.js';
+import { ChunkIterator, type ChunkStream, UnaryCollector } from './calls.js';
 import {
   type DispatchFn,
   type DispatchRequest,
@@ -79,13 +79,14 @@ export class RequestPlaneClient {
    * Streams the response chunks. Breaking out of the loop cancels the remote stream. A chunk
    * handed straight to a waiting loop may be a view into the connection's read buffer: copy it
    * (`Buffer.from`) if you keep it for long; chunks that had to be queued are already detached.
+   * The iterator's `cancel(err)` ends the call from outside a pull (see ChunkStream).
    */
   stream(
     address: string,
     path: string,
     payload: Uint8Array,
     opts: CallOptions = NO_OPTIONS,
-  ): AsyncIterable<Buffer> {
+  ): { [Symbol.asyncIterator](): ChunkStream } {
     // The parent is the caller's context now, at call time; the span starts (and the stream is
     // dialled) when iteration starts, so an iterable never iterated leaves no open span.
     const parent = context.active();

@@ -1,7 +1,7 @@
 // Public surface of the framed TCP request plane (router <-> workers). See README.md beside this
 // file for the modules and docs/protocol.md for the bytes on the wire.
 
-export { ChunkIterator, UnaryCollector } from './calls.js';
+export { ChunkIterator, type ChunkStream, UnaryCollector } from './calls.js';
 export {
   type CallOptions,
   DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,

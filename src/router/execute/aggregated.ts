@@ -73,9 +73,9 @@ class AggregatedRun implements AsyncIterableIterator<GenerateChunk> {
 
   readonly #onError = (err: unknown): Promise<IteratorResult<GenerateChunk>> => {
     const { ctx } = this;
-    if (this.#received || ctx.signal.aborted || !isRetryable(err) || this.#attempt >= ctx.maxAttempts) {
+    if (this.#received || ctx.abort.aborted || !isRetryable(err) || this.#attempt >= ctx.maxAttempts) {
       this.#done = true;
-      throw toClientError(err, ctx.signal);
+      throw toClientError(err, ctx.abort);
     }
     this.#failed ??= new Set<string>();
     this.#failed.add(this.#worker!.id);
@@ -84,7 +84,7 @@ class AggregatedRun implements AsyncIterableIterator<GenerateChunk> {
     } catch {
       // No other worker can take it: the client hears about the failure itself.
       this.#done = true;
-      throw toClientError(err, ctx.signal);
+      throw toClientError(err, ctx.abort);
     }
     ctx.metrics.retries.inc({ reason: failureKind(err) });
     this.#attempt++;

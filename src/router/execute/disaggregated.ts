@@ -32,6 +32,7 @@ import {
   reusedPromptTokens,
 } from '../disagg/index.js';
 import { generateBody } from './aggregated.js';
+import { type AbortListener, RequestAbort } from './request-abort.js';
 import type { ExecutionContext, ExecutionPlan, Executor, WorkerDecision } from './types.js';
 import { callGenerate, failureKind, isRetryable, toClientError } from './worker-call.js';
 
@@ -73,10 +74,10 @@ export class DisaggregatedExecutor implements Executor {
       // Spawned: the prefill call does not hang off the handler's promise chain, but its spans
       // are children of the request's (the context is captured here).
       remote = await spawnInCurrentContext(() =>
-        this.remotePrefill(plan, prefill, ctx, ctx.signal, ctx.firstTokenTimeoutMs),
+        this.remotePrefill(plan, prefill, ctx, ctx.abort.signal, ctx.firstTokenTimeoutMs),
       );
     } catch (err) {
-      const reason = fallbackReason(err, ctx.signal.aborted);
+      const reason = fallbackReason(err, ctx.abort.aborted);
       if (reason === null) throw cancelled(err);
       failure = { reason, err };
     } finally {
@@ -102,15 +103,17 @@ export class DisaggregatedExecutor implements Executor {
     ctx: ExecutionContext,
   ): AsyncGenerator<GenerateChunk> {
     const waitMs = ctx.prefillWaitMs;
-    const decodeAbort = new AbortController();
+    const decodeAbort = new RequestAbort();
     const prefillAbort = new AbortController();
-    const onCallerAbort = () => {
-      // Keep the router's reason (client gone, shutting down) so the client sees it.
-      decodeAbort.abort(ctx.signal.reason);
-      prefillAbort.abort(ctx.signal.reason);
+    const callerAbort: AbortListener = {
+      onAbort: () => {
+        // Keep the router's reason (client gone, shutting down) so the client sees it.
+        decodeAbort.abort(ctx.abort.reason);
+        prefillAbort.abort(ctx.abort.reason);
+      },
     };
-    if (ctx.signal.aborted) throw new KvrouteError('client_closed', 'request was cancelled');
-    ctx.signal.addEventListener('abort', onCallerAbort, { once: true });
+    if (ctx.abort.aborted) throw new KvrouteError('client_closed', 'request was cancelled');
+    ctx.abort.listen(callerAbort);
     const decode = plan.decode.worker;
     // What made the prefill side fail the request (it then cancels the decode leg).
     let legError: KvrouteError | undefined;
@@ -119,7 +122,7 @@ export class DisaggregatedExecutor implements Executor {
     // for its first chunk through the handoff bound plus the usual first-token bound.
     const decodeCtx: ExecutionContext = {
       ...ctx,
-      signal: decodeAbort.signal,
+      abort: decodeAbort,
       firstTokenTimeoutMs: waitMs + ctx.firstTokenTimeoutMs,
     };
     const chunks = this.generate(plan, decodeCtx, { await_kv_handoff: { timeout_ms: waitMs } }, () => remote);
@@ -137,7 +140,7 @@ export class DisaggregatedExecutor implements Executor {
           prefill: { first_token: remote.first_token, kv_transfer: remote.kv_transfer },
         };
       } catch (err) {
-        const reason = fallbackReason(err, ctx.signal.aborted || prefillAbort.signal.aborted);
+        const reason = fallbackReason(err, ctx.abort.aborted || prefillAbort.signal.aborted);
         if (reason === null) return;
         if (reason === 'timeout') {
           legError = new KvrouteError(
@@ -166,8 +169,8 @@ export class DisaggregatedExecutor implements Executor {
           firstResponseTimeoutMs: waitMs,
         });
       } catch (err) {
-        if (decodeAbort.signal.aborted) return;
-        legError = toClientError(err, decodeAbort.signal);
+        if (decodeAbort.aborted) return;
+        legError = toClientError(err, decodeAbort);
         decodeAbort.abort();
       }
     });
@@ -189,7 +192,7 @@ export class DisaggregatedExecutor implements Executor {
         }
       }
     } finally {
-      ctx.signal.removeEventListener('abort', onCallerAbort);
+      ctx.abort.unlisten(callerAbort);
       // Whatever ended the stream (done, failure, the consumer stopping), the other leg stops too.
       prefillAbort.abort();
       decodeAbort.abort();
@@ -295,8 +298,8 @@ export class DisaggregatedExecutor implements Executor {
       } catch (err) {
         // A waiting (overlapped) generate cannot move: its handoff is addressed to this worker.
         const movable = body.await_kv_handoff === undefined;
-        if (received || !movable || ctx.signal.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
-          throw toClientError(err, ctx.signal);
+        if (received || !movable || ctx.abort.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
+          throw toClientError(err, ctx.abort);
         }
         ctx.metrics.retries.inc({ reason: failureKind(err) });
         failed.add(worker.id);

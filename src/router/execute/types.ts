@@ -10,6 +10,7 @@ import type { RequestPlaneClient } from '../../tcp/index.js';
 import type { RouterMetrics } from '../metrics.js';
 import type { Worker } from '../registry/index.js';
 import type { OverlapSource, SelectedDecision } from '../scheduling/index.js';
+import type { RequestAbort } from './request-abort.js';
 
 /** A scheduler decision whose candidate is a registered worker. */
 export type WorkerDecision = SelectedDecision<Worker>;
@@ -55,8 +56,8 @@ export interface PrefillPlanner {
 
 /** What an executor may use besides the plan. One per request. */
 export interface ExecutionContext {
-  /** Aborted when the client goes away, the request times out or the router shuts down. */
-  readonly signal: AbortSignal;
+  /** Aborts when the client goes away, the request times out or the router shuts down. */
+  readonly abort: RequestAbort;
   /** The router's one request-plane client. */
   readonly client: RequestPlaneClient;
   readonly metrics: RouterMetrics;

@@ -1,10 +1,11 @@
 // The OpenAI endpoints (completions, chat completions) and `/v1/route`, which explains the routing
 // decision for the same body and runs nothing. A client disconnect (the response closes before it
-// finished) aborts the request's signal, which cancels the worker stream.
+// finished) aborts the request, which cancels the worker stream.
 
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { KvrouteError } from '../../errors.js';
+import { RequestAbort } from '../execute/request-abort.js';
 import type { EndpointKind } from '../openai/request.js';
 import type { InflightLimit } from '../pipeline/admission.js';
 import type { PipelineDeps } from '../pipeline/deps.js';
@@ -15,12 +16,12 @@ import { inRequestContext } from './app.js';
 export interface InferenceRouteDeps {
   pipeline: PipelineDeps;
   limit: InflightLimit;
-  /** Signals of requests in flight, so close() can end them. */
-  active: Set<AbortController>;
+  /** Requests in flight, so close() can abort them. */
+  active: Set<RequestAbort>;
 }
 
-function requestSignal(reply: FastifyReply, active: Set<AbortController>): AbortController {
-  const ac = new AbortController();
+function requestAbort(reply: FastifyReply, active: Set<RequestAbort>): RequestAbort {
+  const ac = new RequestAbort();
   active.add(ac);
   reply.raw.once('close', () => {
     active.delete(ac);
@@ -32,12 +33,12 @@ function requestSignal(reply: FastifyReply, active: Set<AbortController>): Abort
 export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRouteDeps): void {
   const serve = (endpoint: EndpointKind) => async (request: FastifyRequest, reply: FastifyReply) => {
     const arrivedAt = performance.now();
-    const ac = requestSignal(reply, deps.active);
+    const abort = requestAbort(reply, deps.active);
     const result = await inRequestContext(request, () =>
       handleInference(deps.pipeline, deps.limit, {
         body: request.body,
         endpoint,
-        signal: ac.signal,
+        abort,
         arrivedAt,
         requestId: request.id,
       }),

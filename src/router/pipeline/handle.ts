@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { trace } from '@opentelemetry/api';
 import { KvrouteError } from '../../errors.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
+import type { RequestAbort } from '../execute/request-abort.js';
 import type { ExecutionContext, ExecutionPlan } from '../execute/types.js';
 import type { EndpointKind } from '../openai/request.js';
 import { type ResponseIdentity, responseId } from '../openai/response.js';
@@ -19,8 +20,8 @@ import { parseStage, routeStage, selectDecode } from './route.js';
 export interface InferenceCall {
   body: unknown;
   endpoint: EndpointKind;
-  /** Aborted when the client disconnects or the router shuts down. */
-  signal: AbortSignal;
+  /** Aborts when the client disconnects or the router shuts down. */
+  abort: RequestAbort;
   /** Arrival time (performance.now ms) for TTFT. */
   arrivedAt: number;
   /** The HTTP request's x-request-id: sent to every worker hop (frame header, span attribute). */
@@ -45,7 +46,8 @@ export async function handleInference(
   const request = parseStage(deps, call.body, call.endpoint);
   // Bookings and worker request ids need a unique key; a client may reuse its x-request-id.
   const requestId = randomUUID();
-  const plan = await routeStage(deps, request, requestId, call.requestId ?? requestId);
+  const routed = routeStage(deps, request, requestId, call.requestId ?? requestId);
+  const plan = routed instanceof Promise ? await routed : routed;
   const admission = Admission.admit(deps.fleet, limit, plan);
   const span = trace.getActiveSpan();
   const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream());
@@ -81,7 +83,7 @@ export async function handleInference(
   try {
     const executor = plan.prefill ? deps.executors.disaggregated : deps.executors.aggregated;
     if (!executor) throw new KvrouteError('internal_error', 'no executor for remote prefill');
-    chunks = executor.run(plan, executionContext(deps, plan, admission, call.signal))[Symbol.asyncIterator]();
+    chunks = executor.run(plan, executionContext(deps, plan, admission, call.abort))[Symbol.asyncIterator]();
     const first = await chunks.next();
     if (first.done) throw new KvrouteError('worker_error', 'worker ended the stream without output');
     lastChunkAt = performance.now();
@@ -132,11 +134,11 @@ function executionContext(
   deps: PipelineDeps,
   plan: ExecutionPlan,
   admission: Admission,
-  signal: AbortSignal,
+  abort: RequestAbort,
 ): ExecutionContext {
   const { config } = deps;
   return {
-    signal,
+    abort,
     client: deps.client,
     metrics: deps.metrics,
     maxAttempts: config.maxAttempts,

@@ -103,14 +103,26 @@ export interface RoutedRequest {
  * tokenize -> hash -> match -> select (decode, then the prefill planner), inside a
  * `kv_find_best_match` span. Returns the plan; nothing is booked yet.
  */
-export async function routeStage(
+export function routeStage(
   deps: PipelineDeps,
   request: NormalizedRequest,
   requestId: string,
   httpRequestId: string = requestId,
-): Promise<ExecutionPlan> {
+): ExecutionPlan | Promise<ExecutionPlan> {
+  // Synchronous when the prompt was tokenized inline (token ids, short text): no promise of its
+  // own per request (each also runs the async-context hooks).
   const tokenized = tokenizeStage(deps, request);
-  const tokenIds = Array.isArray(tokenized) ? tokenized : await tokenized;
+  if (Array.isArray(tokenized)) return planRoute(deps, request, tokenized, requestId, httpRequestId);
+  return tokenized.then((tokenIds) => planRoute(deps, request, tokenIds, requestId, httpRequestId));
+}
+
+function planRoute(
+  deps: PipelineDeps,
+  request: NormalizedRequest,
+  tokenIds: number[],
+  requestId: string,
+  httpRequestId: string,
+): ExecutionPlan {
   const outer = context.active();
   const span = deps.tracer.startSpan('kv_find_best_match');
   try {
