@@ -8,7 +8,7 @@
 
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
+import { type CommandSpec, commaIntegers, type ParsedOptions } from '../src/cli/options.js';
 import {
   ApproxIndex,
   type BlockKeys,
@@ -331,10 +331,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   const blocks = quick ? Math.min(100_000, options.blocks as number) : (options.blocks as number);
   const queries = quick ? Math.min(60, options.queries as number) : (options.queries as number);
   const rounds = quick ? Math.min(3, options.rounds as number) : (options.rounds as number);
-  const workerCounts = String(options.workers)
-    .split(',')
-    .map((w) => Number.parseInt(w, 10))
-    .filter((w) => w > 0);
+  const workerCounts = commaIntegers(options.workers, 'workers');
   const gc = getGc();
 
   log('hashing 8k-token prompts...');

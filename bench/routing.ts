@@ -15,7 +15,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
-import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
+import { type CommandSpec, commaList, type ParsedOptions } from '../src/cli/options.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { ENDPOINTS } from '../src/protocols/worker-plane.js';
@@ -83,21 +83,14 @@ interface Selection {
   throughput: boolean;
 }
 
+/** The picked values of a comma-separated option, in `allowed`'s order (the report's row order). */
 function subset(option: unknown, allowed: readonly number[], name: string): number[] {
-  const picked = String(option)
-    .split(',')
-    .map((v) => Number(v.trim()));
-  for (const v of picked)
-    if (!allowed.includes(v)) throw new Error(`--${name}: ${v} is not one of ${allowed}`);
+  const picked = commaList(option, name, allowed);
   return allowed.filter((v) => picked.includes(v));
 }
 
 function selection(options: ParsedOptions): Selection {
-  const parts = String(options.parts)
-    .split(',')
-    .map((p) => p.trim());
-  for (const p of parts)
-    if (!['decision', 'http', 'throughput'].includes(p)) throw new Error(`--parts: unknown part '${p}'`);
+  const parts = commaList(options.parts, 'parts', ['decision', 'http', 'throughput']);
   return {
     workers: subset(options.workers, WORKER_COUNTS, 'workers'),
     promptTokens: subset(options.promptTokens, PROMPT_TOKENS, 'prompt-tokens'),

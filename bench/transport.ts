@@ -11,8 +11,7 @@ import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
-import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
-import { UsageError } from '../src/errors.js';
+import { type CommandSpec, commaList, type ParsedOptions } from '../src/cli/options.js';
 import { ByteQueue } from '../src/tcp/byte-queue.js';
 import {
   DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -266,11 +265,7 @@ async function measure(kind: Kind, o: Record<string, number>): Promise<Transport
 
 export async function run(options: ParsedOptions): Promise<number> {
   const o = options as Record<string, number>;
-  const kinds = String(options.transports)
-    .split(',')
-    .map((k) => k.trim())
-    .filter((k): k is Kind => k === 'tcp' || k === 'http' || k === 'raw');
-  if (kinds.length === 0) throw new UsageError('--transports: name at least one of tcp, http, raw');
+  const kinds = commaList<Kind>(options.transports, 'transports', ['tcp', 'http', 'raw']);
   const results = {} as Record<Kind, TransportResult>;
   for (const kind of kinds) results[kind] = await measure(kind, o);
 

@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type CommandSpec, envName, formatHelp, parseOptions } from '../src/cli/options.js';
+import {
+  type CommandSpec,
+  commaIntegers,
+  commaList,
+  envName,
+  formatHelp,
+  parseOptions,
+} from '../src/cli/options.js';
 import { UsageError } from '../src/errors.js';
 
 const spec: CommandSpec = {
@@ -36,6 +43,38 @@ test('bad values raise UsageError with a one-line reason', () => {
   assert.throws(() => parseOptions(spec, ['--nope'], {}), /unknown option --nope/);
   assert.throws(() => parseOptions(spec, ['--block-size'], {}), /needs a value/);
   assert.throws(() => parseOptions(spec, [], { KVROUTE_BLOCK_SIZE: 'abc' }), /KVROUTE_BLOCK_SIZE/);
+});
+
+test('numbers are decimal only: no hex, no exponent, no blank', () => {
+  for (const raw of ['0x10', '1e3', ' ', '12abc', 'Infinity']) {
+    assert.throws(() => parseOptions(spec, ['--block-size', raw], {}), UsageError, raw);
+  }
+  assert.throws(() => parseOptions(spec, ['--temperature', '1e-3'], {}), /expected a number/);
+  assert.equal(parseOptions(spec, ['--temperature', '0.25'], {}).options.temperature, 0.25);
+  assert.equal(parseOptions(spec, ['--block-size', ' 32 '], {}).options.blockSize, 32);
+});
+
+test('a stray word is an error unless the command takes positionals', () => {
+  assert.throws(() => parseOptions(spec, ['9000'], {}), /unexpected argument '9000'/);
+  assert.throws(() => parseOptions(spec, ['-p', '9000'], {}), /unexpected argument '-p'/);
+  const withPositionals = { ...spec, positionals: '<name>' };
+  assert.deepEqual(parseOptions(withPositionals, ['replay', '--json'], {}).positionals, ['replay']);
+  assert.equal(parseOptions(spec, ['stray', '--help'], {}).help, true);
+});
+
+test('comma lists: known items in the given order, duplicates dropped, anything else a UsageError', () => {
+  assert.deepEqual(commaList('http, tcp,http', 'transports', ['tcp', 'http', 'raw']), ['http', 'tcp']);
+  assert.throws(
+    () => commaList('tcp,foo', 'transports', ['tcp', 'http']),
+    /--transports: 'foo' is not one of tcp,http/,
+  );
+  assert.throws(() => commaList(' , ', 'parts', ['a']), /at least one/);
+  assert.deepEqual(commaList('64,8', 'workers', [8, 64, 512]), [64, 8]);
+  assert.throws(() => commaList('7', 'workers', [8, 64, 512]), /'7' is not one of 8,64,512/);
+  assert.deepEqual(commaIntegers('8, 64,8', 'workers'), [8, 64]);
+  assert.throws(() => commaIntegers('a,b', 'workers'), /expected whole numbers >= 1, got 'a'/);
+  assert.throws(() => commaIntegers('0', 'workers'), /got '0'/);
+  assert.throws(() => commaIntegers('', 'workers'), /at least one/);
 });
 
 test('options marked noEnv ignore the environment', () => {

@@ -42,6 +42,9 @@ export function camelCase(optionName: string): string {
   return optionName.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
+const INTEGER = /^[+-]?\d+$/;
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)$/;
+
 function coerce(spec: OptionSpec, raw: string, source: string): string | number | boolean {
   switch (spec.type) {
     case 'boolean': {
@@ -52,9 +55,11 @@ function coerce(spec: OptionSpec, raw: string, source: string): string | number 
     }
     case 'integer':
     case 'number': {
-      const n = raw.trim() === '' ? Number.NaN : Number(raw);
-      if (!Number.isFinite(n)) throw new UsageError(`${source}: expected a number, got '${raw}'`);
-      if (spec.type === 'integer' && !Number.isInteger(n)) {
+      // Decimal only: Number() would also take '0x1F40', '1e3' or ' ' for a port or a count.
+      const text = raw.trim();
+      if (!DECIMAL.test(text)) throw new UsageError(`${source}: expected a number, got '${raw}'`);
+      const n = Number(text);
+      if (spec.type === 'integer' && !INTEGER.test(text)) {
         throw new UsageError(`${source}: expected a whole number, got '${raw}'`);
       }
       if (spec.min !== undefined && n < spec.min)
@@ -122,6 +127,10 @@ export function parseOptions(
     }
     given.set(name, coerce(spec, raw, `--${name}`));
   }
+  // A stray word is a mistake (`router 9000`, `-p 9000`), not something to ignore silently.
+  if (!help && command.positionals === undefined && positionals.length > 0) {
+    throw new UsageError(`unexpected argument '${positionals[0]}' (see ${command.usage} --help)`);
+  }
   const options: ParsedOptions = {};
   for (const spec of command.options) {
     let value = given.get(spec.name);
@@ -156,4 +165,40 @@ export function formatHelp(command: CommandSpec): string {
     );
   }
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * A comma-separated option value (`--workers 8,64`) as its items, in the given order, duplicates
+ * dropped. Each item must be one of `choices`; an empty list or an unknown item is a UsageError.
+ */
+export function commaList<T extends string | number>(
+  value: unknown,
+  name: string,
+  choices: readonly T[],
+): T[] {
+  const items: T[] = [];
+  for (const raw of String(value ?? '').split(',')) {
+    const word = raw.trim();
+    if (word === '') continue;
+    const item = choices.find((c) => String(c) === word);
+    if (item === undefined) throw new UsageError(`--${name}: '${word}' is not one of ${choices.join(',')}`);
+    if (!items.includes(item)) items.push(item);
+  }
+  if (items.length === 0) throw new UsageError(`--${name}: name at least one of ${choices.join(',')}`);
+  return items;
+}
+
+/** A comma-separated list of whole numbers >= `min` (`--workers 8,64,512`); anything else is a UsageError. */
+export function commaIntegers(value: unknown, name: string, min = 1): number[] {
+  const items: number[] = [];
+  for (const raw of String(value ?? '').split(',')) {
+    const word = raw.trim();
+    if (word === '') continue;
+    if (!INTEGER.test(word) || Number(word) < min) {
+      throw new UsageError(`--${name}: expected whole numbers >= ${min}, got '${word}'`);
+    }
+    if (!items.includes(Number(word))) items.push(Number(word));
+  }
+  if (items.length === 0) throw new UsageError(`--${name}: give at least one number`);
+  return items;
 }
