@@ -358,6 +358,28 @@ export async function run(options: ParsedOptions): Promise<number> {
           if (res.statusCode !== 201) throw new Error(`registration failed: ${JSON.stringify(body)}`);
           registered.push(body.worker_id);
         }
+        if (sel.http && workers === sel.workers[0]) {
+          // Steady state before the first timed row, as the decision part does: a fresh router
+          // (and this process's request-plane client) still tiers up for thousands of requests,
+          // which charged the first configuration alone (8 workers: ~300 µs overhead vs ~170 at
+          // 64). Two seconds of the c64 load, then as many direct calls.
+          log('routing: warming the router and the direct path up…');
+          const warmBodies = prompts(1024).map((p) =>
+            JSON.stringify({ model: MODEL, prompt: p, max_tokens: OUTPUT_TOKENS }),
+          );
+          const served = await throughput(agent, router.url, concurrency, quick ? 500 : 2000, warmBodies);
+          const warmPayloads = prompts(1024).map((p) => ({ token_ids: p, max_tokens: OUTPUT_TOKENS }));
+          for (let i = 0; i < Math.min(served.rps * 2, 20_000); i++) {
+            const payload = encodeJson({ request_id: `warm-${i}`, ...warmPayloads[i % VARIANTS]! });
+            for await (const _chunk of client.stream(
+              `127.0.0.1:${zero.ports[i % workers]}`,
+              ENDPOINTS.generate,
+              payload,
+            )) {
+              // drain
+            }
+          }
+        }
         for (const promptTokens of sel.http ? sel.promptTokens : []) {
           const variants = prompts(promptTokens);
           const bodies = variants.map((p) =>
