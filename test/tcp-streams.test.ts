@@ -37,6 +37,20 @@ async function collect(it: AsyncIterable<Buffer>): Promise<Buffer[]> {
   return out;
 }
 
+/**
+ * Registers endpoint `stuck`: it sends `first`, then waits forever inside next(), so only a
+ * cancellation can end it. Resolves when the handler's signal aborts.
+ */
+function handleStuck(server: RequestPlaneServer): Promise<void> {
+  return new Promise<void>((sawAbort) => {
+    server.handle('stuck', async function* (req) {
+      req.signal.addEventListener('abort', () => sawAbort());
+      yield Buffer.from('first');
+      await new Promise(() => {});
+    });
+  });
+}
+
 async function rejectsWith(p: Promise<unknown>, kind: TransportError['kind']): Promise<TransportError> {
   try {
     await p;
@@ -140,15 +154,7 @@ test('breaking out of the loop cancels: the handler observes its AbortSignal', a
 
 test("the caller's AbortSignal cancels a handler stuck inside next()", async () => {
   await using t = await setup();
-  let onAbort!: () => void;
-  const handlerSawAbort = new Promise<void>((r) => {
-    onAbort = r;
-  });
-  t.server.handle('stuck', async function* (req) {
-    req.signal.addEventListener('abort', () => onAbort());
-    yield Buffer.from('first');
-    await new Promise(() => {}); // never resolves: only the signal can end this stream
-  });
+  const handlerSawAbort = handleStuck(t.server);
   const ac = new AbortController();
   const chunks: string[] = [];
   const done = rejectsWith(
@@ -170,15 +176,7 @@ test("the caller's AbortSignal cancels a handler stuck inside next()", async () 
 
 test('return() while a next() is waiting: the pending next() ends (done) and the handler is cancelled', async () => {
   await using t = await setup();
-  let onAbort!: () => void;
-  const handlerSawAbort = new Promise<void>((r) => {
-    onAbort = r;
-  });
-  t.server.handle('stuck', async function* (req) {
-    req.signal.addEventListener('abort', () => onAbort());
-    yield Buffer.from('first');
-    await new Promise(() => {}); // never resolves: only a cancel can end this stream
-  });
+  const handlerSawAbort = handleStuck(t.server);
   const it = t.client.stream(t.server.address, 'stuck', Buffer.alloc(0))[Symbol.asyncIterator]();
   assert.equal((await it.next()).value?.toString(), 'first');
   const pending = it.next();
@@ -191,15 +189,7 @@ test('return() while a next() is waiting: the pending next() ends (done) and the
 
 test('cancel(err) ends an open stream: the pending next() rejects with err, the handler is cancelled', async () => {
   await using t = await setup();
-  let onAbort!: () => void;
-  const handlerSawAbort = new Promise<void>((r) => {
-    onAbort = r;
-  });
-  t.server.handle('stuck', async function* (req) {
-    req.signal.addEventListener('abort', () => onAbort());
-    yield Buffer.from('first');
-    await new Promise(() => {});
-  });
+  const handlerSawAbort = handleStuck(t.server);
   const it = t.client.stream(t.server.address, 'stuck', Buffer.alloc(0))[Symbol.asyncIterator]();
   assert.equal((await it.next()).value?.toString(), 'first');
   const pending = it.next();
