@@ -37,9 +37,9 @@ after(async () => {
 });
 
 async function route(tokens: number[]): Promise<{
-  prefill: { workerId: string } | null;
+  prefill: { worker_id: string } | null;
   prefill_reason: string;
-  decode: { workerId: string; overlapBlocks: number };
+  decode: { worker_id: string; overlap_blocks: number };
 }> {
   const res = await fetch(`${r.url}/v1/route`, {
     method: 'POST',
@@ -95,7 +95,7 @@ test('a long prompt is prefilled on the prefill worker and decoded on the decode
   // on decode, and what is reported as reused is decode's own hits.
   const again = await waitFor(async () => {
     const e = await route(tokens);
-    return e.decode.overlapBlocks === 12 && e;
+    return e.decode.overlap_blocks === 12 && e;
   });
   assert.equal(again.prefill, null);
   assert.equal(again.prefill_reason, 'short_prompt');
@@ -110,7 +110,7 @@ test('a short prompt is prefilled locally on the decode worker; /v1/route says w
   const explained = await route(tokens);
   assert.equal(explained.prefill, null);
   assert.equal(explained.prefill_reason, 'short_prompt');
-  assert.equal(explained.decode.workerId, decode.id);
+  assert.equal(explained.decode.worker_id, decode.id);
 
   const before = await workerCall<WorkerStats>(decode.address, 'stats');
   const localBefore = await metricValue(r, 'kvroute_disagg_decisions_total', {
@@ -193,14 +193,14 @@ test('with prefill workers registered, decode is chosen by load (overlap weight 
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ model: 'mock-llm', prompt: prompt(600, 9), max_tokens: 4 }),
       });
-      return (await res.json()) as { decode: { workerId: string }; prefill_reason: string };
+      return (await res.json()) as { decode: { worker_id: string }; prefill_reason: string };
     };
     // Aggregated fleet: the configured weight counts a's prefill queue, so b.
-    assert.equal((await explain()).decode.workerId, b);
+    assert.equal((await explain()).decode.worker_id, b);
     const p = await register('prefill', 3);
     // Disaggregated fleet: decode does not prefill, so its prefill queue does not count: a.
     const e = await explain();
-    assert.equal(e.decode.workerId, a);
+    assert.equal(e.decode.worker_id, a);
     assert.equal(e.prefill_reason, 'long_prompt');
     await fetch(`${r2.url}/v1/workers/${p}`, { method: 'DELETE' });
   } finally {

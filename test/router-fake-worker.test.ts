@@ -97,17 +97,17 @@ describe('fake workers', () => {
     const id = await register(router, server.address, false);
     const prompt = tokens(1, 4);
     const before = (await (await post(router, '/v1/route', { prompt })).json()) as {
-      decode: { overlapBlocks: number };
+      decode: { overlap_blocks: number };
     };
-    assert.equal(before.decode.overlapBlocks, 0);
+    assert.equal(before.decode.overlap_blocks, 0);
     const res = await post(router, '/v1/completions', { prompt });
     assert.equal(res.status, 200);
     assert.equal(((await res.json()) as { choices: { text: string }[] }).choices[0]!.text, ' the of');
     const after = (await (await post(router, '/v1/route', { prompt })).json()) as {
-      decode: { workerId: string; overlapBlocks: number };
+      decode: { worker_id: string; overlap_blocks: number };
     };
-    assert.equal(after.decode.workerId, id);
-    assert.equal(after.decode.overlapBlocks, 4);
+    assert.equal(after.decode.worker_id, id);
+    assert.equal(after.decode.overlap_blocks, 4);
     const list = (await (await fetch(`${router.url}/v1/workers`)).json()) as {
       data: { index_mode: string; index_blocks: number }[];
     };
@@ -179,13 +179,13 @@ describe('fake workers', () => {
     // After the dump the worker holds b only.
     assert.equal(router.index.stats().blocksPerWorker[id], 2);
     const routeA = (await (await post(router, '/v1/route', { prompt: a })).json()) as {
-      decode: { overlapBlocks: number };
+      decode: { overlap_blocks: number };
     };
     const routeB = (await (await post(router, '/v1/route', { prompt: b })).json()) as {
-      decode: { overlapBlocks: number };
+      decode: { overlap_blocks: number };
     };
-    assert.equal(routeA.decode.overlapBlocks, 0);
-    assert.equal(routeB.decode.overlapBlocks, 2);
+    assert.equal(routeA.decode.overlap_blocks, 0);
+    assert.equal(routeB.decode.overlap_blocks, 2);
     await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
     // Deregistration purges its index entries.
     assert.equal(router.index.stats().blocksPerWorker[id], undefined);

@@ -151,17 +151,17 @@ describe('KV-aware placement', () => {
           body: JSON.stringify({ model: MODEL, prompt: [...prefix, 9, 9, 9], max_tokens: 2 }),
         });
         const body = (await res.json()) as {
-          decode: { workerId: string; overlapBlocks: number };
+          decode: { worker_id: string; overlap_blocks: number };
           prefill: unknown;
-          candidates: { workerId: string; overlapBlocks: number; cost: number }[];
+          candidates: { worker_id: string; overlap_blocks: number; cost: number }[];
         };
-        return body.decode.overlapBlocks >= prefixBlocks ? body : undefined;
+        return body.decode.overlap_blocks >= prefixBlocks ? body : undefined;
       }, 'the prefix in the index');
-      assert.equal(explained.decode.workerId, holder);
+      assert.equal(explained.decode.worker_id, holder);
       assert.equal(explained.prefill, null);
       assert.equal(explained.candidates.length, 2);
-      const other = explained.candidates.find((c) => c.workerId !== holder)!;
-      assert.equal(other.overlapBlocks, 0);
+      const other = explained.candidates.find((c) => c.worker_id !== holder)!;
+      assert.equal(other.overlap_blocks, 0);
       const second = await client.completions
         .create({ model: MODEL, prompt: [...prefix, 9, 9, 9], max_tokens: 2 })
         .withResponse();

@@ -11,6 +11,7 @@ import type { InflightLimit } from '../pipeline/admission.js';
 import type { PipelineDeps } from '../pipeline/deps.js';
 import { handleInference } from '../pipeline/handle.js';
 import { parseStage, routeStage } from '../pipeline/route.js';
+import type { CandidateScore } from '../scheduling/index.js';
 import { inRequestContext } from './app.js';
 
 export interface InferenceRouteDeps {
@@ -60,17 +61,33 @@ export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRou
           : 'completion';
       const parsed = parseStage(deps.pipeline, request.body, endpoint);
       const plan = await routeStage(deps.pipeline, parsed, 'explain');
-      const score = (d: typeof plan.decode) => ({ ...d.chosen, address: d.worker.address });
+      const chosen = (d: typeof plan.decode) => ({ ...explainScore(d.chosen), address: d.worker.address });
       return {
         model: parsed.model,
         prompt_tokens: plan.routing.promptTokens,
         policy: plan.decode.policy,
-        decode: score(plan.decode),
-        prefill: plan.prefill ? score(plan.prefill) : null,
+        decode: chosen(plan.decode),
+        prefill: plan.prefill ? chosen(plan.prefill) : null,
         prefill_reason: plan.prefillReason,
-        candidates: plan.decode.candidates,
-        prefill_candidates: plan.prefill ? plan.prefill.candidates : [],
+        candidates: plan.decode.candidates.map(explainScore),
+        prefill_candidates: plan.prefill ? plan.prefill.candidates.map(explainScore) : [],
       };
     }),
   );
+}
+
+/** A candidate's score in the HTTP API's casing (snake_case, like the rest of the answer). */
+function explainScore(c: CandidateScore) {
+  return {
+    worker_id: c.workerId,
+    overlap_blocks: c.overlapBlocks,
+    cached_tokens: c.cachedTokens,
+    uncached_tokens: c.uncachedTokens,
+    new_blocks: c.newBlocks,
+    prefill_blocks: c.prefillBlocks,
+    decode_blocks: c.decodeBlocks,
+    cost: c.cost,
+    load: c.load,
+    busy: c.busy,
+  };
 }
