@@ -136,16 +136,10 @@ export class ApproxIndex implements PrefixIndex {
   }
 
   stats(): ApproxIndexStats {
-    const blocksPerWorker: Record<string, number> = {};
-    for (const [id, slot] of this.slots.slotOf) blocksPerWorker[id] = this.tree.blocksBySlot[slot] ?? 0;
+    const base = this.tree.stats(this.slots.slotOf, this.counters);
     return {
-      workers: this.slots.size,
-      blocks: this.tree.totalBlocks,
-      blocksPerWorker,
-      nodes: this.tree.nodeCount,
-      approxBytes: this.tree.approxBytes() + this.expiry.size * 40,
-      evictedNodes: this.counters.evictedNodes,
-      evictedBlocks: this.counters.evictedBlocks,
+      ...base,
+      approxBytes: base.approxBytes + this.expiry.size * 40,
       expiredBlocks: this.counters.expiredBlocks,
     };
   }

@@ -410,16 +410,8 @@ export class RadixIndex implements PrefixIndex {
   }
 
   stats(): RadixIndexStats {
-    const blocksPerWorker: Record<string, number> = {};
-    for (const [id, slot] of this.slots.slotOf) blocksPerWorker[id] = this.tree.blocksBySlot[slot] ?? 0;
     return {
-      workers: this.slots.size,
-      blocks: this.tree.totalBlocks,
-      blocksPerWorker,
-      nodes: this.tree.nodeCount,
-      approxBytes: this.tree.approxBytes(),
-      evictedNodes: this.counters.evictedNodes,
-      evictedBlocks: this.counters.evictedBlocks,
+      ...this.tree.stats(this.slots.slotOf, this.counters),
       rejected: { ...this.counters.rejected },
       duplicates: this.counters.duplicates,
       gaps: this.counters.gaps,

@@ -12,6 +12,7 @@
 // ancestor's tick is never older than a descendant's), so "evict everything older than t" always
 // removes whole subtrees and never strands a child without its parent.
 
+import type { IndexStats } from './prefix-index.js';
 import type { BlockKeys } from './u64.js';
 
 const EMPTY = -1;
@@ -94,6 +95,15 @@ function grownUint32(old: Uint32Array<ArrayBuffer>, capacity: number): Uint32Arr
 
 /** A holding vanished because its subtree was dropped or evicted (not by an explicit removal). */
 export type DropListener = (node: number, slot: number) => void;
+
+/** `scores[slot] = depth` for each slot whose bit is set in `bits`, word `w` of a slot bitset. */
+function scoreBits(scores: Int32Array, w: number, bits: number, depth: number): void {
+  while (bits !== 0) {
+    const low = bits & -bits;
+    scores[w * 32 + 31 - Math.clz32(low)] = depth;
+    bits ^= low;
+  }
+}
 
 export class RadixTree {
   // ---- nodes (index = node id; node 0 is the root) ----
@@ -650,12 +660,7 @@ export class RadixTree {
         const keeps = only !== EMPTY && (active[only >>> 5]! & (1 << (only & 31))) !== 0;
         if (keeps) active[only >>> 5]! &= ~(1 << (only & 31));
         for (let w = lo; w <= hi; w++) {
-          let bits = active[w]!;
-          while (bits !== 0) {
-            const low = bits & -bits;
-            scores[w * 32 + 31 - Math.clz32(low)] = depth;
-            bits ^= low;
-          }
+          scoreBits(scores, w, active[w]!, depth);
           active[w] = 0;
         }
         if (!keeps) break;
@@ -669,12 +674,7 @@ export class RadixTree {
           if (bits === 0) continue;
           const kept = bits & sets[base + w]!;
           if (kept !== bits) {
-            let gone = bits & ~kept;
-            while (gone !== 0) {
-              const low = gone & -gone;
-              scores[w * 32 + 31 - Math.clz32(low)] = depth;
-              gone ^= low;
-            }
+            scoreBits(scores, w, bits & ~kept, depth);
             active[w] = kept;
           }
           if (kept !== 0) {
@@ -694,12 +694,7 @@ export class RadixTree {
       scores[single] = depth;
     } else {
       for (let w = lo; w <= hi; w++) {
-        let bits = active[w]!;
-        while (bits !== 0) {
-          const low = bits & -bits;
-          scores[w * 32 + 31 - Math.clz32(low)] = depth;
-          bits ^= low;
-        }
+        scoreBits(scores, w, active[w]!, depth);
         active[w] = 0;
       }
     }
@@ -755,5 +750,23 @@ export class RadixTree {
       this.blocksBySlot.byteLength +
       this.freeRows.length * 8
     );
+  }
+
+  /** The stats both indexes report: `slotOf` names the workers, `evicted` is the owner's budget count. */
+  stats(
+    slotOf: ReadonlyMap<string, number>,
+    evicted: { readonly evictedNodes: number; readonly evictedBlocks: number },
+  ): IndexStats {
+    const blocksPerWorker: Record<string, number> = {};
+    for (const [id, slot] of slotOf) blocksPerWorker[id] = this.blocksBySlot[slot] ?? 0;
+    return {
+      workers: slotOf.size,
+      blocks: this.totalBlocks,
+      blocksPerWorker,
+      nodes: this.nodeCount,
+      approxBytes: this.approxBytes(),
+      evictedNodes: evicted.evictedNodes,
+      evictedBlocks: evicted.evictedBlocks,
+    };
   }
 }
