@@ -6,7 +6,7 @@
 // in the context the socket was dialled in): each call gets one CLIENT span, child of the caller's
 // context at call time, and that span's context travels in the frame headers.
 
-import { context, type Span, type Tracer } from '@opentelemetry/api';
+import { type Context, context, type Span, type Tracer } from '@opentelemetry/api';
 import { ChunkIterator, type ChunkStream, UnaryCollector } from './calls.js';
 import {
   type DispatchFn,
@@ -92,16 +92,8 @@ export class RequestPlaneClient {
     const parent = context.active();
     return {
       [Symbol.asyncIterator]: () => {
-        const headers = this.requestHeaders(opts);
-        const span = startClientSpan(this.tracer, parent, address, path, opts.requestId, headers);
         const it = new ChunkIterator();
-        it.handle = this.call(
-          address,
-          { path, headers, payload, windowBytes: this.windowBytes },
-          it,
-          opts,
-          span,
-        );
+        it.handle = this.start(parent, address, path, payload, opts, it);
         return it;
       },
     };
@@ -112,18 +104,25 @@ export class RequestPlaneClient {
    * a view into the connection's read buffer: decode it, or copy it if you keep it for long.
    */
   unary(address: string, path: string, payload: Uint8Array, opts: CallOptions = NO_OPTIONS): Promise<Buffer> {
-    const headers = this.requestHeaders(opts);
-    const span = startClientSpan(this.tracer, context.active(), address, path, opts.requestId, headers);
+    const parent = context.active();
     return new Promise((resolve, reject) => {
       const collector = new UnaryCollector(resolve, reject, this.poolOptions.maxFrameBytes);
-      collector.handle = this.call(
-        address,
-        { path, headers, payload, windowBytes: this.windowBytes },
-        collector,
-        opts,
-        span,
-      );
+      collector.handle = this.start(parent, address, path, payload, opts, collector);
     });
+  }
+
+  /** One call under `parent`: its frame headers, its client span, then the dispatch. */
+  private start(
+    parent: Context,
+    address: string,
+    path: string,
+    payload: Uint8Array,
+    opts: CallOptions,
+    handler: StreamHandler,
+  ): StreamHandle {
+    const headers = this.requestHeaders(opts);
+    const span = startClientSpan(this.tracer, parent, address, path, opts.requestId, headers);
+    return this.call(address, { path, headers, payload, windowBytes: this.windowBytes }, handler, opts, span);
   }
 
   /** The raw dispatch contract to one address (no timeout or signal wrapping). */
