@@ -243,6 +243,24 @@ async function startZeroWorkers(count: number): Promise<{ child: ChildProcess; p
   return { child, ports: JSON.parse(out.trim()) as number[] };
 }
 
+/** One completions body per prompt variant. */
+function completionBodies(variants: readonly number[][]): string[] {
+  return variants.map((p) => JSON.stringify({ model: MODEL, prompt: p, max_tokens: OUTPUT_TOKENS }));
+}
+
+/** The same work the router's executor asks of a worker: encode the `generate` request, read the stream. */
+async function generateDirect(
+  client: RequestPlaneClient,
+  address: string,
+  requestId: string,
+  tokenIds: readonly number[],
+): Promise<void> {
+  const payload = encodeJson({ request_id: requestId, token_ids: tokenIds, max_tokens: OUTPUT_TOKENS });
+  for await (const _chunk of client.stream(address, ENDPOINTS.generate, payload)) {
+    // drain
+  }
+}
+
 async function postJson(agent: Agent, url: string, body: string): Promise<number> {
   const res = await request(url, {
     method: 'POST',
@@ -364,27 +382,22 @@ export async function run(options: ParsedOptions): Promise<number> {
           // which charged the first configuration alone (8 workers: ~300 µs overhead vs ~170 at
           // 64). Two seconds of the c64 load, then as many direct calls.
           log('routing: warming the router and the direct path up…');
-          const warmBodies = prompts(1024).map((p) =>
-            JSON.stringify({ model: MODEL, prompt: p, max_tokens: OUTPUT_TOKENS }),
+          const warmPrompts = prompts(1024);
+          const served = await throughput(
+            agent,
+            router.url,
+            concurrency,
+            quick ? 500 : 2000,
+            completionBodies(warmPrompts),
           );
-          const served = await throughput(agent, router.url, concurrency, quick ? 500 : 2000, warmBodies);
-          const warmPayloads = prompts(1024).map((p) => ({ token_ids: p, max_tokens: OUTPUT_TOKENS }));
           for (let i = 0; i < Math.min(served.rps * 2, 20_000); i++) {
-            const payload = encodeJson({ request_id: `warm-${i}`, ...warmPayloads[i % VARIANTS]! });
-            for await (const _chunk of client.stream(
-              `127.0.0.1:${zero.ports[i % workers]}`,
-              ENDPOINTS.generate,
-              payload,
-            )) {
-              // drain
-            }
+            const address = `127.0.0.1:${zero.ports[i % workers]}`;
+            await generateDirect(client, address, `warm-${i}`, warmPrompts[i % VARIANTS]!);
           }
         }
         for (const promptTokens of sel.http ? sel.promptTokens : []) {
           const variants = prompts(promptTokens);
-          const bodies = variants.map((p) =>
-            JSON.stringify({ model: MODEL, prompt: p, max_tokens: OUTPUT_TOKENS }),
-          );
+          const bodies = completionBodies(variants);
           const routeUs = await timed(iterations, async (i) => {
             const status = await postJson(agent, `${router.url}/v1/route`, bodies[i % VARIANTS]!);
             if (status !== 200) throw new Error(`/v1/route answered ${status}`);
@@ -393,16 +406,15 @@ export async function run(options: ParsedOptions): Promise<number> {
             const status = await postJson(agent, `${router.url}/v1/completions`, bodies[i % VARIANTS]!);
             if (status !== 200) throw new Error(`/v1/completions answered ${status}`);
           });
-          const payloads = variants.map((p) => ({ token_ids: p, max_tokens: OUTPUT_TOKENS }));
           let seq = 0;
-          const directE2eUs = await timed(iterations, async (i) => {
-            // The same work the router's executor asks of a worker: encode the request, read the stream.
-            const payload = encodeJson({ request_id: `bench-${++seq}`, ...payloads[i % VARIANTS]! });
-            const address = `127.0.0.1:${zero.ports[i % workers]}`;
-            for await (const _chunk of client.stream(address, ENDPOINTS.generate, payload)) {
-              // drain
-            }
-          });
+          const directE2eUs = await timed(iterations, (i) =>
+            generateDirect(
+              client,
+              `127.0.0.1:${zero.ports[i % workers]}`,
+              `bench-${++seq}`,
+              variants[i % VARIANTS]!,
+            ),
+          );
           httpRows.push({
             workers,
             promptTokens,
@@ -415,9 +427,7 @@ export async function run(options: ParsedOptions): Promise<number> {
         }
         if (workers === 8 && runThroughput) {
           log(`routing: throughput at c${concurrency} for ${durationMs} ms…`);
-          const bodies = prompts(1024).map((p) =>
-            JSON.stringify({ model: MODEL, prompt: p, max_tokens: OUTPUT_TOKENS }),
-          );
+          const bodies = completionBodies(prompts(1024));
           await throughput(agent, router.url, concurrency, Math.min(1000, durationMs), bodies); // warm-up
           rate = await throughput(agent, router.url, concurrency, durationMs, bodies);
         }
