@@ -14,6 +14,16 @@ export type SamplerKind =
   | 'parentbased_always_off'
   | 'parentbased_traceidratio';
 
+/** The batch processor's bounds: the standard OTEL_BSP_* variables, with the SDK's defaults. */
+export interface BatchLimits {
+  /** Spans buffered or in flight at most; more are dropped (OTEL_BSP_MAX_QUEUE_SIZE, 2048). */
+  maxQueueSize: number;
+  /** Spans per export request (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512; at most maxQueueSize). */
+  maxExportBatchSize: number;
+  /** A partial batch is sent this long after its first span (OTEL_BSP_SCHEDULE_DELAY, 5000 ms). */
+  scheduledDelayMillis: number;
+}
+
 export interface TelemetryConfig {
   /** False means no SDK provider and no exporter: spans are non-recording pass-throughs. */
   enabled: boolean;
@@ -24,6 +34,7 @@ export interface TelemetryConfig {
   /** Full URL of the OTLP traces endpoint (already ends in /v1/traces when derived from the base). */
   otlpTracesUrl: string;
   sampler: { kind: SamplerKind; ratio: number };
+  batch: BatchLimits;
 }
 
 const SAMPLERS: readonly SamplerKind[] = [
@@ -64,6 +75,26 @@ function parseSampler(env: NodeJS.ProcessEnv): TelemetryConfig['sampler'] {
     }
   }
   return { kind: name as SamplerKind, ratio };
+}
+
+function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = read(env, name);
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!/^[0-9]+$/.test(raw) || !Number.isSafeInteger(value) || value < 1) {
+    throw new UsageError(`${name}: expected a positive integer, got '${raw}'`);
+  }
+  return value;
+}
+
+function parseBatchLimits(env: NodeJS.ProcessEnv): BatchLimits {
+  const maxQueueSize = positiveInteger(env, 'OTEL_BSP_MAX_QUEUE_SIZE', 2048);
+  return {
+    maxQueueSize,
+    // As the SDK's processor does: a batch larger than the queue is cut to the queue.
+    maxExportBatchSize: Math.min(positiveInteger(env, 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE', 512), maxQueueSize),
+    scheduledDelayMillis: positiveInteger(env, 'OTEL_BSP_SCHEDULE_DELAY', 5000),
+  };
 }
 
 function parseProtocol(env: NodeJS.ProcessEnv): OtlpProtocol {
@@ -110,5 +141,6 @@ export function resolveTelemetryConfig(
     protocol: parseProtocol(env),
     otlpTracesUrl: tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE),
     sampler: parseSampler(env),
+    batch: parseBatchLimits(env),
   };
 }

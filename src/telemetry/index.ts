@@ -5,7 +5,6 @@
 
 import { ProxyTracerProvider, type Tracer } from '@opentelemetry/api';
 import { OTLPTraceExporter as OtlpHttpJsonExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { OTLPTraceExporter as OtlpProtobufExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
 import {
   AlwaysOffSampler,
@@ -22,6 +21,7 @@ import {
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
+import { createProtobufTraceDelivery, EagerOtlpSpanProcessor } from './eager-otlp-processor.js';
 import { followsParent, rootsNeverSampled, UnsampledShortcutTracer } from './unsampled-shortcut.js';
 
 export type { TelemetryConfig } from './config.js';
@@ -74,8 +74,11 @@ function buildSampler({ kind, ratio }: TelemetryConfig['sampler']): Sampler {
 function buildProcessors(config: TelemetryConfig): SpanProcessor[] {
   return config.exporters.map((kind) => {
     if (kind === 'console') return new SimpleSpanProcessor(new ConsoleSpanExporter());
-    const Exporter = config.protocol === 'http/json' ? OtlpHttpJsonExporter : OtlpProtobufExporter;
-    return new BatchSpanProcessor(new Exporter({ url: config.otlpTracesUrl }));
+    if (config.protocol === 'http/json') {
+      return new BatchSpanProcessor(new OtlpHttpJsonExporter({ url: config.otlpTracesUrl }), config.batch);
+    }
+    // The default protocol: spans encoded as they end (eager-otlp-processor.ts explains why).
+    return new EagerOtlpSpanProcessor(createProtobufTraceDelivery(config.otlpTracesUrl), config.batch);
   });
 }
 

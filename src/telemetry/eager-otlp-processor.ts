@@ -1,0 +1,149 @@
+// The span processor behind the default OTLP/protobuf export: a batch processor that encodes each
+// sampled span into its batch's protobuf bytes the moment the span ends, instead of queueing the
+// span object until the batch is serialized.
+//
+// Why: the SDK's BatchSpanProcessor keeps every finished span (with its attributes, events, ids
+// and times) until its batch of 512 is exported, tens of milliseconds at a router's rates. That is
+// long enough for the young-generation GC to copy each span twice and promote it, and the old
+// generation then collects it: in the real processes this doubled what a span costs (bench
+// tracing; docs/tracing.md). Encoded at `onEnd`, a span's objects die young; the batch holds ~250
+// bytes per span in reused buffers. The wire output is the reference encoder's, byte for byte.
+//
+// Delivery goes through @opentelemetry/otlp-exporter-base's HTTP export delegate, the same one the
+// official OTLP/protobuf exporter uses, so OTEL_EXPORTER_OTLP_* headers, timeout, compression and
+// retries behave exactly as they do there.
+//
+// Bounds: at most `maxQueueSize` spans are buffered or in flight; past that, spans are dropped and
+// counted (a diag warning says how many), never queued without limit. Exports run in the root
+// context, so the exporter's sockets never hold on to a user's trace.
+
+import { diag, TraceFlags } from '@opentelemetry/api';
+import { type ExportResult, ExportResultCode } from '@opentelemetry/core';
+import type { IOtlpExportDelegate } from '@opentelemetry/otlp-exporter-base';
+import {
+  convertLegacyHttpOptions,
+  createOtlpHttpExportDelegate,
+} from '@opentelemetry/otlp-exporter-base/node-http';
+import { type ISerializer, ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import type { ReadableSpan, SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import type { BatchLimits } from './config.js';
+import { withRootContext } from './context.js';
+import { EncodedSpanBatch } from './otlp-span-encoder.js';
+import { ProtoWriter } from './proto-writer.js';
+
+/** One ExportTraceServiceRequest, already encoded. */
+export interface EncodedTraceRequest {
+  bytes: Uint8Array;
+  spanCount: number;
+}
+
+type ExportResponse = ReturnType<typeof ProtobufTraceSerializer.deserializeResponse>;
+
+const passThrough: ISerializer<EncodedTraceRequest, ExportResponse> = {
+  serializeRequest: (request) => request.bytes,
+  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
+};
+
+/** The official OTLP/HTTP delivery (URL, OTEL_EXPORTER_OTLP_* settings) for pre-encoded requests. */
+export function createProtobufTraceDelivery(url: string): IOtlpExportDelegate<EncodedTraceRequest> {
+  return createOtlpHttpExportDelegate(
+    convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
+    passThrough,
+    'otlp_http_span_exporter',
+    { name: 'span', countItems: (request) => request.spanCount },
+    undefined,
+  );
+}
+
+export class EagerOtlpSpanProcessor implements SpanProcessor {
+  private readonly batch = new EncodedSpanBatch();
+  /**
+   * Request buffers not in use. A request's bytes stay with the exporter until it is answered;
+   * then its buffer comes back here, so steady exporting allocates no new ~150 KB buffers (each
+   * one is external memory the GC accounts for). At most maxQueueSize / maxExportBatchSize exist.
+   */
+  private readonly spareRequestWriters: ProtoWriter[] = [];
+  /** Spans handed to the delivery and not answered yet. */
+  private inFlight = 0;
+  private readonly exports = new Set<Promise<void>>();
+  private resourcesSettling: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private dropped = 0;
+  private shuttingDown: Promise<void> | undefined;
+
+  constructor(
+    private readonly delivery: IOtlpExportDelegate<EncodedTraceRequest>,
+    private readonly limits: BatchLimits,
+  ) {}
+
+  onStart(): void {}
+
+  onEnd(span: ReadableSpan): void {
+    if (this.shuttingDown !== undefined) return;
+    if ((span.spanContext().traceFlags & TraceFlags.SAMPLED) === 0) return;
+    if (this.batch.count + this.inFlight >= this.limits.maxQueueSize) {
+      if (this.dropped++ === 0) diag.warn('kvroute tracing: span queue full, dropping spans');
+      return;
+    }
+    this.batch.add(span);
+    if (this.batch.count >= this.limits.maxExportBatchSize) this.exportBatch();
+    else if (this.timer === undefined) {
+      this.timer = setTimeout(() => this.exportBatch(), this.limits.scheduledDelayMillis);
+      this.timer.unref();
+    }
+  }
+
+  /** Sends what is buffered; resolves when every export so far has been answered. */
+  async forceFlush(): Promise<void> {
+    this.exportBatch();
+    await this.resourcesSettling;
+    await Promise.all(this.exports);
+    await this.delivery.forceFlush();
+  }
+
+  shutdown(): Promise<void> {
+    this.shuttingDown ??= this.forceFlush().then(() => this.delivery.shutdown());
+    return this.shuttingDown;
+  }
+
+  private exportBatch(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.batch.count === 0 || this.resourcesSettling !== undefined) return;
+    // A resource with async attributes (from detectors) cannot be encoded until they settle.
+    const pending = this.batch.resources().filter((r) => r.asyncAttributesPending);
+    if (pending.length > 0) {
+      this.resourcesSettling = Promise.all(pending.map((r) => r.waitForAsyncAttributes?.())).then(() => {
+        this.resourcesSettling = undefined;
+        this.exportBatch();
+      });
+      return;
+    }
+    const writer = this.spareRequestWriters.pop() ?? new ProtoWriter(256 * 1024);
+    const request: EncodedTraceRequest = {
+      spanCount: this.batch.count,
+      bytes: this.batch.takeRequest(writer),
+    };
+    this.inFlight += request.spanCount;
+    const answered = new Promise<void>((resolve) => {
+      withRootContext(() =>
+        this.delivery.export(request, (result: ExportResult) => {
+          this.inFlight -= request.spanCount;
+          // Only an answered request is surely done with its bytes: after a failure (a timeout
+          // among them) the socket might still be reading them, so that buffer is left to the GC.
+          if (result.code === ExportResultCode.SUCCESS) this.spareRequestWriters.push(writer);
+          else {
+            diag.error(`kvroute tracing: export of ${request.spanCount} spans failed`, result.error);
+          }
+          if (this.dropped > 0) {
+            diag.warn(`kvroute tracing: ${this.dropped} spans dropped while the span queue was full`);
+            this.dropped = 0;
+          }
+          resolve();
+        }),
+      );
+    });
+    this.exports.add(answered);
+    void answered.then(() => this.exports.delete(answered));
+  }
+}
