@@ -24,6 +24,22 @@ export interface BatchLimits {
   scheduledDelayMillis: number;
 }
 
+/** What one span keeps: the standard OTEL_*_LIMIT variables, with the SDK's defaults. */
+export interface SpanLimits {
+  /** OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT; no limit by default. */
+  attributeValueLengthLimit: number;
+  /** OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, else OTEL_ATTRIBUTE_COUNT_LIMIT, else 128. */
+  attributeCountLimit: number;
+  /** OTEL_SPAN_EVENT_COUNT_LIMIT (128); the oldest event goes first. */
+  eventCountLimit: number;
+  /** OTEL_SPAN_LINK_COUNT_LIMIT (128). */
+  linkCountLimit: number;
+  /** OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT (128). */
+  attributePerEventCountLimit: number;
+  /** OTEL_SPAN_ATTRIBUTE_PER_LINK_COUNT_LIMIT (128). */
+  attributePerLinkCountLimit: number;
+}
+
 export interface TelemetryConfig {
   /** False means no SDK provider and no exporter: spans are non-recording pass-throughs. */
   enabled: boolean;
@@ -35,6 +51,7 @@ export interface TelemetryConfig {
   otlpTracesUrl: string;
   sampler: { kind: SamplerKind; ratio: number };
   batch: BatchLimits;
+  limits: SpanLimits;
 }
 
 const SAMPLERS: readonly SamplerKind[] = [
@@ -77,14 +94,34 @@ function parseSampler(env: NodeJS.ProcessEnv): TelemetryConfig['sampler'] {
   return { kind: name as SamplerKind, ratio };
 }
 
-function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+function integerAtLeast(min: number, env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const raw = read(env, name);
   if (raw === undefined) return fallback;
   const value = Number(raw);
-  if (!/^[0-9]+$/.test(raw) || !Number.isSafeInteger(value) || value < 1) {
-    throw new UsageError(`${name}: expected a positive integer, got '${raw}'`);
+  if (!/^[0-9]+$/.test(raw) || !Number.isSafeInteger(value) || value < min) {
+    throw new UsageError(`${name}: expected an integer of at least ${min}, got '${raw}'`);
   }
   return value;
+}
+
+function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  return integerAtLeast(1, env, name, fallback);
+}
+
+function parseSpanLimits(env: NodeJS.ProcessEnv): SpanLimits {
+  const count = (name: string, fallback: number) => integerAtLeast(0, env, name, fallback);
+  return {
+    attributeValueLengthLimit: positiveInteger(
+      env,
+      'OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT',
+      positiveInteger(env, 'OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT', Number.POSITIVE_INFINITY),
+    ),
+    attributeCountLimit: count('OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT', count('OTEL_ATTRIBUTE_COUNT_LIMIT', 128)),
+    eventCountLimit: count('OTEL_SPAN_EVENT_COUNT_LIMIT', 128),
+    linkCountLimit: count('OTEL_SPAN_LINK_COUNT_LIMIT', 128),
+    attributePerEventCountLimit: count('OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT', 128),
+    attributePerLinkCountLimit: count('OTEL_SPAN_ATTRIBUTE_PER_LINK_COUNT_LIMIT', 128),
+  };
 }
 
 function parseBatchLimits(env: NodeJS.ProcessEnv): BatchLimits {
@@ -142,5 +179,6 @@ export function resolveTelemetryConfig(
     otlpTracesUrl: tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE),
     sampler: parseSampler(env),
     batch: parseBatchLimits(env),
+    limits: parseSpanLimits(env),
   };
 }

@@ -11,8 +11,8 @@ import {
   AlwaysOnSampler,
   BatchSpanProcessor,
   ConsoleSpanExporter,
-  NodeTracerProvider,
   ParentBasedSampler,
+  RandomIdGenerator,
   type Sampler,
   SimpleSpanProcessor,
   type SpanProcessor,
@@ -22,6 +22,7 @@ import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
 import { createProtobufTraceDelivery, EagerOtlpSpanProcessor } from './eager-otlp-processor.js';
+import { LeanTracer } from './lean-tracer.js';
 import { followsParent, rootsNeverSampled, UnsampledShortcutTracer } from './unsampled-shortcut.js';
 
 export type { TelemetryConfig } from './config.js';
@@ -102,24 +103,27 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
       shutdown: async () => {},
     };
   }
-  const provider = new NodeTracerProvider({
-    // A resource given here replaces the SDK default, so merge to keep telemetry.sdk.* attributes.
+  const processors = buildProcessors(config);
+  const recordingTracer = new LeanTracer({
+    // The SDK's default resource (telemetry.sdk.*, process) with our service.name over it.
     resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName })),
+    scope: { name: 'kvroute' },
     sampler: buildSampler(config.sampler),
-    spanProcessors: buildProcessors(config),
+    idGenerator: new RandomIdGenerator(),
+    processors,
+    limits: config.limits,
   });
   let shuttingDown: Promise<void> | undefined;
-  const sdkTracer = provider.getTracer('kvroute');
   return {
     tracer: followsParent(config.sampler.kind)
-      ? new UnsampledShortcutTracer(sdkTracer, {
+      ? new UnsampledShortcutTracer(recordingTracer, {
           rootsUnsampled: rootsNeverSampled(config.sampler.kind, config.sampler.ratio),
         })
-      : sdkTracer,
+      : recordingTracer,
     enabled: true,
     config,
     shutdown: () => {
-      shuttingDown ??= provider.shutdown();
+      shuttingDown ??= Promise.all(processors.map((p) => p.shutdown())).then(() => {});
       return shuttingDown;
     },
   };

@@ -1,0 +1,400 @@
+// The tracer that records kvroute's spans when tracing is on: the SDK's sampler, id generator,
+// resource, span processors and exporters, around a span object of our own that does only what a
+// recorded span needs.
+//
+// Why not the SDK's Tracer and SpanImpl: a fully sampled request makes six spans, and on a mock
+// request of ~120 µs of CPU the SDK's span machinery alone (two clock reads and an HrTime sum per
+// timestamp, a sanitized copy of every attribute map, two regex checks of the parent's ids, the
+// tracer's self-metrics, a multi-processor fan-out) cost about as much as everything else tracing
+// does (docs/tracing.md). LeanSpan keeps the SDK's observable behaviour (same ReadableSpan
+// contract, same attribute validation, limits, status and exception rules; one shared test suite
+// runs both, test/telemetry-lean-tracer.test.ts) and drops the rest:
+// - times are one performance.now() per start and end, against a wall-clock anchor refreshed
+//   once a second, turned into HrTime only when read;
+// - attributes are validated and stored in one pass, without a sanitized copy;
+// - a parent that is one of our own spans is valid by construction: no regex.
+
+import {
+  type Attributes,
+  type AttributeValue,
+  type Context,
+  context,
+  type Exception,
+  type HrTime,
+  INVALID_SPAN_CONTEXT,
+  isSpanContextValid,
+  type Link,
+  type Span,
+  type SpanContext,
+  SpanKind,
+  type SpanOptions,
+  type SpanStatus,
+  SpanStatusCode,
+  type TimeInput,
+  TraceFlags,
+  type Tracer,
+  trace,
+} from '@opentelemetry/api';
+import {
+  type InstrumentationScope,
+  isAttributeValue,
+  isTimeInputHrTime,
+  isTracingSuppressed,
+  millisToHrTime,
+} from '@opentelemetry/core';
+import type { Resource } from '@opentelemetry/resources';
+import {
+  type IdGenerator,
+  type ReadableSpan,
+  type Sampler,
+  SamplingDecision,
+  type SpanProcessor,
+  type TimedEvent,
+} from '@opentelemetry/sdk-trace-base';
+import type { SpanLimits } from './config.js';
+
+// Wall clock = performance.now() + anchor. The SDK re-derives this offset for every span (a
+// Date.now() and a performance.now() each); one refresh a second follows clock steps as well.
+let anchorMs = Date.now() - performance.now();
+let anchorTakenAt = performance.now();
+const ANCHOR_REFRESH_MS = 1000;
+
+function nowPerf(): number {
+  const now = performance.now();
+  if (now - anchorTakenAt > ANCHOR_REFRESH_MS) {
+    anchorMs = Date.now() - now;
+    anchorTakenAt = now;
+  }
+  return now;
+}
+
+/** Epoch milliseconds (fractional) as HrTime, exact to the nanosecond a double can hold. */
+function epochMsToHrTime(ms: number): HrTime {
+  const seconds = Math.floor(ms / 1000);
+  let nanos = Math.round((ms - seconds * 1000) * 1e6);
+  if (nanos >= 1e9) nanos = 999_999_999;
+  return [seconds, nanos];
+}
+
+/** A TimeInput the caller gave as an epoch-ms number (the SDK reads a small number as performance time). */
+function explicitTime(input: TimeInput): HrTime {
+  if (isTimeInputHrTime(input)) return input as HrTime;
+  if (input instanceof Date) return millisToHrTime(input.getTime());
+  const ms = input as number;
+  return ms <= performance.now() ? epochMsToHrTime(ms + anchorMs) : millisToHrTime(ms);
+}
+
+function hrTimeDuration(start: HrTime, end: HrTime): HrTime {
+  let seconds = end[0] - start[0];
+  let nanos = end[1] - start[1];
+  if (nanos < 0) {
+    seconds -= 1;
+    nanos += 1e9;
+  }
+  return [seconds, nanos];
+}
+
+const EXCEPTION_EVENT = 'exception';
+const NONE = Object.freeze([]) as unknown as never[];
+const UNSET_STATUS: SpanStatus = Object.freeze({ code: SpanStatusCode.UNSET });
+
+export interface LeanTracerOptions {
+  sampler: Sampler;
+  idGenerator: IdGenerator;
+  resource: Resource;
+  scope: InstrumentationScope;
+  /** Every processor gets every span (the SDK's MultiSpanProcessor, without the wrapper). */
+  processors: SpanProcessor[];
+  limits: SpanLimits;
+}
+
+export class LeanTracer implements Tracer {
+  constructor(private readonly o: LeanTracerOptions) {}
+
+  startSpan(name: string, options: SpanOptions = {}, ctx: Context = context.active()): Span {
+    const parentContext = options.root ? trace.deleteSpan(ctx) : ctx;
+    if (isTracingSuppressed(parentContext)) return trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+    const parentSpan = trace.getSpan(parentContext);
+    const parentSpanContext = parentSpan?.spanContext();
+    // Our own span's context is valid by construction; anything else (a remote parent from a
+    // traceparent, a wrapped context) is checked as the SDK checks it.
+    const validParent =
+      parentSpanContext !== undefined &&
+      (parentSpan instanceof LeanSpan || isSpanContextValid(parentSpanContext))
+        ? parentSpanContext
+        : undefined;
+    const spanId = this.o.idGenerator.generateSpanId();
+    const traceId = validParent?.traceId ?? this.o.idGenerator.generateTraceId();
+    const kind = options.kind ?? SpanKind.INTERNAL;
+    const links = options.links ?? [];
+    const result = this.o.sampler.shouldSample(
+      parentContext,
+      traceId,
+      name,
+      kind,
+      options.attributes ?? {},
+      links,
+    );
+    const traceState = result.traceState ?? validParent?.traceState;
+    if (result.decision === SamplingDecision.NOT_RECORD) {
+      return trace.wrapSpanContext({ traceId, spanId, traceFlags: TraceFlags.NONE, traceState });
+    }
+    const spanContext: SpanContext = {
+      traceId,
+      spanId,
+      traceFlags:
+        result.decision === SamplingDecision.RECORD_AND_SAMPLED ? TraceFlags.SAMPLED : TraceFlags.NONE,
+      traceState,
+    };
+    const span = new LeanSpan(this.o, spanContext, validParent, name, kind, options.startTime);
+    for (const link of links) span.addLink(link);
+    if (options.attributes) span.setAttributes(options.attributes);
+    if (result.attributes) span.setAttributes(result.attributes);
+    for (const p of this.o.processors) p.onStart(span, parentContext);
+    return span;
+  }
+
+  startActiveSpan<F extends (span: Span) => unknown>(name: string, fn: F): ReturnType<F>;
+  startActiveSpan<F extends (span: Span) => unknown>(
+    name: string,
+    options: SpanOptions,
+    fn: F,
+  ): ReturnType<F>;
+  startActiveSpan<F extends (span: Span) => unknown>(
+    name: string,
+    options: SpanOptions,
+    ctx: Context,
+    fn: F,
+  ): ReturnType<F>;
+  startActiveSpan<F extends (span: Span) => unknown>(
+    name: string,
+    a?: SpanOptions | F,
+    b?: Context | F,
+    c?: F,
+  ): ReturnType<F> {
+    const fn = (c ?? (typeof b === 'function' ? b : a)) as F;
+    const options = typeof a === 'object' ? a : {};
+    const parent = typeof b === 'object' ? b : context.active();
+    const span = this.startSpan(name, options, parent);
+    return context.with(trace.setSpan(parent, span), () => fn(span) as ReturnType<F>);
+  }
+}
+
+/** A recorded span: the API's Span for the code that makes it, ReadableSpan for processors. */
+export class LeanSpan implements Span, ReadableSpan {
+  readonly attributes: Attributes = {};
+  // Most spans never get a link or an event: they share one empty array until their first.
+  links: Link[] = NONE;
+  events: TimedEvent[] = NONE;
+  status: SpanStatus = UNSET_STATUS;
+  ended = false;
+  droppedAttributesCount = 0;
+  droppedEventsCount = 0;
+  droppedLinksCount = 0;
+  readonly resource: Resource;
+  readonly instrumentationScope: InstrumentationScope;
+  private attributeCount = 0;
+  /** performance.now() at start, or NaN when the caller gave an explicit start time. */
+  private readonly startPerf: number;
+  private start: HrTime | undefined;
+  private endPerf = 0;
+  private endHr: HrTime | undefined;
+
+  constructor(
+    private readonly o: LeanTracerOptions,
+    private readonly context: SpanContext,
+    readonly parentSpanContext: SpanContext | undefined,
+    public name: string,
+    readonly kind: SpanKind,
+    startTime: TimeInput | undefined,
+  ) {
+    this.resource = o.resource;
+    this.instrumentationScope = o.scope;
+    if (startTime === undefined) {
+      this.startPerf = nowPerf();
+    } else {
+      this.startPerf = Number.NaN;
+      this.start = explicitTime(startTime);
+    }
+  }
+
+  spanContext(): SpanContext {
+    return this.context;
+  }
+
+  get startTime(): HrTime {
+    this.start ??= epochMsToHrTime(this.startPerf + anchorMs);
+    return this.start;
+  }
+
+  get endTime(): HrTime {
+    if (!this.ended) return [0, 0];
+    this.endHr ??= epochMsToHrTime(this.endPerf + anchorMs);
+    return this.endHr;
+  }
+
+  get duration(): HrTime {
+    if (!this.ended) return [-1, -1];
+    return hrTimeDuration(this.startTime, this.endTime);
+  }
+
+  isRecording(): boolean {
+    return !this.ended;
+  }
+
+  setAttribute(key: string, value: AttributeValue | undefined): this {
+    if (value == null || this.ended || key.length === 0) return this;
+    const t = typeof value;
+    if (t !== 'string' && t !== 'number' && t !== 'boolean' && !isAttributeValue(value)) return this;
+    const isNew = !Object.hasOwn(this.attributes, key);
+    if (isNew && this.attributeCount >= this.o.limits.attributeCountLimit) {
+      this.droppedAttributesCount++;
+      return this;
+    }
+    this.attributes[key] = this.truncate(value, this.o.limits.attributeValueLengthLimit);
+    if (isNew) this.attributeCount++;
+    return this;
+  }
+
+  setAttributes(attributes: Attributes): this {
+    for (const key in attributes) {
+      if (Object.hasOwn(attributes, key)) this.setAttribute(key, attributes[key]);
+    }
+    return this;
+  }
+
+  addEvent(name: string, attributesOrTime?: Attributes | TimeInput, time?: TimeInput): this {
+    if (this.ended) return this;
+    const { eventCountLimit, attributePerEventCountLimit } = this.o.limits;
+    if (eventCountLimit === 0) {
+      this.droppedEventsCount++;
+      return this;
+    }
+    if (this.events === NONE) this.events = [];
+    if (this.events.length >= eventCountLimit) {
+      this.events.shift();
+      this.droppedEventsCount++;
+    }
+    const isTime =
+      attributesOrTime instanceof Date ||
+      typeof attributesOrTime === 'number' ||
+      isTimeInputHrTime(attributesOrTime);
+    const at = isTime ? (time ?? (attributesOrTime as TimeInput)) : time;
+    const { attributes, dropped } = this.limited(
+      isTime ? undefined : (attributesOrTime as Attributes | undefined),
+      attributePerEventCountLimit,
+    );
+    this.events.push({
+      name,
+      attributes,
+      time: at === undefined ? epochMsToHrTime(nowPerf() + anchorMs) : explicitTime(at),
+      droppedAttributesCount: dropped,
+    });
+    return this;
+  }
+
+  addLink(link: Link): this {
+    if (this.ended) return this;
+    const { linkCountLimit, attributePerLinkCountLimit } = this.o.limits;
+    if (linkCountLimit === 0) {
+      this.droppedLinksCount++;
+      return this;
+    }
+    if (this.links === NONE) this.links = [];
+    if (this.links.length >= linkCountLimit) {
+      this.links.shift();
+      this.droppedLinksCount++;
+    }
+    const { attributes, dropped, count } = this.limited(link.attributes, attributePerLinkCountLimit);
+    const kept: Link = { context: link.context };
+    if (count > 0) kept.attributes = attributes;
+    if (dropped > 0) kept.droppedAttributesCount = dropped;
+    this.links.push(kept);
+    return this;
+  }
+
+  addLinks(links: Link[]): this {
+    for (const link of links) this.addLink(link);
+    return this;
+  }
+
+  setStatus(status: SpanStatus): this {
+    // As the SDK: UNSET never overrides, and OK is final.
+    if (this.ended || status.code === SpanStatusCode.UNSET || this.status.code === SpanStatusCode.OK)
+      return this;
+    const next: SpanStatus = { code: status.code };
+    if (status.code === SpanStatusCode.ERROR && typeof status.message === 'string')
+      next.message = status.message;
+    this.status = next;
+    return this;
+  }
+
+  updateName(name: string): this {
+    if (!this.ended) this.name = name;
+    return this;
+  }
+
+  end(endTime?: TimeInput): void {
+    if (this.ended) return;
+    if (endTime === undefined && !Number.isNaN(this.startPerf)) {
+      this.endPerf = nowPerf();
+    } else {
+      const end = endTime === undefined ? millisToHrTime(Date.now()) : explicitTime(endTime);
+      const start = this.startTime;
+      // An end before the start is clamped to the start, as the SDK does.
+      this.endHr =
+        end[0] < start[0] || (end[0] === start[0] && end[1] < start[1]) ? [start[0], start[1]] : end;
+    }
+    for (const p of this.o.processors) p.onEnding?.(this);
+    this.ended = true;
+    for (const p of this.o.processors) p.onEnd(this);
+  }
+
+  recordException(exception: Exception, time?: TimeInput): void {
+    const attributes: Attributes = {};
+    if (typeof exception === 'string') {
+      attributes['exception.message'] = exception;
+    } else if (exception) {
+      if (exception.code) attributes['exception.type'] = exception.code.toString();
+      else if (exception.name) attributes['exception.type'] = exception.name;
+      if (exception.message) attributes['exception.message'] = exception.message;
+      if (exception.stack) attributes['exception.stacktrace'] = exception.stack;
+    }
+    if (attributes['exception.type'] || attributes['exception.message']) {
+      this.addEvent(EXCEPTION_EVENT, attributes, time);
+    }
+  }
+
+  /** Valid attributes of an event or link, at most `limit` of them, values truncated. */
+  private limited(
+    input: Attributes | undefined,
+    limit: number,
+  ): { attributes: Attributes; dropped: number; count: number } {
+    const attributes: Attributes = {};
+    let dropped = 0;
+    let count = 0;
+    for (const key in input) {
+      if (!Object.hasOwn(input, key)) continue;
+      const value = input[key];
+      if (key.length === 0 || !isAttributeValue(value) || value == null) continue;
+      if (count >= limit) {
+        dropped++;
+        continue;
+      }
+      attributes[key] = this.truncate(value, this.o.limits.attributeValueLengthLimit);
+      count++;
+    }
+    return { attributes, dropped, count };
+  }
+
+  private truncate(value: AttributeValue, limit: number): AttributeValue {
+    if (limit === Number.POSITIVE_INFINITY) return value;
+    if (typeof value === 'string') return value.length <= limit ? value : value.substring(0, limit);
+    if (Array.isArray(value)) {
+      return value.map((v) =>
+        typeof v === 'string' && v.length > limit ? v.substring(0, limit) : v,
+      ) as AttributeValue;
+    }
+    return value;
+  }
+}

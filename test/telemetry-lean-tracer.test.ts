@@ -1,0 +1,314 @@
+// LeanTracer against the reference, the SDK's own Tracer: one suite of scripted span operations
+// (attributes valid and invalid, overrides, events, exceptions, links, statuses, renames, work
+// after end, limits, samplers, remote parents, explicit times, active spans) runs against both,
+// and what each exports must be the same, field by field, with ids mapped to span names.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import {
+  type Attributes,
+  type Context,
+  context,
+  propagation,
+  ROOT_CONTEXT,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  type Tracer,
+  trace,
+} from '@opentelemetry/api';
+import { suppressTracing } from '@opentelemetry/core';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  AlwaysOffSampler,
+  AlwaysOnSampler,
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  ParentBasedSampler,
+  RandomIdGenerator,
+  type ReadableSpan,
+  type Sampler,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { resolveTelemetryConfig, type SpanLimits } from '../src/telemetry/config.js';
+import { registerGlobalContext } from '../src/telemetry/context.js';
+import { LeanTracer } from '../src/telemetry/lean-tracer.js';
+
+registerGlobalContext();
+
+const DEFAULT_LIMITS = resolveTelemetryConfig('t', {}).limits;
+const resource = resourceFromAttributes({ 'service.name': 'lean-test' });
+
+interface Harness {
+  tracer: Tracer;
+  finished(): ReadableSpan[];
+}
+
+type Make = (sampler: Sampler, limits: SpanLimits) => Harness;
+
+const implementations: Record<string, Make> = {
+  'SDK Tracer (reference)': (sampler, limits) => {
+    const exporter = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({
+      resource,
+      sampler,
+      spanLimits: limits,
+      spanProcessors: [new SimpleSpanProcessor(exporter)],
+    });
+    return { tracer: provider.getTracer('kvroute'), finished: () => exporter.getFinishedSpans() };
+  },
+  LeanTracer: (sampler, limits) => {
+    const exporter = new InMemorySpanExporter();
+    const tracer = new LeanTracer({
+      resource,
+      scope: { name: 'kvroute' },
+      sampler,
+      idGenerator: new RandomIdGenerator(),
+      processors: [new SimpleSpanProcessor(exporter)],
+      limits,
+    });
+    return { tracer, finished: () => exporter.getFinishedSpans() };
+  },
+};
+
+/** What a span exports, with ids replaced by the names of the spans they belong to. */
+function normalize(spans: ReadableSpan[], remote: Map<string, string> = new Map()) {
+  const nameOf = new Map(remote);
+  for (const s of spans) nameOf.set(s.spanContext().spanId, s.name);
+  const traces = new Map<string, number>();
+  const traceOf = (id: string) => {
+    if (!traces.has(id)) traces.set(id, traces.size);
+    return traces.get(id);
+  };
+  return spans.map((s) => {
+    const ctx = s.spanContext();
+    assert.match(ctx.spanId, /^[0-9a-f]{16}$/);
+    assert.match(ctx.traceId, /^[0-9a-f]{32}$/);
+    // Times: well-formed HrTime, end not before start, duration = end - start.
+    const ns = (t: readonly [number, number]) => BigInt(t[0]) * 1_000_000_000n + BigInt(t[1]);
+    assert.ok(s.startTime[1] >= 0 && s.startTime[1] < 1e9);
+    assert.ok(ns(s.endTime) >= ns(s.startTime), `${s.name}: end before start`);
+    assert.equal(ns(s.duration), ns(s.endTime) - ns(s.startTime));
+    assert.equal(s.ended, true);
+    return {
+      name: s.name,
+      kind: s.kind,
+      trace: traceOf(ctx.traceId),
+      traceFlags: ctx.traceFlags,
+      traceState: ctx.traceState?.serialize(),
+      parent: s.parentSpanContext ? (nameOf.get(s.parentSpanContext.spanId) ?? 'unknown') : undefined,
+      parentIsRemote: s.parentSpanContext?.isRemote,
+      attributes: s.attributes,
+      droppedAttributesCount: s.droppedAttributesCount,
+      events: s.events.map((e) => ({
+        name: e.name,
+        attributes: e.attributes,
+        droppedAttributesCount: e.droppedAttributesCount,
+      })),
+      droppedEventsCount: s.droppedEventsCount,
+      links: s.links.map((l) => ({
+        span: nameOf.get(l.context.spanId) ?? l.context.spanId,
+        attributes: l.attributes,
+        droppedAttributesCount: l.droppedAttributesCount,
+      })),
+      droppedLinksCount: s.droppedLinksCount,
+      status: s.status,
+      scope: s.instrumentationScope.name,
+      resource: s.resource.attributes['service.name'],
+    };
+  });
+}
+
+/** Runs `script` against both implementations and asserts they export the same spans. */
+function sameAsReference(
+  script: (tracer: Tracer) => void,
+  sampler: () => Sampler = () => new AlwaysOnSampler(),
+  limits: SpanLimits = DEFAULT_LIMITS,
+  remote?: Map<string, string>,
+): ReturnType<typeof normalize> {
+  const results = Object.entries(implementations).map(([name, make]) => {
+    const h = make(sampler(), limits);
+    script(h.tracer);
+    return { name, spans: normalize(h.finished(), remote) };
+  });
+  const [reference, ...others] = results;
+  for (const other of others)
+    assert.deepEqual(other!.spans, reference!.spans, `${other!.name} vs ${reference!.name}`);
+  return reference!.spans;
+}
+
+const weird = {
+  ok: 'yes',
+  n: 3,
+  f: 1.5,
+  b: false,
+  list: ['a', 'b'],
+  nums: [1, 2],
+  nothing: null,
+  undef: undefined,
+  object: { not: 'allowed' },
+  mixed: ['a', 1],
+  '': 'empty key',
+} as unknown as Attributes;
+
+describe('LeanTracer exports what the SDK Tracer exports', () => {
+  test('attributes (valid, invalid, overridden), events, exceptions, statuses, renames, work after end', () => {
+    const spans = sameAsReference((tracer) => {
+      const root = tracer.startSpan('root', { kind: SpanKind.SERVER, attributes: weird }, ROOT_CONTEXT);
+      const ctx = trace.setSpan(ROOT_CONTEXT, root);
+      const child = tracer.startSpan('child', { kind: SpanKind.CLIENT }, ctx);
+      child.setAttribute('ok', 'first');
+      child.setAttribute('ok', 'second');
+      child.setAttributes({ more: 1, undef: undefined });
+      child.addEvent('with attributes', { a: 1, bad: { x: 1 } as unknown as string });
+      child.addEvent('plain');
+      child.recordException(new Error('boom'));
+      child.recordException('a string');
+      child.recordException({ code: 42, message: 'coded' });
+      child.setStatus({ code: SpanStatusCode.UNSET });
+      child.setStatus({ code: SpanStatusCode.ERROR, message: 'failed' });
+      child.updateName('child renamed');
+      child.end();
+      child.setAttribute('late', true);
+      child.addEvent('late');
+      child.setStatus({ code: SpanStatusCode.OK });
+      child.updateName('too late');
+      child.end();
+      root.setStatus({ code: SpanStatusCode.OK });
+      root.setStatus({ code: SpanStatusCode.ERROR, message: 'after ok' });
+      root.addLink({ context: child.spanContext(), attributes: { why: 'follows' } });
+      root.end();
+    });
+    assert.deepEqual(
+      spans.map((s) => s.name),
+      ['child renamed', 'root'],
+    );
+    assert.equal(spans[0]!.parent, 'root');
+    assert.deepEqual(spans[0]!.attributes, { ok: 'second', more: 1 });
+    assert.equal(spans[0]!.status.code, SpanStatusCode.ERROR);
+    assert.equal(spans[1]!.status.code, SpanStatusCode.OK);
+  });
+
+  test('limits: attribute count and length, events, links, per-event and per-link attributes', () => {
+    const limits: SpanLimits = {
+      attributeValueLengthLimit: 4,
+      attributeCountLimit: 3,
+      eventCountLimit: 2,
+      linkCountLimit: 1,
+      attributePerEventCountLimit: 1,
+      attributePerLinkCountLimit: 1,
+    };
+    const spans = sameAsReference(
+      (tracer) => {
+        const other = tracer.startSpan('other', {}, ROOT_CONTEXT);
+        other.end();
+        const span = tracer.startSpan(
+          'limited',
+          {
+            attributes: { a: 'abcdefgh', b: ['long string', 'x'], c: 1, d: 2 },
+            links: [{ context: other.spanContext() }],
+          },
+          ROOT_CONTEXT,
+        );
+        span.setAttribute('a', 'replaced, still truncated');
+        span.setAttribute('e', 'dropped');
+        for (let i = 0; i < 4; i++) span.addEvent(`event ${i}`, { x: 'long value', y: 2 });
+        span.addLink({ context: other.spanContext(), attributes: { p: 1, q: 2 } });
+        span.end();
+      },
+      undefined,
+      limits,
+    );
+    const limited = spans.find((s) => s.name === 'limited')!;
+    assert.equal(limited.droppedAttributesCount, 2);
+    assert.equal(limited.droppedEventsCount, 2);
+    assert.equal(limited.droppedLinksCount, 1);
+  });
+
+  test('samplers: a parent-based sampler follows the parent; root: true; suppressed tracing', () => {
+    sameAsReference(
+      (tracer) => {
+        const root = tracer.startSpan('unsampled root', {}, ROOT_CONTEXT);
+        assert.equal(root.isRecording(), false);
+        const child = tracer.startSpan('child of unsampled', {}, trace.setSpan(ROOT_CONTEXT, root));
+        assert.equal(child.isRecording(), false);
+        assert.equal(child.spanContext().traceId, root.spanContext().traceId);
+        child.end();
+        root.end();
+      },
+      () => new ParentBasedSampler({ root: new AlwaysOffSampler() }),
+    );
+    sameAsReference((tracer) => {
+      const outer = tracer.startSpan('outer', {}, ROOT_CONTEXT);
+      const fresh = tracer.startSpan('fresh root', { root: true }, trace.setSpan(ROOT_CONTEXT, outer));
+      const suppressed = tracer.startSpan('suppressed', {}, suppressTracing(ROOT_CONTEXT));
+      assert.equal(suppressed.isRecording(), false);
+      suppressed.end();
+      fresh.end();
+      outer.end();
+    });
+  });
+
+  test('a remote parent from a traceparent: its trace, trace state and span as parent', () => {
+    const remote = new Map([['00f067aa0ba902b7', 'remote caller']]);
+    const spans = sameAsReference(
+      (tracer) => {
+        const parent: Context = propagation.extract(ROOT_CONTEXT, {
+          traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+          tracestate: 'vendor=value',
+        });
+        const span = tracer.startSpan('server', { kind: SpanKind.SERVER }, parent);
+        assert.equal(span.spanContext().traceId, '4bf92f3577b34da6a3ce929d0e0e4736');
+        span.end();
+      },
+      undefined,
+      undefined,
+      remote,
+    );
+    assert.equal(spans[0]!.parent, 'remote caller');
+    assert.equal(spans[0]!.parentIsRemote, true);
+    assert.equal(spans[0]!.traceState, 'vendor=value');
+  });
+
+  test('explicit start, event and end times are kept as given', () => {
+    for (const [name, make] of Object.entries(implementations)) {
+      const h = make(new AlwaysOnSampler(), DEFAULT_LIMITS);
+      const span = h.tracer.startSpan('timed', { startTime: new Date(1_700_000_000_123) }, ROOT_CONTEXT);
+      span.addEvent('at', [1_700_000_000, 500]);
+      span.end([1_700_000_001, 250_000_000]);
+      const [s] = h.finished();
+      assert.deepEqual(s!.startTime, [1_700_000_000, 123_000_000], name);
+      assert.deepEqual(s!.events[0]!.time, [1_700_000_000, 500], name);
+      assert.deepEqual(s!.endTime, [1_700_000_001, 250_000_000], name);
+      assert.deepEqual(s!.duration, [1, 127_000_000], name);
+    }
+  });
+
+  test('startActiveSpan makes the span active inside the callback and returns its result', () => {
+    for (const make of Object.values(implementations)) {
+      const h = make(new AlwaysOnSampler(), DEFAULT_LIMITS);
+      const result = h.tracer.startActiveSpan('active', (span: Span) => {
+        assert.equal(trace.getActiveSpan(), span);
+        const inner = h.tracer.startSpan('inner');
+        inner.end();
+        span.end();
+        return 7;
+      });
+      assert.equal(result, 7);
+      const [inner, active] = h.finished();
+      assert.equal(inner!.parentSpanContext?.spanId, active!.spanContext().spanId);
+      assert.equal(context.active(), ROOT_CONTEXT);
+    }
+  });
+
+  test('times are the wall clock: a span started now starts within a few ms of Date.now()', () => {
+    for (const make of Object.values(implementations)) {
+      const h = make(new AlwaysOnSampler(), DEFAULT_LIMITS);
+      const before = Date.now();
+      h.tracer.startSpan('now', {}, ROOT_CONTEXT).end();
+      const [s] = h.finished();
+      const startMs = s!.startTime[0] * 1000 + s!.startTime[1] / 1e6;
+      assert.ok(Math.abs(startMs - before) < 50, `${startMs} vs ${before}`);
+    }
+  });
+});
