@@ -8,10 +8,16 @@ import type { Tracer } from '@opentelemetry/api';
 import type { EngineOutput, EngineRequest, MockEngine } from '../engine/index.js';
 import { KvrouteError } from '../errors.js';
 import { AsyncQueue } from './async-queue.js';
-import { traceEnginePhases } from './engine-spans.js';
+import { EnginePhaseSpans } from './engine-spans.js';
+
+/** One request in flight: where its outputs go, and its phase spans when it is traced. */
+interface Stream {
+  queue: AsyncQueue<EngineOutput>;
+  phases: EnginePhaseSpans | undefined;
+}
 
 export class EngineDriver {
-  private readonly streams = new Map<string, AsyncQueue<EngineOutput>>();
+  private readonly streams = new Map<string, Stream>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Number.POSITIVE_INFINITY;
   /** Engine-side ids are ours, so two callers reusing one request_id never collide. */
@@ -41,25 +47,30 @@ export class EngineDriver {
     const id = String(++this.nextId);
     this.engine.submit({ ...req, id }, this.now());
     const queue = new AsyncQueue<EngineOutput>();
-    this.streams.set(id, queue);
+    const phases =
+      this.tracer === undefined ? undefined : EnginePhaseSpans.start(this.tracer, req.tokenIds.length);
+    this.streams.set(id, { queue, phases });
     const cancel = () => {
       if (!this.streams.delete(id)) return;
       this.engine.cancel(id);
+      phases?.finish('cancelled');
       queue.fail(new KvrouteError('client_closed', 'request was cancelled'));
       this.pump();
     };
     queue.onReturn = cancel;
     signal?.addEventListener('abort', cancel, { once: true });
     this.pump();
-    return this.tracer === undefined ? queue : traceEnginePhases(this.tracer, queue, req.tokenIds.length);
+    return queue;
   }
 
   /** Cancels everything in flight and disarms the timer. */
   close(): void {
     this.closed = true;
-    for (const [id, queue] of this.streams) {
+    for (const [id, { queue, phases }] of this.streams) {
       this.engine.cancel(id);
-      queue.fail(new KvrouteError('shutting_down', 'worker is shutting down'));
+      const err = new KvrouteError('shutting_down', 'worker is shutting down');
+      phases?.finish('error', err);
+      queue.fail(err);
     }
     this.streams.clear();
     clearTimeout(this.timer);
@@ -69,11 +80,13 @@ export class EngineDriver {
   private pump(): void {
     const now = this.now();
     for (const output of this.engine.tick(now)) {
-      const queue = this.streams.get(output.requestId);
-      if (!queue) continue;
-      queue.push(output);
+      const stream = this.streams.get(output.requestId);
+      if (!stream) continue;
+      stream.phases?.observe(output);
+      stream.queue.push(output);
       if (output.finishReason !== null) {
-        queue.end();
+        stream.phases?.finish('finished');
+        stream.queue.end();
         this.streams.delete(output.requestId);
       }
     }

@@ -2,82 +2,81 @@
 // to the first output (queueing + prompt compute, with the prompt accounting), then
 // `engine.decode` from the first output to the last (output tokens, finish reason). A prefill-only
 // request (remote prefill: one token) has no decode span.
+//
+// The engine driver reports each output here as the engine produces it, synchronously, so the
+// spans cost nothing per token beyond a counter: no wrapper around the request's output stream
+// (an async generator there cost a few promises per token on every traced request).
 
 import { type Context, context, type Span, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import type { EngineOutput } from '../engine/index.js';
 
 export const ENGINE_SPAN = { prefill: 'engine.prefill', decode: 'engine.decode' } as const;
 
-/**
- * Wraps one request's outputs so its phases are timed as spans. Starts `engine.prefill` now, in
- * the active context (the handler's). When that span does not record (tracing off or sampled
- * out) the outputs are returned as they are: no per-token cost.
- */
-export function traceEnginePhases(
-  tracer: Tracer,
-  outputs: AsyncIterable<EngineOutput>,
-  promptTokens: number,
-): AsyncIterable<EngineOutput> {
-  const parent = context.active();
-  const prefill = tracer.startSpan(ENGINE_SPAN.prefill, undefined, parent);
-  if (!prefill.isRecording()) return outputs;
-  return phases(tracer, parent, prefill, promptTokens, outputs);
-}
+export type PhaseOutcome = 'finished' | 'cancelled' | 'error';
 
-async function* phases(
-  tracer: Tracer,
-  parent: Context,
-  prefill: Span,
-  promptTokens: number,
-  outputs: AsyncIterable<EngineOutput>,
-): AsyncGenerator<EngineOutput> {
-  let open: Span | undefined = prefill;
-  let generated = 0;
-  let finishReason: string | undefined;
-  let outcome: 'finished' | 'cancelled' | 'error' = 'cancelled';
-  try {
-    for await (const out of outputs) {
-      if (out.prompt) {
-        const a = out.prompt.accounting;
-        // The prefill span's attributes in one write, when it ends.
-        prefill.setAttributes({
-          'kvroute.prompt_tokens': promptTokens,
-          'kvroute.computed_tokens': a.computedTokens,
-          'kvroute.cached_tokens': a.cachedTokens,
-          'kvroute.transferred_tokens': a.transferredTokens,
-          'kvroute.installed_blocks': a.installedBlocks,
-        });
-        prefill.end();
-        open = undefined;
-        if (out.finishReason === null) {
-          open = tracer.startSpan(ENGINE_SPAN.decode, undefined, parent);
-        }
-      }
-      generated += out.tokenIds.length;
-      if (out.finishReason !== null) {
-        finishReason = out.finishReason;
-        outcome = 'finished';
-      }
-      yield out;
-    }
-    outcome = 'finished';
-  } catch (err) {
-    outcome = 'error';
-    open?.setStatus({
-      code: SpanStatusCode.ERROR,
-      message: err instanceof Error ? err.message : String(err),
-    });
-    throw err;
-  } finally {
-    if (open !== undefined) {
-      // The open span's closing attributes in one write (undefined ones are skipped).
-      open.setAttributes({
-        'kvroute.prompt_tokens': open === prefill ? promptTokens : undefined,
-        'kvroute.output_tokens': open === prefill ? undefined : generated,
-        'kvroute.finish_reason': finishReason,
-        'kvroute.cancelled': outcome === 'cancelled' ? true : undefined,
+export class EnginePhaseSpans {
+  private open: Span | undefined;
+  private generated = 0;
+  private finishReason: string | undefined;
+
+  private constructor(
+    private readonly tracer: Tracer,
+    private readonly parent: Context,
+    private readonly prefill: Span,
+    private readonly promptTokens: number,
+  ) {
+    this.open = prefill;
+  }
+
+  /**
+   * Starts `engine.prefill` now, in the active context (the handler's). Undefined when that span
+   * does not record (tracing off or sampled out): the request then pays nothing.
+   */
+  static start(tracer: Tracer, promptTokens: number): EnginePhaseSpans | undefined {
+    const parent = context.active();
+    const prefill = tracer.startSpan(ENGINE_SPAN.prefill, undefined, parent);
+    return prefill.isRecording() ? new EnginePhaseSpans(tracer, parent, prefill, promptTokens) : undefined;
+  }
+
+  /** One output of the request, as the engine emits it. */
+  observe(out: EngineOutput): void {
+    if (out.prompt && this.open === this.prefill) {
+      const a = out.prompt.accounting;
+      this.prefill.setAttributes({
+        'kvroute.prompt_tokens': this.promptTokens,
+        'kvroute.computed_tokens': a.computedTokens,
+        'kvroute.cached_tokens': a.cachedTokens,
+        'kvroute.transferred_tokens': a.transferredTokens,
+        'kvroute.installed_blocks': a.installedBlocks,
       });
-      open.end();
+      this.prefill.end();
+      this.open =
+        out.finishReason === null
+          ? this.tracer.startSpan(ENGINE_SPAN.decode, undefined, this.parent)
+          : undefined;
     }
+    this.generated += out.tokenIds.length;
+    if (out.finishReason !== null) this.finishReason = out.finishReason;
+  }
+
+  /** The request is over: ends the open span with the closing attributes (once). */
+  finish(outcome: PhaseOutcome, err?: unknown): void {
+    const open = this.open;
+    if (open === undefined) return;
+    this.open = undefined;
+    if (outcome === 'error') {
+      open.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: err instanceof Error ? err.message : String(err),
+      });
+    }
+    // One write; undefined attributes are skipped.
+    open.setAttributes({
+      'kvroute.prompt_tokens': open === this.prefill ? this.promptTokens : undefined,
+      'kvroute.output_tokens': open === this.prefill ? undefined : this.generated,
+      'kvroute.finish_reason': this.finishReason,
+      'kvroute.cancelled': outcome === 'cancelled' ? true : undefined,
+    });
+    open.end();
   }
 }
