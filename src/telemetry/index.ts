@@ -1,5 +1,5 @@
 // The one telemetry setup for router and workers: turns the OTEL_* variables (see config.ts) into
-// a tracer. When tracing is on, a NodeTracerProvider with the configured sampler and exporters;
+// a tracer. When tracing is on, a LeanTracer (lean-tracer.ts) with the configured sampler and exporters;
 // when off, a no-op tracer whose spans carry an incoming parent's span context unchanged, so a
 // `traceparent` still flows from client to router to worker at near-zero cost.
 
@@ -86,9 +86,9 @@ function buildProcessors(config: TelemetryConfig): SpanProcessor[] {
 /**
  * Builds this component's tracer from the environment. Safe to call any number of times in one
  * process (tests start several routers and workers): the context manager and propagators are
- * registered globally once, and each call gets its own provider (with its own service.name and
- * exporter) that is NOT registered as the API's global tracer provider, so shutting one down never
- * silences another. Throws UsageError for an invalid OTEL_* value.
+ * registered globally once, and each call gets its own tracer (with its own service.name,
+ * processors and exporter) that is NOT registered as the API's global tracer provider, so shutting
+ * one down never silences another. Throws UsageError for an invalid OTEL_* value.
  */
 export function initTelemetry(options: TelemetryOptions): Telemetry {
   const config = resolveTelemetryConfig(options.serviceName, options.env ?? process.env);
