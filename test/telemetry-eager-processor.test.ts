@@ -1,0 +1,192 @@
+// EagerOtlpSpanProcessor's batching contract, with a recording delivery in place of the HTTP
+// delegate (the real delivery is exercised end to end by telemetry-export.test.ts): a full batch
+// is exported at once and equals the reference encoding of its spans; a partial one after the
+// schedule delay or on forceFlush; unsampled spans are skipped; at most maxQueueSize spans are
+// buffered or in flight and the rest are dropped; a request buffer is reused only after a
+// successful export; after shutdown nothing more is taken.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ROOT_CONTEXT } from '@opentelemetry/api';
+import { type ExportResult, ExportResultCode } from '@opentelemetry/core';
+import type { IOtlpExportDelegate } from '@opentelemetry/otlp-exporter-base';
+import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  AlwaysOnSampler,
+  ParentBasedSampler,
+  RandomIdGenerator,
+  type ReadableSpan,
+  type SpanProcessor,
+  TraceIdRatioBasedSampler,
+} from '@opentelemetry/sdk-trace-base';
+import { type BatchLimits, resolveTelemetryConfig } from '../src/telemetry/config.js';
+import { EagerOtlpSpanProcessor, type EncodedTraceRequest } from '../src/telemetry/eager-otlp-processor.js';
+import { LeanTracer } from '../src/telemetry/lean-tracer.js';
+
+interface Sent {
+  request: EncodedTraceRequest;
+  /** A copy taken when the request was handed over (the processor may reuse the buffer later). */
+  bytes: Buffer;
+  answer(code: ExportResultCode): void;
+}
+
+/** A delivery that records every request and answers only when the test says so. */
+function recordingDelivery(): IOtlpExportDelegate<EncodedTraceRequest> & { sent: Sent[]; shutDown: boolean } {
+  const sent: Sent[] = [];
+  const delivery = {
+    sent,
+    shutDown: false,
+    export(request: EncodedTraceRequest, done: (result: ExportResult) => void) {
+      sent.push({ request, bytes: Buffer.from(request.bytes), answer: (code) => done({ code }) });
+    },
+    forceFlush: async () => {},
+    shutdown: async () => {
+      delivery.shutDown = true;
+    },
+    setMetrics: () => {},
+  };
+  return delivery;
+}
+
+const resource = resourceFromAttributes({ 'service.name': 'eager-test' });
+
+/** A tracer whose spans go to `processor` and, for comparison, are kept in `ended`. */
+function tracerWith(processor: SpanProcessor, sampled = true) {
+  const ended: ReadableSpan[] = [];
+  const keep: SpanProcessor = {
+    onStart: () => {},
+    onEnd: (span) => ended.push(span),
+    forceFlush: async () => {},
+    shutdown: async () => {},
+  };
+  const tracer = new LeanTracer({
+    resource,
+    scope: { name: 'kvroute' },
+    sampler: sampled
+      ? new AlwaysOnSampler()
+      : new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(0) }),
+    idGenerator: new RandomIdGenerator(),
+    processors: [processor, keep],
+    limits: resolveTelemetryConfig('t', {}).limits,
+  });
+  const make = (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const span = tracer.startSpan(`span ${ended.length}`, { attributes: { i } }, ROOT_CONTEXT);
+      span.end();
+    }
+  };
+  return { make, ended };
+}
+
+const limits = (over: Partial<BatchLimits> = {}): BatchLimits => ({
+  maxQueueSize: 2048,
+  maxExportBatchSize: 512,
+  scheduledDelayMillis: 60_000,
+  ...over,
+});
+
+const reference = (spans: ReadableSpan[]) => Buffer.from(ProtobufTraceSerializer.serializeRequest(spans)!);
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 200 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(condition(), what);
+}
+
+test('a full batch goes out at once and is the reference encoding of exactly those spans', () => {
+  const delivery = recordingDelivery();
+  const { make, ended } = tracerWith(new EagerOtlpSpanProcessor(delivery, limits({ maxExportBatchSize: 8 })));
+  make(7);
+  assert.equal(delivery.sent.length, 0);
+  make(1);
+  assert.equal(delivery.sent.length, 1);
+  assert.equal(delivery.sent[0]!.request.spanCount, 8);
+  assert.ok(delivery.sent[0]!.bytes.equals(reference(ended.slice(0, 8))));
+  make(8);
+  assert.equal(delivery.sent.length, 2);
+  assert.ok(delivery.sent[1]!.bytes.equals(reference(ended.slice(8, 16))));
+});
+
+test('a partial batch goes out after the schedule delay', async () => {
+  const delivery = recordingDelivery();
+  const { make, ended } = tracerWith(
+    new EagerOtlpSpanProcessor(delivery, limits({ scheduledDelayMillis: 20 })),
+  );
+  make(3);
+  assert.equal(delivery.sent.length, 0);
+  await until(() => delivery.sent.length === 1, 'exported after the delay');
+  assert.ok(delivery.sent[0]!.bytes.equals(reference(ended)));
+});
+
+test('forceFlush sends the partial batch and waits for its answer; shutdown ends intake', async () => {
+  const delivery = recordingDelivery();
+  const processor = new EagerOtlpSpanProcessor(delivery, limits());
+  const { make } = tracerWith(processor);
+  make(5);
+  let flushed = false;
+  const flush = processor.forceFlush().then(() => {
+    flushed = true;
+  });
+  assert.equal(delivery.sent.length, 1);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(flushed, false, 'waits for the export to be answered');
+  delivery.sent[0]!.answer(ExportResultCode.SUCCESS);
+  await flush;
+  const shutdown = processor.shutdown();
+  assert.equal(processor.shutdown(), shutdown, 'one shutdown');
+  await shutdown;
+  assert.equal(delivery.shutDown, true);
+  make(600);
+  assert.equal(delivery.sent.length, 1, 'nothing is taken after shutdown');
+});
+
+test('unsampled spans are not exported', async () => {
+  const delivery = recordingDelivery();
+  const processor = new EagerOtlpSpanProcessor(delivery, limits());
+  const { make } = tracerWith(processor, false);
+  make(10);
+  const flush = processor.forceFlush();
+  assert.equal(delivery.sent.length, 0);
+  await flush;
+});
+
+test('bounded: at most maxQueueSize spans buffered or in flight, the rest dropped', () => {
+  const delivery = recordingDelivery();
+  const { make } = tracerWith(
+    new EagerOtlpSpanProcessor(delivery, limits({ maxQueueSize: 4, maxExportBatchSize: 2 })),
+  );
+  make(10); // nothing answered: two batches in flight fill the queue, six spans are dropped
+  assert.deepEqual(
+    delivery.sent.map((s) => s.request.spanCount),
+    [2, 2],
+  );
+  delivery.sent[0]!.answer(ExportResultCode.SUCCESS);
+  make(2); // room for two again
+  assert.deepEqual(
+    delivery.sent.map((s) => s.request.spanCount),
+    [2, 2, 2],
+  );
+});
+
+test('a request buffer is reused after a successful export, never after a failed one', () => {
+  const delivery = recordingDelivery();
+  const { make } = tracerWith(new EagerOtlpSpanProcessor(delivery, limits({ maxExportBatchSize: 2 })));
+  make(2);
+  const first = delivery.sent[0]!;
+  first.answer(ExportResultCode.FAILED);
+  make(2);
+  const second = delivery.sent[1]!;
+  assert.notEqual(
+    second.request.bytes.buffer,
+    first.request.bytes.buffer,
+    'a failed request keeps its buffer',
+  );
+  assert.ok(Buffer.from(first.request.bytes).equals(first.bytes), 'the failed request bytes are untouched');
+  second.answer(ExportResultCode.SUCCESS);
+  make(2);
+  assert.equal(
+    delivery.sent[2]!.request.bytes.buffer,
+    second.request.bytes.buffer,
+    'an answered buffer is reused',
+  );
+});
