@@ -52,6 +52,21 @@ function keyField(key: string): Uint8Array {
   return field;
 }
 
+/** Each item as a length-delimited message in repeated field `field`. */
+function writeMessages<T>(
+  w: ProtoWriter,
+  field: number,
+  items: readonly T[],
+  write: (w: ProtoWriter, item: T) => void,
+): void {
+  for (const item of items) {
+    w.tag(field, WIRE_LENGTH);
+    const message = w.begin();
+    write(w, item);
+    w.end(message);
+  }
+}
+
 function writeAnyValue(w: ProtoWriter, value: unknown): void {
   switch (typeof value) {
     case 'string':
@@ -81,12 +96,7 @@ function writeAnyValue(w: ProtoWriter, value: unknown): void {
       if (Array.isArray(value)) {
         w.tag(5, WIRE_LENGTH);
         const array = w.begin();
-        for (const item of value) {
-          w.tag(1, WIRE_LENGTH);
-          const any = w.begin();
-          writeAnyValue(w, item);
-          w.end(any);
-        }
+        writeMessages(w, 1, value, writeAnyValue);
         w.end(array);
         return;
       }
@@ -177,20 +187,10 @@ export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
   writeAttributes(w, span.attributes, 9);
   w.tag(10, WIRE_VARINT);
   w.uint32(span.droppedAttributesCount);
-  for (const event of span.events) {
-    w.tag(11, WIRE_LENGTH);
-    const message = w.begin();
-    writeEvent(w, event);
-    w.end(message);
-  }
+  writeMessages(w, 11, span.events, writeEvent);
   w.tag(12, WIRE_VARINT);
   w.uint32(span.droppedEventsCount);
-  for (const link of span.links) {
-    w.tag(13, WIRE_LENGTH);
-    const message = w.begin();
-    writeLink(w, link);
-    w.end(message);
-  }
+  writeMessages(w, 13, span.links, writeLink);
   w.tag(14, WIRE_VARINT);
   w.uint32(span.droppedLinksCount);
   w.tag(15, WIRE_LENGTH);
