@@ -59,6 +59,8 @@ test('parseJsonBytes reads every JSON value shape it handles exactly', () => {
     '{"constructor":1}',
     '[[[[[[[[[[1]]]]]]]]]]',
     '[1,"a",true,false,null,{"k":[-1.5]},[]]',
+    '[0,0,1,2147483647,2147483648,9999999999,12345678901,3,-4,5.5,[6,7,[8]],9]',
+    '[[1,2],[3,[4,5]],6]',
   ];
   for (const body of handled) assert.ok(check(body), `not handled: ${body}`);
   // Invalid UTF-8 inside a string: the same replacement characters as decoding the whole body.

@@ -77,43 +77,64 @@ function literal<T>(bytes: readonly number[], value: T): T {
 
 const isSpace = (c: number): boolean => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 
+/**
+ * Where an array's plain integers (token ids) are read before being copied out at their exact
+ * length: pushing onto a fresh array grows it by copying, ~3.5x a 1k prompt's 8 KiB allocated.
+ * Only Smi-range values go in, so it stays an array of small integers. One array at a time uses
+ * it (an array that meets anything else takes its integers out first).
+ */
+let scratch: number[] = [];
+/** A scratch grown past this (a very long prompt) is dropped after use rather than kept. */
+const SCRATCH_KEEP = 1 << 16;
+
+function takeInts(n: number): unknown[] {
+  const out = scratch.slice(0, n);
+  if (scratch.length > SCRATCH_KEEP) scratch = [];
+  return out;
+}
+
 function parseArray(depth: number): unknown[] {
   if (depth > MAX_DEPTH) throw GIVE_UP;
   // Reads past the end give undefined (typed as number here), which compares false with every
   // byte: the loops need no bounds checks, and a truncated body ends in GIVE_UP.
   const s = src;
-  const out: unknown[] = [];
   let p = pos + 1; // after [
   let c = s[p]!;
   while (isSpace(c)) c = s[++p]!;
   if (c === 0x5d) {
     pos = p + 1;
-    return out;
+    return [];
   }
+  const ints = scratch;
+  let n = 0;
   for (;;) {
-    // Token ids: a plain integer of up to 15 digits, read right here.
+    // A plain integer of up to 10 digits in Smi range, read right here; anything else ends the run.
+    const start = p;
+    let v = c - 0x30;
     if (c >= 0x31 && c <= 0x39) {
-      const start = p;
-      let v = c - 0x30;
       c = s[++p]!;
       while (c >= 0x30 && c <= 0x39) {
         v = v * 10 + (c - 0x30);
         c = s[++p]!;
       }
-      if (c === 0x2e || c === 0x65 || c === 0x45 || p - start > 15) {
-        pos = start;
-        out.push(parseNumber());
-        p = pos;
-        c = s[p]!;
-      } else {
-        out.push(v);
-      }
+    } else if (c === 0x30) {
+      c = s[++p]!;
     } else {
-      pos = p;
-      out.push(parseValue(depth));
-      p = pos;
-      c = s[p]!;
+      pos = start;
+      return parseArrayFrom(takeInts(n), depth);
     }
+    if (
+      c === 0x2e ||
+      c === 0x65 ||
+      c === 0x45 ||
+      (c >= 0x30 && c <= 0x39) ||
+      p - start > 10 ||
+      v > 0x7fffffff
+    ) {
+      pos = start;
+      return parseArrayFrom(takeInts(n), depth);
+    }
+    ints[n++] = v;
     while (isSpace(c)) c = s[++p]!;
     if (c === 0x2c) {
       c = s[++p]!;
@@ -122,8 +143,23 @@ function parseArray(depth: number): unknown[] {
     }
     if (c === 0x5d) {
       pos = p + 1;
-      return out;
+      return takeInts(n);
     }
+    throw GIVE_UP;
+  }
+}
+
+/** The rest of an array from the element at `pos`, appended to `out` (its elements so far). */
+function parseArrayFrom(out: unknown[], depth: number): unknown[] {
+  const s = src;
+  for (;;) {
+    out.push(parseValue(depth));
+    let p = pos;
+    let c = s[p]!;
+    while (isSpace(c)) c = s[++p]!;
+    pos = p + 1;
+    if (c === 0x2c) continue;
+    if (c === 0x5d) return out;
     throw GIVE_UP;
   }
 }
