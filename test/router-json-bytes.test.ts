@@ -1,8 +1,12 @@
 // parseJsonBytes must give exactly JSON.parse's value (key order and -0 included) or leave the
-// body to JSON.parse; it must never accept a body JSON.parse rejects.
+// body to JSON.parse; it must never accept a body JSON.parse rejects. A compact token-id array's
+// text is kept for the generate payload, which must still be exactly JSON.stringify's bytes.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { encodeGenerateRequest } from '../src/router/execute/generate-payload.js';
 import { NOT_PARSED, parseJsonBytes } from '../src/router/http/json-bytes.js';
+import { idArrayText } from '../src/router/openai/token-id-text.js';
+import { encodeJson } from '../src/tcp/index.js';
 
 /** Checks one body against JSON.parse; returns whether parseJsonBytes read it itself. */
 function check(body: Buffer | string): boolean {
@@ -197,4 +201,24 @@ test('parseJsonBytes agrees with JSON.parse on random and mutated bodies', () =>
     check(mutated);
   }
   assert.ok(handled > 2500, `handled only ${handled} of 3000 valid bodies`);
+});
+
+test('a compact token-id array keeps its text, which the generate payload copies as sent', () => {
+  const ids = Array.from({ length: 40 }, (_, i) => (i * 104_729) % 300_000);
+  const compact = parseJsonBytes(Buffer.from(JSON.stringify({ model: 'm', prompt: ids }))) as {
+    prompt: number[];
+  };
+  assert.equal(Buffer.from(idArrayText(compact.prompt)!).toString(), JSON.stringify(ids));
+  const body = { request_id: 'r', token_ids: compact.prompt, max_tokens: 4 };
+  assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+  // Not the canonical text (spaces), or too short to be worth it: nothing kept.
+  const spaced = parseJsonBytes(Buffer.from(`{"prompt":[${ids.join(', ')}]}`)) as { prompt: number[] };
+  assert.deepEqual(spaced.prompt, ids);
+  assert.equal(idArrayText(spaced.prompt), undefined);
+  const short = parseJsonBytes(Buffer.from('[1,2,3]')) as number[];
+  assert.equal(idArrayText(short), undefined);
+  // An array changed after parsing is encoded afresh.
+  compact.prompt.push(7);
+  assert.equal(idArrayText(compact.prompt), undefined);
+  assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
 });

@@ -8,6 +8,8 @@
 //
 // Pure: no I/O. Not reentrant (the position is module state; parsing is synchronous).
 
+import { rememberIdArrayText } from '../openai/token-id-text.js';
+
 /** What parseJsonBytes returns when it leaves the body to JSON.parse. */
 export const NOT_PARSED: unique symbol = Symbol('not parsed');
 
@@ -87,6 +89,9 @@ let scratch: number[] = [];
 /** A scratch grown past this (a very long prompt) is dropped after use rather than kept. */
 const SCRATCH_KEEP = 1 << 16;
 
+/** Arrays of at least this many integers get their text recorded (token-id-text.ts). */
+const RECORD_TEXT_FROM = 16;
+
 function takeInts(n: number): unknown[] {
   const out = scratch.slice(0, n);
   if (scratch.length > SCRATCH_KEEP) scratch = [];
@@ -106,7 +111,9 @@ function parseArray(depth: number): unknown[] {
     return [];
   }
   const ints = scratch;
+  const open = pos;
   let n = 0;
+  let digitBytes = 0;
   for (;;) {
     // A plain integer of up to 10 digits in Smi range, read right here; anything else ends the run.
     const start = p;
@@ -135,6 +142,7 @@ function parseArray(depth: number): unknown[] {
       return parseArrayFrom(takeInts(n), depth);
     }
     ints[n++] = v;
+    digitBytes += p - start;
     while (isSpace(c)) c = s[++p]!;
     if (c === 0x2c) {
       c = s[++p]!;
@@ -143,7 +151,12 @@ function parseArray(depth: number): unknown[] {
     }
     if (c === 0x5d) {
       pos = p + 1;
-      return takeInts(n);
+      const out = takeInts(n);
+      // No byte but digits, commas and the brackets: the text is JSON.stringify(out).
+      if (n >= RECORD_TEXT_FROM && pos - open === digitBytes + n + 1) {
+        rememberIdArrayText(out as number[], s.subarray(open, pos));
+      }
+      return out;
     }
     throw GIVE_UP;
   }
