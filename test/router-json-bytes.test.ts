@@ -3,7 +3,7 @@
 // text is kept for the generate payload, which must still be exactly JSON.stringify's bytes.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { encodeGenerateRequest } from '../src/router/execute/generate-payload.js';
+import { encodeGenerateRequest, generatePayload } from '../src/router/execute/generate-payload.js';
 import { NOT_PARSED, parseJsonBytes } from '../src/router/http/json-bytes.js';
 import { idArrayText } from '../src/router/openai/token-id-text.js';
 import { encodeJson } from '../src/tcp/index.js';
@@ -221,4 +221,20 @@ test('a compact token-id array keeps its text, which the generate payload copies
   compact.prompt.push(7);
   assert.equal(idArrayText(compact.prompt), undefined);
   assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+});
+
+test('generatePayload writes a compact prompt straight into a frame buffer, at any offset', () => {
+  const ids = Array.from({ length: 32 }, (_, i) => i * 7);
+  const parsed = parseJsonBytes(Buffer.from(JSON.stringify(ids))) as number[];
+  const body = { request_id: 'req-é', token_ids: parsed, max_tokens: 3, stop_token_ids: [2] };
+  const payload = generatePayload(body);
+  assert.ok(!Buffer.isBuffer(payload));
+  const buf = Buffer.alloc(payload.byteLength + 10, 0xee);
+  payload.writeInto(buf, 5);
+  assert.equal(buf.subarray(5, 5 + payload.byteLength).toString(), encodeJson(body).toString());
+  assert.deepEqual([...buf.subarray(0, 5), ...buf.subarray(5 + payload.byteLength)], Array(10).fill(0xee));
+  // Ids without a recorded text: a Buffer of the same JSON.
+  const plain = generatePayload({ ...body, token_ids: [...ids] });
+  assert.ok(Buffer.isBuffer(plain));
+  assert.equal(plain.toString(), encodeJson({ ...body, token_ids: ids }).toString());
 });

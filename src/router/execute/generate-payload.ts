@@ -8,7 +8,7 @@
 // same JSON.
 
 import type { GenerateRequest } from '../../protocols/worker-plane.js';
-import { encodeJson } from '../../tcp/index.js';
+import { encodeJson, type PayloadWriter } from '../../tcp/index.js';
 import { idArrayText } from '../openai/token-id-text.js';
 
 /** Decimal digits of an integer in 0..2^31-1. */
@@ -40,12 +40,52 @@ function writeIdArray(buf: Uint8Array, at: number, ids: readonly number[]): numb
   return o;
 }
 
-export function encodeGenerateRequest(body: GenerateRequest): Buffer {
-  const { request_id, token_ids, ...rest } = body;
+/** The JSON around the ids: `{"request_id":…,"token_ids":` and what follows the array. */
+function headAndTail(body: GenerateRequest): { head: string; tail: string } {
+  const { request_id, token_ids: _ids, ...rest } = body;
   const head = `{"request_id":${JSON.stringify(request_id)},"token_ids":`;
   // Everything after token_ids, in its own key order: `,"max_tokens":16}`.
   const restJson = JSON.stringify(rest);
-  const tail = restJson === '{}' ? '}' : `,${restJson.slice(1)}`;
+  return { head, tail: restJson === '{}' ? '}' : `,${restJson.slice(1)}` };
+}
+
+/** The payload around the client's own text of the ids, written straight into the request frame. */
+class SentIdsPayload implements PayloadWriter {
+  readonly byteLength: number;
+  readonly #headBytes: number;
+
+  constructor(
+    private readonly head: string,
+    private readonly ids: Uint8Array,
+    private readonly tail: string,
+  ) {
+    this.#headBytes = Buffer.byteLength(head);
+    this.byteLength = this.#headBytes + ids.length + Buffer.byteLength(tail);
+  }
+
+  writeInto(buf: Buffer, at: number): void {
+    buf.write(this.head, at);
+    buf.set(this.ids, at + this.#headBytes);
+    buf.write(this.tail, at + this.#headBytes + this.ids.length);
+  }
+}
+
+/**
+ * The `generate` payload for the request plane: the client's compact text of the ids copied into
+ * the request frame as it is written (no Buffer of its own: one ArrayBuffer fewer per request
+ * for the GC to sweep), else a Buffer with the ids written as digits.
+ */
+export function generatePayload(body: GenerateRequest): PayloadWriter | Buffer {
+  const sent = idArrayText(body.token_ids);
+  if (sent === undefined) return encodeGenerateRequest(body);
+  const { head, tail } = headAndTail(body);
+  return new SentIdsPayload(head, sent, tail);
+}
+
+/** The payload's bytes as one Buffer. */
+export function encodeGenerateRequest(body: GenerateRequest): Buffer {
+  const { head, tail } = headAndTail(body);
+  const { token_ids } = body;
   const headBytes = Buffer.byteLength(head);
   const tailBytes = Buffer.byteLength(tail);
   const sent = idArrayText(token_ids);
