@@ -116,19 +116,30 @@ function parseArray(depth: number): unknown[] {
   let digitBytes = 0;
   for (;;) {
     // A plain integer of up to 10 digits in Smi range, read right here; anything else ends the run.
+    // Digits as (byte - 0x30) in 0..9: one range test per byte (a read past the end is NaN).
     const start = p;
-    let v = c - 0x30;
-    if (c >= 0x31 && c <= 0x39) {
-      c = s[++p]!;
-      while (c >= 0x30 && c <= 0x39) {
-        v = v * 10 + (c - 0x30);
-        c = s[++p]!;
+    let d = c - 0x30;
+    let v = d;
+    if (d > 0 && d <= 9) {
+      d = s[++p]! - 0x30;
+      while (d >= 0 && d <= 9) {
+        v = v * 10 + d;
+        d = s[++p]! - 0x30;
       }
-    } else if (c === 0x30) {
+      c = d + 0x30;
+    } else if (d === 0) {
       c = s[++p]!;
     } else {
       pos = start;
       return parseArrayFrom(takeInts(n), depth);
+    }
+    if (c === 0x2c && p - start <= 10 && v <= 0x7fffffff) {
+      // The common case: a comma right after the integer.
+      ints[n++] = v;
+      digitBytes += p - start;
+      c = s[++p]!;
+      while (isSpace(c)) c = s[++p]!;
+      continue;
     }
     if (
       c === 0x2e ||
