@@ -376,12 +376,17 @@ export async function run(options: ParsedOptions): Promise<number> {
           if (res.statusCode !== 201) throw new Error(`registration failed: ${JSON.stringify(body)}`);
           registered.push(body.worker_id);
         }
-        if (sel.http && workers === sel.workers[0]) {
-          // Steady state before the first timed row, as the decision part does: a fresh router
-          // (and this process's request-plane client) still tiers up for thousands of requests,
-          // which charged the first configuration alone (8 workers: ~300 µs overhead vs ~170 at
-          // 64). Two seconds of the c64 load, then as many direct calls.
-          log('routing: warming the router and the direct path up…');
+        if (sel.http) {
+          // Steady state before each configuration's timed rows, as the decision part does: a
+          // fresh router (and this process's request-plane client) still tiers up for thousands
+          // of requests, which charged the first configuration alone (8 workers: ~300 µs overhead
+          // vs ~170 at 64). So does a router whose fleet was just replaced (8 workers deleted, 64
+          // registered, right after the c64 rate run): its first ~10k requests at the new size
+          // cost ~20-50 µs more each (more CPU per request, a mark-compact every ~0.5 s), which
+          // the 64-worker rows, timed in that window, charged to the router's overhead (a full
+          // run read 213-245 µs at 64 / 1k where the same code reads ~160 with 64 workers
+          // first). Two seconds of the c64 load, then as many direct calls, per configuration.
+          log(`routing: warming the router and the direct path up at ${workers} workers…`);
           const warmPrompts = prompts(1024);
           const served = await throughput(
             agent,

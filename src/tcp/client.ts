@@ -17,7 +17,7 @@ import {
   withAbortSignal,
   withFirstResponseTimeout,
 } from './dispatch.js';
-import { DEFAULT_MAX_FRAME_BYTES, REQUEST_ID_HEADER } from './frames.js';
+import { DEFAULT_MAX_FRAME_BYTES, type PayloadWriter, REQUEST_ID_HEADER } from './frames.js';
 import { ConnectionPool, type PoolOptions } from './pool.js';
 import { ClientSpanGuard, globalTracer, startClientSpan } from './trace.js';
 import { TransportError } from './transport-error.js';
@@ -84,7 +84,7 @@ export class RequestPlaneClient {
   stream(
     address: string,
     path: string,
-    payload: Uint8Array,
+    payload: Uint8Array | PayloadWriter,
     opts: CallOptions = NO_OPTIONS,
   ): { [Symbol.asyncIterator](): ChunkStream } {
     // The parent is the caller's context now, at call time; the span starts (and the stream is
@@ -103,7 +103,12 @@ export class RequestPlaneClient {
    * One answer (chunks are concatenated if the worker sends several). A single-chunk answer may be
    * a view into the connection's read buffer: decode it, or copy it if you keep it for long.
    */
-  unary(address: string, path: string, payload: Uint8Array, opts: CallOptions = NO_OPTIONS): Promise<Buffer> {
+  unary(
+    address: string,
+    path: string,
+    payload: Uint8Array | PayloadWriter,
+    opts: CallOptions = NO_OPTIONS,
+  ): Promise<Buffer> {
     const parent = context.active();
     return new Promise((resolve, reject) => {
       const collector = new UnaryCollector(resolve, reject, this.poolOptions.maxFrameBytes);
@@ -116,7 +121,7 @@ export class RequestPlaneClient {
     parent: Context,
     address: string,
     path: string,
-    payload: Uint8Array,
+    payload: Uint8Array | PayloadWriter,
     opts: CallOptions,
     handler: StreamHandler,
   ): StreamHandle {

@@ -7,13 +7,15 @@
 // backpressure signal the other way: grant(bytes) says the caller consumed that many response
 // bytes (the connection turns it into credit for the server), cancel() abandons the stream.
 
+import type { PayloadWriter } from './frames.js';
 import { TransportError } from './transport-error.js';
 
 export interface DispatchRequest {
   path: string;
   /** Caller's headers; the connection sends its own x-kvroute-stream/x-kvroute-window instead of any given. */
   headers: Record<string, string>;
-  payload: Uint8Array;
+  /** The bytes, or a writer that puts them straight into the request frame. */
+  payload: Uint8Array | PayloadWriter;
   /** Response bytes the server may send ahead of the caller's consumption (the stream's credit). */
   windowBytes: number;
 }

@@ -29,6 +29,17 @@ export interface ErrorBody {
   refused?: boolean;
 }
 
+/**
+ * A request payload written straight into the frame (a connection's write slab) instead of being
+ * built as a Buffer of its own first and copied in.
+ */
+export interface PayloadWriter {
+  /** The payload's exact length in bytes. */
+  readonly byteLength: number;
+  /** Writes the payload's `byteLength` bytes at buf[at..]. */
+  writeInto(buf: Buffer, at: number): void;
+}
+
 /** Bytes of a request frame with these parts. */
 export function requestFrameSize(pathBytes: number, headersBytes: number, payloadBytes: number): number {
   return 2 + pathBytes + 2 + headersBytes + 4 + payloadBytes;
@@ -135,7 +146,7 @@ export function writeStreamRequestFrame(
   window: string,
   tail: string,
   tailBytes: number,
-  payload: Uint8Array,
+  payload: Uint8Array | PayloadWriter,
 ): number {
   const headersBytes = streamHeaderBlockBytes(streamId, window, tailBytes);
   checkRequestParts(pathBytes, headersBytes);
@@ -144,7 +155,8 @@ export function writeStreamRequestFrame(
   o = buf.writeUInt16BE(headersBytes, o);
   o = writeStreamHeaderBlock(buf, o, streamId, window, tail, tailBytes);
   o = buf.writeUInt32BE(payload.byteLength, o);
-  buf.set(payload, o);
+  if (payload instanceof Uint8Array) buf.set(payload, o);
+  else payload.writeInto(buf, o);
   return o + payload.byteLength;
 }
 

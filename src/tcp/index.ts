@@ -24,6 +24,7 @@ export {
   DEFAULT_MAX_FRAME_BYTES,
   encodeRequestFrame,
   encodeResponseFrame,
+  type PayloadWriter,
   REQUEST_ID_HEADER,
   ResponseType,
   STREAM_HEADER,

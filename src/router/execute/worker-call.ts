@@ -13,7 +13,7 @@ import {
   isTransportError,
   TransportError,
 } from '../../tcp/index.js';
-import { encodeGenerateRequest } from './generate-payload.js';
+import { generatePayload } from './generate-payload.js';
 import type { AbortListener } from './request-abort.js';
 import type { ExecutionContext } from './types.js';
 
@@ -138,7 +138,7 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
       ? { requestId: this.requestId, signal: abort.signal, firstResponseTimeoutMs: ctx.firstTokenTimeoutMs }
       : { requestId: this.requestId, firstResponseTimeoutMs: ctx.firstTokenTimeoutMs };
     const chunks = ctx.client
-      .stream(this.address, ENDPOINTS.generate, encodeGenerateRequest(this.body), options)
+      .stream(this.address, ENDPOINTS.generate, generatePayload(this.body), options)
       [Symbol.asyncIterator]();
     abort.listen(this);
     return chunks;

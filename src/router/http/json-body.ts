@@ -2,21 +2,27 @@
 // poisoning rejected) runs JSON.parse and then scans the whole body with two regular expressions,
 // ~2.5 µs on a 1k-token prompt. Those expressions can only match a body that contains
 // `__proto__` or `constructor` literally or spelled with `\u00XX` escapes, so a body with none of
-// these goes straight to JSON.parse. Anything else, and any body JSON.parse rejects, goes to
-// fastify's parser unchanged: the same values and the same errors either way.
+// these is read straight from its bytes (json-bytes.ts, ~30% quicker than decoding it and running
+// JSON.parse on a token-id prompt), or with JSON.parse when that reader leaves it. Anything else,
+// and any body JSON.parse rejects, goes to fastify's parser unchanged: the same values and the
+// same errors either way.
 
 import type { FastifyInstance } from 'fastify';
+import { NOT_PARSED, parseJsonBytes } from './json-bytes.js';
 
-/** Whether fastify's poisoning scan could find anything in `text` (else JSON.parse alone is exact). */
-function mayBePoisoned(text: string): boolean {
-  return text.includes('__proto__') || text.includes('constructor') || text.includes('\\u');
+/** Whether fastify's poisoning scan could find anything in `body` (else JSON.parse alone is exact). */
+function mayBePoisoned(body: Buffer): boolean {
+  return body.includes('__proto__') || body.includes('constructor') || body.includes('\\u');
 }
 
 export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number): void {
   const secure = app.getDefaultJsonParser('error', 'error');
-  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit }, (request, body, done) => {
-    const text = body as string;
-    if (text.length === 0 || mayBePoisoned(text)) return secure(request, text, done);
+  app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
+    const bytes = body as Buffer;
+    if (bytes.length === 0 || mayBePoisoned(bytes)) return secure(request, bytes.toString('utf8'), done);
+    const read = parseJsonBytes(bytes);
+    if (read !== NOT_PARSED) return done(null, read);
+    const text = bytes.toString('utf8');
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
