@@ -2,8 +2,8 @@
 // delegate (the real delivery is exercised end to end by telemetry-export.test.ts): a full batch
 // is exported at once and equals the reference encoding of its spans; a partial one after the
 // schedule delay or on forceFlush; unsampled spans are skipped; at most maxQueueSize spans are
-// buffered or in flight and the rest are dropped; a request buffer is reused only after a
-// successful export; after shutdown nothing more is taken.
+// buffered or in flight and the rest are dropped; losses (drops, failed exports) are reported;
+// a request buffer is reused only after a successful export; after shutdown nothing more is taken.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -21,7 +21,11 @@ import {
   TraceIdRatioBasedSampler,
 } from '@opentelemetry/sdk-trace-base';
 import { type BatchLimits, resolveTelemetryConfig } from '../src/telemetry/config.js';
-import { EagerOtlpSpanProcessor, type EncodedTraceRequest } from '../src/telemetry/eager-otlp-processor.js';
+import {
+  EagerOtlpSpanProcessor,
+  type EncodedTraceRequest,
+  stderrReporter,
+} from '../src/telemetry/eager-otlp-processor.js';
 import { LeanTracer } from '../src/telemetry/lean-tracer.js';
 
 interface Sent {
@@ -150,17 +154,21 @@ test('unsampled spans are not exported', async () => {
   await flush;
 });
 
-test('bounded: at most maxQueueSize spans buffered or in flight, the rest dropped', () => {
+test('bounded: at most maxQueueSize spans buffered or in flight, the rest dropped and reported', () => {
   const delivery = recordingDelivery();
+  const reports: string[] = [];
+  const report = (message: string) => reports.push(message) > 0;
   const { make } = tracerWith(
-    new EagerOtlpSpanProcessor(delivery, limits({ maxQueueSize: 4, maxExportBatchSize: 2 })),
+    new EagerOtlpSpanProcessor(delivery, limits({ maxQueueSize: 4, maxExportBatchSize: 2 }), report),
   );
   make(10); // nothing answered: two batches in flight fill the queue, six spans are dropped
   assert.deepEqual(
     delivery.sent.map((s) => s.request.spanCount),
     [2, 2],
   );
+  assert.deepEqual(reports, [], 'told when an export is answered, not per dropped span');
   delivery.sent[0]!.answer(ExportResultCode.SUCCESS);
+  assert.deepEqual(reports, ['6 spans dropped with the span queue full (OTEL_BSP_MAX_QUEUE_SIZE 4)']);
   make(2); // room for two again
   assert.deepEqual(
     delivery.sent.map((s) => s.request.spanCount),
@@ -168,9 +176,33 @@ test('bounded: at most maxQueueSize spans buffered or in flight, the rest droppe
   );
 });
 
+test('failed exports are reported with their span count; a rate-limited report carries the count over', () => {
+  const delivery = recordingDelivery();
+  const reports: string[] = [];
+  let accept = false;
+  const report = (message: string) => {
+    if (accept) reports.push(message);
+    return accept;
+  };
+  const { make } = tracerWith(
+    new EagerOtlpSpanProcessor(delivery, limits({ maxExportBatchSize: 2 }), report),
+  );
+  make(4);
+  delivery.sent[0]!.answer(ExportResultCode.FAILED);
+  assert.deepEqual(reports, []);
+  accept = true;
+  delivery.sent[1]!.answer(ExportResultCode.FAILED);
+  assert.deepEqual(reports, ['4 spans not exported (unknown error)']);
+  make(2);
+  delivery.sent[2]!.answer(ExportResultCode.SUCCESS);
+  assert.equal(reports.length, 1, 'nothing lost, nothing said');
+});
+
 test('a request buffer is reused after a successful export, never after a failed one', () => {
   const delivery = recordingDelivery();
-  const { make } = tracerWith(new EagerOtlpSpanProcessor(delivery, limits({ maxExportBatchSize: 2 })));
+  const { make } = tracerWith(
+    new EagerOtlpSpanProcessor(delivery, limits({ maxExportBatchSize: 2 }), () => true),
+  );
   make(2);
   const first = delivery.sent[0]!;
   first.answer(ExportResultCode.FAILED);
@@ -189,4 +221,18 @@ test('a request buffer is reused after a successful export, never after a failed
     second.request.bytes.buffer,
     'an answered buffer is reused',
   );
+});
+
+test('the default reporter writes one stderr line per interval and says when it did', () => {
+  const lines: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string) => lines.push(chunk) > 0) as typeof process.stderr.write;
+  try {
+    const report = stderrReporter(60_000);
+    assert.equal(report('first'), true);
+    assert.equal(report('second'), false);
+  } finally {
+    process.stderr.write = write;
+  }
+  assert.deepEqual(lines, ['kvroute tracing: first\n']);
 });

@@ -14,10 +14,12 @@
 // retries behave exactly as they do there.
 //
 // Bounds: at most `maxQueueSize` spans are buffered or in flight; past that, spans are dropped and
-// counted (a diag warning says how many), never queued without limit. Exports run in the root
+// counted, never queued without limit. Lost spans are never silent: dropped spans and failed
+// exports are reported (one stderr line at most every 30 s by default, with the counts since the
+// last line), since nothing else would tell an operator that traces are missing. Exports run in the root
 // context, so the exporter's sockets never hold on to a user's trace.
 
-import { diag, TraceFlags } from '@opentelemetry/api';
+import { TraceFlags } from '@opentelemetry/api';
 import { type ExportResult, ExportResultCode } from '@opentelemetry/core';
 import type { IOtlpExportDelegate } from '@opentelemetry/otlp-exporter-base';
 import {
@@ -55,6 +57,26 @@ export function createProtobufTraceDelivery(url: string): IOtlpExportDelegate<En
   );
 }
 
+/**
+ * Where the processor says that spans were lost. Returns false when it did not pass the message
+ * on (rate limit): the counts then carry over into the next message.
+ */
+export type TracingProblemReporter = (message: string) => boolean;
+
+const REPORT_INTERVAL_MS = 30_000;
+
+/** A reporter that writes at most one line per interval to stderr (the rest is counted into the next). */
+export function stderrReporter(intervalMs = REPORT_INTERVAL_MS): TracingProblemReporter {
+  let lastAt = Number.NEGATIVE_INFINITY;
+  return (message) => {
+    const now = performance.now();
+    if (now - lastAt < intervalMs) return false;
+    lastAt = now;
+    process.stderr.write(`kvroute tracing: ${message}\n`);
+    return true;
+  };
+}
+
 export class EagerOtlpSpanProcessor implements SpanProcessor {
   private readonly batch = new EncodedSpanBatch();
   /**
@@ -68,12 +90,16 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
   private readonly exports = new Set<Promise<void>>();
   private resourcesSettling: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** Spans lost since the last report, and why. */
   private dropped = 0;
+  private failedSpans = 0;
+  private lastFailure = '';
   private shuttingDown: Promise<void> | undefined;
 
   constructor(
     private readonly delivery: IOtlpExportDelegate<EncodedTraceRequest>,
     private readonly limits: BatchLimits,
+    private readonly report: TracingProblemReporter = stderrReporter(),
   ) {}
 
   onStart(): void {}
@@ -82,7 +108,8 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
     if (this.shuttingDown !== undefined) return;
     if ((span.spanContext().traceFlags & TraceFlags.SAMPLED) === 0) return;
     if (this.batch.count + this.inFlight >= this.limits.maxQueueSize) {
-      if (this.dropped++ === 0) diag.warn('kvroute tracing: span queue full, dropping spans');
+      // Counted here, told when the next export is answered (cheap while overloaded).
+      this.dropped++;
       return;
     }
     this.batch.add(span);
@@ -104,6 +131,19 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
   shutdown(): Promise<void> {
     this.shuttingDown ??= this.forceFlush().then(() => this.delivery.shutdown());
     return this.shuttingDown;
+  }
+
+  /** Tells the reporter what was lost since it last heard; it may drop the line (rate limit). */
+  private reportLosses(): void {
+    const parts: string[] = [];
+    if (this.failedSpans > 0) parts.push(`${this.failedSpans} spans not exported (${this.lastFailure})`);
+    if (this.dropped > 0)
+      parts.push(
+        `${this.dropped} spans dropped with the span queue full (OTEL_BSP_MAX_QUEUE_SIZE ${this.limits.maxQueueSize})`,
+      );
+    if (parts.length === 0 || !this.report(parts.join('; '))) return;
+    this.failedSpans = 0;
+    this.dropped = 0;
   }
 
   private exportBatch(): void {
@@ -133,12 +173,10 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
           // among them) the socket might still be reading them, so that buffer is left to the GC.
           if (result.code === ExportResultCode.SUCCESS) this.spareRequestWriters.push(writer);
           else {
-            diag.error(`kvroute tracing: export of ${request.spanCount} spans failed`, result.error);
+            this.failedSpans += request.spanCount;
+            this.lastFailure = result.error?.message ?? 'unknown error';
           }
-          if (this.dropped > 0) {
-            diag.warn(`kvroute tracing: ${this.dropped} spans dropped while the span queue was full`);
-            this.dropped = 0;
-          }
+          this.reportLosses();
           resolve();
         }),
       );
