@@ -140,8 +140,8 @@ function writeEvent(w: ProtoWriter, event: TimedEvent): void {
   w.uint32(event.droppedAttributesCount ?? 0);
 }
 
-function writeLink(w: ProtoWriter, link: Link): void {
-  const ctx = link.context;
+/** trace_id, span_id and trace_state: fields 1, 2 and 3 of both Span and Span.Link. */
+function writeIdsAndState(w: ProtoWriter, ctx: SpanContext): void {
   w.tag(1, WIRE_LENGTH);
   w.hexBytes(ctx.traceId);
   w.tag(2, WIRE_LENGTH);
@@ -151,6 +151,11 @@ function writeLink(w: ProtoWriter, link: Link): void {
     w.tag(3, WIRE_LENGTH);
     w.string(traceState);
   }
+}
+
+function writeLink(w: ProtoWriter, link: Link): void {
+  const ctx = link.context;
+  writeIdsAndState(w, ctx);
   if (link.attributes) writeAttributes(w, link.attributes, 4);
   w.tag(5, WIRE_VARINT);
   w.uint32(link.droppedAttributesCount ?? 0);
@@ -161,15 +166,7 @@ function writeLink(w: ProtoWriter, link: Link): void {
 /** One Span message's fields (without its own tag and length). */
 export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
   const ctx: SpanContext = span.spanContext();
-  w.tag(1, WIRE_LENGTH);
-  w.hexBytes(ctx.traceId);
-  w.tag(2, WIRE_LENGTH);
-  w.hexBytes(ctx.spanId);
-  const traceState = ctx.traceState?.serialize();
-  if (traceState) {
-    w.tag(3, WIRE_LENGTH);
-    w.string(traceState);
-  }
+  writeIdsAndState(w, ctx);
   const parent = span.parentSpanContext;
   if (parent?.spanId) {
     w.tag(4, WIRE_LENGTH);
