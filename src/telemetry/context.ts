@@ -9,7 +9,11 @@ import {
   defaultTextMapSetter,
   propagation,
   ROOT_CONTEXT,
+  type Span,
+  type SpanOptions,
   type TextMapGetter,
+  type Tracer,
+  trace,
 } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import {
@@ -107,4 +111,17 @@ export function injectToHeaders<H extends Record<string, string>>(
 /** Whether a `traceparent` value would be accepted as a parent (same parser the propagator uses). */
 export function isValidTraceparent(value: string | undefined): boolean {
   return value !== undefined && parseTraceParent(value) !== null;
+}
+
+/**
+ * The API's `startActiveSpan` over a tracer's `startSpan`, for our tracers: its three overloads
+ * are told apart by arity, (name, fn), (name, options, fn) and (name, options, context, fn); the
+ * callback runs with the new span active and its result is returned.
+ */
+export function startActiveSpanOf(tracer: Pick<Tracer, 'startSpan'>, name: string, rest: unknown[]): unknown {
+  const fn = rest[rest.length - 1] as (span: Span) => unknown;
+  const options = rest.length >= 2 ? (rest[0] as SpanOptions | undefined) : undefined;
+  const ctx = rest.length >= 3 ? ((rest[1] as Context | undefined) ?? context.active()) : context.active();
+  const span = tracer.startSpan(name, options, ctx);
+  return context.with(trace.setSpan(ctx, span), fn, undefined, span);
 }

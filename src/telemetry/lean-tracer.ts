@@ -36,6 +36,7 @@ import {
   trace,
 } from '@opentelemetry/api';
 import {
+  hrTimeDuration,
   type InstrumentationScope,
   isAttributeValue,
   isTimeInputHrTime,
@@ -52,6 +53,7 @@ import {
   type TimedEvent,
 } from '@opentelemetry/sdk-trace-base';
 import type { SpanLimits } from './config.js';
+import { startActiveSpanOf } from './context.js';
 
 // Wall clock = performance.now() + anchor. The SDK re-derives this offset for every span (a
 // Date.now() and a performance.now() each); one refresh a second follows clock steps as well.
@@ -82,16 +84,6 @@ function explicitTime(input: TimeInput): HrTime {
   if (input instanceof Date) return millisToHrTime(input.getTime());
   const ms = input as number;
   return ms <= performance.now() ? epochMsToHrTime(ms + anchorMs) : millisToHrTime(ms);
-}
-
-function hrTimeDuration(start: HrTime, end: HrTime): HrTime {
-  let seconds = end[0] - start[0];
-  let nanos = end[1] - start[1];
-  if (nanos < 0) {
-    seconds -= 1;
-    nanos += 1e9;
-  }
-  return [seconds, nanos];
 }
 
 const EXCEPTION_EVENT = 'exception';
@@ -154,30 +146,8 @@ export class LeanTracer implements Tracer {
     return span;
   }
 
-  startActiveSpan<F extends (span: Span) => unknown>(name: string, fn: F): ReturnType<F>;
-  startActiveSpan<F extends (span: Span) => unknown>(
-    name: string,
-    options: SpanOptions,
-    fn: F,
-  ): ReturnType<F>;
-  startActiveSpan<F extends (span: Span) => unknown>(
-    name: string,
-    options: SpanOptions,
-    ctx: Context,
-    fn: F,
-  ): ReturnType<F>;
-  startActiveSpan<F extends (span: Span) => unknown>(
-    name: string,
-    a?: SpanOptions | F,
-    b?: Context | F,
-    c?: F,
-  ): ReturnType<F> {
-    const fn = (c ?? (typeof b === 'function' ? b : a)) as F;
-    const options = typeof a === 'object' ? a : {};
-    const parent = typeof b === 'object' ? b : context.active();
-    const span = this.startSpan(name, options, parent);
-    return context.with(trace.setSpan(parent, span), () => fn(span) as ReturnType<F>);
-  }
+  startActiveSpan: Tracer['startActiveSpan'] = (name: string, ...rest: unknown[]) =>
+    startActiveSpanOf(this, name, rest) as never;
 }
 
 /** A recorded span: the API's Span for the code that makes it, ReadableSpan for processors. */

@@ -22,6 +22,7 @@ import {
 } from '@opentelemetry/api';
 import { isTracingSuppressed } from '@opentelemetry/core';
 import { RandomIdGenerator } from '@opentelemetry/sdk-trace-node';
+import { startActiveSpanOf } from './context.js';
 
 export interface ShortcutRules {
   /** True when the root sampler never samples: new roots skip the SDK too. */
@@ -59,14 +60,8 @@ export class UnsampledShortcutTracer implements Tracer {
     return this.sdk.startSpan(name, options, ctx);
   }
 
-  // The API's three overloads: (name, fn), (name, options, fn), (name, options, context, fn).
-  startActiveSpan: Tracer['startActiveSpan'] = (name: string, ...rest: unknown[]) => {
-    const fn = rest[rest.length - 1] as (span: Span) => unknown;
-    const options = rest.length >= 2 ? (rest[0] as SpanOptions | undefined) : undefined;
-    const ctx = rest.length >= 3 ? ((rest[1] as Context | undefined) ?? context.active()) : context.active();
-    const span = this.startSpan(name, options, ctx);
-    return context.with(trace.setSpan(ctx, span), fn, undefined, span);
-  };
+  startActiveSpan: Tracer['startActiveSpan'] = (name: string, ...rest: unknown[]) =>
+    startActiveSpanOf(this, name, rest) as never;
 }
 
 /** Whether a sampler of this kind decides a child with a parent exactly as its parent was decided. */

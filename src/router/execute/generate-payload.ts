@@ -76,27 +76,25 @@ class SentIdsPayload implements PayloadWriter {
  * for the GC to sweep), else a Buffer with the ids written as digits.
  */
 export function generatePayload(body: GenerateRequest): PayloadWriter | Buffer {
-  const sent = idArrayText(body.token_ids);
-  if (sent === undefined) return encodeGenerateRequest(body);
   const { head, tail } = headAndTail(body);
-  return new SentIdsPayload(head, sent, tail);
+  const sent = idArrayText(body.token_ids);
+  return sent === undefined ? digitsPayload(body, head, tail) : new SentIdsPayload(head, sent, tail);
 }
 
 /** The payload's bytes as one Buffer. */
 export function encodeGenerateRequest(body: GenerateRequest): Buffer {
-  const { head, tail } = headAndTail(body);
+  const payload = generatePayload(body);
+  if (payload instanceof Uint8Array) return payload;
+  const buf = Buffer.allocUnsafe(payload.byteLength);
+  payload.writeInto(buf, 0);
+  return buf;
+}
+
+/** The payload with every id written as digits (plain JSON for ids writeIdArray does not take). */
+function digitsPayload(body: GenerateRequest, head: string, tail: string): Buffer {
   const { token_ids } = body;
   const headBytes = Buffer.byteLength(head);
   const tailBytes = Buffer.byteLength(tail);
-  const sent = idArrayText(token_ids);
-  if (sent !== undefined) {
-    // The client's own text of the ids is already these bytes.
-    const buf = Buffer.allocUnsafe(headBytes + sent.length + tailBytes);
-    buf.write(head, 0);
-    buf.set(sent, headBytes);
-    buf.write(tail, headBytes + sent.length);
-    return buf;
-  }
   // 10 digits is the longest id written here, plus one comma each.
   const buf = Buffer.allocUnsafe(headBytes + 2 + token_ids.length * 11 + tailBytes);
   buf.write(head, 0);
