@@ -16,12 +16,8 @@ import {
   trace,
 } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import {
-  CompositePropagator,
-  parseTraceParent,
-  W3CBaggagePropagator,
-  W3CTraceContextPropagator,
-} from '@opentelemetry/core';
+import { CompositePropagator, W3CBaggagePropagator } from '@opentelemetry/core';
+import { parseTraceparent, TraceContextPropagator } from './trace-context-propagator.js';
 
 let globalsRegistered = false;
 
@@ -37,7 +33,7 @@ export function registerGlobalContext(): void {
   manager.enable();
   if (!context.setGlobalContextManager(manager)) manager.disable();
   propagation.setGlobalPropagator(
-    new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
+    new CompositePropagator({ propagators: [new TraceContextPropagator(), new W3CBaggagePropagator()] }),
   );
 }
 
@@ -110,7 +106,7 @@ export function injectToHeaders<H extends Record<string, string>>(
 
 /** Whether a `traceparent` value would be accepted as a parent (same parser the propagator uses). */
 export function isValidTraceparent(value: string | undefined): boolean {
-  return value !== undefined && parseTraceParent(value) !== null;
+  return value !== undefined && parseTraceparent(value) !== null;
 }
 
 /**

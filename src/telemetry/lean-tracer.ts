@@ -22,7 +22,6 @@ import {
   type Exception,
   type HrTime,
   INVALID_SPAN_CONTEXT,
-  isSpanContextValid,
   type Link,
   type Span,
   type SpanContext,
@@ -54,6 +53,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import type { SpanLimits } from './config.js';
 import { startActiveSpanOf } from './context.js';
+import { isSpanContextValid } from './trace-context-propagator.js';
 
 // Wall clock = performance.now() + anchor. The SDK re-derives this offset for every span (a
 // Date.now() and a performance.now() each); one refresh a second follows clock steps as well.

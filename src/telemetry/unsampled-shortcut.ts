@@ -23,6 +23,7 @@ import {
 import { isTracingSuppressed } from '@opentelemetry/core';
 import { RandomIdGenerator } from '@opentelemetry/sdk-trace-node';
 import { startActiveSpanOf } from './context.js';
+import { isSpanContextValid } from './trace-context-propagator.js';
 
 export interface ShortcutRules {
   /** True when the root sampler never samples: new roots skip the SDK too. */
@@ -42,13 +43,13 @@ export class UnsampledShortcutTracer implements Tracer {
     if (
       parent !== undefined &&
       (parent.traceFlags & TraceFlags.SAMPLED) === 0 &&
-      trace.isSpanContextValid(parent)
+      isSpanContextValid(parent)
     ) {
       return trace.wrapSpanContext(parent);
     }
     if (
       this.rules.rootsUnsampled &&
-      (parent === undefined || !trace.isSpanContextValid(parent)) &&
+      (parent === undefined || !isSpanContextValid(parent)) &&
       !isTracingSuppressed(ctx)
     ) {
       return trace.wrapSpanContext({
