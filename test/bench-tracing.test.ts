@@ -1,0 +1,118 @@
+// `kvroute bench tracing`: its median interval (exact coverage, checked against a direct binomial
+// sum and by simulation) and one short run as a process (compiled, from dist/): three fleets
+// loaded, every mode answered, and the JSON line the operator reads.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { test } from 'node:test';
+import { median, medianConfidenceInterval } from '../bench/lib/stats.js';
+import { seededRng } from '../src/util/seeded-rng.js';
+import { CLI_MAIN } from './helpers/fleet.js';
+
+function binomialCdfHalf(n: number, j: number): number {
+  let sum = 0;
+  let choose = 1;
+  for (let i = 0; i <= j; i++) {
+    sum += choose;
+    choose = (choose * (n - i)) / (i + 1);
+  }
+  return sum / 2 ** n;
+}
+
+test('median: the middle value, or the mean of the two middle ones', () => {
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+  assert.equal(median([]), 0);
+});
+
+test('medianConfidenceInterval: the widest-k order statistics whose exact coverage reaches the level', () => {
+  for (let n = 1; n <= 40; n++) {
+    const values = Array.from({ length: n }, (_, i) => n - i); // descending: the function must sort
+    const got = medianConfidenceInterval(values, 0.95);
+    // Reference: the largest k with 1 - 2·P(B(n, 1/2) <= k - 1) >= 0.95.
+    let k = 0;
+    for (let c = 1; 2 * c <= n; c++) if (1 - 2 * binomialCdfHalf(n, c - 1) >= 0.95) k = c;
+    if (k === 0) {
+      assert.equal(got, null, `n=${n}`);
+      continue;
+    }
+    assert.ok(got, `n=${n}`);
+    assert.equal(got.low, k, `n=${n}`);
+    assert.equal(got.high, n + 1 - k, `n=${n}`);
+    assert.ok(Math.abs(got.coverage - (1 - 2 * binomialCdfHalf(n, k - 1))) < 1e-12);
+  }
+  assert.equal(medianConfidenceInterval([1, 2, 3, 4, 5]), null); // 5 rounds cannot reach 95%
+  assert.deepEqual(medianConfidenceInterval([5, 1, 4, 2, 6, 3]), { low: 1, high: 6, coverage: 1 - 2 / 64 });
+});
+
+test('medianConfidenceInterval covers the true median at least as often as it claims', () => {
+  const rng = seededRng(99);
+  // Skewed draws (exponential, median ln 2), 6 and 12 rounds.
+  for (const n of [6, 12]) {
+    let covered = 0;
+    const trials = 4000;
+    let claimed = 0;
+    for (let t = 0; t < trials; t++) {
+      const draws = Array.from({ length: n }, () => -Math.log(1 - rng()));
+      const ci = medianConfidenceInterval(draws)!;
+      claimed = ci.coverage;
+      if (ci.low <= Math.LN2 && Math.LN2 <= ci.high) covered++;
+    }
+    // Binomial noise on 4000 trials is ~0.4%: allow 1.5%.
+    assert.ok(covered / trials >= claimed - 0.015, `n=${n}: covered ${covered / trials}, claimed ${claimed}`);
+  }
+});
+
+test('a short run prints every mode and the JSON line', async () => {
+  const child = spawn(
+    process.execPath,
+    [
+      CLI_MAIN,
+      'bench',
+      'tracing',
+      '--json',
+      '--rounds',
+      '1',
+      '--duration-ms',
+      '500',
+      '--warmup-ms',
+      '200',
+      '--in-process-ms',
+      '0',
+      '--concurrency',
+      '4',
+      '--workers',
+      '1',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CI: 'true' } },
+  );
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+    out += s;
+  });
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => {
+    err += s;
+  });
+  const [code] = await once(child, 'exit');
+  assert.equal(code, 0, err);
+  // Progress goes to stderr, the table and the JSON to stdout.
+  assert.match(err, /round 1\/1, full: \d+ req\/s, 0 errors/);
+  const report = JSON.parse(out.trim().split('\n').at(-1)!);
+  assert.equal(report.bench, 'tracing');
+  assert.deepEqual(
+    report.modes.map((m: { mode: string }) => m.mode),
+    ['off', 'sampled_out', 'full'],
+  );
+  for (const m of report.modes) {
+    assert.ok(m.requests > 0, `${m.mode} served nothing`);
+    assert.equal(m.errors, 0);
+    assert.equal(m.loss_ci95_pct, null); // one round: no interval
+  }
+  const full = report.modes[2];
+  assert.ok(full.sink_exports > 0 && full.sink_bytes > 0, 'the fully sampled fleet exported nothing');
+  assert.equal(report.modes[1].sink_exports, 0); // sampled out exports nothing
+  assert.equal(report.goals.full_verdict, 'unresolved');
+  assert.equal(report.in_process, null);
+});
