@@ -1,13 +1,23 @@
 // Worker failures seen from the router, with real worker processes: an unreachable worker is
 // retried elsewhere, a SIGKILLed worker leaves the fleet and requests keep succeeding, a worker
 // dying mid-stream ends the SSE stream with an error event, and a client that disconnects
-// cancels the worker's stream.
+// cancels the worker's stream and still gets its http-request span ended and its request counted.
 
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import type { LoadReport } from '../src/protocols/worker-plane.js';
 import type { RouterService } from '../src/router/service.js';
 import { decodeJson, encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
+import {
+  closePlane,
+  metricValue,
+  prompt,
+  spawnWorker,
+  startRouter,
+  type TestRouter,
+  type TestWorker,
+  waitFor,
+} from './disagg-helpers.js';
 import {
   postCompletion as complete,
   useRouterWithFleet,
@@ -167,5 +177,67 @@ describe('mid-stream failure and client disconnect', () => {
       () => router.registry.load.size === 0 && router.inflight.active === 0,
       'the booking to be released',
     );
+  });
+});
+
+describe('a client that leaves before its response finished', () => {
+  let traced: TestRouter;
+  let slow: TestWorker;
+  before(async () => {
+    traced = await startRouter({}, true);
+    slow = await spawnWorker(traced, 'decode', ['--speedup', '1']);
+  });
+  after(async () => {
+    await slow?.proc.stop();
+    await traced?.router.close();
+    await closePlane();
+  });
+
+  /** The router's ended `http-request` span of the request with this x-request-id. */
+  const httpSpan = (requestId: string) =>
+    traced.exporter
+      .getFinishedSpans()
+      .find((s) => s.name === 'http-request' && s.attributes['kvroute.request_id'] === requestId);
+
+  test('mid-stream: the http-request span ends as cancelled, after the request recorded its worker', async () => {
+    const abort = new AbortController();
+    const res = await fetch(`${traced.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'leaves-mid-stream' },
+      body: JSON.stringify({ model: MODEL, prompt: prompt(64, 1), max_tokens: 3000, stream: true }),
+      signal: abort.signal,
+    });
+    const reader = res.body!.getReader();
+    await reader.read();
+    abort.abort();
+    const span = await waitFor(() => httpSpan('leaves-mid-stream'));
+    assert.equal(span.attributes['kvroute.outcome'], 'cancelled');
+    assert.equal(span.attributes['http.route'], '/v1/completions');
+    assert.equal(span.attributes['http.response.status_code'], 200); // the stream had started
+    assert.equal(span.attributes['kvroute.decode_worker_id'], slow.id);
+    assert.ok(
+      await waitFor(
+        async () => (await metricValue(traced, 'kvroute_http_requests_total', { status: '499' })) === 1,
+      ),
+    );
+  });
+
+  test('before any byte of the answer: the span ends as cancelled', async () => {
+    const abort = new AbortController();
+    const answered = fetch(`${traced.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': 'leaves-early' },
+      body: JSON.stringify({ model: MODEL, prompt: prompt(64, 2), max_tokens: 3000 }),
+      signal: abort.signal,
+    });
+    // The non-streamed answer comes after 3000 tokens at real-time speed (~20 s): leave before.
+    await waitFor(() => traced.router.inflight.active === 1);
+    abort.abort();
+    await assert.rejects(answered);
+    const span = await waitFor(() => httpSpan('leaves-early'));
+    assert.equal(span.attributes['kvroute.outcome'], 'cancelled');
+    // No status, or the 499 the error handler wrote to the closed socket, if it ran first.
+    assert.ok([undefined, 499].includes(span.attributes['http.response.status_code'] as number | undefined));
+    assert.equal(await metricValue(traced, 'kvroute_http_requests_total', { status: '499' }), 2);
   });
 });

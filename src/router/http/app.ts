@@ -17,6 +17,7 @@ import {
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
+  type FastifyReply,
   type FastifyRequest,
   LogController,
 } from 'fastify';
@@ -109,6 +110,22 @@ export function createApp(deps: AppDeps): FastifyInstance {
   });
   registerJsonBodyParser(app, config.bodyLimit);
 
+  /** Status label of a request whose client left before the response finished (nginx's 499). */
+  const CLIENT_GONE_STATUS = '499';
+  const onClientGone = (request: FastifyRequest, reply: FastifyReply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    metrics.requests.inc({ route, status: CLIENT_GONE_STATUS });
+    const span = traces.get(request)?.span;
+    if (span?.isRecording()) {
+      span.setAttributes({
+        'http.route': route,
+        'kvroute.outcome': 'cancelled',
+        ...(reply.raw.headersSent ? { 'http.response.status_code': reply.statusCode } : {}),
+      });
+      span.end();
+    }
+  };
+
   // Callback hooks, not async ones: an async hook costs a promise and a microtask hop per request
   // and hook (fastify runs the next step from the promise's then).
   app.addHook('onRequest', (request, reply, done) => {
@@ -125,6 +142,12 @@ export function createApp(deps: AppDeps): FastifyInstance {
       });
     }
     traces.set(request, { span, ctx: trace.setSpan(parent, span) });
+    // A client that goes away before its response finished never gets onResponse (fastify runs it
+    // on 'finish'): count it and end its span here, one turn later, so the pipeline's own abort
+    // handling (which records the request's workers and tokens) lands on the span first.
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) setImmediate(onClientGone, request, reply);
+    });
     if (deps.isClosing())
       return done(new KvrouteError('shutting_down', 'the router is shutting down', { retryAfterSeconds: 1 }));
     done();
@@ -134,11 +157,11 @@ export function createApp(deps: AppDeps): FastifyInstance {
     const route = request.routeOptions.url ?? 'unmatched';
     const status = reply.statusCode;
     metrics.requests.inc({ route, status: String(status) });
-    const t = traces.get(request);
-    if (t?.span.isRecording()) {
-      t.span.setAttributes({ 'http.route': route, 'http.response.status_code': status });
-      if (status >= 500) t.span.setStatus({ code: SpanStatusCode.ERROR });
-      t.span.end();
+    const span = traces.get(request)?.span;
+    if (span?.isRecording()) {
+      span.setAttributes({ 'http.route': route, 'http.response.status_code': status });
+      if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
     }
     // Control-plane chatter (heartbeats, scrapes, probes) only at debug level.
     const level =
