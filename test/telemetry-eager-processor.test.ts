@@ -27,6 +27,7 @@ import {
   stderrReporter,
 } from '../src/telemetry/eager-otlp-processor.js';
 import { LeanTracer } from '../src/telemetry/lean-tracer.js';
+import { markersSeenBySetTimeout } from './trace-helpers.js';
 
 interface Sent {
   request: EncodedTraceRequest;
@@ -235,4 +236,13 @@ test('the default reporter writes one stderr line per interval and says when it 
     process.stderr.write = write;
   }
   assert.deepEqual(lines, ['kvroute tracing: first\n']);
+});
+
+test('the schedule-delay timer is armed in the root context, not in the span that opened the batch', () => {
+  const processor = new EagerOtlpSpanProcessor(recordingDelivery(), limits());
+  const { make } = tracerWith(processor);
+  assert.deepEqual(
+    markersSeenBySetTimeout(() => make(2)),
+    [undefined], // one timer for the batch, armed outside the request
+  );
 });

@@ -7,6 +7,8 @@ import { existsSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { context, createContextKey, ROOT_CONTEXT } from '@opentelemetry/api';
+import { registerGlobalContext } from '../src/telemetry/index.js';
 
 export const DIST_MAIN = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
 
@@ -280,4 +282,27 @@ export function renderWaterfall(spans: readonly ReceivedSpan[], width = 40): str
   const w1 = Math.max(...rows.map((r) => r[1].length));
   const w2 = Math.max(...rows.map((r) => r[2].length));
   return `${rows.map((r) => `${r[0].padEnd(w0)}  ${r[1].padEnd(w1)}  ${r[2].padStart(w2)}  |${r[3]}|`).join('\n')}\n`;
+}
+
+/**
+ * Runs `fn` inside a context carrying a marker and returns the marker as seen by every
+ * `setTimeout` call made during `fn` (undefined where the timer was armed outside the request's
+ * context). A timer armed inside a request holds that request's context until it fires, and its
+ * callback runs in it: background timers must be armed in the root context.
+ */
+export function markersSeenBySetTimeout(fn: () => void): unknown[] {
+  registerGlobalContext();
+  const marker = createContextKey('kvroute test request');
+  const seen: unknown[] = [];
+  const original = globalThis.setTimeout;
+  globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => {
+    seen.push(context.active().getValue(marker));
+    return original(...args);
+  }) as typeof setTimeout;
+  try {
+    context.with(ROOT_CONTEXT.setValue(marker, 'a request'), fn);
+  } finally {
+    globalThis.setTimeout = original;
+  }
+  return seen;
 }

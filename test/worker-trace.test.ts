@@ -2,9 +2,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { context, ROOT_CONTEXT, trace } from '@opentelemetry/api';
+import { MockEngine } from '../src/engine/index.js';
+import { computeBlockHashes } from '../src/kv-index/index.js';
 import { encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
+import { EngineDriver } from '../src/worker/engine-driver.js';
 import { RouterLease } from '../src/worker/router-lease.js';
+import { markersSeenBySetTimeout } from './trace-helpers.js';
 import { StandInRouter, spawnWorker } from './worker-helpers.js';
 
 test('the worker exports a handle_payload span in the trace of the caller', async () => {
@@ -64,4 +68,20 @@ test('registration and heartbeats run in the ROOT context even when started insi
   assert.ok(seen.length >= 3, 'register, heartbeat, deregister');
   assert.deepEqual(new Set(seen), new Set([undefined]));
   await router.close();
+});
+
+test("the engine's wake-up timer is armed in the root context, not in the request that woke it", async () => {
+  const driver = new EngineDriver(
+    new MockEngine({ blockSize: 16, kvBlocks: 64, maxBatchedTokens: 256, speedup: 1 }, computeBlockHashes),
+  );
+  let outputs: AsyncIterable<unknown> | undefined;
+  const seen = markersSeenBySetTimeout(() => {
+    outputs = driver.run({ tokenIds: Array.from({ length: 40 }, (_, i) => i + 1), maxTokens: 3 });
+  });
+  assert.ok(seen.length > 0, 'the engine armed a timer for its next step');
+  assert.deepEqual(new Set(seen), new Set([undefined]));
+  let n = 0;
+  for await (const _ of outputs!) n++;
+  assert.ok(n > 0);
+  driver.close();
 });

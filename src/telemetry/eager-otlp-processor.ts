@@ -115,7 +115,11 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
     this.batch.add(span);
     if (this.batch.count >= this.limits.maxExportBatchSize) this.exportBatch();
     else if (this.timer === undefined) {
-      this.timer = setTimeout(() => this.exportBatch(), this.limits.scheduledDelayMillis);
+      // Armed in the root context: made here, in whichever request's span just ended, the timer
+      // would hold that request's context (and span) until it fires, and export inside it.
+      this.timer = withRootContext(() =>
+        setTimeout(() => this.exportBatch(), this.limits.scheduledDelayMillis),
+      );
       this.timer.unref();
     }
   }

@@ -7,6 +7,7 @@ import { performance } from 'node:perf_hooks';
 import type { Tracer } from '@opentelemetry/api';
 import type { EngineOutput, EngineRequest, MockEngine } from '../engine/index.js';
 import { KvrouteError } from '../errors.js';
+import { withRootContext } from '../telemetry/index.js';
 import { AsyncQueue } from './async-queue.js';
 import { EnginePhaseSpans } from './engine-spans.js';
 
@@ -100,13 +101,17 @@ export class EngineDriver {
     if (this.timer !== undefined && this.timerAt <= at) return;
     clearTimeout(this.timer);
     this.timerAt = at;
-    this.timer = setTimeout(
-      () => {
-        this.timer = undefined;
-        this.timerAt = Number.POSITIVE_INFINITY;
-        this.pump();
-      },
-      Math.max(0, Math.ceil(at - now)),
+    // Armed in the root context: the engine's clock serves every request, and a timer made inside
+    // the request that happened to call pump() would carry that request's trace from step to step.
+    this.timer = withRootContext(() =>
+      setTimeout(
+        () => {
+          this.timer = undefined;
+          this.timerAt = Number.POSITIVE_INFINITY;
+          this.pump();
+        },
+        Math.max(0, Math.ceil(at - now)),
+      ),
     );
   }
 }
