@@ -58,7 +58,36 @@ test('sampler rules: default parentbased_always_on; a bare ratio means parentbas
   assert.throws(() => resolveTelemetryConfig('s', { OTEL_TRACES_SAMPLER: 'sometimes' }), UsageError);
   assert.throws(() => resolveTelemetryConfig('s', { OTEL_TRACES_SAMPLER_ARG: '1.5' }), UsageError);
   assert.throws(() => resolveTelemetryConfig('s', { OTEL_TRACES_EXPORTER: 'zipkin' }), UsageError);
-  assert.throws(() => resolveTelemetryConfig('s', { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }), UsageError);
+  assert.throws(
+    () => resolveTelemetryConfig('s', { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }),
+    UsageError,
+  );
+  assert.throws(
+    () =>
+      resolveTelemetryConfig('s', {
+        OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x',
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc',
+      }),
+    UsageError,
+  );
+  // What cannot matter does not stop the process: the protocol without an OTLP exporter (it is
+  // shared with metrics and logs), anything at all with the SDK disabled.
+  const grpc = { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' };
+  for (const env of [
+    { ...grpc, OTEL_TRACES_EXPORTER: 'none' },
+    { ...grpc, OTEL_TRACES_EXPORTER: 'console' },
+    { ...grpc, OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x' },
+    { OTEL_SDK_DISABLED: 'true', OTEL_TRACES_EXPORTER: 'jaeger', OTEL_TRACES_SAMPLER: 'sometimes' },
+  ]) {
+    const config = resolveTelemetryConfig('s', env);
+    assert.equal(config.enabled, env.OTEL_TRACES_EXPORTER === 'console', JSON.stringify(env));
+    assert.equal(config.protocol, 'http/protobuf');
+  }
+  // Empty list entries are skipped, as the SDK's list parser does.
+  assert.deepEqual(resolveTelemetryConfig('s', { OTEL_TRACES_EXPORTER: 'otlp, ,console,' }).exporters, [
+    'otlp',
+    'console',
+  ]);
 });
 
 test('ratio 0: spans are not recorded but the trace id still propagates', async () => {

@@ -150,6 +150,8 @@ function parseProtocol(env: NodeJS.ProcessEnv): OtlpProtocol {
  * unset and an OTLP endpoint variable is set. It is OFF when OTEL_TRACES_EXPORTER is `none`, when
  * OTEL_SDK_DISABLED=true, or when neither the exporter nor an endpoint is configured (a service
  * started without any tracing configuration pays nothing and never dials localhost:4318).
+ * Invalid values throw UsageError, except where they cannot matter: with OTEL_SDK_DISABLED=true
+ * nothing else is read, and the OTLP protocol only when an OTLP exporter is on.
  */
 export function resolveTelemetryConfig(
   defaultServiceName: string,
@@ -157,12 +159,18 @@ export function resolveTelemetryConfig(
 ): TelemetryConfig {
   const tracesEndpoint = read(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
   const baseEndpoint = read(env, 'OTEL_EXPORTER_OTLP_ENDPOINT');
-  const exporterVar = read(env, 'OTEL_TRACES_EXPORTER');
+  // Disabled means nothing else is read: a cluster-wide OTEL_* meant for other signals or other
+  // SDKs must not stop a process whose tracing is switched off.
+  const disabled = read(env, 'OTEL_SDK_DISABLED')?.toLowerCase() === 'true';
+  const exporterVar = disabled ? undefined : read(env, 'OTEL_TRACES_EXPORTER');
   let exporters: TraceExporterKind[];
-  if (exporterVar === undefined) {
+  if (disabled) {
+    exporters = [];
+  } else if (exporterVar === undefined) {
     exporters = tracesEndpoint || baseEndpoint ? ['otlp'] : [];
   } else {
-    const names = [...new Set(exporterVar.split(',').map((s) => s.trim().toLowerCase()))];
+    // Empty entries ("otlp,") are skipped, as the SDK's list parser does.
+    const names = [...new Set(exporterVar.split(',').map((s) => s.trim().toLowerCase()))].filter(Boolean);
     for (const n of names) {
       if (n !== 'otlp' && n !== 'console' && n !== 'none') {
         throw new UsageError(`OTEL_TRACES_EXPORTER: must be otlp, console or none, got '${n}'`);
@@ -170,15 +178,17 @@ export function resolveTelemetryConfig(
     }
     exporters = names.includes('none') ? [] : (names as TraceExporterKind[]);
   }
-  if (read(env, 'OTEL_SDK_DISABLED')?.toLowerCase() === 'true') exporters = [];
+  const defaults = disabled ? {} : env;
   return {
     enabled: exporters.length > 0,
     serviceName: read(env, 'OTEL_SERVICE_NAME') ?? defaultServiceName,
     exporters,
-    protocol: parseProtocol(env),
+    // The protocol variables are shared with metrics and logs (grpc is common there): read only
+    // when an OTLP trace exporter will use them.
+    protocol: exporters.includes('otlp') ? parseProtocol(env) : 'http/protobuf',
     otlpTracesUrl: tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE),
-    sampler: parseSampler(env),
-    batch: parseBatchLimits(env),
-    limits: parseSpanLimits(env),
+    sampler: parseSampler(defaults),
+    batch: parseBatchLimits(defaults),
+    limits: parseSpanLimits(defaults),
   };
 }
