@@ -6,6 +6,9 @@
 // a request buffer is reused only after a successful export; after shutdown nothing more is taken.
 
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { ROOT_CONTEXT } from '@opentelemetry/api';
 import { type ExportResult, ExportResultCode } from '@opentelemetry/core';
@@ -22,6 +25,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import { type BatchLimits, resolveTelemetryConfig } from '../src/telemetry/config.js';
 import {
+  createProtobufTraceDelivery,
   EagerOtlpSpanProcessor,
   type EncodedTraceRequest,
   stderrReporter,
@@ -224,7 +228,7 @@ test('a request buffer is reused after a successful export, never after a failed
   );
 });
 
-test('the default reporter writes one stderr line per interval and says when it did', () => {
+test('the default reporter writes one stderr line per interval and says when it did; a final one always', () => {
   const lines: string[] = [];
   const write = process.stderr.write;
   process.stderr.write = ((chunk: string) => lines.push(chunk) > 0) as typeof process.stderr.write;
@@ -232,10 +236,53 @@ test('the default reporter writes one stderr line per interval and says when it 
     const report = stderrReporter(60_000);
     assert.equal(report('first'), true);
     assert.equal(report('second'), false);
+    assert.equal(report('last', true), true);
   } finally {
     process.stderr.write = write;
   }
-  assert.deepEqual(lines, ['kvroute tracing: first\n']);
+  assert.deepEqual(lines, ['kvroute tracing: first\n', 'kvroute tracing: last\n']);
+});
+
+test('shutdown says what a rate-limited report held back', async () => {
+  const delivery = recordingDelivery();
+  const reports: [string, boolean | undefined][] = [];
+  const report = (message: string, final?: boolean) => {
+    reports.push([message, final]);
+    return final === true; // the rate limit holds every line but the final one
+  };
+  const processor = new EagerOtlpSpanProcessor(delivery, limits({ maxExportBatchSize: 2 }), report);
+  const { make } = tracerWith(processor);
+  make(2);
+  delivery.sent[0]!.answer(ExportResultCode.FAILED);
+  assert.deepEqual(reports, [['2 spans not exported (unknown error)', false]]);
+  await processor.shutdown();
+  assert.deepEqual(reports.at(-1), ['2 spans not exported (unknown error)', true]);
+});
+
+test('spans a collector rejects in an accepted export (partial success) are reported', async () => {
+  // ExportTraceServiceResponse { partial_success { rejected_spans: 3, error_message: "quota" } }
+  const partialSuccess = Buffer.from([0x0a, 9, 0x08, 3, 0x12, 5, ...Buffer.from('quota')]);
+  const collector = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end(partialSuccess));
+  });
+  collector.listen(0, '127.0.0.1');
+  await once(collector, 'listening');
+  const reports: string[] = [];
+  let processor: EagerOtlpSpanProcessor | undefined;
+  const delivery = createProtobufTraceDelivery(
+    `http://127.0.0.1:${(collector.address() as AddressInfo).port}/v1/traces`,
+    (count, message) => processor?.noteRejected(count, message),
+  );
+  processor = new EagerOtlpSpanProcessor(delivery, limits(), (message) => reports.push(message) > 0);
+  try {
+    tracerWith(processor).make(5);
+    await processor.forceFlush();
+    assert.deepEqual(reports, ['3 spans rejected by the collector (quota)']);
+  } finally {
+    await processor.shutdown();
+    collector.close();
+  }
 });
 
 test('the schedule-delay timer is armed in the root context, not in the span that opened the batch', () => {

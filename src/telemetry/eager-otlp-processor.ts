@@ -41,13 +41,27 @@ export interface EncodedTraceRequest {
 
 type ExportResponse = ReturnType<typeof ProtobufTraceSerializer.deserializeResponse>;
 
-const passThrough: ISerializer<EncodedTraceRequest, ExportResponse> = {
-  serializeRequest: (request) => request.bytes,
-  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
-};
+/** Told when a collector accepts an export only in part (OTLP partial success): spans it dropped. */
+export type RejectedSpansListener = (rejected: number, message: string) => void;
 
-/** The official OTLP/HTTP delivery (URL, OTEL_EXPORTER_OTLP_* settings) for pre-encoded requests. */
-export function createProtobufTraceDelivery(url: string): IOtlpExportDelegate<EncodedTraceRequest> {
+/**
+ * The official OTLP/HTTP delivery (URL, OTEL_EXPORTER_OTLP_* settings) for pre-encoded requests.
+ * A partial success still counts as a successful export there (and is only logged to `diag`), so
+ * its rejected spans are handed to `onRejected`.
+ */
+export function createProtobufTraceDelivery(
+  url: string,
+  onRejected?: RejectedSpansListener,
+): IOtlpExportDelegate<EncodedTraceRequest> {
+  const passThrough: ISerializer<EncodedTraceRequest, ExportResponse> = {
+    serializeRequest: (request) => request.bytes,
+    deserializeResponse: (data) => {
+      const response = ProtobufTraceSerializer.deserializeResponse(data);
+      const rejected = Number(response.partialSuccess?.rejectedSpans ?? 0);
+      if (rejected > 0) onRejected?.(rejected, response.partialSuccess?.errorMessage || 'no reason given');
+      return response;
+    },
+  };
   return createOtlpHttpExportDelegate(
     convertLegacyHttpOptions({ url }, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
     passThrough,
@@ -59,18 +73,19 @@ export function createProtobufTraceDelivery(url: string): IOtlpExportDelegate<En
 
 /**
  * Where the processor says that spans were lost. Returns false when it did not pass the message
- * on (rate limit): the counts then carry over into the next message.
+ * on (rate limit): the counts then carry over into the next message. `final` (at shutdown) must
+ * be passed on: there is no next message.
  */
-export type TracingProblemReporter = (message: string) => boolean;
+export type TracingProblemReporter = (message: string, final?: boolean) => boolean;
 
 const REPORT_INTERVAL_MS = 30_000;
 
 /** A reporter that writes at most one line per interval to stderr (the rest is counted into the next). */
 export function stderrReporter(intervalMs = REPORT_INTERVAL_MS): TracingProblemReporter {
   let lastAt = Number.NEGATIVE_INFINITY;
-  return (message) => {
+  return (message, final = false) => {
     const now = performance.now();
-    if (now - lastAt < intervalMs) return false;
+    if (!final && now - lastAt < intervalMs) return false;
     lastAt = now;
     process.stderr.write(`kvroute tracing: ${message}\n`);
     return true;
@@ -94,6 +109,8 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
   private dropped = 0;
   private failedSpans = 0;
   private lastFailure = '';
+  private rejectedSpans = 0;
+  private lastRejection = '';
   private shuttingDown: Promise<void> | undefined;
 
   constructor(
@@ -133,20 +150,32 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
   }
 
   shutdown(): Promise<void> {
-    this.shuttingDown ??= this.forceFlush().then(() => this.delivery.shutdown());
+    this.shuttingDown ??= this.forceFlush()
+      .then(() => this.delivery.shutdown())
+      // Whatever a rate-limited report held back is said now: there is no later export.
+      .finally(() => this.reportLosses(true));
     return this.shuttingDown;
   }
 
+  /** Spans the collector dropped from an accepted export (partial success); told with the next report. */
+  noteRejected(count: number, message: string): void {
+    this.rejectedSpans += count;
+    this.lastRejection = message;
+  }
+
   /** Tells the reporter what was lost since it last heard; it may drop the line (rate limit). */
-  private reportLosses(): void {
+  private reportLosses(final = false): void {
     const parts: string[] = [];
     if (this.failedSpans > 0) parts.push(`${this.failedSpans} spans not exported (${this.lastFailure})`);
+    if (this.rejectedSpans > 0)
+      parts.push(`${this.rejectedSpans} spans rejected by the collector (${this.lastRejection})`);
     if (this.dropped > 0)
       parts.push(
         `${this.dropped} spans dropped with the span queue full (OTEL_BSP_MAX_QUEUE_SIZE ${this.limits.maxQueueSize})`,
       );
-    if (parts.length === 0 || !this.report(parts.join('; '))) return;
+    if (parts.length === 0 || !this.report(parts.join('; '), final)) return;
     this.failedSpans = 0;
+    this.rejectedSpans = 0;
     this.dropped = 0;
   }
 

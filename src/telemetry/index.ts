@@ -79,7 +79,13 @@ function buildProcessors(config: TelemetryConfig): SpanProcessor[] {
       return new BatchSpanProcessor(new OtlpHttpJsonExporter({ url: config.otlpTracesUrl }), config.batch);
     }
     // The default protocol: spans encoded as they end (eager-otlp-processor.ts explains why).
-    return new EagerOtlpSpanProcessor(createProtobufTraceDelivery(config.otlpTracesUrl), config.batch);
+    // The delivery hears of rejected spans before the processor exists: hand them on late-bound.
+    let processor: EagerOtlpSpanProcessor | undefined;
+    const delivery = createProtobufTraceDelivery(config.otlpTracesUrl, (count, message) =>
+      processor?.noteRejected(count, message),
+    );
+    processor = new EagerOtlpSpanProcessor(delivery, config.batch);
+    return processor;
   });
 }
 
