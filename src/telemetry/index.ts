@@ -49,7 +49,7 @@ export interface Telemetry {
 }
 
 export interface TelemetryOptions {
-  /** service.name unless OTEL_SERVICE_NAME overrides it: `kvroute-router`, `kvroute-worker`. */
+  /** service.name unless OTEL_SERVICE_NAME overrides it: `kvroute-router`, `kvroute-<role>-worker`. */
   serviceName: string;
   /** Where to read OTEL_* from (default process.env). */
   env?: NodeJS.ProcessEnv;
