@@ -4,6 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { SpanStatusCode } from '@opentelemetry/api';
 import type { LoadReport } from '../src/protocols/worker-plane.js';
 import { encodeJson, RequestPlaneClient, RequestPlaneServer, TransportError } from '../src/tcp/index.js';
 import type { WorkerStats } from '../src/worker/stats.js';
@@ -152,7 +153,7 @@ describe('--enforce-disagg', () => {
 
   before(async () => {
     await failing.listen(0);
-    r = await startRouter({ maxLocalPrefill: 64, enforceDisagg: true });
+    r = await startRouter({ maxLocalPrefill: 64, enforceDisagg: true }, true);
     decode = await spawnWorker(r, 'decode', ['--speedup', '20']);
     await registerStandIn(r, failing.address);
   });
@@ -167,6 +168,20 @@ describe('--enforce-disagg', () => {
     const fallbacks = await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'remote_error' });
     const res = await completion(r, { prompt: prompt(20, 31), max_tokens: 2 });
     assert.equal(res.status, 502);
+    // The spans say so once each: remote_prefill failed, and http-request (5xx) carries the
+    // exception once (the HTTP error handler records it; the pipeline leaves it to that handler).
+    const isCompletion = (s: { name: string; attributes: Record<string, unknown> }) =>
+      s.name === 'http-request' && s.attributes['url.path'] === '/v1/completions';
+    const spans = await waitFor(() => {
+      const ended = r.exporter.getFinishedSpans();
+      return ended.some(isCompletion) ? ended : undefined;
+    });
+    const http = spans.find(isCompletion)!;
+    assert.equal(http.status.code, SpanStatusCode.ERROR);
+    assert.equal(http.events.filter((e) => e.name === 'exception').length, 1);
+    const remote = spans.find((s) => s.name === 'remote_prefill')!;
+    assert.equal(remote.status.code, SpanStatusCode.ERROR);
+    assert.equal(remote.events.filter((e) => e.name === 'exception').length, 1);
     const body = (await res.json()) as { error: { code: string; message: string } };
     assert.equal(body.error.code, 'worker_error');
     assert.match(body.error.message, /enforce-disagg/);

@@ -1,15 +1,26 @@
-// Disaggregation's pure rules (placement, fallback classification, reused-token reporting) and the
-// decode worker's handoff board (real timers, real AbortSignals).
+// Disaggregation's pure rules (placement, fallback classification, reused-token reporting), the
+// prefill planner's spans when choosing fails, and the decode worker's handoff board (real timers,
+// real AbortSignals).
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { SpanStatusCode } from '@opentelemetry/api';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
 import { KvHandoffBoard } from '../src/decode/handoff-board.js';
 import { KvrouteError } from '../src/errors.js';
 import { decidePlacement, fallbackReason, reusedPromptTokens } from '../src/router/disagg/index.js';
+import { KvPrefillPlanner } from '../src/router/execute/prefill-planner.js';
+import { RouterMetrics } from '../src/router/metrics.js';
+import { WorkerRegistry } from '../src/router/registry/index.js';
 import {
   type Candidate,
   createPolicy,
   type RouteDecision,
+  type RoutingPolicy,
   seededRng,
 } from '../src/router/scheduling/index.js';
 import { TransportError } from '../src/tcp/index.js';
@@ -126,4 +137,52 @@ test('handoff board: the wait is bounded, abortable, and one waiter per id', asy
   board.close();
   await assert.rejects(first, (e: unknown) => e instanceof KvrouteError && e.code === 'shutting_down');
   assert.equal(board.waitingCount, 0);
+});
+
+test('the prefill planner ends its spans failed when choosing throws (a policy error, the enforced 503)', () => {
+  const exporter = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  const registry = new WorkerRegistry({ blockSize: BLOCK });
+  registry.register(
+    {
+      role: 'prefill',
+      address: '127.0.0.1:9',
+      model: 'mock',
+      block_size: BLOCK,
+      kv_blocks: 64,
+      max_batched_tokens: 2048,
+    },
+    0,
+  );
+  const failing: RoutingPolicy = {
+    ...policy,
+    select: () => {
+      throw new KvrouteError('internal_error', 'policy exploded');
+    },
+  };
+  const planner = new KvPrefillPlanner({
+    registry,
+    policy: failing,
+    tracer: provider.getTracer('test'),
+    metrics: new RouterMetrics({ workers: () => [], indexBlocks: () => 0 }),
+    maxLocalPrefill: 0,
+    enforceDisagg: false,
+  });
+  const routing = {
+    model: 'mock',
+    tokenIds: [],
+    keys: [],
+    overlaps: new Map(),
+    promptTokens: 64,
+    outputTokens: 1,
+  };
+  assert.throws(() => planner.choosePrefill(routing as never, {} as never), /policy exploded/);
+  const spans = exporter.getFinishedSpans();
+  assert.deepEqual(
+    spans.map((s) => [s.name, s.status.code, s.events.map((e) => e.name)]),
+    [
+      ['kv_find_best_match', SpanStatusCode.ERROR, ['exception']],
+      ['prefill_routing', SpanStatusCode.ERROR, ['exception']],
+    ],
+  );
 });

@@ -11,6 +11,7 @@ import {
   ROOT_CONTEXT,
   type Span,
   type SpanOptions,
+  SpanStatusCode,
   type TextMapGetter,
   type Tracer,
   trace,
@@ -120,4 +121,14 @@ export function startActiveSpanOf(tracer: Pick<Tracer, 'startSpan'>, name: strin
   const ctx = rest.length >= 3 ? ((rest[1] as Context | undefined) ?? context.active()) : context.active();
   const span = tracer.startSpan(name, options, ctx);
   return context.with(trace.setSpan(ctx, span), fn, undefined, span);
+}
+
+/**
+ * Marks `span` failed by `err`: an `exception` event and status ERROR with the error's message.
+ * (`recordException` alone leaves the status UNSET, so a backend would not count the span failed.)
+ */
+export function recordFailure(span: Span, err: unknown): void {
+  const message = err instanceof Error ? err.message : String(err);
+  span.recordException(err instanceof Error ? err : message);
+  span.setStatus({ code: SpanStatusCode.ERROR, message });
 }

@@ -33,6 +33,7 @@ export {
   type HeaderCarrier,
   injectToHeaders,
   isValidTraceparent,
+  recordFailure,
   registerGlobalContext,
   spawnInCurrentContext,
   withRootContext,

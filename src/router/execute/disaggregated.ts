@@ -24,7 +24,7 @@ import {
   type PrefillResponse,
 } from '../../protocols/worker-plane.js';
 import { decodeJson, encodeJson, isTransportError } from '../../tcp/index.js';
-import { spawnInCurrentContext } from '../../telemetry/index.js';
+import { recordFailure, spawnInCurrentContext } from '../../telemetry/index.js';
 import {
   enforcedDisaggError,
   type FallbackReason,
@@ -234,8 +234,7 @@ export class DisaggregatedExecutor implements Executor {
           });
           return res;
         } catch (err) {
-          span.recordException(err as Error);
-          span.setStatus({ code: 2, message: (err as Error).message });
+          recordFailure(span, err);
           throw err;
         } finally {
           span.end();

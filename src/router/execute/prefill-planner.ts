@@ -5,6 +5,7 @@
 // the pipeline plans both through the same call).
 
 import type { Tracer } from '@opentelemetry/api';
+import { recordFailure } from '../../telemetry/index.js';
 import { decidePlacement } from '../disagg/index.js';
 import type { RouterMetrics } from '../metrics.js';
 import type { Worker, WorkerRegistry } from '../registry/index.js';
@@ -47,24 +48,30 @@ export class KvPrefillPlanner implements PrefillPlanner {
       try {
         const candidates = registry.candidates(routing.model, 'prefill');
         const prefill = tracer.startActiveSpan('kv_find_best_match', (match) => {
-          const d = policy.select<Worker>({
-            candidates,
-            promptTokens: routing.promptTokens,
-            overlaps: routing.overlaps,
-          });
-          if (match.isRecording()) {
-            const selected = d.outcome === 'selected' ? d : undefined;
-            match.setAttributes({
-              'kvroute.phase': 'prefill',
-              'kvroute.candidates': d.candidateCount,
-              'kvroute.outcome': d.outcome,
-              'kvroute.worker_id': selected?.worker.id,
-              'kvroute.overlap_blocks': selected?.chosen.overlapBlocks,
-              'kvroute.cost': selected?.chosen.cost,
+          try {
+            const d = policy.select<Worker>({
+              candidates,
+              promptTokens: routing.promptTokens,
+              overlaps: routing.overlaps,
             });
+            if (match.isRecording()) {
+              const selected = d.outcome === 'selected' ? d : undefined;
+              match.setAttributes({
+                'kvroute.phase': 'prefill',
+                'kvroute.candidates': d.candidateCount,
+                'kvroute.outcome': d.outcome,
+                'kvroute.worker_id': selected?.worker.id,
+                'kvroute.overlap_blocks': selected?.chosen.overlapBlocks,
+                'kvroute.cost': selected?.chosen.cost,
+              });
+            }
+            return d;
+          } catch (err) {
+            recordFailure(match, err);
+            throw err;
+          } finally {
             match.end();
           }
-          return d;
         });
         const placement = decidePlacement({ prefill, decode, maxLocalPrefill });
         let chosen: WorkerDecision | null = placement.prefill;
@@ -93,6 +100,10 @@ export class KvPrefillPlanner implements PrefillPlanner {
           });
         }
         return { prefill: chosen, reason };
+      } catch (err) {
+        // The 503 of --enforce-disagg with every prefill worker busy, or a policy failure.
+        recordFailure(span, err);
+        throw err;
       } finally {
         span.end();
       }

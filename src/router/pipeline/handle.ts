@@ -6,8 +6,9 @@
 
 import { randomUUID } from 'node:crypto';
 import { trace } from '@opentelemetry/api';
-import { KvrouteError } from '../../errors.js';
+import { isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
+import { recordFailure } from '../../telemetry/index.js';
 import type { RequestAbort } from '../execute/request-abort.js';
 import type { ExecutionContext, ExecutionPlan } from '../execute/types.js';
 import type { EndpointKind } from '../openai/request.js';
@@ -53,7 +54,8 @@ export async function handleInference(
   const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream());
   let lastChunkAt = 0;
   let ttftMs: number | undefined;
-  const finish = (err: unknown) => {
+  // `rethrown`: the error goes on to the HTTP error handler, which records it on the span (once).
+  const finish = (err: unknown, rethrown = false) => {
     admission.release();
     deps.metrics.promptTokens.inc(tally.promptTokens);
     deps.metrics.cachedTokens.inc(tally.cachedTokens);
@@ -69,7 +71,12 @@ export async function handleInference(
         'kvroute.ttft_ms': ttftMs,
         'kvroute.outcome': err === undefined ? 'ok' : 'error',
       });
-      if (err !== undefined) span.recordException(err as Error);
+      if (err !== undefined && !rethrown) {
+        // Mid-stream (the status line is gone): the failure is the span's to tell. A client that
+        // left is a cancellation, not a failure of the request (outcome becomes `cancelled`).
+        if (isKvrouteError(err) && err.code === 'client_closed') span.recordException(err);
+        else recordFailure(span, err);
+      }
     }
   };
   const onChunk = () => {
@@ -92,7 +99,7 @@ export async function handleInference(
     admission.firstToken();
     firstText = tally.add(first.value);
   } catch (err) {
-    finish(err);
+    finish(err, true);
     throw err;
   }
 
@@ -109,7 +116,7 @@ export async function handleInference(
       finish(undefined);
       return { kind: 'json', headers, body };
     } catch (err) {
-      finish(err);
+      finish(err, true);
       await chunks.return?.();
       throw err;
     }

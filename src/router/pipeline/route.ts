@@ -5,6 +5,7 @@
 import { context, trace } from '@opentelemetry/api';
 import { KvrouteError } from '../../errors.js';
 import { type BlockKeys, localBlockKeys } from '../../kv-index/index.js';
+import { recordFailure } from '../../telemetry/index.js';
 import type { ExecutionPlan, RoutingInput, WorkerDecision } from '../execute/types.js';
 import { type EndpointKind, type NormalizedRequest, parseInferenceRequest } from '../openai/request.js';
 import type { Worker } from '../registry/index.js';
@@ -167,7 +168,7 @@ function planRoute(
       };
     });
   } catch (err) {
-    span.recordException(err as Error);
+    recordFailure(span, err);
     throw err;
   } finally {
     span.end();
