@@ -178,7 +178,8 @@ export function resolveTelemetryConfig(
     }
     exporters = names.includes('none') ? [] : (names as TraceExporterKind[]);
   }
-  const defaults = disabled ? {} : env;
+  // Disabled, every setting is its default (nothing read, nothing to reject).
+  const settingsEnv = disabled ? {} : env;
   return {
     enabled: exporters.length > 0,
     serviceName: read(env, 'OTEL_SERVICE_NAME') ?? defaultServiceName,
@@ -187,8 +188,8 @@ export function resolveTelemetryConfig(
     // when an OTLP trace exporter will use them.
     protocol: exporters.includes('otlp') ? parseProtocol(env) : 'http/protobuf',
     otlpTracesUrl: tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE),
-    sampler: parseSampler(defaults),
-    batch: parseBatchLimits(defaults),
-    limits: parseSpanLimits(defaults),
+    sampler: parseSampler(settingsEnv),
+    batch: parseBatchLimits(settingsEnv),
+    limits: parseSpanLimits(settingsEnv),
   };
 }
