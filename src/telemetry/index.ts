@@ -23,7 +23,12 @@ import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
 import { createProtobufTraceDelivery, EagerOtlpSpanProcessor } from './eager-otlp-processor.js';
 import { LeanTracer } from './lean-tracer.js';
-import { followsParent, rootsNeverSampled, UnsampledShortcutTracer } from './unsampled-shortcut.js';
+import {
+  followsParent,
+  isParentBased,
+  rootsNeverSampled,
+  UnsampledShortcutTracer,
+} from './unsampled-shortcut.js';
 
 export type { TelemetryConfig } from './config.js';
 export { resolveTelemetryConfig } from './config.js';
@@ -109,6 +114,7 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
     resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName })),
     scope: { name: 'kvroute' },
     sampler: buildSampler(config.sampler),
+    sampledParentsSample: isParentBased(config.sampler.kind),
     idGenerator: new RandomIdGenerator(),
     processors,
     limits: config.limits,

@@ -12,7 +12,9 @@
 // - times are one performance.now() per start and end, against a wall-clock anchor refreshed
 //   once a second, turned into HrTime only when read;
 // - attributes are validated and stored in one pass, without a sanitized copy;
-// - a parent that is one of our own spans is valid by construction: no regex.
+// - a parent that is one of our own spans is valid by construction: no regex;
+// - under a parent-based sampler, a child of a valid sampled parent is sampled without asking the
+//   sampler (whose answer is fixed, after two regex checks of the parent's ids).
 
 import {
   type Attributes,
@@ -48,6 +50,7 @@ import {
   type ReadableSpan,
   type Sampler,
   SamplingDecision,
+  type SamplingResult,
   type SpanProcessor,
   type TimedEvent,
 } from '@opentelemetry/sdk-trace-base';
@@ -98,7 +101,15 @@ export interface LeanTracerOptions {
   /** Every processor gets every span (the SDK's MultiSpanProcessor, without the wrapper). */
   processors: SpanProcessor[];
   limits: SpanLimits;
+  /**
+   * True when `sampler` is one of the parent-based ones as configured here (index.ts), which
+   * record and sample every child of a valid sampled parent: such a child skips the sampler call
+   * (and the regex checks of the parent's ids it makes). False: the sampler decides every span.
+   */
+  sampledParentsSample?: boolean;
 }
+
+const SAMPLED_BY_PARENT: SamplingResult = Object.freeze({ decision: SamplingDecision.RECORD_AND_SAMPLED });
 
 export class LeanTracer implements Tracer {
   constructor(private readonly o: LeanTracerOptions) {}
@@ -119,14 +130,12 @@ export class LeanTracer implements Tracer {
     const traceId = validParent?.traceId ?? this.o.idGenerator.generateTraceId();
     const kind = options.kind ?? SpanKind.INTERNAL;
     const links = options.links ?? [];
-    const result = this.o.sampler.shouldSample(
-      parentContext,
-      traceId,
-      name,
-      kind,
-      options.attributes ?? {},
-      links,
-    );
+    const result =
+      this.o.sampledParentsSample === true &&
+      validParent !== undefined &&
+      (validParent.traceFlags & TraceFlags.SAMPLED) !== 0
+        ? SAMPLED_BY_PARENT
+        : this.o.sampler.shouldSample(parentContext, traceId, name, kind, options.attributes ?? {}, links);
     const traceState = result.traceState ?? validParent?.traceState;
     if (result.decision === SamplingDecision.NOT_RECORD) {
       return trace.wrapSpanContext({ traceId, spanId, traceFlags: TraceFlags.NONE, traceState });

@@ -67,7 +67,15 @@ export class UnsampledShortcutTracer implements Tracer {
 
 /** Whether a sampler of this kind decides a child with a parent exactly as its parent was decided. */
 export function followsParent(samplerKind: string): boolean {
-  return samplerKind.startsWith('parentbased_') || samplerKind === 'always_off';
+  return isParentBased(samplerKind) || samplerKind === 'always_off';
+}
+
+/**
+ * Whether a sampler of this kind is the SDK's ParentBasedSampler as index.ts builds it (only the
+ * root sampler given): every child of a valid sampled parent is then recorded and sampled.
+ */
+export function isParentBased(samplerKind: string): boolean {
+  return samplerKind.startsWith('parentbased_');
 }
 
 /** Whether a sampler of this kind (and ratio) can never sample a new root. */
