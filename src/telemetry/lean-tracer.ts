@@ -10,7 +10,8 @@
 // contract, same attribute validation, limits, status and exception rules; one shared test suite
 // runs both, test/telemetry-lean-tracer.test.ts) and drops the rest:
 // - times are one performance.now() per start and end, against a wall-clock anchor refreshed
-//   once a second, turned into HrTime only when read;
+//   once a second (the start's anchor for both), kept as epoch milliseconds and turned into HrTime
+//   only when read; the OTLP encoder writes them without one (startEpochMs, endEpochMs);
 // - attributes are validated and stored in one pass, without a sanitized copy;
 // - a parent that is one of our own spans is valid by construction: no regex;
 // - under a parent-based sampler, a child of a valid sampled parent is sampled without asking the
@@ -56,6 +57,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import type { SpanLimits } from './config.js';
 import { startActiveSpanOf } from './context.js';
+import { epochSeconds, nanosPastSecond } from './epoch-ms.js';
 import { isSpanContextValid } from './trace-context-propagator.js';
 
 // Wall clock = performance.now() + anchor. The SDK re-derives this offset for every span (a
@@ -75,10 +77,8 @@ function nowPerf(): number {
 
 /** Epoch milliseconds (fractional) as HrTime, exact to the nanosecond a double can hold. */
 function epochMsToHrTime(ms: number): HrTime {
-  const seconds = Math.floor(ms / 1000);
-  let nanos = Math.round((ms - seconds * 1000) * 1e6);
-  if (nanos >= 1e9) nanos = 999_999_999;
-  return [seconds, nanos];
+  const seconds = epochSeconds(ms);
+  return [seconds, nanosPastSecond(ms, seconds)];
 }
 
 /** A TimeInput the caller gave as an epoch-ms number (the SDK reads a small number as performance time). */
@@ -173,10 +173,15 @@ export class LeanSpan implements Span, ReadableSpan {
   readonly resource: Resource;
   readonly instrumentationScope: InstrumentationScope;
   private attributeCount = 0;
-  /** performance.now() at start, or NaN when the caller gave an explicit start time. */
+  /**
+   * Start as epoch milliseconds (performance.now() + the clock anchor), or NaN when the caller gave
+   * an explicit start time (then `start` holds it). The OTLP encoder reads it instead of an HrTime.
+   */
+  readonly startEpochMs: number;
+  /** performance.now() at start: the end is the start plus the time elapsed since, one anchor for both. */
   private readonly startPerf: number;
   private start: HrTime | undefined;
-  private endPerf = 0;
+  private endMs = Number.NaN;
   private endHr: HrTime | undefined;
 
   constructor(
@@ -191,8 +196,10 @@ export class LeanSpan implements Span, ReadableSpan {
     this.instrumentationScope = o.scope;
     if (startTime === undefined) {
       this.startPerf = nowPerf();
+      this.startEpochMs = this.startPerf + anchorMs;
     } else {
       this.startPerf = Number.NaN;
+      this.startEpochMs = Number.NaN;
       this.start = explicitTime(startTime);
     }
   }
@@ -201,14 +208,19 @@ export class LeanSpan implements Span, ReadableSpan {
     return this.context;
   }
 
+  /** End as epoch milliseconds, or NaN before the end or when it was given explicitly (see endTime). */
+  get endEpochMs(): number {
+    return this.endMs;
+  }
+
   get startTime(): HrTime {
-    this.start ??= epochMsToHrTime(this.startPerf + anchorMs);
+    this.start ??= epochMsToHrTime(this.startEpochMs);
     return this.start;
   }
 
   get endTime(): HrTime {
     if (!this.ended) return [0, 0];
-    this.endHr ??= epochMsToHrTime(this.endPerf + anchorMs);
+    this.endHr ??= epochMsToHrTime(this.endMs);
     return this.endHr;
   }
 
@@ -316,7 +328,7 @@ export class LeanSpan implements Span, ReadableSpan {
   end(endTime?: TimeInput): void {
     if (this.ended) return;
     if (endTime === undefined && !Number.isNaN(this.startPerf)) {
-      this.endPerf = nowPerf();
+      this.endMs = this.startEpochMs + (nowPerf() - this.startPerf);
     } else {
       const end = endTime === undefined ? millisToHrTime(Date.now()) : explicitTime(endTime);
       const start = this.startTime;

@@ -15,6 +15,7 @@ import type { Attributes, AttributeValue, Link, SpanContext } from '@opentelemet
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace-base';
+import { epochSeconds, nanosPastSecond } from './epoch-ms.js';
 import { ProtoWriter } from './proto-writer.js';
 
 const WIRE_VARINT = 0;
@@ -130,6 +131,21 @@ function writeAttributes(
   }
 }
 
+/**
+ * A span that also has its start and end as epoch milliseconds (LeanSpan): the encoder writes
+ * those without making an HrTime per time. NaN: read `startTime` / `endTime` instead.
+ */
+export interface EpochMsTimes {
+  readonly startEpochMs: number;
+  readonly endEpochMs: number;
+}
+
+/** Epoch milliseconds as fixed64 nanoseconds: the bytes their HrTime (epoch-ms.ts) would give. */
+function writeEpochMs(w: ProtoWriter, epochMs: number): void {
+  const seconds = epochSeconds(epochMs);
+  w.hrTimeFixed64(seconds, nanosPastSecond(epochMs, seconds));
+}
+
 function writeEvent(w: ProtoWriter, event: TimedEvent): void {
   w.tag(1, WIRE_FIXED64);
   w.hrTimeFixed64(event.time[0], event.time[1]);
@@ -177,10 +193,17 @@ export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
   // OTLP's SpanKind counts from 1 (0 is "unspecified"); the API's from 0.
   w.tag(6, WIRE_VARINT);
   w.uint32(span.kind + 1);
+  const { startEpochMs, endEpochMs } = span as ReadableSpan & Partial<EpochMsTimes>;
   w.tag(7, WIRE_FIXED64);
-  w.hrTimeFixed64(span.startTime[0], span.startTime[1]);
+  if (startEpochMs === undefined || Number.isNaN(startEpochMs)) {
+    const start = span.startTime;
+    w.hrTimeFixed64(start[0], start[1]);
+  } else writeEpochMs(w, startEpochMs);
   w.tag(8, WIRE_FIXED64);
-  w.hrTimeFixed64(span.endTime[0], span.endTime[1]);
+  if (endEpochMs === undefined || Number.isNaN(endEpochMs)) {
+    const end = span.endTime;
+    w.hrTimeFixed64(end[0], end[1]);
+  } else writeEpochMs(w, endEpochMs);
   writeAttributes(w, span.attributes, 9);
   w.tag(10, WIRE_VARINT);
   w.uint32(span.droppedAttributesCount);
