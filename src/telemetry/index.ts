@@ -12,7 +12,6 @@ import {
   BatchSpanProcessor,
   ConsoleSpanExporter,
   ParentBasedSampler,
-  RandomIdGenerator,
   type Sampler,
   SimpleSpanProcessor,
   type SpanProcessor,
@@ -23,6 +22,7 @@ import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
 import { createProtobufTraceDelivery, EagerOtlpSpanProcessor } from './eager-otlp-processor.js';
 import { LeanTracer } from './lean-tracer.js';
+import { PooledIdGenerator } from './pooled-id-generator.js';
 import {
   followsParent,
   isParentBased,
@@ -115,7 +115,7 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
     scope: { name: 'kvroute' },
     sampler: buildSampler(config.sampler),
     sampledParentsSample: isParentBased(config.sampler.kind),
-    idGenerator: new RandomIdGenerator(),
+    idGenerator: new PooledIdGenerator(),
     processors,
     limits: config.limits,
   });

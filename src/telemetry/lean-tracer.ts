@@ -1,6 +1,6 @@
-// The tracer that records kvroute's spans when tracing is on: the SDK's sampler, id generator,
-// resource, span processors and exporters, around a span object of our own that does only what a
-// recorded span needs.
+// The tracer that records kvroute's spans when tracing is on: the SDK's sampler, resource, span
+// processors and exporters, and an IdGenerator (pooled-id-generator.ts in kvroute), around a span
+// object of our own that does only what a recorded span needs.
 //
 // Why not the SDK's Tracer and SpanImpl: a fully sampled request makes six spans, and on a mock
 // request of ~120 µs of CPU the SDK's span machinery alone (two clock reads and an HrTime sum per

@@ -7,7 +7,7 @@
 // instead of a fresh one) is never seen by a backend.
 //
 // When the root sampler can never sample either (always_off, parentbased_always_off, a ratio of
-// 0), a new root is answered the same way: fresh random ids (the SDK's generator) in a
+// 0), a new root is answered the same way: fresh random ids (pooled-id-generator.ts) in a
 // non-recording span, so a sampled-out request makes no SDK span at all, only the trace context
 // that travels downstream.
 
@@ -21,8 +21,8 @@ import {
   trace,
 } from '@opentelemetry/api';
 import { isTracingSuppressed } from '@opentelemetry/core';
-import { RandomIdGenerator } from '@opentelemetry/sdk-trace-node';
 import { startActiveSpanOf } from './context.js';
+import { PooledIdGenerator } from './pooled-id-generator.js';
 import { isSpanContextValid } from './trace-context-propagator.js';
 
 export interface ShortcutRules {
@@ -31,7 +31,7 @@ export interface ShortcutRules {
 }
 
 export class UnsampledShortcutTracer implements Tracer {
-  private readonly ids = new RandomIdGenerator();
+  private readonly ids = new PooledIdGenerator();
 
   constructor(
     private readonly sdk: Tracer,
