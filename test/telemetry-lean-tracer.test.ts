@@ -314,6 +314,26 @@ describe('LeanTracer exports what the SDK Tracer exports', () => {
     );
   });
 
+  test('attribute keys in the order of the SDK span attributes object, read during and after the span', () => {
+    const orders = Object.entries(implementations).map(([name, make]) => {
+      const h = make(new AlwaysOnSampler(), { ...DEFAULT_LIMITS, attributeCountLimit: 5 });
+      const span = h.tracer.startSpan('ordered', { attributes: { b: 1, 7: 'seven' } }, ROOT_CONTEXT);
+      const during = Object.keys((span as unknown as ReadableSpan).attributes);
+      span.setAttributes({ a: [1, 2], 2: true, b: 'again' });
+      span.setAttribute('10', 'ten');
+      span.setAttribute('over the limit', 1);
+      span.end();
+      const [s] = h.finished();
+      return { name, during, after: Object.entries(s!.attributes), dropped: s!.droppedAttributesCount };
+    });
+    for (const other of orders.slice(1))
+      assert.deepEqual({ ...other, name: '' }, { ...orders[0]!, name: '' });
+    assert.deepEqual(
+      orders[0]!.after.map(([k]) => k),
+      ['2', '7', '10', 'b', 'a'],
+    );
+  });
+
   test('explicit start, event and end times are kept as given', () => {
     for (const [name, make] of Object.entries(implementations)) {
       const h = make(new AlwaysOnSampler(), DEFAULT_LIMITS);

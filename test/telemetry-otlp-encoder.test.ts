@@ -196,6 +196,30 @@ describe('EncodedSpanBatch: byte-for-byte the reference OTLP encoding', () => {
     assertSameBytes(exporter.getFinishedSpans());
   });
 
+  test('LeanTracer attributes: set again, over the count limit, keys an object puts first, __proto__', () => {
+    const exporter = new InMemorySpanExporter();
+    const tracer = new LeanTracer({
+      resource: testResource,
+      scope: { name: 'kvroute' },
+      sampler: new AlwaysOnSampler(),
+      idGenerator: new RandomIdGenerator(),
+      processors: [new SimpleSpanProcessor(exporter)],
+      limits: { ...resolveTelemetryConfig('t', {}).limits, attributeCountLimit: 4 },
+    });
+    const plain = tracer.startSpan('plain', { attributes: { b: 1, a: 'x' } });
+    plain.setAttributes({ b: 'again', c: [1, 2], d: true, e: 'dropped' });
+    plain.end();
+    const indexKeys = tracer.startSpan('index keys', { attributes: { b: 1, 7: 'seven' } });
+    indexKeys.setAttribute('2', true);
+    indexKeys.setAttribute('b', 'again');
+    indexKeys.end();
+    const proto = tracer.startSpan('proto', { attributes: { a: 1 } });
+    proto.setAttribute('__proto__', 'not an own key');
+    proto.setAttribute('z', 2);
+    proto.end();
+    assertSameBytes(exporter.getFinishedSpans());
+  });
+
   test('a batch is reusable: the second request holds only the second batch', () => {
     const batch = new EncodedSpanBatch();
     assertSameBytes(sdkSpans(11, 30), batch);

@@ -12,7 +12,8 @@
 // - times are one performance.now() per start and end, against a wall-clock anchor refreshed
 //   once a second (the start's anchor for both), kept as epoch milliseconds and turned into HrTime
 //   only when read; the OTLP encoder writes them without one (startEpochMs, endEpochMs);
-// - attributes are validated and stored in one pass, without a sanitized copy;
+// - attributes are validated and stored in one pass, without a sanitized copy, as keys and values
+//   in one array that the OTLP encoder reads; the `attributes` object is made only when read;
 // - a parent that is one of our own spans is valid by construction: no regex;
 // - under a parent-based sampler, a child of a valid sampled parent is sampled without asking the
 //   sampler (whose answer is fixed, after two regex checks of the parent's ids).
@@ -161,7 +162,15 @@ export class LeanTracer implements Tracer {
 
 /** A recorded span: the API's Span for the code that makes it, ReadableSpan for processors. */
 export class LeanSpan implements Span, ReadableSpan {
-  readonly attributes: Attributes = {};
+  /**
+   * The attributes as keys and values interleaved, in the order they were first set (a key set
+   * again keeps its place): cheaper to fill and to encode than an object with a shape per key set.
+   */
+  private readonly attributeList: (string | AttributeValue)[] = [];
+  /** `attributes` once someone read it; kept in step from then on. */
+  private attributeObject: Attributes | undefined;
+  /** False once a key is one a plain object would not keep in set order (see attributesInOrder). */
+  private plainKeys = true;
   // Most spans never get a link or an event: they share one empty array until their first.
   links: Link[] = NONE;
   events: TimedEvent[] = NONE;
@@ -172,7 +181,6 @@ export class LeanSpan implements Span, ReadableSpan {
   droppedLinksCount = 0;
   readonly resource: Resource;
   readonly instrumentationScope: InstrumentationScope;
-  private attributeCount = 0;
   /**
    * Start as epoch milliseconds (performance.now() + the clock anchor), or NaN when the caller gave
    * an explicit start time (then `start` holds it). The OTLP encoder reads it instead of an HrTime.
@@ -233,17 +241,45 @@ export class LeanSpan implements Span, ReadableSpan {
     return !this.ended;
   }
 
+  /** The attributes as the SDK's span holds them: an object, made on first read. */
+  get attributes(): Attributes {
+    if (this.attributeObject === undefined) {
+      const object: Attributes = {};
+      const list = this.attributeList;
+      for (let i = 0; i < list.length; i += 2) object[list[i] as string] = list[i + 1] as AttributeValue;
+      this.attributeObject = object;
+    }
+    return this.attributeObject;
+  }
+
+  /**
+   * Keys and values interleaved in the order `attributes` has them, for the OTLP encoder; undefined
+   * when that order differs (an array-index key such as "7", which an object puts first, or
+   * "__proto__"): then read `attributes`.
+   */
+  get attributesInOrder(): readonly unknown[] | undefined {
+    return this.plainKeys ? this.attributeList : undefined;
+  }
+
   setAttribute(key: string, value: AttributeValue | undefined): this {
     if (value == null || this.ended || key.length === 0) return this;
     const t = typeof value;
     if (t !== 'string' && t !== 'number' && t !== 'boolean' && !isAttributeValue(value)) return this;
-    const isNew = !Object.hasOwn(this.attributes, key);
-    if (isNew && this.attributeCount >= this.o.limits.attributeCountLimit) {
+    const list = this.attributeList;
+    let at = 0;
+    while (at < list.length && list[at] !== key) at += 2;
+    const isNew = at === list.length;
+    if (isNew && at >>> 1 >= this.o.limits.attributeCountLimit) {
       this.droppedAttributesCount++;
       return this;
     }
-    this.attributes[key] = this.truncate(value, this.o.limits.attributeValueLengthLimit);
-    if (isNew) this.attributeCount++;
+    const kept = this.truncate(value, this.o.limits.attributeValueLengthLimit);
+    if (isNew) {
+      const first = key.charCodeAt(0);
+      if ((first >= 0x30 && first <= 0x39) || key === '__proto__') this.plainKeys = false;
+      list.push(key, kept);
+    } else list[at + 1] = kept;
+    if (this.attributeObject !== undefined) this.attributeObject[key] = kept;
     return this;
   }
 

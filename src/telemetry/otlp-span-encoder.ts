@@ -11,7 +11,7 @@
 //          8 end, 9 attributes, 10 dropped attrs, 11 events, 12 dropped events, 13 links,
 //          14 dropped links, 15 status, 16 flags }
 
-import type { Attributes, AttributeValue, Link, SpanContext } from '@opentelemetry/api';
+import type { Attributes, Link, SpanContext } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace-base';
@@ -112,6 +112,18 @@ function writeAnyValue(w: ProtoWriter, value: unknown): void {
   }
 }
 
+/** One KeyValue in repeated field `field`. */
+function writeKeyValue(w: ProtoWriter, field: number, key: string, value: unknown): void {
+  w.tag(field, WIRE_LENGTH);
+  const keyValue = w.begin();
+  w.raw(keyField(key));
+  w.tag(2, WIRE_LENGTH);
+  const any = w.begin();
+  writeAnyValue(w, value);
+  w.end(any);
+  w.end(keyValue);
+}
+
 /** Each own key of `attributes` as a KeyValue in repeated field `field`. */
 function writeAttributes(
   w: ProtoWriter,
@@ -119,16 +131,16 @@ function writeAttributes(
   field: number,
 ): void {
   for (const key in attributes) {
-    if (!Object.hasOwn(attributes, key)) continue;
-    w.tag(field, WIRE_LENGTH);
-    const keyValue = w.begin();
-    w.raw(keyField(key));
-    w.tag(2, WIRE_LENGTH);
-    const any = w.begin();
-    writeAnyValue(w, attributes[key] as AttributeValue | undefined);
-    w.end(any);
-    w.end(keyValue);
+    if (Object.hasOwn(attributes, key)) writeKeyValue(w, field, key, attributes[key]);
   }
+}
+
+/**
+ * A span that also has its attributes as keys and values interleaved, in the order of its
+ * `attributes` object (LeanSpan): the encoder reads those instead. Undefined: read `attributes`.
+ */
+export interface AttributesInOrder {
+  readonly attributesInOrder: readonly unknown[] | undefined;
 }
 
 /**
@@ -204,7 +216,9 @@ export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
     const end = span.endTime;
     w.hrTimeFixed64(end[0], end[1]);
   } else writeEpochMs(w, endEpochMs);
-  writeAttributes(w, span.attributes, 9);
+  const inOrder = (span as ReadableSpan & Partial<AttributesInOrder>).attributesInOrder;
+  if (inOrder === undefined) writeAttributes(w, span.attributes, 9);
+  else for (let i = 0; i < inOrder.length; i += 2) writeKeyValue(w, 9, inOrder[i] as string, inOrder[i + 1]);
   w.tag(10, WIRE_VARINT);
   w.uint32(span.droppedAttributesCount);
   writeMessages(w, 11, span.events, writeEvent);
