@@ -130,13 +130,19 @@ export class LeanTracer implements Tracer {
     const spanId = this.o.idGenerator.generateSpanId();
     const traceId = validParent?.traceId ?? this.o.idGenerator.generateTraceId();
     const kind = options.kind ?? SpanKind.INTERNAL;
-    const links = options.links ?? [];
     const result =
       this.o.sampledParentsSample === true &&
       validParent !== undefined &&
       (validParent.traceFlags & TraceFlags.SAMPLED) !== 0
         ? SAMPLED_BY_PARENT
-        : this.o.sampler.shouldSample(parentContext, traceId, name, kind, options.attributes ?? {}, links);
+        : this.o.sampler.shouldSample(
+            parentContext,
+            traceId,
+            name,
+            kind,
+            options.attributes ?? {},
+            options.links ?? [],
+          );
     const traceState = result.traceState ?? validParent?.traceState;
     if (result.decision === SamplingDecision.NOT_RECORD) {
       return trace.wrapSpanContext({ traceId, spanId, traceFlags: TraceFlags.NONE, traceState });
@@ -149,7 +155,7 @@ export class LeanTracer implements Tracer {
       traceState,
     };
     const span = new LeanSpan(this.o, spanContext, validParent, name, kind, options.startTime);
-    for (const link of links) span.addLink(link);
+    if (options.links) span.addLinks(options.links);
     if (options.attributes) span.setAttributes(options.attributes);
     if (result.attributes) span.setAttributes(result.attributes);
     for (const p of this.o.processors) p.onStart(span, parentContext);
