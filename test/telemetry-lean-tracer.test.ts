@@ -69,6 +69,20 @@ const implementations: Record<string, Make> = {
     });
     return { tracer, finished: () => exporter.getFinishedSpans() };
   },
+  // As index.ts builds it for the parentbased_* samplers: a sampled parent's children skip the sampler.
+  'LeanTracer, sampled parents short-cut': (sampler, limits) => {
+    const exporter = new InMemorySpanExporter();
+    const tracer = new LeanTracer({
+      resource,
+      scope: { name: 'kvroute' },
+      sampler,
+      idGenerator: new RandomIdGenerator(),
+      processors: [new SimpleSpanProcessor(exporter)],
+      limits,
+      sampledParentsSample: sampler instanceof ParentBasedSampler,
+    });
+    return { tracer, finished: () => exporter.getFinishedSpans() };
+  },
 };
 
 /** What a span exports, with ids replaced by the names of the spans they belong to. */
@@ -268,6 +282,56 @@ describe('LeanTracer exports what the SDK Tracer exports', () => {
     assert.equal(spans[0]!.parent, 'remote caller');
     assert.equal(spans[0]!.parentIsRemote, true);
     assert.equal(spans[0]!.traceState, 'vendor=value');
+  });
+
+  test('a parent-based sampler: children of a sampled parent, local or remote, are recorded', () => {
+    const remote = new Map([['00f067aa0ba902b7', 'remote caller']]);
+    const spans = sameAsReference(
+      (tracer) => {
+        // The root sampler never samples: only the sampled parent's decision records these.
+        const parent: Context = propagation.extract(ROOT_CONTEXT, {
+          traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+          tracestate: 'vendor=value',
+        });
+        const server = tracer.startSpan('server', { kind: SpanKind.SERVER, attributes: { a: 1 } }, parent);
+        const child = tracer.startSpan('child', {}, trace.setSpan(parent, server));
+        const unsampledRoot = tracer.startSpan('unsampled root', {}, ROOT_CONTEXT);
+        assert.equal(unsampledRoot.isRecording(), false);
+        unsampledRoot.end();
+        child.end();
+        server.end();
+      },
+      () => new ParentBasedSampler({ root: new AlwaysOffSampler() }),
+      undefined,
+      remote,
+    );
+    assert.deepEqual(
+      spans.map((s) => [s.name, s.parent, s.traceFlags, s.traceState]),
+      [
+        ['child', 'server', 1, 'vendor=value'],
+        ['server', 'remote caller', 1, 'vendor=value'],
+      ],
+    );
+  });
+
+  test('attribute keys in the order of the SDK span attributes object, read during and after the span', () => {
+    const orders = Object.entries(implementations).map(([name, make]) => {
+      const h = make(new AlwaysOnSampler(), { ...DEFAULT_LIMITS, attributeCountLimit: 5 });
+      const span = h.tracer.startSpan('ordered', { attributes: { b: 1, 7: 'seven' } }, ROOT_CONTEXT);
+      const during = Object.keys((span as unknown as ReadableSpan).attributes);
+      span.setAttributes({ a: [1, 2], 2: true, b: 'again' });
+      span.setAttribute('10', 'ten');
+      span.setAttribute('over the limit', 1);
+      span.end();
+      const [s] = h.finished();
+      return { name, during, after: Object.entries(s!.attributes), dropped: s!.droppedAttributesCount };
+    });
+    for (const other of orders.slice(1))
+      assert.deepEqual({ ...other, name: '' }, { ...orders[0]!, name: '' });
+    assert.deepEqual(
+      orders[0]!.after.map(([k]) => k),
+      ['2', '7', '10', 'b', 'a'],
+    );
   });
 
   test('explicit start, event and end times are kept as given', () => {

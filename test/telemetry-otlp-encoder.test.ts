@@ -1,7 +1,8 @@
 // The eager OTLP/protobuf encoder against the reference: for the same finished spans, the bytes of
 // EncodedSpanBatch.takeRequest() must equal @opentelemetry/otlp-transformer's
 // ProtobufTraceSerializer output exactly. Spans come from the real SDK (seeded random names,
-// attributes of every type, events, links, statuses, kinds, remote parents) and from hand-built
+// attributes of every type, events, links, statuses, kinds, remote parents), the same from
+// LeanTracer (whose times the encoder reads as epoch milliseconds) and from hand-built
 // spans at the edges (times past 2^53 ns, long and non-ASCII strings, lengths of 2 and 3 bytes).
 
 import assert from 'node:assert/strict';
@@ -14,17 +15,22 @@ import {
   SpanKind,
   SpanStatusCode,
   TraceFlags,
+  type Tracer,
   trace,
 } from '@opentelemetry/api';
 import { TraceState } from '@opentelemetry/core';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
+  AlwaysOnSampler,
   BasicTracerProvider,
   InMemorySpanExporter,
+  RandomIdGenerator,
   type ReadableSpan,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
+import { resolveTelemetryConfig } from '../src/telemetry/config.js';
+import { LeanTracer } from '../src/telemetry/lean-tracer.js';
 import { EncodedSpanBatch } from '../src/telemetry/otlp-span-encoder.js';
 import { ProtoWriter } from '../src/telemetry/proto-writer.js';
 import { seededRng } from '../src/util/seeded-rng.js';
@@ -82,16 +88,45 @@ function randomAttributes(rng: () => number, n: number): Attributes {
   return attributes;
 }
 
+const testResource = resourceFromAttributes({ 'service.name': 'kvroute-test', 'host.name': 'höst' });
+
 /** Spans made by the real SDK, with everything a span can carry, from one seed. */
 function sdkSpans(seed: number, count: number): ReadableSpan[] {
-  const rng = seededRng(seed);
   const exporter = new InMemorySpanExporter();
   const provider = new BasicTracerProvider({
-    resource: resourceFromAttributes({ 'service.name': 'kvroute-test', 'host.name': 'höst' }),
+    resource: testResource,
     spanProcessors: [new SimpleSpanProcessor(exporter)],
     spanLimits: { attributeCountLimit: 64, eventCountLimit: 3, linkCountLimit: 2 },
   });
-  const tracers = [provider.getTracer('kvroute'), provider.getTracer('other-scope', '1.2.3')];
+  scriptSpans(seed, count, [provider.getTracer('kvroute'), provider.getTracer('other-scope', '1.2.3')]);
+  return exporter.getFinishedSpans();
+}
+
+/** The same, made by LeanTracer (the spans the encoder meets in kvroute). */
+function leanSpans(seed: number, count: number): ReadableSpan[] {
+  const exporter = new InMemorySpanExporter();
+  const options = {
+    resource: testResource,
+    sampler: new AlwaysOnSampler(),
+    idGenerator: new RandomIdGenerator(),
+    processors: [new SimpleSpanProcessor(exporter)],
+    limits: {
+      ...resolveTelemetryConfig('t', {}).limits,
+      attributeCountLimit: 64,
+      eventCountLimit: 3,
+      linkCountLimit: 2,
+    },
+  };
+  scriptSpans(seed, count, [
+    new LeanTracer({ ...options, scope: { name: 'kvroute' } }),
+    new LeanTracer({ ...options, scope: { name: 'other-scope', version: '1.2.3' } }),
+  ]);
+  return exporter.getFinishedSpans();
+}
+
+/** `count` spans with everything a span can carry, from one seed, made with `tracers`. */
+function scriptSpans(seed: number, count: number, tracers: Tracer[]): void {
+  const rng = seededRng(seed);
   const kinds = [SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.PRODUCER, SpanKind.CONSUMER];
   for (let i = 0; i < count; i++) {
     const remote = rng() < 0.5;
@@ -125,7 +160,6 @@ function sdkSpans(seed: number, count: number): ReadableSpan[] {
     else if (status < 0.5) span.setStatus({ code: SpanStatusCode.OK });
     span.end();
   }
-  return exporter.getFinishedSpans();
 }
 
 describe('EncodedSpanBatch: byte-for-byte the reference OTLP encoding', () => {
@@ -134,6 +168,57 @@ describe('EncodedSpanBatch: byte-for-byte the reference OTLP encoding', () => {
       assertSameBytes(sdkSpans(seed, 60));
     });
   }
+
+  for (const seed of [6, 7, 8]) {
+    test(`seed ${seed}: 60 LeanTracer spans of two scopes`, () => {
+      assertSameBytes(leanSpans(seed, 60));
+    });
+  }
+
+  test('LeanTracer spans with explicit times, or with times read before they are encoded', () => {
+    const exporter = new InMemorySpanExporter();
+    const tracer = new LeanTracer({
+      resource: testResource,
+      scope: { name: 'kvroute' },
+      sampler: new AlwaysOnSampler(),
+      idGenerator: new RandomIdGenerator(),
+      processors: [new SimpleSpanProcessor(exporter)],
+      limits: resolveTelemetryConfig('t', {}).limits,
+    });
+    tracer.startSpan('explicit', { startTime: new Date(1_700_000_000_123) }).end([1_700_000_001, 5]);
+    tracer.startSpan('implicit times').end();
+    const read = tracer.startSpan('start read early', { attributes: { a: 1 } });
+    assert.ok(read.isRecording() && (read as unknown as ReadableSpan).startTime[0] > 0);
+    read.setAttribute('a', 'overwritten');
+    read.setAttribute('b', 2);
+    read.end();
+    tracer.startSpan('explicit end', { startTime: performance.timeOrigin }).end(Date.now());
+    assertSameBytes(exporter.getFinishedSpans());
+  });
+
+  test('LeanTracer attributes: set again, over the count limit, keys an object puts first, __proto__', () => {
+    const exporter = new InMemorySpanExporter();
+    const tracer = new LeanTracer({
+      resource: testResource,
+      scope: { name: 'kvroute' },
+      sampler: new AlwaysOnSampler(),
+      idGenerator: new RandomIdGenerator(),
+      processors: [new SimpleSpanProcessor(exporter)],
+      limits: { ...resolveTelemetryConfig('t', {}).limits, attributeCountLimit: 4 },
+    });
+    const plain = tracer.startSpan('plain', { attributes: { b: 1, a: 'x' } });
+    plain.setAttributes({ b: 'again', c: [1, 2], d: true, e: 'dropped' });
+    plain.end();
+    const indexKeys = tracer.startSpan('index keys', { attributes: { b: 1, 7: 'seven' } });
+    indexKeys.setAttribute('2', true);
+    indexKeys.setAttribute('b', 'again');
+    indexKeys.end();
+    const proto = tracer.startSpan('proto', { attributes: { a: 1 } });
+    proto.setAttribute('__proto__', 'not an own key');
+    proto.setAttribute('z', 2);
+    proto.end();
+    assertSameBytes(exporter.getFinishedSpans());
+  });
 
   test('a batch is reusable: the second request holds only the second batch', () => {
     const batch = new EncodedSpanBatch();

@@ -12,7 +12,6 @@ import {
   BatchSpanProcessor,
   ConsoleSpanExporter,
   ParentBasedSampler,
-  RandomIdGenerator,
   type Sampler,
   SimpleSpanProcessor,
   type SpanProcessor,
@@ -23,7 +22,13 @@ import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
 import { createProtobufTraceDelivery, EagerOtlpSpanProcessor } from './eager-otlp-processor.js';
 import { LeanTracer } from './lean-tracer.js';
-import { followsParent, rootsNeverSampled, UnsampledShortcutTracer } from './unsampled-shortcut.js';
+import { PooledIdGenerator } from './pooled-id-generator.js';
+import {
+  followsParent,
+  isParentBased,
+  rootsNeverSampled,
+  UnsampledShortcutTracer,
+} from './unsampled-shortcut.js';
 
 export type { TelemetryConfig } from './config.js';
 export { resolveTelemetryConfig } from './config.js';
@@ -116,7 +121,8 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
     resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: config.serviceName })),
     scope: { name: 'kvroute' },
     sampler: buildSampler(config.sampler),
-    idGenerator: new RandomIdGenerator(),
+    sampledParentsSample: isParentBased(config.sampler.kind),
+    idGenerator: new PooledIdGenerator(),
     processors,
     limits: config.limits,
   });

@@ -1,6 +1,6 @@
-// The tracer that records kvroute's spans when tracing is on: the SDK's sampler, id generator,
-// resource, span processors and exporters, around a span object of our own that does only what a
-// recorded span needs.
+// The tracer that records kvroute's spans when tracing is on: the SDK's sampler, resource, span
+// processors and exporters, and an IdGenerator (pooled-id-generator.ts in kvroute), around a span
+// object of our own that does only what a recorded span needs.
 //
 // Why not the SDK's Tracer and SpanImpl: a fully sampled request makes six spans, and on a mock
 // request of ~120 µs of CPU the SDK's span machinery alone (two clock reads and an HrTime sum per
@@ -10,9 +10,13 @@
 // contract, same attribute validation, limits, status and exception rules; one shared test suite
 // runs both, test/telemetry-lean-tracer.test.ts) and drops the rest:
 // - times are one performance.now() per start and end, against a wall-clock anchor refreshed
-//   once a second, turned into HrTime only when read;
-// - attributes are validated and stored in one pass, without a sanitized copy;
-// - a parent that is one of our own spans is valid by construction: no regex.
+//   once a second (the start's anchor for both), kept as epoch milliseconds and turned into HrTime
+//   only when read; the OTLP encoder writes them without one (startEpochMs, endEpochMs);
+// - attributes are validated and stored in one pass, without a sanitized copy, as keys and values
+//   in one array that the OTLP encoder reads; the `attributes` object is made only when read;
+// - a parent that is one of our own spans is valid by construction: no regex;
+// - under a parent-based sampler, a child of a valid sampled parent is sampled without asking the
+//   sampler (whose answer is fixed, after two regex checks of the parent's ids).
 
 import {
   type Attributes,
@@ -48,11 +52,13 @@ import {
   type ReadableSpan,
   type Sampler,
   SamplingDecision,
+  type SamplingResult,
   type SpanProcessor,
   type TimedEvent,
 } from '@opentelemetry/sdk-trace-base';
 import type { SpanLimits } from './config.js';
 import { startActiveSpanOf } from './context.js';
+import { epochSeconds, nanosPastSecond } from './epoch-ms.js';
 import { isSpanContextValid } from './trace-context-propagator.js';
 
 // Wall clock = performance.now() + anchor. The SDK re-derives this offset for every span (a
@@ -72,10 +78,8 @@ function nowPerf(): number {
 
 /** Epoch milliseconds (fractional) as HrTime, exact to the nanosecond a double can hold. */
 function epochMsToHrTime(ms: number): HrTime {
-  const seconds = Math.floor(ms / 1000);
-  let nanos = Math.round((ms - seconds * 1000) * 1e6);
-  if (nanos >= 1e9) nanos = 999_999_999;
-  return [seconds, nanos];
+  const seconds = epochSeconds(ms);
+  return [seconds, nanosPastSecond(ms, seconds)];
 }
 
 /** A TimeInput the caller gave as an epoch-ms number (the SDK reads a small number as performance time). */
@@ -98,7 +102,15 @@ export interface LeanTracerOptions {
   /** Every processor gets every span (the SDK's MultiSpanProcessor, without the wrapper). */
   processors: SpanProcessor[];
   limits: SpanLimits;
+  /**
+   * True when `sampler` is one of the parent-based ones as configured here (index.ts), which
+   * record and sample every child of a valid sampled parent: such a child skips the sampler call
+   * (and the regex checks of the parent's ids it makes). False: the sampler decides every span.
+   */
+  sampledParentsSample?: boolean;
 }
+
+const SAMPLED_BY_PARENT: SamplingResult = Object.freeze({ decision: SamplingDecision.RECORD_AND_SAMPLED });
 
 export class LeanTracer implements Tracer {
   constructor(private readonly o: LeanTracerOptions) {}
@@ -118,15 +130,19 @@ export class LeanTracer implements Tracer {
     const spanId = this.o.idGenerator.generateSpanId();
     const traceId = validParent?.traceId ?? this.o.idGenerator.generateTraceId();
     const kind = options.kind ?? SpanKind.INTERNAL;
-    const links = options.links ?? [];
-    const result = this.o.sampler.shouldSample(
-      parentContext,
-      traceId,
-      name,
-      kind,
-      options.attributes ?? {},
-      links,
-    );
+    const result =
+      this.o.sampledParentsSample === true &&
+      validParent !== undefined &&
+      (validParent.traceFlags & TraceFlags.SAMPLED) !== 0
+        ? SAMPLED_BY_PARENT
+        : this.o.sampler.shouldSample(
+            parentContext,
+            traceId,
+            name,
+            kind,
+            options.attributes ?? {},
+            options.links ?? [],
+          );
     const traceState = result.traceState ?? validParent?.traceState;
     if (result.decision === SamplingDecision.NOT_RECORD) {
       return trace.wrapSpanContext({ traceId, spanId, traceFlags: TraceFlags.NONE, traceState });
@@ -139,7 +155,7 @@ export class LeanTracer implements Tracer {
       traceState,
     };
     const span = new LeanSpan(this.o, spanContext, validParent, name, kind, options.startTime);
-    for (const link of links) span.addLink(link);
+    if (options.links) span.addLinks(options.links);
     if (options.attributes) span.setAttributes(options.attributes);
     if (result.attributes) span.setAttributes(result.attributes);
     for (const p of this.o.processors) p.onStart(span, parentContext);
@@ -152,7 +168,15 @@ export class LeanTracer implements Tracer {
 
 /** A recorded span: the API's Span for the code that makes it, ReadableSpan for processors. */
 export class LeanSpan implements Span, ReadableSpan {
-  readonly attributes: Attributes = {};
+  /**
+   * The attributes as keys and values interleaved, in the order they were first set (a key set
+   * again keeps its place): cheaper to fill and to encode than an object with a shape per key set.
+   */
+  private readonly attributeList: (string | AttributeValue)[] = [];
+  /** `attributes` once someone read it; kept in step from then on. */
+  private attributeObject: Attributes | undefined;
+  /** False once a key is one a plain object would not keep in set order (see attributesInOrder). */
+  private plainKeys = true;
   // Most spans never get a link or an event: they share one empty array until their first.
   links: Link[] = NONE;
   events: TimedEvent[] = NONE;
@@ -163,11 +187,15 @@ export class LeanSpan implements Span, ReadableSpan {
   droppedLinksCount = 0;
   readonly resource: Resource;
   readonly instrumentationScope: InstrumentationScope;
-  private attributeCount = 0;
-  /** performance.now() at start, or NaN when the caller gave an explicit start time. */
+  /**
+   * Start as epoch milliseconds (performance.now() + the clock anchor), or NaN when the caller gave
+   * an explicit start time (then `start` holds it). The OTLP encoder reads it instead of an HrTime.
+   */
+  readonly startEpochMs: number;
+  /** performance.now() at start: the end is the start plus the time elapsed since, one anchor for both. */
   private readonly startPerf: number;
   private start: HrTime | undefined;
-  private endPerf = 0;
+  private endMs = Number.NaN;
   private endHr: HrTime | undefined;
 
   constructor(
@@ -182,8 +210,10 @@ export class LeanSpan implements Span, ReadableSpan {
     this.instrumentationScope = o.scope;
     if (startTime === undefined) {
       this.startPerf = nowPerf();
+      this.startEpochMs = this.startPerf + anchorMs;
     } else {
       this.startPerf = Number.NaN;
+      this.startEpochMs = Number.NaN;
       this.start = explicitTime(startTime);
     }
   }
@@ -192,14 +222,19 @@ export class LeanSpan implements Span, ReadableSpan {
     return this.context;
   }
 
+  /** End as epoch milliseconds, or NaN before the end or when it was given explicitly (see endTime). */
+  get endEpochMs(): number {
+    return this.endMs;
+  }
+
   get startTime(): HrTime {
-    this.start ??= epochMsToHrTime(this.startPerf + anchorMs);
+    this.start ??= epochMsToHrTime(this.startEpochMs);
     return this.start;
   }
 
   get endTime(): HrTime {
     if (!this.ended) return [0, 0];
-    this.endHr ??= epochMsToHrTime(this.endPerf + anchorMs);
+    this.endHr ??= epochMsToHrTime(this.endMs);
     return this.endHr;
   }
 
@@ -212,17 +247,45 @@ export class LeanSpan implements Span, ReadableSpan {
     return !this.ended;
   }
 
+  /** The attributes as the SDK's span holds them: an object, made on first read. */
+  get attributes(): Attributes {
+    if (this.attributeObject === undefined) {
+      const object: Attributes = {};
+      const list = this.attributeList;
+      for (let i = 0; i < list.length; i += 2) object[list[i] as string] = list[i + 1] as AttributeValue;
+      this.attributeObject = object;
+    }
+    return this.attributeObject;
+  }
+
+  /**
+   * Keys and values interleaved in the order `attributes` has them, for the OTLP encoder; undefined
+   * when that order differs (an array-index key such as "7", which an object puts first, or
+   * "__proto__"): then read `attributes`.
+   */
+  get attributesInOrder(): readonly unknown[] | undefined {
+    return this.plainKeys ? this.attributeList : undefined;
+  }
+
   setAttribute(key: string, value: AttributeValue | undefined): this {
     if (value == null || this.ended || key.length === 0) return this;
     const t = typeof value;
     if (t !== 'string' && t !== 'number' && t !== 'boolean' && !isAttributeValue(value)) return this;
-    const isNew = !Object.hasOwn(this.attributes, key);
-    if (isNew && this.attributeCount >= this.o.limits.attributeCountLimit) {
+    const list = this.attributeList;
+    let at = 0;
+    while (at < list.length && list[at] !== key) at += 2;
+    const isNew = at === list.length;
+    if (isNew && at >>> 1 >= this.o.limits.attributeCountLimit) {
       this.droppedAttributesCount++;
       return this;
     }
-    this.attributes[key] = this.truncate(value, this.o.limits.attributeValueLengthLimit);
-    if (isNew) this.attributeCount++;
+    const kept = this.truncate(value, this.o.limits.attributeValueLengthLimit);
+    if (isNew) {
+      const first = key.charCodeAt(0);
+      if ((first >= 0x30 && first <= 0x39) || key === '__proto__') this.plainKeys = false;
+      list.push(key, kept);
+    } else list[at + 1] = kept;
+    if (this.attributeObject !== undefined) this.attributeObject[key] = kept;
     return this;
   }
 
@@ -307,7 +370,7 @@ export class LeanSpan implements Span, ReadableSpan {
   end(endTime?: TimeInput): void {
     if (this.ended) return;
     if (endTime === undefined && !Number.isNaN(this.startPerf)) {
-      this.endPerf = nowPerf();
+      this.endMs = this.startEpochMs + (nowPerf() - this.startPerf);
     } else {
       const end = endTime === undefined ? millisToHrTime(Date.now()) : explicitTime(endTime);
       const start = this.startTime;

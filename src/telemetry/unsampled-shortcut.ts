@@ -7,7 +7,7 @@
 // instead of a fresh one) is never seen by a backend.
 //
 // When the root sampler can never sample either (always_off, parentbased_always_off, a ratio of
-// 0), a new root is answered the same way: fresh random ids (the SDK's generator) in a
+// 0), a new root is answered the same way: fresh random ids (pooled-id-generator.ts) in a
 // non-recording span, so a sampled-out request makes no SDK span at all, only the trace context
 // that travels downstream.
 
@@ -21,8 +21,8 @@ import {
   trace,
 } from '@opentelemetry/api';
 import { isTracingSuppressed } from '@opentelemetry/core';
-import { RandomIdGenerator } from '@opentelemetry/sdk-trace-node';
 import { startActiveSpanOf } from './context.js';
+import { PooledIdGenerator } from './pooled-id-generator.js';
 import { isSpanContextValid } from './trace-context-propagator.js';
 
 export interface ShortcutRules {
@@ -31,7 +31,7 @@ export interface ShortcutRules {
 }
 
 export class UnsampledShortcutTracer implements Tracer {
-  private readonly ids = new RandomIdGenerator();
+  private readonly ids = new PooledIdGenerator();
 
   constructor(
     private readonly sdk: Tracer,
@@ -67,7 +67,15 @@ export class UnsampledShortcutTracer implements Tracer {
 
 /** Whether a sampler of this kind decides a child with a parent exactly as its parent was decided. */
 export function followsParent(samplerKind: string): boolean {
-  return samplerKind.startsWith('parentbased_') || samplerKind === 'always_off';
+  return isParentBased(samplerKind) || samplerKind === 'always_off';
+}
+
+/**
+ * Whether a sampler of this kind is the SDK's ParentBasedSampler as index.ts builds it (only the
+ * root sampler given): every child of a valid sampled parent is then recorded and sampled.
+ */
+export function isParentBased(samplerKind: string): boolean {
+  return samplerKind.startsWith('parentbased_');
 }
 
 /** Whether a sampler of this kind (and ratio) can never sample a new root. */
