@@ -9,6 +9,7 @@ import {
   type Attributes,
   type Context,
   context,
+  type HrTime,
   propagation,
   ROOT_CONTEXT,
   type Span,
@@ -29,6 +30,7 @@ import {
   type ReadableSpan,
   type Sampler,
   SimpleSpanProcessor,
+  type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { resolveTelemetryConfig, type SpanLimits } from '../src/telemetry/config.js';
 import { registerGlobalContext } from '../src/telemetry/context.js';
@@ -42,6 +44,24 @@ const resource = resourceFromAttributes({ 'service.name': 'lean-test' });
 interface Harness {
   tracer: Tracer;
   finished(): ReadableSpan[];
+  /** What each span showed its processors' onEnding: its end time, and whether it said ended. */
+  endings: Map<ReadableSpan, { endTime: HrTime; duration: HrTime; ended: boolean }>;
+}
+
+/** A processor that notes what onEnding sees (the SDK: the end time is set, `ended` not yet). */
+function endingWitness(endings: Harness['endings']): SpanProcessor {
+  return {
+    onStart: () => {},
+    onEnding: (span) =>
+      endings.set(span as ReadableSpan, {
+        endTime: [...(span as ReadableSpan).endTime],
+        duration: [...(span as ReadableSpan).duration],
+        ended: (span as ReadableSpan).ended,
+      }),
+    onEnd: () => {},
+    forceFlush: async () => {},
+    shutdown: async () => {},
+  };
 }
 
 type Make = (sampler: Sampler, limits: SpanLimits) => Harness;
@@ -49,39 +69,42 @@ type Make = (sampler: Sampler, limits: SpanLimits) => Harness;
 const implementations: Record<string, Make> = {
   'SDK Tracer (reference)': (sampler, limits) => {
     const exporter = new InMemorySpanExporter();
+    const endings: Harness['endings'] = new Map();
     const provider = new BasicTracerProvider({
       resource,
       sampler,
       spanLimits: limits,
-      spanProcessors: [new SimpleSpanProcessor(exporter)],
+      spanProcessors: [endingWitness(endings), new SimpleSpanProcessor(exporter)],
     });
-    return { tracer: provider.getTracer('kvroute'), finished: () => exporter.getFinishedSpans() };
+    return { tracer: provider.getTracer('kvroute'), finished: () => exporter.getFinishedSpans(), endings };
   },
   LeanTracer: (sampler, limits) => {
     const exporter = new InMemorySpanExporter();
+    const endings: Harness['endings'] = new Map();
     const tracer = new LeanTracer({
       resource,
       scope: { name: 'kvroute' },
       sampler,
       idGenerator: new RandomIdGenerator(),
-      processors: [new SimpleSpanProcessor(exporter)],
+      processors: [endingWitness(endings), new SimpleSpanProcessor(exporter)],
       limits,
     });
-    return { tracer, finished: () => exporter.getFinishedSpans() };
+    return { tracer, finished: () => exporter.getFinishedSpans(), endings };
   },
   // As index.ts builds it for the parentbased_* samplers: a sampled parent's children skip the sampler.
   'LeanTracer, sampled parents short-cut': (sampler, limits) => {
     const exporter = new InMemorySpanExporter();
+    const endings: Harness['endings'] = new Map();
     const tracer = new LeanTracer({
       resource,
       scope: { name: 'kvroute' },
       sampler,
       idGenerator: new RandomIdGenerator(),
-      processors: [new SimpleSpanProcessor(exporter)],
+      processors: [endingWitness(endings), new SimpleSpanProcessor(exporter)],
       limits,
       sampledParentsSample: sampler instanceof ParentBasedSampler,
     });
-    return { tracer, finished: () => exporter.getFinishedSpans() };
+    return { tracer, finished: () => exporter.getFinishedSpans(), endings };
   },
 };
 
@@ -143,6 +166,13 @@ function sameAsReference(
   const results = Object.entries(implementations).map(([name, make]) => {
     const h = make(sampler(), limits);
     script(h.tracer);
+    for (const span of h.finished()) {
+      assert.deepEqual(
+        h.endings.get(span),
+        { endTime: span.endTime, duration: span.duration, ended: false },
+        `${name}: what onEnding saw of '${span.name}'`,
+      );
+    }
     return { name, spans: normalize(h.finished(), remote) };
   });
   const [reference, ...others] = results;
@@ -374,5 +404,38 @@ describe('LeanTracer exports what the SDK Tracer exports', () => {
       const startMs = s!.startTime[0] * 1000 + s!.startTime[1] / 1e6;
       assert.ok(Math.abs(startMs - before) < 50, `${startMs} vs ${before}`);
     }
+  });
+
+  test('event and link attributes keep null and undefined values (and count them); kept arrays are copies', () => {
+    const limits: SpanLimits = {
+      ...DEFAULT_LIMITS,
+      attributePerEventCountLimit: 1,
+      attributePerLinkCountLimit: 1,
+    };
+    sameAsReference(
+      (tracer) => {
+        const startList = ['a', 'b'];
+        const other = tracer.startSpan('other', {}, ROOT_CONTEXT);
+        other.end();
+        const span = tracer.startSpan('arrays and nulls', { attributes: { startList } }, ROOT_CONTEXT);
+        const setList = [1, 2];
+        span.setAttribute('setList', setList);
+        const eventList = ['x'];
+        span.addEvent('undefined first', { a: undefined, b: 1 } as unknown as Attributes);
+        span.addEvent('null', { n: null } as unknown as Attributes);
+        span.addEvent('array', { eventList });
+        span.addLink({
+          context: other.spanContext(),
+          attributes: { gone: null, kept: 1 } as unknown as Attributes,
+        });
+        // Changing the caller's arrays afterwards must not change what was recorded.
+        startList.push('changed');
+        setList.push(3);
+        eventList.push('changed');
+        span.end();
+      },
+      undefined,
+      limits,
+    );
   });
 });

@@ -182,6 +182,8 @@ export class LeanSpan implements Span, ReadableSpan {
   events: TimedEvent[] = NONE;
   status: SpanStatus = UNSET_STATUS;
   ended = false;
+  /** Set once end() has fixed the end time, before onEnding (`ended` follows after it). */
+  private endRecorded = false;
   droppedAttributesCount = 0;
   droppedEventsCount = 0;
   droppedLinksCount = 0;
@@ -233,13 +235,13 @@ export class LeanSpan implements Span, ReadableSpan {
   }
 
   get endTime(): HrTime {
-    if (!this.ended) return [0, 0];
+    if (!this.endRecorded) return [0, 0];
     this.endHr ??= epochMsToHrTime(this.endMs);
     return this.endHr;
   }
 
   get duration(): HrTime {
-    if (!this.ended) return [-1, -1];
+    if (!this.endRecorded) return [-1, -1];
     return hrTimeDuration(this.startTime, this.endTime);
   }
 
@@ -368,7 +370,7 @@ export class LeanSpan implements Span, ReadableSpan {
   }
 
   end(endTime?: TimeInput): void {
-    if (this.ended) return;
+    if (this.endRecorded) return;
     if (endTime === undefined && !Number.isNaN(this.startPerf)) {
       this.endMs = this.startEpochMs + (nowPerf() - this.startPerf);
     } else {
@@ -378,6 +380,8 @@ export class LeanSpan implements Span, ReadableSpan {
       this.endHr =
         end[0] < start[0] || (end[0] === start[0] && end[1] < start[1]) ? [start[0], start[1]] : end;
     }
+    // As the SDK: the end time is there for onEnding, and the span still takes changes until ended.
+    this.endRecorded = true;
     for (const p of this.o.processors) p.onEnding?.(this);
     this.ended = true;
     for (const p of this.o.processors) p.onEnd(this);
@@ -409,7 +413,8 @@ export class LeanSpan implements Span, ReadableSpan {
     for (const key in input) {
       if (!Object.hasOwn(input, key)) continue;
       const value = input[key];
-      if (key.length === 0 || !isAttributeValue(value) || value == null) continue;
+      // As the SDK's sanitizeAttributes: null and undefined values are kept (and counted) here.
+      if (key.length === 0 || !isAttributeValue(value)) continue;
       if (count >= limit) {
         dropped++;
         continue;
@@ -420,8 +425,10 @@ export class LeanSpan implements Span, ReadableSpan {
     return { attributes, dropped, count };
   }
 
+  /** The value as kept: strings cut to `limit`; arrays always a copy (as the SDK), never the caller's. */
   private truncate(value: AttributeValue, limit: number): AttributeValue {
-    if (limit === Number.POSITIVE_INFINITY) return value;
+    if (limit === Number.POSITIVE_INFINITY)
+      return Array.isArray(value) ? (value.slice() as AttributeValue) : value;
     if (typeof value === 'string') return value.length <= limit ? value : value.substring(0, limit);
     if (Array.isArray(value)) {
       return value.map((v) =>
