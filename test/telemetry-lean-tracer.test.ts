@@ -66,6 +66,21 @@ function endingWitness(endings: Harness['endings']): SpanProcessor {
 
 type Make = (sampler: Sampler, limits: SpanLimits) => Harness;
 
+function leanHarness(sampler: Sampler, limits: SpanLimits, sampledParentsSample: boolean): Harness {
+  const exporter = new InMemorySpanExporter();
+  const endings: Harness['endings'] = new Map();
+  const tracer = new LeanTracer({
+    resource,
+    scope: { name: 'kvroute' },
+    sampler,
+    idGenerator: new RandomIdGenerator(),
+    processors: [endingWitness(endings), new SimpleSpanProcessor(exporter)],
+    limits,
+    sampledParentsSample,
+  });
+  return { tracer, finished: () => exporter.getFinishedSpans(), endings };
+}
+
 const implementations: Record<string, Make> = {
   'SDK Tracer (reference)': (sampler, limits) => {
     const exporter = new InMemorySpanExporter();
@@ -78,34 +93,10 @@ const implementations: Record<string, Make> = {
     });
     return { tracer: provider.getTracer('kvroute'), finished: () => exporter.getFinishedSpans(), endings };
   },
-  LeanTracer: (sampler, limits) => {
-    const exporter = new InMemorySpanExporter();
-    const endings: Harness['endings'] = new Map();
-    const tracer = new LeanTracer({
-      resource,
-      scope: { name: 'kvroute' },
-      sampler,
-      idGenerator: new RandomIdGenerator(),
-      processors: [endingWitness(endings), new SimpleSpanProcessor(exporter)],
-      limits,
-    });
-    return { tracer, finished: () => exporter.getFinishedSpans(), endings };
-  },
+  LeanTracer: (sampler, limits) => leanHarness(sampler, limits, false),
   // As index.ts builds it for the parentbased_* samplers: a sampled parent's children skip the sampler.
-  'LeanTracer, sampled parents short-cut': (sampler, limits) => {
-    const exporter = new InMemorySpanExporter();
-    const endings: Harness['endings'] = new Map();
-    const tracer = new LeanTracer({
-      resource,
-      scope: { name: 'kvroute' },
-      sampler,
-      idGenerator: new RandomIdGenerator(),
-      processors: [endingWitness(endings), new SimpleSpanProcessor(exporter)],
-      limits,
-      sampledParentsSample: sampler instanceof ParentBasedSampler,
-    });
-    return { tracer, finished: () => exporter.getFinishedSpans(), endings };
-  },
+  'LeanTracer, sampled parents short-cut': (sampler, limits) =>
+    leanHarness(sampler, limits, sampler instanceof ParentBasedSampler),
 };
 
 /** What a span exports, with ids replaced by the names of the spans they belong to. */

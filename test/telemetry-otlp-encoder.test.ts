@@ -29,7 +29,7 @@ import {
   type ReadableSpan,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
-import { resolveTelemetryConfig } from '../src/telemetry/config.js';
+import { resolveTelemetryConfig, type SpanLimits } from '../src/telemetry/config.js';
 import { LeanTracer } from '../src/telemetry/lean-tracer.js';
 import { EncodedSpanBatch } from '../src/telemetry/otlp-span-encoder.js';
 import { ProtoWriter } from '../src/telemetry/proto-writer.js';
@@ -169,13 +169,8 @@ describe('EncodedSpanBatch: byte-for-byte the reference OTLP encoding', () => {
     });
   }
 
-  for (const seed of [6, 7, 8]) {
-    test(`seed ${seed}: 60 LeanTracer spans of two scopes`, () => {
-      assertSameBytes(leanSpans(seed, 60));
-    });
-  }
-
-  test('LeanTracer spans with explicit times, or with times read before they are encoded', () => {
+  /** A LeanTracer (always sampling) whose ended spans land in an in-memory exporter. */
+  function leanTracerToMemory(limits: Partial<SpanLimits> = {}) {
     const exporter = new InMemorySpanExporter();
     const tracer = new LeanTracer({
       resource: testResource,
@@ -183,8 +178,19 @@ describe('EncodedSpanBatch: byte-for-byte the reference OTLP encoding', () => {
       sampler: new AlwaysOnSampler(),
       idGenerator: new RandomIdGenerator(),
       processors: [new SimpleSpanProcessor(exporter)],
-      limits: resolveTelemetryConfig('t', {}).limits,
+      limits: { ...resolveTelemetryConfig('t', {}).limits, ...limits },
     });
+    return { tracer, exporter };
+  }
+
+  for (const seed of [6, 7, 8]) {
+    test(`seed ${seed}: 60 LeanTracer spans of two scopes`, () => {
+      assertSameBytes(leanSpans(seed, 60));
+    });
+  }
+
+  test('LeanTracer spans with explicit times, or with times read before they are encoded', () => {
+    const { tracer, exporter } = leanTracerToMemory();
     tracer.startSpan('explicit', { startTime: new Date(1_700_000_000_123) }).end([1_700_000_001, 5]);
     tracer.startSpan('implicit times').end();
     const read = tracer.startSpan('start read early', { attributes: { a: 1 } });
@@ -197,15 +203,7 @@ describe('EncodedSpanBatch: byte-for-byte the reference OTLP encoding', () => {
   });
 
   test('LeanTracer attributes: set again, over the count limit, keys an object puts first, __proto__', () => {
-    const exporter = new InMemorySpanExporter();
-    const tracer = new LeanTracer({
-      resource: testResource,
-      scope: { name: 'kvroute' },
-      sampler: new AlwaysOnSampler(),
-      idGenerator: new RandomIdGenerator(),
-      processors: [new SimpleSpanProcessor(exporter)],
-      limits: { ...resolveTelemetryConfig('t', {}).limits, attributeCountLimit: 4 },
-    });
+    const { tracer, exporter } = leanTracerToMemory({ attributeCountLimit: 4 });
     const plain = tracer.startSpan('plain', { attributes: { b: 1, a: 'x' } });
     plain.setAttributes({ b: 'again', c: [1, 2], d: true, e: 'dropped' });
     plain.end();
