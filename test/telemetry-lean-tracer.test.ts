@@ -186,6 +186,17 @@ const weird = {
   '': 'empty key',
 } as unknown as Attributes;
 
+/** The span id of the caller in remoteParent(), by the name normalize gives it. */
+const REMOTE_CALLER = new Map([['00f067aa0ba902b7', 'remote caller']]);
+
+/** A sampled remote parent with trace state, as a traceparent/tracestate pair brings it. */
+function remoteParent(): Context {
+  return propagation.extract(ROOT_CONTEXT, {
+    traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+    tracestate: 'vendor=value',
+  });
+}
+
 describe('LeanTracer exports what the SDK Tracer exports', () => {
   test('attributes (valid, invalid, overridden), events, exceptions, statuses, renames, work after end', () => {
     const spans = sameAsReference((tracer) => {
@@ -285,20 +296,16 @@ describe('LeanTracer exports what the SDK Tracer exports', () => {
   });
 
   test('a remote parent from a traceparent: its trace, trace state and span as parent', () => {
-    const remote = new Map([['00f067aa0ba902b7', 'remote caller']]);
     const spans = sameAsReference(
       (tracer) => {
-        const parent: Context = propagation.extract(ROOT_CONTEXT, {
-          traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
-          tracestate: 'vendor=value',
-        });
+        const parent = remoteParent();
         const span = tracer.startSpan('server', { kind: SpanKind.SERVER }, parent);
         assert.equal(span.spanContext().traceId, '4bf92f3577b34da6a3ce929d0e0e4736');
         span.end();
       },
       undefined,
       undefined,
-      remote,
+      REMOTE_CALLER,
     );
     assert.equal(spans[0]!.parent, 'remote caller');
     assert.equal(spans[0]!.parentIsRemote, true);
@@ -306,14 +313,10 @@ describe('LeanTracer exports what the SDK Tracer exports', () => {
   });
 
   test('a parent-based sampler: children of a sampled parent, local or remote, are recorded', () => {
-    const remote = new Map([['00f067aa0ba902b7', 'remote caller']]);
     const spans = sameAsReference(
       (tracer) => {
         // The root sampler never samples: only the sampled parent's decision records these.
-        const parent: Context = propagation.extract(ROOT_CONTEXT, {
-          traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
-          tracestate: 'vendor=value',
-        });
+        const parent = remoteParent();
         const server = tracer.startSpan('server', { kind: SpanKind.SERVER, attributes: { a: 1 } }, parent);
         const child = tracer.startSpan('child', {}, trace.setSpan(parent, server));
         const unsampledRoot = tracer.startSpan('unsampled root', {}, ROOT_CONTEXT);
@@ -324,7 +327,7 @@ describe('LeanTracer exports what the SDK Tracer exports', () => {
       },
       () => new ParentBasedSampler({ root: new AlwaysOffSampler() }),
       undefined,
-      remote,
+      REMOTE_CALLER,
     );
     assert.deepEqual(
       spans.map((s) => [s.name, s.parent, s.traceFlags, s.traceState]),
