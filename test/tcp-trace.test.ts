@@ -18,6 +18,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import { decodeJson, encodeJson, RequestPlaneClient, RequestPlaneServer } from '../src/tcp/index.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
+import { markersSeenBySetTimeout } from './trace-helpers.js';
 
 function recorder() {
   const exporter = new InMemorySpanExporter();
@@ -229,4 +230,17 @@ test('a sampled-out caller: no client span recorded, the not-sampled flag still 
   } finally {
     await sampledOut.close();
   }
+});
+
+test('a connection dialled inside a request holds none of its context: its timer, socket and close promise are root', async () => {
+  const fresh = new RequestPlaneClient({ tracer: clientSide.tracer });
+  let answered: Promise<Buffer> | undefined;
+  // The first call to an address dials: the only timer armed during the call is the connect timer.
+  const seen = markersSeenBySetTimeout(() => {
+    answered = fresh.unary(server.address, 'whoami', Buffer.alloc(0));
+  });
+  assert.deepEqual(seen, [undefined]);
+  // And the request still gets its answer (its own callbacks are not the socket's context).
+  assert.match((await answered!).toString(), /"activeTraceIds"/);
+  await fresh.close();
 });

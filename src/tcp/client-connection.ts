@@ -11,6 +11,7 @@
 // on the stream -> disconnected_before_response; otherwise disconnected_mid_stream.
 
 import { connect, type Socket } from 'node:net';
+import { context, ROOT_CONTEXT } from '@opentelemetry/api';
 import type { DispatchRequest, StreamHandle, StreamHandler } from './dispatch.js';
 import { failLater } from './dispatch.js';
 import { FrameWriter } from './frame-writer.js';
@@ -86,14 +87,26 @@ export class ClientConnection {
     private readonly onDead: (conn: ClientConnection) => void,
   ) {
     this.decoder = new ResponseFrameDecoder(opts.maxFrameBytes);
-    const socket = connect({ host, port, noDelay: true });
+    // Dialled in the root context. Made inside the request that needed it, the socket, its timer
+    // and its close promise would each hold that request's trace context (and spans) for as long
+    // as the connection lives, and every later stream's socket callbacks would run in it.
+    const { socket, connectTimer, closed } = context.with(ROOT_CONTEXT, () => this.dial(host, port));
     this.socket = socket;
     this.writer = new FrameWriter(socket);
+    this.connectTimer = connectTimer;
+    this.closedPromise = closed;
+  }
+
+  private dial(host: string, port: number) {
+    const socket = connect({ host, port, noDelay: true });
     socket.on('drain', () => this.writer.drained());
-    this.connectTimer = setTimeout(
+    const connectTimer = setTimeout(
       () =>
-        this.fail('connect_failed', `connect to ${host}:${port} timed out after ${opts.connectTimeoutMs} ms`),
-      opts.connectTimeoutMs,
+        this.fail(
+          'connect_failed',
+          `connect to ${host}:${port} timed out after ${this.opts.connectTimeoutMs} ms`,
+        ),
+      this.opts.connectTimeoutMs,
     );
     socket.once('connect', () => {
       clearTimeout(this.connectTimer);
@@ -105,7 +118,8 @@ export class ClientConnection {
       this.lastError = err;
     });
     socket.on('end', () => this.markDead()); // server ended (graceful close): no new streams here
-    this.closedPromise = new Promise((resolve) => socket.once('close', () => resolve(this.onClose())));
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve(this.onClose())));
+    return { socket, connectTimer, closed };
   }
 
   get usable(): boolean {
