@@ -2,10 +2,13 @@
 // and close(). The pool runs the compiled worker from dist/ (npm test builds first).
 
 import assert from 'node:assert/strict';
+import { createHook } from 'node:async_hooks';
 import { test } from 'node:test';
+import { context, createContextKey, ROOT_CONTEXT } from '@opentelemetry/api';
 import { encode as referenceEncode } from 'gpt-tokenizer/encoding/o200k_base';
 import { isKvrouteError } from '../src/errors.js';
 import { Tokenizer } from '../src/router/tokenizer/index.js';
+import { registerGlobalContext } from '../src/telemetry/index.js';
 
 const SHORT = 'Héllo wörld: 日本語のテキスト, emoji 🎉🦀, code `x => x + 1`, and <|endoftext|> as text.';
 const LONG = `${SHORT}\n`.repeat(200);
@@ -77,4 +80,29 @@ test('close() ends the threads; later encodes fail with shutting_down', async ()
   await t.close(); // idempotent
   await assert.rejects(t.encode(LONG), (err) => isKvrouteError(err) && err.code === 'shutting_down');
   await assert.rejects(t.encode('hi'), (err) => isKvrouteError(err) && err.code === 'shutting_down');
+});
+
+test('the pool thread starts outside the context of the request that needed it; the request keeps its own', async () => {
+  registerGlobalContext();
+  const marker = createContextKey('kvroute test request');
+  const seenByThreads: unknown[] = [];
+  // What context each worker thread is created in (its handle would keep that context alive).
+  const hook = createHook({
+    init(_id, type) {
+      if (type === 'WORKER') seenByThreads.push(context.active().getValue(marker));
+    },
+  }).enable();
+  const t = new Tokenizer({ inlineMaxChars: 1000, maxThreads: 1 });
+  try {
+    const after = await context.with(ROOT_CONTEXT.setValue(marker, 'a request'), async () => {
+      await t.encode(LONG);
+      return context.active().getValue(marker);
+    });
+    assert.equal(after, 'a request');
+  } finally {
+    hook.disable();
+    await t.close();
+  }
+  assert.equal(seenByThreads.length, 1);
+  assert.deepEqual(seenByThreads, [undefined]);
 });

@@ -8,6 +8,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { KvrouteError } from '../../errors.js';
+import { withRootContext } from '../../telemetry/index.js';
 import { decodeTokens, TokenStreamDecoder } from './stream-decoder.js';
 import { ENCODING_NAME, encodeText, TEXT_TOKEN_COUNT, VOCAB_SIZE } from './vocabulary.js';
 
@@ -111,7 +112,10 @@ export class Tokenizer {
     this.#pending++;
     this.#stats.pooled++;
     try {
-      return await this.#pool.run(text);
+      // Submitted from the root context: the first long prompt starts the pool's thread, and a
+      // thread (with its message port) made inside a request would hold that request's trace
+      // context for the pool's life. The await below still resumes in the caller's context.
+      return await withRootContext(() => this.#pool.run(text));
     } finally {
       this.#pending--;
     }
