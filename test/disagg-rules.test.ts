@@ -24,6 +24,7 @@ import {
   seededRng,
 } from '../src/router/scheduling/index.js';
 import { TransportError } from '../src/tcp/index.js';
+import { markersSeenByNewResources } from './trace-helpers.js';
 
 const BLOCK = 16;
 const policy = createPolicy({ policy: 'kv', blockSize: BLOCK, rng: seededRng(1) });
@@ -116,6 +117,13 @@ test('handoff board: a waiting generate gets its handoff; an early handoff is he
   assert.equal(board.deliver({ request_id: 'r2' }), 'held');
   assert.deepEqual(await board.wait('r2', 5000), { request_id: 'r2' });
   assert.equal(board.waitingCount, 0);
+  board.close();
+});
+
+test("handoff board: a held handoff's timer is not the kv_handoff request's to keep", async () => {
+  const board = new KvHandoffBoard();
+  const seen = await markersSeenByNewResources(['Timeout'], () => board.deliver({ request_id: 'early' }));
+  assert.deepEqual(seen, [{ type: 'Timeout', marker: undefined }]);
   board.close();
 });
 

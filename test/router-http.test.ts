@@ -9,6 +9,7 @@ import { Histogram, Registry } from 'prom-client';
 import { LazyRequestLogger } from '../src/router/http/lazy-logger.js';
 import { RequestHistogram } from '../src/router/request-histogram.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
+import { markersSeenByNewResources } from './trace-helpers.js';
 
 let router: RouterService;
 let url: string;
@@ -386,4 +387,16 @@ test('LazyRequestLogger writes the lines the pino child would, and makes the chi
   const untouched = new LazyRequestLogger(counting, { reqId: 'r-2' }, {});
   assert.equal(untouched.level, 'info');
   assert.equal(children, 1, 'reading the level makes no child');
+});
+
+test("the router's listening socket and lease-expiry sweep are made outside the caller's context", async () => {
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const seen = await markersSeenByNewResources(['TCPSERVERWRAP', 'Timeout'], () => router.listen());
+    assert.ok(seen.some((s) => s.type === 'TCPSERVERWRAP'));
+    assert.ok(seen.some((s) => s.type === 'Timeout'));
+    assert.deepEqual(new Set(seen.map((s) => s.marker)), new Set([undefined]));
+  } finally {
+    await router.close();
+  }
 });

@@ -18,7 +18,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import { decodeJson, encodeJson, RequestPlaneClient, RequestPlaneServer } from '../src/tcp/index.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
-import { markersSeenBySetTimeout } from './trace-helpers.js';
+import { markersSeenByNewResources } from './trace-helpers.js';
 
 function recorder() {
   const exporter = new InMemorySpanExporter();
@@ -232,15 +232,28 @@ test('a sampled-out caller: no client span recorded, the not-sampled flag still 
   }
 });
 
-test('a connection dialled inside a request holds none of its context: its timer, socket and close promise are root', async () => {
+test('shared request-plane machinery made during a call holds none of its context', async () => {
+  await sleep(200); // the shared deadline sweep stops once no call waits: let earlier tests' go
   const fresh = new RequestPlaneClient({ tracer: clientSide.tracer });
   let answered: Promise<Buffer> | undefined;
-  // The first call to an address dials: the only timer armed during the call is the connect timer.
-  const seen = markersSeenBySetTimeout(() => {
-    answered = fresh.unary(server.address, 'whoami', Buffer.alloc(0));
+  // The first call to an address dials (socket, connect timer); a call with a first-response
+  // timeout starts the shared deadline sweep. Both serve every later call: both must be root.
+  const seen = await markersSeenByNewResources(['Timeout', 'TCPWRAP'], () => {
+    answered = fresh.unary(server.address, 'whoami', Buffer.alloc(0), { firstResponseTimeoutMs: 5_000 });
   });
-  assert.deepEqual(seen, [undefined]);
-  // And the request still gets its answer (its own callbacks are not the socket's context).
+  assert.deepEqual(seen.map((s) => s.type).sort(), ['TCPWRAP', 'Timeout', 'Timeout']);
+  assert.deepEqual(new Set(seen.map((s) => s.marker)), new Set([undefined]));
+  // And the call still gets its answer (its own callbacks are not the socket's context).
   assert.match((await answered!).toString(), /"activeTraceIds"/);
   await fresh.close();
+});
+
+test("a request-plane server's listening socket is made outside the caller's context", async () => {
+  const other = new RequestPlaneServer();
+  try {
+    const seen = await markersSeenByNewResources(['TCPSERVERWRAP'], () => other.listen());
+    assert.deepEqual(seen, [{ type: 'TCPSERVERWRAP', marker: undefined }]);
+  } finally {
+    await other.close();
+  }
 });

@@ -31,7 +31,7 @@ import {
   stderrReporter,
 } from '../src/telemetry/eager-otlp-processor.js';
 import { LeanTracer } from '../src/telemetry/lean-tracer.js';
-import { markersSeenBySetTimeout } from './trace-helpers.js';
+import { markersSeenByNewResources } from './trace-helpers.js';
 
 interface Sent {
   request: EncodedTraceRequest;
@@ -285,11 +285,21 @@ test('spans a collector rejects in an accepted export (partial success) are repo
   }
 });
 
-test('the schedule-delay timer is armed in the root context, not in the span that opened the batch', () => {
+test('the schedule-delay timer is armed in the root context, not in the span that opened the batch', async () => {
   const processor = new EagerOtlpSpanProcessor(recordingDelivery(), limits());
   const { make } = tracerWith(processor);
   assert.deepEqual(
-    markersSeenBySetTimeout(() => make(2)),
-    [undefined], // one timer for the batch, armed outside the request
+    await markersSeenByNewResources(['Timeout'], () => make(2)),
+    [{ type: 'Timeout', marker: undefined }], // one timer for the batch, armed outside the request
   );
+});
+
+test("an export started by the span that filled a batch holds nothing of that span's context", async () => {
+  const delivery = recordingDelivery();
+  const { make } = tracerWith(new EagerOtlpSpanProcessor(delivery, limits({ maxExportBatchSize: 4 })));
+  // The export is pending until the collector answers: its promises must not pin the request.
+  const seen = await markersSeenByNewResources(['PROMISE', 'Timeout'], () => make(4));
+  assert.equal(delivery.sent.length, 1);
+  assert.ok(seen.length > 0, 'the export made its promises');
+  assert.deepEqual(new Set(seen.map((s) => s.marker)), new Set([undefined]));
 });

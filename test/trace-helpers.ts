@@ -1,6 +1,7 @@
 // Test harness for cross-process traces: an OTLP/HTTP JSON receiver (what a collector would be)
 // and a spawner for the compiled `kvroute` CLI whose processes export to it.
 
+import { createHook } from 'node:async_hooks';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
@@ -285,24 +286,29 @@ export function renderWaterfall(spans: readonly ReceivedSpan[], width = 40): str
 }
 
 /**
- * Runs `fn` inside a context carrying a marker and returns the marker as seen by every
- * `setTimeout` call made during `fn` (undefined where the timer was armed outside the request's
- * context). A timer armed inside a request holds that request's context until it fires, and its
- * callback runs in it: background timers must be armed in the root context.
+ * Runs `fn` (and awaits it) inside a context carrying a marker, and returns the marker as seen
+ * at the creation of every async resource of the given `types` made meanwhile (undefined where
+ * it was made outside the request's context). Types are async_hooks names: 'Timeout' (setTimeout,
+ * setInterval), 'PROMISE', 'TCPWRAP', 'WORKER', ... A resource keeps the context it was made in
+ * until it is gone, and its callbacks run in it: what outlives a request and serves everyone
+ * must be made in the root context.
  */
-export function markersSeenBySetTimeout(fn: () => void): unknown[] {
+export async function markersSeenByNewResources(
+  types: readonly string[],
+  fn: () => unknown,
+): Promise<{ type: string; marker: unknown }[]> {
   registerGlobalContext();
   const marker = createContextKey('kvroute test request');
-  const seen: unknown[] = [];
-  const original = globalThis.setTimeout;
-  globalThis.setTimeout = ((...args: Parameters<typeof setTimeout>) => {
-    seen.push(context.active().getValue(marker));
-    return original(...args);
-  }) as typeof setTimeout;
+  const seen: { type: string; marker: unknown }[] = [];
+  const hook = createHook({
+    init(_id, type) {
+      if (types.includes(type)) seen.push({ type, marker: context.active().getValue(marker) });
+    },
+  }).enable();
   try {
-    context.with(ROOT_CONTEXT.setValue(marker, 'a request'), fn);
+    await context.with(ROOT_CONTEXT.setValue(marker, 'a request'), fn);
   } finally {
-    globalThis.setTimeout = original;
+    hook.disable();
   }
   return seen;
 }

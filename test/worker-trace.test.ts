@@ -8,7 +8,7 @@ import { encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
 import { EngineDriver } from '../src/worker/engine-driver.js';
 import { RouterLease } from '../src/worker/router-lease.js';
-import { markersSeenBySetTimeout } from './trace-helpers.js';
+import { markersSeenByNewResources } from './trace-helpers.js';
 import { StandInRouter, spawnWorker } from './worker-helpers.js';
 
 test('the worker exports a handle_payload span in the trace of the caller', async () => {
@@ -75,11 +75,11 @@ test("the engine's wake-up timer is armed in the root context, not in the reques
     new MockEngine({ blockSize: 16, kvBlocks: 64, maxBatchedTokens: 256, speedup: 1 }, computeBlockHashes),
   );
   let outputs: AsyncIterable<unknown> | undefined;
-  const seen = markersSeenBySetTimeout(() => {
+  const seen = await markersSeenByNewResources(['Timeout'], () => {
     outputs = driver.run({ tokenIds: Array.from({ length: 40 }, (_, i) => i + 1), maxTokens: 3 });
   });
   assert.ok(seen.length > 0, 'the engine armed a timer for its next step');
-  assert.deepEqual(new Set(seen), new Set([undefined]));
+  assert.deepEqual(new Set(seen.map((s) => s.marker)), new Set([undefined]));
   let n = 0;
   for await (const _ of outputs!) n++;
   assert.ok(n > 0);

@@ -9,6 +9,7 @@
 
 import { KvrouteError } from '../errors.js';
 import type { KvHandoffRequest } from '../protocols/worker-plane.js';
+import { withRootContext } from '../telemetry/index.js';
 
 /** Longest wait a generate may ask for; also how long an early handoff is held. */
 export const MAX_HANDOFF_WAIT_MS = 60_000;
@@ -85,7 +86,11 @@ export class KvHandoffBoard {
     }
     const previous = this.held.get(handoff.request_id);
     if (previous) clearTimeout(previous.timer);
-    const timer = setTimeout(() => this.held.delete(handoff.request_id), MAX_HANDOFF_WAIT_MS);
+    // Held for a generate that may never come: not in the kv_handoff request's context, which
+    // has answered and must not be kept alive (or run this) for up to a minute.
+    const timer = withRootContext(() =>
+      setTimeout(() => this.held.delete(handoff.request_id), MAX_HANDOFF_WAIT_MS),
+    );
     timer.unref();
     this.held.set(handoff.request_id, { handoff, timer });
     return 'held';

@@ -10,7 +10,7 @@ import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../errors.js';
 import type { RadixIndex } from '../kv-index/index.js';
 import { RequestPlaneClient } from '../tcp/index.js';
-import { initTelemetry, type Telemetry } from '../telemetry/index.js';
+import { initTelemetry, type Telemetry, withRootContext } from '../telemetry/index.js';
 import { type RouterConfig, resolveRouterConfig } from './config.js';
 import { aggregatedExecutor } from './execute/aggregated.js';
 import { DisaggregatedExecutor } from './execute/disaggregated.js';
@@ -161,7 +161,9 @@ export async function createRouter(
       return url;
     },
     async listen() {
-      await app.listen({ host: config.host, port: config.port });
+      // Root context: the listening socket (and each connection it accepts) keeps the context it
+      // is made in, whoever called listen() (an embedder may be inside a span).
+      await withRootContext(() => app.listen({ host: config.host, port: config.port }));
       const { port } = app.server.address() as { port: number };
       const host = config.host.includes(':') ? `[${config.host}]` : config.host;
       url = `http://${host}:${port}`;

@@ -7,6 +7,7 @@
 // backpressure signal the other way: grant(bytes) says the caller consumed that many response
 // bytes (the connection turns it into credit for the server), cancel() abandons the stream.
 
+import { context, ROOT_CONTEXT } from '@opentelemetry/api';
 import type { PayloadWriter } from './frames.js';
 import { TransportError } from './transport-error.js';
 
@@ -128,7 +129,9 @@ class Deadlines {
     this.head = guard;
     guard.waiting = true;
     if (this.timer === undefined) {
-      this.timer = setInterval(this.sweep, SWEEP_MS);
+      // One sweep serves every call and runs while any waits: made in the root context, not in
+      // the call that happened to start it (whose context it would keep, and run others' in).
+      this.timer = context.with(ROOT_CONTEXT, () => setInterval(this.sweep, SWEEP_MS));
       this.timer.unref();
     }
   }

@@ -6,7 +6,7 @@
 // finishes, and after deadlineMs aborts the remaining handlers and destroys their sockets.
 
 import { createServer, type Server, type Socket } from 'node:net';
-import type { Tracer } from '@opentelemetry/api';
+import { context, ROOT_CONTEXT, type Tracer } from '@opentelemetry/api';
 import { DEFAULT_MAX_FRAME_BYTES } from './frames.js';
 import { type ConnectionHost, ServerConnection } from './server-connection.js';
 import type { RequestHandler, ServerLimits } from './server-types.js';
@@ -74,13 +74,17 @@ export class RequestPlaneServer implements ConnectionHost {
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        const addr = server.address();
-        if (addr === null || typeof addr === 'string') return reject(new Error('no TCP address'));
-        this.bound = { host: addr.address, port: addr.port };
-        resolve(this.bound);
-      });
+      // Root context: the listening socket and every connection it accepts keep the context they
+      // are made in, whoever called listen().
+      context.with(ROOT_CONTEXT, () =>
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          const addr = server.address();
+          if (addr === null || typeof addr === 'string') return reject(new Error('no TCP address'));
+          this.bound = { host: addr.address, port: addr.port };
+          resolve(this.bound);
+        }),
+      );
     });
   }
 

@@ -130,7 +130,9 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
       return;
     }
     this.batch.add(span);
-    if (this.batch.count >= this.limits.maxExportBatchSize) this.exportBatch();
+    // Exported from the root context: the export's promises live until the collector answers,
+    // and would keep the context of the request whose span filled the batch as long.
+    if (this.batch.count >= this.limits.maxExportBatchSize) withRootContext(() => this.exportBatch());
     else if (this.timer === undefined) {
       // Armed in the root context: made here, in whichever request's span just ended, the timer
       // would hold that request's context (and span) until it fires, and export inside it.

@@ -8,6 +8,7 @@
 import type { FastifyBaseLogger } from 'fastify';
 import { ApproxIndex, type BlockKeys, RadixIndex } from '../../kv-index/index.js';
 import type { RequestPlaneClient } from '../../tcp/index.js';
+import { withRootContext } from '../../telemetry/index.js';
 import { KvEventsSubscriber } from '../kv-events/subscriber.js';
 import type { RouterMetrics } from '../metrics.js';
 import type { Worker, WorkerRegistry } from '../registry/index.js';
@@ -48,7 +49,8 @@ export class Fleet {
   start(): void {
     const ttl = this.registry.leaseTtlMs;
     const period = this.opts.sweepIntervalMs ?? Math.max(50, Math.min(1000, Math.floor(ttl / 4)));
-    this.sweepTimer = setInterval(() => this.expire(Date.now()), period);
+    // Root context: lease expiry serves every worker, whoever called start().
+    this.sweepTimer = withRootContext(() => setInterval(() => this.expire(Date.now()), period));
     this.sweepTimer.unref();
   }
 
