@@ -2,16 +2,19 @@
 // pass-through when off, and the context helpers across async boundaries.
 
 import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import { setImmediate as immediate, setTimeout as sleep } from 'node:timers/promises';
-import { context, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
+import { context, createContextKey, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
 import { UsageError } from '../src/errors.js';
 import {
+  bindIterableToCurrentContext,
   bindToCurrentContext,
   extractFromHeaders,
   initTelemetry,
   injectToHeaders,
   isValidTraceparent,
+  registerGlobalContext,
   resolveTelemetryConfig,
   spawnInCurrentContext,
   withRootContext,
@@ -190,4 +193,37 @@ test('spawnInCurrentContext keeps the span across immediates, awaits and timers;
     /sync throw/,
   );
   await t.shutdown();
+});
+
+test('bindIterableToCurrentContext: every step of a stream pulled from elsewhere runs in the binding context', async () => {
+  registerGlobalContext();
+  const marker = createContextKey('request');
+  const seen: unknown[] = [];
+  async function* steps() {
+    try {
+      // Never ends by itself: the consumer stops it.
+      for (let i = 0; ; i++) {
+        await sleep(1);
+        seen.push(context.active().getValue(marker));
+        yield `chunk ${i}\n`;
+      }
+    } finally {
+      seen.push(`finally: ${String(context.active().getValue(marker))}`);
+    }
+  }
+  const bound = context.with(ROOT_CONTEXT.setValue(marker, 'request A'), () =>
+    bindIterableToCurrentContext(steps()),
+  );
+  // Pulled from the root context by a stream, as the HTTP layer does with an SSE response.
+  const stream = Readable.from(bound, { objectMode: false });
+  let text = '';
+  for await (const chunk of stream) {
+    text += chunk;
+    if (text.split('\n').length > 3) break; // stops the stream: return() on the iterator
+  }
+  await sleep(20);
+  // Three steps or more (the stream reads ahead), then the stop, all in request A.
+  assert.ok(seen.length >= 4, String(seen.length));
+  assert.equal(seen.at(-1), 'finally: request A');
+  assert.deepEqual(new Set(seen.slice(0, -1)), new Set(['request A']));
 });

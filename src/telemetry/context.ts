@@ -78,6 +78,26 @@ export function bindToCurrentContext<F extends (...args: never[]) => unknown>(fn
   return context.bind(context.active(), fn);
 }
 
+/**
+ * `iterable` with every step (`next`, `return`, `throw`) run in the context active now. For a
+ * stream that something else pulls from its own callbacks: node's `Readable.from` pulls an SSE
+ * response's events from stream callbacks, outside the request, so without this every step after
+ * the first (the worker stream's chunks, its end, its cancellation) would leave the trace.
+ */
+export function bindIterableToCurrentContext<T>(iterable: AsyncIterable<T>): AsyncIterable<T> {
+  registerGlobalContext();
+  const ctx = context.active();
+  return {
+    [Symbol.asyncIterator](): AsyncIterator<T> {
+      const it = context.with(ctx, () => iterable[Symbol.asyncIterator]());
+      const bound: AsyncIterator<T> = { next: (...args) => context.with(ctx, () => it.next(...args)) };
+      if (it.return) bound.return = (value) => context.with(ctx, () => it.return!(value));
+      if (it.throw) bound.throw = (err) => context.with(ctx, () => it.throw!(err));
+      return bound;
+    },
+  };
+}
+
 /** Headers as node:http gives them (lower-case keys, maybe arrays) or a frame's string map. */
 export type HeaderCarrier = Record<string, string | string[] | undefined>;
 

@@ -33,6 +33,7 @@ import {
 export type { TelemetryConfig } from './config.js';
 export { resolveTelemetryConfig } from './config.js';
 export {
+  bindIterableToCurrentContext,
   bindToCurrentContext,
   extractFromHeaders,
   type HeaderCarrier,

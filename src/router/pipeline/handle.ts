@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { trace } from '@opentelemetry/api';
 import { isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
-import { recordFailure } from '../../telemetry/index.js';
+import { bindIterableToCurrentContext, recordFailure } from '../../telemetry/index.js';
 import type { RequestAbort } from '../execute/request-abort.js';
 import type { ExecutionContext, ExecutionPlan } from '../execute/types.js';
 import type { EndpointKind } from '../openai/request.js';
@@ -31,7 +31,7 @@ export interface InferenceCall {
 
 export type InferenceResult =
   | { kind: 'json'; headers: Record<string, string>; body: object }
-  | { kind: 'sse'; headers: Record<string, string>; events: AsyncGenerator<string> };
+  | { kind: 'sse'; headers: Record<string, string>; events: AsyncIterable<string> };
 
 /** Renders any error as the body of an SSE error event. */
 export function errorEventBody(err: unknown): object {
@@ -134,7 +134,8 @@ export async function handleInference(
     firstText,
     chunks,
   );
-  return { kind: 'sse', headers, events };
+  // The HTTP layer's stream pulls these from its own callbacks: every step stays in this request.
+  return { kind: 'sse', headers, events: bindIterableToCurrentContext(events) };
 }
 
 function executionContext(
