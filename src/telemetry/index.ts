@@ -44,6 +44,7 @@ export {
   spawnInCurrentContext,
   withRootContext,
 } from './context.js';
+export { isSpanContextValid } from './trace-context-propagator.js';
 
 export interface Telemetry {
   /** Start every span of this component with this tracer (not `trace.getTracer()`). */

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { trace } from '@opentelemetry/api';
 import { isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
-import { bindIterableToCurrentContext, recordFailure } from '../../telemetry/index.js';
+import { bindIterableToCurrentContext, isSpanContextValid, recordFailure } from '../../telemetry/index.js';
 import type { RequestAbort } from '../execute/request-abort.js';
 import type { ExecutionContext, ExecutionPlan } from '../execute/types.js';
 import type { EndpointKind } from '../openai/request.js';
@@ -134,8 +134,11 @@ export async function handleInference(
     firstText,
     chunks,
   );
-  // The HTTP layer's stream pulls these from its own callbacks: every step stays in this request.
-  return { kind: 'sse', headers, events: bindIterableToCurrentContext(events) };
+  // The HTTP layer's stream pulls these from its own callbacks: every step stays in this request's
+  // trace. A request without one (tracing off, no traceparent) has nothing to keep: no context
+  // switch per chunk there.
+  const traced = span !== undefined && isSpanContextValid(span.spanContext());
+  return { kind: 'sse', headers, events: traced ? bindIterableToCurrentContext(events) : events };
 }
 
 function executionContext(
