@@ -70,6 +70,14 @@ export const spec: CommandSpec = {
       help: 'OTLP encoding of the fully sampled mode',
     },
     {
+      name: 'export-batch-size',
+      type: 'integer',
+      default: 512,
+      min: 1,
+      max: 65536,
+      help: 'spans per OTLP export in the traced fleets (OTEL_BSP_MAX_EXPORT_BATCH_SIZE; the span queue is 4x, at least 2048)',
+    },
+    {
       name: 'json',
       type: 'boolean',
       default: false,
@@ -132,18 +140,35 @@ class OtlpSink {
  */
 const SCHEDULE_DELAY_MS = 200;
 
+/** How the traced modes export: `--protocol` and `--export-batch-size`. */
+interface ExportSettings {
+  protocol: string;
+  batchSize: number;
+}
+
+/** The default span queue (OTEL_BSP_MAX_QUEUE_SIZE): room for 4 batches of the default 512. */
+const DEFAULT_QUEUE_SPANS = 2048;
+
 /** The OTEL_* variables of one mode (every other OTEL_* variable of this process is cleared). */
-function modeEnv(mode: Mode, sinkBase: string, protocol: string): Record<string, string> {
+function modeEnv(mode: Mode, sinkBase: string, exporting: ExportSettings): Record<string, string> {
   if (mode === 'off') return { OTEL_TRACES_EXPORTER: 'none' };
   const base = {
     OTEL_TRACES_EXPORTER: 'otlp',
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${sinkBase}/${mode}/v1/traces`,
-    OTEL_EXPORTER_OTLP_PROTOCOL: protocol,
+    OTEL_EXPORTER_OTLP_PROTOCOL: exporting.protocol,
     OTEL_BSP_SCHEDULE_DELAY: String(SCHEDULE_DELAY_MS),
+    // A batch may not exceed the queue: the queue keeps room for 4 batches in flight, as at the
+    // defaults (512 and 2048), so a larger batch changes how often a process exports, not what it drops.
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE: String(exporting.batchSize),
+    OTEL_BSP_MAX_QUEUE_SIZE: String(Math.max(DEFAULT_QUEUE_SPANS, 4 * exporting.batchSize)),
   };
   return mode === 'sampled_out'
     ? { ...base, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' }
     : { ...base, OTEL_TRACES_SAMPLER: 'parentbased_always_on' };
+}
+
+function exportSettings(o: ParsedOptions): ExportSettings {
+  return { protocol: o.protocol as string, batchSize: o.exportBatchSize as number };
 }
 
 /** Children of the fleet take process.env at spawn time: set exactly this mode's OTEL_* there. */
@@ -258,7 +283,7 @@ interface ModeFleet {
 
 async function startModeFleet(mode: Mode, o: ParsedOptions, sinkBase: string): Promise<ModeFleet> {
   const saved = { ...process.env };
-  applyEnv(modeEnv(mode, sinkBase, o.protocol as string));
+  applyEnv(modeEnv(mode, sinkBase, exportSettings(o)));
   const fleet = await startFleet({
     workers: o.workers as number,
     policy: 'kv',
@@ -335,10 +360,10 @@ function collectGarbage(): void {
 async function inProcessCpuPerRequest(
   mode: Mode,
   sinkBase: string,
-  protocol: string,
+  exporting: ExportSettings,
   ms: number,
 ): Promise<number> {
-  const env = modeEnv(mode, sinkBase, protocol);
+  const env = modeEnv(mode, sinkBase, exporting);
   const routerTelemetry = initTelemetry({ serviceName: 'kvroute-router', env });
   const workerTelemetry = initTelemetry({ serviceName: 'kvroute-both-worker', env });
   const router = await createRouter({ port: 0, logger: false }, { telemetry: routerTelemetry });
@@ -408,7 +433,7 @@ export async function run(options: ParsedOptions): Promise<number> {
     const inProcessMs = options.inProcessMs as number;
     if (inProcessMs > 0) {
       // Unmeasured: the first run in this process also compiles the router and worker code.
-      await inProcessCpuPerRequest('full', sinkBase, options.protocol as string, inProcessMs);
+      await inProcessCpuPerRequest('full', sinkBase, exportSettings(options), inProcessMs);
       for (let r = 0; r < rounds; r++) {
         const order = r % 2 === 0 ? MODES : [...MODES].reverse();
         for (const mode of order) {
@@ -417,7 +442,7 @@ export async function run(options: ParsedOptions): Promise<number> {
           // next run pays for it (a run after `full` inherited its retained spans).
           collectGarbage();
           inProcess[mode].push(
-            await inProcessCpuPerRequest(mode, sinkBase, options.protocol as string, inProcessMs),
+            await inProcessCpuPerRequest(mode, sinkBase, exportSettings(options), inProcessMs),
           );
         }
       }
@@ -490,7 +515,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   const full = rows[2]!;
 
   process.stdout.write(
-    `\nrouter throughput, concurrency ${options.concurrency}, ${options.workers} workers, ${rounds} interleaved slice(s) of ${options.durationMs} ms per mode\n`,
+    `\nrouter throughput, concurrency ${options.concurrency}, ${options.workers} workers, ${rounds} interleaved slice(s) of ${options.durationMs} ms per mode, OTLP ${options.protocol} in batches of ${options.exportBatchSize} spans\n`,
   );
   process.stdout.write(
     "loss = median over rounds of (off - mode) / off, each slice against the same round's off slice;\n" +
@@ -537,6 +562,7 @@ export async function run(options: ParsedOptions): Promise<number> {
         rounds,
         duration_ms: options.durationMs,
         protocol: options.protocol,
+        export_batch_size: options.exportBatchSize,
         modes: rows,
         in_process: inProcess.off.length > 0 ? inProcessRows : null,
         goals,

@@ -1,6 +1,6 @@
 // `kvroute bench tracing`: its median interval (exact coverage, checked against a direct binomial
 // sum and by simulation) and one short run as a process (compiled, from dist/): three fleets
-// loaded, every mode answered, and the JSON line the operator reads.
+// loaded, every mode answered, the export batch size applied, and the JSON line the operator reads.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -84,6 +84,8 @@ test('a short run prints every mode and the JSON line', async () => {
       '4',
       '--workers',
       '1',
+      '--export-batch-size',
+      '16',
     ],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CI: 'true' } },
   );
@@ -112,6 +114,14 @@ test('a short run prints every mode and the JSON line', async () => {
   }
   const full = report.modes[2];
   assert.ok(full.sink_exports > 0 && full.sink_bytes > 0, 'the fully sampled fleet exported nothing');
+  // Six spans a request (router: http-request, kv_find_best_match, the request-plane call; worker:
+  // handle_payload and the two engine phases), sent in batches of at most 16: the traced fleet
+  // got the batch size (at the default 512 it would export ~32 times less often).
+  assert.equal(report.export_batch_size, 16);
+  assert.ok(
+    full.sink_exports >= Math.floor((full.requests * 6) / 16),
+    `${full.sink_exports} exports for ${full.requests} requests`,
+  );
   assert.equal(report.modes[1].sink_exports, 0); // sampled out exports nothing
   assert.equal(report.goals.full_verdict, 'unresolved');
   assert.equal(report.in_process, null);
