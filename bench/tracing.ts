@@ -20,11 +20,14 @@ import { Pool } from 'undici';
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import { createRouter } from '../src/router/service.js';
-import { initTelemetry } from '../src/telemetry/index.js';
+import { initTelemetry, resolveTelemetryConfig } from '../src/telemetry/index.js';
 import { createLog } from '../src/worker/log.js';
 import { startWorker } from '../src/worker/worker.js';
 import { startFleet } from './lib/fleet.js';
 import { median, medianConfidenceInterval, percentile, round } from './lib/stats.js';
+
+/** The SDK's batch defaults, as the product reads them with no OTEL_BSP_* set (512 and 2048). */
+const DEFAULT_BATCH = resolveTelemetryConfig('kvroute-bench', {}).batch;
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench tracing',
@@ -72,7 +75,7 @@ export const spec: CommandSpec = {
     {
       name: 'export-batch-size',
       type: 'integer',
-      default: 512,
+      default: DEFAULT_BATCH.maxExportBatchSize,
       min: 1,
       max: 65536,
       help: 'spans per OTLP export in the traced fleets (OTEL_BSP_MAX_EXPORT_BATCH_SIZE; the span queue is 4x, at least 2048)',
@@ -146,9 +149,6 @@ interface ExportSettings {
   batchSize: number;
 }
 
-/** The default span queue (OTEL_BSP_MAX_QUEUE_SIZE): room for 4 batches of the default 512. */
-const DEFAULT_QUEUE_SPANS = 2048;
-
 /** The OTEL_* variables of one mode (every other OTEL_* variable of this process is cleared). */
 function modeEnv(mode: Mode, sinkBase: string, exporting: ExportSettings): Record<string, string> {
   if (mode === 'off') return { OTEL_TRACES_EXPORTER: 'none' };
@@ -160,7 +160,7 @@ function modeEnv(mode: Mode, sinkBase: string, exporting: ExportSettings): Recor
     // A batch may not exceed the queue: the queue keeps room for 4 batches in flight, as at the
     // defaults (512 and 2048), so a larger batch changes how often a process exports, not what it drops.
     OTEL_BSP_MAX_EXPORT_BATCH_SIZE: String(exporting.batchSize),
-    OTEL_BSP_MAX_QUEUE_SIZE: String(Math.max(DEFAULT_QUEUE_SPANS, 4 * exporting.batchSize)),
+    OTEL_BSP_MAX_QUEUE_SIZE: String(Math.max(DEFAULT_BATCH.maxQueueSize, 4 * exporting.batchSize)),
   };
   return mode === 'sampled_out'
     ? { ...base, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0' }
