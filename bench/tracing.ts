@@ -2,9 +2,10 @@
 // concurrent clients, short prompts, non-streamed completions, zero-latency workers) against a
 // router + workers fleet three ways: tracing off (OTEL_TRACES_EXPORTER=none), on but sampled out
 // (ratio 0: spans are non-recording, the context still propagates), and fully sampled with every
-// process exporting OTLP to a sink in this process that accepts and discards. The three fleets are
-// started once and stay up; the load then visits them in short interleaved slices (ABC CBA ...),
-// so the drift of a shared, noisy machine hits each mode alike, and each mode's loss is the median
+// process exporting OTLP to a sink in this process that accepts and discards. Each round starts
+// three new fleets (by default; --fleet-rounds), warms them, and loads them in short interleaved
+// slices (ABC, then CBA in the next round, ...), so the drift of a shared, noisy machine hits each
+// mode alike and no one set of processes decides the result; each mode's loss is the median
 // over rounds of its slice against the same round's `off` slice, with a 95% interval for that
 // median from the rounds themselves (so a run says when this machine's noise cannot tell a 3%
 // loss from none). Goal: at most 15% throughput lost fully sampled, at most 3% sampled out.
@@ -45,9 +46,9 @@ export const spec: CommandSpec = {
     {
       name: 'warmup-ms',
       type: 'integer',
-      default: 1500,
+      default: 4000,
       min: 0,
-      help: 'unmeasured load on each fleet after it starts',
+      help: 'unmeasured load on each fleet after it starts (a new fleet takes ~3 s to reach its pace)',
     },
     {
       name: 'rounds',
@@ -55,6 +56,13 @@ export const spec: CommandSpec = {
       default: 6,
       min: 1,
       help: 'slices of each mode, interleaved ABC, CBA, ... (6 or more give a 95% interval)',
+    },
+    {
+      name: 'fleet-rounds',
+      type: 'integer',
+      default: 1,
+      min: 1,
+      help: 'rounds each set of three fleets serves before new ones replace it (1 = new processes every round)',
     },
     { name: 'workers', type: 'integer', default: 2, min: 1, help: 'aggregated (--role both) workers' },
     {
@@ -406,20 +414,30 @@ export async function run(options: ParsedOptions): Promise<number> {
   const runs: SliceResult[] = [];
   const inProcess: Record<Mode, number[]> = { off: [], sampled_out: [], full: [] };
   const fleets: ModeFleet[] = [];
+  const fleetRounds = options.fleetRounds as number;
+  let fleetSets = 0;
   try {
-    for (const mode of MODES) {
-      process.stderr.write(`tracing: starting the ${mode} fleet…\n`);
-      const f = await startModeFleet(mode, options, sinkBase);
-      fleets.push(f);
-      await load(
-        f.pool,
-        options.concurrency as number,
-        options.maxTokens as number,
-        options.warmupMs as number,
-        undefined,
-      );
-    }
     for (let r = 0; r < rounds; r++) {
+      if (r % fleetRounds === 0) {
+        // New processes for every mode: a set of processes has its own luck (where the scheduler
+        // puts them, what the JIT made of them), a few percent between two identical fleets here.
+        // Kept for the whole run it would be a fixed error in every round; new fleets make it one
+        // more noise that the rounds, and so the interval, sample.
+        await Promise.all(fleets.splice(0).map((f) => f.stop()));
+        fleetSets++;
+        for (const mode of MODES) {
+          process.stderr.write(`tracing: round ${r + 1}/${rounds}, starting the ${mode} fleet…\n`);
+          const f = await startModeFleet(mode, options, sinkBase);
+          fleets.push(f);
+          await load(
+            f.pool,
+            options.concurrency as number,
+            options.maxTokens as number,
+            options.warmupMs as number,
+            undefined,
+          );
+        }
+      }
       const order = r % 2 === 0 ? fleets : [...fleets].reverse();
       for (const f of order) {
         const result = await runSlice(f, options, sink);
@@ -515,7 +533,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   const full = rows[2]!;
 
   process.stdout.write(
-    `\nrouter throughput, concurrency ${options.concurrency}, ${options.workers} workers, ${rounds} interleaved slice(s) of ${options.durationMs} ms per mode, OTLP ${options.protocol} in batches of ${options.exportBatchSize} spans\n`,
+    `\nrouter throughput, concurrency ${options.concurrency}, ${options.workers} workers, ${rounds} interleaved slice(s) of ${options.durationMs} ms per mode, new fleets every ${options.fleetRounds} round(s), OTLP ${options.protocol} in batches of ${options.exportBatchSize} spans\n`,
   );
   process.stdout.write(
     "loss = median over rounds of (off - mode) / off, each slice against the same round's off slice;\n" +
@@ -561,6 +579,9 @@ export async function run(options: ParsedOptions): Promise<number> {
         workers: options.workers,
         rounds,
         duration_ms: options.durationMs,
+        fleet_rounds: options.fleetRounds,
+        fleet_sets: fleetSets,
+        warmup_ms: options.warmupMs,
         protocol: options.protocol,
         export_batch_size: options.exportBatchSize,
         modes: rows,

@@ -73,6 +73,8 @@ test('a short run prints every mode and the JSON line', async () => {
       'tracing',
       '--json',
       '--rounds',
+      '2',
+      '--fleet-rounds',
       '1',
       '--duration-ms',
       '500',
@@ -100,9 +102,12 @@ test('a short run prints every mode and the JSON line', async () => {
   const [code] = await once(child, 'exit');
   assert.equal(code, 0, err);
   // Progress goes to stderr, the table and the JSON to stdout.
-  assert.match(err, /round 1\/1, full: \d+ req\/s, 0 errors/);
+  assert.match(err, /round 2\/2, full: \d+ req\/s, 0 errors/);
+  // A new set of fleets for each round: each set of processes is one draw of its luck.
+  assert.match(err, /round 2\/2, starting the off fleet/);
   const report = JSON.parse(out.trim().split('\n').at(-1)!);
   assert.equal(report.bench, 'tracing');
+  assert.equal(report.fleet_sets, 2);
   assert.deepEqual(
     report.modes.map((m: { mode: string }) => m.mode),
     ['off', 'sampled_out', 'full'],
@@ -110,7 +115,7 @@ test('a short run prints every mode and the JSON line', async () => {
   for (const m of report.modes) {
     assert.ok(m.requests > 0, `${m.mode} served nothing`);
     assert.equal(m.errors, 0);
-    assert.equal(m.loss_ci95_pct, null); // one round: no interval
+    assert.equal(m.loss_ci95_pct, null); // two rounds: no interval
   }
   const full = report.modes[2];
   assert.ok(full.sink_exports > 0 && full.sink_bytes > 0, 'the fully sampled fleet exported nothing');
