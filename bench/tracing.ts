@@ -89,6 +89,12 @@ export const spec: CommandSpec = {
       help: 'spans per OTLP export in the traced fleets (OTEL_BSP_MAX_EXPORT_BATCH_SIZE; the span queue is 4x, at least 2048)',
     },
     {
+      name: 'control',
+      type: 'boolean',
+      default: false,
+      help: "also load a second untraced fleet, off_control: its loss against off is what this machine's noise makes of no difference",
+    },
+    {
       name: 'json',
       type: 'boolean',
       default: false,
@@ -98,8 +104,10 @@ export const spec: CommandSpec = {
   ],
 };
 
-type Mode = 'off' | 'sampled_out' | 'full';
-const MODES: readonly Mode[] = ['off', 'sampled_out', 'full'];
+/** The three modes measured, and with --control a second untraced fleet (an A/A check). */
+type Mode = 'off' | 'sampled_out' | 'full' | 'off_control';
+type TracingMode = Exclude<Mode, 'off_control'>;
+const MODES: readonly TracingMode[] = ['off', 'sampled_out', 'full'];
 
 /**
  * A collector that accepts every export and throws it away; counts what it was sent per mode
@@ -159,7 +167,7 @@ interface ExportSettings {
 
 /** The OTEL_* variables of one mode (every other OTEL_* variable of this process is cleared). */
 function modeEnv(mode: Mode, sinkBase: string, exporting: ExportSettings): Record<string, string> {
-  if (mode === 'off') return { OTEL_TRACES_EXPORTER: 'none' };
+  if (mode === 'off' || mode === 'off_control') return { OTEL_TRACES_EXPORTER: 'none' };
   const base = {
     OTEL_TRACES_EXPORTER: 'otlp',
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${sinkBase}/${mode}/v1/traces`,
@@ -366,7 +374,7 @@ function collectGarbage(): void {
  * per-process figures on a busy machine.
  */
 async function inProcessCpuPerRequest(
-  mode: Mode,
+  mode: TracingMode,
   sinkBase: string,
   exporting: ExportSettings,
   ms: number,
@@ -412,7 +420,9 @@ export async function run(options: ParsedOptions): Promise<number> {
   const sinkBase = await sink.listen();
   const rounds = options.rounds as number;
   const runs: SliceResult[] = [];
-  const inProcess: Record<Mode, number[]> = { off: [], sampled_out: [], full: [] };
+  const inProcess: Record<TracingMode, number[]> = { off: [], sampled_out: [], full: [] };
+  // The control comes last: in ABCD, DCBA order each mode's average place in a round is the same.
+  const fleetModes: readonly Mode[] = options.control ? [...MODES, 'off_control'] : MODES;
   const fleets: ModeFleet[] = [];
   const fleetRounds = options.fleetRounds as number;
   let fleetSets = 0;
@@ -425,7 +435,7 @@ export async function run(options: ParsedOptions): Promise<number> {
         // more noise that the rounds, and so the interval, sample.
         await Promise.all(fleets.splice(0).map((f) => f.stop()));
         fleetSets++;
-        for (const mode of MODES) {
+        for (const mode of fleetModes) {
           process.stderr.write(`tracing: round ${r + 1}/${rounds}, starting the ${mode} fleet…\n`);
           const f = await startModeFleet(mode, options, sinkBase);
           fleets.push(f);
@@ -470,7 +480,7 @@ export async function run(options: ParsedOptions): Promise<number> {
     await sink.close();
   }
 
-  const summary = MODES.map((mode) => {
+  const summary = fleetModes.map((mode) => {
     const mine = runs.filter((r) => r.mode === mode);
     const requests = mine.reduce((a, r) => a + r.requests, 0);
     const seconds = mine.reduce((a, r) => a + r.seconds, 0);
@@ -529,8 +539,8 @@ export async function run(options: ParsedOptions): Promise<number> {
       overhead_vs_off_pct: mode === 'off' || off === 0 ? 0 : round((100 * (us - off)) / off, 1),
     };
   });
-  const sampledOut = rows[1]!;
-  const full = rows[2]!;
+  const sampledOut = rows.find((r) => r.mode === 'sampled_out')!;
+  const full = rows.find((r) => r.mode === 'full')!;
 
   process.stdout.write(
     `\nrouter throughput, concurrency ${options.concurrency}, ${options.workers} workers, ${rounds} interleaved slice(s) of ${options.durationMs} ms per mode, new fleets every ${options.fleetRounds} round(s), OTLP ${options.protocol} in batches of ${options.exportBatchSize} spans\n`,
@@ -571,6 +581,13 @@ export async function run(options: ParsedOptions): Promise<number> {
   process.stdout.write(
     `goals: sampled out ≤ 3% (median ${goals.sampled_out_met ? 'met' : 'NOT met'}; ${goals.sampled_out_verdict}), fully sampled ≤ 15% (median ${goals.full_met ? 'met' : 'NOT met'}; ${goals.full_verdict})\n`,
   );
+  const control = rows.find((r) => r.mode === 'off_control');
+  if (control?.loss_ci95_pct) {
+    const [low, high] = control.loss_ci95_pct;
+    process.stdout.write(
+      `control: off_control, untraced like off, ${control.loss_vs_off_pct}% (${low}..${high}%): ${low > 0 || high < 0 ? 'its interval leaves out 0, so this run can show a difference where there is none' : 'its interval holds 0'}\n`,
+    );
+  }
   if (options.json) {
     process.stdout.write(
       `${JSON.stringify({
@@ -580,6 +597,7 @@ export async function run(options: ParsedOptions): Promise<number> {
         rounds,
         duration_ms: options.durationMs,
         fleet_rounds: options.fleetRounds,
+        control: options.control,
         fleet_sets: fleetSets,
         warmup_ms: options.warmupMs,
         protocol: options.protocol,

@@ -88,6 +88,7 @@ test('a short run prints every mode and the JSON line', async () => {
       '1',
       '--export-batch-size',
       '16',
+      '--control',
     ],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CI: 'true' } },
   );
@@ -110,8 +111,10 @@ test('a short run prints every mode and the JSON line', async () => {
   assert.equal(report.fleet_sets, 2);
   assert.deepEqual(
     report.modes.map((m: { mode: string }) => m.mode),
-    ['off', 'sampled_out', 'full'],
+    ['off', 'sampled_out', 'full', 'off_control'],
   );
+  assert.equal(report.control, true);
+  assert.match(err, /round 2\/2, off_control: \d+ req\/s, 0 errors, sink got 0 exports/);
   for (const m of report.modes) {
     assert.ok(m.requests > 0, `${m.mode} served nothing`);
     assert.equal(m.errors, 0);
@@ -129,6 +132,7 @@ test('a short run prints every mode and the JSON line', async () => {
     `${full.sink_exports} exports for ${full.requests} requests`,
   );
   assert.equal(report.modes[1].sink_exports, 0); // sampled out exports nothing
+  assert.equal(report.modes[3].sink_exports, 0); // the control is untraced
   assert.equal(report.goals.full_verdict, 'unresolved');
   assert.equal(report.in_process, null);
 });
