@@ -3,8 +3,8 @@
 // router + workers fleet three ways: tracing off (OTEL_TRACES_EXPORTER=none), on but sampled out
 // (ratio 0: spans are non-recording, the context still propagates), and fully sampled with every
 // process exporting OTLP to a sink in this process that accepts and discards. Each round starts
-// three new fleets (by default; --fleet-rounds), warms them, and loads them in short interleaved
-// slices (ABC, then CBA in the next round, ...), so the drift of a shared, noisy machine hits each
+// three new fleets (by default; --fleet-rounds) and loads them in short interleaved slices (ABC,
+// then CBA in the next round, ...), each right after a warm-up of its own, so the drift of a shared, noisy machine hits each
 // mode alike and no one set of processes decides the result; each mode's loss is the median
 // over rounds of its slice against the same round's `off` slice, with a 95% interval for that
 // median from the rounds themselves (so a run says when this machine's noise cannot tell a 3%
@@ -48,7 +48,7 @@ export const spec: CommandSpec = {
       type: 'integer',
       default: 4000,
       min: 0,
-      help: 'unmeasured load on each fleet after it starts (a new fleet takes ~3 s to reach its pace)',
+      help: 'unmeasured load on a fleet right before each of its slices (a new fleet takes ~3 s to reach its pace)',
     },
     {
       name: 'rounds',
@@ -437,19 +437,23 @@ export async function run(options: ParsedOptions): Promise<number> {
         fleetSets++;
         for (const mode of fleetModes) {
           process.stderr.write(`tracing: round ${r + 1}/${rounds}, starting the ${mode} fleet…\n`);
-          const f = await startModeFleet(mode, options, sinkBase);
-          fleets.push(f);
-          await load(
-            f.pool,
-            options.concurrency as number,
-            options.maxTokens as number,
-            options.warmupMs as number,
-            undefined,
-          );
+          fleets.push(await startModeFleet(mode, options, sinkBase));
         }
       }
       const order = r % 2 === 0 ? fleets : [...fleets].reverse();
       for (const f of order) {
+        // Warmed right before its slice, every slice follows the same thing: its own fleet under
+        // the same load. Warmed all at the start of the round, a fleet idled the longer the later
+        // its slice came, and `off` (first to be warmed, never the first slice after the last
+        // warm-up) idled longest: in one run a second untraced fleet (--control) read 14% faster
+        // than `off`, which made every mode's loss look smaller than it was.
+        await load(
+          f.pool,
+          options.concurrency as number,
+          options.maxTokens as number,
+          options.warmupMs as number,
+          undefined,
+        );
         const result = await runSlice(f, options, sink);
         process.stderr.write(
           `tracing: round ${r + 1}/${rounds}, ${f.mode}: ${round(result.requests / result.seconds, 0)} req/s, ${result.errors} errors, sink got ${result.sinkRequests} exports\n`,
