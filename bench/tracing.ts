@@ -25,7 +25,7 @@ import { initTelemetry, resolveTelemetryConfig } from '../src/telemetry/index.js
 import { createLog } from '../src/worker/log.js';
 import { startWorker } from '../src/worker/worker.js';
 import { startFleet } from './lib/fleet.js';
-import { median, medianConfidenceInterval, percentile, round } from './lib/stats.js';
+import { goalVerdict, median, medianConfidenceInterval, percentile, round } from './lib/stats.js';
 
 /** The SDK's batch defaults, as the product reads them with no OTEL_BSP_* set (512 and 2048). */
 const DEFAULT_BATCH = resolveTelemetryConfig('kvroute-bench', {}).batch;
@@ -351,16 +351,6 @@ async function runSlice(f: ModeFleet, o: ParsedOptions, sink: OtlpSink): Promise
   };
 }
 
-/**
- * A goal judged on a loss interval: `met` when all of it is at or under the bound, `not met`
- * when all of it is over, `unresolved` when the noise straddles the bound (or too few rounds).
- */
-function verdict(interval: number[] | null, maxLossPct: number): 'met' | 'not met' | 'unresolved' {
-  if (interval === null) return 'unresolved';
-  if (interval[1]! <= maxLossPct) return 'met';
-  return interval[0]! > maxLossPct ? 'not met' : 'unresolved';
-}
-
 /** A full GC now: node's `gc()`, made available without starting the bench with --expose-gc. */
 function collectGarbage(): void {
   setFlagsFromString('--expose-gc');
@@ -544,6 +534,7 @@ export async function run(options: ParsedOptions): Promise<number> {
     };
   });
   const sampledOut = rows.find((r) => r.mode === 'sampled_out')!;
+  const controlInterval = rows.find((r) => r.mode === 'off_control')?.loss_ci95_pct ?? null;
   const full = rows.find((r) => r.mode === 'full')!;
 
   process.stdout.write(
@@ -576,8 +567,9 @@ export async function run(options: ParsedOptions): Promise<number> {
     sampled_out_met: sampledOut.loss_vs_off_pct <= 3,
     full_met: full.loss_vs_off_pct <= 15,
     // What the interval allows one to say: met or not met only when all of it is on one side.
-    sampled_out_verdict: verdict(sampledOut.loss_ci95_pct, 3),
-    full_verdict: verdict(full.loss_ci95_pct, 15),
+    // With --control, a run whose A/A pair came out different judges nothing.
+    sampled_out_verdict: goalVerdict(sampledOut.loss_ci95_pct, 3, controlInterval),
+    full_verdict: goalVerdict(full.loss_ci95_pct, 15, controlInterval),
     // The same bounds on the in-process CPU per request (null when skipped).
     sampled_out_cpu_met: inProcess.off.length > 0 ? inProcessRows[1]!.overhead_vs_off_pct <= 3 : null,
     full_cpu_met: inProcess.off.length > 0 ? inProcessRows[2]!.overhead_vs_off_pct <= 15 : null,
@@ -589,7 +581,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   if (control?.loss_ci95_pct) {
     const [low, high] = control.loss_ci95_pct;
     process.stdout.write(
-      `control: off_control, untraced like off, ${control.loss_vs_off_pct}% (${low}..${high}%): ${low > 0 || high < 0 ? 'its interval leaves out 0, so this run can show a difference where there is none' : 'its interval holds 0'}\n`,
+      `control: off_control, untraced like off, ${control.loss_vs_off_pct}% (${low}..${high}%): ${low > 0 || high < 0 ? 'its interval leaves out 0, so this run made a difference out of none: no verdict' : 'its interval holds 0'}\n`,
     );
   }
   if (options.json) {

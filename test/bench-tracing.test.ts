@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { test } from 'node:test';
-import { median, medianConfidenceInterval } from '../bench/lib/stats.js';
+import { goalVerdict, median, medianConfidenceInterval } from '../bench/lib/stats.js';
 import { seededRng } from '../src/util/seeded-rng.js';
 import { CLI_MAIN } from './helpers/fleet.js';
 
@@ -62,6 +62,21 @@ test('medianConfidenceInterval covers the true median at least as often as it cl
     // Binomial noise on 4000 trials is ~0.4%: allow 1.5%.
     assert.ok(covered / trials >= claimed - 0.015, `n=${n}: covered ${covered / trials}, claimed ${claimed}`);
   }
+});
+
+test('a goal verdict: met, not met or unresolved by the interval, and nothing when the control failed', () => {
+  assert.equal(goalVerdict([18, 35], 15), 'not met');
+  assert.equal(goalVerdict([-2, 1.1], 3), 'met');
+  assert.equal(goalVerdict([-2, 3], 3), 'met'); // at the bound counts as met
+  assert.equal(goalVerdict([1, 6], 3), 'unresolved');
+  assert.equal(goalVerdict(null, 3), 'unresolved'); // too few rounds
+  // A control whose interval holds zero changes nothing.
+  assert.equal(goalVerdict([18, 35], 15, [-8.8, 21.4]), 'not met');
+  assert.equal(goalVerdict([-2, 1.1], 3, [0, 4]), 'met');
+  assert.equal(goalVerdict([-2, 1.1], 3, null), 'met');
+  // One that leaves zero out (an A/A pair measured as different): the run judges nothing.
+  assert.equal(goalVerdict([-13.2, 1.1], 3, [2, 12.4]), 'unresolved');
+  assert.equal(goalVerdict([18, 35], 15, [-15.5, -0.1]), 'unresolved');
 });
 
 test('a short run prints every mode and the JSON line', async () => {

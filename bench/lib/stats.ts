@@ -86,3 +86,23 @@ export function distribution(samples: ArrayLike<number>, digits = 2): Distributi
     max: round(sorted.length === 0 ? 0 : sorted[sorted.length - 1]!, digits),
   };
 }
+
+export type GoalVerdict = 'met' | 'not met' | 'unresolved';
+
+/**
+ * A loss goal judged on the loss's interval: `met` when all of it is at or under the bound, `not
+ * met` when all of it is over, `unresolved` when it straddles the bound or is missing (too few
+ * rounds). With a control (the interval of a difference known to be zero: an A/A pair measured in
+ * the same run), a control interval that leaves out zero means the run's noise made a difference
+ * out of nothing, so no interval of that run is trusted: `unresolved`.
+ */
+export function goalVerdict(
+  interval: readonly number[] | null,
+  maxLossPct: number,
+  control?: readonly number[] | null,
+): GoalVerdict {
+  if (interval === null) return 'unresolved';
+  if (control && (control[0]! > 0 || control[1]! < 0)) return 'unresolved';
+  if (interval[1]! <= maxLossPct) return 'met';
+  return interval[0]! > maxLossPct ? 'not met' : 'unresolved';
+}
