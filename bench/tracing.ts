@@ -2,13 +2,14 @@
 // concurrent clients, short prompts, non-streamed completions, zero-latency workers) against a
 // router + workers fleet three ways: tracing off (OTEL_TRACES_EXPORTER=none), on but sampled out
 // (ratio 0: spans are non-recording, the context still propagates), and fully sampled with every
-// process exporting OTLP to a sink in this process that accepts and discards. Each round starts
-// three new fleets (by default; --fleet-rounds) and loads them in short interleaved slices (ABC,
-// then CBA in the next round, ...), each right after a warm-up of its own, so the drift of a shared, noisy machine hits each
-// mode alike and no one set of processes decides the result; each mode's loss is the median
-// over rounds of its slice against the same round's `off` slice, with a 95% interval for that
-// median from the rounds themselves (so a run says when this machine's noise cannot tell a 3%
-// loss from none). Goal: at most 15% throughput lost fully sampled, at most 3% sampled out.
+// process exporting OTLP to a sink in this process that accepts and discards, and (--control, by
+// default) a second untraced fleet whose "loss" shows what the run's noise makes of no difference.
+// Each round starts new fleets (by default; --fleet-rounds) and loads them in short interleaved
+// slices (ABCD, then DCBA in the next round, ...), each right after a warm-up of its own, so the
+// drift of a shared, noisy machine hits each mode alike and no one set of processes decides the
+// result; each mode's loss is the median over rounds of its slice against the same round's `off`
+// slice, with a 95% interval for that median from the rounds themselves (so a run says when this
+// machine's noise cannot tell a 3% loss from none). Goal: at most 15% throughput lost fully sampled, at most 3% sampled out.
 // Prints a table, and with --json one JSON object as the last line.
 
 import { once } from 'node:events';
@@ -91,8 +92,8 @@ export const spec: CommandSpec = {
     {
       name: 'control',
       type: 'boolean',
-      default: false,
-      help: "also load a second untraced fleet, off_control: its loss against off is what this machine's noise makes of no difference",
+      default: true,
+      help: "also load a second untraced fleet, off_control: its loss against off is what this machine's noise makes of no difference, and when its interval leaves out 0 the run gives no verdict (--control false: a quarter less time, no such check)",
     },
     {
       name: 'json',
