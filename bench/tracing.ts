@@ -4,12 +4,13 @@
 // (ratio 0: spans are non-recording, the context still propagates), and fully sampled with every
 // process exporting OTLP to a sink in this process that accepts and discards, and (--control, by
 // default) a second untraced fleet whose "loss" shows what the run's noise makes of no difference.
-// Each round starts new fleets (by default; --fleet-rounds) and loads them in short interleaved
-// slices (ABCD, then DCBA in the next round, ...), each right after a warm-up of its own, so the
-// drift of a shared, noisy machine hits each mode alike and no one set of processes decides the
-// result; each mode's loss is the median over rounds of its slice against the same round's `off`
-// slice, with a 95% interval for that median from the rounds themselves (so a run says when this
-// machine's noise cannot tell a 3% loss from none). Goal: at most 15% throughput lost fully sampled, at most 3% sampled out.
+// Each round starts new fleets (by default; --fleet-rounds) and loads them in short slices, in a
+// random order each round (--seed), each right after a warm-up of its own, so the drift of a
+// shared, noisy machine hits each mode alike and no one set of processes or place in a round
+// decides the result; each mode's loss is the median over rounds of its slice against the same
+// round's `off` slice, with a 95% interval for that median from the rounds themselves (so a run
+// says when this machine's noise cannot tell a 3% loss from none). Goal: at most 15% throughput
+// lost fully sampled, at most 3% sampled out.
 // Prints a table, and with --json one JSON object as the last line.
 
 import { once } from 'node:events';
@@ -23,6 +24,7 @@ import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import { createRouter } from '../src/router/service.js';
 import { initTelemetry, resolveTelemetryConfig } from '../src/telemetry/index.js';
+import { seededRng } from '../src/util/seeded-rng.js';
 import { createLog } from '../src/worker/log.js';
 import { startWorker } from '../src/worker/worker.js';
 import { startFleet } from './lib/fleet.js';
@@ -56,14 +58,15 @@ export const spec: CommandSpec = {
       type: 'integer',
       default: 6,
       min: 1,
-      help: 'slices of each mode, interleaved ABC, CBA, ... (6 or more give a 95% interval)',
+      help: 'slices of each mode, one per round, the modes in a random order each round (6 or more give a 95% interval)',
     },
+    { name: 'seed', type: 'integer', default: 1, min: 0, help: "seed of the rounds' random orders" },
     {
       name: 'fleet-rounds',
       type: 'integer',
       default: 1,
       min: 1,
-      help: 'rounds each set of three fleets serves before new ones replace it (1 = new processes every round)',
+      help: 'rounds each set of fleets serves before new ones replace it (1 = new processes every round)',
     },
     { name: 'workers', type: 'integer', default: 2, min: 1, help: 'aggregated (--role both) workers' },
     {
@@ -352,6 +355,16 @@ async function runSlice(f: ModeFleet, o: ParsedOptions, sink: OtlpSink): Promise
   };
 }
 
+/** A copy of `items` in a random order (Fisher-Yates, from `rng`). */
+function shuffled<T>(items: readonly T[], rng: () => number): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
 /** A full GC now: node's `gc()`, made available without starting the bench with --expose-gc. */
 function collectGarbage(): void {
   setFlagsFromString('--expose-gc');
@@ -412,13 +425,18 @@ export async function run(options: ParsedOptions): Promise<number> {
   const rounds = options.rounds as number;
   const runs: SliceResult[] = [];
   const inProcess: Record<TracingMode, number[]> = { off: [], sampled_out: [], full: [] };
-  // The control comes last: in ABCD, DCBA order each mode's average place in a round is the same.
   const fleetModes: readonly Mode[] = options.control ? [...MODES, 'off_control'] : MODES;
   const fleets: ModeFleet[] = [];
   const fleetRounds = options.fleetRounds as number;
+  const orderRng = seededRng(options.seed as number);
   let fleetSets = 0;
   try {
     for (let r = 0; r < rounds; r++) {
+      // A random order for each round, for the starts of a new set and for the slices. With a
+      // fixed pattern (ABCD, DCBA) some modes always had the same neighbours: the control, always
+      // the slice after `full` or the first one, read 6.6-10% slower than `off` in four of six
+      // runs. Drawn at random, such effects of place are one more noise the interval covers.
+      const roundModes = shuffled(fleetModes, orderRng);
       if (r % fleetRounds === 0) {
         // New processes for every mode: a set of processes has its own luck (where the scheduler
         // puts them, what the JIT made of them), a few percent between two identical fleets here.
@@ -426,18 +444,18 @@ export async function run(options: ParsedOptions): Promise<number> {
         // more noise that the rounds, and so the interval, sample.
         await Promise.all(fleets.splice(0).map((f) => f.stop()));
         fleetSets++;
-        for (const mode of fleetModes) {
+        for (const mode of roundModes) {
           process.stderr.write(`tracing: round ${r + 1}/${rounds}, starting the ${mode} fleet…\n`);
           fleets.push(await startModeFleet(mode, options, sinkBase));
         }
       }
-      const order = r % 2 === 0 ? fleets : [...fleets].reverse();
-      for (const f of order) {
+      for (const mode of roundModes) {
+        const f = fleets.find((fleet) => fleet.mode === mode)!;
         // Warmed right before its slice, every slice follows the same thing: its own fleet under
         // the same load. Warmed all at the start of the round, a fleet idled the longer the later
         // its slice came, and `off` (first to be warmed, never the first slice after the last
-        // warm-up) idled longest: in one run a second untraced fleet (--control) read 14% faster
-        // than `off`, which made every mode's loss look smaller than it was.
+        // warm-up) idled longest: in two runs a second untraced fleet (--control) read 14% and 11%
+        // faster than `off`, which made every mode's loss look smaller than it was.
         await load(
           f.pool,
           options.concurrency as number,
@@ -595,6 +613,7 @@ export async function run(options: ParsedOptions): Promise<number> {
         duration_ms: options.durationMs,
         fleet_rounds: options.fleetRounds,
         control: options.control,
+        seed: options.seed,
         fleet_sets: fleetSets,
         warmup_ms: options.warmupMs,
         protocol: options.protocol,
