@@ -434,7 +434,7 @@ export async function run(options: ParsedOptions): Promise<number> {
     for (let r = 0; r < rounds; r++) {
       // A random order for each round, for the starts of a new set and for the slices. With a
       // fixed pattern (ABCD, DCBA) some modes always had the same neighbours: the control, always
-      // the slice after `full` or the first one, read 6.6-10% slower than `off` in four of six
+      // the slice after `full` or the first one, read 6.6-10% slower than `off` in four of seven
       // runs. Drawn at random, such effects of place are one more noise the interval covers.
       const roundModes = shuffled(fleetModes, orderRng);
       if (r % fleetRounds === 0) {
