@@ -73,6 +73,30 @@ test('sampler rules: default parentbased_always_on; a bare ratio means parentbas
       }),
     UsageError,
   );
+  // An endpoint the exporter could not dial is a usage error naming the variable, not the
+  // exporter's own error thrown from deep in startup; unused (console only), it is not read.
+  assert.throws(
+    () => resolveTelemetryConfig('s', { OTEL_EXPORTER_OTLP_ENDPOINT: 'notaurl' }),
+    /OTEL_EXPORTER_OTLP_ENDPOINT: not a URL, got 'notaurl'/,
+  );
+  assert.throws(
+    () =>
+      resolveTelemetryConfig('s', {
+        OTEL_TRACES_EXPORTER: 'otlp',
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'ftp://x/',
+      }),
+    /OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: must be an http:\/\/ or https:\/\/ URL/,
+  );
+  assert.throws(() => resolveTelemetryConfig('s', { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'x' }), UsageError);
+  assert.equal(
+    resolveTelemetryConfig('s', { OTEL_TRACES_EXPORTER: 'console', OTEL_EXPORTER_OTLP_ENDPOINT: 'notaurl' })
+      .enabled,
+    true,
+  );
+  assert.equal(
+    resolveTelemetryConfig('s', { OTEL_EXPORTER_OTLP_ENDPOINT: 'https://collector:4318/' }).otlpTracesUrl,
+    'https://collector:4318/v1/traces',
+  );
   // What cannot matter does not stop the process: the protocol without an OTLP exporter (it is
   // shared with metrics and logs), anything at all with the SDK disabled.
   const grpc = { OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' };

@@ -75,6 +75,27 @@ function tracesUrlFromBase(base: string): string {
   return `${base.replace(/\/+$/, '')}/v1/traces`;
 }
 
+/**
+ * The traces URL, checked here: the exporter would otherwise throw its own error from deep in
+ * startup, a stack trace and exit 1 instead of a usage error naming the variable.
+ */
+function otlpTracesUrl(tracesEndpoint: string | undefined, baseEndpoint: string | undefined): string {
+  const name =
+    tracesEndpoint !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT' : 'OTEL_EXPORTER_OTLP_ENDPOINT';
+  const value = tracesEndpoint ?? baseEndpoint ?? DEFAULT_OTLP_BASE;
+  const url = tracesEndpoint ?? tracesUrlFromBase(value);
+  let protocol: string;
+  try {
+    protocol = new URL(url).protocol;
+  } catch {
+    throw new UsageError(`${name}: not a URL, got '${value}'`);
+  }
+  if (protocol !== 'http:' && protocol !== 'https:') {
+    throw new UsageError(`${name}: must be an http:// or https:// URL, got '${value}'`);
+  }
+  return url;
+}
+
 function parseSampler(env: NodeJS.ProcessEnv): TelemetryConfig['sampler'] {
   const arg = read(env, 'OTEL_TRACES_SAMPLER_ARG');
   // An explicit ratio with no sampler named means the operator wants ratio sampling that still
@@ -187,7 +208,10 @@ export function resolveTelemetryConfig(
     // The protocol variables are shared with metrics and logs (grpc is common there): read only
     // when an OTLP trace exporter will use them.
     protocol: exporters.includes('otlp') ? parseProtocol(env) : 'http/protobuf',
-    otlpTracesUrl: tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE),
+    // Checked only when an OTLP trace exporter will dial it, like the protocol.
+    otlpTracesUrl: exporters.includes('otlp')
+      ? otlpTracesUrl(tracesEndpoint, baseEndpoint)
+      : (tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE)),
     sampler: parseSampler(settingsEnv),
     batch: parseBatchLimits(settingsEnv),
     limits: parseSpanLimits(settingsEnv),
