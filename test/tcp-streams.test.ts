@@ -121,6 +121,39 @@ test('many chunks, a clean end, and an error carrying its message after partial 
   assert.equal(err.retryable, false);
 });
 
+test('a chunk over the frame limit fails the stream and closes the handler (its finally runs)', async () => {
+  const server = new RequestPlaneServer({ maxFrameBytes: 64 * 1024 });
+  await server.listen();
+  const client = new RequestPlaneClient();
+  try {
+    let closed = false;
+    server.handle('too-big', async function* () {
+      try {
+        yield Buffer.from('small');
+        yield Buffer.alloc(128 * 1024);
+        yield Buffer.from('never sent');
+      } finally {
+        closed = true; // what a kv_events subscription or an engine request releases here
+      }
+    });
+    const got: string[] = [];
+    const err = await rejectsWith(
+      (async () => {
+        for await (const c of client.stream(server.address, 'too-big', Buffer.alloc(0)))
+          got.push(c.toString());
+      })(),
+      'remote_error',
+    );
+    assert.deepEqual(got, ['small']);
+    assert.match(err.message, /exceeds the frame limit/);
+    await sleep(10);
+    assert.equal(closed, true, "the handler's generator was left suspended");
+  } finally {
+    await client.close();
+    await server.close({ deadlineMs: 500 });
+  }
+});
+
 test('unknown endpoint: a refused (retryable) error, and the connection stays usable', async () => {
   await using t = await setup({ maxConnectionsPerAddress: 1 });
   t.server.handle('echo', async (req) => req.payload);

@@ -75,6 +75,8 @@ export class ServerStream {
     const { span, ctx } = startHandlerSpan(tracer, path, headers, requestId);
     const req = new LazySignalRequest(path, headers, payload, requestId, this);
     let iterator: AsyncIterator<Uint8Array> | undefined;
+    /** The handler's iterator said done: it has already run its own cleanup. */
+    let exhausted = false;
     let failure: unknown;
     try {
       const produced = context.with(ctx, handler, undefined, req);
@@ -94,7 +96,11 @@ export class ServerStream {
           for (;;) {
             if ((this.sink.blocked || this.window <= 0) && (await this.untilSendable()) === ABORTED) break;
             const step = await this.untilSettledOrAborted(context.with(ctx, () => it.next()));
-            if (step === ABORTED || step.done) break;
+            if (step === ABORTED) break;
+            if (step.done) {
+              exhausted = true;
+              break;
+            }
             this.sendData(step.value);
           }
         } else {
@@ -114,7 +120,10 @@ export class ServerStream {
       }
     } finally {
       this.wake = undefined;
-      if (this.aborted && iterator?.return) {
+      // Closed whenever it did not finish by itself: aborted, or failed on our side (a chunk over
+      // the frame limit). Left suspended, a generator never runs its finally, and whatever it
+      // holds (a kv_events subscription, an engine request and its KV blocks) stays held.
+      if (!exhausted && iterator?.return) {
         // Not awaited: an async generator runs return() only after its pending next() settles.
         try {
           iterator.return().catch(() => {});
