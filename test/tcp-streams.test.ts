@@ -154,6 +154,29 @@ test('a chunk over the frame limit fails the stream and closes the handler (its 
   }
 });
 
+test("a frame larger than the 64 KiB slab does not stay on as the connection's write buffer", async () => {
+  await using t = await setup();
+  t.server.handle('big', async () => Buffer.alloc(1 << 20, 1));
+  t.server.handle('small', async () => Buffer.from('ok'));
+  await t.client.unary(t.server.address, 'big', Buffer.alloc(0)); // a 1 MiB answer
+  await t.client.unary(t.server.address, 'small', Buffer.alloc(3 << 20, 2)); // a 3 MiB request
+  for (let i = 0; i < 20; i++) await t.client.unary(t.server.address, 'small', Buffer.from('x'));
+  // White-box: the write buffers of the one connection on each side.
+  type WithWriter = { writer: { buffer: Buffer } };
+  const server = t.server as unknown as { connections: Set<WithWriter> };
+  const client = t.client as unknown as { pools: Map<string, { connections: WithWriter[] }> };
+  const [serverSide] = [...server.connections];
+  const [clientSide] = client.pools.get(t.server.address)!.connections;
+  assert.ok(
+    serverSide!.writer.buffer.length <= 64 * 1024,
+    `server kept ${serverSide!.writer.buffer.length} bytes`,
+  );
+  assert.ok(
+    clientSide!.writer.buffer.length <= 64 * 1024,
+    `client kept ${clientSide!.writer.buffer.length} bytes`,
+  );
+});
+
 test('unknown endpoint: a refused (retryable) error, and the connection stays usable', async () => {
   await using t = await setup({ maxConnectionsPerAddress: 1 });
   t.server.handle('echo', async (req) => req.payload);

@@ -18,11 +18,12 @@ import type { Socket } from 'node:net';
 
 const FLUSH_AT_BYTES = 64 * 1024;
 const SLAB_BYTES = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 export class FrameWriter {
   blocked = false;
   /** The slab reserve()'s offsets point into (replaced when full). */
-  buffer: Buffer = Buffer.alloc(0);
+  buffer: Buffer = EMPTY;
   /** First byte of `buffer` not yet handed to the socket. */
   private sent = 0;
   /** First free byte of `buffer`. */
@@ -40,7 +41,7 @@ export class FrameWriter {
   reserve(n: number): number {
     if (this.filled + n > this.buffer.length) {
       this.flush();
-      // A frame larger than a slab gets a buffer of its own, released once it is sent.
+      // A frame larger than a slab gets a buffer of its own, dropped by flush() once handed over.
       this.buffer = Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, n));
       this.sent = 0;
       this.filled = 0;
@@ -75,10 +76,18 @@ export class FrameWriter {
     const { sent, filled } = this;
     if (filled === sent) return;
     this.sent = filled;
-    if (this.socket.destroyed || this.socket.writableEnded) return;
-    if (!this.socket.write(this.buffer.subarray(sent, filled))) this.blocked = true;
-    else if (this.socket.writableLength === 0) {
-      // Written through to the kernel: nothing refers to the slab any more.
+    if (!(this.socket.destroyed || this.socket.writableEnded)) {
+      if (!this.socket.write(this.buffer.subarray(sent, filled))) this.blocked = true;
+      else if (this.socket.writableLength === 0) {
+        // Written through to the kernel: nothing refers to the slab any more.
+        this.sent = 0;
+        this.filled = 0;
+      }
+    }
+    if (this.buffer.length > SLAB_BYTES) {
+      // An oversize frame's own buffer (reserve): kept as the slab, it would hold every
+      // connection at the largest frame it ever carried, up to the frame limit, for its life.
+      this.buffer = EMPTY;
       this.sent = 0;
       this.filled = 0;
     }
