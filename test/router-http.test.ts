@@ -300,6 +300,24 @@ describe('/metrics', () => {
     }
     assert.ok(samples.includes('kvroute_http_requests_total'));
     assert.ok(samples.includes('kvroute_routing_decision_seconds_bucket'));
+    // prom-client's default process metrics, as src/router/README.md promises.
+    assert.equal(families.get('process_cpu_user_seconds_total'), 'counter');
+    assert.equal(families.get('nodejs_heap_size_used_bytes'), 'gauge');
+    assert.ok(samples.includes('process_cpu_user_seconds_total'));
+  });
+
+  test('two routers in one process both show the process metrics', async () => {
+    const second = await createRouter({ port: 0, logger: false });
+    try {
+      const secondUrl = await second.listen();
+      for (const base of [url, secondUrl]) {
+        const text = await (await fetch(`${base}/metrics`)).text();
+        assert.match(text, /^process_cpu_user_seconds_total \d/m, base);
+        assert.match(text, /^nodejs_eventloop_lag_seconds /m, base);
+      }
+    } finally {
+      await second.close();
+    }
   });
 });
 

@@ -1,8 +1,9 @@
 // The router's Prometheus metrics, one registry per router instance (tests run several routers in
 // one process). Per-worker and index gauges are read at scrape time from the live structures
-// through `collect` callbacks, so the request path never writes them.
+// through `collect` callbacks, so the request path never writes them. prom-client's default process
+// metrics (process_*, nodejs_*) are on every router's registry too.
 
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from 'prom-client';
 import { type HistogramSeries, RequestHistogram } from './request-histogram.js';
 
 /** What the scrape-time gauges read. */
@@ -14,6 +15,22 @@ export interface MetricsSources {
 const LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const ITL_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 const ROUTING_BUCKETS_S = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3];
+
+let processMetrics: Registry | undefined;
+
+/**
+ * prom-client's default metrics, made once per process and shared by every router's registry: each
+ * `collectDefaultMetrics` call starts an event-loop-delay monitor and a GC observer that nothing
+ * ever stops, so one call per router would leave one of each behind for every router a test
+ * process makes. The series describe the process, which all its routers share anyway.
+ */
+function defaultProcessMetrics(): Registry {
+  if (processMetrics === undefined) {
+    processMetrics = new Registry();
+    collectDefaultMetrics({ register: processMetrics });
+  }
+  return processMetrics;
+}
 
 export type RoutingPhase = 'tokenize' | 'hash' | 'match' | 'score';
 
@@ -33,6 +50,10 @@ export class RouterMetrics {
   readonly prefillFallbacks: Counter<'reason'>;
 
   constructor(sources: MetricsSources) {
+    // The array holds the metric objects themselves (typed as their plain-object view).
+    for (const metric of defaultProcessMetrics().getMetricsAsArray()) {
+      this.registry.registerMetric(metric as unknown as Metric);
+    }
     const registers = [this.registry];
     this.requests = new Counter({
       name: 'kvroute_http_requests_total',
