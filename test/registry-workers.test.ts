@@ -2,6 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { ENGINE_DEFAULTS } from '../src/engine/engine.js';
 import { KvrouteError } from '../src/errors.js';
 import type { RegisterWorkerRequest } from '../src/protocols/registration.js';
 import { WorkerRegistry } from '../src/router/registry/index.js';
@@ -65,6 +66,14 @@ test('a registration is normalised: host and port split, IPv6 unbracketed, kv_ev
   assert.equal(worker.kvEvents, true);
   assert.equal(worker.leaseExpiresAt, T0 + 10_000);
   assert.equal(r.register(body({ address: 'worker-3.local:80' }), T0).worker.kvEvents, false);
+});
+
+test('max_batched_tokens may be left out (CONTRACT.md §2 does not list it): the engine default', () => {
+  const r = new WorkerRegistry({ blockSize: 16 });
+  const { max_batched_tokens: _, ...contractOnly } = body();
+  assert.equal(r.register(contractOnly, T0).worker.maxBatchedTokens, ENGINE_DEFAULTS.maxBatchedTokens);
+  assert.equal(r.register(body({ address: '127.0.0.1:9003' }), T0).worker.maxBatchedTokens, 2048);
+  rejects(r, body({ max_batched_tokens: null as never }), 'max_batched_tokens');
 });
 
 test('ids count up and are never reused, even after removal', () => {

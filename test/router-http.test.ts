@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import Fastify from 'fastify';
 import { Histogram, Registry } from 'prom-client';
+import { ENGINE_DEFAULTS } from '../src/engine/engine.js';
 import { LazyRequestLogger } from '../src/router/http/lazy-logger.js';
 import { RequestHistogram } from '../src/router/request-histogram.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
@@ -111,6 +112,28 @@ describe('worker registration', () => {
     assert.equal(gone.status, 404);
     assertOpenAIError(await gone.json(), 'worker_not_found');
     assert.equal((await fetch(`${url}/v1/workers/w-999999`, { method: 'DELETE' })).status, 404);
+  });
+
+  test("a body with only CONTRACT.md's fields registers; max_batched_tokens is the engine's default", async () => {
+    const {
+      max_batched_tokens: _,
+      kv_events: __,
+      ...contractOnly
+    } = registration({ address: '127.0.0.1:22' });
+    const reg = await post('/v1/workers', contractOnly);
+    assert.equal(reg.status, 201, JSON.stringify(reg.json));
+    const list = (await (await fetch(`${url}/v1/workers`)).json()) as {
+      data: { worker_id: string; max_batched_tokens: number }[];
+    };
+    const row = list.data.find((w) => w.worker_id === reg.json.worker_id);
+    assert.equal(row?.max_batched_tokens, ENGINE_DEFAULTS.maxBatchedTokens);
+    assert.equal((await fetch(`${url}/v1/workers/${reg.json.worker_id}`, { method: 'DELETE' })).status, 204);
+    // Given, it must still be a positive integer.
+    for (const bad of [0, 1.5, '8192', null]) {
+      const r = await post('/v1/workers', registration({ max_batched_tokens: bad }));
+      assert.equal(r.status, 400, JSON.stringify(bad));
+      assertOpenAIError(r.json, 'invalid_request', 'max_batched_tokens');
+    }
   });
 
   test('a bad address or block size is a 400 naming the field', async () => {

@@ -13,7 +13,11 @@ export interface RegisterWorkerRequest {
   block_size: number;
   /** Total KV blocks in the worker's pool (its KV capacity). */
   kv_blocks: number;
-  max_batched_tokens: number;
+  /**
+   * Tokens one engine step may batch. Optional (CONTRACT.md §2 does not list it): the router
+   * assumes the engine's default, `ENGINE_DEFAULTS.maxBatchedTokens`, when it is left out.
+   */
+  max_batched_tokens?: number;
   /** True when the worker serves the `kv_events` endpoint; otherwise the router uses approximate mode. */
   kv_events?: boolean;
 }

@@ -2,10 +2,14 @@
 // Every rejection is a KvrouteError('invalid_request') whose message and `param` name the field,
 // so the HTTP layer answers 400 in OpenAI's error shape without further branching.
 
+import { ENGINE_DEFAULTS } from '../../engine/engine.js';
 import { KvrouteError } from '../../errors.js';
 import { type RegisterWorkerRequest, WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
 
-/** A registration after validation: the address split into host and port, kv_events defaulted. */
+/**
+ * A registration after validation: the address split into host and port, kv_events and
+ * max_batched_tokens defaulted.
+ */
 export interface WorkerRegistration {
   role: WorkerRole;
   /** Canonical `host:port` (IPv6 hosts in brackets), used as the worker's identity on the request plane. */
@@ -84,7 +88,12 @@ export function validateRegistration(body: unknown, routerBlockSize: number): Wo
     );
   }
   const kvBlocks = positiveInteger(body, 'kv_blocks');
-  const maxBatchedTokens = positiveInteger(body, 'max_batched_tokens');
+  // Not in CONTRACT.md §2's list of registration fields, so a conforming worker may leave it out;
+  // it then batches what a worker started without --max-batched-tokens would.
+  const maxBatchedTokens =
+    body.max_batched_tokens === undefined
+      ? ENGINE_DEFAULTS.maxBatchedTokens
+      : positiveInteger(body, 'max_batched_tokens');
   const kvEvents = body.kv_events;
   if (kvEvents !== undefined && typeof kvEvents !== 'boolean') {
     throw invalid(`kv_events must be a boolean, got ${JSON.stringify(kvEvents)}`, 'kv_events');
