@@ -1,6 +1,7 @@
 // `kvroute router` as a process (compiled, from dist/): --help lists every option with its
-// environment variable, a bad option exits 2 with one line, options come from KVROUTE_* too, and
-// SIGTERM / SIGINT close the router and exit 0.
+// environment variable, a bad option exits 2 with one line, options
+// come from KVROUTE_* too, and SIGTERM / SIGINT close the router and exit 0. Also the usage errors
+// of `kvroute` itself and of `kvroute bench`: one line on stderr and exit 2, like every other.
 
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -32,6 +33,29 @@ test('bad options exit 2 with one line', () => {
   });
   assert.equal(env.status, 2);
   assert.match(env.stderr, /KVROUTE_MAX_ATTEMPTS/);
+});
+
+test('kvroute with no command, and bench without a name, exit 2 with one line on stderr', () => {
+  for (const [args, reason] of [
+    [[], /^kvroute: missing command \(see kvroute --help\)\n$/],
+    [['bench'], /^kvroute bench: missing benchmark name \(see kvroute bench --help\)\n$/],
+    [['bench', '--bogus'], /^kvroute bench: missing benchmark name before '--bogus' .*kvroute bench --help/],
+    [['bench', '--json'], /^kvroute bench: missing benchmark name before '--json' /],
+    [['bench', 'nope'], /^kvroute bench: unknown benchmark 'nope'/],
+  ] as const) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, ...args], { encoding: 'utf8' });
+    assert.equal(r.status, 2, args.join(' '));
+    assert.equal(r.stdout, '', args.join(' '));
+    assert.match(r.stderr, reason);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+  // Help asked for still goes to stdout with exit 0.
+  for (const args of [['--help'], ['-h'], ['bench', '--help'], ['bench', '-h']]) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, ...args], { encoding: 'utf8' });
+    assert.equal(r.status, 0, args.join(' '));
+    assert.match(r.stdout, /^Usage: kvroute /);
+    assert.equal(r.stderr, '');
+  }
 });
 
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {

@@ -28,9 +28,14 @@ function topHelp(): string {
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(topHelp());
-    return name === undefined ? 2 : 0;
+    return 0;
+  }
+  // Like every other bad input: one line on stderr, exit 2 (help asked for goes to stdout, exit 0).
+  if (name === undefined) {
+    process.stderr.write('kvroute: missing command (see kvroute --help)\n');
+    return 2;
   }
   const entry = COMMANDS[name];
   if (!entry) {

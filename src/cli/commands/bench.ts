@@ -1,6 +1,7 @@
 // `kvroute bench <name>`: looks the benchmark up in bench/registry.ts and runs it with its own options.
 
 import { BENCHES } from '../../../bench/registry.js';
+import { UsageError } from '../../errors.js';
 import type { CommandModule } from '../command.js';
 import { formatHelp, parseOptions } from '../options.js';
 
@@ -13,9 +14,16 @@ export const spec: CommandModule['spec'] = {
 
 export async function run(_options: unknown, argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name.startsWith('-')) {
+  if (name === '--help' || name === '-h') {
     process.stdout.write(formatHelp(spec));
-    return name === '--help' || name === '-h' ? 0 : 2;
+    return 0;
+  }
+  // Bad input is one line on stderr (main.ts prints it and exits 2), as for every other command.
+  if (name === undefined) throw new UsageError('missing benchmark name (see kvroute bench --help)');
+  if (name.startsWith('-')) {
+    throw new UsageError(
+      `missing benchmark name before '${name}' (usage: kvroute bench <name> [options]; see kvroute bench --help)`,
+    );
   }
   const load = BENCHES[name];
   if (!load) {
