@@ -88,3 +88,23 @@ test('help lists every option with its env variable', () => {
   assert.match(help, new RegExp(envName('block-size')));
   assert.equal(parseOptions(spec, ['-h'], {}).help, true);
 });
+
+test('--help wins over a bad flag or environment variable anywhere', () => {
+  const env = { KVROUTE_ENFORCE_DISAGG: 'maybe', KVROUTE_BLOCK_SIZE: 'abc' };
+  assert.throws(() => parseOptions(spec, [], env), /KVROUTE_BLOCK_SIZE/);
+  const withHelp = parseOptions(spec, ['--help'], env);
+  assert.equal(withHelp.help, true);
+  // The bad values fall back to the defaults; nothing uses them, but the shape stays whole.
+  assert.equal(withHelp.options.enforceDisagg, false);
+  assert.equal(withHelp.options.blockSize, 16);
+  for (const argv of [
+    ['--policy', 'fast', '-h'],
+    ['--nope', '--help'],
+    ['--help', '--block-size'],
+    ['--block-size', '0', '--help'],
+  ]) {
+    assert.equal(parseOptions(spec, argv, {}).help, true, argv.join(' '));
+  }
+  // Without --help the first mistake on the line is the one reported.
+  assert.throws(() => parseOptions(spec, ['--policy', 'fast', '--nope'], {}), /--policy: must be one of/);
+});

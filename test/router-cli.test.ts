@@ -1,5 +1,5 @@
 // `kvroute router` as a process (compiled, from dist/): --help lists every option with its
-// environment variable, a bad option exits 2 with one line, options
+// environment variable (even when one of them is bad), a bad option exits 2 with one line, options
 // come from KVROUTE_* too, and SIGTERM / SIGINT close the router and exit 0. Also the usage errors
 // of `kvroute` itself and of `kvroute bench`: one line on stderr and exit 2, like every other.
 
@@ -33,6 +33,22 @@ test('bad options exit 2 with one line', () => {
   });
   assert.equal(env.status, 2);
   assert.match(env.stderr, /KVROUTE_MAX_ATTEMPTS/);
+});
+
+test('--help wins over a bad environment variable or a bad flag', () => {
+  for (const [args, env] of [
+    [['router', '--help'], { KVROUTE_ENFORCE_DISAGG: 'maybe' }],
+    [['router', '--policy', 'fastest', '-h'], {}],
+    [['worker', '--help'], { KVROUTE_ROLE: 'boss', KVROUTE_PORT: 'eighty' }],
+  ] as const) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, ...args], {
+      encoding: 'utf8',
+      env: { ...process.env, ...env },
+    });
+    assert.equal(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stdout, new RegExp(`^Usage: kvroute ${args[0]} `));
+    assert.equal(r.stderr, '');
+  }
 });
 
 test('kvroute with no command, and bench without a name, exit 2 with one line on stderr', () => {

@@ -79,7 +79,8 @@ function coerce(spec: OptionSpec, raw: string, source: string): string | number 
 
 /**
  * Parses argv (the arguments after the command words). Returns the options keyed by camelCase
- * name, plus `help: true` when --help/-h was given, and the positional arguments.
+ * name, plus `help: true` when --help/-h was given, and the positional arguments. With --help no
+ * bad flag or environment variable raises: a bad value falls back to the default.
  */
 export function parseOptions(
   command: CommandSpec,
@@ -90,6 +91,10 @@ export function parseOptions(
   const given = new Map<string, string | number | boolean>();
   const positionals: string[] = [];
   let help = false;
+  // --help wins over anything wrong on the line or in the environment: someone who asks for help
+  // (often because something was wrong) gets it, so the first error waits until the whole line
+  // has been read.
+  let argvError: UsageError | undefined;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--help' || arg === '-h') {
@@ -107,7 +112,10 @@ export function parseOptions(
     const eq = arg.indexOf('=');
     const name = arg.slice(2, eq === -1 ? undefined : eq);
     const spec = byName.get(name);
-    if (!spec) throw new UsageError(`unknown option --${name} (see ${command.usage} --help)`);
+    if (!spec) {
+      argvError ??= new UsageError(`unknown option --${name} (see ${command.usage} --help)`);
+      continue;
+    }
     let raw: string;
     if (eq !== -1) raw = arg.slice(eq + 1);
     else if (spec.type === 'boolean') {
@@ -120,13 +128,20 @@ export function parseOptions(
     } else {
       const next = argv[i + 1];
       if (next === undefined || (next.startsWith('--') && next.length > 2)) {
-        throw new UsageError(`--${name} needs a value`);
+        argvError ??= new UsageError(`--${name} needs a value`);
+        continue;
       }
       raw = next;
       i++;
     }
-    given.set(name, coerce(spec, raw, `--${name}`));
+    try {
+      given.set(name, coerce(spec, raw, `--${name}`));
+    } catch (err) {
+      if (!(err instanceof UsageError)) throw err;
+      argvError ??= err;
+    }
   }
+  if (!help && argvError) throw argvError;
   // A stray word is a mistake (`router 9000`, `-p 9000`), not something to ignore silently.
   if (!help && command.positionals === undefined && positionals.length > 0) {
     throw new UsageError(`unexpected argument '${positionals[0]}' (see ${command.usage} --help)`);
@@ -136,7 +151,14 @@ export function parseOptions(
     let value = given.get(spec.name);
     if (value === undefined && !spec.noEnv) {
       const fromEnv = env[envName(spec.name)];
-      if (fromEnv !== undefined && fromEnv !== '') value = coerce(spec, fromEnv, envName(spec.name));
+      if (fromEnv !== undefined && fromEnv !== '') {
+        try {
+          value = coerce(spec, fromEnv, envName(spec.name));
+        } catch (err) {
+          // With --help the options are not used: a bad variable must not hide the help.
+          if (!help || !(err instanceof UsageError)) throw err;
+        }
+      }
     }
     if (value === undefined) value = spec.default;
     options[camelCase(spec.name)] = value;
