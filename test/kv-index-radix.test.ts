@@ -262,6 +262,32 @@ describe('RadixIndex event ids', () => {
     assert.equal(index.applyEvent('w', storedEvent(40, a)).status, 'duplicate');
     assert.equal(index.applyEvent('w', storedEvent(41, a)).status, 'applied');
   });
+
+  test('beginReset: a dump in parts keeps every part, removes the unmentioned only at finish', () => {
+    const index = new RadixIndex();
+    const [a, b, c] = [tokensOf(1, 3), tokensOf(2, 3), tokensOf(3, 2)];
+    index.applyEvent('w', storedEvent(1, c));
+    const reset = index.beginReset('w');
+    assert.equal(reset.apply([storedEvent(9, a)]), 0);
+    assert.equal(reset.apply([storedEvent(9, b), 'junk']), 1);
+    // Between parts the worker holds the old and the new (nothing removed yet).
+    assert.equal(index.findMatches(localBlockKeys(c, 16)).get('w'), 2);
+    reset.finish(9);
+    assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w'), 3);
+    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w'), 3);
+    assert.equal(index.findMatches(localBlockKeys(c, 16)).get('w'), undefined);
+    assert.equal(index.lastEventId('w'), 9);
+
+    // The worker left mid-dump and its slot went to another: the stale reset touches nothing.
+    const stale = index.beginReset('w');
+    index.removeWorker('w');
+    index.applyEvent('x', storedEvent(1, c));
+    assert.equal(stale.apply([storedEvent(9, a)]), 0);
+    stale.finish(9);
+    assert.equal(index.findMatches(localBlockKeys(c, 16)).get('x'), 2);
+    assert.equal(index.findMatches(localBlockKeys(a, 16)).get('x'), undefined);
+    assert.equal(index.lastEventId('x'), 1);
+  });
 });
 
 describe('RadixIndex malformed events', () => {

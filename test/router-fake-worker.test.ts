@@ -192,6 +192,67 @@ describe('fake workers', () => {
     await sleep(10);
   });
 
+  test('KV events: a dump in parts resets the worker once, after its last part', async () => {
+    const a = tokens(4, 3);
+    const b = tokens(5, 2);
+    const c = tokens(6, 2);
+    subscriptions.length = 0;
+    const resyncsOf = async () =>
+      Object.fromEntries(
+        (await router.metrics.kvResyncs.get()).values.map((v) => [v.labels.reason, v.value]),
+      );
+    const before = await resyncsOf();
+    let dumps = 0;
+    kvEvents = async function* (req) {
+      const { after_event_id } = decodeJson<KvEventsSubscribe>(req.payload);
+      if (after_event_id === 0) {
+        // Prompt c as events 1-2, then event 5: a gap.
+        yield encodeJson({ kind: 'events', events: storedEvents(c, 1) } satisfies KvEventsChunk);
+        yield encodeJson({ kind: 'events', events: storedEvents(b, 5).slice(0, 1) } satisfies KvEventsChunk);
+      } else if (dumps++ === 0) {
+        // A broken dump: live events before its last part. The router must not finish it.
+        yield encodeJson({
+          kind: 'dump',
+          as_of_event_id: 9,
+          events: storedEvents(a, 7),
+          more: true,
+        } satisfies KvEventsChunk);
+        yield encodeJson({ kind: 'events', events: [] } satisfies KvEventsChunk);
+      } else {
+        // The whole cache (a and b, not c) in two parts.
+        yield encodeJson({
+          kind: 'dump',
+          as_of_event_id: 9,
+          events: storedEvents(a, 7),
+          more: true,
+        } satisfies KvEventsChunk);
+        yield encodeJson({
+          kind: 'dump',
+          as_of_event_id: 9,
+          events: storedEvents(b, 8),
+        } satisfies KvEventsChunk);
+      }
+      await new Promise<void>((resolve) => req.signal.addEventListener('abort', () => resolve()));
+    };
+    const id = await register(router, server.address, true);
+    await waitUntil(() => router.index.lastEventId(id) === 9, 'the dump to finish');
+    // The broken dump left the last applied id at 2, so the router asked again from there.
+    assert.deepEqual(
+      subscriptions.map((s) => s.after_event_id),
+      [0, 2, 2],
+    );
+    const after = await resyncsOf();
+    assert.equal((after.dump ?? 0) - (before.dump ?? 0), 1, 'one reset for the one finished dump');
+    // The second part did not undo the first; c, which the dump does not mention, is gone.
+    assert.equal(router.index.stats().blocksPerWorker[id], 5);
+    const overlap = async (prompt: number[]) =>
+      ((await (await post(router, '/v1/route', { prompt })).json()) as { decode: { overlap_blocks: number } })
+        .decode.overlap_blocks;
+    assert.deepEqual([await overlap(a), await overlap(b), await overlap(c)], [3, 2, 0]);
+    await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
+    await sleep(10);
+  });
+
   // Last: it closes the router.
   test('close() ends open streams with a shutting_down event and resolves', async () => {
     generate = async function* (req) {

@@ -3,8 +3,8 @@ import { test } from 'node:test';
 import { MockEngine } from '../src/engine/index.js';
 import { KvrouteError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
-import type { KvEventsChunk } from '../src/protocols/kv-events.js';
-import { KvEventsHub } from '../src/worker/kv-events-stream.js';
+import type { KvEvent, KvEventsChunk } from '../src/protocols/kv-events.js';
+import { KvEventsHub, splitEvents } from '../src/worker/kv-events-stream.js';
 import { range, runUntilIdle } from './engine-helpers.js';
 
 function engineWithHistory(requests: number): MockEngine {
@@ -73,4 +73,97 @@ test('a subscriber that falls too far behind is cut off with overloaded; abort e
     (err: unknown) => err instanceof KvrouteError && err.code === 'client_closed',
   );
   assert.equal(hub.subscribers, 0);
+});
+
+/** Blocks an event stores or removes (the unit of the chunk budget). */
+function blocksOf(events: readonly KvEvent[]): number {
+  return events.reduce(
+    (n, e) =>
+      n + (e.type === 'stored' ? e.blocks.length : e.type === 'removed' ? e.sequence_hashes.length : 1),
+    0,
+  );
+}
+
+test('every chunk stays within the block budget: the replay, a dump in parts, a live backlog', async () => {
+  // 6 prompts of 4 blocks each: one 4-block stored event per prompt; a budget of 6 blocks fits one.
+  const engine = new MockEngine({ blockSize: 16, kvBlocks: 256, eventRingCapacity: 64 }, computeBlockHashes);
+  let now = 0;
+  const prompt = (r: number) => {
+    engine.submit({ id: `p${r}`, tokenIds: range(r * 1000, 64), maxTokens: 1 }, now);
+    now = runUntilIdle(engine, now).now;
+  };
+  for (let r = 0; r < 6; r++) prompt(r);
+  const hub = new KvEventsHub(engine, { chunkBlocks: 6 });
+  const lastId = engine.events.since(0)!.at(-1)!.event_id;
+
+  const replay = hub.subscribe({ afterEventId: 0, maxBacklog: 100 })[Symbol.asyncIterator]();
+  const replayed: KvEventsChunk[] = [];
+  while (replayed.flatMap((c) => c.events).length < lastId)
+    replayed.push((await replay.next()).value as KvEventsChunk);
+  assert.ok(replayed.length >= 6, `the replay came in ${replayed.length} chunks`);
+  for (const c of replayed) {
+    assert.equal(c.kind, 'events');
+    assert.ok(c.events.length === 1 || blocksOf(c.events) <= 6);
+  }
+  assert.deepEqual(
+    replayed.flatMap((c) => c.events),
+    engine.events.since(0),
+  );
+  await replay.return!();
+
+  // An id from another incarnation: a dump, in parts, every part but the last saying more.
+  const dumped = hub.subscribe({ afterEventId: lastId + 1000, maxBacklog: 100 })[Symbol.asyncIterator]();
+  const parts: KvEventsChunk[] = [];
+  for (;;) {
+    const c = (await dumped.next()).value as KvEventsChunk;
+    parts.push(c);
+    if (c.kind !== 'dump' || c.more !== true) break;
+  }
+  const dump = engine.dump();
+  assert.ok(parts.length > 1);
+  for (const c of parts) {
+    assert.ok(c.kind === 'dump' && c.as_of_event_id === dump.asOfEventId);
+    assert.ok(c.events.length === 1 || blocksOf(c.events) <= 6);
+  }
+  assert.equal((parts.at(-1) as { more?: true }).more, undefined);
+  assert.deepEqual(
+    parts.flatMap((c) => c.events),
+    dump.events,
+  );
+  await dumped.return!();
+
+  // Live: a backlog of three prompts' events leaves in budget-sized chunks, in order.
+  const live = hub.subscribe({ afterEventId: lastId, maxBacklog: 100 })[Symbol.asyncIterator]();
+  assert.deepEqual(((await live.next()).value as KvEventsChunk).events, []);
+  for (let r = 6; r < 9; r++) prompt(r);
+  const backlog = engine.events.since(lastId)!;
+  const got: KvEvent[] = [];
+  while (got.length < backlog.length) {
+    const c = (await live.next()).value as KvEventsChunk;
+    assert.ok(c.events.length === 1 || blocksOf(c.events) <= 6);
+    got.push(...c.events);
+  }
+  assert.deepEqual(got, backlog);
+  await live.return!();
+  assert.equal(hub.subscribers, 0);
+});
+
+test('splitEvents: in order, an event over the budget alone, and always at least one run', () => {
+  const stored = (id: number, blocks: number): KvEvent => ({
+    event_id: id,
+    type: 'stored',
+    parent_hash: null,
+    blocks: Array.from({ length: blocks }, (_, i) => ({
+      local_hash: String(i + 1),
+      sequence_hash: String(id * 100 + i),
+    })),
+  });
+  const cleared: KvEvent = { event_id: 4, type: 'cleared' };
+  const events = [stored(1, 2), stored(2, 9), stored(3, 1), cleared, stored(5, 3)];
+  assert.deepEqual(
+    splitEvents(events, 4).map((run) => run.map((e) => e.event_id)),
+    [[1], [2], [3, 4], [5]],
+  );
+  assert.deepEqual(splitEvents([], 4), [[]]);
+  assert.equal(splitEvents(events, 100)[0], events, 'one run is the array itself');
 });

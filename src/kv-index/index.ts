@@ -5,7 +5,13 @@ export type { ApproxIndexOptions, ApproxIndexStats } from './approx-index.js';
 export { ApproxIndex, DEFAULT_APPROX_MAX_BLOCKS, DEFAULT_APPROX_TTL_MS } from './approx-index.js';
 export { BLOCK_HASH_SEED, computeBlockHashes, localBlockKeys, xxh3Seeded } from './block-hash.js';
 export type { IndexStats, PrefixIndex } from './prefix-index.js';
-export type { ApplyResult, RadixIndexOptions, RadixIndexStats, RejectReason } from './radix-index.js';
+export type {
+  ApplyResult,
+  RadixIndexOptions,
+  RadixIndexStats,
+  RejectReason,
+  WorkerReset,
+} from './radix-index.js';
 export { DEFAULT_MAX_EVENT_BLOCKS, DEFAULT_MAX_NODES, RadixIndex } from './radix-index.js';
 export { MatchScores } from './radix-tree.js';
 export type { BlockKeys } from './u64.js';

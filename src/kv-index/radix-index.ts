@@ -84,6 +84,14 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+/** A dump being applied in parts: `RadixIndex.beginReset`. */
+export interface WorkerReset {
+  /** Applies one part's events; returns how many were rejected. */
+  apply(events: readonly unknown[]): number;
+  /** The dump is complete: removes the holdings it did not mention, sets the last applied id. */
+  finish(asOfEventId: number): void;
+}
+
 export class RadixIndex implements PrefixIndex {
   private readonly tree: RadixTree;
   private readonly slots = new WorkerSlots();
@@ -96,7 +104,7 @@ export class RadixIndex implements PrefixIndex {
   /** Existing node per block of the `stored` event being applied (-1 = new). */
   private path = new Int32Array(64);
   private evicting = false;
-  /** Nodes named by `stored` events while resetWorker applies a dump. */
+  /** Nodes named by `stored` events while a reset applies a dump part. */
   private mentioned: Set<number> | undefined;
   private counters = {
     rejected: {} as Partial<Record<RejectReason, number>>,
@@ -155,29 +163,56 @@ export class RadixIndex implements PrefixIndex {
    * Returns how many events were rejected.
    */
   resetWorker(workerId: string, events: readonly unknown[], asOfEventId: number): { rejected: number } {
+    const reset = this.beginReset(workerId);
+    const rejected = reset.apply(events);
+    reset.finish(asOfEventId);
+    return { rejected };
+  }
+
+  /**
+   * `resetWorker` for a dump that arrives in parts (kv_events sends a large one in several
+   * chunks): `apply` each part as it comes, then `finish` with its id. Until then the worker holds
+   * what it held before plus what the parts added; an unfinished reset (the stream broke) removes
+   * nothing. If the worker is removed meanwhile, the reset does nothing more (its slot may be
+   * another worker's by then).
+   */
+  beginReset(workerId: string): WorkerReset {
     const slot = this.slotFor(workerId);
     const before: number[] = [];
     this.tree.forEachHeldBy(slot, (node) => before.push(node));
     const mentioned = new Set<number>();
-    this.mentioned = mentioned;
-    let rejected = 0;
-    try {
-      for (const event of events) {
-        const result = isObject(event)
-          ? this.applyBody(slot, event)
-          : this.reject('malformed_event', 'event is not an object');
-        if (result.status === 'rejected') rejected++;
-      }
-    } finally {
-      this.mentioned = undefined;
-    }
-    for (const node of before) {
-      if (mentioned.has(node) || !this.tree.isLive(node)) continue;
-      if (this.tree.removeHolder(node, slot) && this.tree.holderCountOf(node) === 0)
-        this.tree.dropSubtree(node);
-    }
-    this.lastEventIds[slot] = Number.isSafeInteger(asOfEventId) && asOfEventId > 0 ? asOfEventId : 0;
-    return { rejected };
+    let finished = false;
+    const current = () => !finished && this.slots.slotOf.get(workerId) === slot;
+    return {
+      apply: (events) => {
+        if (!current()) return 0;
+        this.mentioned = mentioned;
+        let rejected = 0;
+        try {
+          for (const event of events) {
+            const result = isObject(event)
+              ? this.applyBody(slot, event)
+              : this.reject('malformed_event', 'event is not an object');
+            if (result.status === 'rejected') rejected++;
+          }
+        } finally {
+          this.mentioned = undefined;
+        }
+        return rejected;
+      },
+      finish: (asOfEventId) => {
+        if (!current()) return;
+        finished = true;
+        // A node dropped since `before` was taken (budget eviction) is dead or reused: removing
+        // our holding of a reused node is a no-op unless a part stored it, and then it is mentioned.
+        for (const node of before) {
+          if (mentioned.has(node) || !this.tree.isLive(node)) continue;
+          if (this.tree.removeHolder(node, slot) && this.tree.holderCountOf(node) === 0)
+            this.tree.dropSubtree(node);
+        }
+        this.lastEventIds[slot] = Number.isSafeInteger(asOfEventId) && asOfEventId > 0 ? asOfEventId : 0;
+      },
+    };
   }
 
   /** The last event id applied (or seen) for the worker; 0 when none. */

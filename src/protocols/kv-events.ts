@@ -27,7 +27,10 @@ export interface KvEventsSubscribe {
   after_event_id?: number;
 }
 
-/** Chunks streamed back on a `kv_events` subscription. */
+/**
+ * Chunks streamed back on a `kv_events` subscription. Each carries a bounded share of events (the
+ * worker's KV_EVENTS_CHUNK_BLOCKS), so a long replay, a large dump or a backlog comes in several.
+ */
 export type KvEventsChunk =
   | {
       /** The requested id is older than the worker's ring buffer: rebuild from this snapshot. */
@@ -36,5 +39,7 @@ export type KvEventsChunk =
       as_of_event_id: number;
       /** `stored` events (ids may repeat `as_of_event_id`) that rebuild the worker's whole pool. */
       events: KvEvent[];
+      /** The dump continues in the next chunk (kind 'dump', same `as_of_event_id`); absent on its last part. */
+      more?: true;
     }
   | { kind: 'events'; events: KvEvent[] };

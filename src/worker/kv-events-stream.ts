@@ -4,10 +4,69 @@
 // previous one; a subscriber that lets more than `maxBacklog` events pile up (its transport window
 // is full) is cut off with `overloaded` and resubscribes from its last id. A stalled router thus
 // cannot grow the worker's memory without bound.
+//
+// Every chunk carries at most `chunkBlocks` blocks' worth of events (a single larger event goes
+// alone), whatever the size of the replay, the dump or the backlog: one chunk is one frame, and a
+// replay of the 65,536-event ring could pass the 32 MiB frame limit (2k-token prompts: ~50 MB),
+// failing the subscription on every retry. A dump in several chunks marks all but its last part
+// `more: true`; the router resets the worker only once the last part is in.
 
 import type { MockEngine } from '../engine/index.js';
 import { KvrouteError } from '../errors.js';
 import type { KvEvent, KvEventsChunk } from '../protocols/kv-events.js';
+
+/**
+ * Blocks per chunk by default: a block is ~85 bytes of JSON (two 64-bit hashes as decimal
+ * strings and their keys), so a chunk stays near 350 KB, a hundredth of the frame limit.
+ */
+export const KV_EVENTS_CHUNK_BLOCKS = 4096;
+
+/** An event's size in blocks: the blocks it stores or the hashes it removes (at least 1). */
+function eventBlocks(event: KvEvent): number {
+  if (event.type === 'stored') return Math.max(1, event.blocks.length);
+  if (event.type === 'removed') return Math.max(1, event.sequence_hashes.length);
+  return 1;
+}
+
+/**
+ * `events` in order, cut into runs of at most `maxBlocks` blocks (an event larger than that
+ * alone). Always at least one run, so an empty replay or dump is still one chunk.
+ */
+export function splitEvents(events: KvEvent[], maxBlocks: number): KvEvent[][] {
+  const runs: KvEvent[][] = [];
+  let start = 0;
+  let blocks = 0;
+  for (let i = 0; i < events.length; i++) {
+    const size = eventBlocks(events[i]!);
+    if (blocks + size > maxBlocks && i > start) {
+      runs.push(events.slice(start, i));
+      start = i;
+      blocks = 0;
+    }
+    blocks += size;
+  }
+  // The common case, everything in one run, hands back the array itself.
+  runs.push(start === 0 ? events : events.slice(start));
+  return runs;
+}
+
+/** The first chunks of a subscription: the replay, or the dump in parts. */
+function firstChunks(replay: KvEvent[] | null, engine: MockEngine, maxBlocks: number): KvEventsChunk[] {
+  if (replay !== null) return splitEvents(replay, maxBlocks).map((events) => ({ kind: 'events', events }));
+  const dump = engine.dump();
+  const parts = splitEvents(dump.events, maxBlocks);
+  return parts.map((events, i) => ({
+    kind: 'dump',
+    as_of_event_id: dump.asOfEventId,
+    events,
+    ...(i < parts.length - 1 ? { more: true } : {}),
+  }));
+}
+
+export interface KvEventsHubOptions {
+  /** Blocks' worth of events per chunk (default KV_EVENTS_CHUNK_BLOCKS). */
+  chunkBlocks?: number;
+}
 
 export interface KvEventsSubscriptionOptions {
   afterEventId: number;
@@ -29,7 +88,14 @@ interface Subscription {
 export class KvEventsHub {
   private readonly open = new Set<Subscription>();
 
-  constructor(private readonly engine: MockEngine) {}
+  private readonly chunkBlocks: number;
+
+  constructor(
+    private readonly engine: MockEngine,
+    options: KvEventsHubOptions = {},
+  ) {
+    this.chunkBlocks = options.chunkBlocks ?? KV_EVENTS_CHUNK_BLOCKS;
+  }
 
   get subscribers(): number {
     return this.open.size;
@@ -38,14 +104,7 @@ export class KvEventsHub {
   subscribe(options: KvEventsSubscriptionOptions): AsyncIterable<KvEventsChunk> {
     const { engine } = this;
     // Replay and subscription happen in one synchronous turn: no event can fall between them.
-    const replay = engine.events.since(options.afterEventId);
-    const first: KvEventsChunk =
-      replay === null
-        ? (() => {
-            const dump = engine.dump();
-            return { kind: 'dump', as_of_event_id: dump.asOfEventId, events: dump.events };
-          })()
-        : { kind: 'events', events: replay };
+    const first = firstChunks(engine.events.since(options.afterEventId), engine, this.chunkBlocks);
     const sub: Subscription = { pending: [], stop: undefined, wake: undefined, release: () => {} };
     const release = () => sub.release();
     // Stopping unsubscribes at once: a stalled subscriber must not keep collecting events.
@@ -75,7 +134,7 @@ export class KvEventsHub {
       this.open.delete(sub);
       options.signal?.removeEventListener('abort', onAbort);
     };
-    return follow(sub, first);
+    return follow(sub, first, this.chunkBlocks);
   }
 
   /** Ends every subscription cleanly (each subscriber sees its stream end). */
@@ -88,9 +147,13 @@ export class KvEventsHub {
   }
 }
 
-async function* follow(sub: Subscription, first: KvEventsChunk): AsyncGenerator<KvEventsChunk> {
+async function* follow(
+  sub: Subscription,
+  first: KvEventsChunk[],
+  chunkBlocks: number,
+): AsyncGenerator<KvEventsChunk> {
   try {
-    yield first;
+    yield* first;
     for (;;) {
       while (sub.pending.length === 0 && !sub.stop) {
         await new Promise<void>((resolve) => {
@@ -102,9 +165,9 @@ async function* follow(sub: Subscription, first: KvEventsChunk): AsyncGenerator<
         if (sub.stop.error !== undefined) throw sub.stop.error;
         return;
       }
-      const events = sub.pending;
+      const pending = sub.pending;
       sub.pending = [];
-      yield { kind: 'events', events };
+      for (const events of splitEvents(pending, chunkBlocks)) yield { kind: 'events', events };
     }
   } finally {
     sub.release();

@@ -1,12 +1,14 @@
 // One worker's KV-event subscription: streams `kv_events` from the worker, applies each chunk to
 // the router's RadixIndex, and keeps doing so across disconnects. On reconnect it resumes after the
 // last applied event id; a `gap` (events missing) ends the stream and resubscribes from that id,
-// so the worker replays what is missing or sends a dump (`resetWorker`). Runs entirely in the ROOT
-// trace context: background traffic never joins a user's trace.
+// so the worker replays what is missing or sends a dump (`resetWorker`; a large dump comes in
+// parts, applied as they arrive and finished by the last). Runs entirely in the ROOT trace
+// context: background traffic never joins a user's trace.
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyBaseLogger } from 'fastify';
-import type { RadixIndex } from '../../kv-index/index.js';
+import { KvrouteError } from '../../errors.js';
+import type { RadixIndex, WorkerReset } from '../../kv-index/index.js';
 import type { KvEventsChunk, KvEventsSubscribe } from '../../protocols/kv-events.js';
 import { ENDPOINTS } from '../../protocols/worker-plane.js';
 import { decodeJson, encodeJson, isTransportError, type RequestPlaneClient } from '../../tcp/index.js';
@@ -103,16 +105,28 @@ export class KvEventsSubscriber {
       signal,
       firstResponseTimeoutMs: this.deps.firstResponseTimeoutMs ?? 5000,
     });
+    // The dump being received, when it comes in parts (all but the last say `more`).
+    let dump: { reset: WorkerReset; asOfEventId: number } | undefined;
     for await (const buf of stream) {
       this.chunks++;
       const chunk = decodeJson<KvEventsChunk>(buf);
       if (chunk.kind === 'dump') {
-        const { rejected } = index.resetWorker(workerId, chunk.events, chunk.as_of_event_id);
-        metrics.kvResyncs.inc({ reason: 'dump' });
+        if (dump !== undefined && dump.asOfEventId !== chunk.as_of_event_id)
+          throw new KvrouteError('worker_error', 'kv_events: a dump part of another dump');
+        dump ??= { reset: index.beginReset(workerId), asOfEventId: chunk.as_of_event_id };
+        const rejected = dump.reset.apply(chunk.events);
         metrics.kvEventsApplied.inc(chunk.events.length - rejected);
         if (rejected > 0) metrics.kvEventsRejected.inc({ reason: 'dump' }, rejected);
+        if (chunk.more === true) continue;
+        dump.reset.finish(chunk.as_of_event_id);
+        dump = undefined;
+        metrics.kvResyncs.inc({ reason: 'dump' });
         continue;
       }
+      // Leaving the loop cancels the stream; the unfinished reset removed nothing and the last
+      // applied id is unchanged, so the next subscription asks again and gets a whole dump.
+      if (dump !== undefined)
+        throw new KvrouteError('worker_error', 'kv_events: events inside an unfinished dump');
       for (const event of chunk.events) {
         const result = index.applyEvent(workerId, event);
         if (result.status === 'applied') metrics.kvEventsApplied.inc();
