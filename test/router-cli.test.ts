@@ -35,6 +35,30 @@ test('bad options exit 2 with one line', () => {
   assert.match(env.stderr, /KVROUTE_MAX_ATTEMPTS/);
 });
 
+// Node runs a timer longer than 2^31-1 ms after 1 ms: --stream-idle-timeout-ms 3000000000 made
+// every request a 504. A router that did start would listen until killed: the timeout ends it.
+test('a duration past the longest Node timer (2^31-1 ms) exits 2 with one line', () => {
+  const durations = ROUTER_OPTION_SPECS.filter((o) => o.name.endsWith('-ms'));
+  assert.ok(durations.length >= 5);
+  for (const o of durations) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, 'router', '--port', '0', `--${o.name}`, '3000000000'], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    });
+    assert.equal(r.status, 2, `--${o.name} 3000000000: ${r.stdout}${r.stderr}`);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^kvroute router: --${o.name}: must be <= 2147483647, got 3000000000`));
+  }
+  const env = spawnSync(process.execPath, [CLI_MAIN, 'router', '--port', '0'], {
+    encoding: 'utf8',
+    timeout: 10_000,
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', KVROUTE_STREAM_IDLE_TIMEOUT_MS: '2147483648' },
+  });
+  assert.equal(env.status, 2, env.stdout + env.stderr);
+  assert.match(env.stderr, /KVROUTE_STREAM_IDLE_TIMEOUT_MS: must be <= 2147483647/);
+});
+
 test('--help wins over a bad environment variable or a bad flag', () => {
   for (const [args, env] of [
     [['router', '--help'], { KVROUTE_ENFORCE_DISAGG: 'maybe' }],

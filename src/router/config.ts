@@ -42,6 +42,14 @@ export interface RouterConfig {
   logger?: boolean;
 }
 
+/**
+ * The longest duration a `*-ms` option takes: 2^31-1 ms (~24.8 days), the most a Node timer can
+ * wait. Node runs a longer setTimeout after 1 ms instead (with a TimeoutOverflowWarning), so
+ * `--stream-idle-timeout-ms 3000000000` failed every request with a 504; the lease TTL and the
+ * KV handoff wait also become timers, on the workers.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
   { name: 'host', type: 'string', default: '127.0.0.1', help: 'HTTP listen address' },
   { name: 'port', type: 'integer', default: 8000, min: 0, max: 65535, help: 'HTTP port (0 = any free)' },
@@ -80,9 +88,17 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     type: 'integer',
     default: 5000,
     min: 1,
+    max: MAX_TIMER_MS,
     help: "decode's bound on waiting for a KV handoff",
   },
-  { name: 'lease-ttl-ms', type: 'integer', default: 10_000, min: 100, help: 'worker lease length' },
+  {
+    name: 'lease-ttl-ms',
+    type: 'integer',
+    default: 10_000,
+    min: 100,
+    max: MAX_TIMER_MS,
+    help: 'worker lease length',
+  },
   {
     name: 'max-attempts',
     type: 'integer',
@@ -132,6 +148,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     type: 'integer',
     default: 30_000,
     min: 1,
+    max: MAX_TIMER_MS,
     help: "bound on waiting for a worker's first token (per attempt)",
   },
   {
@@ -139,6 +156,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     type: 'integer',
     default: 30_000,
     min: 1,
+    max: MAX_TIMER_MS,
     help: 'bound on the silence between two chunks of a stream',
   },
   {
@@ -146,6 +164,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     type: 'integer',
     default: 120_000,
     min: 1,
+    max: MAX_TIMER_MS,
     help: 'how long approximate-mode credits last (workers without KV events)',
   },
   { name: 'verbose', type: 'boolean', default: false, help: 'log one line per request and fleet event' },
