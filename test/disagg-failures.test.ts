@@ -1,6 +1,7 @@
 // Disaggregation when things go wrong, against real processes: a client cancelling mid-prefill, a
-// prefill worker killed mid-prefill (local fallback), and overlapped mode with a prefill leg that
-// never answers (bounded failure). Run `npm run build` first.
+// prefill worker killed mid-prefill (local fallback), the only decode worker unreachable (the
+// failure itself, not 503 no_workers), and overlapped mode with a prefill leg that never answers
+// (bounded failure). Run `npm run build` first.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -128,13 +129,17 @@ function failingPrefill(): RequestPlaneServer {
   });
 }
 
-/** Registers a stand-in request-plane server as a prefill worker (no KV events); returns its id. */
-async function registerStandIn(r: TestRouter, address: string): Promise<string> {
+/** Registers a stand-in request-plane server as a prefill (or decode) worker (no KV events); returns its id. */
+async function registerStandIn(
+  r: TestRouter,
+  address: string,
+  role: 'prefill' | 'decode' = 'prefill',
+): Promise<string> {
   const res = await fetch(`${r.url}/v1/workers`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({
-      role: 'prefill',
+      role,
       address,
       model: 'mock-llm',
       block_size: 16,
@@ -145,6 +150,48 @@ async function registerStandIn(r: TestRouter, address: string): Promise<string> 
   assert.equal(res.status, 201);
   return ((await res.json()) as { worker_id: string }).worker_id;
 }
+
+describe('sequential mode, the only decode worker unreachable', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let decodeId = '';
+
+  before(async () => {
+    r = await startRouter({ maxLocalPrefill: 64 });
+    prefill = await spawnWorker(r, 'prefill', ['--speedup', '20']);
+    // An address nothing listens on: every generate sent there fails to connect (retryable).
+    const gone = new RequestPlaneServer();
+    await gone.listen(0);
+    const address = gone.address;
+    await gone.close();
+    decodeId = await registerStandIn(r, address, 'decode');
+  });
+
+  after(async () => {
+    await prefill?.proc.stop();
+    await r?.router.close();
+  });
+
+  test('no other decode worker to retry on: the client gets the failure itself (502), not 503 no_workers', async () => {
+    const retries = await metricValue(r, 'kvroute_request_retries_total', { reason: 'connect_failed' });
+    const res = await completion(r, { prompt: prompt(300, 51), max_tokens: 2 });
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    assert.equal(res.status, 502, JSON.stringify(body));
+    assert.equal(body.error.code, 'worker_disconnected');
+    assert.equal(res.headers.get('x-kvroute-decode-worker'), null);
+    // The prefill went remote (so this was the disaggregated executor) and no retry took place.
+    assert.equal(
+      await metricValue(r, 'kvroute_disagg_decisions_total', { decision: 'remote', reason: 'long_prompt' }),
+      1,
+    );
+    assert.equal(
+      await metricValue(r, 'kvroute_request_retries_total', { reason: 'connect_failed' }),
+      retries,
+    );
+    assert.ok(r.router.registry.get(decodeId), 'the decode worker is still registered');
+    await waitFor(() => idle(r, prefill));
+  });
+});
 
 describe('--enforce-disagg', () => {
   let r: TestRouter;

@@ -300,9 +300,16 @@ export class DisaggregatedExecutor implements Executor {
         if (received || !movable || ctx.abort.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
           throw toClientError(err, ctx.abort);
         }
-        ctx.metrics.retries.inc({ reason: failureKind(err) });
         failed.add(worker.id);
-        ctx.rerouteDecode(failed);
+        try {
+          ctx.rerouteDecode(failed);
+        } catch {
+          // No other decode worker can take it: the client hears about the failure itself (a 502
+          // worker_disconnected, say), as in the aggregated executor, not the scheduler's 503
+          // no_workers. Only a retry that happens is counted.
+          throw toClientError(err, ctx.abort);
+        }
+        ctx.metrics.retries.inc({ reason: failureKind(err) });
       }
     }
   }
