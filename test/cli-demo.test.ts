@@ -1,12 +1,15 @@
 // `kvroute demo` as a newcomer runs it: one process that starts the router and 2 + 2 workers,
 // serves the official OpenAI client on the disaggregated path, and stops every child on Ctrl-C.
+// A second signal while stopping kills everything at once; a port held by something that never
+// answers ends the demo instead of hanging it.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { createServer, type Socket } from 'node:net';
 import { after, test } from 'node:test';
 import OpenAI from 'openai';
-import { CLI_MAIN } from './helpers/fleet.js';
+import { CLI_MAIN, waitUntil } from './helpers/fleet.js';
 
 function alive(pid: number): boolean {
   try {
@@ -15,6 +18,64 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The demo's child processes (router and workers), by parent pid. */
+function childrenOf(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)])
+      .toString()
+      .trim()
+      .split('\n')
+      .map(Number);
+  } catch {
+    return []; // pgrep exits 1 when nothing matches
+  }
+}
+
+interface Demo {
+  child: ChildProcess;
+  exited: Promise<[number | null, NodeJS.Signals | null]>;
+  ready: Promise<string>;
+  stderr: () => string;
+}
+
+/**
+ * Starts `kvroute demo --port 0 ...args` as the leader of its own process group, as a shell runs
+ * a foreground job. After the test: the demo and any child it left are killed.
+ */
+function startDemo(args: readonly string[]): Demo {
+  const child = spawn(process.execPath, [CLI_MAIN, 'demo', '--port', '0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    detached: true,
+  });
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  const seen = new Set<number>();
+  const remember = setInterval(() => {
+    for (const pid of childrenOf(child.pid!)) seen.add(pid);
+  }, 200);
+  after(() => {
+    clearInterval(remember);
+    for (const pid of [...seen, ...childrenOf(child.pid!)]) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    child.kill('SIGKILL');
+  });
+  void exited.then(() => clearInterval(remember));
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => {
+    err += s;
+  });
+  let out = '';
+  const ready = new Promise<string>((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+      out += s;
+      const m = /kvroute demo ready: (\S+)/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    void exited.then(() => reject(new Error(`demo exited early:\n${out}\n${err}`)));
+  });
+  ready.catch(() => {}); // a test that expects an early exit never awaits it
+  return { child, exited, ready, stderr: () => err };
 }
 
 test('demo serves the openai client through prefill and decode workers, and SIGINT stops every process', async () => {
@@ -66,4 +127,39 @@ test('demo serves the openai client through prefill and decode workers, and SIGI
   const [code] = await exited;
   assert.equal(code, 0);
   for (const pid of childPids) assert.equal(alive(pid), false, `child ${pid} still running`);
+});
+
+test('a second signal while stopping kills every child at once and exits 1', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  await demo.ready;
+  const childPids = childrenOf(demo.child.pid!);
+  assert.equal(childPids.length, 2, 'router + 1 worker');
+  // A worker that does not react to SIGTERM: stopping would wait 5 s for it before SIGKILL.
+  for (const pid of childPids) process.kill(pid, 'SIGSTOP');
+  demo.child.kill('SIGTERM');
+  await waitUntil(() => demo.stderr().includes('stopping every process'), 'the demo to start stopping');
+  const secondAt = performance.now();
+  demo.child.kill('SIGINT');
+  const [code] = await demo.exited;
+  assert.ok(performance.now() - secondAt < 2000, 'exited well before the 5 s SIGKILL fallback');
+  assert.equal(code, 1);
+  await waitUntil(() => childPids.every((pid) => !alive(pid)), 'every child to be gone', 2000);
+});
+
+test('a port held by something that accepts and never answers: the demo exits 1, it does not hang', async () => {
+  const held: Socket[] = [];
+  const holder = createServer((socket) => held.push(socket)); // accepts, reads nothing, answers nothing
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  after(() => {
+    for (const s of held) s.destroy();
+    holder.close();
+  });
+  const port = (holder.address() as { port: number }).port;
+  const demo = startDemo(['--port', String(port), '--prefill', '0', '--decode', '1']);
+  const timer = setTimeout(() => demo.child.kill('SIGKILL'), 15_000);
+  const [code, signal] = await demo.exited;
+  clearTimeout(timer);
+  assert.equal(signal, null, `the demo hung and was killed:\n${demo.stderr()}`);
+  assert.equal(code, 1);
+  assert.match(demo.stderr(), /the router exited/);
 });

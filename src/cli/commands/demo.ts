@@ -1,6 +1,7 @@
 // `kvroute demo`: the router plus N prefill and N decode mock workers, each a child process of
 // this one, all on loopback. Prints the URL and a first request once the fleet is ready; Ctrl-C
-// (or SIGTERM) stops every process it started. If the router dies, the demo stops with exit 1.
+// (or SIGTERM) stops every process it started; a second one while stopping kills them at once.
+// If the router dies, the demo stops with exit 1.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -37,6 +38,9 @@ export const spec: CommandModule['spec'] = {
 
 const CLI_MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
 
+/** One /health or /v1/workers poll: a port held by something that never answers must not hang us. */
+const POLL_TIMEOUT_MS = 1000;
+
 function startChild(name: string, args: string[], children: Map<string, ChildProcess>): ChildProcess {
   // Children run the same entry point as this process (dist, or src under tsx via execArgv).
   const child = spawn(process.execPath, [...process.execArgv, CLI_MAIN, ...args], {
@@ -50,11 +54,17 @@ function startChild(name: string, args: string[], children: Map<string, ChildPro
   return child;
 }
 
+/** Each poll ends after POLL_TIMEOUT_MS, or at once when the demo starts stopping. */
+function pollSignal(stopping: AbortSignal): AbortSignal {
+  return AbortSignal.any([stopping, AbortSignal.timeout(POLL_TIMEOUT_MS)]);
+}
+
 async function waitForRouterUrl(
   router: ChildProcess,
   host: string,
   port: number,
   deadline: number,
+  stopping: AbortSignal,
 ): Promise<string> {
   // With --port 0 the router picks a port and prints its URL; otherwise the URL is known up front.
   const known = port === 0 ? undefined : `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -63,10 +73,11 @@ async function waitForRouterUrl(
     printed ??= /https?:\/\/[^\s"]+/.exec(chunk.toString())?.[0];
   });
   while (Date.now() < deadline) {
+    stopping.throwIfAborted();
     if (router.exitCode !== null) throw new Error(`the router exited with code ${router.exitCode}`);
     const url = known ?? printed;
     if (url) {
-      const ok = await fetch(`${url}/health`).then(
+      const ok = await fetch(`${url}/health`, { signal: pollSignal(stopping) }).then(
         (r) => r.ok,
         () => false,
       );
@@ -77,9 +88,15 @@ async function waitForRouterUrl(
   throw new Error('the router did not become healthy in time');
 }
 
-async function waitForWorkers(url: string, expected: number, deadline: number): Promise<void> {
+async function waitForWorkers(
+  url: string,
+  expected: number,
+  deadline: number,
+  stopping: AbortSignal,
+): Promise<void> {
   while (Date.now() < deadline) {
-    const workers = await fetch(`${url}/v1/workers`).then(
+    stopping.throwIfAborted();
+    const workers = await fetch(`${url}/v1/workers`, { signal: pollSignal(stopping) }).then(
       async (r) => (r.ok ? ((await r.json()) as { data?: unknown[]; workers?: unknown[] }) : null),
       () => null,
     );
@@ -90,11 +107,20 @@ async function waitForWorkers(url: string, expected: number, deadline: number): 
   throw new Error(`fewer than ${expected} workers registered in time`);
 }
 
+function running(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null;
+}
+
+/** SIGKILLs every child still running. */
+function killAll(children: Map<string, ChildProcess>): void {
+  for (const child of children.values()) if (running(child)) child.kill('SIGKILL');
+}
+
 async function stopAll(children: Map<string, ChildProcess>): Promise<void> {
   // Workers first (they deregister from the live router), then the router.
   const order = [...children.entries()].sort(([a], [b]) => Number(a === 'router') - Number(b === 'router'));
   for (const [, child] of order) {
-    if (child.exitCode !== null || child.signalCode !== null) continue;
+    if (!running(child)) continue;
     child.kill('SIGTERM');
     const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
     await once(child, 'exit');
@@ -106,15 +132,25 @@ export async function run(o: ParsedOptions): Promise<number> {
   const host = o.host as string;
   const children = new Map<string, ChildProcess>();
   let stopping = false;
+  // Aborted when stopping starts: ends the readiness polls at once.
+  const stopPolls = new AbortController();
   const stopped = new Promise<number>((resolve) => {
     const stop = (code: number) => {
       if (stopping) return;
       stopping = true;
+      stopPolls.abort();
       process.stderr.write('kvroute demo: stopping every process...\n');
       void stopAll(children).then(() => resolve(code));
     };
-    process.once('SIGINT', () => stop(0));
-    process.once('SIGTERM', () => stop(0));
+    const force = () => {
+      process.stderr.write('kvroute demo: killing every process now\n');
+      killAll(children);
+      process.exit(1);
+    };
+    // A second signal while stopping (a child slow to drain, a poll stuck) means "now".
+    const onSignal = () => (stopping ? force() : stop(0));
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     const router = startChild('router', ['router', '--host', host, '--port', String(o.port)], children);
     router.once('exit', (code) => {
       if (!stopping) process.stderr.write(`kvroute demo: the router exited (code ${code}); stopping\n`);
@@ -122,7 +158,7 @@ export async function run(o: ParsedOptions): Promise<number> {
     });
     const deadline = Date.now() + (o.readyTimeoutMs as number);
     void (async () => {
-      const url = await waitForRouterUrl(router, host, o.port as number, deadline);
+      const url = await waitForRouterUrl(router, host, o.port as number, deadline, stopPolls.signal);
       // An explicit --host/--port 0: a KVROUTE_PORT meant for the router must not reach the workers.
       const common = [
         '--router',
@@ -141,12 +177,13 @@ export async function run(o: ParsedOptions): Promise<number> {
         ...Array.from({ length: o.decode as number }, (_, i) => [`decode-${i + 1}`, 'decode'] as const),
       ];
       for (const [name, role] of roles) {
+        if (stopping) return;
         const worker = startChild(name, ['worker', '--role', role, ...common], children);
         worker.once('exit', (code, signal) => {
           if (!stopping) process.stderr.write(`kvroute demo: ${name} exited (${signal ?? code})\n`);
         });
       }
-      await waitForWorkers(url, roles.length, deadline);
+      await waitForWorkers(url, roles.length, deadline, stopPolls.signal);
       process.stdout.write(
         `\nkvroute demo ready: ${url}  (${o.prefill} prefill + ${o.decode} decode workers)\n` +
           `Try:\n  curl -s ${url}/v1/completions -H 'content-type: application/json' \\\n` +
@@ -154,6 +191,8 @@ export async function run(o: ParsedOptions): Promise<number> {
           'Press Ctrl-C to stop.\n',
       );
     })().catch((err: unknown) => {
+      // Polls aborted because the demo is stopping are not a failure to report.
+      if (stopping) return;
       process.stderr.write(`kvroute demo: ${err instanceof Error ? err.message : String(err)}\n`);
       stop(1);
     });
