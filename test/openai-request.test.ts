@@ -35,6 +35,18 @@ test('text and token-id prompts normalise', () => {
   assert.equal(usage.includeUsage, true);
 });
 
+test('a null max_completion_tokens counts as absent: max_tokens applies', () => {
+  const parse = (body: object) =>
+    parseInferenceRequest({ model: 'm', messages: [{ role: 'user', content: 'x' }], ...body }, 'chat');
+  assert.equal(parse({ max_completion_tokens: null, max_tokens: 3 }).maxTokens, 3);
+  assert.equal(parse({ max_completion_tokens: 5, max_tokens: 3 }).maxTokens, 5, 'the newer field wins');
+  assert.equal(
+    parse({ max_completion_tokens: null, max_tokens: null }).maxTokens,
+    DEFAULT_LIMITS.defaultMaxTokens,
+  );
+  rejects({ model: 'm', prompt: 'x', max_completion_tokens: null, max_tokens: 0 }, 'max_tokens');
+});
+
 test('bad bodies are rejected naming the field', () => {
   rejects(null, 'body');
   rejects([], 'body');

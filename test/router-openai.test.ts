@@ -106,6 +106,18 @@ describe('chat', () => {
     assert.equal(typeof res.usage?.prompt_tokens_details?.cached_tokens, 'number');
   });
 
+  test('max_completion_tokens: null counts as absent: max_tokens bounds the answer', async () => {
+    // What a client that fills every field it knows sends; null was taken as "the default" (16).
+    const res = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'Three tokens, please.' }],
+      max_completion_tokens: null,
+      max_tokens: 3,
+    });
+    assert.equal(res.usage?.completion_tokens, 3);
+    assert.equal(res.choices[0]!.finish_reason, 'length');
+  });
+
   test('streaming chat: role first, content deltas, [DONE] ends the stream', async () => {
     const stream = await client.chat.completions.create({
       model: MODEL,

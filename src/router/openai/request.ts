@@ -83,7 +83,11 @@ function parsePrompt(prompt: unknown, limits: RequestLimits): PromptInput {
 }
 
 function parseMaxTokens(body: Record<string, unknown>, limits: RequestLimits): number {
-  const param = body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens';
+  // The newer field wins when it is given. null is "not given", as everywhere in OpenAI's API
+  // (clients send every field they know, unset ones as null): `max_completion_tokens: null,
+  // max_tokens: 3` means 3, not the default.
+  const given = body.max_completion_tokens !== undefined && body.max_completion_tokens !== null;
+  const param = given ? 'max_completion_tokens' : 'max_tokens';
   const raw = body[param];
   if (raw === undefined || raw === null) return limits.defaultMaxTokens;
   if (typeof raw !== 'number' || !Number.isInteger(raw)) throw invalid(`${param} must be an integer`, param);
