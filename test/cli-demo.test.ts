@@ -1,7 +1,8 @@
 // `kvroute demo` as a newcomer runs it: one process that starts the router and 2 + 2 workers,
 // serves the official OpenAI client on the disaggregated path, and stops every child on Ctrl-C.
-// A second signal while stopping kills everything at once; a port held by something that never
-// answers ends the demo instead of hanging it.
+// A terminal's Ctrl-C (SIGINT to the whole process group) lets an in-flight stream finish;
+// Ctrl-\ (SIGQUIT) and a second signal while stopping kill everything at once; a port held by
+// something that never answers ends the demo instead of hanging it.
 
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -42,7 +43,8 @@ interface Demo {
 
 /**
  * Starts `kvroute demo --port 0 ...args` as the leader of its own process group, as a shell runs
- * a foreground job. After the test: the demo and any child it left are killed.
+ * a foreground job, so `process.kill(-pid, 'SIGINT')` is what a terminal's Ctrl-C does. After the
+ * test: the demo and any child it left are killed (its children run in groups of their own).
  */
 function startDemo(args: readonly string[]): Demo {
   const child = spawn(process.execPath, [CLI_MAIN, 'demo', '--port', '0', ...args], {
@@ -127,6 +129,54 @@ test('demo serves the openai client through prefill and decode workers, and SIGI
   const [code] = await exited;
   assert.equal(code, 0);
   for (const pid of childPids) assert.equal(alive(pid), false, `child ${pid} still running`);
+});
+
+test('a terminal Ctrl-C (SIGINT to the process group) lets an in-flight stream finish, then exits 0', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const url = await demo.ready;
+  const childPids = childrenOf(demo.child.pid!);
+  assert.equal(childPids.length, 2, 'router + 1 worker');
+  // ~400 decode steps of ~6 ms at speedup 1: the stream is still running when the signal lands.
+  const res = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: 'mock-llm',
+      prompt: 'Tell me a long story',
+      max_tokens: 400,
+      stream: true,
+    }),
+  });
+  assert.equal(res.status, 200);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let text = '';
+  while (!text.includes('"text"')) text += (await reader.read()).value ?? '';
+  process.kill(-demo.child.pid!, 'SIGINT');
+  for (let r = await reader.read(); !r.done; r = await reader.read()) text += r.value;
+  const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+  assert.equal(events.at(-1), 'data: [DONE]', 'the stream ran to its end');
+  const chunks = events
+    .slice(0, -1)
+    .map((e) => JSON.parse(e.slice(6)) as { choices: { finish_reason: string | null }[]; error?: unknown });
+  assert.ok(
+    chunks.every((c) => c.error === undefined),
+    'no error event',
+  );
+  assert.equal(chunks.at(-1)?.choices[0]?.finish_reason, 'length');
+  const [code] = await demo.exited;
+  assert.equal(code, 0, demo.stderr());
+  for (const pid of childPids) assert.equal(alive(pid), false, `child ${pid} still running`);
+});
+
+test('SIGQUIT (Ctrl-\\, which no longer reaches the children) kills every child and exits 1', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  await demo.ready;
+  const childPids = childrenOf(demo.child.pid!);
+  assert.equal(childPids.length, 2, 'router + 1 worker');
+  process.kill(-demo.child.pid!, 'SIGQUIT');
+  const [code] = await demo.exited;
+  assert.equal(code, 1);
+  await waitUntil(() => childPids.every((pid) => !alive(pid)), 'every child to be gone', 2000);
 });
 
 test('a second signal while stopping kills every child at once and exits 1', async () => {

@@ -1,7 +1,13 @@
 // `kvroute demo`: the router plus N prefill and N decode mock workers, each a child process of
 // this one, all on loopback. Prints the URL and a first request once the fleet is ready; Ctrl-C
-// (or SIGTERM) stops every process it started; a second one while stopping kills them at once.
-// If the router dies, the demo stops with exit 1.
+// (or SIGTERM, SIGHUP) stops every process it started, each with one SIGTERM; a second one while
+// stopping kills them at once. If the router dies, the demo stops with exit 1.
+//
+// The children run in their own process group (detached), so a terminal's Ctrl-C reaches the demo
+// only: sent to the whole group it gave every child a SIGINT and then stopAll's SIGTERM, and a
+// second signal is a worker's "force exit", which cut the streams it should have drained. In
+// return the demo must end its children on every way out it controls: stopAll, a second signal,
+// SIGQUIT, and the 'exit' event (an uncaught error, process.exit).
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -42,10 +48,12 @@ const CLI_MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
 const POLL_TIMEOUT_MS = 1000;
 
 function startChild(name: string, args: string[], children: Map<string, ChildProcess>): ChildProcess {
-  // Children run the same entry point as this process (dist, or src under tsx via execArgv).
+  // Children run the same entry point as this process (dist, or src under tsx via execArgv), in a
+  // process group of their own (see the top of this file).
   const child = spawn(process.execPath, [...process.execArgv, CLI_MAIN, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: process.env,
+    detached: true,
   });
   child.stdout?.on('data', (chunk: Buffer) => {
     for (const line of chunk.toString().split('\n')) if (line) process.stdout.write(`[${name}] ${line}\n`);
@@ -111,7 +119,7 @@ function running(child: ChildProcess): boolean {
   return child.exitCode === null && child.signalCode === null;
 }
 
-/** SIGKILLs every child still running. */
+/** SIGKILLs every child still running. Synchronous, so it also works in an 'exit' listener. */
 function killAll(children: Map<string, ChildProcess>): void {
   for (const child of children.values()) if (running(child)) child.kill('SIGKILL');
 }
@@ -134,6 +142,8 @@ export async function run(o: ParsedOptions): Promise<number> {
   let stopping = false;
   // Aborted when stopping starts: ends the readiness polls at once.
   const stopPolls = new AbortController();
+  // The children are out of the terminal's reach: whatever ends this process ends them too.
+  process.once('exit', () => killAll(children));
   const stopped = new Promise<number>((resolve) => {
     const stop = (code: number) => {
       if (stopping) return;
@@ -149,8 +159,9 @@ export async function run(o: ParsedOptions): Promise<number> {
     };
     // A second signal while stopping (a child slow to drain, a poll stuck) means "now".
     const onSignal = () => (stopping ? force() : stop(0));
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, onSignal);
+    // Ctrl-\ no longer reaches the children either: quit means quit, for them too.
+    process.on('SIGQUIT', force);
     const router = startChild('router', ['router', '--host', host, '--port', String(o.port)], children);
     router.once('exit', (code) => {
       if (!stopping) process.stderr.write(`kvroute demo: the router exited (code ${code}); stopping\n`);
