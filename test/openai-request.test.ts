@@ -35,6 +35,22 @@ test('text and token-id prompts normalise', () => {
   assert.equal(usage.includeUsage, true);
 });
 
+test("prompt takes OpenAI's four forms, a batch of one unwrapped, and nothing nested deeper", () => {
+  const prompt = (p: unknown) => parseInferenceRequest({ model: 'm', prompt: p }, 'completion').prompt;
+  assert.deepEqual(prompt('hi'), { kind: 'text', text: 'hi' });
+  assert.deepEqual(prompt(['hi']), { kind: 'text', text: 'hi' });
+  assert.deepEqual(prompt([5, 6, 7]), { kind: 'tokens', tokenIds: [5, 6, 7] });
+  assert.deepEqual(prompt([[5, 6, 7]]), { kind: 'tokens', tokenIds: [5, 6, 7] });
+  for (const bad of [[[[5, 6, 7]]], [['hi']], [[5, 'x']], [[]], [''], [[5], [6]], [[5], 'x'], ['a', 'b']]) {
+    rejects({ model: 'm', prompt: bad }, 'prompt');
+  }
+  // One level per element used to be one stack frame per element: 20,000 levels threw RangeError
+  // (a 500 with a stack in the log) instead of a 400.
+  let deep: unknown = [5];
+  for (let i = 0; i < 20_000; i++) deep = [deep];
+  rejects({ model: 'm', prompt: deep }, 'prompt');
+});
+
 test('a null max_completion_tokens counts as absent: max_tokens applies', () => {
   const parse = (body: object) =>
     parseInferenceRequest({ model: 'm', messages: [{ role: 'user', content: 'x' }], ...body }, 'chat');

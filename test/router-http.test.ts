@@ -234,6 +234,20 @@ describe('bad inference input', () => {
       'prompt',
     ],
     [
+      'token ids nested three deep',
+      '/v1/completions',
+      { model: 'mock-llm', prompt: [[[5, 6, 7]]] },
+      'invalid_request',
+      'prompt',
+    ],
+    [
+      'a prompt 20,000 arrays deep',
+      '/v1/completions',
+      `{"model":"mock-llm","prompt":${'['.repeat(20_000)}5${']'.repeat(20_000)}}`,
+      'invalid_request',
+      'prompt',
+    ],
+    [
       'unknown model',
       '/v1/completions',
       { model: 'no-such-model', prompt: 'hi' },

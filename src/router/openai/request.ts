@@ -44,42 +44,69 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Non-negative integer token ids that fit in u32 (the block hash reads them as LE u32). */
-export function validateTokenIds(value: unknown[], param: string): number[] {
+/**
+ * Non-negative integer token ids that fit in u32 (the block hash reads them as LE u32). `path`
+ * names the array in the message when it is not `param` itself (`prompt[0]` in a batch).
+ */
+export function validateTokenIds(value: unknown[], param: string, path = param): number[] {
   for (let i = 0; i < value.length; i++) {
     const t = value[i];
     if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t > 0xffff_ffff) {
-      throw invalid(
-        `${param}[${i}] must be a non-negative integer token id, got ${JSON.stringify(t)}`,
-        param,
-      );
+      throw invalid(`${path}[${i}] must be a non-negative integer token id, got ${describe(t)}`, param);
     }
   }
   return value as number[];
 }
 
+/**
+ * A rejected value for a message, short whatever it is: JSON.stringify of a deeply nested array
+ * would itself overflow the stack, and a long string or array would make the message its size.
+ */
+function describe(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 32 ? `${v.slice(0, 32)}...` : v);
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object' && v !== null) return 'an object';
+  return String(v);
+}
+
+/**
+ * OpenAI's four forms of `prompt`: a string, an array of strings, an array of token ids, an array
+ * of token-id arrays; the first element tells the array forms apart. An array form of one prompt
+ * is unwrapped; larger batches would need n responses in one body, which this router does not do.
+ * Nothing nests deeper (`[[[5]]]` is a 400, as at OpenAI), and no level is parsed by recursion:
+ * a prompt 20,000 arrays deep is a 400, not a stack overflow.
+ */
 function parsePrompt(prompt: unknown, limits: RequestLimits): PromptInput {
-  if (typeof prompt === 'string') {
-    if (prompt.length === 0) throw invalid('prompt must not be empty', 'prompt');
-    return { kind: 'text', text: prompt };
+  if (typeof prompt === 'string') return textPrompt(prompt);
+  if (!Array.isArray(prompt)) {
+    throw invalid(
+      'prompt must be a string, an array of strings, an array of token ids or an array of token-id arrays',
+      'prompt',
+    );
   }
-  if (!Array.isArray(prompt)) throw invalid('prompt must be a string or an array of token ids', 'prompt');
   if (prompt.length === 0) throw invalid('prompt must not be empty', 'prompt');
-  // OpenAI also accepts a batch: [string] or [[ids]]. A batch of one is unwrapped; larger batches
-  // would need n responses in one body, which this router does not do.
-  if (typeof prompt[0] === 'string' || Array.isArray(prompt[0])) {
-    if (prompt.length !== 1)
-      throw invalid('batched prompts are not supported: send one prompt per request', 'prompt');
-    return parsePrompt(prompt[0], limits);
-  }
-  if (prompt.length > limits.maxPromptTokens) {
+  const first: unknown = prompt[0];
+  if (typeof first !== 'string' && !Array.isArray(first)) return tokenPrompt(prompt, limits, 'prompt');
+  if (prompt.length !== 1)
+    throw invalid('batched prompts are not supported: send one prompt per request', 'prompt');
+  return typeof first === 'string' ? textPrompt(first) : tokenPrompt(first, limits, 'prompt[0]');
+}
+
+function textPrompt(text: string): PromptInput {
+  if (text.length === 0) throw invalid('prompt must not be empty', 'prompt');
+  return { kind: 'text', text };
+}
+
+function tokenPrompt(ids: unknown[], limits: RequestLimits, path: string): PromptInput {
+  if (ids.length === 0) throw invalid('prompt must not be empty', 'prompt');
+  if (ids.length > limits.maxPromptTokens) {
     throw new KvrouteError(
       'context_length_exceeded',
-      `prompt has ${prompt.length} tokens, more than the limit of ${limits.maxPromptTokens}`,
+      `prompt has ${ids.length} tokens, more than the limit of ${limits.maxPromptTokens}`,
       { param: 'prompt' },
     );
   }
-  return { kind: 'tokens', tokenIds: validateTokenIds(prompt, 'prompt') };
+  return { kind: 'tokens', tokenIds: validateTokenIds(ids, 'prompt', path) };
 }
 
 function parseMaxTokens(body: Record<string, unknown>, limits: RequestLimits): number {
