@@ -3,6 +3,7 @@
 // KV-event resume + gap resync + dump, the first-token timeout and the stream idle timeout.
 
 import assert from 'node:assert/strict';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { computeBlockHashes } from '../src/kv-index/index.js';
@@ -145,6 +146,55 @@ describe('fake workers', () => {
     const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
     assert.equal(events.length, 2);
     assert.equal((JSON.parse(events[1]!.slice(6)) as { error: { code: string } }).error.code, 'timeout');
+    assert.equal(router.registry.load.size, 0);
+    await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
+  });
+
+  test('a client applying backpressure is not a silent worker: its stream waits and then finishes', async () => {
+    // 64 tokens of 112 dashes (o200k_base id 182513): ~7 KB of SSE per chunk, so the sockets fill fast.
+    const ids = new Array<number>(64).fill(182_513);
+    let sent = 0;
+    let resumed = false;
+    generate = async function* (req) {
+      while (!req.signal.aborted) {
+        sent++;
+        const last = resumed;
+        yield encodeJson({ token_ids: ids, finish_reason: last ? 'length' : null, prompt_tokens: 4 });
+        if (last) return;
+      }
+    };
+    const id = await register(router, server.address, false);
+    const body = JSON.stringify({ model: MODEL, prompt: 'flood', max_tokens: 8000, stream: true });
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = httpRequest(`${router.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      });
+      req.on('response', resolve).on('error', reject).end(body);
+    });
+    assert.equal(res.statusCode, 200);
+    // The client reads nothing: the router's socket fills, the router stops pulling, and the
+    // request plane's credit window stops the worker. Wait until it has.
+    res.pause();
+    let seen = -1;
+    await waitUntil(async () => {
+      const stalled = sent === seen;
+      seen = sent;
+      await sleep(200);
+      return stalled && sent === seen;
+    }, 'the worker to be held by backpressure');
+    // Two and a half idle bounds (800 ms) with nothing pulled: the router used to call that silence.
+    await sleep(2000);
+    resumed = true;
+    res.setEncoding('utf8');
+    let text = '';
+    res.on('data', (s: string) => {
+      text += s;
+    });
+    res.resume();
+    await new Promise((resolve) => res.on('end', resolve));
+    assert.doesNotMatch(text, /data: \{"error"/);
+    assert.match(text, /data: \[DONE\]\n\n$/);
     assert.equal(router.registry.load.size, 0);
     await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
   });

@@ -1,6 +1,7 @@
 // Calling a worker's `generate` over the request plane, with the router's bounds: the first chunk
 // within `firstTokenTimeoutMs` (the client's first-response timeout), and no silence longer than
-// `streamIdleTimeoutMs` between chunks. Plus the one mapping from request-plane failures to the
+// `streamIdleTimeoutMs` between chunks, counted while the router waits for one (not while a slow
+// client holds the stream). Plus the one mapping from request-plane failures to the
 // KvrouteError the client sees, and the rule for which failures may be retried elsewhere.
 
 import { ERROR_CODES, type ErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
@@ -72,7 +73,7 @@ export const DONE: IteratorResult<GenerateChunk> = Object.freeze({ value: undefi
 
 /**
  * Streams `generate` from one worker. Throws the raw TransportError (callers decide on retries),
- * or KvrouteError('timeout') when the stream falls silent for longer than the idle bound. Nothing
+ * or KvrouteError('timeout') when a pull waits longer than the idle bound for its chunk. Nothing
  * is sent until the first `next()`; `return()` cancels the remote stream.
  */
 export function callGenerate(
@@ -91,7 +92,17 @@ export function callGenerate(
  */
 class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListener {
   #chunks: ChunkStream | undefined;
+  /** The idle bound's timer, armed at the first chunk (before it, the first-token bound rules). */
   #timer: NodeJS.Timeout | undefined;
+  /**
+   * When the pull now waiting on the transport began (performance.now()), or -1 while none waits.
+   * Silence is time spent waiting for a chunk that does not come: a pull resolves as soon as a
+   * chunk arrives (or at once when one is queued), so a pull waiting since T means nothing has
+   * arrived since T. Time the consumer holds the stream (an HTTP client applying backpressure)
+   * is not silence: chunks then queue until the request plane's credit window stops the worker,
+   * which goes quiet because of us.
+   */
+  #waitingSince = -1;
   /** The idle bound ended the stream. */
   #idled = false;
   #done = false;
@@ -115,6 +126,8 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
       this.#finish();
       return Promise.reject(err);
     }
+    // One clock read per pull, in place of the timer refresh per chunk this used to cost.
+    this.#waitingSince = performance.now();
     return this.#chunks.next().then(this.#onChunk, this.#onError);
   }
 
@@ -153,9 +166,25 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
     );
   }
 
-  /** The stream fell silent: cancel this call only (the request's abort has already ended it). */
+  /**
+   * The idle bound's timer fired: if a pull has waited the whole bound, the stream fell silent and
+   * this call is cancelled (only this call: the request's abort has already ended it). Otherwise
+   * the timer is armed for the rest of the bound, counted from when the waiting pull began, or for
+   * a whole bound when none waits. So a stream costs one timer per bound, not one re-arm per chunk.
+   */
   readonly #onIdle = (): void => {
     if (this.ctx.abort.aborted) return;
+    const bound = this.ctx.streamIdleTimeoutMs;
+    const since = this.#waitingSince;
+    const waited = since < 0 ? 0 : performance.now() - since;
+    if (waited < bound) {
+      if (since < 0) this.#timer!.refresh();
+      else {
+        this.#timer = setTimeout(this.#onIdle, Math.ceil(bound - waited));
+        this.#timer.unref();
+      }
+      return;
+    }
     this.#idled = true;
     this.#chunks!.cancel(
       new TransportError('cancelled', `call to '${ENDPOINTS.generate}' cancelled by the idle bound`),
@@ -163,12 +192,12 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
   };
 
   readonly #onChunk = (result: IteratorResult<Buffer>): IteratorResult<GenerateChunk> => {
+    this.#waitingSince = -1;
     if (result.done) {
       this.#finish();
       return DONE;
     }
-    if (this.#timer) this.#timer.refresh();
-    else {
+    if (this.#timer === undefined) {
       this.#timer = setTimeout(this.#onIdle, this.ctx.streamIdleTimeoutMs);
       this.#timer.unref();
     }
