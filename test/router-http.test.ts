@@ -1,6 +1,7 @@
 // The router's HTTP surface without inference: bad input answered 400/413 in OpenAI's error shape,
 // worker registration rules, request ids, readiness, 404s, and /metrics as Prometheus text.
-// No worker processes: registrations here name addresses nobody listens on (kv_events false).
+// No worker processes: registrations here name addresses nobody listens on (kv_events false),
+// or in-process request-plane servers (the pools of departed workers).
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -10,6 +11,8 @@ import { ENGINE_DEFAULTS } from '../src/engine/engine.js';
 import { LazyRequestLogger } from '../src/router/http/lazy-logger.js';
 import { RequestHistogram } from '../src/router/request-histogram.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
+import { encodeJson, type IncomingRequest, RequestPlaneServer } from '../src/tcp/index.js';
+import { waitUntil } from './helpers/fleet.js';
 import { markersSeenByNewResources } from './trace-helpers.js';
 
 let router: RouterService;
@@ -355,6 +358,75 @@ describe('/metrics', () => {
     } finally {
       await second.close();
     }
+  });
+});
+
+describe('request-plane pools of departed workers', () => {
+  // In-process request-plane servers stand in for workers that deregister: the connections each
+  // one sees tell whether the router still holds a pool for its address.
+  const servers: RequestPlaneServer[] = [];
+  after(() => Promise.all(servers.map((s) => s.close({ deadlineMs: 100 }))));
+
+  async function fakeWorker(generate: (req: IncomingRequest) => AsyncIterable<Uint8Array>) {
+    const server = new RequestPlaneServer().handle('generate', generate);
+    await server.listen(0);
+    servers.push(server);
+    const reg = await post('/v1/workers', registration({ address: server.address, model: 'pool-llm' }));
+    assert.equal(reg.status, 201);
+    return { server, workerId: reg.json.worker_id as string };
+  }
+
+  const chunk = (finish: string | null) =>
+    encodeJson({ token_ids: [290], finish_reason: finish, prompt_tokens: 4, cached_tokens: 0 });
+
+  test('register, request, deregister, 20 times: no connection (no pool) is left behind', async () => {
+    const used: RequestPlaneServer[] = [];
+    for (let i = 0; i < 20; i++) {
+      const { server, workerId } = await fakeWorker(async function* () {
+        yield chunk('length');
+      });
+      used.push(server);
+      const r = await post('/v1/completions', { model: 'pool-llm', prompt: 'hi', max_tokens: 1 });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      assert.equal(server.stats().connections, 1);
+      assert.equal((await fetch(`${url}/v1/workers/${workerId}`, { method: 'DELETE' })).status, 204);
+    }
+    await waitUntil(
+      () => used.every((s) => s.stats().connections === 0),
+      'the router to close the pool of every departed address',
+    );
+  });
+
+  test("a deregistered worker's open stream is not cut: its pool closes after the stream ends", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const { server, workerId } = await fakeWorker(async function* () {
+      yield chunk(null);
+      await gate;
+      yield chunk('length');
+    });
+    const res = await fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'pool-llm', prompt: 'hi', max_tokens: 2, stream: true }),
+    });
+    assert.equal(res.status, 200);
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = '';
+    while (!text.includes('"text"')) text += (await reader.read()).value ?? '';
+    assert.equal((await fetch(`${url}/v1/workers/${workerId}`, { method: 'DELETE' })).status, 204);
+    // Past a lease sweep (1 s at the default 10 s lease): the busy pool is still there.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.equal(server.stats().connections, 1);
+    assert.equal(server.stats().activeStreams, 1);
+    release();
+    for (let r = await reader.read(); !r.done; r = await reader.read()) text += r.value;
+    const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+    assert.equal(events.at(-1), 'data: [DONE]');
+    assert.ok(!text.includes('"error"'), text);
+    await waitUntil(() => server.stats().connections === 0, 'the drained pool to close at the next sweep');
   });
 });
 

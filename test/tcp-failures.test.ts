@@ -1,5 +1,6 @@
 // Request-plane failures over real sockets and a real child process: a worker killed mid-stream,
-// a closed port, oversize frames and garbage on one connection not disturbing the others.
+// a closed port, oversize frames and garbage on one connection not disturbing the others; and
+// the pool of a departed worker's address closed once its streams are done, never before.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -15,6 +16,7 @@ import {
   ResponseType,
   TransportError,
 } from '../src/tcp/index.js';
+import { waitUntil } from './helpers/fleet.js';
 
 async function failureOf(p: Promise<unknown>): Promise<TransportError> {
   try {
@@ -122,4 +124,50 @@ test('garbage on one connection closes only that connection', async () => {
   assert.deepEqual(await client.unary(server.address, 'echo', Buffer.from('after')), Buffer.from('after'));
   await client.close();
   await server.close({ deadlineMs: 500 });
+});
+
+test('closeIfIdle spares a pool with a stream open; closeIdlePools closes it once the stream ended', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const server = new RequestPlaneServer();
+  server.handle('echo', async (req) => req.payload);
+  server.handle('slow', async function* () {
+    yield Buffer.from('a');
+    await gate;
+    yield Buffer.from('b');
+  });
+  await server.listen();
+  const address = server.address;
+  const client = new RequestPlaneClient();
+  try {
+    // An idle pool (its worker left, nothing in flight) closes at once.
+    await client.unary(address, 'echo', Buffer.from('x'));
+    assert.equal(client.poolCount, 1);
+    assert.equal(client.closeIfIdle(address), true);
+    assert.equal(client.poolCount, 0);
+    await waitUntil(() => server.stats().connections === 0, 'the idle connection to close');
+
+    // A busy one (a draining worker's) stays until its stream is done: closing it would cut it.
+    const chunks: string[] = [];
+    const streaming = (async () => {
+      for await (const c of client.stream(address, 'slow', Buffer.alloc(0))) chunks.push(c.toString());
+    })();
+    await waitUntil(() => chunks.length === 1, 'the first chunk');
+    assert.equal(client.closeIfIdle(address), false);
+    client.closeIdlePools(() => true);
+    assert.equal(client.poolCount, 1);
+    release();
+    await streaming;
+    assert.deepEqual(chunks, ['a', 'b']);
+    client.closeIdlePools((a) => a !== address); // still in use: kept
+    assert.equal(client.poolCount, 1);
+    client.closeIdlePools(() => true);
+    assert.equal(client.poolCount, 0);
+    await waitUntil(() => server.stats().connections === 0, 'the drained connection to close');
+  } finally {
+    await client.close();
+    await server.close({ deadlineMs: 100 });
+  }
 });

@@ -148,6 +148,36 @@ export class RequestPlaneClient {
     await pool?.close();
   }
 
+  /**
+   * Closes the pool of an address no worker uses any more (deregistered, lease expired) if it
+   * carries no stream, and returns true; a busy pool is left alone (false), so a draining worker
+   * finishes its streams: call again later (closeIdlePools). Without this every address ever
+   * called kept a pool, and workers on --port 0 come back at a new address after each restart.
+   */
+  closeIfIdle(address: string): boolean {
+    const pool = this.pools.get(address);
+    if (pool !== undefined && pool.activeStreams > 0) return false;
+    void this.closeAddress(address);
+    return true;
+  }
+
+  /**
+   * closeIfIdle for every address with a pool that `unused` selects: the periodic retry for pools
+   * that were busy when their worker left, and for any a late call dialled afterwards.
+   */
+  closeIdlePools(unused: (address: string) => boolean): void {
+    // Deleting the entry being visited is safe while iterating a Map.
+    for (const address of this.pools.keys()) if (unused(address)) this.closeIfIdle(address);
+    for (const address of this.defaultDispatch.keys()) {
+      if (!this.pools.has(address) && unused(address)) this.defaultDispatch.delete(address);
+    }
+  }
+
+  /** Addresses with a pool: what the router holds on the request plane (tests, diagnostics). */
+  get poolCount(): number {
+    return this.pools.size;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const pools = [...this.pools.values()];

@@ -26,6 +26,13 @@ export class ConnectionPool {
     return this.connections.length;
   }
 
+  /** Streams open over all connections (0: closing the pool cuts nothing). */
+  get activeStreams(): number {
+    let n = 0;
+    for (const c of this.connections) n += c.activeStreams;
+    return n;
+  }
+
   dispatch(req: DispatchRequest, handler: StreamHandler): StreamHandle {
     return this.pick().dispatch(req, handler);
   }

@@ -2,8 +2,9 @@
 // worker starts its KV-event subscription (or puts it in approximate mode when it publishes no
 // events); removing it (deregistration, lease expiry, replacement at the same address, refused
 // connections) purges its index entries, drops its load, stops its subscription and closes its
-// request-plane pool (only when the process is gone: a draining worker finishes its streams).
-// Lease expiry is swept by an unref'd interval.
+// request-plane pool: at once when the process is gone, else once the pool carries no stream (a
+// draining worker finishes its streams). Lease expiry, and the pools of addresses no registered
+// worker uses that were still busy, are swept by an unref'd interval.
 
 import type { FastifyBaseLogger } from 'fastify';
 import { ApproxIndex, type BlockKeys, RadixIndex } from '../../kv-index/index.js';
@@ -50,7 +51,7 @@ export class Fleet {
     const ttl = this.registry.leaseTtlMs;
     const period = this.opts.sweepIntervalMs ?? Math.max(50, Math.min(1000, Math.floor(ttl / 4)));
     // Root context: lease expiry serves every worker, whoever called start().
-    this.sweepTimer = withRootContext(() => setInterval(() => this.expire(Date.now()), period));
+    this.sweepTimer = withRootContext(() => setInterval(() => this.sweep(Date.now()), period));
     this.sweepTimer.unref();
   }
 
@@ -102,6 +103,15 @@ export class Fleet {
 
   expire(now: number): void {
     for (const worker of this.registry.expire(now)) this.purge(worker, 'lease_expired');
+  }
+
+  /**
+   * Lease expiry, then the request-plane pools of addresses no registered worker uses and whose
+   * streams have ended since (a draining worker's, or one a late call dialled), O(pools).
+   */
+  private sweep(now: number): void {
+    this.expire(now);
+    this.opts.client.closeIdlePools((address) => !this.liveAt.has(address));
   }
 
   /** Leading prompt blocks per worker from both indexes. Valid until either index next changes. */
@@ -157,10 +167,12 @@ export class Fleet {
     if (this.liveAt.get(worker.address) === worker.id) {
       this.liveAt.delete(worker.address);
       // A dead or replaced process has nothing left to cut. A worker that deregistered (it is
-      // draining) or whose lease ran out (maybe just slow) keeps its open streams: its
-      // connections end when its server closes.
+      // draining) or whose lease ran out (maybe just slow) keeps its open streams: its pool
+      // closes now if idle, else at the first sweep after its last stream ends. Left open, the
+      // pools of departed addresses piled up (workers on --port 0 get a new one per restart).
       if (reason === 'unreachable' || reason === 'replaced')
         void this.opts.client.closeAddress(worker.address);
+      else this.opts.client.closeIfIdle(worker.address);
     }
     this.opts.log.info(
       { event: 'worker_removed', worker_id: worker.id, address: worker.address, reason },
