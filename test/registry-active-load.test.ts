@@ -1,4 +1,4 @@
-// Active-sequence tracking: book, first token, release, stale expiry after 300 s.
+// Active-sequence tracking: book, first token, release; a booking lasts until its release.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -40,38 +40,22 @@ test('booking an untracked worker is refused; negative amounts throw', () => {
   assert.throws(() => load.book('w-1', 'r2', { prefillTokens: -1, decodeBlocks: 1 }, T0), /prefillTokens/);
 });
 
-test('entries not updated for 300 s expire; a first token restarts the clock', () => {
+test('a booking lasts until its release, however long its stream runs', () => {
+  // A stream still decoding 300 s after its first token used to be swept as stale by the next
+  // book: its worker then looked idle while it still held the stream's KV blocks.
   const load = new ActiveLoad();
   const w = load.addWorker('w-1');
-  load.book('w-1', 'old', { prefillTokens: 10, decodeBlocks: 1 }, T0);
-  load.book('w-1', 'refreshed', { prefillTokens: 20, decodeBlocks: 2 }, T0);
-  load.book('w-1', 'young', { prefillTokens: 40, decodeBlocks: 4 }, T0 + 100_000);
-  load.firstToken('refreshed', T0 + 200_000);
-  assert.equal(load.sweep(T0 + 299_999), 0);
-  assert.equal(load.sweep(T0 + 300_000), 1);
-  assert.equal(load.workerOf('old'), undefined);
-  assert.deepEqual({ ...w }, { activePrefillTokens: 40, activeDecodeBlocks: 6, activeRequests: 2 });
-  assert.equal(load.sweep(T0 + 400_000), 1, 'young goes next');
-  assert.equal(load.workerOf('refreshed'), 'w-1');
-  assert.equal(load.sweep(T0 + 500_000), 1);
+  load.book('w-1', 'long-stream', { prefillTokens: 100, decodeBlocks: 500 }, T0);
+  load.firstToken('long-stream', T0 + 1_000);
+  for (const [i, at] of [T0 + 301_001, T0 + 3_600_000, T0 + 86_400_000].entries()) {
+    load.book('w-1', `later-${i}`, { prefillTokens: 10, decodeBlocks: 1 }, at);
+    load.release(`later-${i}`);
+  }
+  assert.equal(load.workerOf('long-stream'), 'w-1');
+  assert.deepEqual({ ...w }, { activePrefillTokens: 0, activeDecodeBlocks: 500, activeRequests: 1 });
+  assert.equal(load.release('long-stream'), true);
   assert.deepEqual({ ...w }, { activePrefillTokens: 0, activeDecodeBlocks: 0, activeRequests: 0 });
-});
-
-test('book sweeps stale entries lazily, a bounded number per call', () => {
-  const load = new ActiveLoad({ sweepPerCall: 2 });
-  load.addWorker('w-1');
-  for (let i = 0; i < 5; i++) load.book('w-1', `stale-${i}`, { prefillTokens: 1, decodeBlocks: 1 }, T0);
-  const later = T0 + 300_000;
-  load.book('w-1', 'fresh-1', { prefillTokens: 1, decodeBlocks: 1 }, later);
-  assert.equal(load.size, 4, 'two stale retired, one booked');
-  load.book('w-1', 'fresh-2', { prefillTokens: 1, decodeBlocks: 1 }, later);
-  load.book('w-1', 'fresh-3', { prefillTokens: 1, decodeBlocks: 1 }, later);
-  assert.equal(load.size, 3);
-  assert.deepEqual(
-    ['fresh-1', 'fresh-2', 'fresh-3'].map((id) => load.workerOf(id)),
-    ['w-1', 'w-1', 'w-1'],
-  );
-  assert.equal(load.loadOf('w-1')?.activeRequests, 3);
+  assert.equal(load.size, 0);
 });
 
 test('dropping a worker forgets its bookings but not other workers’', () => {

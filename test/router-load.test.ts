@@ -69,6 +69,37 @@ describe('admission control', () => {
   });
 });
 
+describe('a long stream', () => {
+  // A lease far longer than the 301 s the clock jumps below, so that jump expires no worker.
+  const fixture = useRouterWithFleet({ leaseTtlMs: 3_600_000 }, 1, ['--speedup', '1']);
+
+  test('keeps its booking past 300 s: a request arriving then still sees its load', async (t) => {
+    const { router } = fixture;
+    const abort = new AbortController();
+    const running = await complete(
+      router.url,
+      { prompt: 'a long answer', max_tokens: 3000, stream: true },
+      { signal: abort.signal },
+    );
+    assert.equal(running.status, 200);
+    await running.body!.getReader().read();
+    const [worker] = router.registry.list();
+    const booked = { ...router.registry.load.loadOf(worker!.id)! };
+    assert.equal(booked.activeRequests, 1);
+    assert.ok(booked.activeDecodeBlocks > 0);
+    // The next request is admitted 301 s after the stream's first token, by the router's clock
+    // (only Date moves: timers and sockets run on). Its booking used to sweep the stream's away.
+    t.mock.timers.enable({ apis: ['Date'], now: Date.now() + 301_000 });
+    const later = await complete(router.url, { prompt: 'five minutes later', max_tokens: 1 });
+    t.mock.timers.reset();
+    assert.equal(later.status, 200);
+    await later.text();
+    assert.deepEqual({ ...router.registry.load.loadOf(worker!.id) }, booked);
+    abort.abort();
+    await waitUntil(() => router.registry.load.size === 0, 'the long stream to be released');
+  });
+});
+
 describe('in-flight cap', () => {
   const fixture = useRouterWithFleet({ maxInflight: 1 }, 1, ['--speedup', '1']);
 

@@ -1,11 +1,18 @@
 // Active-sequence tracking: what each worker is busy with right now, as the router booked it.
-// Pure and synchronous; time comes in as `now` (ms) on every call that needs it.
+// Pure and synchronous. No call needs the time any more; `book` and `firstToken` still take the
+// `now` their callers pass.
 //
 // One admission path: `book` when a request is routed, `firstToken` when its first token arrives
 // (the prompt is computed, so its prefill tokens leave the worker's queue), `release` when the
-// stream ends. Entries whose stream never reported back go stale after `staleAfterMs` since their
-// last update and are swept lazily: every `book` retires at most `sweepPerCall` of the oldest
-// stale entries, so no call does unbounded work and no timer is needed.
+// stream ends. A booking lasts until its release or its worker's removal, however long the stream
+// runs: nothing expires on its own. There used to be a sweep retiring bookings 300 s after their
+// last update (book or first token), a guard against streams that never reported back. It took
+// the load off streams still decoding past 300 s, so the scheduler over-filled their worker, and
+// it guarded nothing: the router books only for an admitted request, which holds an in-flight
+// slot (`--max-inflight`) until the one release that frees the slot and its bookings together
+// (handle.ts `finish` on every path), so a booking never released would leak its slot too, which
+// no sweep returned. That same pairing bounds memory: at most two bookings (decode, remote
+// prefill) per in-flight slot.
 
 import { KvrouteError } from '../../errors.js';
 
@@ -37,8 +44,6 @@ interface Booking {
   readonly load: MutableWorkerLoad;
   prefillTokens: number;
   readonly decodeBlocks: number;
-  /** Time of the last update (book or first token); staleness counts from here. */
-  touchedAt: number;
 }
 
 interface WorkerEntry {
@@ -46,13 +51,13 @@ interface WorkerEntry {
   readonly bookings: Set<Booking>;
 }
 
-export interface ActiveLoadOptions {
-  /** A booking not updated for this long is dropped (default 300 s). */
-  staleAfterMs?: number;
-  /** Stale bookings retired per `book` call at most (default 4). */
-  sweepPerCall?: number;
-}
+/**
+ * Options of the tracker: none any more (bookings no longer go stale, see the header). The type
+ * stays while `WorkerRegistryOptions.load` passes one through.
+ */
+export type ActiveLoadOptions = Record<string, never>;
 
+/** @deprecated Bookings no longer go stale; exported only while the registry's index re-exports it. */
 export const DEFAULT_STALE_AFTER_MS = 300_000;
 
 function nonNegative(n: number, what: string): number {
@@ -62,16 +67,11 @@ function nonNegative(n: number, what: string): number {
 }
 
 export class ActiveLoad {
-  readonly staleAfterMs: number;
-  private readonly sweepPerCall: number;
   private readonly workers = new Map<string, WorkerEntry>();
-  /** Bookings in order of last update (re-inserted on update), so the stale ones are always at the front. */
   private readonly bookings = new Map<string, Booking>();
 
-  constructor(options: ActiveLoadOptions = {}) {
-    this.staleAfterMs = options.staleAfterMs ?? DEFAULT_STALE_AFTER_MS;
-    this.sweepPerCall = options.sweepPerCall ?? 4;
-  }
+  // biome-ignore lint/complexity/noUselessConstructor: WorkerRegistry still passes its `load` options.
+  constructor(_options: ActiveLoadOptions = {}) {}
 
   /** Starts tracking a worker; returns its live counters (the same object for the worker's lifetime). */
   addWorker(workerId: string): WorkerLoad {
@@ -103,8 +103,7 @@ export class ActiveLoad {
    * Books a routed request on a worker. `requestId` must be unique among active bookings (use the
    * router's own id, not a client-supplied one). Returns false when the worker is no longer tracked.
    */
-  book(workerId: string, requestId: string, booking: LoadBooking, now: number): boolean {
-    this.sweep(now, this.sweepPerCall);
+  book(workerId: string, requestId: string, booking: LoadBooking, _now: number): boolean {
     const entry = this.workers.get(workerId);
     if (!entry) return false;
     if (this.bookings.has(requestId)) {
@@ -116,7 +115,6 @@ export class ActiveLoad {
       load: entry.load,
       prefillTokens: nonNegative(booking.prefillTokens, 'prefillTokens'),
       decodeBlocks: nonNegative(booking.decodeBlocks, 'decodeBlocks'),
-      touchedAt: now,
     };
     entry.load.activePrefillTokens += b.prefillTokens;
     entry.load.activeDecodeBlocks += b.decodeBlocks;
@@ -127,15 +125,11 @@ export class ActiveLoad {
   }
 
   /** The first token arrived: the prompt's prefill is done, its tokens leave the worker's prefill load. */
-  firstToken(requestId: string, now: number): boolean {
+  firstToken(requestId: string, _now: number): boolean {
     const b = this.bookings.get(requestId);
     if (!b) return false;
     b.load.activePrefillTokens -= b.prefillTokens;
     b.prefillTokens = 0;
-    b.touchedAt = now;
-    // Move to the back: the map stays ordered by last update.
-    this.bookings.delete(requestId);
-    this.bookings.set(requestId, b);
     return true;
   }
 
@@ -155,17 +149,6 @@ export class ActiveLoad {
   /** Active bookings across all workers. */
   get size(): number {
     return this.bookings.size;
-  }
-
-  /** Retires up to `limit` bookings not updated for `staleAfterMs`; returns how many. O(limit). */
-  sweep(now: number, limit = Number.POSITIVE_INFINITY): number {
-    let removed = 0;
-    for (const b of this.bookings.values()) {
-      if (removed >= limit || now - b.touchedAt < this.staleAfterMs) break;
-      this.remove(b);
-      removed++;
-    }
-    return removed;
   }
 
   private remove(b: Booking): void {
