@@ -185,8 +185,8 @@ test('with prefill workers registered, decode is chosen by load (overlap weight 
     const a = await register('decode', 1);
     const b = await register('decode', 2);
     // a: a long prefill queue, no decode blocks; b: no prefill queue, some decode blocks.
-    r2.router.registry.load.book(a, 'busy-a', { prefillTokens: 1600, decodeBlocks: 0 }, Date.now());
-    r2.router.registry.load.book(b, 'busy-b', { prefillTokens: 0, decodeBlocks: 10 }, Date.now());
+    r2.router.registry.load.book(a, 'busy-a', { prefillTokens: 1600, decodeBlocks: 0 });
+    r2.router.registry.load.book(b, 'busy-b', { prefillTokens: 0, decodeBlocks: 10 });
     const explain = async () => {
       const res = await fetch(`${r2.url}/v1/route`, {
         method: 'POST',

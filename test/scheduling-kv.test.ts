@@ -192,7 +192,7 @@ test('admission path: registry workers are candidates, booked load steers the ne
   const first = p.select(request());
   assert.equal(first.outcome, 'selected');
   if (first.outcome !== 'selected') return;
-  registry.load.book(first.worker.id, 'r1', first.booking, 0);
+  registry.load.book(first.worker.id, 'r1', first.booking);
   assert.deepEqual(first.booking, { prefillTokens: 256, decodeBlocks: 20 });
   const second = p.select(request());
   assert.equal(second.outcome, 'selected');

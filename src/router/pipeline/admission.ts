@@ -40,31 +40,31 @@ export class Admission {
   }
 
   /** Takes an in-flight slot and books the plan's workers. Throws 503 when the router is full. */
-  static admit(fleet: Fleet, limit: InflightLimit, plan: ExecutionPlan, now = Date.now()): Admission {
+  static admit(fleet: Fleet, limit: InflightLimit, plan: ExecutionPlan): Admission {
     limit.acquire();
     const admission = new Admission(fleet, limit, plan);
-    admission.bookDecode(plan.decode, now);
-    if (plan.prefill) admission.bookPrefill(plan.prefill, now);
+    admission.bookDecode(plan.decode);
+    if (plan.prefill) admission.bookPrefill(plan.prefill);
     return admission;
   }
 
   /** A retry moved the request to another decode worker. */
-  moveDecode(decision: WorkerDecision, now = Date.now()): void {
+  moveDecode(decision: WorkerDecision): void {
     this.fleet.registry.load.release(this.plan.requestId);
     this.plan.decode = decision;
-    this.bookDecode(decision, now);
+    this.bookDecode(decision);
   }
 
   /** The prefill leg moved to another worker, or (null) back onto the decode worker. */
-  movePrefill(decision: WorkerDecision | null, now = Date.now()): void {
+  movePrefill(decision: WorkerDecision | null): void {
     this.fleet.registry.load.release(this.prefillKey);
     this.plan.prefill = decision;
-    if (decision) this.bookPrefill(decision, now);
+    if (decision) this.bookPrefill(decision);
   }
 
   /** The first output token arrived: the prompt is computed. */
-  firstToken(now = Date.now()): void {
-    this.fleet.registry.load.firstToken(this.plan.requestId, now);
+  firstToken(): void {
+    this.fleet.registry.load.firstToken(this.plan.requestId);
     this.prefillDone();
   }
 
@@ -82,19 +82,17 @@ export class Admission {
     this.limit.release();
   }
 
-  private bookDecode(decision: WorkerDecision, now: number): void {
-    this.fleet.registry.load.book(decision.worker.id, this.plan.requestId, decision.booking, now);
+  private bookDecode(decision: WorkerDecision): void {
+    this.fleet.registry.load.book(decision.worker.id, this.plan.requestId, decision.booking);
     this.fleet.credit(decision.worker.id, this.plan.routing.keys);
   }
 
-  private bookPrefill(decision: WorkerDecision, now: number): void {
+  private bookPrefill(decision: WorkerDecision): void {
     // The prefill worker computes the prompt and hands the KV over: it holds no decode blocks.
-    this.fleet.registry.load.book(
-      decision.worker.id,
-      this.prefillKey,
-      { prefillTokens: decision.booking.prefillTokens, decodeBlocks: 0 },
-      now,
-    );
+    this.fleet.registry.load.book(decision.worker.id, this.prefillKey, {
+      prefillTokens: decision.booking.prefillTokens,
+      decodeBlocks: 0,
+    });
     this.fleet.credit(decision.worker.id, this.plan.routing.keys);
   }
 }

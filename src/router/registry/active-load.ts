@@ -1,6 +1,5 @@
 // Active-sequence tracking: what each worker is busy with right now, as the router booked it.
-// Pure and synchronous. No call needs the time any more; `book` and `firstToken` still take the
-// `now` their callers pass.
+// Pure and synchronous.
 //
 // One admission path: `book` when a request is routed, `firstToken` when its first token arrives
 // (the prompt is computed, so its prefill tokens leave the worker's queue), `release` when the
@@ -51,15 +50,6 @@ interface WorkerEntry {
   readonly bookings: Set<Booking>;
 }
 
-/**
- * Options of the tracker: none any more (bookings no longer go stale, see the header). The type
- * stays while `WorkerRegistryOptions.load` passes one through.
- */
-export type ActiveLoadOptions = Record<string, never>;
-
-/** @deprecated Bookings no longer go stale; exported only while the registry's index re-exports it. */
-export const DEFAULT_STALE_AFTER_MS = 300_000;
-
 function nonNegative(n: number, what: string): number {
   if (!(Number.isFinite(n) && n >= 0))
     throw new KvrouteError('internal_error', `${what} must be >= 0, got ${n}`);
@@ -69,9 +59,6 @@ function nonNegative(n: number, what: string): number {
 export class ActiveLoad {
   private readonly workers = new Map<string, WorkerEntry>();
   private readonly bookings = new Map<string, Booking>();
-
-  // biome-ignore lint/complexity/noUselessConstructor: WorkerRegistry still passes its `load` options.
-  constructor(_options: ActiveLoadOptions = {}) {}
 
   /** Starts tracking a worker; returns its live counters (the same object for the worker's lifetime). */
   addWorker(workerId: string): WorkerLoad {
@@ -103,7 +90,7 @@ export class ActiveLoad {
    * Books a routed request on a worker. `requestId` must be unique among active bookings (use the
    * router's own id, not a client-supplied one). Returns false when the worker is no longer tracked.
    */
-  book(workerId: string, requestId: string, booking: LoadBooking, _now: number): boolean {
+  book(workerId: string, requestId: string, booking: LoadBooking): boolean {
     const entry = this.workers.get(workerId);
     if (!entry) return false;
     if (this.bookings.has(requestId)) {
@@ -125,7 +112,7 @@ export class ActiveLoad {
   }
 
   /** The first token arrived: the prompt's prefill is done, its tokens leave the worker's prefill load. */
-  firstToken(requestId: string, _now: number): boolean {
+  firstToken(requestId: string): boolean {
     const b = this.bookings.get(requestId);
     if (!b) return false;
     b.load.activePrefillTokens -= b.prefillTokens;

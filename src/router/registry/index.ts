@@ -2,8 +2,6 @@
 
 export {
   ActiveLoad,
-  type ActiveLoadOptions,
-  DEFAULT_STALE_AFTER_MS,
   type LoadBooking,
   type WorkerLoad,
 } from './active-load.js';

@@ -7,7 +7,7 @@
 
 import { KvrouteError } from '../../errors.js';
 import type { WorkerRole } from '../../protocols/registration.js';
-import { ActiveLoad, type ActiveLoadOptions, type WorkerLoad } from './active-load.js';
+import { ActiveLoad, type WorkerLoad } from './active-load.js';
 import { validateRegistration, type WorkerRegistration } from './validate-registration.js';
 
 /** Which half of a request a worker is asked to serve. */
@@ -37,8 +37,6 @@ export interface WorkerRegistryOptions {
    * worker in the new router (it would renew that worker's lease and never register itself).
    */
   idPrefix?: string;
-  /** Options of the active-load tracker (stale expiry). */
-  load?: ActiveLoadOptions;
 }
 
 export const DEFAULT_LEASE_TTL_MS = 10_000;
@@ -89,7 +87,7 @@ export class WorkerRegistry {
     this.leaseTtlMs = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
     this.maxWorkers = options.maxWorkers ?? DEFAULT_MAX_WORKERS;
     this.idPrefix = options.idPrefix ?? 'w-';
-    this.load = new ActiveLoad(options.load);
+    this.load = new ActiveLoad();
   }
 
   /**

@@ -75,7 +75,7 @@ export interface SelectedDecision<C extends Candidate = Candidate> extends Decis
   outcome: 'selected';
   worker: C;
   chosen: CandidateScore;
-  /** What to book on the chosen worker: `registry.load.book(worker.id, requestId, booking, now)`. */
+  /** What to book on the chosen worker: `registry.load.book(worker.id, requestId, booking)`. */
   booking: { prefillTokens: number; decodeBlocks: number };
 }
 
