@@ -4,7 +4,11 @@
 // are made synchronously at routing time, so concurrent requests see each other's load.
 
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Executor } from '../src/router/execute/types.js';
+import { createRouter } from '../src/router/service.js';
 import { postCompletion as complete, useRouterWithFleet, waitUntil } from './helpers/fleet.js';
 
 function prefixTokens(blocks: number): number[] {
@@ -137,5 +141,59 @@ describe('round-robin', () => {
     }
     assert.notEqual(seen[0], seen[1]);
     assert.deepEqual(seen.slice(2), seen.slice(0, 2));
+  });
+});
+
+describe('a client gone before its stream is sent', () => {
+  test('releases the in-flight slot and the bookings, though its event stream is never read', async () => {
+    // A prefill leg that does not stop when the client leaves: its first token comes 200 ms later.
+    // The pipeline then hands the HTTP layer an SSE stream for a reply whose client is gone, and
+    // fastify destroys that stream unread: the events' generator never starts.
+    const lateFirstToken: Executor = {
+      async *run() {
+        await sleep(200);
+        yield { token_ids: [290], finish_reason: null, prompt_tokens: 4, cached_tokens: 0 };
+        yield { token_ids: [328], finish_reason: 'length', prompt_tokens: 4, cached_tokens: 0 };
+      },
+    };
+    const router = await createRouter(
+      { port: 0, logger: false },
+      {
+        prefillPlanner: { choosePrefill: (_routing, decode) => ({ prefill: decode, reason: 'test' }) },
+        disaggregatedExecutor: lateFirstToken,
+      },
+    );
+    try {
+      await router.listen();
+      const registered = await fetch(`${router.url}/v1/workers`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          role: 'both',
+          address: '127.0.0.1:9',
+          model: 'm',
+          block_size: 16,
+          kv_blocks: 1024,
+        }),
+      });
+      assert.equal(registered.status, 201);
+      const body = JSON.stringify({ model: 'm', prompt: 'gone early', max_tokens: 2, stream: true });
+      const { port } = new URL(router.url);
+      const socket = connect(Number(port), '127.0.0.1', () => {
+        socket.write(
+          `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+      });
+      await waitUntil(() => router.inflight.active === 1, 'the request to be admitted');
+      assert.equal(router.registry.load.size, 2, 'decode and prefill bookings');
+      socket.destroy();
+      await sleep(300); // the first token has come and gone
+      await waitUntil(
+        () => router.inflight.active === 0 && router.registry.load.size === 0,
+        'the slot and the bookings to be released',
+      );
+    } finally {
+      await router.close();
+    }
   });
 });

@@ -47,7 +47,14 @@ export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRou
     reply.headers(result.headers);
     if (result.kind === 'json') return reply.send(result.body);
     reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache');
-    return reply.send(Readable.from(result.events, { objectMode: false }));
+    const stream = Readable.from(result.events, { objectMode: false });
+    // fastify destroys, unread, a stream handed to a reply whose client already left: the events'
+    // generator then never starts, and its cleanup (the in-flight slot, the bookings, the worker
+    // stream) never runs. After a read, the generator has finished the request itself by 'close'.
+    stream.once('close', () =>
+      result.abandon(abort.reason ?? new KvrouteError('client_closed', 'the client disconnected')),
+    );
+    return reply.send(stream);
   };
 
   app.post('/v1/completions', serve('completion'));

@@ -31,7 +31,16 @@ export interface InferenceCall {
 
 export type InferenceResult =
   | { kind: 'json'; headers: Record<string, string>; body: object }
-  | { kind: 'sse'; headers: Record<string, string>; events: AsyncIterable<string> };
+  | {
+      kind: 'sse';
+      headers: Record<string, string>;
+      events: AsyncIterable<string>;
+      /**
+       * Ends the request as `events` would have, for a stream that may never be read: call it when
+       * the HTTP stream closes. A no-op once the request has finished.
+       */
+      abandon(err: unknown): void;
+    };
 
 /** Renders any error as the body of an SSE error event. */
 export function errorEventBody(err: unknown): object {
@@ -54,8 +63,12 @@ export async function handleInference(
   const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream());
   let lastChunkAt = 0;
   let ttftMs: number | undefined;
+  let finished = false;
   // `rethrown`: the error goes on to the HTTP error handler, which records it on the span (once).
+  // Once per request: the SSE events' own end and `abandon` may both report it.
   const finish = (err: unknown, rethrown = false) => {
+    if (finished) return;
+    finished = true;
     admission.release();
     deps.metrics.promptTokens.inc(tally.promptTokens);
     deps.metrics.cachedTokens.inc(tally.cachedTokens);
@@ -138,7 +151,19 @@ export async function handleInference(
   // trace. A request without one (tracing off, no traceparent) has nothing to keep: no context
   // switch per chunk there.
   const traced = span !== undefined && isSpanContextValid(span.spanContext());
-  return { kind: 'sse', headers, events: traced ? bindIterableToCurrentContext(events) : events };
+  return {
+    kind: 'sse',
+    headers,
+    events: traced ? bindIterableToCurrentContext(events) : events,
+    // A generator closed before its first step never runs its finally: without this, a stream the
+    // HTTP layer drops unread (fastify does when the client left before the reply was sent) would
+    // keep its in-flight slot and bookings forever, and its worker stream open.
+    abandon: (err) => {
+      if (finished) return;
+      finish(err);
+      void chunks.return?.();
+    },
+  };
 }
 
 function executionContext(
