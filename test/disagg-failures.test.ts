@@ -21,6 +21,7 @@ import {
   waitFor,
   workerCall,
 } from './disagg-helpers.js';
+import { registeredWorkerId } from './helpers/fleet.js';
 
 const plane = new RequestPlaneClient();
 
@@ -135,20 +136,7 @@ async function registerStandIn(
   address: string,
   role: 'prefill' | 'decode' = 'prefill',
 ): Promise<string> {
-  const res = await fetch(`${r.url}/v1/workers`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({
-      role,
-      address,
-      model: 'mock-llm',
-      block_size: 16,
-      kv_blocks: 1024,
-      max_batched_tokens: 8192,
-    }),
-  });
-  assert.equal(res.status, 201);
-  return ((await res.json()) as { worker_id: string }).worker_id;
+  return registeredWorkerId(r.url, { role, address });
 }
 
 describe('sequential mode, the only decode worker unreachable', () => {

@@ -17,6 +17,7 @@ import {
   waitFor,
   workerCall,
 } from './disagg-helpers.js';
+import { registeredWorkerId } from './helpers/fleet.js';
 
 let r: TestRouter;
 let prefill: TestWorker;
@@ -167,21 +168,8 @@ test('a decode worker answers `load` with nothing active after the flows above',
 test('with prefill workers registered, decode is chosen by load (overlap weight 0) while no decode worker holds the prompt', async () => {
   const r2 = await startRouter({});
   try {
-    const register = async (role: string, port: number) => {
-      const res = await fetch(`${r2.url}/v1/workers`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({
-          role,
-          address: `127.0.0.1:${port}`,
-          model: 'mock-llm',
-          block_size: 16,
-          kv_blocks: 10_000,
-          max_batched_tokens: 8192,
-        }),
-      });
-      return ((await res.json()) as { worker_id: string }).worker_id;
-    };
+    const register = (role: string, port: number) =>
+      registeredWorkerId(r2.url, { role, address: `127.0.0.1:${port}`, kv_blocks: 10_000 });
     const a = await register('decode', 1);
     const b = await register('decode', 2);
     // a: a long prefill queue, no decode blocks; b: no prefill queue, some decode blocks.

@@ -9,7 +9,7 @@ import { once } from 'node:events';
 import { test } from 'node:test';
 import { envName } from '../src/cli/options.js';
 import { ROUTER_OPTION_SPECS } from '../src/router/config.js';
-import { CLI_MAIN } from './helpers/fleet.js';
+import { CLI_MAIN, registerWorker } from './helpers/fleet.js';
 
 test('--help lists every option with its environment variable', () => {
   const r = spawnSync(process.execPath, [CLI_MAIN, 'router', '--help'], { encoding: 'utf8' });
@@ -115,18 +115,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       void exit.then(() => reject(new Error(`router exited early: ${out}`)));
     });
     // Block size 32 from the environment: a 16-token worker is refused.
-    const res = await fetch(`${url}/v1/workers`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        role: 'both',
-        address: '127.0.0.1:9',
-        model: 'm',
-        block_size: 16,
-        kv_blocks: 64,
-        max_batched_tokens: 64,
-      }),
-    });
+    const res = await registerWorker(url, { address: '127.0.0.1:9' });
     assert.equal(res.status, 400);
     assert.equal(((await res.json()) as { error: { param: string } }).error.param, 'block_size');
     child.kill(signal);

@@ -20,6 +20,7 @@ import {
 } from './disagg-helpers.js';
 import {
   postCompletion as complete,
+  registeredWorkerId,
   useRouterWithFleet,
   waitForWorkers,
   waitUntil,
@@ -40,20 +41,7 @@ describe('unreachable and killed workers', () => {
     const [live] = await fleet.spawn(1);
     await waitForWorkers(router.url, 1);
     // A registration whose address nobody listens on (no KV events: no subscription notices it).
-    const ghost = await fetch(`${router.url}/v1/workers`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        role: 'both',
-        address: '127.0.0.1:9',
-        model: MODEL,
-        block_size: 16,
-        kv_blocks: 1024,
-        max_batched_tokens: 8192,
-      }),
-    });
-    assert.equal(ghost.status, 201);
-    const ghostId = ((await ghost.json()) as { worker_id: string }).worker_id;
+    const ghostId = await registeredWorkerId(router.url, { address: '127.0.0.1:9', model: MODEL });
     const liveId = router.registry.list().find((w) => w.address === live!.address)!.id;
     try {
       // Random policy over [live, ghost]: within 40 requests one goes to the ghost (odds of

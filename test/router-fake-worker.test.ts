@@ -11,26 +11,12 @@ import type { KvEvent, KvEventsChunk, KvEventsSubscribe } from '../src/protocols
 import type { GenerateChunk } from '../src/protocols/worker-plane.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
 import { decodeJson, encodeJson, type IncomingRequest, RequestPlaneServer } from '../src/tcp/index.js';
-import { waitUntil } from './helpers/fleet.js';
+import { registeredWorkerId, waitUntil } from './helpers/fleet.js';
 
 const MODEL = 'fake-llm';
 
-async function register(router: RouterService, address: string, kvEvents: boolean): Promise<string> {
-  const res = await fetch(`${router.url}/v1/workers`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({
-      role: 'both',
-      address,
-      model: MODEL,
-      block_size: 16,
-      kv_blocks: 4096,
-      max_batched_tokens: 8192,
-      kv_events: kvEvents,
-    }),
-  });
-  assert.equal(res.status, 201);
-  return ((await res.json()) as { worker_id: string }).worker_id;
+function register(router: RouterService, address: string, kvEvents: boolean): Promise<string> {
+  return registeredWorkerId(router.url, { address, model: MODEL, kv_blocks: 4096, kv_events: kvEvents });
 }
 
 function post(router: RouterService, path: string, body: object) {
@@ -253,6 +239,13 @@ describe('fake workers', () => {
       );
     const before = await resyncsOf();
     let dumps = 0;
+    const dumpPart = (events: KvEvent[], more: boolean) =>
+      encodeJson({
+        kind: 'dump',
+        as_of_event_id: 9,
+        events,
+        ...(more ? { more: true } : {}),
+      } satisfies KvEventsChunk);
     kvEvents = async function* (req) {
       const { after_event_id } = decodeJson<KvEventsSubscribe>(req.payload);
       if (after_event_id === 0) {
@@ -261,26 +254,12 @@ describe('fake workers', () => {
         yield encodeJson({ kind: 'events', events: storedEvents(b, 5).slice(0, 1) } satisfies KvEventsChunk);
       } else if (dumps++ === 0) {
         // A broken dump: live events before its last part. The router must not finish it.
-        yield encodeJson({
-          kind: 'dump',
-          as_of_event_id: 9,
-          events: storedEvents(a, 7),
-          more: true,
-        } satisfies KvEventsChunk);
+        yield dumpPart(storedEvents(a, 7), true);
         yield encodeJson({ kind: 'events', events: [] } satisfies KvEventsChunk);
       } else {
         // The whole cache (a and b, not c) in two parts.
-        yield encodeJson({
-          kind: 'dump',
-          as_of_event_id: 9,
-          events: storedEvents(a, 7),
-          more: true,
-        } satisfies KvEventsChunk);
-        yield encodeJson({
-          kind: 'dump',
-          as_of_event_id: 9,
-          events: storedEvents(b, 8),
-        } satisfies KvEventsChunk);
+        yield dumpPart(storedEvents(a, 7), true);
+        yield dumpPart(storedEvents(b, 8), false);
       }
       await new Promise<void>((resolve) => req.signal.addEventListener('abort', () => resolve()));
     };

@@ -9,7 +9,12 @@ import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Executor } from '../src/router/execute/types.js';
 import { createRouter } from '../src/router/service.js';
-import { postCompletion as complete, useRouterWithFleet, waitUntil } from './helpers/fleet.js';
+import {
+  postCompletion as complete,
+  registeredWorkerId,
+  useRouterWithFleet,
+  waitUntil,
+} from './helpers/fleet.js';
 
 function prefixTokens(blocks: number): number[] {
   return Array.from({ length: blocks * 16 }, (_, i) => 2000 + ((i * 37) % 40_000));
@@ -165,19 +170,8 @@ describe('a client gone before its stream is sent', () => {
     );
     try {
       await router.listen();
-      const registered = await fetch(`${router.url}/v1/workers`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({
-          role: 'both',
-          address: '127.0.0.1:9',
-          model: 'm',
-          block_size: 16,
-          kv_blocks: 1024,
-        }),
-      });
-      assert.equal(registered.status, 201);
-      const body = JSON.stringify({ model: 'm', prompt: 'gone early', max_tokens: 2, stream: true });
+      await registeredWorkerId(router.url, { address: '127.0.0.1:9' });
+      const body = JSON.stringify({ model: 'mock-llm', prompt: 'gone early', max_tokens: 2, stream: true });
       const { port } = new URL(router.url);
       const socket = connect(Number(port), '127.0.0.1', () => {
         socket.write(

@@ -152,6 +152,29 @@ export function waitForWorkers(
   );
 }
 
+/**
+ * `POST /v1/workers` for a worker the test stands in for (no process behind it unless the test
+ * runs one): role `both`, model `mock-llm`, block size 16, 1024 KV blocks, unless `fields` say
+ * otherwise. Returns the response: a test of refusals reads its status.
+ */
+export function registerWorker(routerUrl: string, fields: Record<string, unknown>): Promise<Response> {
+  return fetch(`${routerUrl}/v1/workers`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ role: 'both', model: 'mock-llm', block_size: 16, kv_blocks: 1024, ...fields }),
+  });
+}
+
+/** The id of a worker registered with `registerWorker`'s defaults and `fields`; asserts the 201. */
+export async function registeredWorkerId(
+  routerUrl: string,
+  fields: Record<string, unknown>,
+): Promise<string> {
+  const res = await registerWorker(routerUrl, fields);
+  if (res.status !== 201) throw new Error(`registration refused: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { worker_id: string }).worker_id;
+}
+
 /** `POST /v1/completions` with model `mock-llm` and 4 output tokens unless `body` says otherwise. */
 export function postCompletion(routerUrl: string, body: object, init: RequestInit = {}): Promise<Response> {
   return fetch(`${routerUrl}/v1/completions`, {
