@@ -181,6 +181,53 @@ describe('sequential mode, the only decode worker unreachable', () => {
   });
 });
 
+describe('a retry on another decode worker', () => {
+  let r: TestRouter;
+  let live: TestWorker;
+  let ghostId = '';
+
+  before(async () => {
+    r = await startRouter({ policy: 'random' }, true);
+    live = await spawnWorker(r, 'decode', ['--speedup', '20']);
+    const gone = new RequestPlaneServer();
+    await gone.listen(0);
+    const address = gone.address;
+    await gone.close();
+    ghostId = await registerStandIn(r, address, 'decode');
+  });
+
+  after(async () => {
+    await live?.proc.stop();
+    await r?.router.close();
+  });
+
+  test('is a retry event on http-request: why, from which worker to which, which attempt', async () => {
+    // Random policy over [live, ghost]: within 40 requests one goes to the ghost (odds of never:
+    // 2^-40) and is retried on the live worker.
+    const retried = () => metricValue(r, 'kvroute_request_retries_total', { reason: 'connect_failed' });
+    for (let i = 0; i < 40 && (await retried()) === 0; i++) {
+      const res = await completion(r, { prompt: `retry me ${i}`, max_tokens: 2 });
+      assert.equal(res.status, 200);
+    }
+    assert.equal(await retried(), 1);
+    const withRetry = r.exporter
+      .getFinishedSpans()
+      .filter((s) => s.name === 'http-request' && s.events.some((e) => e.name === 'retry'));
+    assert.equal(withRetry.length, 1);
+    const event = withRetry[0]!.events.find((e) => e.name === 'retry')!;
+    assert.deepEqual(
+      {
+        reason: event.attributes?.['kvroute.retry.reason'],
+        from: event.attributes?.['kvroute.retry.failed_worker_id'],
+        to: event.attributes?.['kvroute.retry.worker_id'],
+        attempt: event.attributes?.['kvroute.retry.attempt'],
+      },
+      { reason: 'connect_failed', from: ghostId, to: live.id, attempt: 2 },
+    );
+    assert.equal(withRetry[0]!.attributes['kvroute.decode_worker_id'], live.id);
+  });
+});
+
 describe('--enforce-disagg', () => {
   let r: TestRouter;
   let decode: TestWorker;

@@ -6,7 +6,7 @@
 import type { GenerateChunk, GenerateRequest } from '../../protocols/worker-plane.js';
 import type { Worker } from '../registry/index.js';
 import type { ExecutionContext, ExecutionPlan, Executor } from './types.js';
-import { callGenerate, DONE, failureKind, isRetryable, toClientError } from './worker-call.js';
+import { callGenerate, DONE, isRetryable, toClientError } from './worker-call.js';
 
 export function generateBody(plan: ExecutionPlan): GenerateRequest {
   return {
@@ -80,13 +80,12 @@ class AggregatedRun implements AsyncIterableIterator<GenerateChunk> {
     this.#failed ??= new Set<string>();
     this.#failed.add(this.#worker!.id);
     try {
-      ctx.rerouteDecode(this.#failed);
+      ctx.rerouteDecode(this.#failed, err);
     } catch {
       // No other worker can take it: the client hears about the failure itself.
       this.#done = true;
       throw toClientError(err, ctx.abort);
     }
-    ctx.metrics.retries.inc({ reason: failureKind(err) });
     this.#attempt++;
     this.#call = undefined;
     return this.next();

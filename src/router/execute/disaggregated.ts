@@ -34,7 +34,7 @@ import {
 import { generateBody } from './aggregated.js';
 import { type AbortListener, RequestAbort } from './request-abort.js';
 import type { ExecutionContext, ExecutionPlan, Executor, WorkerDecision } from './types.js';
-import { callGenerate, failureKind, isRetryable, toClientError } from './worker-call.js';
+import { callGenerate, isRetryable, toClientError } from './worker-call.js';
 
 export interface DisaggregatedExecutorDeps {
   /** The router's tracer (`telemetry.tracer`). */
@@ -302,14 +302,13 @@ export class DisaggregatedExecutor implements Executor {
         }
         failed.add(worker.id);
         try {
-          ctx.rerouteDecode(failed);
+          ctx.rerouteDecode(failed, err);
         } catch {
           // No other decode worker can take it: the client hears about the failure itself (a 502
           // worker_disconnected, say), as in the aggregated executor, not the scheduler's 503
           // no_workers. Only a retry that happens is counted.
           throw toClientError(err, ctx.abort);
         }
-        ctx.metrics.retries.inc({ reason: failureKind(err) });
       }
     }
   }

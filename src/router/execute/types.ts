@@ -70,10 +70,12 @@ export interface ExecutionContext {
   /** How long decode may wait for a KV handoff from remote prefill. */
   readonly prefillWaitMs: number;
   /**
-   * Chooses another decode worker avoiding `exclude`, moves the request's booking there and sets
-   * `plan.decode`. Throws the scheduler's KvrouteError (503) when no other worker can take it.
+   * A retry: chooses another decode worker avoiding `exclude`, moves the request's booking there
+   * and sets `plan.decode`; counts the retry (`kvroute_request_retries_total`, reason from `cause`)
+   * and records it as a `retry` event on the request's span. Throws the scheduler's KvrouteError
+   * (503) when no other worker can take it: then nothing is counted, no retry happened.
    */
-  rerouteDecode(exclude: ReadonlySet<string>): WorkerDecision;
+  rerouteDecode(exclude: ReadonlySet<string>, cause: unknown): WorkerDecision;
   /**
    * Same for the prefill leg: another prefill worker, or null when none is left (then prefill
    * locally on the decode worker). Sets `plan.prefill`.

@@ -5,12 +5,13 @@
 // response headers can name the worker that actually serves the request.
 
 import { randomUUID } from 'node:crypto';
-import { trace } from '@opentelemetry/api';
+import { type Span, trace } from '@opentelemetry/api';
 import { isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
 import { bindIterableToCurrentContext, isSpanContextValid, recordFailure } from '../../telemetry/index.js';
 import type { RequestAbort } from '../execute/request-abort.js';
 import type { ExecutionContext, ExecutionPlan } from '../execute/types.js';
+import { failureKind } from '../execute/worker-call.js';
 import type { EndpointKind } from '../openai/request.js';
 import { type ResponseIdentity, responseId } from '../openai/response.js';
 import { Admission, type InflightLimit } from './admission.js';
@@ -103,7 +104,9 @@ export async function handleInference(
   try {
     const executor = plan.prefill ? deps.executors.disaggregated : deps.executors.aggregated;
     if (!executor) throw new KvrouteError('internal_error', 'no executor for remote prefill');
-    chunks = executor.run(plan, executionContext(deps, plan, admission, call.abort))[Symbol.asyncIterator]();
+    chunks = executor
+      .run(plan, executionContext(deps, plan, admission, call.abort, span))
+      [Symbol.asyncIterator]();
     const first = await chunks.next();
     if (first.done) throw new KvrouteError('worker_error', 'worker ended the stream without output');
     lastChunkAt = performance.now();
@@ -171,6 +174,8 @@ function executionContext(
   plan: ExecutionPlan,
   admission: Admission,
   abort: RequestAbort,
+  /** The request's `http-request` span: retries are events on it. */
+  span: Span | undefined,
 ): ExecutionContext {
   const { config } = deps;
   return {
@@ -181,11 +186,23 @@ function executionContext(
     firstTokenTimeoutMs: config.firstTokenTimeoutMs,
     streamIdleTimeoutMs: config.streamIdleTimeoutMs,
     prefillWaitMs: config.prefillWaitMs,
-    rerouteDecode(exclude) {
+    rerouteDecode(exclude, cause) {
       // The overlaps read at routing time may be stale by now: read the index again.
       plan.routing.overlaps = deps.fleet.overlaps(plan.routing.keys);
+      const failedWorker = plan.decode.worker.id;
       const decision = selectDecode(deps, plan.routing, exclude);
       admission.moveDecode(decision);
+      const reason = failureKind(cause);
+      deps.metrics.retries.inc({ reason });
+      if (span?.isRecording()) {
+        span.addEvent('retry', {
+          'kvroute.retry.reason': reason,
+          'kvroute.retry.failed_worker_id': failedWorker,
+          'kvroute.retry.worker_id': decision.worker.id,
+          'kvroute.retry.attempt': exclude.size + 1,
+          'exception.message': cause instanceof Error ? cause.message : String(cause),
+        });
+      }
       return decision;
     },
     reroutePrefill(exclude) {
