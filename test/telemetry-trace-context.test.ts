@@ -188,6 +188,17 @@ test('both propagators write the same headers', () => {
   assert.equal(inject(fast!, contexts[0]![1]).traceparent, CANONICAL);
 });
 
+test('flags of 0x10 and up stay two hex digits, so the next hop can read them', () => {
+  // core writes `-0${hex}`: `-010` here, a 56-character traceparent that no parser accepts.
+  const [, [, fast]] = propagators;
+  for (const traceFlags of [0x10, 0x11, 0xff]) {
+    const ctx = trace.setSpanContext(ROOT_CONTEXT, { traceId: TRACE_ID, spanId: SPAN_ID, traceFlags });
+    const { traceparent } = inject(fast!, ctx);
+    assert.equal(traceparent, `00-${TRACE_ID}-${SPAN_ID}-${traceFlags.toString(16)}`);
+    assert.equal(extract(fast!, { traceparent: traceparent! })?.traceFlags, traceFlags);
+  }
+});
+
 test('both propagators read the same span context from the same headers', () => {
   const carriers: Carrier[] = [
     { traceparent: CANONICAL },

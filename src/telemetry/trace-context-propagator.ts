@@ -104,8 +104,11 @@ export class TraceContextPropagator implements TextMapPropagator {
   inject(ctx: Context, carrier: unknown, setter: TextMapSetter): void {
     const spanContext = trace.getSpanContext(ctx);
     if (!spanContext || isTracingSuppressed(ctx) || !isSpanContextValid(spanContext)) return;
-    const flags = Number(spanContext.traceFlags || TraceFlags.NONE).toString(16);
-    setter.set(carrier, TRACEPARENT_HEADER, `00-${spanContext.traceId}-${spanContext.spanId}-0${flags}`);
+    // Two hex digits, whatever the flags: core writes `-0${hex}`, which for flags of 0x10 and up
+    // (a caller's flags passed through unsampled or untraced) is a 56-character traceparent every
+    // parser rejects, and the next hop started a trace of its own.
+    const flags = (Number(spanContext.traceFlags || TraceFlags.NONE) & 0xff).toString(16).padStart(2, '0');
+    setter.set(carrier, TRACEPARENT_HEADER, `00-${spanContext.traceId}-${spanContext.spanId}-${flags}`);
     if (spanContext.traceState) setter.set(carrier, TRACESTATE_HEADER, spanContext.traceState.serialize());
   }
 
