@@ -181,6 +181,36 @@ test('bounded: at most maxQueueSize spans buffered or in flight, the rest droppe
   );
 });
 
+test('at most maxQueueSize / maxExportBatchSize exports wait for the collector; a batch due meanwhile waits its turn', async () => {
+  // A slow collector and a short delay: each delay would otherwise start one more export.
+  const delivery = recordingDelivery();
+  const reports: string[] = [];
+  const report = (message: string) => reports.push(message) > 0;
+  const { make } = tracerWith(
+    new EagerOtlpSpanProcessor(
+      delivery,
+      limits({ maxQueueSize: 6, maxExportBatchSize: 2, scheduledDelayMillis: 5 }),
+      report,
+    ),
+  );
+  for (let i = 1; i <= 3; i++) {
+    make(1);
+    await until(() => delivery.sent.length === i, `partial batch ${i} exported after the delay`);
+  }
+  make(2); // a full batch, due at once, while the bound of 3 exports wait
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(delivery.sent.length, 3, 'held back, not a fourth export');
+  make(1); // the held batch is full: this span is dropped, the batch never exceeds its size
+  delivery.sent[0]!.answer(ExportResultCode.SUCCESS);
+  assert.deepEqual(
+    delivery.sent.map((s) => s.request.spanCount),
+    [1, 1, 1, 2],
+    'the held batch leaves as soon as one export is answered',
+  );
+  assert.deepEqual(reports, ['1 spans dropped with the span queue full (OTEL_BSP_MAX_QUEUE_SIZE 6)']);
+  for (const s of delivery.sent.slice(1)) s.answer(ExportResultCode.SUCCESS);
+});
+
 test('failed exports are reported with their span count; a rate-limited report carries the count over', () => {
   const delivery = recordingDelivery();
   const reports: string[] = [];

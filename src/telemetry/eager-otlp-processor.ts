@@ -13,8 +13,11 @@
 // official OTLP/protobuf exporter uses, so OTEL_EXPORTER_OTLP_* headers, timeout, compression and
 // retries behave exactly as they do there.
 //
-// Bounds: at most `maxQueueSize` spans are buffered or in flight; past that, spans are dropped and
-// counted, never queued without limit. Lost spans are never silent: dropped spans and failed
+// Bounds: at most `maxQueueSize` spans are buffered or in flight, and at most maxQueueSize /
+// maxExportBatchSize exports (4 at the defaults) are in flight: a batch due while that many wait
+// for the collector is held until one is answered (a slow collector would otherwise collect one
+// export per schedule delay, each with its own request buffer, until the exporter's own limit
+// failed them). Past either bound spans are dropped and counted, never queued without limit. Lost spans are never silent: dropped spans and failed
 // exports are reported (one stderr line at most every 30 s by default, with the counts since the
 // last line), since nothing else would tell an operator that traces are missing. Exports run in the root
 // context, so the exporter's sockets never hold on to a user's trace.
@@ -103,6 +106,11 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
   /** Spans handed to the delivery and not answered yet. */
   private inFlight = 0;
   private readonly exports = new Set<Promise<void>>();
+  private readonly maxConcurrentExports: number;
+  /** Exports handed to the delivery and not answered yet (counted at once, unlike `exports`). */
+  private exportsInFlight = 0;
+  /** A batch was due while `maxConcurrentExports` were in flight: sent when one is answered. */
+  private exportHeldBack = false;
   private resourcesSettling: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** Spans lost since the last report, and why. */
@@ -117,14 +125,20 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
     private readonly delivery: IOtlpExportDelegate<EncodedTraceRequest>,
     private readonly limits: BatchLimits,
     private readonly report: TracingProblemReporter = stderrReporter(),
-  ) {}
+  ) {
+    this.maxConcurrentExports = Math.max(1, Math.ceil(limits.maxQueueSize / limits.maxExportBatchSize));
+  }
 
   onStart(): void {}
 
   onEnd(span: ReadableSpan): void {
     if (this.shuttingDown !== undefined) return;
     if ((span.spanContext().traceFlags & TraceFlags.SAMPLED) === 0) return;
-    if (this.batch.count + this.inFlight >= this.limits.maxQueueSize) {
+    // A full batch still here is held back (exports at their bound, or resources settling).
+    if (
+      this.batch.count + this.inFlight >= this.limits.maxQueueSize ||
+      this.batch.count >= this.limits.maxExportBatchSize
+    ) {
       // Counted here, told when the next export is answered (cheap while overloaded).
       this.dropped++;
       return;
@@ -145,9 +159,14 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
 
   /** Sends what is buffered; resolves when every export so far has been answered. */
   async forceFlush(): Promise<void> {
-    this.exportBatch();
-    await this.resourcesSettling;
-    await Promise.all(this.exports);
+    // Two rounds: the exports in flight (and the batch, unless they are at their bound), then the
+    // batch the bound held back, which leaves as soon as one of them is answered.
+    for (let round = 0; round < 2; round++) {
+      this.exportBatch();
+      await this.resourcesSettling;
+      if (this.exports.size === 0) break;
+      await Promise.all(this.exports);
+    }
     await this.delivery.forceFlush();
   }
 
@@ -185,6 +204,10 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
     clearTimeout(this.timer);
     this.timer = undefined;
     if (this.batch.count === 0 || this.resourcesSettling !== undefined) return;
+    if (this.exportsInFlight >= this.maxConcurrentExports) {
+      this.exportHeldBack = true;
+      return;
+    }
     // A resource with async attributes (from detectors) cannot be encoded until they settle.
     const pending = this.batch.resources().filter((r) => r.asyncAttributesPending);
     if (pending.length > 0) {
@@ -200,10 +223,12 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
       bytes: this.batch.takeRequest(writer),
     };
     this.inFlight += request.spanCount;
+    this.exportsInFlight++;
     const answered = new Promise<void>((resolve) => {
       withRootContext(() =>
         this.delivery.export(request, (result: ExportResult) => {
           this.inFlight -= request.spanCount;
+          this.exportsInFlight--;
           // Only an answered request is surely done with its bytes: after a failure (a timeout
           // among them) the socket might still be reading them, so that buffer is left to the GC.
           if (result.code === ExportResultCode.SUCCESS) this.spareRequestWriters.push(writer);
@@ -213,6 +238,10 @@ export class EagerOtlpSpanProcessor implements SpanProcessor {
           }
           this.reportLosses();
           resolve();
+          if (this.exportHeldBack) {
+            this.exportHeldBack = false;
+            withRootContext(() => this.exportBatch());
+          }
         }),
       );
     });
