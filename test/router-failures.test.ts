@@ -229,3 +229,39 @@ describe('a client that leaves before its response finished', () => {
     assert.equal(await metricValue(traced, 'kvroute_http_requests_total', { status: '499' }), 2);
   });
 });
+
+describe('a request refused before it is routed', () => {
+  let traced: TestRouter;
+  before(async () => {
+    traced = await startRouter({}, true);
+  });
+  after(async () => {
+    await traced?.router.close();
+  });
+
+  test('its http-request span says how it ended (error) and for which model', async () => {
+    const refused = [
+      // No worker at all: 503 no_workers, from the routing stage.
+      { id: 'refused-503', body: { model: 'nope', prompt: 'hi' }, status: 503 },
+      // Bad input: 400 from the parse stage.
+      { id: 'refused-400', body: { model: MODEL, prompt: 'hi', max_tokens: -1 }, status: 400 },
+    ];
+    for (const { id, body, status } of refused) {
+      const res = await fetch(`${traced.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-request-id': id },
+        body: JSON.stringify(body),
+      });
+      assert.equal(res.status, status);
+      const span = await waitFor(() =>
+        traced.exporter
+          .getFinishedSpans()
+          .find((s) => s.name === 'http-request' && s.attributes['kvroute.request_id'] === id),
+      );
+      assert.equal(span.attributes['kvroute.outcome'], 'error', id);
+      assert.equal(span.attributes['kvroute.model'], body.model, id);
+      assert.equal(span.attributes['http.response.status_code'], status, id);
+      assert.equal(span.events.filter((e) => e.name === 'exception').length, 1, id);
+    }
+  });
+});

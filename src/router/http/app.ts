@@ -191,7 +191,17 @@ export function createApp(deps: AppDeps): FastifyInstance {
   app.setErrorHandler((err, request, reply) => {
     const e = toHttpError(err);
     if (e.code === 'internal_error') request.log.error({ err, request_id: request.id }, 'internal error');
-    traces.get(request)?.span.recordException(e);
+    const span = traces.get(request)?.span;
+    if (span?.isRecording()) {
+      span.recordException(e);
+      // A request refused before the pipeline finished it (bad input, unknown model, no worker,
+      // no capacity) has no other place that says how it ended and for which model.
+      const model = (request.body as { model?: unknown } | undefined)?.model;
+      span.setAttributes({
+        'kvroute.outcome': e.code === 'client_closed' ? 'cancelled' : 'error',
+        ...(typeof model === 'string' ? { 'kvroute.model': model } : {}),
+      });
+    }
     if (e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
     reply.status(e.status).send(e.toJSON());
   });
