@@ -57,7 +57,7 @@ export async function handleInference(
   const request = parseStage(deps, call.body, call.endpoint);
   // Bookings and worker request ids need a unique key; a client may reuse its x-request-id.
   const requestId = randomUUID();
-  const routed = routeStage(deps, request, requestId, call.requestId ?? requestId);
+  const routed = routeStage(deps, request, requestId, call.requestId ?? requestId, call.abort);
   const plan = routed instanceof Promise ? await routed : routed;
   const admission = Admission.admit(deps.fleet, limit, plan);
   const span = trace.getActiveSpan();

@@ -6,6 +6,7 @@ import { context, trace } from '@opentelemetry/api';
 import { KvrouteError } from '../../errors.js';
 import { type BlockKeys, localBlockKeys } from '../../kv-index/index.js';
 import { recordFailure } from '../../telemetry/index.js';
+import type { RequestAbort } from '../execute/request-abort.js';
 import type { ExecutionPlan, RoutingInput, WorkerDecision } from '../execute/types.js';
 import { type EndpointKind, type NormalizedRequest, parseInferenceRequest } from '../openai/request.js';
 import type { Worker } from '../registry/index.js';
@@ -109,12 +110,18 @@ export function routeStage(
   request: NormalizedRequest,
   requestId: string,
   httpRequestId: string = requestId,
+  abort?: RequestAbort,
 ): ExecutionPlan | Promise<ExecutionPlan> {
   // Synchronous when the prompt was tokenized inline (token ids, short text): no promise of its
   // own per request (each also runs the async-context hooks).
   const tokenized = tokenizeStage(deps, request);
   if (Array.isArray(tokenized)) return planRoute(deps, request, tokenized, requestId, httpRequestId);
-  return tokenized.then((tokenIds) => planRoute(deps, request, tokenIds, requestId, httpRequestId));
+  return tokenized.then((tokenIds) => {
+    // The client may have left while a long prompt was tokenized off the event loop: routing it
+    // now would start spans under a request span already ended and send a prefill nobody waits for.
+    if (abort?.aborted) throw abort.reason;
+    return planRoute(deps, request, tokenIds, requestId, httpRequestId);
+  });
 }
 
 function planRoute(
