@@ -89,6 +89,13 @@ describe('sequential mode with a slow prefill worker', () => {
     await waitFor(() => idle(r, prefill, decode));
     const stats = await workerCall<WorkerStats>(prefill.address, 'stats');
     assert.equal(stats.cancelled, 1, 'the prefill was cancelled on the worker, not run to the end');
+    // The leg was cancelled, not failed: no ERROR status, marked as handle_payload marks it.
+    const remote = await waitFor(() =>
+      r.exporter.getFinishedSpans().find((s) => s.name === 'remote_prefill'),
+    );
+    assert.equal(remote.attributes['kvroute.cancelled'], true);
+    assert.equal(remote.status.code, SpanStatusCode.UNSET);
+    assert.equal(remote.events.length, 0);
   });
 
   test('a prefill worker killed mid-prefill: the request completes through local prefill and the fallback is counted', async () => {

@@ -234,7 +234,10 @@ export class DisaggregatedExecutor implements Executor {
           });
           return res;
         } catch (err) {
-          recordFailure(span, err);
+          // The client leaving (or the router shutting down) cancels the leg; it did not fail.
+          // Marked as handle_payload marks it, so the trace tells a cancel from a failure.
+          if (ctx.abort.aborted) span.setAttribute('kvroute.cancelled', true);
+          else recordFailure(span, err);
           throw err;
         } finally {
           span.end();
