@@ -16,7 +16,13 @@ import {
   type ReadableSpan,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
-import { decodeJson, encodeJson, RequestPlaneClient, RequestPlaneServer } from '../src/tcp/index.js';
+import {
+  decodeJson,
+  encodeJson,
+  RequestPlaneClient,
+  RequestPlaneServer,
+  TransportError,
+} from '../src/tcp/index.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
 import { markersSeenByNewResources } from './trace-helpers.js';
 
@@ -186,6 +192,39 @@ test('a caller that stops reading early ends the client span as cancelled; so do
   assert.equal(missing!.attributes['kvroute.outcome'], 'error');
   assert.equal(missing!.attributes['kvroute.remote_code'], 'not_found');
 });
+
+test('a call the caller ends for a failure of its own is an error on its span, not a cancel', async () => {
+  reset();
+  // A stream the caller gives up on (a silent stream, an unreadable chunk): cancel with a failure.
+  const it = client.stream(server.address, 'endless', Buffer.alloc(0))[Symbol.asyncIterator]();
+  await it.next();
+  it.cancel(new TransportError('timeout', 'silent for 800 ms'));
+  await assert.rejects(it.next(), /silent for 800 ms/);
+  const [silent] = finished(clientSide, 'request_plane endless');
+  assert.equal(silent!.attributes['kvroute.outcome'], 'error');
+  assert.equal(silent!.attributes['kvroute.error_kind'], 'timeout');
+  assert.equal(silent!.status.code, SpanStatusCode.ERROR);
+  await serverSpanEnded();
+
+  // A unary answer larger than the caller holds.
+  reset();
+  const small = new RequestPlaneClient({ maxFrameBytes: 1024, tracer: clientSide.tracer });
+  try {
+    await assert.rejects(small.unary(server.address, 'endless', Buffer.alloc(0)), /exceeds 1024 bytes/);
+  } finally {
+    await small.close();
+  }
+  const [big] = finished(clientSide, 'request_plane endless');
+  assert.equal(big!.attributes['kvroute.outcome'], 'error');
+  assert.equal(big!.attributes['kvroute.error_kind'], 'protocol_error');
+  await serverSpanEnded();
+});
+
+/** The server saw a cancel: its handler (and span) ends, before the spans are reset again. */
+async function serverSpanEnded(): Promise<void> {
+  for (let i = 0; i < 200 && finished(serverSide, 'handle_payload').length === 0; i++) await sleep(5);
+  assert.equal(finished(serverSide, 'handle_payload')[0]?.attributes['kvroute.cancelled'], true);
+}
 
 test('an iterable that is never iterated starts no span', async () => {
   reset();

@@ -100,9 +100,10 @@ export class ChunkIterator implements ChunkStream, StreamHandler {
     return Promise.resolve(DONE);
   }
 
+  /** Ends the call from outside a pull with `err`: a `cancelled` one is the caller's cancel, any other a failure. */
   cancel(err: TransportError): void {
     if (this.ended || this.error !== undefined) return;
-    this.handle.cancel();
+    this.handle.cancel(err.kind === 'cancelled' ? undefined : err);
     this.onError(err);
   }
 
@@ -128,10 +129,11 @@ export class UnaryCollector implements StreamHandler {
   onData(chunk: Buffer): void {
     this.total += chunk.length;
     if (this.total > this.maxBytes) {
-      this.handle.cancel();
+      const err = new TransportError('protocol_error', `unary answer exceeds ${this.maxBytes} bytes`);
+      this.handle.cancel(err);
       this.first = undefined;
       this.more = undefined;
-      this.reject(new TransportError('protocol_error', `unary answer exceeds ${this.maxBytes} bytes`));
+      this.reject(err);
       return;
     }
     // The first chunk usually ends the answer in the same read: kept as a view. Later ones wait

@@ -31,8 +31,13 @@ export interface StreamHandler {
 export interface StreamHandle {
   /** The caller consumed `bytes` of response data; the server may send that much more. */
   grant(bytes: number): void;
-  /** Abandons the stream: the server's handler sees its AbortSignal fire; no more callbacks. */
-  cancel(): void;
+  /**
+   * Abandons the stream: the server's handler sees its AbortSignal fire; no more callbacks.
+   * `failure`: the caller ends it because of a failure on its side (a stream gone silent, an
+   * answer it cannot read or hold), which the request-plane client span records as an error
+   * rather than a cancellation. The server sees a cancel either way.
+   */
+  cancel(failure?: TransportError): void;
 }
 
 export type DispatchFn = (req: DispatchRequest, handler: StreamHandler) => StreamHandle;

@@ -118,8 +118,9 @@ export class ClientSpanGuard implements StreamHandler, StreamHandle {
     this.handle?.grant(bytes);
   }
 
-  cancel(): void {
-    this.finish('cancelled');
+  cancel(failure?: TransportError): void {
+    if (failure === undefined) this.finish('cancelled');
+    else this.finish('error', failure);
     this.handle?.cancel();
   }
 

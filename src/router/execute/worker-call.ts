@@ -186,8 +186,9 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
       return;
     }
     this.#idled = true;
+    // A timeout, not a cancel: the call failed (the client gets a 504), and its span says so.
     this.#chunks!.cancel(
-      new TransportError('cancelled', `call to '${ENDPOINTS.generate}' cancelled by the idle bound`),
+      new TransportError('timeout', `call to '${ENDPOINTS.generate}' silent for ${bound} ms`),
     );
   };
 
@@ -204,8 +205,12 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
     try {
       return { value: decodeJson<GenerateChunk>(result.value), done: false };
     } catch (err) {
-      // As `for await` would on a throw in its body: cancel the remote stream, then fail.
-      void this.#chunks?.return?.();
+      // Cancel the remote stream as failed (its span records an error, not a cancel), then fail.
+      this.#chunks?.cancel(
+        new TransportError('protocol_error', `undecodable chunk from '${ENDPOINTS.generate}'`, {
+          cause: err,
+        }),
+      );
       throw this.#failure(err);
     }
   };
