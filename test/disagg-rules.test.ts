@@ -172,7 +172,7 @@ test('the prefill planner ends its spans failed when choosing throws (a policy e
     registry,
     policy: failing,
     tracer: provider.getTracer('test'),
-    metrics: new RouterMetrics({ workers: () => [], indexBlocks: () => 0 }),
+    metrics: new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 }),
     maxLocalPrefill: 0,
     enforceDisagg: false,
   });

@@ -123,12 +123,16 @@ describe('in-flight cap', () => {
     const reader = running.body!.getReader();
     await reader.read();
     assert.equal(router.inflight.active, 1);
+    const scrape = async () =>
+      (await (await fetch(`${router.url}/metrics`)).text()).match(/^kvroute_requests_in_flight (\d+)$/m)?.[1];
+    assert.equal(await scrape(), '1', 'the gauge an operator reads');
     const refused = await complete(router.url, { prompt: 'over the cap' });
     assert.equal(refused.status, 503);
     assert.equal(refused.headers.get('retry-after'), '1');
     assert.equal(((await refused.json()) as { error: { code: string } }).error.code, 'overloaded');
     abort.abort();
     await waitUntil(() => router.inflight.active === 0, 'the slot to be released');
+    assert.equal(await scrape(), '0');
     assert.equal((await complete(router.url, { prompt: 'under the cap again' })).status, 200);
   });
 });

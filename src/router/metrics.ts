@@ -10,6 +10,8 @@ import { type HistogramSeries, RequestHistogram } from './request-histogram.js';
 export interface MetricsSources {
   workers(): Iterable<{ id: string; activePrefillTokens: number; activeDecodeBlocks: number }>;
   indexBlocks(): number;
+  /** Requests admitted and not finished (the --max-inflight count). */
+  inflight(): number;
 }
 
 const LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -127,6 +129,14 @@ export class RouterMetrics {
       collect() {
         this.reset();
         for (const w of sources.workers()) this.set({ worker_id: w.id }, w.activeDecodeBlocks);
+      },
+    });
+    new Gauge({
+      name: 'kvroute_requests_in_flight',
+      help: 'Inference requests admitted and not finished (bounded by --max-inflight)',
+      registers,
+      collect() {
+        this.set(sources.inflight());
       },
     });
     new Gauge({

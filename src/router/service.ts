@@ -79,6 +79,7 @@ export async function createRouter(
         activeDecodeBlocks: w.load.activeDecodeBlocks,
       })),
     indexBlocks: () => fleet?.indexBlocks() ?? 0,
+    inflight: () => inflight.active,
   });
   let closing = false;
   const app = createApp({ config, metrics, tracer: telemetry.tracer, isClosing: () => closing });
