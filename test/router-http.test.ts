@@ -291,10 +291,12 @@ describe('bad inference input', () => {
 });
 
 describe('no workers', () => {
-  test('inference without any registered worker -> 503 no_workers', async () => {
+  test('inference without any registered worker -> 503 no_workers, retry in 1 s', async () => {
     const r = await post('/v1/completions', { model: 'mock-llm', prompt: 'hi' });
     assert.equal(r.status, 503);
     assertOpenAIError(r.json, 'no_workers');
+    // Workers register within seconds of a router restart: the client is told when to come back.
+    assert.equal(r.res.headers.get('retry-after'), '1');
   });
 });
 
@@ -331,6 +333,7 @@ describe('/metrics', () => {
       ['kvroute_worker_active_prefill_tokens', 'gauge'],
       ['kvroute_worker_active_decode_blocks', 'gauge'],
       ['kvroute_index_blocks', 'gauge'],
+      ['kvroute_requests_in_flight', 'gauge'],
       ['kvroute_kv_events_applied_total', 'counter'],
       ['kvroute_kv_events_rejected_total', 'counter'],
       ['kvroute_kv_resyncs_total', 'counter'],

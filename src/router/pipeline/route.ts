@@ -23,7 +23,8 @@ export function parseStage(deps: PipelineDeps, body: unknown, endpoint: Endpoint
   const req = parseInferenceRequest(body, endpoint, deps.limits);
   const { registry } = deps.fleet;
   if (!registry.models().includes(req.model)) {
-    if (registry.size === 0) throw new KvrouteError('no_workers', 'no workers are registered');
+    if (registry.size === 0)
+      throw new KvrouteError('no_workers', 'no workers are registered', { retryAfterSeconds: 1 });
     throw new KvrouteError('model_not_found', `model '${req.model}' is not served by any worker`, {
       param: 'model',
     });

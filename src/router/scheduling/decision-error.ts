@@ -1,5 +1,6 @@
 // Turns a decision that selected nothing into the error the HTTP layer renders: 503 with
-// Retry-After for `overloaded`, 503 for `no_workers`. One place, so every route answers alike.
+// Retry-After for both, `overloaded` and `no_workers` (workers register within seconds of a
+// router restart: a client told when to retry does not spin). One place, so every route answers alike.
 
 import { KvrouteError } from '../../errors.js';
 import type { NoWorkersDecision, OverloadedDecision } from './types.js';
@@ -15,5 +16,5 @@ export function decisionError(
       { retryAfterSeconds: decision.retryAfterSeconds },
     );
   }
-  return new KvrouteError('no_workers', `no ${what} registered for this model`);
+  return new KvrouteError('no_workers', `no ${what} registered for this model`, { retryAfterSeconds: 1 });
 }
