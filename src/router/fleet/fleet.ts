@@ -174,7 +174,10 @@ export class Fleet {
         void this.opts.client.closeAddress(worker.address);
       else this.opts.client.closeIfIdle(worker.address);
     }
-    this.opts.log.info(
+    // A lease that ran out means a worker went silent (hung, partitioned, overloaded): an operator
+    // must hear of it at the default level, as of an unreachable one. Leaving on its own is routine.
+    const level = reason === 'lease_expired' ? 'warn' : 'info';
+    this.opts.log[level](
       { event: 'worker_removed', worker_id: worker.id, address: worker.address, reason },
       'worker removed',
     );

@@ -105,7 +105,9 @@ export function createApp(deps: AppDeps): FastifyInstance {
       const given = raw.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     },
-    return503OnClosing: true,
+    // Our onRequest hook answers requests that arrive while closing (503 shutting_down, OpenAI's
+    // error shape, Retry-After); fastify's own answer has neither.
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
   });
   registerJsonBodyParser(app, config.bodyLimit);
