@@ -137,6 +137,15 @@ function failingPrefill(): RequestPlaneServer {
   });
 }
 
+/** An address nothing listens on: every call sent there fails to connect (retryable). */
+async function deadAddress(): Promise<string> {
+  const gone = new RequestPlaneServer();
+  await gone.listen(0);
+  const address = gone.address;
+  await gone.close();
+  return address;
+}
+
 /** Registers a stand-in request-plane server as a prefill (or decode) worker (no KV events); returns its id. */
 async function registerStandIn(
   r: TestRouter,
@@ -154,12 +163,7 @@ describe('sequential mode, the only decode worker unreachable', () => {
   before(async () => {
     r = await startRouter({ maxLocalPrefill: 64 });
     prefill = await spawnWorker(r, 'prefill', ['--speedup', '20']);
-    // An address nothing listens on: every generate sent there fails to connect (retryable).
-    const gone = new RequestPlaneServer();
-    await gone.listen(0);
-    const address = gone.address;
-    await gone.close();
-    decodeId = await registerStandIn(r, address, 'decode');
+    decodeId = await registerStandIn(r, await deadAddress(), 'decode');
   });
 
   after(async () => {
@@ -196,11 +200,7 @@ describe('a retry on another decode worker', () => {
   before(async () => {
     r = await startRouter({ policy: 'random' }, true);
     live = await spawnWorker(r, 'decode', ['--speedup', '20']);
-    const gone = new RequestPlaneServer();
-    await gone.listen(0);
-    const address = gone.address;
-    await gone.close();
-    ghostId = await registerStandIn(r, address, 'decode');
+    ghostId = await registerStandIn(r, await deadAddress(), 'decode');
   });
 
   after(async () => {
