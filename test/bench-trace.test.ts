@@ -137,7 +137,14 @@ test('replay summary: hit rate, per-worker spread with idle workers, ITL, timeli
 });
 
 test('stats and charts: nearest-rank percentile, nice ticks, SVG with title, axes and legend', () => {
-  assert.equal(percentile([1, 2, 3, 4], 0.5), 3);
+  // Nearest rank: ceil(q · n), 1-based. p50 of 4 is the 2nd; p99 of 100 is the 99th, not the max.
+  assert.equal(percentile([1, 2, 3, 4], 0.5), 2);
+  const hundred = Array.from({ length: 100 }, (_, i) => i + 1);
+  assert.equal(percentile(hundred, 0.99), 99);
+  assert.equal(percentile(hundred, 0.9), 90);
+  assert.equal(percentile(hundred, 1), 100);
+  assert.equal(percentile(hundred, 0), 1);
+  assert.equal(percentile([7], 0.5), 7);
   assert.equal(percentile([], 0.5), 0);
   assert.deepEqual(niceTicks(0, 1, 5), [0, 0.2, 0.4, 0.6, 0.8, 1]);
   const svg = lineChart({

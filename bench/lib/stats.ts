@@ -1,10 +1,15 @@
 // Summary statistics every bench reports: nearest-rank percentiles over sorted samples, mean,
 // median, coefficient of variation, a confidence interval for a median. One copy for all benches.
 
-/** The sample at rank floor(q · n) of an ascending-sorted array (clamped to the last); 0 when empty. */
+/**
+ * The nearest-rank q-th percentile of an ascending-sorted array: the smallest sample with at least
+ * q · n samples at or below it (rank ceil(q · n), 1-based); 0 when empty. So p99 of 100 samples is
+ * the 99th, not the maximum, and p50 of 4 is the 2nd.
+ */
 export function percentile(sorted: ArrayLike<number>, q: number): number {
   if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+  const rank = Math.ceil(q * sorted.length);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]!;
 }
 
 export function mean(values: ArrayLike<number>): number {
