@@ -78,6 +78,18 @@ function getGc(): () => void {
   return runInNewContext('gc') as () => void;
 }
 
+/**
+ * A block costs the index at least its two 64-bit hashes (16 bytes); a smaller reading means that
+ * dropping the index freed nothing measurable, a failed measurement, not a cheap index. Seen on
+ * this machine: 0 and 0.03 bytes per block in every config of --quick (dropping a 5 MB index read
+ * as 16 bytes freed; with an extra memoryUsage() call between, the same code read 50, 33 and 35),
+ * which passed the 120-byte goal. Until the measurement is reliable, such a reading is null and
+ * fails the goal.
+ */
+function plausibleBytesPerBlock(bytesPerBlock: number): number | null {
+  return bytesPerBlock >= 16 ? round2(bytesPerBlock) : null;
+}
+
 function memoryNow(gc: () => void): number {
   gc();
   gc();
@@ -100,7 +112,8 @@ interface ConfigResult {
   nodes: number;
   events: number;
   applyBlocksPerSec: number;
-  heapBytesPerBlock: number;
+  /** Null when the measurement failed (see plausibleBytesPerBlock). */
+  heapBytesPerBlock: number | null;
   approxBytesPerBlock: number;
   findMatches: Record<string, { p50Us: number; p99Us: number; meanMatchedBlocks: number }>;
 }
@@ -252,7 +265,7 @@ function runConfig(
     nodes: stats.nodes,
     events,
     applyBlocksPerSec: Math.round(stored / (Number(applyNs) / 1e9)),
-    heapBytesPerBlock: round2((withIndex - without) / stats.blocks),
+    heapBytesPerBlock: plausibleBytesPerBlock((withIndex - without) / stats.blocks),
     approxBytesPerBlock: round2(stats.approxBytes / stats.blocks),
     findMatches,
   };
@@ -353,7 +366,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   for (const c of configs) {
     const fm = (k: string) => `${c.findMatches[k]!.p50Us}/${c.findMatches[k]!.p99Us}`.padEnd(17);
     lines.push(
-      `${String(c.workers).padEnd(9)}${String(c.blocks).padEnd(10)}${String(c.nodes).padEnd(10)}${String(c.applyBlocksPerSec).padEnd(16)}${String(c.heapBytesPerBlock).padEnd(14)}${String(c.approxBytesPerBlock).padEnd(15)}${fm('1k')}${fm('8k')}${fm('32k')}`,
+      `${String(c.workers).padEnd(9)}${String(c.blocks).padEnd(10)}${String(c.nodes).padEnd(10)}${String(c.applyBlocksPerSec).padEnd(16)}${String(c.heapBytesPerBlock ?? 'failed').padEnd(14)}${String(c.approxBytesPerBlock).padEnd(15)}${fm('1k')}${fm('8k')}${fm('32k')}`,
     );
   }
   lines.push(
@@ -364,7 +377,10 @@ export async function run(options: ParsedOptions): Promise<number> {
   const goals = {
     findMatches8k64WorkersP99Us: at64?.findMatches['8k']?.p99Us ?? null,
     minApplyBlocksPerSec: Math.min(...configs.map((c) => c.applyBlocksPerSec)),
-    maxHeapBytesPerBlock: Math.max(...configs.map((c) => c.heapBytesPerBlock)),
+    // Any failed measurement fails the goal: a missing number is not a small one.
+    maxHeapBytesPerBlock: configs.some((c) => c.heapBytesPerBlock === null)
+      ? null
+      : Math.max(...configs.map((c) => c.heapBytesPerBlock as number)),
     hashing8kMedianUs: hash.localKeys8kUs,
   };
   const met = {
@@ -372,7 +388,7 @@ export async function run(options: ParsedOptions): Promise<number> {
       goals.findMatches8k64WorkersP99Us !== null &&
       goals.findMatches8k64WorkersP99Us <= GOALS.findMatchesP99Us,
     apply: goals.minApplyBlocksPerSec >= GOALS.applyBlocksPerSec,
-    bytesPerBlock: goals.maxHeapBytesPerBlock <= GOALS.bytesPerBlock,
+    bytesPerBlock: goals.maxHeapBytesPerBlock !== null && goals.maxHeapBytesPerBlock <= GOALS.bytesPerBlock,
     hashing: goals.hashing8kMedianUs <= GOALS.hashingMedianUs,
   };
   lines.push(
