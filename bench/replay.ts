@@ -17,7 +17,7 @@ import { startFleet } from './lib/fleet.js';
 import { Progress } from './lib/progress.js';
 import { type PolicySummary, type ReplayRecord, summarizeReplay } from './lib/replay-metrics.js';
 import { type PolicyRun, renderReport } from './lib/replay-report.js';
-import { round } from './lib/stats.js';
+import { extent, round } from './lib/stats.js';
 import { expandPrompt, parseTrace, type TraceRequest } from './lib/trace.js';
 
 const POLICIES = ['kv', 'round-robin', 'random'] as const;
@@ -109,7 +109,7 @@ async function replayPolicy(
     model: string;
   },
 ): Promise<{ run: PolicyRun; workerIds: string[] }> {
-  const maxPrompt = Math.max(...requests.map((r) => r.inputLength));
+  const maxPrompt = extent(requests.map((r) => r.inputLength))?.max ?? 0;
   const fleet = await startFleet({
     workers: o.workers,
     policy,

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { summarizeReplay } from '../bench/lib/replay-metrics.js';
-import { percentile } from '../bench/lib/stats.js';
+import { extent, percentile } from '../bench/lib/stats.js';
 import { barChart, lineChart, niceTicks } from '../bench/lib/svg-chart.js';
 import {
   expandPrompt,
@@ -146,6 +146,11 @@ test('stats and charts: nearest-rank percentile, nice ticks, SVG with title, axe
   assert.equal(percentile(hundred, 0), 1);
   assert.equal(percentile([7], 0.5), 7);
   assert.equal(percentile([], 0.5), 0);
+  // extent: one loop, so a large trace's 200k values do not overflow the stack as a spread did.
+  const many = Array.from({ length: 200_000 }, (_, i) => (i * 7919) % 200_003);
+  assert.deepEqual(extent(many), { min: 0, max: many.reduce((a, b) => Math.max(a, b)) });
+  assert.equal(extent([]), undefined);
+  assert.deepEqual(extent([3]), { min: 3, max: 3 });
   assert.deepEqual(niceTicks(0, 1, 5), [0, 0.2, 0.4, 0.6, 0.8, 1]);
   const svg = lineChart({
     title: 'T <1>',

@@ -3,7 +3,7 @@
 // in-flight requests per worker over time. Pure: records in, summary out.
 
 import type { CompletionTiming } from './completion-stream.js';
-import { coefficientOfVariation, type Distribution, distribution, round } from './stats.js';
+import { coefficientOfVariation, type Distribution, distribution, extent, round } from './stats.js';
 
 export interface ReplayRecord {
   /** ms from the replay's start to sending the request. */
@@ -83,8 +83,8 @@ export function summarizeReplay(
     w.requests++;
     w.promptTokens += timing.promptTokens ?? 0;
   }
-  const start = records.length === 0 ? 0 : Math.min(...records.map((r) => r.sentAt));
-  const end = records.length === 0 ? 0 : Math.max(...records.map((r) => r.sentAt + r.timing.totalMs));
+  const start = extent(records.map((r) => r.sentAt))?.min ?? 0;
+  const end = extent(records.map((r) => r.sentAt + r.timing.totalMs))?.max ?? 0;
   const durationMs = end - start;
   const perWorker = [...load.values()].sort((a, b) =>
     a.worker.localeCompare(b.worker, 'en', { numeric: true }),

@@ -12,6 +12,21 @@ export function percentile(sorted: ArrayLike<number>, q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]!;
 }
 
+/**
+ * The smallest and largest value, in one loop; undefined when empty. Not Math.min(...values): a
+ * spread passes every value as an argument and overflows the stack past ~125k (a replay of a
+ * large trace crashed there).
+ */
+export function extent(values: Iterable<number>): { min: number; max: number } | undefined {
+  let min = Number.POSITIVE_INFINITY;
+  let max = Number.NEGATIVE_INFINITY;
+  for (const v of values) {
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  return min <= max ? { min, max } : undefined;
+}
+
 export function mean(values: ArrayLike<number>): number {
   if (values.length === 0) return 0;
   let sum = 0;

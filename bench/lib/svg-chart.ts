@@ -2,6 +2,8 @@
 // and bar charts, each with a title, labelled axes with ticks, and a legend. Pure: data in, SVG
 // text out.
 
+import { extent } from './stats.js';
+
 const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf'];
 const FONT = 'font-family="system-ui, sans-serif"';
 
@@ -108,9 +110,10 @@ export function lineChart(o: LineChartOptions): string {
   const all = o.series.flatMap((s) => s.points);
   const tx = (x: number) => (o.logX ? Math.log10(Math.max(x, 1e-9)) : x);
   const xs = all.map(([x]) => tx(x));
-  const xMin = xs.length ? Math.min(...xs) : 0;
-  const xMax = xs.length ? Math.max(...xs) : 1;
-  const yMax = o.yMax ?? Math.max(1e-9, ...all.map(([, y]) => y));
+  const xRange = extent(xs);
+  const xMin = xRange?.min ?? 0;
+  const xMax = xRange?.max ?? 1;
+  const yMax = o.yMax ?? Math.max(1e-9, extent(all.map(([, y]) => y))?.max ?? 0);
   const span = xMax > xMin ? xMax - xMin : 1;
   const x = (v: number) => f.left + ((tx(v) - xMin) / span) * (f.right - f.left);
   const y = (v: number) => f.bottom - (v / yMax) * (f.bottom - f.top);
