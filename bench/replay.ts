@@ -15,9 +15,9 @@ import { UsageError } from '../src/errors.js';
 import { type CompletionTiming, streamCompletion } from './lib/completion-stream.js';
 import { startFleet } from './lib/fleet.js';
 import { Progress } from './lib/progress.js';
-import { type PolicySummary, type ReplayRecord, summarizeReplay } from './lib/replay-metrics.js';
+import { judgeReplay, type PolicySummary, type ReplayRecord, summarizeReplay } from './lib/replay-metrics.js';
 import { type PolicyRun, renderReport } from './lib/replay-report.js';
-import { extent, round } from './lib/stats.js';
+import { extent } from './lib/stats.js';
 import { expandPrompt, parseTrace, type TraceRequest } from './lib/trace.js';
 
 const POLICIES = ['kv', 'round-robin', 'random'] as const;
@@ -245,25 +245,12 @@ export async function run(options: ParsedOptions): Promise<number> {
 
   printTable(runs);
   const byPolicy = Object.fromEntries(runs.map((r) => [r.policy, jsonSummary(r.summary)]));
-  const kv = runs.find((r) => r.policy === 'kv')?.summary;
-  const rr = runs.find((r) => r.policy === 'round-robin')?.summary;
-  const comparison =
-    kv && rr
-      ? {
-          kvMeanTtftOverRoundRobin: rr.ttftMs.mean > 0 ? round(kv.ttftMs.mean / rr.ttftMs.mean, 3) : null,
-          kvHitRateOverRoundRobin: rr.kvHitRate > 0 ? round(kv.kvHitRate / rr.kvHitRate, 2) : null,
-        }
-      : null;
-  const goals = { kvMeanTtftOverRoundRobinAtMost: 1 / 3, kvHitRateOverRoundRobinAtLeast: 2 };
-  const met = comparison
-    ? {
-        ttft: comparison.kvMeanTtftOverRoundRobin !== null && comparison.kvMeanTtftOverRoundRobin <= 1 / 3,
-        hitRate:
-          comparison.kvHitRateOverRoundRobin === null
-            ? kv!.kvHitRate > 0
-            : comparison.kvHitRateOverRoundRobin >= 2,
-      }
-    : null;
+  const { comparison, goals, met, incomplete } = judgeReplay(runs, requests.length);
+  if (incomplete.length > 0) {
+    process.stdout.write(
+      `goals not met: ${incomplete.map((r) => `${r.policy} failed ${r.summary.errors} of ${requests.length} requests`).join('; ')}; means and hit rates leave failed requests out\n`,
+    );
+  }
   if (comparison) {
     process.stdout.write(
       `kv / round-robin: mean TTFT ${comparison.kvMeanTtftOverRoundRobin} (goal ≤ 0.333), hit rate ${comparison.kvHitRateOverRoundRobin}x (goal ≥ 2)\n`,

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { judgeReplay, type PolicySummary } from '../bench/lib/replay-metrics.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
 
@@ -95,4 +96,41 @@ test('replay --quick on a 10-line trace completes and reports every field', asyn
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('judgeReplay: a policy that failed requests does not meet the goals on the ones it served', () => {
+  const summary = (over: Partial<PolicySummary>): PolicySummary =>
+    ({
+      requests: 10,
+      completed: 10,
+      errors: 0,
+      ttftMs: { count: 10, mean: 100, p50: 100, p90: 100, p99: 100, max: 100 },
+      kvHitRate: 0.1,
+      ...over,
+    }) as PolicySummary;
+  const rr = { policy: 'round-robin', summary: summary({}) };
+  const fastKv = {
+    policy: 'kv',
+    summary: summary({ ttftMs: { count: 10, mean: 20, p50: 20, p90: 20, p99: 20, max: 20 }, kvHitRate: 0.5 }),
+  };
+  assert.deepEqual(judgeReplay([fastKv, rr], 10).met, { ttft: true, hitRate: true });
+  // The same numbers over the 4 requests kv did not fail: not met, and said why.
+  const failingKv = { policy: 'kv', summary: { ...fastKv.summary, completed: 4, errors: 6 } };
+  const judged = judgeReplay([failingKv, rr], 10);
+  assert.deepEqual(judged.met, { ttft: false, hitRate: false });
+  assert.deepEqual(
+    judged.incomplete.map((r) => r.policy),
+    ['kv'],
+  );
+  // Nothing served at all read as a mean TTFT of 0: infinitely better, before.
+  const deadKv = {
+    policy: 'kv',
+    summary: summary({
+      completed: 0,
+      errors: 10,
+      ttftMs: { count: 0, mean: 0, p50: 0, p90: 0, p99: 0, max: 0 },
+    }),
+  };
+  assert.equal(judgeReplay([deadKv, rr], 10).met?.ttft, false);
+  assert.equal(judgeReplay([fastKv], 10).met, null, 'no round-robin run: nothing to judge');
 });

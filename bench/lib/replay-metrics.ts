@@ -139,3 +139,49 @@ export function loadTimeline(
   }
   return { times, inFlight };
 }
+
+/** The replay's goals: kv's mean TTFT at most a third of round-robin's, its hit rate at least 2×. */
+export const REPLAY_GOALS = { kvMeanTtftOverRoundRobinAtMost: 1 / 3, kvHitRateOverRoundRobinAtLeast: 2 };
+
+/**
+ * kv against round-robin, and whether the goals are met (null without both policies). Means and
+ * hit rates cover completed requests only, so a policy that failed requests would be judged on
+ * the ones it did not fail (one that failed every request read a mean TTFT of 0): the goals are
+ * met only when both policies completed all `requests`; `incomplete` names the ones that did not.
+ */
+export function judgeReplay<R extends { policy: string; summary: PolicySummary }>(
+  runs: readonly R[],
+  requests: number,
+) {
+  const kv = runs.find((r) => r.policy === 'kv')?.summary;
+  const rr = runs.find((r) => r.policy === 'round-robin')?.summary;
+  const comparison =
+    kv && rr
+      ? {
+          kvMeanTtftOverRoundRobin: rr.ttftMs.mean > 0 ? round(kv.ttftMs.mean / rr.ttftMs.mean, 3) : null,
+          kvHitRateOverRoundRobin: rr.kvHitRate > 0 ? round(kv.kvHitRate / rr.kvHitRate, 2) : null,
+        }
+      : null;
+  const incomplete = comparison
+    ? runs.filter(
+        (r) =>
+          (r.policy === 'kv' || r.policy === 'round-robin') &&
+          (r.summary.errors > 0 || r.summary.completed < requests),
+      )
+    : [];
+  const met =
+    comparison && kv
+      ? incomplete.length > 0
+        ? { ttft: false, hitRate: false }
+        : {
+            ttft:
+              comparison.kvMeanTtftOverRoundRobin !== null &&
+              comparison.kvMeanTtftOverRoundRobin <= REPLAY_GOALS.kvMeanTtftOverRoundRobinAtMost,
+            hitRate:
+              comparison.kvHitRateOverRoundRobin === null
+                ? kv.kvHitRate > 0
+                : comparison.kvHitRateOverRoundRobin >= REPLAY_GOALS.kvHitRateOverRoundRobinAtLeast,
+          }
+      : null;
+  return { comparison, goals: REPLAY_GOALS, met, incomplete };
+}
