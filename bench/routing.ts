@@ -229,18 +229,66 @@ async function inProcessDecisions(iterations: number, sel: Selection): Promise<D
 
 // ---- over HTTP and end to end -------------------------------------------------------------------
 
+/** A child process of the bench that died on its own: reported as one line, exit 1. */
+class ChildExited extends Error {}
+
+const exitStatus = (code: number | null, signal: NodeJS.Signals | null) =>
+  signal !== null ? `signal ${signal}` : `code ${code}`;
+
+/**
+ * The child's first stdout line. Rejects with ChildExited if the child ends first: waiting on
+ * 'data' alone never settled then, node ran out of work and exited 0 with nothing printed.
+ */
+function firstLine(child: ChildProcess, name: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const cleanup = () => {
+      child.stdout!.off('data', onData);
+      child.off('close', onClose);
+      child.off('error', onError);
+    };
+    const onData = (chunk: Buffer) => {
+      out += chunk.toString();
+      const nl = out.indexOf('\n');
+      if (nl < 0) return;
+      cleanup();
+      resolve(out.slice(0, nl));
+    };
+    // 'close', not 'exit': stdout is drained by then, so a line printed just before dying counts.
+    const onClose = (code: number | null, signal: NodeJS.Signals | null) => {
+      cleanup();
+      reject(new ChildExited(`${name} exited (${exitStatus(code, signal)}) at start-up`));
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(new ChildExited(`${name}: ${err.message}`));
+    };
+    child.stdout!.on('data', onData);
+    child.on('close', onClose);
+    child.on('error', onError);
+  });
+}
+
+const hasExited = (child: ChildProcess) => child.exitCode !== null || child.signalCode !== null;
+
+/** SIGTERM (SIGKILL after 5 s) and wait, unless it is gone already: then 'exit' will never come again. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (hasExited(child)) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
 async function startZeroWorkers(count: number): Promise<{ child: ChildProcess; ports: number[] }> {
   const script = fileURLToPath(import.meta.url).replace(/routing\.(ts|js)$/, 'zero-worker.$1');
   const child = spawn(process.execPath, [...process.execArgv, script, String(count)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  let out = '';
-  while (!out.includes('\n')) {
-    const [chunk] = (await once(child.stdout!, 'data')) as [Buffer];
-    out += chunk.toString();
-  }
+  const line = await firstLine(child, 'the zero-latency workers');
   child.stdout!.resume();
-  return { child, ports: JSON.parse(out.trim()) as number[] };
+  return { child, ports: JSON.parse(line) as number[] };
 }
 
 /** One completions body per prompt variant. */
@@ -324,6 +372,17 @@ const atMost = (value: number | null, goal: number): boolean | null =>
   value === null ? null : value <= goal;
 
 export async function run(options: ParsedOptions): Promise<number> {
+  try {
+    return await measureAll(options);
+  } catch (err) {
+    // A child that died is the operator's to look at, not a bug here: one line, exit 1.
+    if (!(err instanceof ChildExited)) throw err;
+    process.stderr.write(`kvroute bench routing: ${err.message}\n`);
+    return 1;
+  }
+}
+
+async function measureAll(options: ParsedOptions): Promise<number> {
   const quick = options.quick === true;
   const iterations = quick ? Math.min(300, options.iterations as number) : (options.iterations as number);
   const durationMs = quick ? Math.min(3000, options.durationMs as number) : (options.durationMs as number);
@@ -348,17 +407,19 @@ export async function run(options: ParsedOptions): Promise<number> {
     ]);
     const agent = new Agent({ connections: Math.max(64, concurrency), keepAliveTimeout: 30_000 });
     const client = new RequestPlaneClient();
+    let failed: { err: unknown } | undefined;
     try {
+      const routerUrl = router.url;
       let registered: string[] = [];
       for (const workers of sel.workers) {
         if (!sel.http && workers !== 8) continue;
         for (const id of registered)
-          await request(`${router.url}/v1/workers/${id}`, { method: 'DELETE', dispatcher: agent }).then((r) =>
+          await request(`${routerUrl}/v1/workers/${id}`, { method: 'DELETE', dispatcher: agent }).then((r) =>
             r.body.dump(),
           );
         registered = [];
         for (let i = 0; i < workers; i++) {
-          const res = await request(`${router.url}/v1/workers`, {
+          const res = await request(`${routerUrl}/v1/workers`, {
             method: 'POST',
             dispatcher: agent,
             headers: { 'content-type': 'application/json' },
@@ -390,7 +451,7 @@ export async function run(options: ParsedOptions): Promise<number> {
           const warmPrompts = prompts(1024);
           const served = await throughput(
             agent,
-            router.url,
+            routerUrl,
             concurrency,
             quick ? 500 : 2000,
             completionBodies(warmPrompts),
@@ -404,11 +465,11 @@ export async function run(options: ParsedOptions): Promise<number> {
           const variants = prompts(promptTokens);
           const bodies = completionBodies(variants);
           const routeUs = await timed(iterations, async (i) => {
-            const status = await postJson(agent, `${router.url}/v1/route`, bodies[i % VARIANTS]!);
+            const status = await postJson(agent, `${routerUrl}/v1/route`, bodies[i % VARIANTS]!);
             if (status !== 200) throw new Error(`/v1/route answered ${status}`);
           });
           const routerE2eUs = await timed(iterations, async (i) => {
-            const status = await postJson(agent, `${router.url}/v1/completions`, bodies[i % VARIANTS]!);
+            const status = await postJson(agent, `${routerUrl}/v1/completions`, bodies[i % VARIANTS]!);
             if (status !== 200) throw new Error(`/v1/completions answered ${status}`);
           });
           let seq = 0;
@@ -433,17 +494,25 @@ export async function run(options: ParsedOptions): Promise<number> {
         if (workers === 8 && runThroughput) {
           log(`routing: throughput at c${concurrency} for ${durationMs} ms…`);
           const bodies = completionBodies(prompts(1024));
-          await throughput(agent, router.url, concurrency, Math.min(1000, durationMs), bodies); // warm-up
-          rate = await throughput(agent, router.url, concurrency, durationMs, bodies);
+          await throughput(agent, routerUrl, concurrency, Math.min(1000, durationMs), bodies); // warm-up
+          rate = await throughput(agent, routerUrl, concurrency, durationMs, bodies);
         }
       }
-    } finally {
-      await agent.close();
-      await client.close();
-      await router.stop();
-      zero.child.kill('SIGTERM');
-      await once(zero.child, 'exit');
+    } catch (err) {
+      failed = { err };
     }
+    await agent.close();
+    await client.close();
+    await router.stop();
+    // Workers that died mid-run are the cause of whatever failed above (refused connections,
+    // 5xx answers): report that. Waiting for their 'exit' again would never settle.
+    const died = hasExited(zero.child);
+    await stopChild(zero.child);
+    if (died)
+      throw new ChildExited(
+        `the zero-latency workers exited (${exitStatus(zero.child.exitCode, zero.child.signalCode)}) during the run`,
+      );
+    if (failed) throw failed.err;
   }
 
   const lines = [

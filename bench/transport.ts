@@ -71,6 +71,44 @@ interface BenchClient {
   close(): Promise<void>;
 }
 
+/** A server child that died on its own: reported as one line, exit 1. */
+class ChildExited extends Error {}
+
+/**
+ * The child's first stdout line. Rejects with ChildExited if the child ends first: waiting on
+ * 'data' alone never settled then, node ran out of work and exited 0 with nothing printed.
+ */
+function firstLine(child: ChildProcess, name: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const cleanup = () => {
+      child.stdout!.off('data', onData);
+      child.off('close', onClose);
+      child.off('error', onError);
+    };
+    const onData = (chunk: Buffer) => {
+      out += chunk.toString();
+      const nl = out.indexOf('\n');
+      if (nl < 0) return;
+      cleanup();
+      resolve(out.slice(0, nl));
+    };
+    // 'close', not 'exit': stdout is drained by then, so a line printed just before dying counts.
+    const onClose = (code: number | null, signal: NodeJS.Signals | null) => {
+      cleanup();
+      const status = signal !== null ? `signal ${signal}` : `code ${code}`;
+      reject(new ChildExited(`${name} exited (${status}) at start-up`));
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(new ChildExited(`${name}: ${err.message}`));
+    };
+    child.stdout!.on('data', onData);
+    child.on('close', onClose);
+    child.on('error', onError);
+  });
+}
+
 async function startServer(kind: Kind, chunks: number, chunkBytes: number) {
   const self = fileURLToPath(import.meta.url);
   const script = self.replace(/transport\.(ts|js)$/, 'transport-server.$1');
@@ -81,14 +119,17 @@ async function startServer(kind: Kind, chunks: number, chunkBytes: number) {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
   );
-  const [line] = (await once(child.stdout!, 'data')) as [Buffer];
-  return { child, port: Number(line.toString().trim()) };
+  const line = await firstLine(child, `the ${kind} server`);
+  child.stdout!.resume();
+  return { child, port: Number(line.trim()) };
 }
 
+/** SIGTERM and wait, unless it is gone already (killed, crashed): then 'exit' will never come again. */
 async function stopServer(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
   child.kill('SIGTERM');
-  await once(child, 'exit');
+  await exited;
 }
 
 function tcpClient(port: number): BenchClient {
@@ -264,6 +305,17 @@ async function measure(kind: Kind, o: Record<string, number>): Promise<Transport
 }
 
 export async function run(options: ParsedOptions): Promise<number> {
+  try {
+    return await measureAll(options);
+  } catch (err) {
+    // A server child that died is the operator's to look at, not a bug here: one line, exit 1.
+    if (!(err instanceof ChildExited)) throw err;
+    process.stderr.write(`kvroute bench transport: ${err.message}\n`);
+    return 1;
+  }
+}
+
+async function measureAll(options: ParsedOptions): Promise<number> {
   const o = options as Record<string, number>;
   const kinds = commaList<Kind>(options.transports, 'transports', ['tcp', 'http', 'raw']);
   const results = {} as Record<Kind, TransportResult>;

@@ -1,10 +1,15 @@
 // `kvroute bench tracing`: its median interval (exact coverage, checked against a direct binomial
 // sum and by simulation) and one short run as a process (compiled, from dist/): three fleets
 // loaded, every mode answered, the export batch size applied, and the JSON line the operator reads.
+// Also `bench routing` and `bench transport` as processes: a child that dies (or a router that
+// cannot start) is one line and exit 1 with no child left, and transport's JSON keys.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { goalVerdict, median, medianConfidenceInterval } from '../bench/lib/stats.js';
 import { seededRng } from '../src/util/seeded-rng.js';
@@ -150,4 +155,107 @@ test('a short run prints every mode and the JSON line', async () => {
   assert.equal(report.modes[3].sink_exports, 0); // the control is untraced
   assert.equal(report.goals.full_verdict, 'unresolved');
   assert.equal(report.in_process, null);
+});
+
+// ---- `bench routing` and `bench transport`: a child process that dies, and the JSON keys --------
+// These benches have no test file of their own (test:unit lists its files by name); they run here
+// beside the other bench-through-the-CLI test, each as small as the bench allows. A preload
+// (NODE_OPTIONS --require, inherited by the bench's children) records or ends the child at issue.
+
+interface BenchRun {
+  code: number | null;
+  out: string;
+  err: string;
+}
+
+async function runBench(
+  dir: string,
+  args: string[],
+  preload: string,
+  opts: { env?: Record<string, string>; onStderr?: (err: string) => void } = {},
+): Promise<BenchRun> {
+  const script = join(dir, 'preload.cjs');
+  await writeFile(script, preload.replaceAll('$DIR', JSON.stringify(dir)));
+  const child = spawn(process.execPath, [CLI_MAIN, 'bench', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...opts.env, NODE_OPTIONS: `--require ${script}`, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+    out += s;
+  });
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => {
+    err += s;
+    opts.onStderr?.(err);
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000); // a hang fails the test, not the run
+  const [code] = await once(child, 'exit');
+  clearTimeout(timer);
+  return { code, out, err };
+}
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'kvroute-bench-child-'));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** In the zero-latency workers' process: write its pid to $DIR/zero.pid. */
+const RECORD_ZERO_PID = `if (/zero-worker\\.js$/.test(process.argv[1] ?? ''))
+  require('node:fs').writeFileSync(require('node:path').join($DIR, 'zero.pid'), String(process.pid));\n`;
+/** In the process of `script`: exit with code 3 before anything is printed. */
+const dieIn = (script: string) => `if (process.argv[1]?.endsWith('/${script}')) process.exit(3);\n`;
+
+const lastLine = (text: string) => text.trim().split('\n').at(-1)!;
+const ROUTING = ['routing', '--parts', 'http', '--workers', '8', '--prompt-tokens', '1024', '--quick'];
+const TINY_ROUTING = [...ROUTING, '--iterations', '10', '--concurrency', '2', '--json'];
+const TINY_TRANSPORT = ['transport', '--duration-ms', '100', '--warmup-ms', '0', '--stream-chunks', '4'];
+
+test('bench routing: zero-latency workers killed mid-run are one line, exit 1 (it was a silent exit 0)', async () => {
+  await withDir(async (dir) => {
+    let killed = false;
+    const { code, out, err } = await runBench(dir, TINY_ROUTING, RECORD_ZERO_PID, {
+      onStderr: (text) => {
+        // Registered and warming up: kill the workers under the running bench.
+        if (killed || !text.includes('warming the router')) return;
+        killed = true;
+        void readFile(join(dir, 'zero.pid'), 'utf8').then((pid) => process.kill(Number(pid), 'SIGKILL'));
+      },
+    });
+    assert.ok(killed, err);
+    assert.equal(code, 1, err);
+    assert.equal(
+      lastLine(err),
+      'kvroute bench routing: the zero-latency workers exited (signal SIGKILL) during the run',
+    );
+    assert.equal(out, '');
+  });
+});
+
+test('bench routing: zero-latency workers that die before their ports are one line, exit 1', async () => {
+  await withDir(async (dir) => {
+    const { code, err } = await runBench(dir, TINY_ROUTING, dieIn('zero-worker.js'));
+    assert.equal(code, 1, err);
+    assert.equal(
+      lastLine(err),
+      'kvroute bench routing: the zero-latency workers exited (code 3) at start-up',
+    );
+  });
+});
+
+test('bench transport: a server that dies before its port is one line, exit 1', async () => {
+  await withDir(async (dir) => {
+    const { code, out, err } = await runBench(
+      dir,
+      [...TINY_TRANSPORT, '--transports', 'tcp', '--json'],
+      dieIn('transport-server.js'),
+    );
+    assert.equal(code, 1, err);
+    assert.equal(lastLine(err), 'kvroute bench transport: the tcp server exited (code 3) at start-up');
+    assert.equal(out, '');
+  });
 });
