@@ -371,6 +371,12 @@ async function throughput(
 const atMost = (value: number | null, goal: number): boolean | null =>
   value === null ? null : value <= goal;
 
+/** An error's message on one line (the router's death message carries its stderr tail). */
+function oneLine(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  return text.trim().replace(/\s*\n\s*/g, ' | ');
+}
+
 export async function run(options: ParsedOptions): Promise<number> {
   try {
     return await measureAll(options);
@@ -397,18 +403,23 @@ async function measureAll(options: ParsedOptions): Promise<number> {
   if (sel.http || runThroughput) {
     log('routing: starting a router and zero-latency workers…');
     const zero = await startZeroWorkers(Math.max(...sel.workers));
-    const router = await startRouter([
-      '--policy',
-      'kv',
-      '--lease-ttl-ms',
-      '3600000',
-      '--block-size',
-      String(BLOCK_SIZE),
-    ]);
+    let router: Awaited<ReturnType<typeof startRouter>> | undefined;
     const agent = new Agent({ connections: Math.max(64, concurrency), keepAliveTimeout: 30_000 });
     const client = new RequestPlaneClient();
     let failed: { err: unknown } | undefined;
     try {
+      // Inside the try: a router that fails to start (a bad KVROUTE_* option, say) must still stop
+      // the zero-latency workers, or their server handles keep this process (and them) alive.
+      router = await startRouter([
+        '--policy',
+        'kv',
+        '--lease-ttl-ms',
+        '3600000',
+        '--block-size',
+        String(BLOCK_SIZE),
+      ]).catch((err: unknown) => {
+        throw new ChildExited(oneLine(err));
+      });
       const routerUrl = router.url;
       let registered: string[] = [];
       for (const workers of sel.workers) {
@@ -503,7 +514,7 @@ async function measureAll(options: ParsedOptions): Promise<number> {
     }
     await agent.close();
     await client.close();
-    await router.stop();
+    await router?.stop();
     // Workers that died mid-run are the cause of whatever failed above (refused connections,
     // 5xx answers): report that. Waiting for their 'exit' again would never settle.
     const died = hasExited(zero.child);

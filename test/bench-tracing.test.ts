@@ -210,10 +210,36 @@ const RECORD_ZERO_PID = `if (/zero-worker\\.js$/.test(process.argv[1] ?? ''))
 /** In the process of `script`: exit with code 3 before anything is printed. */
 const dieIn = (script: string) => `if (process.argv[1]?.endsWith('/${script}')) process.exit(3);\n`;
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const lastLine = (text: string) => text.trim().split('\n').at(-1)!;
 const ROUTING = ['routing', '--parts', 'http', '--workers', '8', '--prompt-tokens', '1024', '--quick'];
 const TINY_ROUTING = [...ROUTING, '--iterations', '10', '--concurrency', '2', '--json'];
 const TINY_TRANSPORT = ['transport', '--duration-ms', '100', '--warmup-ms', '0', '--stream-chunks', '4'];
+
+test('bench routing: a router that fails to start is one line, exit 1, and no zero-worker left', async () => {
+  await withDir(async (dir) => {
+    const { code, out, err } = await runBench(dir, TINY_ROUTING, RECORD_ZERO_PID, {
+      env: { KVROUTE_MAX_INFLIGHT: 'abc' },
+    });
+    assert.equal(code, 1, err);
+    assert.match(lastLine(err), /^kvroute bench routing: router exited \(2\): .*KVROUTE_MAX_INFLIGHT/);
+    assert.doesNotMatch(err, /\n\s+at /, 'a stack trace, not one line');
+    assert.equal(out, '');
+    const pid = Number(await readFile(join(dir, 'zero.pid'), 'utf8'));
+    assert.ok(pid > 0);
+    const left = alive(pid);
+    if (left) process.kill(pid, 'SIGKILL'); // its stderr is ours: it would keep this file running
+    assert.equal(left, false, `zero-worker ${pid} outlived the bench`);
+  });
+});
 
 test('bench routing: zero-latency workers killed mid-run are one line, exit 1 (it was a silent exit 0)', async () => {
   await withDir(async (dir) => {
