@@ -4,7 +4,9 @@
 // p50/p99 latency at N, and streamed chunks/s (responses of --stream-chunks small chunks). The
 // request plane and the raw echo spread their calls over connections the same way (the plane's
 // pool defaults); HTTP gets a connection per concurrent call (no multiplexing in HTTP/1.1).
-// Prints a table; with --json the last line is {"tcp":{...},"http":{...},"raw":{...}}.
+// Prints a table; with --json the last line is {"tcp":{...},"http":{...},"raw":{...}}, each
+// {concurrency, rps_c1, rps_cn, p50_us_cn, p99_us_cn, stream_chunks_per_s}: the cN figures are at
+// `concurrency` (--concurrency), so the keys stay the same whatever N is.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -57,10 +59,12 @@ export const spec: CommandSpec = {
 type Kind = 'tcp' | 'http' | 'raw';
 
 export interface TransportResult {
+  /** The cN run's concurrent callers (--concurrency); the *_cn figures are at this concurrency. */
+  concurrency: number;
   rps_c1: number;
-  rps_c64: number;
-  p50_us_c64: number;
-  p99_us_c64: number;
+  rps_cn: number;
+  p50_us_cn: number;
+  p99_us_cn: number;
   stream_chunks_per_s: number;
 }
 
@@ -292,10 +296,11 @@ async function measure(kind: Kind, o: Record<string, number>): Promise<Transport
     const streamed = await run(o.streamConcurrency!, () => client.stream());
     const sorted = cN.latencies.sort((a, b) => a - b);
     return {
+      concurrency: o.concurrency!,
       rps_c1: Math.round(c1.units / c1.seconds),
-      rps_c64: Math.round(cN.units / cN.seconds),
-      p50_us_c64: percentileUs(sorted, 0.5),
-      p99_us_c64: percentileUs(sorted, 0.99),
+      rps_cn: Math.round(cN.units / cN.seconds),
+      p50_us_cn: percentileUs(sorted, 0.5),
+      p99_us_cn: percentileUs(sorted, 0.99),
       stream_chunks_per_s: Math.round(streamed.units / streamed.seconds),
     };
   } finally {
@@ -324,9 +329,9 @@ async function measureAll(options: ParsedOptions): Promise<number> {
   const n = o.concurrency;
   const rows: Array<[string, keyof TransportResult]> = [
     ['round trips/s, c1', 'rps_c1'],
-    [`round trips/s, c${n}`, 'rps_c64'],
-    [`p50 µs, c${n}`, 'p50_us_c64'],
-    [`p99 µs, c${n}`, 'p99_us_c64'],
+    [`round trips/s, c${n}`, 'rps_cn'],
+    [`p50 µs, c${n}`, 'p50_us_cn'],
+    [`p99 µs, c${n}`, 'p99_us_cn'],
     [`streamed chunks/s (${o.streamChunks} x ${o.chunkBytes} B)`, 'stream_chunks_per_s'],
   ];
   const lines = [
@@ -339,8 +344,8 @@ async function measureAll(options: ParsedOptions): Promise<number> {
   if (results.tcp && results.http && results.raw) {
     lines.push(
       '',
-      `c${n}: tcp/http ${(results.tcp.rps_c64 / results.http.rps_c64).toFixed(2)}x, tcp/raw ${(
-        (100 * results.tcp.rps_c64) / results.raw.rps_c64
+      `c${n}: tcp/http ${(results.tcp.rps_cn / results.http.rps_cn).toFixed(2)}x, tcp/raw ${(
+        (100 * results.tcp.rps_cn) / results.raw.rps_cn
       ).toFixed(0)}%`,
     );
   }

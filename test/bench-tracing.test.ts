@@ -285,3 +285,27 @@ test('bench transport: a server that dies before its port is one line, exit 1', 
     assert.equal(out, '');
   });
 });
+
+test('bench transport --json: the cN figures under stable keys, with the concurrency they were run at', async () => {
+  await withDir(async (dir) => {
+    const { code, out, err } = await runBench(
+      dir,
+      [...TINY_TRANSPORT, '--transports', 'tcp', '--concurrency', '3', '--json'],
+      '',
+    );
+    assert.equal(code, 0, err);
+    assert.match(out, /^round trips\/s, c3 +\d+$/m);
+    const report = JSON.parse(lastLine(out));
+    assert.deepEqual(Object.keys(report), ['tcp']);
+    assert.deepEqual(Object.keys(report.tcp).sort(), [
+      'concurrency',
+      'p50_us_cn',
+      'p99_us_cn',
+      'rps_c1',
+      'rps_cn',
+      'stream_chunks_per_s',
+    ]);
+    assert.equal(report.tcp.concurrency, 3);
+    assert.ok(report.tcp.rps_cn > 0 && report.tcp.p99_us_cn >= report.tcp.p50_us_cn, out);
+  });
+});
