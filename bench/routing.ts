@@ -12,7 +12,6 @@
 // the router to 8 zero-latency workers. Table on stdout, progress on stderr, --json last line.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { type CommandSpec, commaList, type ParsedOptions } from '../src/cli/options.js';
@@ -24,6 +23,7 @@ import { hashStage, matchStage, selectDecode } from '../src/router/pipeline/rout
 import { createPolicy, seededRng } from '../src/router/scheduling/index.js';
 import { createRouter } from '../src/router/service.js';
 import { encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
+import { ChildExited, exitStatus, firstLine, hasExited, stopChild } from './lib/child.js';
 import { startRouter } from './lib/fleet.js';
 import { type Distribution, distribution, round } from './lib/stats.js';
 import { hashIdTokens } from './lib/trace.js';
@@ -228,58 +228,6 @@ async function inProcessDecisions(iterations: number, sel: Selection): Promise<D
 }
 
 // ---- over HTTP and end to end -------------------------------------------------------------------
-
-/** A child process of the bench that died on its own: reported as one line, exit 1. */
-class ChildExited extends Error {}
-
-const exitStatus = (code: number | null, signal: NodeJS.Signals | null) =>
-  signal !== null ? `signal ${signal}` : `code ${code}`;
-
-/**
- * The child's first stdout line. Rejects with ChildExited if the child ends first: waiting on
- * 'data' alone never settled then, node ran out of work and exited 0 with nothing printed.
- */
-function firstLine(child: ChildProcess, name: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const cleanup = () => {
-      child.stdout!.off('data', onData);
-      child.off('close', onClose);
-      child.off('error', onError);
-    };
-    const onData = (chunk: Buffer) => {
-      out += chunk.toString();
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      cleanup();
-      resolve(out.slice(0, nl));
-    };
-    // 'close', not 'exit': stdout is drained by then, so a line printed just before dying counts.
-    const onClose = (code: number | null, signal: NodeJS.Signals | null) => {
-      cleanup();
-      reject(new ChildExited(`${name} exited (${exitStatus(code, signal)}) at start-up`));
-    };
-    const onError = (err: Error) => {
-      cleanup();
-      reject(new ChildExited(`${name}: ${err.message}`));
-    };
-    child.stdout!.on('data', onData);
-    child.on('close', onClose);
-    child.on('error', onError);
-  });
-}
-
-const hasExited = (child: ChildProcess) => child.exitCode !== null || child.signalCode !== null;
-
-/** SIGTERM (SIGKILL after 5 s) and wait, unless it is gone already: then 'exit' will never come again. */
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (hasExited(child)) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
-}
 
 async function startZeroWorkers(count: number): Promise<{ child: ChildProcess; ports: number[] }> {
   const script = fileURLToPath(import.meta.url).replace(/routing\.(ts|js)$/, 'zero-worker.$1');

@@ -8,8 +8,7 @@
 // {concurrency, rps_c1, rps_cn, p50_us_cn, p99_us_cn, stream_chunks_per_s}: the cN figures are at
 // `concurrency` (--concurrency), so the keys stay the same whatever N is.
 
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { spawn } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
@@ -20,6 +19,7 @@ import {
   DEFAULT_STREAMS_PER_CONNECTION,
   RequestPlaneClient,
 } from '../src/tcp/index.js';
+import { ChildExited, firstLine, stopChild } from './lib/child.js';
 import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
@@ -75,44 +75,6 @@ interface BenchClient {
   close(): Promise<void>;
 }
 
-/** A server child that died on its own: reported as one line, exit 1. */
-class ChildExited extends Error {}
-
-/**
- * The child's first stdout line. Rejects with ChildExited if the child ends first: waiting on
- * 'data' alone never settled then, node ran out of work and exited 0 with nothing printed.
- */
-function firstLine(child: ChildProcess, name: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const cleanup = () => {
-      child.stdout!.off('data', onData);
-      child.off('close', onClose);
-      child.off('error', onError);
-    };
-    const onData = (chunk: Buffer) => {
-      out += chunk.toString();
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      cleanup();
-      resolve(out.slice(0, nl));
-    };
-    // 'close', not 'exit': stdout is drained by then, so a line printed just before dying counts.
-    const onClose = (code: number | null, signal: NodeJS.Signals | null) => {
-      cleanup();
-      const status = signal !== null ? `signal ${signal}` : `code ${code}`;
-      reject(new ChildExited(`${name} exited (${status}) at start-up`));
-    };
-    const onError = (err: Error) => {
-      cleanup();
-      reject(new ChildExited(`${name}: ${err.message}`));
-    };
-    child.stdout!.on('data', onData);
-    child.on('close', onClose);
-    child.on('error', onError);
-  });
-}
-
 async function startServer(kind: Kind, chunks: number, chunkBytes: number) {
   const self = fileURLToPath(import.meta.url);
   const script = self.replace(/transport\.(ts|js)$/, 'transport-server.$1');
@@ -129,12 +91,6 @@ async function startServer(kind: Kind, chunks: number, chunkBytes: number) {
 }
 
 /** SIGTERM and wait, unless it is gone already (killed, crashed): then 'exit' will never come again. */
-async function stopServer(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGTERM');
-  await exited;
-}
 
 function tcpClient(port: number): BenchClient {
   const client = new RequestPlaneClient();
@@ -305,7 +261,7 @@ async function measure(kind: Kind, o: Record<string, number>): Promise<Transport
     };
   } finally {
     await client.close();
-    await stopServer(child);
+    await stopChild(child);
   }
 }
 
