@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { goalVerdict, median, medianConfidenceInterval } from '../bench/lib/stats.js';
 import { seededRng } from '../src/util/seeded-rng.js';
-import { CLI_MAIN } from './helpers/fleet.js';
+import { alive, CLI_MAIN } from './helpers/fleet.js';
 
 function binomialCdfHalf(n: number, j: number): number {
   let sum = 0;
@@ -209,15 +209,6 @@ const RECORD_ZERO_PID = `if (/zero-worker\\.js$/.test(process.argv[1] ?? ''))
   require('node:fs').writeFileSync(require('node:path').join($DIR, 'zero.pid'), String(process.pid));\n`;
 /** In the process of `script`: exit with code 3 before anything is printed. */
 const dieIn = (script: string) => `if (process.argv[1]?.endsWith('/${script}')) process.exit(3);\n`;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const lastLine = (text: string) => text.trim().split('\n').at(-1)!;
 const ROUTING = ['routing', '--parts', 'http', '--workers', '8', '--prompt-tokens', '1024', '--quick'];

@@ -10,16 +10,7 @@ import { once } from 'node:events';
 import { createServer, type Socket } from 'node:net';
 import { after, test } from 'node:test';
 import OpenAI from 'openai';
-import { CLI_MAIN, waitUntil } from './helpers/fleet.js';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { alive, CLI_MAIN, waitUntil } from './helpers/fleet.js';
 
 /** The demo's child processes (router and workers), by parent pid. */
 function childrenOf(pid: number): number[] {

@@ -175,6 +175,16 @@ export async function registeredWorkerId(
   return ((await res.json()) as { worker_id: string }).worker_id;
 }
 
+/** Whether a process with this pid is running (signal 0 probes without signalling). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** `POST /v1/completions` with model `mock-llm` and 4 output tokens unless `body` says otherwise. */
 export function postCompletion(routerUrl: string, body: object, init: RequestInit = {}): Promise<Response> {
   return fetch(`${routerUrl}/v1/completions`, {
