@@ -23,7 +23,7 @@ import { hashStage, matchStage, selectDecode } from '../src/router/pipeline/rout
 import { createPolicy, seededRng } from '../src/router/scheduling/index.js';
 import { createRouter } from '../src/router/service.js';
 import { encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
-import { ChildExited, exitStatus, firstLine, hasExited, stopChild } from './lib/child.js';
+import { ChildExited, childDeathAsExit, exitStatus, firstLine, hasExited, stopChild } from './lib/child.js';
 import { startRouter } from './lib/fleet.js';
 import { type Distribution, distribution, round } from './lib/stats.js';
 import { hashIdTokens } from './lib/trace.js';
@@ -325,15 +325,8 @@ function oneLine(err: unknown): string {
   return text.trim().replace(/\s*\n\s*/g, ' | ');
 }
 
-export async function run(options: ParsedOptions): Promise<number> {
-  try {
-    return await measureAll(options);
-  } catch (err) {
-    // A child that died is the operator's to look at, not a bug here: one line, exit 1.
-    if (!(err instanceof ChildExited)) throw err;
-    process.stderr.write(`kvroute bench routing: ${err.message}\n`);
-    return 1;
-  }
+export function run(options: ParsedOptions): Promise<number> {
+  return childDeathAsExit('routing', () => measureAll(options));
 }
 
 async function measureAll(options: ParsedOptions): Promise<number> {

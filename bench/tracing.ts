@@ -28,7 +28,14 @@ import { seededRng } from '../src/util/seeded-rng.js';
 import { createLog } from '../src/worker/log.js';
 import { startWorker } from '../src/worker/worker.js';
 import { startFleet } from './lib/fleet.js';
-import { goalVerdict, median, medianConfidenceInterval, percentile, round } from './lib/stats.js';
+import {
+  controlFailed,
+  goalVerdict,
+  median,
+  medianConfidenceInterval,
+  percentile,
+  round,
+} from './lib/stats.js';
 
 /** The SDK's batch defaults, as the product reads them with no OTEL_BSP_* set (512 and 2048). */
 const DEFAULT_BATCH = resolveTelemetryConfig('kvroute-bench', {}).batch;
@@ -553,7 +560,8 @@ export async function run(options: ParsedOptions): Promise<number> {
     };
   });
   const sampledOut = rows.find((r) => r.mode === 'sampled_out')!;
-  const controlInterval = rows.find((r) => r.mode === 'off_control')?.loss_ci95_pct ?? null;
+  const control = rows.find((r) => r.mode === 'off_control');
+  const controlInterval = control?.loss_ci95_pct ?? null;
   const full = rows.find((r) => r.mode === 'full')!;
 
   process.stdout.write(
@@ -596,11 +604,10 @@ export async function run(options: ParsedOptions): Promise<number> {
   process.stdout.write(
     `goals: sampled out ≤ 3% (median ${goals.sampled_out_met ? 'met' : 'NOT met'}; ${goals.sampled_out_verdict}), fully sampled ≤ 15% (median ${goals.full_met ? 'met' : 'NOT met'}; ${goals.full_verdict})\n`,
   );
-  const control = rows.find((r) => r.mode === 'off_control');
-  if (control?.loss_ci95_pct) {
-    const [low, high] = control.loss_ci95_pct;
+  if (control && controlInterval) {
+    const [low, high] = controlInterval;
     process.stdout.write(
-      `control: off_control, untraced like off, ${control.loss_vs_off_pct}% (${low}..${high}%): ${low > 0 || high < 0 ? 'its interval leaves out 0, so this run made a difference out of none: no verdict' : 'its interval holds 0'}\n`,
+      `control: off_control, untraced like off, ${control.loss_vs_off_pct}% (${low}..${high}%): ${controlFailed(controlInterval) ? 'its interval leaves out 0, so this run made a difference out of none: no verdict' : 'its interval holds 0'}\n`,
     );
   }
   if (options.json) {

@@ -19,7 +19,7 @@ import {
   DEFAULT_STREAMS_PER_CONNECTION,
   RequestPlaneClient,
 } from '../src/tcp/index.js';
-import { ChildExited, firstLine, stopChild } from './lib/child.js';
+import { childDeathAsExit, firstLine, stopChild } from './lib/child.js';
 import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
@@ -89,8 +89,6 @@ async function startServer(kind: Kind, chunks: number, chunkBytes: number) {
   child.stdout!.resume();
   return { child, port: Number(line.trim()) };
 }
-
-/** SIGTERM and wait, unless it is gone already (killed, crashed): then 'exit' will never come again. */
 
 function tcpClient(port: number): BenchClient {
   const client = new RequestPlaneClient();
@@ -265,15 +263,8 @@ async function measure(kind: Kind, o: Record<string, number>): Promise<Transport
   }
 }
 
-export async function run(options: ParsedOptions): Promise<number> {
-  try {
-    return await measureAll(options);
-  } catch (err) {
-    // A server child that died is the operator's to look at, not a bug here: one line, exit 1.
-    if (!(err instanceof ChildExited)) throw err;
-    process.stderr.write(`kvroute bench transport: ${err.message}\n`);
-    return 1;
-  }
+export function run(options: ParsedOptions): Promise<number> {
+  return childDeathAsExit('transport', () => measureAll(options));
 }
 
 async function measureAll(options: ParsedOptions): Promise<number> {

@@ -85,10 +85,8 @@ test('a goal verdict: met, not met or unresolved by the interval, and nothing wh
 });
 
 test('a short run prints every mode and the JSON line', async () => {
-  const child = spawn(
-    process.execPath,
+  const { code, out, err } = await runCli(
     [
-      CLI_MAIN,
       'bench',
       'tracing',
       '--json',
@@ -110,17 +108,8 @@ test('a short run prints every mode and the JSON line', async () => {
       '16',
       '--control',
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CI: 'true' } },
+    { env: { CI: 'true' }, timeoutMs: 180_000 },
   );
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (s: string) => {
-    out += s;
-  });
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => {
-    err += s;
-  });
-  const [code] = await once(child, 'exit');
   assert.equal(code, 0, err);
   // Progress goes to stderr, the table and the JSON to stdout.
   assert.match(err, /round 2\/2, full: \d+ req\/s, 0 errors/);
@@ -168,17 +157,18 @@ interface BenchRun {
   err: string;
 }
 
-async function runBench(
-  dir: string,
-  args: string[],
-  preload: string,
-  opts: { env?: Record<string, string>; onStderr?: (err: string) => void } = {},
-): Promise<BenchRun> {
-  const script = join(dir, 'preload.cjs');
-  await writeFile(script, preload.replaceAll('$DIR', JSON.stringify(dir)));
-  const child = spawn(process.execPath, [CLI_MAIN, 'bench', ...args], {
+interface RunOptions {
+  env?: Record<string, string>;
+  onStderr?: (err: string) => void;
+  /** A hang fails the test, not the run. */
+  timeoutMs?: number;
+}
+
+/** `kvroute <args>` from dist as a child process: its exit code, stdout and stderr. */
+async function runCli(args: string[], opts: RunOptions = {}): Promise<BenchRun> {
+  const child = spawn(process.execPath, [CLI_MAIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...opts.env, NODE_OPTIONS: `--require ${script}`, OTEL_TRACES_EXPORTER: 'none' },
+    env: { ...process.env, ...opts.env },
   });
   let out = '';
   let err = '';
@@ -189,10 +179,25 @@ async function runBench(
     err += s;
     opts.onStderr?.(err);
   });
-  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000); // a hang fails the test, not the run
+  const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
   const [code] = await once(child, 'exit');
   clearTimeout(timer);
   return { code, out, err };
+}
+
+/** `kvroute bench <args>` with `preload` required into it and its children ($DIR: `dir`). */
+async function runBench(
+  dir: string,
+  args: string[],
+  preload: string,
+  opts: RunOptions = {},
+): Promise<BenchRun> {
+  const script = join(dir, 'preload.cjs');
+  await writeFile(script, preload.replaceAll('$DIR', JSON.stringify(dir)));
+  return runCli(['bench', ...args], {
+    ...opts,
+    env: { ...opts.env, NODE_OPTIONS: `--require ${script}`, OTEL_TRACES_EXPORTER: 'none' },
+  });
 }
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {

@@ -47,6 +47,20 @@ export function firstLine(child: ChildProcess, name: string): Promise<string> {
   });
 }
 
+/**
+ * Runs bench `name`'s measurement; a child that died (ChildExited) is the operator's to look at,
+ * not a bug here: one line on stderr and exit 1. Anything else propagates.
+ */
+export async function childDeathAsExit(name: string, measure: () => Promise<number>): Promise<number> {
+  try {
+    return await measure();
+  } catch (err) {
+    if (!(err instanceof ChildExited)) throw err;
+    process.stderr.write(`kvroute bench ${name}: ${err.message}\n`);
+    return 1;
+  }
+}
+
 /** SIGTERM (SIGKILL after 5 s) and wait, unless it is gone already: then 'exit' will never come again. */
 export async function stopChild(child: ChildProcess): Promise<void> {
   if (hasExited(child)) return;

@@ -116,13 +116,18 @@ export type GoalVerdict = 'met' | 'not met' | 'unresolved';
  * the same run), a control interval that leaves out zero means the run's noise made a difference
  * out of nothing, so no interval of that run is trusted: `unresolved`.
  */
+/** Whether an A/A control's interval leaves out 0: the run made a difference out of none. */
+export function controlFailed(control: readonly number[] | null | undefined): boolean {
+  return !!control && (control[0]! > 0 || control[1]! < 0);
+}
+
 export function goalVerdict(
   interval: readonly number[] | null,
   maxLossPct: number,
   control?: readonly number[] | null,
 ): GoalVerdict {
   if (interval === null) return 'unresolved';
-  if (control && (control[0]! > 0 || control[1]! < 0)) return 'unresolved';
+  if (controlFailed(control)) return 'unresolved';
   if (interval[1]! <= maxLossPct) return 'met';
   return interval[0]! > maxLossPct ? 'not met' : 'unresolved';
 }

@@ -76,14 +76,18 @@ function tracesUrlFromBase(base: string): string {
 }
 
 /**
- * The traces URL, checked here: the exporter would otherwise throw its own error from deep in
- * startup, a stack trace and exit 1 instead of a usage error naming the variable.
+ * `url` (the traces URL made from these variables), checked: the exporter would otherwise throw
+ * its own error from deep in startup, a stack trace and exit 1 instead of a usage error naming
+ * the variable.
  */
-function otlpTracesUrl(tracesEndpoint: string | undefined, baseEndpoint: string | undefined): string {
+function checkedTracesUrl(
+  url: string,
+  tracesEndpoint: string | undefined,
+  baseEndpoint: string | undefined,
+): string {
   const name =
     tracesEndpoint !== undefined ? 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT' : 'OTEL_EXPORTER_OTLP_ENDPOINT';
   const value = tracesEndpoint ?? baseEndpoint ?? DEFAULT_OTLP_BASE;
-  const url = tracesEndpoint ?? tracesUrlFromBase(value);
   let protocol: string;
   try {
     protocol = new URL(url).protocol;
@@ -201,6 +205,7 @@ export function resolveTelemetryConfig(
   }
   // Disabled, every setting is its default (nothing read, nothing to reject).
   const settingsEnv = disabled ? {} : env;
+  const tracesUrl = tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE);
   return {
     enabled: exporters.length > 0,
     serviceName: read(env, 'OTEL_SERVICE_NAME') ?? defaultServiceName,
@@ -210,8 +215,8 @@ export function resolveTelemetryConfig(
     protocol: exporters.includes('otlp') ? parseProtocol(env) : 'http/protobuf',
     // Checked only when an OTLP trace exporter will dial it, like the protocol.
     otlpTracesUrl: exporters.includes('otlp')
-      ? otlpTracesUrl(tracesEndpoint, baseEndpoint)
-      : (tracesEndpoint ?? tracesUrlFromBase(baseEndpoint ?? DEFAULT_OTLP_BASE)),
+      ? checkedTracesUrl(tracesUrl, tracesEndpoint, baseEndpoint)
+      : tracesUrl,
     sampler: parseSampler(settingsEnv),
     batch: parseBatchLimits(settingsEnv),
     limits: parseSpanLimits(settingsEnv),

@@ -17,10 +17,11 @@
 // maxExportBatchSize exports (4 at the defaults) are in flight: a batch due while that many wait
 // for the collector is held until one is answered (a slow collector would otherwise collect one
 // export per schedule delay, each with its own request buffer, until the exporter's own limit
-// failed them). Past either bound spans are dropped and counted, never queued without limit. Lost spans are never silent: dropped spans and failed
-// exports are reported (one stderr line at most every 30 s by default, with the counts since the
-// last line), since nothing else would tell an operator that traces are missing. Exports run in the root
-// context, so the exporter's sockets never hold on to a user's trace.
+// failed them). Past either bound spans are dropped and counted, never queued without limit.
+// Lost spans are never silent: dropped spans and failed exports are reported (one stderr line at
+// most every 30 s by default, with the counts since the last line), since nothing else would tell
+// an operator that traces are missing. Exports run in the root context, so the exporter's sockets
+// never hold on to a user's trace.
 
 import { TraceFlags } from '@opentelemetry/api';
 import { type ExportResult, ExportResultCode } from '@opentelemetry/core';

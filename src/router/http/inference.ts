@@ -21,12 +21,14 @@ export interface InferenceRouteDeps {
   active: Set<RequestAbort>;
 }
 
+const clientClosed = () => new KvrouteError('client_closed', 'the client disconnected');
+
 function requestAbort(reply: FastifyReply, active: Set<RequestAbort>): RequestAbort {
   const ac = new RequestAbort();
   active.add(ac);
   reply.raw.once('close', () => {
     active.delete(ac);
-    if (!reply.raw.writableFinished) ac.abort(new KvrouteError('client_closed', 'the client disconnected'));
+    if (!reply.raw.writableFinished) ac.abort(clientClosed());
   });
   return ac;
 }
@@ -51,9 +53,7 @@ export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRou
     // fastify destroys, unread, a stream handed to a reply whose client already left: the events'
     // generator then never starts, and its cleanup (the in-flight slot, the bookings, the worker
     // stream) never runs. After a read, the generator has finished the request itself by 'close'.
-    stream.once('close', () =>
-      result.abandon(abort.reason ?? new KvrouteError('client_closed', 'the client disconnected')),
-    );
+    stream.once('close', () => result.abandon(abort.reason ?? clientClosed()));
     return reply.send(stream);
   };
 
