@@ -13,6 +13,7 @@
 // lost fully sampled, at most 3% sampled out.
 // Prints a table, and with --json one JSON object as the last line.
 
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -27,6 +28,7 @@ import { initTelemetry, resolveTelemetryConfig } from '../src/telemetry/index.js
 import { seededRng } from '../src/util/seeded-rng.js';
 import { createLog } from '../src/worker/log.js';
 import { startWorker } from '../src/worker/worker.js';
+import { firstLine, stopChild } from './lib/child.js';
 import { startFleet } from './lib/fleet.js';
 import {
   controlFailed,
@@ -379,10 +381,35 @@ function collectGarbage(): void {
 }
 
 /**
+ * An OTLP sink (accepts and discards) in a child process, for the in-process measurement: the
+ * sink in this process would put the work of receiving the exports into `full`'s CPU, which is
+ * meant to count the request path only. Plain node code (-e), so it runs from dist and under tsx.
+ */
+const CHILD_SINK_SOURCE = `
+  const server = require('node:http').createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(200, { 'content-type': req.headers['content-type'] || 'application/json' }).end());
+  });
+  server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+  process.on('SIGTERM', () => process.exit(0));
+`;
+
+async function withChildSink<T>(use: (sinkBase: string) => Promise<T>): Promise<T> {
+  const child = spawn(process.execPath, ['-e', CHILD_SINK_SOURCE], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const port = await firstLine(child, "the in-process measurement's OTLP sink");
+    return await use(`http://127.0.0.1:${port}`);
+  } finally {
+    await stopChild(child);
+  }
+}
+
+/**
  * CPU µs per request with the router, one worker and the client all in this process, each with
  * its own tracer of `mode`: process.cpuUsage counts exactly the work of one request path, without
  * the cross-process feedback (fewer requests per socket write when throughput drops) that skews
- * per-process figures on a busy machine.
+ * per-process figures on a busy machine. The spans go to a sink in another process
+ * (withChildSink), so receiving them is not counted.
  */
 async function inProcessCpuPerRequest(
   mode: TracingMode,
@@ -480,20 +507,22 @@ export async function run(options: ParsedOptions): Promise<number> {
     await Promise.all(fleets.splice(0).map((f) => f.stop()));
     const inProcessMs = options.inProcessMs as number;
     if (inProcessMs > 0) {
-      // Unmeasured: the first run in this process also compiles the router and worker code.
-      await inProcessCpuPerRequest('full', sinkBase, exportSettings(options), inProcessMs);
-      for (let r = 0; r < rounds; r++) {
-        const order = r % 2 === 0 ? MODES : [...MODES].reverse();
-        for (const mode of order) {
-          process.stderr.write(`tracing: in-process CPU per request, round ${r + 1}/${rounds}, ${mode}…\n`);
-          // The previous run's router, worker and spans are garbage now: collect it here, or the
-          // next run pays for it (a run after `full` inherited its retained spans).
-          collectGarbage();
-          inProcess[mode].push(
-            await inProcessCpuPerRequest(mode, sinkBase, exportSettings(options), inProcessMs),
-          );
+      await withChildSink(async (childSinkBase) => {
+        // Unmeasured: the first run in this process also compiles the router and worker code.
+        await inProcessCpuPerRequest('full', childSinkBase, exportSettings(options), inProcessMs);
+        for (let r = 0; r < rounds; r++) {
+          const order = r % 2 === 0 ? MODES : [...MODES].reverse();
+          for (const mode of order) {
+            process.stderr.write(`tracing: in-process CPU per request, round ${r + 1}/${rounds}, ${mode}…\n`);
+            // The previous run's router, worker and spans are garbage now: collect it here, or the
+            // next run pays for it (a run after `full` inherited its retained spans).
+            collectGarbage();
+            inProcess[mode].push(
+              await inProcessCpuPerRequest(mode, childSinkBase, exportSettings(options), inProcessMs),
+            );
+          }
         }
-      }
+      });
     }
   } finally {
     await Promise.all(fleets.map((f) => f.stop()));

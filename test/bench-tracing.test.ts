@@ -146,6 +146,31 @@ test('a short run prints every mode and the JSON line', async () => {
   assert.equal(report.in_process, null);
 });
 
+test('the in-process part exports to a sink of its own and reports each mode', async () => {
+  const { code, out, err } = await runCli(
+    [
+      'bench',
+      'tracing',
+      '--json',
+      ...['--rounds', '1', '--duration-ms', '500', '--warmup-ms', '200', '--control', 'false'],
+      ...['--concurrency', '2', '--workers', '1', '--in-process-ms', '300', '--export-batch-size', '16'],
+    ],
+    { env: { CI: 'true' }, timeoutMs: 180_000 },
+  );
+  assert.equal(code, 0, err);
+  assert.match(err, /in-process CPU per request, round 1\/1, full/);
+  // The in-process tracers send to a sink in a child process (so that receiving the spans is not
+  // counted as the request path's CPU); a sink that never answered would leave the spans of the
+  // `full` runs unsent, which the exporter reports on stderr when its tracer shuts down.
+  assert.doesNotMatch(err, /not exported|dropped/);
+  const report = JSON.parse(out.trim().split('\n').at(-1)!);
+  assert.deepEqual(
+    report.in_process.map((r: { mode: string }) => r.mode),
+    ['off', 'sampled_out', 'full'],
+  );
+  for (const r of report.in_process) assert.ok(r.cpu_us_per_req > 0, `${r.mode}: ${r.cpu_us_per_req}`);
+});
+
 // ---- `bench routing` and `bench transport`: a child process that dies, and the JSON keys --------
 // These benches have no test file of their own (test:unit lists its files by name); they run here
 // beside the other bench-through-the-CLI test, each as small as the bench allows. A preload
