@@ -22,6 +22,8 @@ interface Waiter {
 export class KvHandoffBoard {
   private readonly waiting = new Map<string, Waiter>();
   private readonly held = new Map<string, { handoff: KvHandoffRequest; timer: NodeJS.Timeout }>();
+  /** Callers of whenNoneWaiting(), resolved when the last waiter leaves. */
+  private idle: (() => void)[] = [];
 
   /** Requests waiting for their handoff (for stats and tests). */
   get waitingCount(): number {
@@ -54,6 +56,7 @@ export class KvHandoffBoard {
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         this.waiting.delete(requestId);
+        if (this.waiting.size === 0) this.settleIdle();
       };
       const onAbort = () => {
         done();
@@ -75,6 +78,16 @@ export class KvHandoffBoard {
         },
       });
     });
+  }
+
+  /**
+   * Resolves once no generate waits for its handoff (at once when none does). A draining worker
+   * waits for this before it closes its server: the handoff of a generate already in flight comes
+   * as a new `kv_handoff` request, which a closed server would refuse.
+   */
+  whenNoneWaiting(): Promise<void> {
+    if (this.waiting.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
   }
 
   /** Hands a handoff to its waiting generate, or holds it (bounded) for a generate still on its way. */
@@ -103,5 +116,11 @@ export class KvHandoffBoard {
     }
     for (const { timer } of this.held.values()) clearTimeout(timer);
     this.held.clear();
+  }
+
+  private settleIdle(): void {
+    const idle = this.idle;
+    this.idle = [];
+    for (const resolve of idle) resolve();
   }
 }

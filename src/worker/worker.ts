@@ -1,8 +1,10 @@
 // One worker process's assembly: the mock engine and its driver, the request-plane server with
 // the endpoints of its role, and the router lease. Lifecycle: startWorker() listens, prints
-// nothing, starts registering; stop() deregisters (the router stops sending), ends KV-event
-// subscriptions, lets in-flight streams finish up to the deadline, then stops the engine.
+// nothing, starts registering; stop() deregisters (the router stops sending), lets waiting
+// overlapped generates take their kv_handoff, ends KV-event subscriptions, lets in-flight streams
+// finish, all up to the deadline, then stops the engine.
 
+import { performance } from 'node:perf_hooks';
 import type { Tracer } from '@opentelemetry/api';
 import { createGenerateHandler, createKvHandoffHandler } from '../decode/handler.js';
 import { KvHandoffBoard } from '../decode/handoff-board.js';
@@ -106,9 +108,13 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
       stopping ??= (async () => {
         draining = true;
         await activeLease.stop();
+        const deadline = performance.now() + config.drainDeadlineMs;
+        config.log('draining', { in_flight: driver.inFlight, handoffs_waiting: handoffs.waitingCount });
+        // A generate waiting for its kv_handoff gets it as a new request, which the closed server
+        // would refuse: the server stays open until none waits (each wait is bounded, and so is this).
+        await untilDeadline(handoffs.whenNoneWaiting(), deadline);
         hub.endAll();
-        config.log('draining', { in_flight: driver.inFlight });
-        await server.close({ deadlineMs: config.drainDeadlineMs });
+        await server.close({ deadlineMs: Math.max(0, deadline - performance.now()) });
         handoffs.close();
         driver.close();
         config.log('stopped', {});
@@ -116,6 +122,16 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
       return stopping;
     },
   };
+}
+
+/** Resolves when `promise` does or at `deadline` (performance.now() time), whichever comes first. */
+async function untilDeadline(promise: Promise<void>, deadline: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, Math.max(0, deadline - performance.now()));
+  });
+  await Promise.race([promise, expired]);
+  clearTimeout(timer);
 }
 
 async function* mapChunks(chunks: AsyncIterable<unknown>): AsyncGenerator<Uint8Array> {
