@@ -88,6 +88,29 @@ for (const name of POLICY_NAMES) {
       }
     });
 
+    test('figures that overflow or are NaN still select a candidate from the set', () => {
+      // Cost = prompt + prompt blocks at block size 1 overflows to Infinity; a NaN load makes
+      // NaN cost and load. Nothing compares below +Infinity, yet a choice must be a candidate.
+      const p = createPolicy({ policy: name, blockSize: 1, rng: seededRng(5) });
+      const nan = worker('nan', Number.NaN, Number.NaN);
+      const cases: [Candidate[], number][] = [
+        [[worker('huge')], Number.MAX_VALUE],
+        [[nan], 16],
+        [[nan, worker('huge')], Number.MAX_VALUE],
+      ];
+      for (const [candidates, promptTokens] of cases) {
+        const d = p.select({ candidates, promptTokens });
+        assert.equal(d.outcome, 'selected');
+        if (d.outcome !== 'selected') return;
+        assert.ok(candidates.includes(d.worker), `chose ${String(d.worker)} from ${candidates.length}`);
+        assert.equal(d.chosen.workerId, d.worker.id);
+      }
+      // A finite figure beats a NaN one.
+      const d = p.select({ candidates: [nan, worker('fine')], promptTokens: 16 });
+      if (name === 'kv' || name === 'least-loaded')
+        assert.equal(d.outcome === 'selected' && d.worker.id, 'fine');
+    });
+
     test('no candidates -> no_workers (503)', () => {
       const d = policy(name).select({ candidates: [], promptTokens: 10 });
       assert.equal(d.outcome, 'no_workers');

@@ -8,7 +8,10 @@ import type { Rng } from './types.js';
 /** Values this close (relative) count as a tie: equal costs reached by different float paths. */
 const TIE_EPSILON = 1e-9;
 
-/** Index of the eligible candidate with the lowest `field`; ties pick uniformly at random (one rng call). */
+/**
+ * Index of the eligible candidate with the lowest `field`; ties pick uniformly at random (one rng
+ * call). A NaN never beats a number; when no value is below +Infinity, any eligible one may be chosen.
+ */
 export function pickLowest(table: ScoreTable, field: ScoreField, rng: Rng): number {
   const { eligible, eligibleCount } = table;
   const values = table[field];
@@ -22,6 +25,9 @@ export function pickLowest(table: ScoreTable, field: ScoreField, rng: Rng): numb
       first = k;
     }
   }
+  // Nothing below +Infinity (figures that overflowed or are NaN): all are equally bad, and a
+  // choice must still be an eligible candidate (first = -1 would select none).
+  if (first === -1) return eligible[uniformIndex(eligibleCount, rng)]!;
   const limit = min + TIE_EPSILON * Math.max(1, Math.abs(min));
   for (let k = 0; k < eligibleCount; k++) if (values[eligible[k]!]! <= limit) ties++;
   if (ties === 1) return eligible[first]!;
