@@ -23,6 +23,8 @@ export class StandInRouter {
     [];
   private server: Server | undefined;
   private nextId = 0;
+  /** While set, registrations are recorded (and take effect) but answered only once it resolves. */
+  private registrationGate: Promise<void> | undefined;
 
   constructor(
     private readonly leaseTtlMs: number,
@@ -50,6 +52,18 @@ export class StandInRouter {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
+  /** Holds the answers to registrations from now on; the returned function releases them. */
+  holdRegistrations(): () => void {
+    let release = () => {};
+    this.registrationGate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    return () => {
+      this.registrationGate = undefined;
+      release();
+    };
+  }
+
   /** Resolves with the first call (already recorded or future) that matches. */
   waitFor(match: (c: RecordedCall) => boolean, from = 0): Promise<RecordedCall> {
     const seen = this.calls.slice(from).find(match);
@@ -73,6 +87,7 @@ export class StandInRouter {
       const id = `${this.idPrefix}${++this.nextId}`;
       this.known.add(id);
       this.idByAddress.set((call.body as { address: string }).address, id);
+      await this.registrationGate;
       res.writeHead(201, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ worker_id: id, lease_ttl_ms: this.leaseTtlMs }));
     } else if (call.method === 'POST' && heartbeat) {

@@ -192,3 +192,28 @@ test('SIGTERM while an overlapped generate waits for its kv_handoff: the handoff
     await router.close();
   }
 });
+
+test('SIGTERM while the registration is in flight: the worker the router registered is deregistered', {
+  timeout: 60_000,
+}, async () => {
+  const router = new StandInRouter(10_000);
+  await router.listen();
+  const release = router.holdRegistrations();
+  const worker = await spawnWorker(['--role', 'both', '--router', router.url, '--verbose']);
+  try {
+    // The router has taken the registration (worker w1 exists there) but not answered yet.
+    await waitUntil(() => router.calls.some((c) => c.method === 'POST' && c.url === '/v1/workers'));
+    worker.child.kill('SIGTERM');
+    await waitUntil(() => logEvents(worker.stderr, 'signal').length > 0);
+    release();
+    assert.deepEqual(await worker.exit, { code: 0, signal: null });
+    assert.ok(
+      router.calls.some((c) => c.method === 'DELETE' && c.url === '/v1/workers/w1'),
+      'no ghost registration left behind',
+    );
+  } finally {
+    release();
+    worker.child.kill('SIGKILL');
+    await router.close();
+  }
+});

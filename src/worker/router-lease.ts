@@ -1,7 +1,8 @@
 // Keeps this worker registered with the router (CONTRACT.md §2): POST /v1/workers, then a
 // heartbeat every third of the lease TTL; a 404 means the router forgot us (restart, expired
 // lease), so we register again; while the router is unreachable we retry with capped exponential
-// backoff and jitter. stop() deregisters. All traffic runs in the ROOT context: control-plane calls
+// backoff and jitter. stop() deregisters (after a registration in flight has its answer). All
+// traffic runs in the ROOT context: control-plane calls
 // must never appear inside (or parent to) a user request's trace.
 
 import { setTimeout as delay } from 'node:timers/promises';
@@ -45,7 +46,10 @@ export class RouterLease {
     this.loop ??= withRootContext(() => this.run());
   }
 
-  /** Stops heartbeating and deregisters (best effort, bounded by the request timeout). */
+  /**
+   * Stops heartbeating and deregisters (best effort). A registration in flight is let finish first,
+   * so both calls are bounded by the request timeout.
+   */
   async stop(): Promise<void> {
     this.stopped.abort();
     await this.loop?.catch(() => {});
@@ -65,7 +69,9 @@ export class RouterLease {
     let failures = 0;
     while (!signal.aborted) {
       try {
-        if (this.id === null) await this.register(signal);
+        // A registration is not cut by stop(): the router may have taken it already, and only
+        // its answer names the id stop() must deregister (it waits at most the request timeout).
+        if (this.id === null) await this.register(new AbortController().signal);
         else await this.heartbeat(signal);
         failures = 0;
         // After a 404 the id is gone: register again at once. Otherwise beat again in a third of the TTL.
