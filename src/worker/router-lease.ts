@@ -2,8 +2,8 @@
 // heartbeat every third of the lease TTL; a 404 means the router forgot us (restart, expired
 // lease), so we register again; while the router is unreachable we retry with capped exponential
 // backoff and jitter. stop() deregisters (after a registration in flight has its answer). All
-// traffic runs in the ROOT context: control-plane calls
-// must never appear inside (or parent to) a user request's trace.
+// traffic runs in the ROOT context: control-plane calls must never appear inside (or parent to) a
+// user request's trace.
 
 import { setTimeout as delay } from 'node:timers/promises';
 import type { RegisterWorkerRequest, RegisterWorkerResponse } from '../protocols/registration.js';
