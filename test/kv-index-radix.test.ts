@@ -287,6 +287,20 @@ describe('RadixIndex event ids', () => {
     assert.equal(index.findMatches(localBlockKeys(c, 16)).get('x'), 2);
     assert.equal(index.findMatches(localBlockKeys(a, 16)).get('x'), undefined);
     assert.equal(index.lastEventId('x'), 1);
+
+    // The worker left and came back under the same id, so in the same slot: a new incarnation,
+    // which the stale reset must not touch either (its old nodes' ids were reused by `b`).
+    const fresh = new RadixIndex();
+    fresh.applyEvent('w', storedEvent(1, a));
+    const old = fresh.beginReset('w');
+    fresh.removeWorker('w');
+    assert.equal(fresh.applyEvent('w', storedEvent(1, b)).status, 'applied');
+    assert.equal(old.apply([storedEvent(9, c)]), 0);
+    old.finish(9);
+    assert.equal(fresh.findMatches(localBlockKeys(b, 16)).get('w'), 3);
+    assert.equal(fresh.findMatches(localBlockKeys(c, 16)).get('w'), undefined);
+    assert.equal(fresh.lastEventId('w'), 1);
+    assert.equal(fresh.applyEvent('w', storedEvent(2, c)).status, 'applied');
   });
 });
 

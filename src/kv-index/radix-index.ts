@@ -96,6 +96,8 @@ export class RadixIndex implements PrefixIndex {
   private readonly tree: RadixTree;
   private readonly slots = new WorkerSlots();
   private readonly lastEventIds: number[] = [];
+  /** Bumped when a slot's worker is removed: a reset begun before belongs to a gone incarnation. */
+  private readonly incarnations: number[] = [];
   private readonly maxNodes: number;
   private readonly evictTarget: number;
   private readonly maxEventBlocks: number;
@@ -174,15 +176,17 @@ export class RadixIndex implements PrefixIndex {
    * chunks): `apply` each part as it comes, then `finish` with its id. Until then the worker holds
    * what it held before plus what the parts added; an unfinished reset (the stream broke) removes
    * nothing. If the worker is removed meanwhile, the reset does nothing more (its slot may be
-   * another worker's by then).
+   * another worker's by then, or the same id's again after it came back).
    */
   beginReset(workerId: string): WorkerReset {
     const slot = this.slotFor(workerId);
+    const incarnation = this.incarnations[slot]!;
     const before: number[] = [];
     this.tree.forEachHeldBy(slot, (node) => before.push(node));
     const mentioned = new Set<number>();
     let finished = false;
-    const current = () => !finished && this.slots.slotOf.get(workerId) === slot;
+    // Any removal of the worker ends its incarnation, whoever holds the slot (or the id) afterwards.
+    const current = () => !finished && this.incarnations[slot] === incarnation;
     return {
       apply: (events) => {
         if (!current()) return 0;
@@ -353,6 +357,7 @@ export class RadixIndex implements PrefixIndex {
     this.tree.ensureSlot(slot);
     // Released slots were zeroed by removeWorker, so a reused slot starts from id 0.
     while (this.lastEventIds.length <= slot) this.lastEventIds.push(0);
+    while (this.incarnations.length <= slot) this.incarnations.push(0);
     return slot;
   }
 
@@ -369,6 +374,7 @@ export class RadixIndex implements PrefixIndex {
     this.tree.removeSlot(slot);
     this.slots.release(workerId);
     this.lastEventIds[slot] = 0;
+    this.incarnations[slot]!++;
   }
 
   /** Worker ids known to the index. */
