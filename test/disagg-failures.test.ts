@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SpanStatusCode } from '@opentelemetry/api';
-import type { LoadReport } from '../src/protocols/worker-plane.js';
+import { computeBlockHashes } from '../src/kv-index/index.js';
+import type { LoadReport, PrefillResponse } from '../src/protocols/worker-plane.js';
 import { encodeJson, RequestPlaneClient, RequestPlaneServer, TransportError } from '../src/tcp/index.js';
 import type { WorkerStats } from '../src/worker/stats.js';
 import {
@@ -435,3 +436,84 @@ describe('overlapped mode, client cancelling while prefill runs', () => {
     await waitFor(() => idle(r, decode));
   });
 });
+
+/** The answer a correct prefill worker gives for `tokens` (block size 16, nothing cached). */
+function rightAnswer(tokens: number[]): PrefillResponse {
+  const hashes = [...computeBlockHashes(tokens, 16).sequence].map(String);
+  return {
+    first_token: 7,
+    prompt_tokens: tokens.length,
+    cached_tokens: 0,
+    kv_transfer: {
+      prefill_worker_id: 'stand-in',
+      block_size: 16,
+      transferred_blocks: hashes.length,
+      block_hashes: hashes,
+      cached_tokens: 0,
+    },
+  };
+}
+
+/** Prefill answers a worker must not be trusted with: each is the worker's fault, never the client's. */
+const BAD_ANSWERS: Record<string, (tokens: number[]) => unknown> = {
+  'an empty kv_transfer': (tokens) => ({ ...rightAnswer(tokens), kv_transfer: {} }),
+  'a negative first token': (tokens) => ({ ...rightAnswer(tokens), first_token: -1 }),
+  'no cached_tokens': (tokens) => ({ ...rightAnswer(tokens), cached_tokens: undefined }),
+  "another request's blocks": (tokens) => rightAnswer(tokens.map((t) => t + 1)),
+  'more blocks than the prompt has': (tokens) => {
+    const answer = rightAnswer(tokens);
+    answer.kv_transfer.block_hashes.push('1');
+    answer.kv_transfer.transferred_blocks++;
+    return answer;
+  },
+};
+
+for (const overlappedPrefill of [false, true]) {
+  describe(`${overlappedPrefill ? 'overlapped' : 'sequential'} mode, a prefill worker answering nonsense`, () => {
+    let r: TestRouter;
+    let decode: TestWorker;
+    let answer = BAD_ANSWERS['an empty kv_transfer']!;
+    const liar = new RequestPlaneServer().handle('prefill', async (req) => {
+      const { token_ids } = JSON.parse(Buffer.from(req.payload).toString('utf8')) as { token_ids: number[] };
+      return encodeJson(answer(token_ids));
+    });
+
+    before(async () => {
+      await liar.listen(0);
+      r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill });
+      decode = await spawnWorker(r, 'decode', ['--speedup', '20']);
+      await registerStandIn(r, liar.address);
+    });
+
+    after(async () => {
+      await decode?.proc.stop();
+      await r?.router.close();
+      await liar.close({ deadlineMs: 100 });
+    });
+
+    let seed = 60;
+    for (const [what, make] of Object.entries(BAD_ANSWERS)) {
+      test(`${what}: the answer is refused as invalid_answer and the decode worker prefills locally`, async () => {
+        answer = make;
+        const fallbacks = await metricValue(r, 'kvroute_prefill_fallbacks_total', {
+          reason: 'invalid_answer',
+        });
+        const decodeBefore = await workerCall<WorkerStats>(decode.address, 'stats');
+        const res = await completion(r, { prompt: prompt(300, seed++), max_tokens: 3 });
+        const text = await res.text();
+        assert.equal(res.status, 200, text);
+        assert.equal(res.headers.get('x-kvroute-prefill-worker'), null, 'prefill ended up local');
+        const body = JSON.parse(text) as { usage: { prompt_tokens_details: { cached_tokens: number } } };
+        assert.equal(body.usage.prompt_tokens_details.cached_tokens, 0);
+        assert.equal(
+          await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'invalid_answer' }),
+          fallbacks + 1,
+        );
+        const decodeAfter = await workerCall<WorkerStats>(decode.address, 'stats');
+        assert.equal(decodeAfter.computed_tokens - decodeBefore.computed_tokens, 300);
+        assert.equal(decodeAfter.transferred_tokens, decodeBefore.transferred_tokens);
+        await waitFor(() => idle(r, decode));
+      });
+    }
+  });
+}

@@ -9,3 +9,4 @@ export {
   type PlacementReason,
   type PrefillPlacement,
 } from './placement.js';
+export { checkPrefillAnswer } from './prefill-answer.js';

@@ -26,6 +26,7 @@ import {
 import { decodeJson, encodeJson, isTransportError } from '../../tcp/index.js';
 import { recordFailure, spawnInCurrentContext } from '../../telemetry/index.js';
 import {
+  checkPrefillAnswer,
   enforcedDisaggError,
   type FallbackReason,
   fallbackReason,
@@ -224,10 +225,14 @@ export class DisaggregatedExecutor implements Executor {
             signal,
             firstResponseTimeoutMs: timeoutMs,
           });
-          const res = decodeJson<PrefillResponse>(answer);
-          if (typeof res?.first_token !== 'number' || typeof res.kv_transfer !== 'object') {
-            throw new KvrouteError('worker_error', `prefill worker ${worker.id} sent an invalid answer`);
-          }
+          // Checked against this prompt: a wrong answer is the worker's fault (an invalid_answer
+          // fallback), not the client's 400 the decode worker would answer it with.
+          const res = checkPrefillAnswer(
+            decodeJson<unknown>(answer),
+            plan.routing.tokenIds,
+            plan.decode.worker.blockSize,
+            worker.id,
+          );
           span.setAttributes({
             'kvroute.prefill.cached_tokens': res.cached_tokens,
             'kvroute.prefill.transferred_blocks': res.kv_transfer.transferred_blocks,
