@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { KvHandoffBoard, MAX_HELD_HANDOFFS } from '../src/decode/handoff-board.js';
+import { KvrouteError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEventsChunk } from '../src/protocols/kv-events.js';
 import type { GenerateChunk, LoadReport, PrefillResponse } from '../src/protocols/worker-plane.js';
@@ -173,4 +175,23 @@ test('cancelling a stream stops the work and frees its blocks', async () => {
   while (stats.cancelled === 0) stats = await unary<WorkerStats>(decode.address, 'stats', {});
   assert.equal(stats.used_blocks, 0);
   assert.ok(stats.generated_tokens < 8 + 500);
+});
+
+test('the handoff board holds a bounded number of unclaimed handoffs, dropping the oldest', async () => {
+  const board = new KvHandoffBoard();
+  try {
+    // Handoffs whose generate never comes (it timed out, or was cancelled, before they arrived).
+    for (let i = 0; i <= MAX_HELD_HANDOFFS; i++)
+      assert.equal(board.deliver({ request_id: `orphan${i}` }), 'held');
+    assert.equal(board.heldCount, MAX_HELD_HANDOFFS);
+    await assert.rejects(
+      board.wait('orphan0', 1),
+      (err: unknown) => err instanceof KvrouteError && err.code === 'timeout',
+    );
+    assert.deepEqual(await board.wait(`orphan${MAX_HELD_HANDOFFS}`, 1), {
+      request_id: `orphan${MAX_HELD_HANDOFFS}`,
+    });
+  } finally {
+    board.close();
+  }
 });

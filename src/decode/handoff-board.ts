@@ -2,7 +2,8 @@
 // its request_id, until the router's `kv_handoff` brings the remote prefill's result (or says to
 // prefill locally). The wait is bounded: past `timeout_ms` the generate fails with `timeout`, so a
 // prefill leg that never answers cannot pin a decode request. A handoff that arrives before its
-// generate (the two travel on different streams) is held for the same bound.
+// generate (the two travel on different streams) is held for the same bound, and at most
+// MAX_HELD_HANDOFFS are held (the oldest goes first).
 //
 // Lifecycle per request id: wait() or deliver() first; the other completes it; a timer, the
 // generate's AbortSignal or close() ends it otherwise. At most one waiter and one held handoff per id.
@@ -13,6 +14,9 @@ import { withRootContext } from '../telemetry/index.js';
 
 /** Longest wait a generate may ask for; also how long an early handoff is held. */
 export const MAX_HANDOFF_WAIT_MS = 60_000;
+
+/** Unclaimed handoffs held at once; past it the oldest is dropped. */
+export const MAX_HELD_HANDOFFS = 4096;
 
 interface Waiter {
   resolve(handoff: KvHandoffRequest): void;
@@ -28,6 +32,11 @@ export class KvHandoffBoard {
   /** Requests waiting for their handoff (for stats and tests). */
   get waitingCount(): number {
     return this.waiting.size;
+  }
+
+  /** Handoffs held for a generate that has not come yet (for tests). */
+  get heldCount(): number {
+    return this.held.size;
   }
 
   /**
@@ -98,7 +107,17 @@ export class KvHandoffBoard {
       return 'waiting';
     }
     const previous = this.held.get(handoff.request_id);
-    if (previous) clearTimeout(previous.timer);
+    if (previous) {
+      clearTimeout(previous.timer);
+      this.held.delete(handoff.request_id);
+    }
+    // Bounded in number as well as in time: handoffs whose generate already gave up would
+    // otherwise pile up for a minute each. The Map iterates oldest first.
+    if (this.held.size >= MAX_HELD_HANDOFFS) {
+      const [oldestId, oldest] = this.held.entries().next().value!;
+      clearTimeout(oldest.timer);
+      this.held.delete(oldestId);
+    }
     // Held for a generate that may never come: not in the kv_handoff request's context, which
     // has answered and must not be kept alive (or run this) for up to a minute.
     const timer = withRootContext(() =>
