@@ -591,7 +591,10 @@ export class RadixTree {
     return ++this.tick;
   }
 
-  /** Stamps `node` and its ancestors with `tick`, stopping at the first already that recent. */
+  /**
+   * Stamps `node` and its ancestors with `tick`, stopping at the first already that recent. A
+   * store's tick is newer than every node's, so for it this walks to the root: O(depth).
+   */
   touchUp(node: number, tick: number): void {
     for (
       let n = node;
