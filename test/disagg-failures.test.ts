@@ -517,3 +517,38 @@ for (const overlappedPrefill of [false, true]) {
     }
   });
 }
+
+for (const overlappedPrefill of [false, true]) {
+  describe(`${overlappedPrefill ? 'overlapped' : 'sequential'} mode, the router shutting down during a remote prefill`, () => {
+    let r: TestRouter;
+    let prefill: TestWorker;
+    let decode: TestWorker;
+
+    before(async () => {
+      r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill, prefillWaitMs: 30_000 });
+      // ~2.3 s of prefill: the router closes while it runs.
+      [prefill, decode] = await Promise.all([
+        spawnWorker(r, 'prefill', ['--speedup', '0.01']),
+        spawnWorker(r, 'decode', ['--speedup', '20']),
+      ]);
+    });
+
+    after(async () => {
+      await Promise.all([prefill?.proc.stop(), decode?.proc.stop()]);
+      await r?.router.close();
+    });
+
+    test('the client gets 503 shutting_down with Retry-After (not a 499 that blames it), and the prefill is cancelled', async () => {
+      const pending = completion(r, { prompt: prompt(400, 71), max_tokens: 4 });
+      await running(prefill);
+      const closed = r.router.close();
+      const res = await pending;
+      const body = (await res.json()) as { error: { code: string } };
+      assert.equal(res.status, 503, JSON.stringify(body));
+      assert.equal(body.error.code, 'shutting_down');
+      assert.equal(res.headers.get('retry-after'), '1');
+      await closed;
+      await waitFor(async () => (await workerCall<WorkerStats>(prefill.address, 'stats')).cancelled === 1);
+    });
+  });
+}

@@ -14,7 +14,7 @@
 // worker's own bound has run out too. Plans without a remote prefill go to the `local` executor.
 
 import { type Tracer, trace } from '@opentelemetry/api';
-import { KvrouteError } from '../../errors.js';
+import { isKvrouteError, KvrouteError } from '../../errors.js';
 import {
   ENDPOINTS,
   type GenerateChunk,
@@ -79,7 +79,7 @@ export class DisaggregatedExecutor implements Executor {
       );
     } catch (err) {
       const reason = fallbackReason(err, ctx.abort.aborted);
-      if (reason === null) throw cancelled(err);
+      if (reason === null) throw cancelled(ctx.abort, err);
       failure = { reason, err };
     } finally {
       ctx.prefillDone();
@@ -113,7 +113,7 @@ export class DisaggregatedExecutor implements Executor {
         prefillAbort.abort(ctx.abort.reason);
       },
     };
-    if (ctx.abort.aborted) throw new KvrouteError('client_closed', 'request was cancelled');
+    if (ctx.abort.aborted) throw cancelled(ctx.abort, undefined);
     ctx.abort.listen(callerAbort);
     const decode = plan.decode.worker;
     // What made the prefill side fail the request (it then cancels the decode leg).
@@ -338,6 +338,11 @@ function handoffTimeout(err: unknown, waitMs: number): unknown {
   return err;
 }
 
-function cancelled(cause: unknown): KvrouteError {
+/**
+ * The error of a request its abort ended: the abort's own reason (client gone, or the router
+ * shutting down: a 503 with Retry-After, not a 499 that blames the client), else client_closed.
+ */
+function cancelled(abort: RequestAbort, cause: unknown): KvrouteError {
+  if (isKvrouteError(abort.reason)) return abort.reason;
   return new KvrouteError('client_closed', 'request was cancelled', { cause });
 }
