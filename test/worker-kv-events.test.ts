@@ -1,9 +1,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FastifyBaseLogger } from 'fastify';
 import { MockEngine } from '../src/engine/index.js';
 import { KvrouteError } from '../src/errors.js';
-import { computeBlockHashes } from '../src/kv-index/index.js';
-import type { KvEvent, KvEventsChunk } from '../src/protocols/kv-events.js';
+import { computeBlockHashes, RadixIndex } from '../src/kv-index/index.js';
+import type { KvEvent, KvEventsChunk, KvEventsSubscribe } from '../src/protocols/kv-events.js';
+import { KvEventsSubscriber } from '../src/router/kv-events/subscriber.js';
+import { RouterMetrics } from '../src/router/metrics.js';
+import type { Worker } from '../src/router/registry/index.js';
+import { decodeJson, encodeJson, RequestPlaneClient, RequestPlaneServer } from '../src/tcp/index.js';
 import { KvEventsHub, splitEvents } from '../src/worker/kv-events-stream.js';
 import { range, runUntilIdle } from './engine-helpers.js';
 
@@ -166,4 +172,43 @@ test('splitEvents: in order, an event over the budget alone, and always at least
   );
   assert.deepEqual(splitEvents([], 4), [[]]);
   assert.equal(splitEvents(events, 100)[0], events, 'one run is the array itself');
+});
+
+test('router subscriber: a gap the worker cannot fill (the same hole on every replay) backs off', async () => {
+  // A worker whose log skips an id: every subscription, from any id, answers with last + 2. The
+  // first gap resubscribes at once; resubscribing again and again into the same hole must not
+  // become a tight loop of subscriptions (and gap log lines) against the worker.
+  const afterIds: number[] = [];
+  const server = new RequestPlaneServer().handle('kv_events', async function* (req) {
+    const { after_event_id = 0 } = decodeJson<KvEventsSubscribe>(req.payload);
+    afterIds.push(after_event_id);
+    const events: KvEvent[] = [{ event_id: after_event_id + 2, type: 'cleared' }];
+    yield encodeJson({ kind: 'events', events } satisfies KvEventsChunk);
+    await new Promise<void>((resolve) => req.signal.addEventListener('abort', () => resolve()));
+  });
+  await server.listen(0);
+  const client = new RequestPlaneClient();
+  const quiet = () => {};
+  const log = { info: quiet, warn: quiet, error: quiet, debug: quiet } as unknown as FastifyBaseLogger;
+  const worker = { id: 'w-1', address: server.address } as unknown as Worker;
+  const sub = new KvEventsSubscriber(worker, {
+    client,
+    index: new RadixIndex(),
+    metrics: new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 }),
+    log,
+    onUnreachable: quiet,
+  });
+  try {
+    sub.start();
+    await sleep(500);
+  } finally {
+    await sub.stop();
+    await client.close();
+    await server.close({ deadlineMs: 100 });
+  }
+  assert.ok(afterIds.length >= 2, 'the first gap resubscribed');
+  assert.ok(afterIds.every((id) => id === 0));
+  // Backing off (50 ms doubling, full jitter) allows a handful in 500 ms; a slower machine only
+  // fewer. Without it: hundreds.
+  assert.ok(afterIds.length <= 25, `${afterIds.length} subscriptions in 500 ms`);
 });

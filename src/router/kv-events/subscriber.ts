@@ -58,16 +58,23 @@ export class KvEventsSubscriber {
     const unreachableAfter = this.deps.unreachableAfter ?? 3;
     let failures = 0;
     let connectFailures = 0;
+    /** The last applied id at the previous gap (-1: none yet). */
+    let gapAt = -1;
     while (!signal.aborted) {
       try {
         const chunksBefore = this.chunks;
         const outcome = await this.follow(signal);
         connectFailures = 0;
-        // A gap resubscribes at once. A stream the worker ended (it is draining, or restarting its
-        // subscriptions) is retried after a short backoff, longer each time it ends without live
-        // chunks, so it cannot become a tight loop.
-        if (outcome === 'gap') failures = 0;
-        else failures = this.chunks - chunksBefore > 1 ? 1 : failures + 1;
+        // A gap resubscribes at once, unless the replay from the same id left the same hole: the
+        // worker cannot fill it, and asking again at once would loop. Then it backs off like a
+        // failure. A stream the worker ended (it is draining, or restarting its subscriptions) is
+        // retried after a short backoff, longer each time it ends without live chunks, so it
+        // cannot become a tight loop either.
+        if (outcome === 'gap') {
+          const at = this.deps.index.lastEventId(this.worker.id);
+          failures = at === gapAt ? failures + 1 : 0;
+          gapAt = at;
+        } else failures = this.chunks - chunksBefore > 1 ? 1 : failures + 1;
       } catch (err) {
         if (signal.aborted) break;
         failures++;
