@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { computeBlockHashes, localBlockKeys, RadixIndex } from '../src/kv-index/index.js';
+import { computeBlockHashes, localBlockKeys, RadixIndex, type WorkerReset } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { prng, storedEvent, tokensOf } from './kv-index-helpers.js';
 
@@ -74,6 +74,16 @@ class NaiveModel {
   clear(worker: string): void {
     for (const set of this.holders.values()) set.delete(worker);
     this.dropEmpty();
+  }
+
+  /** Paths `worker` holds now. */
+  heldBy(worker: string): string[] {
+    return [...this.holders].filter(([, set]) => set.has(worker)).map(([path]) => path);
+  }
+
+  /** The worker leaves one path (a reset's unmentioned holding). */
+  leave(worker: string, path: string): void {
+    if (this.holders.get(path)?.delete(worker)) this.dropEmpty();
   }
 
   matches(local: string[]): Map<string, number> {
@@ -212,6 +222,123 @@ describe('RadixIndex against a naive model', () => {
           );
           assert.equal(fresh.stats().nodes, index.stats().nodes);
           assert.deepEqual(nonZero(fresh.stats().blocksPerWorker), nonZero(statsBefore.blocksPerWorker));
+        }
+      }
+    });
+  }
+});
+
+describe('RadixIndex dumps in parts against the naive model', () => {
+  for (const seed of [11, 12, 13, 14]) {
+    test(`resets begun, fed in parts, finished, abandoned or outlived, amid other events; seed ${seed}`, () => {
+      // A reset's parts interleave with other workers' events (their subscriptions run
+      // concurrently); a reset may be abandoned (the stream broke) or its worker removed.
+      const random = prng(seed);
+      const prompts = universe(seed, 12);
+      const workers = ['w-0', 'w-1', 'w-2', 'w-3'];
+      const index = new RadixIndex();
+      const model = new NaiveModel();
+      const ids = new Map<string, number>();
+      type Pending = { reset: WorkerReset; before: string[]; mentioned: Set<string>; asOf: number };
+      const resets = new Map<string, Pending>();
+      const randomRun = () => {
+        const prompt = prompts[Math.floor(random() * prompts.length)]!;
+        const start = Math.floor(random() * prompt.local.length);
+        const len = 1 + Math.floor(random() * (prompt.local.length - start));
+        const blocks = prompt.local
+          .slice(start, start + len)
+          .map((local, i) => ({ local, seq: prompt.seq[start + i]! }));
+        const parent = start === 0 ? null : prompt.seq[start - 1]!;
+        const event = (eventId: number): KvEvent => ({
+          event_id: eventId,
+          type: 'stored',
+          parent_hash: parent,
+          blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
+        });
+        return { parent, blocks, event };
+      };
+      for (let step = 0; step < 300; step++) {
+        const worker = workers[Math.floor(random() * workers.length)]!;
+        const pending = resets.get(worker);
+        const roll = random();
+        let what: string;
+        if (pending !== undefined && roll < 0.5) {
+          const r = random();
+          if (r < 0.3) {
+            for (const path of pending.before) if (!pending.mentioned.has(path)) model.leave(worker, path);
+            pending.reset.finish(pending.asOf);
+            ids.set(worker, pending.asOf);
+            resets.delete(worker);
+            what = `finish ${worker}`;
+          } else if (r < 0.4) {
+            resets.delete(worker);
+            what = `abandon ${worker}`;
+          } else {
+            const run = randomRun();
+            const paths = new Set<string>();
+            const stored = model.stored(worker, run.parent, run.blocks);
+            if (stored) {
+              let path = run.parent === null ? '' : model.pathOfSeq.get(run.parent)!;
+              for (const b of run.blocks) {
+                path = path === '' ? b.local : `${path},${b.local}`;
+                paths.add(path);
+              }
+            }
+            for (const path of paths) pending.mentioned.add(path);
+            assert.equal(pending.reset.apply([run.event(pending.asOf)]), stored ? 0 : 1);
+            what = `part ${worker}`;
+          }
+        } else if (roll < 0.45) {
+          const run = randomRun();
+          const id = (ids.get(worker) ?? 0) + 1;
+          const result = index.applyEvent(worker, run.event(id));
+          if (pending === undefined) {
+            ids.set(worker, id);
+            assert.equal(result.status === 'applied', model.stored(worker, run.parent, run.blocks));
+          } else assert.equal(result.status, 'gap', 'a worker mid-reset has no live events yet');
+          what = `stored ${worker}`;
+        } else if (roll < 0.7 && pending === undefined) {
+          const prompt = prompts[Math.floor(random() * prompts.length)]!;
+          const seqs = prompt.seq.filter(() => random() < 0.4);
+          const id = (ids.get(worker) ?? 0) + 1;
+          ids.set(worker, id);
+          model.removed(worker, seqs);
+          index.applyEvent(worker, { event_id: id, type: 'removed', sequence_hashes: seqs });
+          what = `removed ${worker}`;
+        } else if (roll < 0.78) {
+          // Duplicated or early ids change nothing.
+          const last = index.lastEventId(worker);
+          const id = random() < 0.5 ? Math.max(0, last - Math.floor(random() * 3)) : last + 2;
+          assert.notEqual(index.applyEvent(worker, { event_id: id, type: 'cleared' }).status, 'applied');
+          what = `odd id ${worker}`;
+        } else if (roll < 0.84) {
+          model.clear(worker);
+          index.removeWorker(worker);
+          ids.delete(worker);
+          resets.delete(worker);
+          what = `removeWorker ${worker}`;
+        } else if (pending === undefined) {
+          const asOf = (ids.get(worker) ?? 0) + Math.floor(random() * 5);
+          resets.set(worker, {
+            reset: index.beginReset(worker),
+            before: model.heldBy(worker),
+            mentioned: new Set(),
+            asOf,
+          });
+          what = `beginReset ${worker}`;
+        } else continue;
+        for (const p of prompts) {
+          assert.deepEqual(
+            sorted(index.findMatches(p.keys).toMap()),
+            sorted(model.matches(p.local)),
+            `step ${step}: ${what}`,
+          );
+        }
+        const stats = index.stats();
+        assert.deepEqual(nonZero(stats.blocksPerWorker), model.blocksPerWorker(), `step ${step}: ${what}`);
+        assert.equal(stats.nodes, model.holders.size, `step ${step}: ${what}`);
+        for (const w of workers) {
+          if (!resets.has(w)) assert.equal(index.lastEventId(w), ids.get(w) ?? 0, `step ${step}: ${what}`);
         }
       }
     });
