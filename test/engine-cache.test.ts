@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { KvEventLog, MockEngine } from '../src/engine/index.js';
+import { eventBlocks, KvEventLog, MockEngine } from '../src/engine/index.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { range, runUntilIdle } from './engine-helpers.js';
@@ -136,4 +136,48 @@ test('clearing an idle cache emits cleared and empties the pool', () => {
   assert.equal(engine.pool.cachedBlocks, 0);
   const last = engine.events.since(engine.events.lastEventId - 1)!;
   assert.equal(last[0]!.type, 'cleared');
+});
+
+test("the default event ring is bounded in blocks, not only in events: long prompts' events stay ~100 MB", () => {
+  // 8000-token prompts, all different: each request stores 500 blocks and evicts about as many,
+  // two events of ~45 KB of heap each. 65,536 such events (the ring's count) would be ~3 GB.
+  const engine = new MockEngine({}, computeBlockHashes);
+  let now = 0;
+  for (let r = 0; r < 2500; r++) {
+    engine.submit({ id: `r${r}`, tokenIds: range(r * 8000, 8000), maxTokens: 1 }, now);
+    now = runUntilIdle(engine, now).now;
+  }
+  const log = engine.events;
+  const held = log.since(log.oldestEventId - 1);
+  assert.ok(held !== null && held.length > 0);
+  assert.equal(held.at(-1)!.event_id, log.lastEventId);
+  const blocks = held.reduce((n, e) => n + eventBlocks(e), 0);
+  assert.ok(blocks <= 1 << 20, `the ring holds ${blocks} blocks' worth of events`);
+  assert.equal(log.since(0), null, 'what fell out is served as a dump');
+});
+
+test('the event ring drops its oldest events once they pass its block budget; the newest always stays', () => {
+  const log = new KvEventLog(100, 10);
+  const removed = (n: number) => ({ type: 'removed' as const, sequence_hashes: range(0, n).map(String) });
+  log.append(removed(4));
+  log.append(removed(4));
+  assert.deepEqual([log.oldestEventId, log.lastEventId], [1, 2]);
+  log.append(removed(4)); // 12 blocks: event 1 goes
+  assert.equal(log.oldestEventId, 2);
+  assert.equal(log.since(0), null);
+  assert.deepEqual(
+    log.since(1)!.map((e) => e.event_id),
+    [2, 3],
+  );
+  log.append(removed(25)); // over the budget alone: kept, alone
+  assert.equal(log.oldestEventId, 4);
+  assert.deepEqual(
+    log.since(3)!.map((e) => e.event_id),
+    [4],
+  );
+  log.append(removed(1));
+  assert.deepEqual(
+    log.since(4)!.map((e) => e.event_id),
+    [5],
+  );
 });

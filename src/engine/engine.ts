@@ -30,6 +30,8 @@ export interface EngineConfig {
   maxWaiting: number;
   /** KV events kept for replay. */
   eventRingCapacity: number;
+  /** Blocks' worth of KV events kept for replay (what they store or remove): bounds the ring's memory. */
+  eventRingBlocks: number;
   /** Mixed into every request's sampler seed. */
   seed: number;
 }
@@ -41,6 +43,8 @@ export const ENGINE_DEFAULTS = {
   speedup: 1,
   maxWaiting: 1024,
   eventRingCapacity: 65536,
+  // ~100 MB of events (~90 bytes of heap a block), 64 pool-fulls at the default pool size.
+  eventRingBlocks: 1 << 20,
   seed: 0,
 } as const satisfies EngineConfig;
 
@@ -145,7 +149,7 @@ export class MockEngine {
   constructor(config: Partial<EngineConfig>, hasher: BlockHasher) {
     this.config = { ...ENGINE_DEFAULTS, ...config };
     this.hasher = hasher;
-    this.events = new KvEventLog(this.config.eventRingCapacity);
+    this.events = new KvEventLog(this.config.eventRingCapacity, this.config.eventRingBlocks);
     this.pool = new KvBlockPool(this.config.kvBlocks, this.events);
   }
 

@@ -1,6 +1,11 @@
 // The worker's KV event stream: assigns ids (1, 2, 3 ... per worker), keeps the most recent
 // events in a fixed ring so a subscriber can resume after the last id it applied, and notifies
 // live listeners synchronously. Pure: no I/O; the worker shell turns listeners into streams.
+//
+// The ring is bounded twice: in events and in blocks (what the events store or remove). One
+// long prompt's events carry hundreds of blocks (~45 KB of heap for 500), so a bound in events
+// alone let 65,536 of them hold ~3 GB. A subscriber whose id fell out gets a dump instead, which
+// costs O(cached blocks): never more than the pool.
 
 import type { KvEvent } from '../protocols/kv-events.js';
 
@@ -10,13 +15,32 @@ export type KvEventBody = WithoutId<KvEvent>;
 
 export type KvEventListener = (event: KvEvent) => void;
 
+/** An event's size in blocks: the blocks it stores or the hashes it removes (at least 1). */
+export function eventBlocks(event: KvEventBody): number {
+  if (event.type === 'stored') return Math.max(1, event.blocks.length);
+  if (event.type === 'removed') return Math.max(1, event.sequence_hashes.length);
+  return 1;
+}
+
 export class KvEventLog {
   private readonly ring: (KvEvent | undefined)[];
   private last = 0;
+  /** Id of the oldest event held. */
+  private first = 1;
+  /** Blocks' worth of the events held. */
+  private heldBlocks = 0;
   private readonly listeners = new Set<KvEventListener>();
 
-  constructor(readonly capacity: number) {
+  /**
+   * `capacity` events at most, and at most `maxBlocks` blocks' worth of them (the newest event is
+   * always held, however large).
+   */
+  constructor(
+    readonly capacity: number,
+    readonly maxBlocks = Number.POSITIVE_INFINITY,
+  ) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('event ring capacity must be >= 1');
+    if (!(maxBlocks >= 1)) throw new RangeError('event ring block budget must be >= 1');
     this.ring = new Array<KvEvent | undefined>(capacity);
   }
 
@@ -27,12 +51,15 @@ export class KvEventLog {
 
   /** Smallest id still held in the ring (lastEventId + 1 when empty). */
   get oldestEventId(): number {
-    return Math.max(1, this.last - this.capacity + 1);
+    return this.first;
   }
 
   append(body: KvEventBody): KvEvent {
     const event = { event_id: ++this.last, ...body } as KvEvent;
+    if (this.last - this.first + 1 > this.capacity) this.dropOldest(); // its slot is the one we take
     this.ring[event.event_id % this.capacity] = event;
+    this.heldBlocks += eventBlocks(event);
+    while (this.heldBlocks > this.maxBlocks && this.first < this.last) this.dropOldest();
     for (const listener of this.listeners) listener(event);
     return event;
   }
@@ -44,7 +71,7 @@ export class KvEventLog {
    */
   since(afterId: number): KvEvent[] | null {
     if (afterId > this.last) return null;
-    if (afterId + 1 < this.oldestEventId) return null;
+    if (afterId + 1 < this.first) return null;
     const out: KvEvent[] = [];
     for (let id = afterId + 1; id <= this.last; id++) out.push(this.ring[id % this.capacity]!);
     return out;
@@ -54,5 +81,12 @@ export class KvEventLog {
   subscribe(listener: KvEventListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  private dropOldest(): void {
+    const slot = this.first % this.capacity;
+    this.heldBlocks -= eventBlocks(this.ring[slot]!);
+    this.ring[slot] = undefined;
+    this.first++;
   }
 }

@@ -11,6 +11,6 @@ export {
   MockEngine,
   type RequestAccounting,
 } from './engine.js';
-export { type KvEventBody, type KvEventListener, KvEventLog } from './event-log.js';
+export { eventBlocks, type KvEventBody, type KvEventListener, KvEventLog } from './event-log.js';
 export { decodeStepMs, prefillMs } from './timing.js';
 export { promptSeed, TokenSampler, WORD_TOKEN_IDS } from './token-sampler.js';

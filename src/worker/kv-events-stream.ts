@@ -7,11 +7,11 @@
 //
 // Every chunk carries at most `chunkBlocks` blocks' worth of events (a single larger event goes
 // alone), whatever the size of the replay, the dump or the backlog: one chunk is one frame, and a
-// replay of the 65,536-event ring could pass the 32 MiB frame limit (2k-token prompts: ~50 MB),
-// failing the subscription on every retry. A dump in several chunks marks all but its last part
+// replay of the ring (up to 2^20 blocks' worth of events, ~90 MB of JSON) could pass the 32 MiB
+// frame limit, failing the subscription on every retry. A dump in several chunks marks all but its last part
 // `more: true`; the router resets the worker only once the last part is in.
 
-import type { MockEngine } from '../engine/index.js';
+import { eventBlocks, type MockEngine } from '../engine/index.js';
 import { KvrouteError } from '../errors.js';
 import type { KvEvent, KvEventsChunk } from '../protocols/kv-events.js';
 
@@ -20,13 +20,6 @@ import type { KvEvent, KvEventsChunk } from '../protocols/kv-events.js';
  * strings and their keys), so a chunk stays near 350 KB, a hundredth of the frame limit.
  */
 export const KV_EVENTS_CHUNK_BLOCKS = 4096;
-
-/** An event's size in blocks: the blocks it stores or the hashes it removes (at least 1). */
-function eventBlocks(event: KvEvent): number {
-  if (event.type === 'stored') return Math.max(1, event.blocks.length);
-  if (event.type === 'removed') return Math.max(1, event.sequence_hashes.length);
-  return 1;
-}
 
 /**
  * `events` in order, cut into runs of at most `maxBlocks` blocks (an event larger than that
