@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { KvHandoffBoard, MAX_HELD_HANDOFFS } from '../src/decode/handoff-board.js';
+import { MockEngine } from '../src/engine/index.js';
 import { KvrouteError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEventsChunk } from '../src/protocols/kv-events.js';
 import type { GenerateChunk, LoadReport, PrefillResponse } from '../src/protocols/worker-plane.js';
 import { decodeJson, encodeJson, RequestPlaneClient, TransportError } from '../src/tcp/index.js';
+import { KvEventsHub } from '../src/worker/kv-events-stream.js';
 import type { WorkerStats } from '../src/worker/stats.js';
+import { runUntilIdle } from './engine-helpers.js';
 import { StandInRouter, spawnWorker, type WorkerProcess } from './worker-helpers.js';
 
 const router = new StandInRouter(600);
@@ -194,4 +197,24 @@ test('the handoff board holds a bounded number of unclaimed handoffs, dropping t
   } finally {
     board.close();
   }
+});
+
+test("a stalled kv_events subscriber is cut off by its backlog's blocks, not only its count of events", async () => {
+  // Long distinct prompts: each request stores 500 blocks and evicts about as many, in two events
+  // of ~45 KB of heap. A backlog counted in events held 100,000 of those (~4.5 GB) before the cut.
+  const engine = new MockEngine({}, computeBlockHashes);
+  const hub = new KvEventsHub(engine);
+  const it = hub.subscribe({ afterEventId: 0, maxBacklog: 100_000 })[Symbol.asyncIterator]();
+  await it.next(); // the (empty) replay; then the subscriber stops pulling
+  let now = 0;
+  for (let r = 0; r < 150 && hub.subscribers > 0; r++) {
+    engine.submit(
+      { id: `r${r}`, tokenIds: Array.from({ length: 8000 }, (_, i) => r * 8000 + i), maxTokens: 1 },
+      now,
+    );
+    now = runUntilIdle(engine, now).now;
+  }
+  assert.ok(engine.events.lastEventId < 300, `${engine.events.lastEventId} events`);
+  assert.equal(hub.subscribers, 0, 'cut off once 100,000 blocks wait');
+  await assert.rejects(it.next(), (err: unknown) => err instanceof KvrouteError && err.code === 'overloaded');
 });

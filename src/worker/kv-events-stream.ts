@@ -1,9 +1,10 @@
 // `kv_events` subscriptions: each replays the ring buffer after the subscriber's last applied id
 // (or sends a full dump when the ring no longer holds it), then follows live events. Live events
 // accumulate until the subscriber pulls the next chunk, so a chunk carries everything since the
-// previous one; a subscriber that lets more than `maxBacklog` events pile up (its transport window
-// is full) is cut off with `overloaded` and resubscribes from its last id. A stalled router thus
-// cannot grow the worker's memory without bound.
+// previous one; a subscriber that lets more than `maxBacklog` blocks' worth of events pile up (its
+// transport window is full) is cut off with `overloaded` and resubscribes from its last id. A
+// stalled router thus cannot grow the worker's memory without bound. Counted in blocks, not events:
+// one long prompt's events hold ~45 KB of heap each, so 100,000 of them would be ~4.5 GB.
 //
 // Every chunk carries at most `chunkBlocks` blocks' worth of events (a single larger event goes
 // alone), whatever the size of the replay, the dump or the backlog: one chunk is one frame, and a
@@ -63,13 +64,15 @@ export interface KvEventsHubOptions {
 
 export interface KvEventsSubscriptionOptions {
   afterEventId: number;
-  /** Live events held for this subscriber before it is cut off. */
+  /** Blocks' worth of live events (eventBlocks) held for this subscriber before it is cut off. */
   maxBacklog: number;
   signal?: AbortSignal;
 }
 
 interface Subscription {
   pending: KvEvent[];
+  /** Blocks' worth of the pending events. */
+  pendingBlocks: number;
   /** Set when the subscription must stop: undefined error = clean end. */
   stop: { error?: unknown } | undefined;
   wake: (() => void) | undefined;
@@ -98,7 +101,13 @@ export class KvEventsHub {
     const { engine } = this;
     // Replay and subscription happen in one synchronous turn: no event can fall between them.
     const first = firstChunks(engine.events.since(options.afterEventId), engine, this.chunkBlocks);
-    const sub: Subscription = { pending: [], stop: undefined, wake: undefined, release: () => {} };
+    const sub: Subscription = {
+      pending: [],
+      pendingBlocks: 0,
+      stop: undefined,
+      wake: undefined,
+      release: () => {},
+    };
     const release = () => sub.release();
     // Stopping unsubscribes at once: a stalled subscriber must not keep collecting events.
     const stop = (error?: unknown) => {
@@ -109,11 +118,12 @@ export class KvEventsHub {
     };
     const unsubscribe = engine.events.subscribe((event) => {
       sub.pending.push(event);
-      if (sub.pending.length > options.maxBacklog) {
+      sub.pendingBlocks += eventBlocks(event);
+      if (sub.pendingBlocks > options.maxBacklog) {
         stop(
           new KvrouteError(
             'overloaded',
-            `kv_events subscriber fell more than ${options.maxBacklog} events behind; resubscribe`,
+            `kv_events subscriber fell more than ${options.maxBacklog} blocks' worth of events behind; resubscribe`,
           ),
         );
       }
@@ -160,6 +170,7 @@ async function* follow(
       }
       const pending = sub.pending;
       sub.pending = [];
+      sub.pendingBlocks = 0;
       for (const events of splitEvents(pending, chunkBlocks)) yield { kind: 'events', events };
     }
   } finally {

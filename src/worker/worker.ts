@@ -31,7 +31,7 @@ export interface WorkerConfig {
     Pick<EngineConfig, 'blockSize' | 'kvBlocks' | 'maxBatchedTokens' | 'speedup'>;
   /** How long stop() lets in-flight streams run before cutting them. */
   drainDeadlineMs: number;
-  /** Live KV events one subscriber may fall behind before it is cut off. */
+  /** Blocks' worth of live KV events one subscriber may fall behind before it is cut off. */
   kvEventsBacklog: number;
   log: Log;
   /** This process's tracer (telemetry.tracer): request-plane and engine spans. Default: the API global. */
