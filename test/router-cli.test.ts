@@ -59,6 +59,29 @@ test('a duration past the longest Node timer (2^31-1 ms) exits 2 with one line',
   assert.match(env.stderr, /KVROUTE_STREAM_IDLE_TIMEOUT_MS: must be <= 2147483647/);
 });
 
+// The worker's --drain-ms is a Node timer too: --drain-ms 3000000000 (the operator asking for a
+// long drain) drained for 1 ms and cut every in-flight stream on SIGTERM. The router is never
+// reached (port 9): a worker that did start would retry until killed, which the timeout does.
+test('worker: a --drain-ms past the longest Node timer exits 2 with one line', () => {
+  for (const [args, env, reason] of [
+    [
+      ['--drain-ms', '3000000000'],
+      {},
+      /^kvroute worker: --drain-ms: must be <= 2147483647, got 3000000000\n$/,
+    ],
+    [[], { KVROUTE_DRAIN_MS: '2147483648' }, /^kvroute worker: KVROUTE_DRAIN_MS: must be <= 2147483647/],
+  ] as const) {
+    const r = spawnSync(
+      process.execPath,
+      [CLI_MAIN, 'worker', '--role', 'both', '--router', 'http://127.0.0.1:9', ...args],
+      { encoding: 'utf8', timeout: 10_000, env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env } },
+    );
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, reason);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+});
+
 test('--help wins over a bad environment variable or a bad flag', () => {
   for (const [args, env] of [
     [['router', '--help'], { KVROUTE_ENFORCE_DISAGG: 'maybe' }],

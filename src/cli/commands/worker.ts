@@ -5,6 +5,7 @@ import { ENGINE_DEFAULTS } from '../../engine/index.js';
 import { UsageError } from '../../errors.js';
 import { computeBlockHashes } from '../../kv-index/index.js';
 import { WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
+import { MAX_TIMER_MS } from '../../router/config.js';
 import { initTelemetry } from '../../telemetry/index.js';
 import { createLog } from '../../worker/log.js';
 import { startWorker } from '../../worker/worker.js';
@@ -61,6 +62,8 @@ export const spec: CommandModule['spec'] = {
       type: 'integer',
       default: 10_000,
       min: 0,
+      // A Node timer runs a longer delay after 1 ms: the drain would cut every stream at once.
+      max: MAX_TIMER_MS,
       help: 'on SIGTERM, how long in-flight streams may run before they are cut',
     },
     { name: 'verbose', type: 'boolean', default: false, help: 'structured JSON logs on stderr' },
