@@ -82,6 +82,28 @@ test('worker: a --drain-ms past the longest Node timer exits 2 with one line', (
   }
 });
 
+// The engine allocates its block pool's bookkeeping up front: --kv-blocks 100000000000 died with a
+// RangeError stack trace (exit 1), and 2^32-1 ran the process out of memory.
+test('worker: a --kv-blocks too large to allocate exits 2 with one line', () => {
+  for (const [args, env, reason] of [
+    [
+      ['--kv-blocks', '100000000000'],
+      {},
+      /^kvroute worker: --kv-blocks: must be <= 16777216, got 100000000000\n$/,
+    ],
+    [[], { KVROUTE_KV_BLOCKS: '4294967295' }, /^kvroute worker: KVROUTE_KV_BLOCKS: must be <= 16777216/],
+  ] as const) {
+    const r = spawnSync(
+      process.execPath,
+      [CLI_MAIN, 'worker', '--role', 'both', '--router', 'http://127.0.0.1:9', ...args],
+      { encoding: 'utf8', timeout: 10_000, env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env } },
+    );
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, reason);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+});
+
 test('--help wins over a bad environment variable or a bad flag', () => {
   for (const [args, env] of [
     [['router', '--help'], { KVROUTE_ENFORCE_DISAGG: 'maybe' }],

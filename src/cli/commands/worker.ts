@@ -12,6 +12,13 @@ import { startWorker } from '../../worker/worker.js';
 import type { CommandModule } from '../command.js';
 import type { ParsedOptions } from '../options.js';
 
+/**
+ * The engine allocates its pool's bookkeeping up front (~20 bytes a block): 2^24 blocks (268M
+ * tokens at 16 a block, 1,024x the default) take ~330 MB; 2^32-1 ran out of memory, and more
+ * died with a RangeError stack trace.
+ */
+const MAX_KV_BLOCKS = 2 ** 24;
+
 export const spec: CommandModule['spec'] = {
   usage: 'kvroute worker',
   summary: 'One mock inference worker (prefill, decode or both) that registers with a router.',
@@ -40,6 +47,7 @@ export const spec: CommandModule['spec'] = {
       type: 'integer',
       default: ENGINE_DEFAULTS.kvBlocks,
       min: 1,
+      max: MAX_KV_BLOCKS,
       help: 'KV pool capacity in blocks',
     },
     {
