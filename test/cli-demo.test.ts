@@ -37,10 +37,10 @@ interface Demo {
  * a foreground job, so `process.kill(-pid, 'SIGINT')` is what a terminal's Ctrl-C does. After the
  * test: the demo and any child it left are killed (its children run in groups of their own).
  */
-function startDemo(args: readonly string[]): Demo {
+function startDemo(args: readonly string[], env: NodeJS.ProcessEnv = {}): Demo {
   const child = spawn(process.execPath, [CLI_MAIN, 'demo', '--port', '0', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env },
     detached: true,
   });
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
@@ -203,4 +203,20 @@ test('a port held by something that accepts and never answers: the demo exits 1,
   assert.equal(signal, null, `the demo hung and was killed:\n${demo.stderr()}`);
   assert.equal(code, 1);
   assert.match(demo.stderr(), /the router exited/);
+});
+
+// A KVROUTE_* variable the demo passes on (its children read the environment) that no worker
+// takes: every worker exits 2 at once. The demo waited out --ready-timeout-ms (30 s by default)
+// before it said 'fewer than 1 workers registered in time'; the fleet could never be complete.
+test('a worker that exits before the demo is ready stops the demo at once with exit 1', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1', '--ready-timeout-ms', '600000'], {
+    KVROUTE_MAX_WAITING: '0',
+  });
+  const timer = setTimeout(() => demo.child.kill('SIGKILL'), 15_000);
+  const [code, signal] = await demo.exited;
+  clearTimeout(timer);
+  assert.equal(signal, null, `the demo waited for the worker and was killed:\n${demo.stderr()}`);
+  assert.equal(code, 1);
+  assert.match(demo.stderr(), /KVROUTE_MAX_WAITING: must be >= 1/, 'the worker says why');
+  assert.match(demo.stderr(), /decode-1 exited \(2\) before the demo was ready/);
 });

@@ -1,7 +1,8 @@
 // `kvroute demo`: the router plus N prefill and N decode mock workers, each a child process of
 // this one, all on loopback. Prints the URL and a first request once the fleet is ready; Ctrl-C
 // (or SIGTERM, SIGHUP) stops every process it started, each with one SIGTERM; a second one while
-// stopping kills them at once. If the router dies, the demo stops with exit 1.
+// stopping kills them at once. If the router dies, or a worker before the fleet is ready, the demo
+// stops with exit 1.
 //
 // The children run in their own process group (detached), so a terminal's Ctrl-C reaches the demo
 // only: sent to the whole group it gave every child a SIGINT and then stopAll's SIGTERM, and a
@@ -140,6 +141,8 @@ export async function run(o: ParsedOptions): Promise<number> {
   const host = o.host as string;
   const children = new Map<string, ChildProcess>();
   let stopping = false;
+  /** Every worker registered: from then on a worker that exits is reported, and the demo runs on. */
+  let ready = false;
   // Aborted when stopping starts: ends the readiness polls at once.
   const stopPolls = new AbortController();
   // The children are out of the terminal's reach: whatever ends this process ends them too.
@@ -191,10 +194,20 @@ export async function run(o: ParsedOptions): Promise<number> {
         if (stopping) return;
         const worker = startChild(name, ['worker', '--role', role, ...common], children);
         worker.once('exit', (code, signal) => {
-          if (!stopping) process.stderr.write(`kvroute demo: ${name} exited (${signal ?? code})\n`);
+          if (stopping) return;
+          if (ready) {
+            process.stderr.write(`kvroute demo: ${name} exited (${signal ?? code})\n`);
+            return;
+          }
+          // The fleet can no longer be complete: waiting out --ready-timeout-ms would only hide why.
+          process.stderr.write(
+            `kvroute demo: ${name} exited (${signal ?? code}) before the demo was ready; stopping\n`,
+          );
+          stop(1);
         });
       }
       await waitForWorkers(url, roles.length, deadline, stopPolls.signal);
+      ready = true;
       process.stdout.write(
         `\nkvroute demo ready: ${url}  (${o.prefill} prefill + ${o.decode} decode workers)\n` +
           `Try:\n  curl -s ${url}/v1/completions -H 'content-type: application/json' \\\n` +
