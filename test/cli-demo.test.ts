@@ -220,3 +220,13 @@ test('a worker that exits before the demo is ready stops the demo at once with e
   assert.match(demo.stderr(), /KVROUTE_MAX_WAITING: must be >= 1/, 'the worker says why');
   assert.match(demo.stderr(), /decode-1 exited \(2\) before the demo was ready/);
 });
+
+// The demo hands its parsed --speedup to each worker as text: String(1e21) is '1e+21', which the
+// worker's parser (decimal only) refuses, so the workers exited 2 and the demo never became ready.
+test('a --speedup of 1e21 or more (given in decimal) reaches the workers as a number they take', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1', '--speedup', '1000000000000000000000']);
+  await demo.ready;
+  demo.child.kill('SIGINT');
+  const [code] = await demo.exited;
+  assert.equal(code, 0, demo.stderr());
+});

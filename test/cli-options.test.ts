@@ -4,6 +4,7 @@ import {
   type CommandSpec,
   commaIntegers,
   commaList,
+  decimalText,
   envName,
   formatHelp,
   parseOptions,
@@ -107,4 +108,12 @@ test('--help wins over a bad flag or environment variable anywhere', () => {
   }
   // Without --help the first mistake on the line is the one reported.
   assert.throws(() => parseOptions(spec, ['--policy', 'fast', '--nope'], {}), /--policy: must be one of/);
+});
+
+test('decimalText gives back text the parser reads as the same number, without an exponent', () => {
+  for (const n of [1e21, 1.5e300, 123456789012345678901234, 0.001, 3.5, 20, 1e-7]) {
+    const text = decimalText(n);
+    assert.doesNotMatch(text, /e/i, text);
+    assert.equal(parseOptions(spec, ['--temperature', text], {}).options.temperature, n, text);
+  }
 });

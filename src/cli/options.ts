@@ -166,6 +166,17 @@ export function parseOptions(
   return { options, positionals, help };
 }
 
+/**
+ * A number as decimal text that parseOptions reads back, for handing an option on to a child
+ * process: String() writes 1e21 and up, and below 1e-6, with an exponent, which the parser refuses.
+ * Exact from 1e-6 up; below, 20 decimals.
+ */
+export function decimalText(n: number): string {
+  const text = String(n);
+  if (!text.includes('e')) return text;
+  return n.toLocaleString('en-US', { useGrouping: false, maximumFractionDigits: 20 });
+}
+
 export function formatHelp(command: CommandSpec): string {
   const lines = [
     `Usage: ${command.usage} [options]${command.positionals ? ` ${command.positionals}` : ''}`,

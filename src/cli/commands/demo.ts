@@ -14,7 +14,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import type { CommandModule } from '../command.js';
-import type { ParsedOptions } from '../options.js';
+import { decimalText, type ParsedOptions } from '../options.js';
 
 export const spec: CommandModule['spec'] = {
   usage: 'kvroute demo',
@@ -182,7 +182,7 @@ export async function run(o: ParsedOptions): Promise<number> {
         '--port',
         '0',
         '--speedup',
-        String(o.speedup),
+        decimalText(o.speedup as number),
         '--model',
         o.model as string,
       ];
