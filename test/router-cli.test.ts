@@ -104,6 +104,30 @@ test('worker: a --kv-blocks too large to allocate exits 2 with one line', () => 
   }
 });
 
+// The router refuses a registration whose model is empty or longer than 256 characters (400), and
+// a refused worker retries quietly for ever: `worker --model=` never served, and `demo --model=`
+// waited out its ready timeout. Both now refuse the name up front.
+test('worker and demo: a model name the router would refuse exits 2 with one line', () => {
+  for (const [command, model] of [
+    ['worker', ''],
+    ['worker', 'm'.repeat(257)],
+    ['demo', ''],
+  ] as const) {
+    const args =
+      command === 'worker'
+        ? ['worker', '--role', 'both', '--router', 'http://127.0.0.1:9']
+        : ['demo', '--port', '0', '--prefill', '0', '--decode', '1'];
+    const r = spawnSync(process.execPath, [CLI_MAIN, ...args, `--model=${model}`], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    });
+    assert.equal(r.status, 2, `${command} --model of ${model.length}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`^kvroute ${command}: --model: `));
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+});
+
 test('--help wins over a bad environment variable or a bad flag', () => {
   for (const [args, env] of [
     [['router', '--help'], { KVROUTE_ENFORCE_DISAGG: 'maybe' }],

@@ -14,6 +14,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import type { CommandModule } from '../command.js';
+import { modelName } from '../model-name.js';
 import { decimalText, type ParsedOptions } from '../options.js';
 
 export const spec: CommandModule['spec'] = {
@@ -139,6 +140,7 @@ async function stopAll(children: Map<string, ChildProcess>): Promise<void> {
 
 export async function run(o: ParsedOptions): Promise<number> {
   const host = o.host as string;
+  const model = modelName(o.model);
   const children = new Map<string, ChildProcess>();
   let stopping = false;
   /** Every worker registered: from then on a worker that exits is reported, and the demo runs on. */
@@ -184,7 +186,7 @@ export async function run(o: ParsedOptions): Promise<number> {
         '--speedup',
         decimalText(o.speedup as number),
         '--model',
-        o.model as string,
+        model,
       ];
       const roles = [
         ...Array.from({ length: o.prefill as number }, (_, i) => [`prefill-${i + 1}`, 'prefill'] as const),
@@ -211,7 +213,7 @@ export async function run(o: ParsedOptions): Promise<number> {
       process.stdout.write(
         `\nkvroute demo ready: ${url}  (${o.prefill} prefill + ${o.decode} decode workers)\n` +
           `Try:\n  curl -s ${url}/v1/completions -H 'content-type: application/json' \\\n` +
-          `    -d '{"model":"${o.model}","prompt":"Hello, router","max_tokens":16}'\n` +
+          `    -d '{"model":"${model}","prompt":"Hello, router","max_tokens":16}'\n` +
           'Press Ctrl-C to stop.\n',
       );
     })().catch((err: unknown) => {

@@ -10,6 +10,7 @@ import { initTelemetry } from '../../telemetry/index.js';
 import { createLog } from '../../worker/log.js';
 import { startWorker } from '../../worker/worker.js';
 import type { CommandModule } from '../command.js';
+import { modelName } from '../model-name.js';
 import type { ParsedOptions } from '../options.js';
 
 /**
@@ -97,6 +98,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   if (options.role === undefined) throw new UsageError(`--role is required (${WORKER_ROLES.join('|')})`);
   const role = options.role as WorkerRole;
   const router = routerUrl(options.router);
+  const model = modelName(options.model);
   const telemetry = initTelemetry({ serviceName: `kvroute-${role}-worker` });
   const log = createLog(options.verbose === true, { component: 'worker', role });
   const worker = await startWorker(
@@ -105,7 +107,7 @@ export async function run(options: ParsedOptions): Promise<number> {
       routerUrl: router,
       host: options.host as string,
       port: options.port as number,
-      model: options.model as string,
+      model,
       engine: {
         blockSize: options.blockSize as number,
         kvBlocks: options.kvBlocks as number,

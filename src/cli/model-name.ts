@@ -1,0 +1,17 @@
+// The model name a worker registers with. The router refuses a registration whose model is empty
+// or longer than 256 characters (src/router/registry/validate-registration.ts), and a refused
+// worker retries quietly for ever, so `kvroute worker` and `kvroute demo` check it up front.
+
+import { UsageError } from '../errors.js';
+
+export const MAX_MODEL_NAME_LENGTH = 256;
+
+/** The --model value if the router would take it; otherwise a UsageError. */
+export function modelName(value: unknown): string {
+  const name = String(value ?? '');
+  if (name.length === 0) throw new UsageError('--model: give a model name');
+  if (name.length > MAX_MODEL_NAME_LENGTH) {
+    throw new UsageError(`--model: at most ${MAX_MODEL_NAME_LENGTH} characters, got ${name.length}`);
+  }
+  return name;
+}
