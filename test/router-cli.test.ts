@@ -128,6 +128,18 @@ test('worker and demo: a model name the router would refuse exits 2 with one lin
   }
 });
 
+// A router takes block sizes up to 65536 (--block-size), and registration needs the worker's to be
+// equal: a larger worker block size could never register, and the worker retried quietly for ever.
+test("worker: a --block-size larger than any router's exits 2 with one line", () => {
+  const r = spawnSync(
+    process.execPath,
+    [CLI_MAIN, 'worker', '--role', 'both', '--router', 'http://127.0.0.1:9', '--block-size', '65537'],
+    { encoding: 'utf8', timeout: 10_000, env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' } },
+  );
+  assert.equal(r.status, 2, r.stdout + r.stderr);
+  assert.match(r.stderr, /^kvroute worker: --block-size: must be <= 65536, got 65537\n$/);
+});
+
 test('--help wins over a bad environment variable or a bad flag', () => {
   for (const [args, env] of [
     [['router', '--help'], { KVROUTE_ENFORCE_DISAGG: 'maybe' }],

@@ -5,7 +5,7 @@ import { ENGINE_DEFAULTS } from '../../engine/index.js';
 import { UsageError } from '../../errors.js';
 import { computeBlockHashes } from '../../kv-index/index.js';
 import { WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
-import { MAX_TIMER_MS } from '../../router/config.js';
+import { MAX_TIMER_MS, ROUTER_OPTION_SPECS } from '../../router/config.js';
 import { initTelemetry } from '../../telemetry/index.js';
 import { createLog } from '../../worker/log.js';
 import { startWorker } from '../../worker/worker.js';
@@ -19,6 +19,9 @@ import type { ParsedOptions } from '../options.js';
  * died with a RangeError stack trace.
  */
 const MAX_KV_BLOCKS = 2 ** 24;
+
+/** The router's largest block size: a worker's must equal its router's to register. */
+const MAX_BLOCK_SIZE = ROUTER_OPTION_SPECS.find((o) => o.name === 'block-size')?.max;
 
 export const spec: CommandModule['spec'] = {
   usage: 'kvroute worker',
@@ -41,6 +44,7 @@ export const spec: CommandModule['spec'] = {
       type: 'integer',
       default: ENGINE_DEFAULTS.blockSize,
       min: 1,
+      max: MAX_BLOCK_SIZE,
       help: 'tokens per KV block',
     },
     {
