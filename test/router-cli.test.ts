@@ -140,6 +140,27 @@ test("worker: a --block-size larger than any router's exits 2 with one line", ()
   assert.match(r.stderr, /^kvroute worker: --block-size: must be <= 65536, got 65537\n$/);
 });
 
+// `--host "$HOST"` with HOST unset: an empty host made the router and the worker listen on every
+// interface (the router printing 'listening on http://:PORT'), not on loopback, and the demo never
+// found its router. An empty value is refused like any other bad one (an empty KVROUTE_* variable
+// still counts as unset).
+test('an empty --host exits 2 with one line (router, worker, demo)', () => {
+  for (const args of [
+    ['router', '--port', '0', '--host='],
+    ['worker', '--role', 'both', '--router', 'http://127.0.0.1:9', '--host', ''],
+    ['demo', '--port', '0', '--prefill', '0', '--decode', '1', '--host='],
+  ]) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, ...args], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    });
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`^kvroute ${args[0]}: --host: `));
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+});
+
 test('--help wins over a bad environment variable or a bad flag', () => {
   for (const [args, env] of [
     [['router', '--help'], { KVROUTE_ENFORCE_DISAGG: 'maybe' }],

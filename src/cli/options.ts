@@ -69,6 +69,9 @@ function coerce(spec: OptionSpec, raw: string, source: string): string | number 
       return n;
     }
     case 'string': {
+      // Most often `--host "$HOST"` with HOST unset: an empty host listened on every interface.
+      // (An empty environment variable never gets here: it counts as unset.)
+      if (raw === '') throw new UsageError(`${source}: expected a value, got ''`);
       if (spec.choices && !spec.choices.includes(raw)) {
         throw new UsageError(`${source}: must be one of ${spec.choices.join('|')}, got '${raw}'`);
       }
