@@ -40,14 +40,14 @@ export const spec: CommandSpec = {
       name: 'quick',
       type: 'boolean',
       default: false,
-      noEnv: true,
+
       help: 'reduced run (100k blocks, fewer prompts)',
     },
     {
       name: 'json',
       type: 'boolean',
       default: false,
-      noEnv: true,
+
       help: 'print one JSON object as the last line',
     },
   ],

@@ -83,12 +83,12 @@ export const spec: CommandSpec = {
     },
     { name: 'model', type: 'string', default: 'mock-llm', help: 'model name sent and served' },
     { name: 'out', type: 'string', help: 'directory for report.html and the SVG charts' },
-    { name: 'quick', type: 'boolean', default: false, noEnv: true, help: 'first 200 requests at speedup 20' },
+    { name: 'quick', type: 'boolean', default: false, help: 'first 200 requests at speedup 20' },
     {
       name: 'json',
       type: 'boolean',
       default: false,
-      noEnv: true,
+
       help: 'print one JSON object as the last line',
     },
   ],

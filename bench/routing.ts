@@ -36,7 +36,7 @@ export const spec: CommandSpec = {
     { name: 'iterations', type: 'integer', default: 2000, min: 10, help: 'timed calls per configuration' },
     { name: 'duration-ms', type: 'integer', default: 8000, min: 500, help: 'throughput run length' },
     { name: 'concurrency', type: 'integer', default: 64, min: 1, help: 'callers in the throughput run' },
-    { name: 'quick', type: 'boolean', default: false, noEnv: true, help: 'fewer iterations, shorter run' },
+    { name: 'quick', type: 'boolean', default: false, help: 'fewer iterations, shorter run' },
     {
       name: 'workers',
       type: 'string',
@@ -59,7 +59,7 @@ export const spec: CommandSpec = {
       name: 'json',
       type: 'boolean',
       default: false,
-      noEnv: true,
+
       help: 'print one JSON object as the last line',
     },
   ],

@@ -111,7 +111,7 @@ export const spec: CommandSpec = {
       name: 'json',
       type: 'boolean',
       default: false,
-      noEnv: true,
+
       help: 'print one JSON object as the last line',
     },
   ],

@@ -19,7 +19,7 @@ const spec: CommandSpec = {
     { name: 'policy', type: 'string', default: 'kv', choices: ['kv', 'random'], help: 'policy' },
     { name: 'temperature', type: 'number', default: 0, min: 0, help: 'softmax temperature' },
     { name: 'enforce-disagg', type: 'boolean', default: false, help: 'no fallback' },
-    { name: 'json', type: 'boolean', default: false, help: 'json', noEnv: true },
+    { name: 'json', type: 'boolean', default: false, help: 'json' },
   ],
 };
 
@@ -78,9 +78,10 @@ test('comma lists: known items in the given order, duplicates dropped, anything 
   assert.throws(() => commaIntegers('', 'workers'), /at least one/);
 });
 
-test('options marked noEnv ignore the environment', () => {
-  const { options } = parseOptions(spec, [], { KVROUTE_JSON: 'true' });
-  assert.equal(options.json, false);
+test('every option has its environment variable, --json too (CONTRACT.md §1)', () => {
+  assert.equal(parseOptions(spec, [], { KVROUTE_JSON: 'true' }).options.json, true);
+  assert.equal(parseOptions(spec, ['--json', 'false'], { KVROUTE_JSON: 'true' }).options.json, false);
+  for (const o of spec.options) assert.match(formatHelp(spec), new RegExp(`\\[env ${envName(o.name)}\\]`));
 });
 
 test('help lists every option with its env variable', () => {

@@ -19,8 +19,6 @@ export interface OptionSpec {
   min?: number;
   /** Inclusive upper bound for numeric options. */
   max?: number;
-  /** No environment variable (for options like --json that only make sense per invocation). */
-  noEnv?: boolean;
 }
 
 export interface CommandSpec {
@@ -152,7 +150,7 @@ export function parseOptions(
   const options: ParsedOptions = {};
   for (const spec of command.options) {
     let value = given.get(spec.name);
-    if (value === undefined && !spec.noEnv) {
+    if (value === undefined) {
       const fromEnv = env[envName(spec.name)];
       if (fromEnv !== undefined && fromEnv !== '') {
         try {
@@ -190,7 +188,7 @@ export function formatHelp(command: CommandSpec): string {
     const flag = `--${o.name}${o.type === 'boolean' ? '' : ` <${o.choices ? o.choices.join('|') : o.type === 'string' ? 'value' : 'n'}>`}`;
     const bits = [o.help];
     if (o.default !== undefined) bits.push(`(default: ${String(o.default)})`);
-    if (!o.noEnv) bits.push(`[env ${envName(o.name)}]`);
+    bits.push(`[env ${envName(o.name)}]`);
     return [flag, bits.join(' ')] as const;
   });
   rows.push(['-h, --help', 'show this help']);
