@@ -552,3 +552,40 @@ for (const overlappedPrefill of [false, true]) {
     });
   });
 }
+
+describe('overlapped mode, a decode worker gone but still registered', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let live: TestWorker;
+  let ghostId = '';
+
+  before(async () => {
+    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
+    [prefill, live] = await Promise.all([
+      spawnWorker(r, 'prefill', ['--speedup', '20']),
+      spawnWorker(r, 'decode', ['--speedup', '20']),
+    ]);
+    ghostId = await registerStandIn(r, await deadAddress(), 'decode');
+  });
+
+  after(async () => {
+    await Promise.all([prefill?.proc.stop(), live?.proc.stop()]);
+    await r?.router.close();
+  });
+
+  test('a generate that never reached it is retried on another decode worker, and the handoff follows it', async () => {
+    // Random policy over [live, ghost]: within 40 requests one goes to the ghost (odds of never:
+    // 2^-40). Nothing waits on the ghost for a handoff: the generate could not even connect.
+    const retried = () => metricValue(r, 'kvroute_request_retries_total', { reason: 'connect_failed' });
+    for (let i = 0; i < 40 && (await retried()) === 0; i++) {
+      const res = await completion(r, { prompt: prompt(300, 80 + i), max_tokens: 2 });
+      assert.equal(res.status, 200, await res.clone().text());
+      assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
+      assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
+    }
+    assert.equal(await retried(), 1);
+    assert.ok(r.router.registry.get(ghostId));
+    await waitFor(() => idle(r, prefill, live));
+    assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
+  });
+});

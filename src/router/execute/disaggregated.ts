@@ -115,7 +115,8 @@ export class DisaggregatedExecutor implements Executor {
     };
     if (ctx.abort.aborted) throw cancelled(ctx.abort, undefined);
     ctx.abort.listen(callerAbort);
-    const decode = plan.decode.worker;
+    // Set when the kv_handoff goes out: from then on the decode leg cannot move to another worker.
+    let handoffSent = false;
     // What made the prefill side fail the request (it then cancels the decode leg).
     let legError: KvrouteError | undefined;
     let remote: PrefillResponse | null = null;
@@ -126,7 +127,17 @@ export class DisaggregatedExecutor implements Executor {
       abort: decodeAbort,
       firstTokenTimeoutMs: waitMs + ctx.firstTokenTimeoutMs,
     };
-    const chunks = this.generate(plan, decodeCtx, { await_kv_handoff: { timeout_ms: waitMs } }, () => remote);
+    // A waiting generate may move to another decode worker only while nothing can wait for the
+    // handoff on this one: the generate never reached it (or the connection that carried it is
+    // gone, which ends its wait) and the handoff has not been sent. The handoff then follows it.
+    const movable = (err: unknown) => !handoffSent && isTransportError(err) && err.retryable;
+    const chunks = this.generate(
+      plan,
+      decodeCtx,
+      { await_kv_handoff: { timeout_ms: waitMs } },
+      () => remote,
+      movable,
+    );
     // Starts the decode stream now (the request-plane client dials on the first next()).
     const first = chunks.next();
     first.catch(() => {});
@@ -164,7 +175,9 @@ export class DisaggregatedExecutor implements Executor {
         ctx.prefillDone();
       }
       try {
-        await ctx.client.unary(decode.address, ENDPOINTS.kvHandoff, encodeJson(handoff), {
+        handoffSent = true;
+        // plan.decode, not the worker at the start: a generate that could not reach it moved.
+        await ctx.client.unary(plan.decode.worker.address, ENDPOINTS.kvHandoff, encodeJson(handoff), {
           requestId: plan.httpRequestId,
           signal: decodeAbort.signal,
           firstResponseTimeoutMs: waitMs,
@@ -286,6 +299,8 @@ export class DisaggregatedExecutor implements Executor {
     ctx: ExecutionContext,
     extra: Partial<GenerateRequest>,
     remote: PrefillResponse | null | (() => PrefillResponse | null),
+    /** Whether this failure may move the request to another decode worker (besides isRetryable). */
+    movable: (err: unknown) => boolean = () => true,
   ): AsyncGenerator<GenerateChunk> {
     const body: GenerateRequest = { ...generateBody(plan), ...extra };
     const failed = new Set<string>();
@@ -303,9 +318,13 @@ export class DisaggregatedExecutor implements Executor {
         }
         return;
       } catch (err) {
-        // A waiting (overlapped) generate cannot move: its handoff is addressed to this worker.
-        const movable = body.await_kv_handoff === undefined;
-        if (received || !movable || ctx.abort.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
+        if (
+          received ||
+          !movable(err) ||
+          ctx.abort.aborted ||
+          !isRetryable(err) ||
+          attempt >= ctx.maxAttempts
+        ) {
           throw toClientError(err, ctx.abort);
         }
         failed.add(worker.id);
