@@ -589,3 +589,39 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
     assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
   });
 });
+
+describe('a decode worker ending its stream before finish_reason', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  // Streams two tokens, then ends the stream cleanly without ever saying why it finished.
+  const cut = new RequestPlaneServer().handle('generate', async function* () {
+    yield encodeJson({ token_ids: [11], finish_reason: null, prompt_tokens: 300, cached_tokens: 0 });
+    yield encodeJson({ token_ids: [12], finish_reason: null });
+  });
+
+  before(async () => {
+    await cut.listen(0);
+    r = await startRouter({ maxLocalPrefill: 64 });
+    prefill = await spawnWorker(r, 'prefill', ['--speedup', '20']);
+    await registerStandIn(r, cut.address, 'decode');
+  });
+
+  after(async () => {
+    await prefill?.proc.stop();
+    await r?.router.close();
+    await cut.close({ deadlineMs: 100 });
+  });
+
+  test('is a failure the client hears about (502, or an SSE error event), never a 200 cut short', async () => {
+    const res = await completion(r, { prompt: prompt(300, 91), max_tokens: 8 });
+    const body = (await res.json()) as { error?: { code: string } };
+    assert.equal(res.status, 502, JSON.stringify(body));
+    assert.equal(body.error?.code, 'worker_error');
+    const streamed = await completion(r, { prompt: prompt(300, 92), max_tokens: 8, stream: true });
+    assert.equal(streamed.status, 200);
+    const text = await streamed.text();
+    assert.match(text, /data: \{"error":\{[^\n]*"code":"worker_error"/);
+    assert.doesNotMatch(text, /\[DONE\]/);
+    await waitFor(() => idle(r, prefill));
+  });
+});

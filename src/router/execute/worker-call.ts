@@ -1,7 +1,8 @@
 // Calling a worker's `generate` over the request plane, with the router's bounds: the first chunk
 // within `firstTokenTimeoutMs` (the client's first-response timeout), and no silence longer than
 // `streamIdleTimeoutMs` between chunks, counted while the router waits for one (not while a slow
-// client holds the stream). Plus the one mapping from request-plane failures to the
+// client holds the stream), and no end before a chunk with a finish_reason (a stream cut short is
+// a worker_error, not an end). Plus the one mapping from request-plane failures to the
 // KvrouteError the client sees, and the rule for which failures may be retried elsewhere.
 
 import { ERROR_CODES, type ErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
@@ -105,6 +106,8 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
   #waitingSince = -1;
   /** The idle bound ended the stream. */
   #idled = false;
+  /** A chunk said why the output finished: only then may the stream end. */
+  #finishedOutput = false;
   #done = false;
 
   constructor(
@@ -196,14 +199,18 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
     this.#waitingSince = -1;
     if (result.done) {
       this.#finish();
-      return DONE;
+      if (this.#finishedOutput) return DONE;
+      // A stream ended cleanly but cut short (a broken worker): passed on as an end, the client
+      // would get a 200 with part of the output and no error.
+      throw new KvrouteError('worker_error', `worker ended '${ENDPOINTS.generate}' before a finish_reason`);
     }
     if (this.#timer === undefined) {
       this.#timer = setTimeout(this.#onIdle, this.ctx.streamIdleTimeoutMs);
       this.#timer.unref();
     }
+    let chunk: GenerateChunk;
     try {
-      return { value: decodeJson<GenerateChunk>(result.value), done: false };
+      chunk = decodeJson<GenerateChunk>(result.value);
     } catch (err) {
       // Cancel the remote stream as failed (its span records an error, not a cancel), then fail.
       this.#chunks?.cancel(
@@ -213,6 +220,8 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
       );
       throw this.#failure(err);
     }
+    if (chunk?.finish_reason) this.#finishedOutput = true;
+    return { value: chunk, done: false };
   };
 
   readonly #onError = (err: unknown): never => {
