@@ -103,6 +103,53 @@ test('an oversize frame is rejected on its stream and the connection carries on'
   await server.close({ deadlineMs: 500 });
 });
 
+test('an oversize frame on the id of a stream still open is a protocol error, as any reuse of it', async () => {
+  let aborted = false;
+  const server = new RequestPlaneServer({ maxFrameBytes: 1024 });
+  server.handle('slow', async function* (req) {
+    yield Buffer.from('first');
+    await new Promise<void>((resolve) => {
+      req.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+    aborted = true;
+  });
+  const { port } = await server.listen();
+  const raw = connect({ port, host: '127.0.0.1' });
+  try {
+    await once(raw, 'connect');
+    const d = new ResponseFrameDecoder(1 << 20);
+    const frames: { type: number; streamId: number; payload: string }[] = [];
+    raw.on('data', (chunk: Buffer) => {
+      d.push(chunk);
+      for (let ev = d.next(); ev !== undefined; ev = d.next()) {
+        if (ev.kind === 'frame')
+          frames.push({ type: ev.type, streamId: ev.streamId, payload: ev.payload.toString() });
+      }
+    });
+    let closed = false;
+    raw.on('close', () => {
+      closed = true;
+    });
+    raw.write(encodeRequestFrame('slow', JSON.stringify({ 'x-kvroute-stream': '1' }), Buffer.alloc(0)));
+    await waitUntil(() => frames.some((f) => f.streamId === 1), 'stream 1 to answer');
+    // Same id, payload over the limit (headers readable): the decoder rejects it without serving.
+    raw.write(encodeRequestFrame('slow', JSON.stringify({ 'x-kvroute-stream': '1' }), Buffer.alloc(5000)));
+    await waitUntil(() => closed, 'the server to close the connection', 5000);
+    const errors = frames.filter((f) => f.type === ResponseType.ERROR);
+    assert.deepEqual(
+      errors.map((f) => f.streamId),
+      [0],
+      `errors: ${JSON.stringify(errors)}`,
+    );
+    assert.match(errors[0]!.payload, /protocol_error/);
+    assert.match(errors[0]!.payload, /stream id 1 is already open/);
+    await waitUntil(() => aborted, 'the open stream to be aborted');
+  } finally {
+    raw.destroy();
+    await server.close({ deadlineMs: 500 });
+  }
+});
+
 test('garbage on one connection closes only that connection', async () => {
   const server = new RequestPlaneServer({ maxFrameBytes: 1024 });
   server.handle('echo', async (req) => req.payload);

@@ -191,6 +191,10 @@ export class ServerConnection implements StreamSink {
   private onRejected(headers: Record<string, string> | undefined, reason: string): void {
     const id = headers === undefined ? undefined : parseStreamId(headers[STREAM_HEADER]);
     if (id === undefined) this.sendError(0, { message: reason, code: 'protocol_error' });
+    // The id of a stream still open: the same protocol breach as a served frame reusing it. An
+    // answer on that id would mix into the open stream's own (and `refused` would invite a retry
+    // of a request whose handler is still running).
+    else if (this.streams.has(id)) this.fatal(`stream id ${id} is already open`);
     else this.sendError(id, { message: reason, code: 'payload_too_large', refused: true });
   }
 
