@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { GenerateChunk } from '../src/protocols/worker-plane.js';
+import { createRouter } from '../src/router/service.js';
 import { decodeJson, encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
 import type { WorkerStats } from '../src/worker/stats.js';
 import { runWorkerCli, StandInRouter, spawnWorker } from './worker-helpers.js';
@@ -214,6 +215,32 @@ test('SIGTERM while the registration is in flight: the worker the router registe
   } finally {
     release();
     worker.child.kill('SIGKILL');
+    await router.close();
+  }
+});
+
+test('a registration the router refuses (another block size) ends the worker: one line, exit 2, no retry loop', {
+  timeout: 60_000,
+}, async () => {
+  const router = await createRouter({ port: 0, logger: false, blockSize: 16 });
+  const url = await router.listen();
+  try {
+    const started = performance.now();
+    const { code, stdout, stderr } = await runWorkerCli([
+      ...['--role', 'both', '--router', url, '--port', '0', '--block-size', '32'],
+    ]);
+    assert.equal(code, 2, stderr);
+    assert.match(stdout, /listening on/);
+    const lines = stderr.trim().split('\n');
+    assert.equal(lines.length, 1, stderr);
+    assert.match(
+      lines[0]!,
+      /^kvroute worker: the router refused this worker's registration \(400\): .*block/,
+    );
+    // Before, it retried with backoff for as long as it ran (silent without --verbose).
+    assert.ok(performance.now() - started < 30_000);
+    assert.equal(router.registry.size, 0);
+  } finally {
     await router.close();
   }
 });

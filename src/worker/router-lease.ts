@@ -1,7 +1,10 @@
 // Keeps this worker registered with the router (CONTRACT.md §2): POST /v1/workers, then a
 // heartbeat every third of the lease TTL; a 404 means the router forgot us (restart, expired
 // lease), so we register again; while the router is unreachable we retry with capped exponential
-// backoff and jitter. stop() deregisters (after a registration in flight has its answer). All
+// backoff and jitter. A registration the router refuses (a 4xx other than 408/429: this worker's
+// block size, model name or address is not acceptable to it) ends the loop and is told through
+// onRefused: asking again would get the same answer forever, and only the operator can fix it.
+// stop() deregisters (after a registration in flight has its answer). All
 // traffic runs in the ROOT context: control-plane calls must never appear inside (or parent to) a
 // user request's trace.
 
@@ -21,6 +24,31 @@ export interface RouterLeaseOptions {
   random?: () => number;
   /** HTTP client (default: the global fetch); tests wrap it to see the context calls run in. */
   fetch?: typeof fetch;
+  /** The router refused the registration (see RegistrationRefused); the lease has stopped trying. */
+  onRefused?: (err: RegistrationRefused) => void;
+}
+
+/** The router answered the registration with a 4xx that asking again cannot change. */
+export class RegistrationRefused extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+  ) {
+    super(`the router refused this worker's registration (${status}): ${reason}`);
+    this.name = 'RegistrationRefused';
+  }
+}
+
+/** 4xx answers that say "not now" rather than "never": retried like an unreachable router. */
+const RETRYABLE_4XX = new Set([408, 429]);
+
+/** The message of an OpenAI-shaped error body, else the body itself (one line, bounded). */
+function refusalReason(body: string): string {
+  try {
+    const message = (JSON.parse(body) as { error?: { message?: unknown } }).error?.message;
+    if (typeof message === 'string' && message !== '') return message;
+  } catch {}
+  return body.replace(/\s+/g, ' ').trim().slice(0, 500) || 'no reason given';
 }
 
 export class RouterLease {
@@ -78,6 +106,11 @@ export class RouterLease {
         if (this.id !== null) await sleep(this.ttlMs / 3, signal);
       } catch (err) {
         if (signal.aborted) break;
+        if (err instanceof RegistrationRefused) {
+          this.log('registration_refused', { status: err.status, reason: err.reason });
+          this.opts.onRefused?.(err);
+          return;
+        }
         const delay = backoffDelay(failures++, policy, (this.opts.random ?? Math.random)());
         this.log('router_unreachable', { error: errorText(err), retry_in_ms: delay, attempt: failures });
         await sleep(delay, signal);
@@ -87,6 +120,9 @@ export class RouterLease {
 
   private async register(signal: AbortSignal): Promise<void> {
     const res = await this.call('POST', '/v1/workers', this.opts.registration, signal);
+    if (res.status >= 400 && res.status < 500 && !RETRYABLE_4XX.has(res.status)) {
+      throw new RegistrationRefused(res.status, refusalReason(await res.text().catch(() => '')));
+    }
     if (res.status !== 201 && res.status !== 200) {
       throw new Error(`POST /v1/workers answered ${res.status}: ${await res.text().catch(() => '')}`);
     }

@@ -18,7 +18,7 @@ import { EngineDriver } from './engine-driver.js';
 import { KvEventsHub } from './kv-events-stream.js';
 import type { Log } from './log.js';
 import { parseKvEventsSubscribe } from './payload.js';
-import { RouterLease } from './router-lease.js';
+import { type RegistrationRefused, RouterLease } from './router-lease.js';
 import { workerStats } from './stats.js';
 
 export interface WorkerConfig {
@@ -36,6 +36,8 @@ export interface WorkerConfig {
   log: Log;
   /** This process's tracer (telemetry.tracer): request-plane and engine spans. Default: the API global. */
   tracer?: Tracer;
+  /** The router refused the registration for good (RouterLease): the worker will never be routed to. */
+  onRegistrationRefused?: (err: RegistrationRefused) => void;
 }
 
 export interface RunningWorker {
@@ -95,6 +97,7 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
       kv_events: true,
     },
     log: config.log,
+    ...(config.onRegistrationRefused ? { onRefused: config.onRegistrationRefused } : {}),
   });
   lease.start();
   const activeLease = lease;

@@ -8,6 +8,7 @@ import { WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
 import { MAX_TIMER_MS, ROUTER_OPTION_SPECS } from '../../router/config.js';
 import { initTelemetry } from '../../telemetry/index.js';
 import { createLog } from '../../worker/log.js';
+import type { RegistrationRefused } from '../../worker/router-lease.js';
 import { startWorker } from '../../worker/worker.js';
 import type { CommandModule } from '../command.js';
 import { modelName } from '../model-name.js';
@@ -105,6 +106,8 @@ export async function run(options: ParsedOptions): Promise<number> {
   const model = modelName(options.model);
   const telemetry = initTelemetry({ serviceName: `kvroute-${role}-worker` });
   const log = createLog(options.verbose === true, { component: 'worker', role });
+  let refused: RegistrationRefused | undefined;
+  let onRefused = () => {};
   const worker = await startWorker(
     {
       role,
@@ -123,6 +126,11 @@ export async function run(options: ParsedOptions): Promise<number> {
       kvEventsBacklog: 100_000,
       log,
       tracer: telemetry.tracer,
+      // Asking again gets the same answer: stop, and say why on the one line a bad option gets.
+      onRegistrationRefused: (err) => {
+        refused = err;
+        onRefused();
+      },
     },
     computeBlockHashes,
   );
@@ -143,8 +151,15 @@ export async function run(options: ParsedOptions): Promise<number> {
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
+    onRefused = () => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      resolve();
+    };
+    if (refused !== undefined) onRefused();
   });
   await worker.stop();
   await telemetry.shutdown();
+  if (refused !== undefined) throw new UsageError(refused.message);
   return 0;
 }
