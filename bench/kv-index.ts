@@ -40,14 +40,12 @@ export const spec: CommandSpec = {
       name: 'quick',
       type: 'boolean',
       default: false,
-
       help: 'reduced run (100k blocks, fewer prompts)',
     },
     {
       name: 'json',
       type: 'boolean',
       default: false,
-
       help: 'print one JSON object as the last line',
     },
   ],

@@ -30,7 +30,6 @@ export const spec: CommandSpec = {
       name: 'json',
       type: 'boolean',
       default: false,
-
       help: 'print one JSON object as the last line',
     },
   ],

@@ -26,7 +26,6 @@ export const spec: CommandSpec = {
       name: 'json',
       type: 'boolean',
       default: false,
-
       help: 'print one JSON object as the last line',
     },
   ],
