@@ -15,6 +15,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { type CommandSpec, commaList, type ParsedOptions } from '../src/cli/options.js';
+import { UsageError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { ENDPOINTS } from '../src/protocols/worker-plane.js';
@@ -59,7 +60,6 @@ export const spec: CommandSpec = {
       name: 'json',
       type: 'boolean',
       default: false,
-
       help: 'print one JSON object as the last line',
     },
   ],
@@ -89,15 +89,27 @@ function subset(option: unknown, allowed: readonly number[], name: string): numb
   return allowed.filter((v) => picked.includes(v));
 }
 
+/** The measurements asked for. Throughput runs at 8 workers only: without 8 it is left out. */
 function selection(options: ParsedOptions): Selection {
   const parts = commaList(options.parts, 'parts', ['decision', 'http', 'throughput']);
-  return {
-    workers: subset(options.workers, WORKER_COUNTS, 'workers'),
+  const workers = subset(options.workers, WORKER_COUNTS, 'workers');
+  const sel = {
+    workers,
     promptTokens: subset(options.promptTokens, PROMPT_TOKENS, 'prompt-tokens'),
     decision: parts.includes('decision'),
     http: parts.includes('http'),
-    throughput: parts.includes('throughput'),
+    throughput: parts.includes('throughput') && workers.includes(8),
   };
+  if (parts.includes('throughput') && !sel.throughput) {
+    // Alone it would measure nothing and exit 0 with an empty report.
+    if (!sel.decision && !sel.http) {
+      throw new UsageError(
+        `--parts throughput runs at 8 workers: add 8 to --workers (got ${workers.join(',')})`,
+      );
+    }
+    log('routing: throughput left out: it runs at 8 workers, and --workers has no 8');
+  }
+  return sel;
 }
 
 /** Prompts of `tokens` tokens sharing a common first half (like a system prompt + document), distinct tails. */
@@ -340,8 +352,7 @@ async function measureAll(options: ParsedOptions): Promise<number> {
   const decisions = sel.decision ? await inProcessDecisions(iterations, sel) : [];
   const httpRows: HttpRow[] = [];
   let rate: Awaited<ReturnType<typeof throughput>> | undefined;
-  const runThroughput = sel.throughput && sel.workers.includes(8);
-  if (sel.http || runThroughput) {
+  if (sel.http || sel.throughput) {
     log('routing: starting a router and zero-latency workers…');
     const zero = await startZeroWorkers(Math.max(...sel.workers));
     let router: Awaited<ReturnType<typeof startRouter>> | undefined;
@@ -443,7 +454,7 @@ async function measureAll(options: ParsedOptions): Promise<number> {
           });
           log(`routing: HTTP and end to end, ${workers} workers, ${promptTokens} tokens done`);
         }
-        if (workers === 8 && runThroughput) {
+        if (workers === 8 && sel.throughput) {
           log(`routing: throughput at c${concurrency} for ${durationMs} ms…`);
           const bodies = completionBodies(prompts(1024));
           await throughput(agent, routerUrl, concurrency, Math.min(1000, durationMs), bodies); // warm-up

@@ -245,6 +245,16 @@ const ROUTING = ['routing', '--parts', 'http', '--workers', '8', '--prompt-token
 const TINY_ROUTING = [...ROUTING, '--iterations', '10', '--concurrency', '2', '--json'];
 const TINY_TRANSPORT = ['transport', '--duration-ms', '100', '--warmup-ms', '0', '--stream-chunks', '4'];
 
+test('bench routing: throughput alone without 8 workers is a usage error (it measured nothing, exit 0)', async () => {
+  const alone = await runCli(['bench', 'routing', '--parts', 'throughput', '--workers', '64']);
+  assert.equal(alone.code, 2, alone.err);
+  assert.equal(alone.out, '');
+  assert.match(
+    alone.err,
+    /^kvroute bench: --parts throughput runs at 8 workers: add 8 to --workers \(got 64\)\n$/,
+  );
+});
+
 test('bench routing: a router that fails to start is one line, exit 1, and no zero-worker left', async () => {
   await withDir(async (dir) => {
     const { code, out, err } = await runBench(dir, TINY_ROUTING, RECORD_ZERO_PID, {
