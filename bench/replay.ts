@@ -10,7 +10,8 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from 'undici';
-import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
+import { spec as workerSpec } from '../src/cli/commands/worker.js';
+import { type CommandSpec, decimalText, type ParsedOptions } from '../src/cli/options.js';
 import { UsageError } from '../src/errors.js';
 import { type CompletionTiming, streamCompletion } from './lib/completion-stream.js';
 import { startFleet } from './lib/fleet.js';
@@ -30,6 +31,9 @@ const POLICIES = ['kv', 'round-robin', 'random'] as const;
  * hit rate measures routing affinity. See docs/benchmarks.md.
  */
 const DEFAULT_KV_BLOCKS = 131_072;
+
+/** The worker command's bound on an option (a value past it would make every worker exit 2). */
+const workerMax = (name: string): number | undefined => workerSpec.options.find((o) => o.name === name)?.max;
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench replay',
@@ -65,6 +69,7 @@ export const spec: CommandSpec = {
       type: 'integer',
       default: DEFAULT_KV_BLOCKS,
       min: 1,
+      max: workerMax('kv-blocks'),
       help: 'KV pool per worker in blocks of --block-size tokens',
     },
     {
@@ -72,6 +77,7 @@ export const spec: CommandSpec = {
       type: 'integer',
       default: 16,
       min: 1,
+      max: workerMax('block-size'),
       help: 'tokens per KV block (router and workers)',
     },
     {
@@ -88,7 +94,6 @@ export const spec: CommandSpec = {
       name: 'json',
       type: 'boolean',
       default: false,
-
       help: 'print one JSON object as the last line',
     },
   ],
@@ -130,7 +135,7 @@ async function replayPolicy(
     ],
     workerArgs: [
       '--speedup',
-      String(o.speedup),
+      decimalText(o.speedup),
       '--kv-blocks',
       String(o.kvBlocks),
       '--block-size',

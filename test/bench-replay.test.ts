@@ -134,3 +134,37 @@ test('judgeReplay: a policy that failed requests does not meet the goals on the 
   assert.equal(judgeReplay([deadKv, rr], 10).met?.ttft, false);
   assert.equal(judgeReplay([fastKv], 10).met, null, 'no round-robin run: nothing to judge');
 });
+
+/** `kvroute bench replay <args>` under tsx: exit code and stderr. */
+async function replayCli(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'bench', 'replay', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const [code] = await once(child, 'exit');
+  return { code, stderr };
+}
+
+test('replay hands its options to the workers in a form they take, within their bounds', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
+  try {
+    const trace = join(dir, 'trace.jsonl');
+    await writeFile(
+      trace,
+      `${JSON.stringify({ timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] })}\n`,
+    );
+    const base = ['--trace', trace, '--workers', '1', '--out', join(dir, 'report')];
+    // 1e21 reached the workers as '1e+21' (String of a large number), which they refuse (exit 2):
+    // the fleet never started.
+    const fast = await replayCli([...base, '--speedup', '1000000000000000000000', '--policy', 'kv']);
+    assert.equal(fast.code, 0, fast.stderr);
+    // Past the worker's bound, every worker would exit 2: the bench's own option says so first.
+    const huge = await replayCli([...base, '--kv-blocks', '100000000']);
+    assert.equal(huge.code, 2, huge.stderr);
+    assert.match(huge.stderr, /^kvroute bench: --kv-blocks: must be <= 16777216, got 100000000\n$/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
