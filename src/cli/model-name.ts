@@ -1,10 +1,9 @@
 // The model name a worker registers with. The router refuses a registration whose model is empty
-// or longer than 256 characters (src/router/registry/validate-registration.ts), and a refused
-// worker retries quietly for ever, so `kvroute worker` and `kvroute demo` check it up front.
+// or longer than MAX_MODEL_NAME_LENGTH (src/router/registry/validate-registration.ts), and a
+// refused worker stops, so `kvroute worker` and `kvroute demo` check it before starting anything.
 
 import { UsageError } from '../errors.js';
-
-export const MAX_MODEL_NAME_LENGTH = 256;
+import { MAX_MODEL_NAME_LENGTH } from '../protocols/registration.js';
 
 /** The --model value if the router would take it; otherwise a UsageError. */
 export function modelName(value: unknown): string {

@@ -1,6 +1,9 @@
 // Worker <-> router control plane over HTTP (CONTRACT.md §2): registration, heartbeats, leases.
 
 export const WORKER_ROLES = ['prefill', 'decode', 'both'] as const;
+
+/** The longest model name a registration may carry (the router refuses longer ones with a 400). */
+export const MAX_MODEL_NAME_LENGTH = 256;
 export type WorkerRole = (typeof WORKER_ROLES)[number];
 
 /** Body of `POST /v1/workers`. */

@@ -4,7 +4,12 @@
 
 import { ENGINE_DEFAULTS } from '../../engine/engine.js';
 import { KvrouteError } from '../../errors.js';
-import { type RegisterWorkerRequest, WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
+import {
+  MAX_MODEL_NAME_LENGTH,
+  type RegisterWorkerRequest,
+  WORKER_ROLES,
+  type WorkerRole,
+} from '../../protocols/registration.js';
 
 /**
  * A registration after validation: the address split into host and port, kv_events and
@@ -77,8 +82,8 @@ export function validateRegistration(body: unknown, routerBlockSize: number): Wo
   }
   const { host, port, address } = parseAddress(body.address);
   const model = body.model;
-  if (typeof model !== 'string' || model.length === 0 || model.length > 256) {
-    throw invalid(`model must be a non-empty string of at most 256 characters`, 'model');
+  if (typeof model !== 'string' || model.length === 0 || model.length > MAX_MODEL_NAME_LENGTH) {
+    throw invalid(`model must be a non-empty string of at most ${MAX_MODEL_NAME_LENGTH} characters`, 'model');
   }
   const blockSize = positiveInteger(body, 'block_size');
   if (blockSize !== routerBlockSize) {

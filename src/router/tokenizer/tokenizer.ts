@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { KvrouteError } from '../../errors.js';
 import { withRootContext } from '../../telemetry/index.js';
+import { MAX_TIMER_MS } from '../config.js';
 import { decodeTokens, TokenStreamDecoder } from './stream-decoder.js';
 import { ENCODING_NAME, encodeText, TEXT_TOKEN_COUNT, VOCAB_SIZE } from './vocabulary.js';
 
@@ -48,9 +49,6 @@ export function resolveWorkerFile(moduleUrl: string = import.meta.url): string {
     `tokenizer worker not found at ${fileURLToPath(beside)} or ${fileURLToPath(built)}: run \`npm run build\` (piscina needs compiled JS; tsx does not reach worker threads)`,
   );
 }
-
-/** Longest delay a Node timer honours (larger values fire after 1 ms). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function defaultThreads(): number {
   return Math.max(1, Math.min(4, availableParallelism() - 1));
