@@ -102,10 +102,22 @@ describe('sequential mode with a slow prefill worker', () => {
   test('a prefill worker killed mid-prefill: the request completes through local prefill and the fallback is counted', async () => {
     const before = await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'disconnect' });
     const decodeBefore = await workerCall<WorkerStats>(decode.address, 'stats');
+    // What the router books on the decode worker, in order (its load table, in this process).
+    const load = r.router.registry.load;
+    const decodeBookings: number[] = [];
+    const book = load.book.bind(load);
+    load.book = (workerId, requestId, booking) => {
+      if (workerId === decode.id) decodeBookings.push(booking.prefillTokens);
+      return book(workerId, requestId, booking);
+    };
     const pending = completion(r, { prompt: prompt(400, 12), max_tokens: 4 });
     await running(prefill);
     prefill.proc.child.kill('SIGKILL');
     const res = await pending;
+    load.book = book;
+    // While the prompt was being transferred: only its partial tail (none: 400 tokens are 25 full
+    // blocks). After the fallback the decode worker computes all 400, and is booked for them.
+    assert.deepEqual(decodeBookings, [0, 400]);
     assert.equal(res.status, 200, await res.clone().text());
     assert.equal(res.headers.get('x-kvroute-decode-worker'), decode.id);
     assert.equal(res.headers.get('x-kvroute-prefill-worker'), null, 'prefill ended up local');
@@ -562,7 +574,10 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
   before(async () => {
     r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
     [prefill, live] = await Promise.all([
-      spawnWorker(r, 'prefill', ['--speedup', '20']),
+      // At real speed (~21 ms for 300 tokens): the generate's refused connect is always known
+      // before the prefill answers. At speedup 20 (~1 ms) the answer sometimes came first, and
+      // the handoff was then already addressed to the gone worker (see docs/disaggregation.md).
+      spawnWorker(r, 'prefill', ['--speedup', '1']),
       spawnWorker(r, 'decode', ['--speedup', '20']),
     ]);
     ghostId = await registerStandIn(r, await deadAddress(), 'decode');
@@ -577,13 +592,32 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
     // Random policy over [live, ghost]: within 40 requests one goes to the ghost (odds of never:
     // 2^-40). Nothing waits on the ghost for a handoff: the generate could not even connect.
     const retried = () => metricValue(r, 'kvroute_request_retries_total', { reason: 'connect_failed' });
-    for (let i = 0; i < 40 && (await retried()) === 0; i++) {
-      const res = await completion(r, { prompt: prompt(300, 80 + i), max_tokens: 2 });
-      assert.equal(res.status, 200, await res.clone().text());
-      assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
-      assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
+    // The prefill tokens booked on the live decode worker, first choice or retry (its load table).
+    const load = r.router.registry.load;
+    const liveBookings: number[] = [];
+    const book = load.book.bind(load);
+    load.book = (workerId, requestId, booking) => {
+      if (workerId === live.id) liveBookings.push(booking.prefillTokens);
+      return book(workerId, requestId, booking);
+    };
+    try {
+      for (let i = 0; i < 40 && (await retried()) === 0; i++) {
+        const res = await completion(r, { prompt: prompt(300, 80 + i), max_tokens: 2 });
+        assert.equal(res.status, 200, await res.clone().text());
+        assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
+        assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
+      }
+    } finally {
+      load.book = book;
     }
     assert.equal(await retried(), 1);
+    // The retried request too: the blocks come by transfer, so only the 12-token partial tail of
+    // the 300-token prompt is the decode worker's to compute (a retry booked all 300).
+    assert.ok(liveBookings.length > 0);
+    assert.deepEqual(
+      liveBookings.filter((tokens) => tokens !== 300 % 16),
+      [],
+    );
     assert.ok(r.router.registry.get(ghostId));
     await waitFor(() => idle(r, prefill, live));
     assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);

@@ -284,7 +284,7 @@ export class DisaggregatedExecutor implements Executor {
       'exception.message': (err as Error)?.message ?? String(err),
     });
     span?.setAttribute(DISAGG_ATTR.fallback, reason);
-    plan.prefill = null;
+    ctx.prefillOnDecode();
     plan.prefillReason = `fallback_${reason}`;
   }
 

@@ -84,14 +84,6 @@ export class KvPrefillPlanner implements PrefillPlanner {
             reason = 'enforced';
           }
         }
-        if (chosen) {
-          // The decode worker will install the transferred blocks and compute only the partial
-          // tail block: book that, not the whole uncached prompt (admission books `decode.booking`).
-          decode.booking = {
-            prefillTokens: Math.min(decode.booking.prefillTokens, routing.promptTokens % registry.blockSize),
-            decodeBlocks: decode.booking.decodeBlocks,
-          };
-        }
         if (span.isRecording()) {
           span.setAttributes({
             'kvroute.prefill.placement': chosen ? 'remote' : 'local',

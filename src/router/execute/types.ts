@@ -83,6 +83,11 @@ export interface ExecutionContext {
   reroutePrefill(exclude: ReadonlySet<string>): WorkerDecision | null;
   /** The prefill leg is over (handoff done or abandoned): release its booking. */
   prefillDone(): void;
+  /**
+   * The remote prefill is given up (fallback): the decode worker computes the prompt. Sets
+   * `plan.prefill` to null and books the decode worker for the whole prompt instead of its tail.
+   */
+  prefillOnDecode(): void;
 }
 
 /** Runs a plan. The first chunk carries prompt accounting; the stream ends after finish_reason. */

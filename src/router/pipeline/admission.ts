@@ -1,12 +1,15 @@
 // The admit stage: the ONE place that books load. A routed request books its decode worker under
 // its request id and, when prefill is remote, its prefill worker under `<id>#prefill` (ActiveLoad
-// keeps one booking per key). Retries move the booking; the first token releases the prompt's
-// prefill tokens; finishing releases everything. Workers without KV events are credited with the
+// keeps one booking per key). With a remote prefill the decode worker is booked only for the
+// partial tail block it computes itself; when the prefill comes back onto it (fallback, no prefill
+// worker left) it is booked for the whole prompt again. Retries move the booking; the first token
+// releases the prompt's prefill tokens; finishing releases everything. Workers without KV events are credited with the
 // prompt's blocks here (approximate mode). Also enforces the in-flight cap: nothing queues.
 
 import { KvrouteError } from '../../errors.js';
 import type { ExecutionPlan, WorkerDecision } from '../execute/types.js';
 import type { Fleet } from '../fleet/fleet.js';
+import type { LoadBooking } from '../registry/index.js';
 
 /** Counts admitted, unfinished requests against a cap. */
 export class InflightLimit {
@@ -57,9 +60,15 @@ export class Admission {
 
   /** The prefill leg moved to another worker, or (null) back onto the decode worker. */
   movePrefill(decision: WorkerDecision | null): void {
+    const wasRemote = Boolean(this.plan.prefill);
     this.fleet.registry.load.release(this.prefillKey);
     this.plan.prefill = decision;
     if (decision) this.bookPrefill(decision);
+    else if (wasRemote) {
+      // The decode worker now computes the whole prompt, not just its tail.
+      this.fleet.registry.load.release(this.plan.requestId);
+      this.bookDecode(this.plan.decode);
+    }
   }
 
   /** The first output token arrived: the prompt is computed. */
@@ -83,8 +92,18 @@ export class Admission {
   }
 
   private bookDecode(decision: WorkerDecision): void {
-    this.fleet.registry.load.book(decision.worker.id, this.plan.requestId, decision.booking);
+    this.fleet.registry.load.book(decision.worker.id, this.plan.requestId, this.decodeBooking(decision));
     this.fleet.credit(decision.worker.id, this.plan.routing.keys);
+  }
+
+  /**
+   * What the decode worker computes: with a remote prefill it installs the transferred blocks and
+   * computes only the partial tail block; otherwise the uncached prompt the scheduler counted.
+   */
+  private decodeBooking({ booking }: WorkerDecision): LoadBooking {
+    if (!this.plan.prefill) return booking;
+    const tail = this.plan.routing.promptTokens % this.fleet.registry.blockSize;
+    return { prefillTokens: Math.min(booking.prefillTokens, tail), decodeBlocks: booking.decodeBlocks };
   }
 
   private bookPrefill(decision: WorkerDecision): void {

@@ -221,5 +221,6 @@ function executionContext(
       return decision;
     },
     prefillDone: () => admission.prefillDone(),
+    prefillOnDecode: () => admission.movePrefill(null),
   };
 }
