@@ -112,6 +112,22 @@ function nonZero(record: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(record).filter(([, n]) => n > 0));
 }
 
+/** The index answers every prompt and counts holdings as the model does; returns its stats. */
+function agreesWithModel(
+  index: RadixIndex,
+  model: NaiveModel,
+  prompts: ReturnType<typeof universe>,
+  label: string,
+): ReturnType<RadixIndex['stats']> {
+  for (const p of prompts) {
+    assert.deepEqual(sorted(index.findMatches(p.keys).toMap()), sorted(model.matches(p.local)), label);
+  }
+  const stats = index.stats();
+  assert.deepEqual(nonZero(stats.blocksPerWorker), model.blocksPerWorker(), label);
+  assert.equal(stats.nodes, model.holders.size, label);
+  return stats;
+}
+
 describe('RadixIndex against a naive model', () => {
   for (const seed of [1, 2, 3, 4]) {
     test(`random stored/removed/cleared/removeWorker sequence, seed ${seed}`, () => {
@@ -168,16 +184,7 @@ describe('RadixIndex against a naive model', () => {
           ids.delete(worker);
           what = `removeWorker ${worker}`;
         }
-        for (const p of prompts) {
-          assert.deepEqual(
-            sorted(index.findMatches(p.keys).toMap()),
-            sorted(model.matches(p.local)),
-            `step ${step}: ${what}`,
-          );
-        }
-        const stats = index.stats();
-        assert.deepEqual(nonZero(stats.blocksPerWorker), model.blocksPerWorker(), `step ${step}: ${what}`);
-        assert.equal(stats.nodes, model.holders.size, `step ${step}: ${what}`);
+        const stats = agreesWithModel(index, model, prompts, `step ${step}: ${what}`);
         assert.equal(
           stats.blocks,
           Object.values(model.blocksPerWorker()).reduce((a, b) => a + b, 0),
@@ -327,16 +334,7 @@ describe('RadixIndex dumps in parts against the naive model', () => {
           });
           what = `beginReset ${worker}`;
         } else continue;
-        for (const p of prompts) {
-          assert.deepEqual(
-            sorted(index.findMatches(p.keys).toMap()),
-            sorted(model.matches(p.local)),
-            `step ${step}: ${what}`,
-          );
-        }
-        const stats = index.stats();
-        assert.deepEqual(nonZero(stats.blocksPerWorker), model.blocksPerWorker(), `step ${step}: ${what}`);
-        assert.equal(stats.nodes, model.holders.size, `step ${step}: ${what}`);
+        agreesWithModel(index, model, prompts, `step ${step}: ${what}`);
         for (const w of workers) {
           if (!resets.has(w)) assert.equal(index.lastEventId(w), ids.get(w) ?? 0, `step ${step}: ${what}`);
         }

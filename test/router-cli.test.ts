@@ -59,54 +59,53 @@ test('a duration past the longest Node timer (2^31-1 ms) exits 2 with one line',
   assert.match(env.stderr, /KVROUTE_STREAM_IDLE_TIMEOUT_MS: must be <= 2147483647/);
 });
 
+/**
+ * `kvroute worker` with each of `cases` ([flags, env, the one stderr line]) exits 2 with that one
+ * line. The router is never reached (port 9): a worker that did start would retry until killed,
+ * which the timeout does.
+ */
+function workerRefuses(cases: readonly (readonly [readonly string[], Record<string, string>, RegExp])[]) {
+  for (const [args, env, reason] of cases) {
+    const r = spawnSync(
+      process.execPath,
+      [CLI_MAIN, 'worker', '--role', 'both', '--router', 'http://127.0.0.1:9', ...args],
+      { encoding: 'utf8', timeout: 10_000, env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env } },
+    );
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, reason);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  }
+}
+
 // The worker's --drain-ms is a Node timer too: --drain-ms 3000000000 (the operator asking for a
-// long drain) drained for 1 ms and cut every in-flight stream on SIGTERM. The router is never
-// reached (port 9): a worker that did start would retry until killed, which the timeout does.
+// long drain) drained for 1 ms and cut every in-flight stream on SIGTERM.
 test('worker: a --drain-ms past the longest Node timer exits 2 with one line', () => {
-  for (const [args, env, reason] of [
+  workerRefuses([
     [
       ['--drain-ms', '3000000000'],
       {},
       /^kvroute worker: --drain-ms: must be <= 2147483647, got 3000000000\n$/,
     ],
     [[], { KVROUTE_DRAIN_MS: '2147483648' }, /^kvroute worker: KVROUTE_DRAIN_MS: must be <= 2147483647/],
-  ] as const) {
-    const r = spawnSync(
-      process.execPath,
-      [CLI_MAIN, 'worker', '--role', 'both', '--router', 'http://127.0.0.1:9', ...args],
-      { encoding: 'utf8', timeout: 10_000, env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env } },
-    );
-    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
-    assert.match(r.stderr, reason);
-    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
-  }
+  ]);
 });
 
 // The engine allocates its block pool's bookkeeping up front: --kv-blocks 100000000000 died with a
 // RangeError stack trace (exit 1), and 2^32-1 ran the process out of memory.
 test('worker: a --kv-blocks too large to allocate exits 2 with one line', () => {
-  for (const [args, env, reason] of [
+  workerRefuses([
     [
       ['--kv-blocks', '100000000000'],
       {},
       /^kvroute worker: --kv-blocks: must be <= 16777216, got 100000000000\n$/,
     ],
     [[], { KVROUTE_KV_BLOCKS: '4294967295' }, /^kvroute worker: KVROUTE_KV_BLOCKS: must be <= 16777216/],
-  ] as const) {
-    const r = spawnSync(
-      process.execPath,
-      [CLI_MAIN, 'worker', '--role', 'both', '--router', 'http://127.0.0.1:9', ...args],
-      { encoding: 'utf8', timeout: 10_000, env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env } },
-    );
-    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
-    assert.match(r.stderr, reason);
-    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
-  }
+  ]);
 });
 
-// The router refuses a registration whose model is empty or longer than 256 characters (400), and
-// a refused worker retries quietly for ever: `worker --model=` never served, and `demo --model=`
-// waited out its ready timeout. Both now refuse the name up front.
+// The router refuses a registration whose model is empty or longer than 256 characters (400): a
+// worker so refused never served (it now stops), and `demo --model=` waited out its ready timeout.
+// Both refuse the name up front.
 test('worker and demo: a model name the router would refuse exits 2 with one line', () => {
   for (const [command, model] of [
     ['worker', ''],
