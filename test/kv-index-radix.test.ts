@@ -112,6 +112,16 @@ function nonZero(record: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(record).filter(([, n]) => n > 0));
 }
 
+/** A random run of one prompt's blocks from `start`, and its parent's sequence hash (null at the prompt's start). */
+function randomRunOf(prompt: ReturnType<typeof universe>[number], random: () => number) {
+  const start = Math.floor(random() * prompt.local.length);
+  const len = 1 + Math.floor(random() * (prompt.local.length - start));
+  const blocks = prompt.local
+    .slice(start, start + len)
+    .map((local, i) => ({ local, seq: prompt.seq[start + i]! }));
+  return { blocks, parent: start === 0 ? null : prompt.seq[start - 1]!, start };
+}
+
 /** The index answers every prompt and counts holdings as the model does; returns its stats. */
 function agreesWithModel(
   index: RadixIndex,
@@ -148,12 +158,7 @@ describe('RadixIndex against a naive model', () => {
         const roll = random();
         let what: string;
         if (roll < 0.55) {
-          const start = Math.floor(random() * prompt.local.length);
-          const len = 1 + Math.floor(random() * (prompt.local.length - start));
-          const blocks = prompt.local
-            .slice(start, start + len)
-            .map((local, i) => ({ local, seq: prompt.seq[start + i]! }));
-          const parent = start === 0 ? null : prompt.seq[start - 1]!;
+          const { blocks, parent, start } = randomRunOf(prompt, random);
           const expected = model.stored(worker, parent, blocks);
           const result = index.applyEvent(worker, {
             event_id: nextId(worker),
@@ -161,7 +166,7 @@ describe('RadixIndex against a naive model', () => {
             parent_hash: parent,
             blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
           });
-          what = `stored ${worker} [${start}, ${start + len}) -> ${result.status}`;
+          what = `stored ${worker} [${start}, ${start + blocks.length}) -> ${result.status}`;
           assert.equal(result.status, expected ? 'applied' : 'rejected', what);
           if (!expected) assert.equal(result.status === 'rejected' && result.reason, 'unknown_parent');
         } else if (roll < 0.9) {
@@ -250,12 +255,7 @@ describe('RadixIndex dumps in parts against the naive model', () => {
       const resets = new Map<string, Pending>();
       const randomRun = () => {
         const prompt = prompts[Math.floor(random() * prompts.length)]!;
-        const start = Math.floor(random() * prompt.local.length);
-        const len = 1 + Math.floor(random() * (prompt.local.length - start));
-        const blocks = prompt.local
-          .slice(start, start + len)
-          .map((local, i) => ({ local, seq: prompt.seq[start + i]! }));
-        const parent = start === 0 ? null : prompt.seq[start - 1]!;
+        const { blocks, parent } = randomRunOf(prompt, random);
         const event = (eventId: number): KvEvent => ({
           event_id: eventId,
           type: 'stored',
