@@ -574,10 +574,9 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
   before(async () => {
     r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
     [prefill, live] = await Promise.all([
-      // At real speed (~21 ms for 300 tokens): the generate's refused connect is always known
-      // before the prefill answers. At speedup 20 (~1 ms) the answer sometimes came first, and
-      // the handoff was then already addressed to the gone worker (see docs/disaggregation.md).
-      spawnWorker(r, 'prefill', ['--speedup', '1']),
+      // Fast (~1 ms for 300 tokens): the prefill often answers before the generate's refused
+      // connect is known, so the handoff goes to the gone worker first and must follow the move.
+      spawnWorker(r, 'prefill', ['--speedup', '20']),
       spawnWorker(r, 'decode', ['--speedup', '20']),
     ]);
     ghostId = await registerStandIn(r, await deadAddress(), 'decode');
@@ -619,6 +618,60 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
       [],
     );
     assert.ok(r.router.registry.get(ghostId));
+    await waitFor(() => idle(r, prefill, live));
+    assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
+  });
+});
+
+describe('overlapped mode, a decode worker that takes the handoff and then drops the waiting generate', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let live: TestWorker;
+  let handoffs = 0;
+  // Takes the generate and the kv_handoff, answers the handoff, then closes at once: the waiting
+  // generate is cut before any answer (disconnected_before_response), so it moves to `live`.
+  const cutter: RequestPlaneServer = new RequestPlaneServer()
+    .handle('generate', async function* (req) {
+      await new Promise<void>((resolve) => {
+        req.signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+    })
+    .handle('kv_handoff', async () => {
+      handoffs++;
+      setImmediate(() => void cutter.close({ deadlineMs: 0 }));
+      return encodeJson({ delivered: 'waiting' });
+    });
+
+  before(async () => {
+    await cutter.listen(0);
+    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
+    [prefill, live] = await Promise.all([
+      spawnWorker(r, 'prefill', ['--speedup', '20']),
+      spawnWorker(r, 'decode', ['--speedup', '20']),
+    ]);
+    await registerStandIn(r, cutter.address, 'decode');
+  });
+
+  after(async () => {
+    await Promise.all([prefill?.proc.stop(), live?.proc.stop()]);
+    await r?.router.close();
+    await cutter.close({ deadlineMs: 0 });
+  });
+
+  test('the handoff follows the generate to its new worker (it was delivered to the old one already)', async () => {
+    // Random policy over [live, cutter]: within 40 requests one goes to the cutter (odds of never:
+    // 2^-40). Before, the delivered handoff pinned the generate there: 502 worker_disconnected.
+    for (let i = 0; i < 40 && handoffs === 0; i++) {
+      const res = await completion(r, { prompt: prompt(300, 120 + i), max_tokens: 2 });
+      assert.equal(res.status, 200, await res.clone().text());
+      assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
+      assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
+    }
+    assert.equal(handoffs, 1);
+    assert.equal(
+      await metricValue(r, 'kvroute_request_retries_total', { reason: 'disconnected_before_response' }),
+      1,
+    );
     await waitFor(() => idle(r, prefill, live));
     assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
   });

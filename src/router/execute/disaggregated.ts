@@ -115,8 +115,27 @@ export class DisaggregatedExecutor implements Executor {
     };
     if (ctx.abort.aborted) throw cancelled(ctx.abort, undefined);
     ctx.abort.listen(callerAbort);
-    // Set when the kv_handoff goes out: from then on the decode leg cannot move to another worker.
-    let handoffSent = false;
+    // The generate moves to another decode worker only when it never reached its worker (a
+    // refused or failed connection, or one gone before any answer, which ends a wait): nothing
+    // can be waiting there for the handoff. The handoff follows it (below): each move is counted
+    // and wakes the delivery.
+    let decodeMoves = 0;
+    let wakeDelivery: (() => void) | undefined;
+    const onDecodeMoved = () => {
+      decodeMoves++;
+      wakeDelivery?.();
+    };
+    /** Resolves once the generate has moved since `movesBefore`, or the decode leg has ended. */
+    const movedOrEnded = (movesBefore: number) =>
+      new Promise<void>((resolve) => {
+        const ended: AbortListener = { onAbort: () => resolve() };
+        wakeDelivery = () => {
+          decodeAbort.unlisten(ended);
+          resolve();
+        };
+        decodeAbort.listen(ended);
+        if (decodeAbort.aborted || decodeMoves !== movesBefore) wakeDelivery();
+      });
     // What made the prefill side fail the request (it then cancels the decode leg).
     let legError: KvrouteError | undefined;
     let remote: PrefillResponse | null = null;
@@ -127,16 +146,13 @@ export class DisaggregatedExecutor implements Executor {
       abort: decodeAbort,
       firstTokenTimeoutMs: waitMs + ctx.firstTokenTimeoutMs,
     };
-    // A waiting generate may move to another decode worker only while nothing can wait for the
-    // handoff on this one: the generate never reached it (or the connection that carried it is
-    // gone, which ends its wait) and the handoff has not been sent. The handoff then follows it.
-    const movable = (err: unknown) => !handoffSent && isTransportError(err) && err.retryable;
     const chunks = this.generate(
       plan,
       decodeCtx,
       { await_kv_handoff: { timeout_ms: waitMs } },
       () => remote,
-      movable,
+      (err) => isTransportError(err) && err.retryable,
+      onDecodeMoved,
     );
     // Starts the decode stream now (the request-plane client dials on the first next()).
     const first = chunks.next();
@@ -174,18 +190,32 @@ export class DisaggregatedExecutor implements Executor {
       } finally {
         ctx.prefillDone();
       }
-      try {
-        handoffSent = true;
-        // plan.decode, not the worker at the start: a generate that could not reach it moved.
-        await ctx.client.unary(plan.decode.worker.address, ENDPOINTS.kvHandoff, encodeJson(handoff), {
-          requestId: plan.httpRequestId,
-          signal: decodeAbort.signal,
-          firstResponseTimeoutMs: waitMs,
-        });
-      } catch (err) {
+      // To the worker the generate is on when it is sent, and again wherever the generate moves
+      // afterwards (until the decode leg ends): both legs may fail to reach a gone worker, in
+      // either order, and a generate cut off before its first answer moves after its handoff was
+      // delivered.
+      for (;;) {
+        const target = plan.decode.worker;
+        const movesBefore = decodeMoves;
+        try {
+          await ctx.client.unary(target.address, ENDPOINTS.kvHandoff, encodeJson(handoff), {
+            requestId: plan.httpRequestId,
+            signal: decodeAbort.signal,
+            firstResponseTimeoutMs: waitMs,
+          });
+        } catch (err) {
+          if (decodeAbort.aborted) return;
+          // A delivery that reached the worker and failed there fails the request. One that never
+          // reached it (the worker is gone, most likely) waits for the generate sent there to fail
+          // the same way and move; if that generate did get through, its own wait bound ends it.
+          if (decodeMoves === movesBefore && !(isTransportError(err) && err.retryable)) {
+            legError = toClientError(err, decodeAbort);
+            decodeAbort.abort();
+            return;
+          }
+        }
+        await movedOrEnded(movesBefore);
         if (decodeAbort.aborted) return;
-        legError = toClientError(err, decodeAbort);
-        decodeAbort.abort();
       }
     });
     prefillSide.catch(() => {});
@@ -301,6 +331,8 @@ export class DisaggregatedExecutor implements Executor {
     remote: PrefillResponse | null | (() => PrefillResponse | null),
     /** Whether this failure may move the request to another decode worker (besides isRetryable). */
     movable: (err: unknown) => boolean = () => true,
+    /** Told after each move to another decode worker (plan.decode is the new one). */
+    onMoved?: () => void,
   ): AsyncGenerator<GenerateChunk> {
     const body: GenerateRequest = { ...generateBody(plan), ...extra };
     const failed = new Set<string>();
@@ -336,6 +368,7 @@ export class DisaggregatedExecutor implements Executor {
           // no_workers. Only a retry that happens is counted.
           throw toClientError(err, ctx.abort);
         }
+        onMoved?.();
       }
     }
   }
