@@ -135,3 +135,42 @@ test('response shapes carry usage with cached tokens', () => {
   assert.deepEqual(tail.choices, []);
   assert.deepEqual(tail.usage, usage);
 });
+
+test('parameters whose answer the mock cannot produce are refused naming them, not ignored', () => {
+  // Each was answered 200 with plain text: a client asking for logprobs, an echoed prompt, a forced
+  // tool call or JSON output read a response that silently lacked what it asked for.
+  const completion = { model: 'm', prompt: 'x' };
+  const chat = { model: 'm', messages: [{ role: 'user', content: 'x' }] };
+  rejects({ ...completion, logprobs: 2 }, 'logprobs');
+  rejects({ ...completion, logprobs: 0 }, 'logprobs');
+  rejects({ ...chat, logprobs: true }, 'logprobs', 'chat');
+  rejects({ ...chat, logprobs: false, top_logprobs: 2 }, 'top_logprobs', 'chat');
+  rejects({ ...completion, echo: true }, 'echo');
+  rejects({ ...completion, suffix: 'end' }, 'suffix');
+  rejects({ ...completion, best_of: 3 }, 'best_of');
+  rejects({ ...completion, stop: 'o' }, 'stop');
+  rejects({ ...chat, stop: ['a', 'b'] }, 'stop', 'chat');
+  rejects({ ...chat, response_format: { type: 'json_object' } }, 'response_format', 'chat');
+  rejects(
+    { ...chat, response_format: { type: 'json_schema', json_schema: { name: 's' } } },
+    'response_format',
+    'chat',
+  );
+  rejects({ ...chat, tool_choice: 'required' }, 'tool_choice', 'chat');
+  rejects({ ...chat, tool_choice: { type: 'function', function: { name: 'f' } } }, 'tool_choice', 'chat');
+  rejects({ ...chat, function_call: { name: 'f' } }, 'function_call', 'chat');
+  rejects({ ...chat, modalities: ['text', 'audio'] }, 'modalities', 'chat');
+  rejects({ ...chat, audio: { voice: 'alloy', format: 'wav' } }, 'audio', 'chat');
+  // Their "off" values (what SDKs send for unset fields) and what only tunes sampling still pass.
+  const accepted: Record<string, unknown>[] = [
+    { logprobs: null, top_logprobs: null, echo: false, suffix: null, best_of: 1, stop: null },
+    { stop: [], response_format: { type: 'text' }, tool_choice: 'none', modalities: ['text'], audio: null },
+    { tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: 'auto', function_call: 'auto' },
+    { seed: 1, user: 'u', logit_bias: { '50': -100 }, presence_penalty: 1, frequency_penalty: -1 },
+    { temperature: 0.7, top_p: 0.9, metadata: { a: 'b' }, store: false, parallel_tool_calls: true },
+  ];
+  for (const extra of accepted) {
+    parseInferenceRequest({ ...completion, ...extra }, 'completion');
+    parseInferenceRequest({ ...chat, ...extra }, 'chat');
+  }
+});

@@ -145,6 +145,25 @@ describe('chat', () => {
   });
 });
 
+describe('parameters the mock cannot honour', () => {
+  test('the client gets a BadRequestError naming the parameter, not an answer without it', async () => {
+    // Was a 200 whose choices carried logprobs: null, read by the client as "no logprobs to give".
+    await assert.rejects(
+      client.completions.create({ model: MODEL, prompt: 'hello', max_tokens: 2, logprobs: 1 }),
+      (err: unknown) =>
+        err instanceof OpenAI.BadRequestError && err.param === 'logprobs' && /logprobs/.test(err.message),
+    );
+    await assert.rejects(
+      client.chat.completions.create({
+        model: MODEL,
+        messages: [{ role: 'user', content: 'JSON please' }],
+        response_format: { type: 'json_object' },
+      }),
+      (err: unknown) => err instanceof OpenAI.BadRequestError && err.param === 'response_format',
+    );
+  });
+});
+
 describe('KV-aware placement', () => {
   test('requests sharing a long prefix land on the worker that holds it', async () => {
     const prefixBlocks = 32;

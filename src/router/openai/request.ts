@@ -145,6 +145,51 @@ function parseStopTokenIds(body: Record<string, unknown>): number[] {
   return validateTokenIds(raw, 'stop_token_ids');
 }
 
+/** Whether `v` is one of `offs` (null and absent always are: SDKs send unset fields as null). */
+function isOff(v: unknown, ...offs: unknown[]): boolean {
+  return v === undefined || v === null || offs.includes(v);
+}
+
+/**
+ * Parameters that change what the answer contains, which the mock engine cannot produce. Answered
+ * 200 anyway, a client would read a response that silently lacks what it asked for (no logprobs,
+ * no echoed prompt, text running past its stop sequence, prose where a forced tool call or JSON
+ * was promised), so each is a 400 naming it unless it has its "off" value. What only tunes
+ * sampling (temperature, penalties, seed, logit_bias) cannot be told apart in a mock's output and
+ * is accepted, as is `tools` with a choice that lets the model answer in text.
+ */
+const UNPRODUCIBLE: { param: string; asks: (v: unknown) => boolean; what: string }[] = [
+  { param: 'logprobs', asks: (v) => !isOff(v, false), what: 'log probabilities' },
+  { param: 'top_logprobs', asks: (v) => !isOff(v), what: 'log probabilities' },
+  { param: 'echo', asks: (v) => !isOff(v, false), what: 'echoing the prompt' },
+  { param: 'suffix', asks: (v) => !isOff(v, ''), what: 'suffix (insert) completions' },
+  { param: 'best_of', asks: (v) => !isOff(v, 1), what: 'best_of > 1' },
+  {
+    param: 'stop',
+    asks: (v) => !isOff(v) && !(Array.isArray(v) && v.length === 0),
+    what: 'stop sequences (stop_token_ids is)',
+  },
+  {
+    param: 'response_format',
+    asks: (v) => !isOff(v) && !(isPlainObject(v) && v.type === 'text'),
+    what: 'structured (JSON) output',
+  },
+  { param: 'tool_choice', asks: (v) => !isOff(v, 'none', 'auto'), what: 'forced tool calls' },
+  { param: 'function_call', asks: (v) => !isOff(v, 'none', 'auto'), what: 'forced function calls' },
+  {
+    param: 'modalities',
+    asks: (v) => !isOff(v) && !(Array.isArray(v) && v.every((m) => m === 'text')),
+    what: 'output other than text',
+  },
+  { param: 'audio', asks: (v) => !isOff(v), what: 'audio output' },
+];
+
+function refuseUnproducible(body: Record<string, unknown>): void {
+  for (const { param, asks, what } of UNPRODUCIBLE) {
+    if (asks(body[param])) throw invalid(`${param}: this server does not support ${what}`, param);
+  }
+}
+
 /**
  * Validates and normalises a request body. Whether the model is served is checked later, against
  * the registry (an unknown model is a 400, no registered worker at all a 503).
@@ -160,6 +205,7 @@ export function parseInferenceRequest(
     throw invalid('model must be a non-empty string', 'model');
   const n = body.n ?? 1;
   if (n !== 1) throw invalid('only n = 1 is supported', 'n');
+  refuseUnproducible(body);
 
   let prompt: PromptInput;
   if (endpoint === 'chat') {
