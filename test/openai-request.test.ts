@@ -174,3 +174,34 @@ test('parameters whose answer the mock cannot produce are refused naming them, n
     parseInferenceRequest({ ...chat, ...extra }, 'chat');
   }
 });
+
+test("sampling parameters outside OpenAI's ranges or of the wrong type are refused naming them", () => {
+  // Ignored, they were served as if valid: a client's bug (temperature 20 for 0.20, a string where
+  // a number belongs) went unnoticed here and surfaced only against OpenAI, which answers 400.
+  const body = { model: 'm', prompt: 'x' };
+  const bad: [string, unknown][] = [
+    ['temperature', 2.5],
+    ['temperature', -0.1],
+    ['temperature', 'hot'],
+    ['top_p', 1.5],
+    ['top_p', '0.9'],
+    ['presence_penalty', 2.5],
+    ['frequency_penalty', -3],
+    ['frequency_penalty', true],
+    ['seed', 1.5],
+    ['seed', '7'],
+    ['user', 42],
+    ['logit_bias', [1, 2]],
+    ['logit_bias', { '50': 101 }],
+    ['logit_bias', { '50': 'ban' }],
+  ];
+  for (const [param, value] of bad) rejects({ ...body, [param]: value }, param);
+  parseInferenceRequest(
+    { ...body, temperature: 0, top_p: 1, presence_penalty: -2, frequency_penalty: 2, seed: -3, user: '' },
+    'completion',
+  );
+  parseInferenceRequest(
+    { ...body, temperature: null, top_p: null, seed: null, user: null, logit_bias: null },
+    'completion',
+  );
+});

@@ -190,6 +190,38 @@ function refuseUnproducible(body: Record<string, unknown>): void {
   }
 }
 
+/** Sampling knobs the mock has no use for, checked against OpenAI's ranges (it answers 400 outside them). */
+const SAMPLING_RANGES: { param: string; min: number; max: number }[] = [
+  { param: 'temperature', min: 0, max: 2 },
+  { param: 'top_p', min: 0, max: 1 },
+  { param: 'presence_penalty', min: -2, max: 2 },
+  { param: 'frequency_penalty', min: -2, max: 2 },
+];
+
+/**
+ * Accepted and unused, but checked as OpenAI checks them: a client's mistake (temperature 20 for
+ * 0.20, a string seed) is a 400 here too instead of passing unnoticed until it meets OpenAI.
+ */
+function checkSampling(body: Record<string, unknown>): void {
+  for (const { param, min, max } of SAMPLING_RANGES) {
+    const v = body[param];
+    if (isOff(v)) continue;
+    if (typeof v !== 'number' || v < min || v > max) {
+      throw invalid(`${param} must be a number from ${min} to ${max}, got ${describe(v)}`, param);
+    }
+  }
+  if (!isOff(body.seed) && !Number.isInteger(body.seed)) throw invalid('seed must be an integer', 'seed');
+  if (!isOff(body.user) && typeof body.user !== 'string') throw invalid('user must be a string', 'user');
+  const bias = body.logit_bias;
+  if (isOff(bias)) return;
+  if (!isPlainObject(bias)) throw invalid('logit_bias must be an object of token id to bias', 'logit_bias');
+  for (const [token, b] of Object.entries(bias)) {
+    if (typeof b !== 'number' || b < -100 || b > 100) {
+      throw invalid(`logit_bias[${describe(token)}] must be a number from -100 to 100`, 'logit_bias');
+    }
+  }
+}
+
 /**
  * Validates and normalises a request body. Whether the model is served is checked later, against
  * the registry (an unknown model is a 400, no registered worker at all a 503).
@@ -206,6 +238,7 @@ export function parseInferenceRequest(
   const n = body.n ?? 1;
   if (n !== 1) throw invalid('only n = 1 is supported', 'n');
   refuseUnproducible(body);
+  checkSampling(body);
 
   let prompt: PromptInput;
   if (endpoint === 'chat') {
