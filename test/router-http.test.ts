@@ -275,6 +275,25 @@ describe('bad inference input', () => {
     });
   }
 
+  test('a JSON body sent with another content-type, or none, -> 400 saying content-type', async () => {
+    // text/plain (fastify's own parser gave a string) and no content-type (no body at all) were
+    // answered "the request body must be a JSON object" for a body that is one, while every other
+    // media type was told to send application/json: a client could not see what to change.
+    const body = JSON.stringify({ model: 'mock-llm', prompt: 'hi' });
+    for (const type of ['text/plain', 'application/x-www-form-urlencoded', undefined]) {
+      const res = await fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: type === undefined ? {} : { 'content-type': type },
+        body: new Blob([body]),
+      });
+      assert.equal(res.headers.get('content-type')?.startsWith('application/json'), true);
+      const json = (await res.json()) as { error: { message: string } };
+      assert.equal(res.status, 400, `${type}: ${JSON.stringify(json)}`);
+      assertOpenAIError(json, 'invalid_request');
+      assert.match(json.error.message, /content-type.*application\/json/, `${type}`);
+    }
+  });
+
   test('a body over the limit -> 413', async () => {
     const r = await post('/v1/completions', { model: 'mock-llm', prompt: 'x'.repeat(70 * 1024) });
     assert.equal(r.status, 413);

@@ -16,6 +16,10 @@ function mayBePoisoned(body: Buffer): boolean {
 }
 
 export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number): void {
+  // Fastify's text/plain parser would hand a route the body as a string, answered "must be a JSON
+  // object" even when it is one: without it, text/plain is refused like any other media type
+  // (toHttpError: "content-type must be application/json").
+  app.removeContentTypeParser('text/plain');
   const secure = app.getDefaultJsonParser('error', 'error');
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
     const bytes = body as Buffer;

@@ -231,6 +231,8 @@ export function parseInferenceRequest(
   endpoint: EndpointKind,
   limits: RequestLimits = DEFAULT_LIMITS,
 ): NormalizedRequest {
+  // No body at all is what fastify gives a request sent without a content-type.
+  if (body === undefined) throw invalid('send the body as JSON with content-type: application/json', 'body');
   if (!isPlainObject(body)) throw invalid('the request body must be a JSON object', 'body');
   const model = body.model;
   if (typeof model !== 'string' || model.length === 0)
