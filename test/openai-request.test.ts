@@ -148,8 +148,6 @@ test('parameters whose answer the mock cannot produce are refused naming them, n
   rejects({ ...completion, echo: true }, 'echo');
   rejects({ ...completion, suffix: 'end' }, 'suffix');
   rejects({ ...completion, best_of: 3 }, 'best_of');
-  rejects({ ...completion, stop: 'o' }, 'stop');
-  rejects({ ...chat, stop: ['a', 'b'] }, 'stop', 'chat');
   rejects({ ...chat, response_format: { type: 'json_object' } }, 'response_format', 'chat');
   rejects(
     { ...chat, response_format: { type: 'json_schema', json_schema: { name: 's' } } },
@@ -172,6 +170,18 @@ test('parameters whose answer the mock cannot produce are refused naming them, n
   for (const extra of accepted) {
     parseInferenceRequest({ ...completion, ...extra }, 'completion');
     parseInferenceRequest({ ...chat, ...extra }, 'chat');
+  }
+});
+
+test('stop: a string or up to four, each 1 to 128 characters; null and [] are none', () => {
+  const body = { model: 'm', prompt: 'x' };
+  assert.deepEqual(parseInferenceRequest({ ...body, stop: 'o' }, 'completion').stop, ['o']);
+  assert.deepEqual(parseInferenceRequest({ ...body, stop: ['a', '\n\n'] }, 'completion').stop, ['a', '\n\n']);
+  for (const none of [undefined, null, []]) {
+    assert.deepEqual(parseInferenceRequest({ ...body, stop: none }, 'completion').stop, []);
+  }
+  for (const bad of ['', ['a', ''], ['a', 'b', 'c', 'd', 'e'], [1], { s: 'a' }, 'x'.repeat(129)]) {
+    rejects({ ...body, stop: bad }, 'stop');
   }
 });
 

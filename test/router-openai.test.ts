@@ -145,6 +145,70 @@ describe('chat', () => {
   });
 });
 
+describe('stop sequences', () => {
+  test('the output ends before the first stop sequence, finish_reason stop, streaming or not', async () => {
+    const prompt = 'Stop sequences end an answer early, the router said.';
+    const whole = (await client.completions.create({ model: MODEL, prompt, max_tokens: 16 })).choices[0]!;
+    assert.equal(whole.finish_reason, 'length');
+    // Two words from the middle (each output token is one word with its leading space): a
+    // sequence that spans two tokens, so the streaming answer must hold back its first half.
+    const words = whole.text.match(/ [^ ]+/g)!;
+    const stop = `${words[5]}${words[6]}`;
+    const expected = whole.text.slice(0, whole.text.indexOf(stop));
+    assert.ok(expected.length > 0);
+
+    const cut = (
+      await client.completions.create({ model: MODEL, prompt, max_tokens: 16, stop: ['@@', stop] })
+    ).choices[0]!;
+    assert.equal(cut.text, expected);
+    assert.equal(cut.finish_reason, 'stop');
+
+    const stream = await client.completions.create({
+      model: MODEL,
+      prompt,
+      max_tokens: 16,
+      stop,
+      stream: true,
+    });
+    let text = '';
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.text ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      assert.ok(!text.includes(stop), `sent past the stop sequence: ${JSON.stringify(text)}`);
+    }
+    assert.equal(text, expected);
+    assert.equal(finish, 'stop');
+
+    // A stop sequence that never occurs changes nothing; the worker's streams were cancelled
+    // early above, and nothing stays booked.
+    const none = (await client.completions.create({ model: MODEL, prompt, max_tokens: 16, stop: '\u0000' }))
+      .choices[0]!;
+    assert.equal(none.text, whole.text);
+    assert.equal(none.finish_reason, 'length');
+    await waitUntil(() => router.registry.load.size === 0, 'bookings released');
+  });
+
+  test('chat honours stop too; a bad stop is a BadRequestError naming it', async () => {
+    const messages = [{ role: 'user' as const, content: 'Say something long.' }];
+    const whole = (await client.chat.completions.create({ model: MODEL, messages, max_tokens: 12 }))
+      .choices[0]!;
+    const words = whole.message.content!.match(/ [^ ]+/g)!;
+    const cut = (
+      await client.chat.completions.create({ model: MODEL, messages, max_tokens: 12, stop: words[3]! })
+    ).choices[0]!;
+    assert.equal(
+      cut.message.content,
+      whole.message.content!.slice(0, whole.message.content!.indexOf(words[3]!)),
+    );
+    assert.equal(cut.finish_reason, 'stop');
+    await assert.rejects(
+      client.chat.completions.create({ model: MODEL, messages, stop: ['a', 'b', 'c', 'd', 'e'] }),
+      (err: unknown) => err instanceof OpenAI.BadRequestError && err.param === 'stop',
+    );
+  });
+});
+
 describe('parameters the mock cannot honour', () => {
   test('the client gets a BadRequestError naming the parameter, not an answer without it', async () => {
     // Was a 200 whose choices carried logprobs: null, read by the client as "no logprobs to give".

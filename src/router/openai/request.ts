@@ -34,6 +34,8 @@ export interface NormalizedRequest {
   includeUsage: boolean;
   /** Token ids that end generation early (from the body's `stop_token_ids`, a common extension). */
   stopTokenIds: number[];
+  /** Stop sequences (OpenAI's `stop`): the output ends right before the first one it contains. */
+  stop: string[];
 }
 
 function invalid(message: string, param: string): KvrouteError {
@@ -145,6 +147,32 @@ function parseStopTokenIds(body: Record<string, unknown>): number[] {
   return validateTokenIds(raw, 'stop_token_ids');
 }
 
+/** OpenAI's bound on `stop` sequences. */
+export const MAX_STOP_SEQUENCES = 4;
+/**
+ * Longest stop sequence, in UTF-16 units. The router holds back up to this much output that might
+ * be the start of one, and looks for a match after every chunk: the bound keeps both small.
+ */
+export const MAX_STOP_SEQUENCE_LENGTH = 128;
+
+/** `stop`: a string or an array of up to four; null, absent or [] is none. */
+function parseStop(body: Record<string, unknown>): string[] {
+  const raw = body.stop;
+  if (raw === undefined || raw === null) return [];
+  const list: unknown[] = typeof raw === 'string' ? [raw] : Array.isArray(raw) ? raw : [raw];
+  if (list.length > MAX_STOP_SEQUENCES)
+    throw invalid(`stop: at most ${MAX_STOP_SEQUENCES} sequences`, 'stop');
+  for (const s of list) {
+    if (typeof s !== 'string' || s.length === 0 || s.length > MAX_STOP_SEQUENCE_LENGTH) {
+      throw invalid(
+        `stop must be a string of 1 to ${MAX_STOP_SEQUENCE_LENGTH} characters or an array of them, got ${describe(s)}`,
+        'stop',
+      );
+    }
+  }
+  return list as string[];
+}
+
 /** Whether `v` is one of `offs` (null and absent always are: SDKs send unset fields as null). */
 function isOff(v: unknown, ...offs: unknown[]): boolean {
   return v === undefined || v === null || offs.includes(v);
@@ -153,8 +181,7 @@ function isOff(v: unknown, ...offs: unknown[]): boolean {
 /**
  * Parameters that change what the answer contains, which the mock engine cannot produce. Answered
  * 200 anyway, a client would read a response that silently lacks what it asked for (no logprobs,
- * no echoed prompt, text running past its stop sequence, prose where a forced tool call or JSON
- * was promised), so each is a 400 naming it unless it has its "off" value. What only tunes
+ * no echoed prompt, prose where a forced tool call or JSON was promised), so each is a 400 naming it unless it has its "off" value. What only tunes
  * sampling (temperature, penalties, seed, logit_bias) cannot be told apart in a mock's output and
  * is accepted, as is `tools` with a choice that lets the model answer in text.
  */
@@ -164,11 +191,6 @@ const UNPRODUCIBLE: { param: string; asks: (v: unknown) => boolean; what: string
   { param: 'echo', asks: (v) => !isOff(v, false), what: 'echoing the prompt' },
   { param: 'suffix', asks: (v) => !isOff(v, ''), what: 'suffix (insert) completions' },
   { param: 'best_of', asks: (v) => !isOff(v, 1), what: 'best_of > 1' },
-  {
-    param: 'stop',
-    asks: (v) => !isOff(v) && !(Array.isArray(v) && v.length === 0),
-    what: 'stop sequences (stop_token_ids is)',
-  },
   {
     param: 'response_format',
     asks: (v) => !isOff(v) && !(isPlainObject(v) && v.type === 'text'),
@@ -257,5 +279,6 @@ export function parseInferenceRequest(
     maxTokens: parseMaxTokens(body, limits),
     ...parseStream(body),
     stopTokenIds: parseStopTokenIds(body),
+    stop: parseStop(body),
   };
 }

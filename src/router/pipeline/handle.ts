@@ -61,7 +61,7 @@ export async function handleInference(
   const plan = routed instanceof Promise ? await routed : routed;
   const admission = Admission.admit(deps.fleet, limit, plan);
   const span = trace.getActiveSpan();
-  const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream());
+  const tally = new StreamTally(plan.routing.promptTokens, deps.tokenizer.decodeStream(), request.stop);
   let lastChunkAt = 0;
   let ttftMs: number | undefined;
   let finished = false;
