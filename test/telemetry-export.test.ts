@@ -102,6 +102,24 @@ test('sampler ratio 0: nothing is exported', async () => {
   assert.equal(received.length, 0);
 });
 
+test('http/json with the collector down: shutdown reports the lost spans in one line and the process exits 0', async () => {
+  // The SDK's batch processor rejects its shutdown when the last export fails: that rejection
+  // reached the router's and the worker's SIGTERM path, which exited 1 with a stack trace.
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('OTEL_')));
+  const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', childScript], {
+    env: {
+      ...clean,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9',
+      OTEL_EXPORTER_OTLP_TIMEOUT: '500',
+    },
+    timeout: 30_000,
+  });
+  assert.equal(JSON.parse(stdout.trim().split('\n').at(-1)!).enabled, true);
+  assert.match(stderr, /^kvroute tracing: spans not exported at shutdown \(.+\)$/m);
+  assert.doesNotMatch(stderr, /\n\s+at /, 'a stack trace, not one line');
+});
+
 test('off mode: no exporter configured means nothing is sent and the SDK is not built', async () => {
   const out = await runChild({ OTEL_TRACES_EXPORTER: 'none', OTEL_EXPORTER_OTLP_ENDPOINT: endpoint });
   assert.equal(out.enabled, false);

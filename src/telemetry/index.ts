@@ -20,7 +20,11 @@ import {
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import { resolveTelemetryConfig, type TelemetryConfig } from './config.js';
 import { registerGlobalContext } from './context.js';
-import { createProtobufTraceDelivery, EagerOtlpSpanProcessor } from './eager-otlp-processor.js';
+import {
+  createProtobufTraceDelivery,
+  EagerOtlpSpanProcessor,
+  stderrReporter,
+} from './eager-otlp-processor.js';
 import { LeanTracer } from './lean-tracer.js';
 import { PooledIdGenerator } from './pooled-id-generator.js';
 import {
@@ -138,7 +142,19 @@ export function initTelemetry(options: TelemetryOptions): Telemetry {
     enabled: true,
     config,
     shutdown: () => {
-      shuttingDown ??= Promise.all(processors.map((p) => p.shutdown())).then(() => {});
+      // A processor that could not deliver its last spans (the SDK's batch processor of http/json
+      // rejects then; ours reports and resolves) is one stderr line, as losses are on the default
+      // path: a collector that is down must not turn a clean shutdown into exit 1 with a stack.
+      shuttingDown ??= Promise.all(
+        processors.map((p) =>
+          p.shutdown().catch((err: unknown) => {
+            stderrReporter()(
+              `spans not exported at shutdown (${err instanceof Error ? err.message : String(err)})`,
+              true,
+            );
+          }),
+        ),
+      ).then(() => {});
       return shuttingDown;
     },
   };
