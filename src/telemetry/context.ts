@@ -69,16 +69,6 @@ export function spawnInCurrentContext<T>(fn: () => Promise<T> | T): Promise<T> {
 }
 
 /**
- * Returns `fn` bound to the context active now. For callbacks that fire from someone else's
- * context: a pooled socket's 'data' handler runs in the context of the connect, not of the
- * request waiting for the reply.
- */
-export function bindToCurrentContext<F extends (...args: never[]) => unknown>(fn: F): F {
-  registerGlobalContext();
-  return context.bind(context.active(), fn);
-}
-
-/**
  * `iterable` with every step (`next`, `return`, `throw`) run in the context active now. For a
  * stream that something else pulls from its own callbacks: node's `Readable.from` pulls an SSE
  * response's events from stream callbacks, outside the request, so without this every step after

@@ -38,7 +38,6 @@ export type { TelemetryConfig } from './config.js';
 export { resolveTelemetryConfig } from './config.js';
 export {
   bindIterableToCurrentContext,
-  bindToCurrentContext,
   extractFromHeaders,
   type HeaderCarrier,
   injectToHeaders,
