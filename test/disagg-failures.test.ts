@@ -47,6 +47,26 @@ async function idle(r: TestRouter, ...workers: TestWorker[]): Promise<boolean> {
   return true;
 }
 
+/**
+ * The prefill tokens the router books on `workerId`, in order, read off its load table (the router
+ * runs in this process) until `stop()`.
+ */
+function recordBookings(r: TestRouter, workerId: string): { prefillTokens: number[]; stop(): void } {
+  const load = r.router.registry.load;
+  const book = load.book.bind(load);
+  const prefillTokens: number[] = [];
+  load.book = (id, requestId, booking) => {
+    if (id === workerId) prefillTokens.push(booking.prefillTokens);
+    return book(id, requestId, booking);
+  };
+  return {
+    prefillTokens,
+    stop: () => {
+      load.book = book;
+    },
+  };
+}
+
 /** Resolves once the worker's engine is running a request (its prefill has started). */
 function running(w: TestWorker): Promise<LoadReport> {
   return waitFor(async () => {
@@ -102,22 +122,15 @@ describe('sequential mode with a slow prefill worker', () => {
   test('a prefill worker killed mid-prefill: the request completes through local prefill and the fallback is counted', async () => {
     const before = await metricValue(r, 'kvroute_prefill_fallbacks_total', { reason: 'disconnect' });
     const decodeBefore = await workerCall<WorkerStats>(decode.address, 'stats');
-    // What the router books on the decode worker, in order (its load table, in this process).
-    const load = r.router.registry.load;
-    const decodeBookings: number[] = [];
-    const book = load.book.bind(load);
-    load.book = (workerId, requestId, booking) => {
-      if (workerId === decode.id) decodeBookings.push(booking.prefillTokens);
-      return book(workerId, requestId, booking);
-    };
+    const decodeBookings = recordBookings(r, decode.id);
     const pending = completion(r, { prompt: prompt(400, 12), max_tokens: 4 });
     await running(prefill);
     prefill.proc.child.kill('SIGKILL');
     const res = await pending;
-    load.book = book;
+    decodeBookings.stop();
     // While the prompt was being transferred: only its partial tail (none: 400 tokens are 25 full
     // blocks). After the fallback the decode worker computes all 400, and is booked for them.
-    assert.deepEqual(decodeBookings, [0, 400]);
+    assert.deepEqual(decodeBookings.prefillTokens, [0, 400]);
     assert.equal(res.status, 200, await res.clone().text());
     assert.equal(res.headers.get('x-kvroute-decode-worker'), decode.id);
     assert.equal(res.headers.get('x-kvroute-prefill-worker'), null, 'prefill ended up local');
@@ -591,14 +604,8 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
     // Random policy over [live, ghost]: within 40 requests one goes to the ghost (odds of never:
     // 2^-40). Nothing waits on the ghost for a handoff: the generate could not even connect.
     const retried = () => metricValue(r, 'kvroute_request_retries_total', { reason: 'connect_failed' });
-    // The prefill tokens booked on the live decode worker, first choice or retry (its load table).
-    const load = r.router.registry.load;
-    const liveBookings: number[] = [];
-    const book = load.book.bind(load);
-    load.book = (workerId, requestId, booking) => {
-      if (workerId === live.id) liveBookings.push(booking.prefillTokens);
-      return book(workerId, requestId, booking);
-    };
+    // The prefill tokens booked on the live decode worker, first choice or retry.
+    const liveBookings = recordBookings(r, live.id);
     try {
       for (let i = 0; i < 40 && (await retried()) === 0; i++) {
         const res = await completion(r, { prompt: prompt(300, 80 + i), max_tokens: 2 });
@@ -607,14 +614,14 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
         assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
       }
     } finally {
-      load.book = book;
+      liveBookings.stop();
     }
     assert.equal(await retried(), 1);
     // The retried request too: the blocks come by transfer, so only the 12-token partial tail of
     // the 300-token prompt is the decode worker's to compute (a retry booked all 300).
-    assert.ok(liveBookings.length > 0);
+    assert.ok(liveBookings.prefillTokens.length > 0);
     assert.deepEqual(
-      liveBookings.filter((tokens) => tokens !== 300 % 16),
+      liveBookings.prefillTokens.filter((tokens) => tokens !== 300 % 16),
       [],
     );
     assert.ok(r.router.registry.get(ghostId));

@@ -4,9 +4,8 @@
 // backoff and jitter. A registration the router refuses (a 4xx other than 408/429: this worker's
 // block size, model name or address is not acceptable to it) ends the loop and is told through
 // onRefused: asking again would get the same answer forever, and only the operator can fix it.
-// stop() deregisters (after a registration in flight has its answer). All
-// traffic runs in the ROOT context: control-plane calls must never appear inside (or parent to) a
-// user request's trace.
+// stop() deregisters (after a registration in flight has its answer). All traffic runs in the
+// ROOT context: control-plane calls must never appear inside (or parent to) a user request's trace.
 
 import { setTimeout as delay } from 'node:timers/promises';
 import type { RegisterWorkerRequest, RegisterWorkerResponse } from '../protocols/registration.js';

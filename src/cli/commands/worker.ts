@@ -107,7 +107,11 @@ export async function run(options: ParsedOptions): Promise<number> {
   const telemetry = initTelemetry({ serviceName: `kvroute-${role}-worker` });
   const log = createLog(options.verbose === true, { component: 'worker', role });
   let refused: RegistrationRefused | undefined;
-  let onRefused = () => {};
+  // Resolved by the first SIGTERM or SIGINT, or by the router refusing the registration.
+  let stopNow!: () => void;
+  const stopRequested = new Promise<void>((resolve) => {
+    stopNow = resolve;
+  });
   const worker = await startWorker(
     {
       role,
@@ -129,7 +133,7 @@ export async function run(options: ParsedOptions): Promise<number> {
       // Asking again gets the same answer: stop, and say why on the one line a bad option gets.
       onRegistrationRefused: (err) => {
         refused = err;
-        onRefused();
+        stopNow();
       },
     },
     computeBlockHashes,
@@ -138,26 +142,21 @@ export async function run(options: ParsedOptions): Promise<number> {
     `kvroute worker (${role}) listening on ${worker.address}, registering with ${router}\n`,
   );
 
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      log('signal', { signal });
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
-      // A second signal while draining ends the process at once.
-      const force = () => process.exit(1);
-      process.once('SIGTERM', force);
-      process.once('SIGINT', force);
-      resolve();
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-    onRefused = () => {
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
-      resolve();
-    };
-    if (refused !== undefined) onRefused();
-  });
+  const onSignal = (signal: NodeJS.Signals) => {
+    log('signal', { signal });
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    // A second signal while draining ends the process at once.
+    const force = () => process.exit(1);
+    process.once('SIGTERM', force);
+    process.once('SIGINT', force);
+    stopNow();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  await stopRequested;
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
   await worker.stop();
   await telemetry.shutdown();
   if (refused !== undefined) throw new UsageError(refused.message);
