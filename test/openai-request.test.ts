@@ -136,6 +136,16 @@ test('response shapes carry usage with cached tokens', () => {
   assert.deepEqual(tail.usage, usage);
 });
 
+test('a stream chunk writes "usage": null when asked (include_usage on), no field when not', () => {
+  // null was dropped like undefined, so no chunk could carry OpenAI's "usage": null.
+  const who = { id: 'cmpl-1', created: 1, model: 'm' };
+  for (const endpoint of ['completion', 'chat'] as const) {
+    const delta = { text: 'a', finishReason: null };
+    assert.match(JSON.stringify(streamChunk(endpoint, who, delta, null)), /"usage":null}$/);
+    assert.ok(!('usage' in streamChunk(endpoint, who, delta)));
+  }
+});
+
 test('parameters whose answer the mock cannot produce are refused naming them, not ignored', () => {
   // Each was answered 200 with plain text: a client asking for logprobs, an echoed prompt, a forced
   // tool call or JSON output read a response that silently lacked what it asked for.

@@ -66,8 +66,10 @@ export function completionBody(
 }
 
 /**
- * One streamed chunk. `first` marks the chat stream's opening chunk (it carries the role);
- * `usage` is set only on the trailing usage chunk, whose `choices` is empty as OpenAI sends it.
+ * One streamed chunk. `first` marks the chat stream's opening chunk (it carries the role).
+ * `usage`, as OpenAI writes it: the figures on the trailing usage chunk (whose `choices` is
+ * empty); `null` on every other chunk of a stream with `include_usage` (written out as
+ * `"usage": null`, which strict clients read); absent (no field) when `include_usage` is off.
  */
 export function streamChunk(
   endpoint: EndpointKind,
@@ -90,7 +92,8 @@ export function streamChunk(
           ]
         : [{ index: 0, text: delta.text, logprobs: null, finish_reason: delta.finishReason }];
   }
-  return { id: who.id, object, created: who.created, model: who.model, choices, ...(usage ? { usage } : {}) };
+  const chunk = { id: who.id, object, created: who.created, model: who.model, choices };
+  return usage === undefined ? chunk : { ...chunk, usage };
 }
 
 export function sseData(payload: object | '[DONE]'): string {
