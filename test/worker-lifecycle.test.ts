@@ -2,10 +2,26 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { GenerateChunk } from '../src/protocols/worker-plane.js';
+import { isRetryable } from '../src/router/execute/worker-call.js';
 import { createRouter } from '../src/router/service.js';
-import { decodeJson, encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
+import { decodeJson, encodeJson, RequestPlaneClient, TransportError } from '../src/tcp/index.js';
 import type { WorkerStats } from '../src/worker/stats.js';
 import { runWorkerCli, StandInRouter, spawnWorker } from './worker-helpers.js';
+
+/** The remote error `call` fails with (it must fail with one). */
+async function remoteFailure(call: Promise<unknown>): Promise<TransportError> {
+  try {
+    await call;
+  } catch (err) {
+    assert.ok(err instanceof TransportError && err.kind === 'remote_error', String(err));
+    return err;
+  }
+  assert.fail('expected an error response, the request was served');
+}
+
+async function drain(chunks: AsyncIterable<unknown>): Promise<void> {
+  for await (const _ of chunks);
+}
 
 async function waitUntil(check: () => boolean): Promise<void> {
   while (!check()) await sleep(20);
@@ -186,6 +202,73 @@ test('SIGTERM while an overlapped generate waits for its kv_handoff: the handoff
     );
     assert.deepEqual(answer, { delivered: 'waiting' });
     assert.equal((await tokens).length, 4);
+    assert.deepEqual(await worker.exit, { code: 0, signal: null });
+  } finally {
+    worker.child.kill('SIGKILL');
+    await client.close();
+    await router.close();
+  }
+});
+
+test("a draining worker refuses new generate and prefill with overloaded (the router tries another worker) and still takes a waiting generate's kv_handoff", {
+  timeout: 60_000,
+}, async () => {
+  const router = new StandInRouter(10_000);
+  await router.listen();
+  const worker = await spawnWorker([
+    ...['--role', 'both', '--router', router.url, '--drain-ms', '10000', '--verbose'],
+  ]);
+  const client = new RequestPlaneClient();
+  try {
+    await router.waitFor((c) => c.method === 'POST' && c.url === '/v1/workers');
+    const waiting = (async () => {
+      const out: number[] = [];
+      const body = {
+        request_id: 'h1',
+        token_ids: [1, 2, 3],
+        max_tokens: 4,
+        await_kv_handoff: { timeout_ms: 30_000 },
+      };
+      for await (const buf of client.stream(worker.address, 'generate', encodeJson(body))) {
+        out.push(...decodeJson<GenerateChunk>(buf).token_ids);
+      }
+      return out;
+    })();
+    waiting.catch(() => {});
+    const stats = () =>
+      client.unary(worker.address, 'stats', encodeJson({})).then((b) => decodeJson<WorkerStats>(b));
+    while ((await stats()).handoffs_waiting === 0) await sleep(20);
+
+    worker.child.kill('SIGTERM');
+    await waitUntil(() => logEvents(worker.stderr, 'draining').length > 0);
+    // A router that has not yet seen the deregistration still sends new work: refused at once, with
+    // the code the router moves a request to another worker on (not served, which would extend
+    // the drain and risk being cut at its deadline).
+    const refusedGenerate = await remoteFailure(
+      drain(
+        client.stream(
+          worker.address,
+          'generate',
+          encodeJson({ request_id: 'g2', token_ids: [7, 8], max_tokens: 2 }),
+        ),
+      ),
+    );
+    assert.equal(refusedGenerate.remoteCode, 'overloaded', refusedGenerate.message);
+    assert.ok(isRetryable(refusedGenerate), 'the router retries it on another worker');
+    const refusedPrefill = await remoteFailure(
+      client.unary(worker.address, 'prefill', encodeJson({ request_id: 'p2', token_ids: [7, 8] })),
+    );
+    assert.equal(refusedPrefill.remoteCode, 'overloaded', refusedPrefill.message);
+    // The other endpoints still answer while the worker drains.
+    assert.equal((await stats()).handoffs_waiting, 1);
+    const health = decodeJson<{ ok: boolean }>(await client.unary(worker.address, 'health', encodeJson({})));
+    assert.equal(health.ok, false);
+    // The generate that was already waiting gets its handoff and finishes.
+    const answer = decodeJson(
+      await client.unary(worker.address, 'kv_handoff', encodeJson({ request_id: 'h1' })),
+    );
+    assert.deepEqual(answer, { delivered: 'waiting' });
+    assert.equal((await waiting).length, 4);
     assert.deepEqual(await worker.exit, { code: 0, signal: null });
   } finally {
     worker.child.kill('SIGKILL');

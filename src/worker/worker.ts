@@ -1,19 +1,20 @@
 // One worker process's assembly: the mock engine and its driver, the request-plane server with
 // the endpoints of its role, and the router lease. Lifecycle: startWorker() listens, prints
-// nothing, starts registering; stop() deregisters (the router stops sending), lets waiting
-// overlapped generates take their kv_handoff, ends KV-event subscriptions, lets in-flight streams
-// finish, all up to the deadline, then stops the engine.
+// nothing, starts registering; stop() refuses new generate/prefill at once, deregisters (the
+// router stops sending), lets waiting overlapped generates take their kv_handoff, ends KV-event
+// subscriptions, lets in-flight streams finish, all up to the deadline, then stops the engine.
 
 import { performance } from 'node:perf_hooks';
 import type { Tracer } from '@opentelemetry/api';
 import { createGenerateHandler, createKvHandoffHandler } from '../decode/handler.js';
 import { KvHandoffBoard } from '../decode/handoff-board.js';
 import { type BlockHasher, type EngineConfig, MockEngine } from '../engine/index.js';
+import { KvrouteError } from '../errors.js';
 import { createPrefillHandler } from '../prefill/handler.js';
 import type { WorkerRole } from '../protocols/registration.js';
 import type { HealthReport } from '../protocols/worker-plane.js';
 import { ENDPOINTS } from '../protocols/worker-plane.js';
-import { encodeJson, RequestPlaneServer } from '../tcp/index.js';
+import { encodeJson, type RequestHandler, RequestPlaneServer } from '../tcp/index.js';
 import { EngineDriver } from './engine-driver.js';
 import { KvEventsHub } from './kv-events-stream.js';
 import type { Log } from './log.js';
@@ -59,10 +60,26 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
   let draining = false;
   const workerId = () => lease?.workerId ?? address;
 
-  if (config.role !== 'decode') server.handle(ENDPOINTS.prefill, createPrefillHandler({ driver, workerId }));
+  // New work is refused as soon as stop() begins, before the deregistration reaches the router:
+  // served, it would extend the drain and risk being cut at its deadline. `overloaded` is the
+  // handler error the router retries on another worker (src/router/execute/worker-call.ts).
+  const unlessDraining =
+    (handler: RequestHandler): RequestHandler =>
+    async (req) => {
+      if (draining) {
+        throw new KvrouteError('overloaded', 'worker is draining: it takes no new requests', {
+          retryAfterSeconds: 1,
+        });
+      }
+      return handler(req);
+    };
+  if (config.role !== 'decode') {
+    server.handle(ENDPOINTS.prefill, unlessDraining(createPrefillHandler({ driver, workerId })));
+  }
   const handoffs = new KvHandoffBoard();
   if (config.role !== 'prefill') {
-    server.handle(ENDPOINTS.generate, createGenerateHandler(driver, handoffs));
+    server.handle(ENDPOINTS.generate, unlessDraining(createGenerateHandler(driver, handoffs)));
+    // Not refused while draining: a generate already waiting gets its handoff as a new request.
     server.handle(ENDPOINTS.kvHandoff, createKvHandoffHandler(handoffs));
   }
   server.handle(ENDPOINTS.kvEvents, async (req) => {
