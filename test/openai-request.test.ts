@@ -114,6 +114,69 @@ test('chat flattening keeps earlier turns as a prefix of later ones', () => {
   assert.ok(b.endsWith('<|user|>\nmore\n<|assistant|>\n'));
 });
 
+const WEATHER_TOOL = {
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'The weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  },
+};
+
+test('tools are rendered before the conversation, the same text whatever their key order', () => {
+  // They were dropped: the worker's prompt, its token count and its KV blocks lacked them.
+  const messages = [{ role: 'user', content: 'Weather in Oslo?' }];
+  const plain = flattenChat(messages);
+  const withTools = flattenChat(messages, [WEATHER_TOOL]);
+  assert.ok(withTools.startsWith('<|tools|>\n[{"function":{"description":"The weather in a city",'));
+  assert.ok(withTools.includes('"required":["city"]'));
+  assert.ok(withTools.endsWith(`]\n${plain}`), 'the conversation follows, rendered as without tools');
+  const reordered = {
+    function: {
+      parameters: { required: ['city'], properties: { city: { type: 'string' } }, type: 'object' },
+      description: 'The weather in a city',
+      name: 'get_weather',
+    },
+    type: 'function',
+  };
+  assert.equal(flattenChat(messages, [reordered]), withTools);
+  for (const none of [undefined, null, []]) assert.equal(flattenChat(messages, none), plain);
+  // Through the request parser too, and not for the completions endpoint (no tools there).
+  const chat = parseInferenceRequest({ model: 'm', messages, tools: [WEATHER_TOOL] }, 'chat');
+  assert.deepEqual(chat.prompt, { kind: 'text', text: withTools });
+  for (const bad of ['f', [1], [null], { type: 'function' }]) {
+    rejects({ model: 'm', messages, tools: bad }, 'tools', 'chat');
+  }
+  let deep: unknown = {};
+  for (let i = 0; i < 20_000; i++) deep = { d: deep };
+  rejects({ model: 'm', messages, tools: [deep] }, 'tools', 'chat');
+});
+
+test("an assistant's tool_calls and the call a tool message answers are rendered", () => {
+  // Both were lost: an assistant turn that only called a tool rendered as an empty turn, and a
+  // tool result did not say which call it answers.
+  const call = {
+    id: 'call_1',
+    type: 'function',
+    function: { name: 'get_weather', arguments: '{"city":"Oslo"}' },
+  };
+  const prompt = flattenChat([
+    { role: 'user', content: 'Weather in Oslo?' },
+    { role: 'assistant', content: null, tool_calls: [call] },
+    { role: 'tool', tool_call_id: 'call_1', content: '12 C, rain' },
+  ]);
+  assert.equal(
+    prompt,
+    '<|user|>\nWeather in Oslo?\n' +
+      '<|assistant|>\n\n<|tool_calls|>\n' +
+      '[{"function":{"arguments":"{\\"city\\":\\"Oslo\\"}","name":"get_weather"},"id":"call_1","type":"function"}]\n' +
+      '<|tool|> "call_1"\n12 C, rain\n<|assistant|>\n',
+  );
+  const chat = (messages: unknown[]) => ({ model: 'm', messages });
+  rejects(chat([{ role: 'assistant', content: 'x', tool_calls: 'f' }]), 'messages', 'chat');
+  rejects(chat([{ role: 'tool', content: 'x', tool_call_id: 7 }]), 'messages', 'chat');
+});
+
 test('response shapes carry usage with cached tokens', () => {
   const who = { id: 'cmpl-1', created: 1, model: 'm' };
   const usage = makeUsage(10, 3, 4);

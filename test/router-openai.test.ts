@@ -202,6 +202,82 @@ describe('chat', () => {
   });
 });
 
+describe('tools', () => {
+  /** A function tool whose description makes it about `words` words long. */
+  const tool = (name: string, words: number): OpenAI.Chat.ChatCompletionFunctionTool => ({
+    type: 'function',
+    function: {
+      name,
+      description: Array.from({ length: words }, (_, i) => `${name}${i}`).join(' '),
+      parameters: { type: 'object', properties: { query: { type: 'string' } }, required: ['query'] },
+    },
+  });
+
+  test('tool definitions are in the prompt: they count, and the same tools share a cached prefix', async () => {
+    // They were dropped by the chat template: prompt_tokens was the same with and without tools,
+    // and the tools' blocks were never cached or matched.
+    const tools = [tool('search_docs', 120), tool('lookup_user', 120)];
+    const ask = (content: string, withTools: boolean) =>
+      client.chat.completions.create({
+        model: MODEL,
+        messages: [{ role: 'user', content }],
+        max_tokens: 2,
+        ...(withTools ? { tools, tool_choice: 'auto' as const } : {}),
+      });
+    const plain = await ask('Which tool fits?', false);
+    const first = await ask('Which tool fits?', true);
+    assert.ok(
+      first.usage!.prompt_tokens > plain.usage!.prompt_tokens + 200,
+      `${first.usage!.prompt_tokens} prompt tokens with tools, ${plain.usage!.prompt_tokens} without`,
+    );
+    // The same tools again (as another client might order their keys), another question: the
+    // prompt starts with the same blocks, which the index finds and the worker reuses.
+    const reordered = tools.map(({ function: f, type }) => ({
+      function: { parameters: f.parameters, name: f.name, description: f.description },
+      type,
+    }));
+    const body = {
+      model: MODEL,
+      messages: [{ role: 'user', content: 'And this time?' }],
+      max_tokens: 2,
+      tools: reordered,
+    };
+    const toolBlocks = Math.floor(200 / 16);
+    await waitUntil(async () => {
+      const res = await fetch(`${router.url}/v1/route`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      const explained = (await res.json()) as { decode: { overlap_blocks: number } };
+      return explained.decode.overlap_blocks >= toolBlocks ? true : undefined;
+    }, 'the tools prefix in the index');
+    const second = await client.chat.completions.create(
+      body as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming,
+    );
+    const cached = second.usage!.prompt_tokens_details!.cached_tokens!;
+    assert.ok(cached >= toolBlocks * 16, `cached_tokens ${cached}`);
+  });
+
+  test('an assistant turn that only called a tool keeps its tool_calls in the prompt', async () => {
+    const conversation = (args: string): OpenAI.Chat.ChatCompletionMessageParam[] => [
+      { role: 'user', content: 'Find the docs.' },
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [{ id: 'call_7', type: 'function', function: { name: 'search_docs', arguments: args } }],
+      },
+      { role: 'tool', tool_call_id: 'call_7', content: 'three results' },
+    ];
+    const count = async (args: string) =>
+      (await client.chat.completions.create({ model: MODEL, messages: conversation(args), max_tokens: 2 }))
+        .usage!.prompt_tokens;
+    const short = await count('{}');
+    const long = await count(JSON.stringify({ query: 'kv cache routing '.repeat(20) }));
+    assert.ok(long > short + 40, `${long} prompt tokens with long arguments, ${short} with {}`);
+  });
+});
+
 describe('stop sequences', () => {
   test('the output ends before the first stop sequence, finish_reason stop, streaming or not', async () => {
     const prompt = 'Stop sequences end an answer early, the router said.';

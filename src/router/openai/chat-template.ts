@@ -2,13 +2,24 @@
 // Each message becomes `<|role|>\n{content}\n`, and the prompt ends with `<|assistant|>\n` so the
 // model continues as the assistant. Because earlier turns render identically, a multi-turn
 // conversation's prompt extends the previous turn's prompt: KV prefixes stay shareable.
+//
+// What a real template renders besides the text is rendered too, so the worker sees (and the
+// router counts and hashes) what a serving engine would: the `tools` definitions as one
+// `<|tools|>\n{json}\n` block before the conversation (where common templates put them, so the
+// same tools make the same prefix), an assistant turn's `tool_calls` as `<|tool_calls|>\n{json}\n`
+// after its text, and which call a `tool` message answers (`<|tool|> "call_id"`). JSON here is
+// stableJson's: the same definitions give the same text whatever their key order.
 
 import { KvrouteError } from '../../errors.js';
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 
-function invalid(message: string): KvrouteError {
-  return new KvrouteError('invalid_request', message, { param: 'messages' });
+function invalid(message: string, param = 'messages'): KvrouteError {
+  return new KvrouteError('invalid_request', message, { param });
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function contentText(content: unknown, index: number): string {
@@ -28,16 +39,67 @@ function contentText(content: unknown, index: number): string {
   return text;
 }
 
-export function flattenChat(messages: unknown): string {
+/** Deeper than any real tool schema; bounds stableJson's recursion (a body can nest 20,000 deep). */
+const MAX_JSON_DEPTH = 64;
+
+/**
+ * A JSON value written the same way whatever order its object keys came in: keys sorted (by UTF-16
+ * code units), no whitespace. Undefined when it nests deeper than MAX_JSON_DEPTH.
+ */
+function stableJson(value: unknown, depth = 0): string | undefined {
+  if (typeof value !== 'object' || value === null) return JSON.stringify(value);
+  if (depth >= MAX_JSON_DEPTH) return undefined;
+  const items: string[] = [];
+  if (Array.isArray(value)) {
+    for (const v of value) {
+      const item = stableJson(v, depth + 1);
+      if (item === undefined) return undefined;
+      items.push(item);
+    }
+    return `[${items.join(',')}]`;
+  }
+  for (const key of Object.keys(value).sort()) {
+    const member = stableJson((value as Record<string, unknown>)[key], depth + 1);
+    if (member === undefined) return undefined;
+    items.push(`${JSON.stringify(key)}:${member}`);
+  }
+  return `{${items.join(',')}}`;
+}
+
+/** stableJson of an array of objects (`what` names it in the 400), or '' for null, absent or []. */
+function objectListJson(value: unknown, what: string, param: string): string {
+  if (value === undefined || value === null) return '';
+  if (!Array.isArray(value) || !value.every(isPlainObject))
+    throw invalid(`${what} must be an array of objects`, param);
+  if (value.length === 0) return '';
+  const json = stableJson(value);
+  if (json === undefined) throw invalid(`${what}: nested more than ${MAX_JSON_DEPTH} levels deep`, param);
+  return json;
+}
+
+/** The `<|role|>` line of a message: a tool result names the call it answers. */
+function header(role: string, m: Record<string, unknown>, index: number): string {
+  if (role !== 'tool' || m.tool_call_id === undefined || m.tool_call_id === null) return `<|${role}|>`;
+  if (typeof m.tool_call_id !== 'string') throw invalid(`messages[${index}].tool_call_id must be a string`);
+  return `<|tool|> ${JSON.stringify(m.tool_call_id)}`;
+}
+
+/** The prompt for `messages`, after the definitions of `tools` (the body's field, unchecked). */
+export function flattenChat(messages: unknown, tools?: unknown): string {
   if (!Array.isArray(messages) || messages.length === 0) throw invalid('messages must be a non-empty array');
-  let prompt = '';
+  const toolsJson = objectListJson(tools, 'tools', 'tools');
+  let prompt = toolsJson === '' ? '' : `<|tools|>\n${toolsJson}\n`;
   messages.forEach((m, i) => {
-    if (typeof m !== 'object' || m === null) throw invalid(`messages[${i}] must be an object`);
-    const role = (m as { role?: unknown }).role;
+    if (!isPlainObject(m)) throw invalid(`messages[${i}] must be an object`);
+    const role = m.role;
     if (typeof role !== 'string' || !ROLES.has(role)) {
       throw invalid(`messages[${i}].role must be one of ${[...ROLES].join(', ')}`);
     }
-    prompt += `<|${role}|>\n${contentText((m as { content?: unknown }).content, i)}\n`;
+    prompt += `${header(role, m, i)}\n${contentText(m.content, i)}\n`;
+    if (role === 'assistant') {
+      const calls = objectListJson(m.tool_calls, `messages[${i}].tool_calls`, 'messages');
+      if (calls !== '') prompt += `<|tool_calls|>\n${calls}\n`;
+    }
   });
   return `${prompt}<|assistant|>\n`;
 }
