@@ -177,6 +177,40 @@ test("an assistant's tool_calls and the call a tool message answers are rendered
   rejects(chat([{ role: 'tool', content: 'x', tool_call_id: 7 }]), 'messages', 'chat');
 });
 
+test("messages the official client can send: a function result, an assistant's refusal and function_call", () => {
+  // openai v6 types them (ChatCompletionFunctionMessageParam, ChatCompletionContentPartRefusal,
+  // the assistant's refusal and function_call); role 'function' and refusal parts were a 400, and
+  // the refusal field and function_call were dropped from the prompt.
+  assert.equal(
+    flattenChat([{ role: 'function', name: 'get_weather', content: '12 C' }]),
+    '<|function|> "get_weather"\n12 C\n<|assistant|>\n',
+  );
+  const refused = '<|user|>\nx\n<|assistant|>\nNo.\n<|assistant|>\n';
+  assert.equal(
+    flattenChat([
+      { role: 'user', content: 'x' },
+      { role: 'assistant', content: [{ type: 'refusal', refusal: 'No.' }] },
+    ]),
+    refused,
+  );
+  assert.equal(
+    flattenChat([
+      { role: 'user', content: 'x' },
+      { role: 'assistant', content: null, refusal: 'No.' },
+    ]),
+    refused,
+  );
+  assert.equal(
+    flattenChat([{ role: 'assistant', content: null, function_call: { name: 'f', arguments: '{}' } }]),
+    '<|assistant|>\n\n<|function_call|>\n{"arguments":"{}","name":"f"}\n<|assistant|>\n',
+  );
+  const chat = (messages: unknown[]) => ({ model: 'm', messages });
+  rejects(chat([{ role: 'user', content: [{ type: 'refusal', refusal: 'No.' }] }]), 'messages', 'chat');
+  rejects(chat([{ role: 'function', content: 'x' }]), 'messages', 'chat');
+  rejects(chat([{ role: 'assistant', content: null, refusal: 5 }]), 'messages', 'chat');
+  rejects(chat([{ role: 'assistant', content: null, function_call: 'f' }]), 'messages', 'chat');
+});
+
 test('response shapes carry usage with cached tokens', () => {
   const who = { id: 'cmpl-1', created: 1, model: 'm' };
   const usage = makeUsage(10, 3, 4);

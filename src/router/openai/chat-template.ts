@@ -7,12 +7,14 @@
 // router counts and hashes) what a serving engine would: the `tools` definitions as one
 // `<|tools|>\n{json}\n` block before the conversation (where common templates put them, so the
 // same tools make the same prefix), an assistant turn's `tool_calls` as `<|tool_calls|>\n{json}\n`
-// after its text, and which call a `tool` message answers (`<|tool|> "call_id"`). JSON here is
-// stableJson's: the same definitions give the same text whatever their key order.
+// after its text (the deprecated `function_call` likewise), which call a `tool` message answers
+// (`<|tool|> "call_id"`) and which function a `function` message comes from. An assistant's
+// refusal (a `refusal` part or field) is its text. JSON here is stableJson's: the same
+// definitions give the same text whatever their key order.
 
 import { KvrouteError } from '../../errors.js';
 
-const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
+const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool', 'function']);
 
 function invalid(message: string, param = 'messages'): KvrouteError {
   return new KvrouteError('invalid_request', message, { param });
@@ -22,21 +24,34 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function contentText(content: unknown, index: number): string {
-  if (typeof content === 'string') return content;
-  if (content === null || content === undefined) return '';
-  if (!Array.isArray(content))
-    throw invalid(`messages[${index}].content must be a string or an array of parts`);
+/** A message's text: its content (text parts, and an assistant's refusal parts) and its refusal. */
+function messageText(m: Record<string, unknown>, role: string, index: number): string {
+  const { content, refusal } = m;
   let text = '';
-  for (const part of content) {
-    if (typeof part !== 'object' || part === null || (part as { type?: unknown }).type !== 'text') {
-      throw invalid(`messages[${index}].content: only text parts are supported`);
-    }
-    const t = (part as { text?: unknown }).text;
-    if (typeof t !== 'string') throw invalid(`messages[${index}].content: a text part needs a string 'text'`);
-    text += t;
+  if (typeof content === 'string') text = content;
+  else if (Array.isArray(content)) {
+    for (const part of content) text += partText(part, role, index);
+  } else if (content !== null && content !== undefined) {
+    throw invalid(`messages[${index}].content must be a string or an array of parts`);
   }
-  return text;
+  if (role !== 'assistant' || refusal === null || refusal === undefined) return text;
+  if (typeof refusal !== 'string') throw invalid(`messages[${index}].refusal must be a string`);
+  return text + refusal;
+}
+
+/** A content part's text: a text part's, or an assistant's refusal part's (the only other kind it sends). */
+function partText(part: unknown, role: string, index: number): string {
+  const type = isPlainObject(part) ? part.type : undefined;
+  const field = type === 'text' ? 'text' : type === 'refusal' && role === 'assistant' ? 'refusal' : undefined;
+  if (field === undefined) {
+    throw invalid(
+      `messages[${index}].content: only text parts (and an assistant's refusal parts) are supported`,
+    );
+  }
+  const t = (part as Record<string, unknown>)[field];
+  if (typeof t !== 'string')
+    throw invalid(`messages[${index}].content: a ${type} part needs a string '${field}'`);
+  return t;
 }
 
 /** Deeper than any real tool schema; bounds stableJson's recursion (a body can nest 20,000 deep). */
@@ -66,22 +81,43 @@ function stableJson(value: unknown, depth = 0): string | undefined {
   return `{${items.join(',')}}`;
 }
 
-/** stableJson of an array of objects (`what` names it in the 400), or '' for null, absent or []. */
-function objectListJson(value: unknown, what: string, param: string): string {
-  if (value === undefined || value === null) return '';
-  if (!Array.isArray(value) || !value.every(isPlainObject))
-    throw invalid(`${what} must be an array of objects`, param);
-  if (value.length === 0) return '';
+/** stableJson of a value from the body; `what` names it in the 400 when it nests too deeply. */
+function jsonText(value: unknown, what: string, param: string): string {
   const json = stableJson(value);
   if (json === undefined) throw invalid(`${what}: nested more than ${MAX_JSON_DEPTH} levels deep`, param);
   return json;
 }
 
-/** The `<|role|>` line of a message: a tool result names the call it answers. */
+/** jsonText of an array of objects, or '' for null, absent or []. */
+function objectListJson(value: unknown, what: string, param: string): string {
+  if (value === undefined || value === null) return '';
+  if (!Array.isArray(value) || !value.every(isPlainObject))
+    throw invalid(`${what} must be an array of objects`, param);
+  return value.length === 0 ? '' : jsonText(value, what, param);
+}
+
+/**
+ * The `<|role|>` line of a message: a tool result names the call it answers (when given), a
+ * function result the function (required, as at OpenAI).
+ */
 function header(role: string, m: Record<string, unknown>, index: number): string {
+  if (role === 'function') {
+    if (typeof m.name !== 'string') throw invalid(`messages[${index}].name: a function message needs one`);
+    return `<|function|> ${JSON.stringify(m.name)}`;
+  }
   if (role !== 'tool' || m.tool_call_id === undefined || m.tool_call_id === null) return `<|${role}|>`;
   if (typeof m.tool_call_id !== 'string') throw invalid(`messages[${index}].tool_call_id must be a string`);
   return `<|tool|> ${JSON.stringify(m.tool_call_id)}`;
+}
+
+/** An assistant turn's calls, after its text: `tool_calls`, and the deprecated `function_call`. */
+function callsText(m: Record<string, unknown>, index: number): string {
+  const calls = objectListJson(m.tool_calls, `messages[${index}].tool_calls`, 'messages');
+  const text = calls === '' ? '' : `<|tool_calls|>\n${calls}\n`;
+  const call = m.function_call;
+  if (call === undefined || call === null) return text;
+  if (!isPlainObject(call)) throw invalid(`messages[${index}].function_call must be an object`);
+  return `${text}<|function_call|>\n${jsonText(call, `messages[${index}].function_call`, 'messages')}\n`;
 }
 
 /** The prompt for `messages`, after the definitions of `tools` (the body's field, unchecked). */
@@ -95,11 +131,8 @@ export function flattenChat(messages: unknown, tools?: unknown): string {
     if (typeof role !== 'string' || !ROLES.has(role)) {
       throw invalid(`messages[${i}].role must be one of ${[...ROLES].join(', ')}`);
     }
-    prompt += `${header(role, m, i)}\n${contentText(m.content, i)}\n`;
-    if (role === 'assistant') {
-      const calls = objectListJson(m.tool_calls, `messages[${i}].tool_calls`, 'messages');
-      if (calls !== '') prompt += `<|tool_calls|>\n${calls}\n`;
-    }
+    prompt += `${header(role, m, i)}\n${messageText(m, role, i)}\n`;
+    if (role === 'assistant') prompt += callsText(m, i);
   });
   return `${prompt}<|assistant|>\n`;
 }
