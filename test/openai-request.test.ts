@@ -280,6 +280,18 @@ test('parameters whose answer the mock cannot produce are refused naming them, n
   }
 });
 
+test('tool_choice allowed_tools with mode auto lets the model answer in text: accepted; required is refused', () => {
+  // openai v6's ChatCompletionAllowedToolChoice; mode auto was refused as a forced tool call.
+  const chat = { model: 'm', messages: [{ role: 'user', content: 'x' }] };
+  const allowed = (mode: string) => ({
+    type: 'allowed_tools',
+    allowed_tools: { mode, tools: [{ type: 'function', function: { name: 'f' } }] },
+  });
+  parseInferenceRequest({ ...chat, tool_choice: allowed('auto') }, 'chat');
+  rejects({ ...chat, tool_choice: allowed('required') }, 'tool_choice', 'chat');
+  rejects({ ...chat, tool_choice: { type: 'allowed_tools' } }, 'tool_choice', 'chat');
+});
+
 test('stop: a string or up to four, each 1 to 128 characters; null and [] are none', () => {
   const body = { model: 'm', prompt: 'x' };
   assert.deepEqual(parseInferenceRequest({ ...body, stop: 'o' }, 'completion').stop, ['o']);

@@ -178,6 +178,16 @@ function isOff(v: unknown, ...offs: unknown[]): boolean {
   return v === undefined || v === null || offs.includes(v);
 }
 
+/** `{type: 'allowed_tools', allowed_tools: {mode: 'auto'}}`: a subset of the tools, not forced. */
+function isAllowedToolsAuto(v: unknown): boolean {
+  return (
+    isPlainObject(v) &&
+    v.type === 'allowed_tools' &&
+    isPlainObject(v.allowed_tools) &&
+    v.allowed_tools.mode === 'auto'
+  );
+}
+
 /**
  * Parameters that change what the answer contains, which the mock engine cannot produce. Answered
  * 200 anyway, a client would read a response that silently lacks what it asked for (no logprobs,
@@ -197,7 +207,11 @@ const UNPRODUCIBLE: { param: string; asks: (v: unknown) => boolean; what: string
     asks: (v) => !isOff(v) && !(isPlainObject(v) && v.type === 'text'),
     what: 'structured (JSON) output',
   },
-  { param: 'tool_choice', asks: (v) => !isOff(v, 'none', 'auto'), what: 'forced tool calls' },
+  {
+    param: 'tool_choice',
+    asks: (v) => !isOff(v, 'none', 'auto') && !isAllowedToolsAuto(v),
+    what: 'forced tool calls',
+  },
   { param: 'function_call', asks: (v) => !isOff(v, 'none', 'auto'), what: 'forced function calls' },
   {
     param: 'modalities',
