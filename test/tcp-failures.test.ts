@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import {
   encodeRequestFrame,
@@ -144,6 +145,52 @@ test('an oversize frame on the id of a stream still open is a protocol error, as
     assert.match(errors[0]!.payload, /protocol_error/);
     assert.match(errors[0]!.payload, /stream id 1 is already open/);
     await waitUntil(() => aborted, 'the open stream to be aborted');
+  } finally {
+    raw.destroy();
+    await server.close({ deadlineMs: 500 });
+  }
+});
+
+test('after a protocol error the server serves nothing more on that connection', async () => {
+  let served = 0;
+  const server = new RequestPlaneServer();
+  server.handle('slow', async function* (req) {
+    yield Buffer.from('first');
+    await new Promise<void>((resolve) => {
+      req.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+  });
+  server.handle('work', async () => {
+    served++; // what a generate on the engine would cost, for an answer that cannot be sent
+    return Buffer.from('done');
+  });
+  const { port } = await server.listen();
+  // Half-open allowed, so this peer can still write after the server's FIN.
+  const raw = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  try {
+    await once(raw, 'connect');
+    const d = new ResponseFrameDecoder(1 << 20);
+    const streamIds: number[] = [];
+    raw.on('data', (chunk: Buffer) => {
+      d.push(chunk);
+      for (let ev = d.next(); ev !== undefined; ev = d.next())
+        if (ev.kind === 'frame') streamIds.push(ev.streamId);
+    });
+    const open1 = encodeRequestFrame('slow', JSON.stringify({ 'x-kvroute-stream': '1' }), Buffer.alloc(0));
+    raw.write(open1);
+    await waitUntil(() => streamIds.includes(1), 'stream 1 to answer');
+    raw.write(open1); // stream 1 again while open: the connection is closed for it
+    await waitUntil(() => streamIds.includes(0), 'the connection error on stream 0');
+    // Requests arriving after that, each in a read of its own, must not start handlers.
+    for (let id = 2; id <= 4; id++) {
+      raw.write(
+        encodeRequestFrame('work', JSON.stringify({ 'x-kvroute-stream': String(id) }), Buffer.alloc(0)),
+      );
+      await sleep(5);
+    }
+    raw.end(); // after the requests: once the server sees this it has read them all
+    await waitUntil(() => server.stats().connections === 0, 'the server to close the connection', 5000);
+    assert.equal(served, 0, `${served} handlers ran after the protocol error`);
   } finally {
     raw.destroy();
     await server.close({ deadlineMs: 500 });

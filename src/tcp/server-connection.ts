@@ -132,6 +132,9 @@ export class ServerConnection implements StreamSink {
   }
 
   private onData(chunk: Buffer): void {
+    // Ending (a protocol error, or a drained server) means no answer can be sent any more: a
+    // request read now would run its handler for nothing.
+    if (this.ending) return;
     const decoder = this.decoder;
     decoder.push(chunk);
     for (let ev = decoder.next(); ev !== undefined; ev = decoder.next()) {
