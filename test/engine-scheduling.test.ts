@@ -96,6 +96,32 @@ test('admission: a request waits for room; one that can never fit fails at once;
   assert.equal(engine.totals().rejected, 2);
 });
 
+test('reserved places share the waiting bound; a request submitted with its place is not refused; released places come back', () => {
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 10, maxWaiting: 2 }, computeBlockHashes);
+  const overloaded = (err: unknown) => err instanceof KvrouteError && err.code === 'overloaded';
+  const first = engine.reserveWaiting();
+  const second = engine.reserveWaiting();
+  assert.throws(() => engine.reserveWaiting(), overloaded);
+  assert.throws(() => engine.submit({ id: 'plain', tokenIds: range(0, 8), maxTokens: 1 }, 0), overloaded);
+  // A waiter that gave up: its place is free for the next request.
+  second.release();
+  second.release();
+  engine.submit({ id: 'b', tokenIds: range(100, 8), maxTokens: 1 }, 0);
+  assert.throws(() => engine.reserveWaiting(), overloaded);
+  // The reserved request joins the queue on its own place even though the queue is full now.
+  engine.submit({ id: 'a', tokenIds: range(0, 8), maxTokens: 1 }, 0, first);
+  assert.equal(engine.load().waiting, 2);
+  assert.throws(() => engine.reserveWaiting(), overloaded);
+  const { outputs } = runUntilIdle(engine);
+  assert.deepEqual([tokensOf(outputs, 'a').length, tokensOf(outputs, 'b').length], [1, 1]);
+  // Taken over by submit, released twice: neither hands a place back twice.
+  first.release();
+  engine.reserveWaiting();
+  engine.reserveWaiting();
+  assert.throws(() => engine.reserveWaiting(), overloaded);
+  assert.equal(engine.totals().rejected, 5);
+});
+
 test('cancellation stops a request at once and frees its blocks; uncomputed blocks are never announced', () => {
   const engine = new MockEngine({ blockSize: BS, kvBlocks: 50, maxBatchedTokens: 32 }, computeBlockHashes);
   const events: KvEvent[] = [];

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { KvHandoffBoard, MAX_HELD_HANDOFFS } from '../src/decode/handoff-board.js';
 import { MockEngine } from '../src/engine/index.js';
 import { KvrouteError } from '../src/errors.js';
@@ -178,6 +179,63 @@ test('cancelling a stream stops the work and frees its blocks', async () => {
   while (stats.cancelled === 0) stats = await unary<WorkerStats>(decode.address, 'stats', {});
   assert.equal(stats.used_blocks, 0);
   assert.ok(stats.generated_tokens < 8 + 500);
+});
+
+test('generates waiting for their kv_handoff count against --max-waiting with the engine queue; the excess is refused with overloaded', {
+  timeout: 60_000,
+}, async () => {
+  const worker = await spawnWorker([
+    '--role',
+    'decode',
+    '--router',
+    router.url,
+    ...common,
+    '--max-waiting',
+    '2',
+  ]);
+  const overlapped = (id: string, timeoutMs: number) =>
+    generate(worker.address, {
+      request_id: id,
+      token_ids: [1, 2, 3],
+      max_tokens: 2,
+      await_kv_handoff: { timeout_ms: timeoutMs },
+    });
+  const waitingCount = async () => (await unary<WorkerStats>(worker.address, 'stats', {})).handoffs_waiting;
+  const untilWaiting = async (n: number) => {
+    while ((await waitingCount()) < n) await sleep(20);
+  };
+  const tokens = (chunks: GenerateChunk[]) => chunks.flatMap((c) => c.token_ids).length;
+  try {
+    const first = [overlapped('q1', 30_000), overlapped('q2', 30_000)];
+    for (const p of first) p.catch(() => {});
+    await untilWaiting(2);
+    // The queue is full: a third waiter and a plain generate are refused at once. (A third
+    // waiter used to be taken, and here would fail only when its own short bound ran out.)
+    const third = await remoteError(overlapped('q3', 2_000));
+    assert.equal(third.remoteCode, 'overloaded', third.message);
+    assert.match(third.message, /queue is full \(2 requests waiting/);
+    const plain = await remoteError(
+      generate(worker.address, { request_id: 'p1', token_ids: [4, 5], max_tokens: 1 }),
+    );
+    assert.equal(plain.remoteCode, 'overloaded', plain.message);
+    // Waiters that get their handoff run (on the places they hold).
+    for (const id of ['q1', 'q2']) await unary(worker.address, 'kv_handoff', { request_id: id });
+    assert.deepEqual((await Promise.all(first)).map(tokens), [2, 2]);
+    // Places come back when a waiter gives up (here its bound runs out): two fit again.
+    const gaveUp = await remoteError(overlapped('q4', 1));
+    assert.equal(gaveUp.remoteCode, 'timeout');
+    const again = [overlapped('q5', 30_000), overlapped('q6', 30_000)];
+    for (const p of again) p.catch(() => {});
+    await untilWaiting(2);
+    for (const id of ['q5', 'q6']) await unary(worker.address, 'kv_handoff', { request_id: id });
+    assert.deepEqual((await Promise.all(again)).map(tokens), [2, 2]);
+    assert.equal(
+      tokens(await generate(worker.address, { request_id: 'p2', token_ids: [4, 5], max_tokens: 1 })),
+      1,
+    );
+  } finally {
+    worker.child.kill('SIGKILL');
+  }
 });
 
 test('the handoff board holds a bounded number of unclaimed handoffs, dropping the oldest', async () => {

@@ -6,8 +6,9 @@
 // board for the router's `kv_handoff`, which brings the kv_transfer and first token (or says to
 // prefill locally); a `kv_handoff` endpoint is registered beside `generate` for that.
 
+import type { WaitingPlace } from '../engine/engine.js';
 import type { EngineOutput } from '../engine/index.js';
-import type { GenerateChunk, KvHandoffResponse } from '../protocols/worker-plane.js';
+import type { GenerateChunk, KvHandoffRequest, KvHandoffResponse } from '../protocols/worker-plane.js';
 import type { IncomingRequest, RequestHandler } from '../tcp/index.js';
 import { encodeJson } from '../tcp/index.js';
 import type { EngineDriver } from '../worker/engine-driver.js';
@@ -18,8 +19,19 @@ export function createGenerateHandler(driver: EngineDriver, handoffs?: KvHandoff
   // async: a rejected submit (bad payload, never fits, queue full) becomes the error response.
   return async (req: IncomingRequest) => {
     const body = parseGenerateRequest(req.payload);
+    let place: WaitingPlace | undefined;
     if (body.await_kv_handoff && handoffs) {
-      const handoff = await handoffs.wait(body.request_id, body.await_kv_handoff.timeout_ms, req.signal);
+      // Waiting for the handoff is waiting on this worker: the request takes its place in the
+      // engine's queue (--max-waiting) now, refused with `overloaded` when it is full, and keeps
+      // it into the engine: once its prefill is done it is not refused for a place taken meanwhile.
+      place = driver.engine.reserveWaiting();
+      let handoff: KvHandoffRequest;
+      try {
+        handoff = await handoffs.wait(body.request_id, body.await_kv_handoff.timeout_ms, req.signal);
+      } catch (err) {
+        place.release();
+        throw err;
+      }
       if (handoff.prefill) {
         body.kv_transfer = handoff.prefill.kv_transfer;
         body.first_token = handoff.prefill.first_token;
@@ -41,6 +53,7 @@ export function createGenerateHandler(driver: EngineDriver, handoffs?: KvHandoff
           : {}),
       },
       req.signal,
+      place,
     );
     return chunks(outputs);
   };

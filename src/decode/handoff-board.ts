@@ -1,9 +1,10 @@
 // Overlapped prefill, decode side: a `generate` sent with `await_kv_handoff` waits here, keyed by
 // its request_id, until the router's `kv_handoff` brings the remote prefill's result (or says to
 // prefill locally). The wait is bounded: past `timeout_ms` the generate fails with `timeout`, so a
-// prefill leg that never answers cannot pin a decode request. A handoff that arrives before its
-// generate (the two travel on different streams) is held for the same bound, and at most
-// MAX_HELD_HANDOFFS are held (the oldest goes first).
+// prefill leg that never answers cannot pin a decode request; how many wait is bounded by the
+// generate handler, which gives each waiter a place in the engine's queue (--max-waiting) first.
+// A handoff that arrives before its generate (the two travel on different streams) is held for
+// the same bound, and at most MAX_HELD_HANDOFFS are held (the oldest goes first).
 //
 // Lifecycle per request id: wait() or deliver() first; the other completes it; a timer, the
 // generate's AbortSignal or close() ends it otherwise. At most one waiter and one held handoff per id.

@@ -26,7 +26,7 @@ export interface EngineConfig {
   maxBatchedTokens: number;
   /** Divides every simulated duration. */
   speedup: number;
-  /** Requests that may wait for room before new ones are rejected as overloaded. */
+  /** Requests that may wait (queued for room, or on a reserveWaiting place) before new ones are rejected as overloaded. */
   maxWaiting: number;
   /** KV events kept for replay. */
   eventRingCapacity: number;
@@ -57,6 +57,14 @@ export interface EngineRequest {
   transfer?: { blockSize: number; blockHashes: readonly string[] };
   /** First output token already produced by remote prefill: emitted first, counts toward maxTokens. */
   firstToken?: number;
+}
+
+/**
+ * A place in the waiting queue taken before its request can be submitted (an overlapped generate
+ * waiting for its KV handoff, see reserveWaiting). release() gives it back; idempotent.
+ */
+export interface WaitingPlace {
+  release(): void;
 }
 
 /** Where each prompt token's KV came from. cachedTokens + transferredTokens + computedTokens = promptTokens. */
@@ -126,6 +134,8 @@ export class MockEngine {
   readonly pool: KvBlockPool;
   private readonly hasher: BlockHasher;
   private readonly waiting: Sequence[] = [];
+  /** Places taken by reserveWaiting() and not yet submitted or released: they share maxWaiting. */
+  private reservedPlaces = 0;
   /** Admitted sequences in admission order (prefilling first in that order, then decoding). */
   private readonly running = new Map<string, Sequence>();
   private step: Step | null = null;
@@ -154,12 +164,33 @@ export class MockEngine {
   }
 
   /**
+   * Takes a place in the waiting queue for a request that cannot be submitted yet (an overlapped
+   * generate waiting for its KV handoff): until submit() takes it over or it is released, it
+   * counts against maxWaiting like a queued request. Throws `overloaded` when the queue is full.
+   */
+  reserveWaiting(): WaitingPlace {
+    this.checkQueueRoom();
+    this.reservedPlaces++;
+    let held = true;
+    return {
+      release: () => {
+        if (!held) return;
+        held = false;
+        this.reservedPlaces--;
+      },
+    };
+  }
+
+  /**
    * Queues a request (it joins the batch at the next step that has room). Throws KvrouteError:
    * `context_length_exceeded` when it could never fit the pool, `overloaded` when the waiting queue
-   * is full, `invalid_request` for a duplicate id or a kv_transfer that does not match the prompt.
+   * (queued requests plus reserved places) is full, `invalid_request` for a duplicate id or a
+   * kv_transfer that does not match the prompt. With `place` (reserveWaiting) the request takes
+   * it over, whether or not it is queued: it was counted against the bound when it reserved.
    */
-  submit(req: EngineRequest, now: number): void {
-    const { blockSize, kvBlocks, maxWaiting } = this.config;
+  submit(req: EngineRequest, now: number, place?: WaitingPlace): void {
+    place?.release();
+    const { blockSize, kvBlocks } = this.config;
     if (this.running.has(req.id) || this.waiting.some((s) => s.req.id === req.id)) {
       throw new KvrouteError('invalid_request', `request_id '${req.id}' is already in flight`);
     }
@@ -174,16 +205,7 @@ export class MockEngine {
         { param: 'token_ids' },
       );
     }
-    if (this.waiting.length >= maxWaiting) {
-      this.counters.rejected++;
-      throw new KvrouteError(
-        'overloaded',
-        `worker queue is full (${maxWaiting} requests waiting for KV room)`,
-        {
-          retryAfterSeconds: 1,
-        },
-      );
-    }
+    if (place === undefined) this.checkQueueRoom();
     const { local, sequence } = this.hasher(req.tokenIds, blockSize);
     if (req.transfer) checkTransfer(req.transfer, sequence, blockSize);
     const sampler = new TokenSampler(promptSeed(req.tokenIds, this.config.seed));
@@ -209,6 +231,18 @@ export class MockEngine {
       alive: true,
     });
     this.counters.requests++;
+  }
+
+  /** Throws `overloaded` (and counts the rejection) when no request may join the waiting queue. */
+  private checkQueueRoom(): void {
+    const { maxWaiting } = this.config;
+    if (this.waiting.length + this.reservedPlaces < maxWaiting) return;
+    this.counters.rejected++;
+    throw new KvrouteError(
+      'overloaded',
+      `worker queue is full (${maxWaiting} requests waiting for KV room or a KV handoff)`,
+      { retryAfterSeconds: 1 },
+    );
   }
 
   /** Stops a request at once and frees its blocks. Returns false when it is unknown (or finished). */

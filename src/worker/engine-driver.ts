@@ -5,6 +5,7 @@
 
 import { performance } from 'node:perf_hooks';
 import type { Tracer } from '@opentelemetry/api';
+import type { WaitingPlace } from '../engine/engine.js';
 import type { EngineOutput, EngineRequest, MockEngine } from '../engine/index.js';
 import { KvrouteError } from '../errors.js';
 import { withRootContext } from '../telemetry/index.js';
@@ -40,13 +41,20 @@ export class EngineDriver {
   /**
    * Submits a request and returns its outputs as they are produced. Throws (synchronously) the
    * engine's KvrouteError when it is rejected; the iteration fails with `client_closed` when
-   * `signal` aborts.
+   * `signal` aborts. A `place` reserved in the engine's queue is taken over or released either way.
    */
-  run(req: Omit<EngineRequest, 'id'>, signal?: AbortSignal): AsyncIterable<EngineOutput> {
-    if (this.closed) throw new KvrouteError('shutting_down', 'worker is shutting down');
-    if (signal?.aborted) throw new KvrouteError('client_closed', 'request was cancelled');
+  run(
+    req: Omit<EngineRequest, 'id'>,
+    signal?: AbortSignal,
+    place?: WaitingPlace,
+  ): AsyncIterable<EngineOutput> {
+    if (this.closed || signal?.aborted) {
+      place?.release();
+      if (this.closed) throw new KvrouteError('shutting_down', 'worker is shutting down');
+      throw new KvrouteError('client_closed', 'request was cancelled');
+    }
     const id = String(++this.nextId);
-    this.engine.submit({ ...req, id }, this.now());
+    this.engine.submit({ ...req, id }, this.now(), place);
     const queue = new AsyncQueue<EngineOutput>();
     const phases =
       this.tracer === undefined ? undefined : EnginePhaseSpans.start(this.tracer, req.tokenIds.length);
