@@ -266,10 +266,19 @@ test('parameters whose answer the mock cannot produce are refused naming them, n
   rejects({ ...chat, function_call: { name: 'f' } }, 'function_call', 'chat');
   rejects({ ...chat, modalities: ['text', 'audio'] }, 'modalities', 'chat');
   rejects({ ...chat, audio: { voice: 'alloy', format: 'wav' } }, 'audio', 'chat');
+  // openai v6 sends it to search models, whose answer cites what they found; {} asks for it too.
+  rejects({ ...chat, web_search_options: {} }, 'web_search_options', 'chat');
   // Their "off" values (what SDKs send for unset fields) and what only tunes sampling still pass.
   const accepted: Record<string, unknown>[] = [
     { logprobs: null, top_logprobs: null, echo: false, suffix: null, best_of: 1, stop: null },
-    { stop: [], response_format: { type: 'text' }, tool_choice: 'none', modalities: ['text'], audio: null },
+    {
+      stop: [],
+      response_format: { type: 'text' },
+      tool_choice: 'none',
+      modalities: ['text'],
+      audio: null,
+      web_search_options: null,
+    },
     { tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: 'auto', function_call: 'auto' },
     { seed: 1, user: 'u', logit_bias: { '50': -100 }, presence_penalty: 1, frequency_penalty: -1 },
     { temperature: 0.7, top_p: 0.9, metadata: { a: 'b' }, store: false, parallel_tool_calls: true },

@@ -191,10 +191,10 @@ function isAllowedToolsAuto(v: unknown): boolean {
 /**
  * Parameters that change what the answer contains, which the mock engine cannot produce. Answered
  * 200 anyway, a client would read a response that silently lacks what it asked for (no logprobs,
- * no echoed prompt, prose where a forced tool call or JSON was promised), so each is a 400 naming
- * it unless it has its "off" value. What only tunes sampling (temperature, penalties, seed,
- * logit_bias) cannot be told apart in a mock's output and is accepted, as is `tools` with a
- * choice that lets the model answer in text. (`stop` is honoured: parseStop, respond.ts.)
+ * no echoed prompt, no cited search results, prose where a forced tool call or JSON was
+ * promised), so each is a 400 naming it unless it has its "off" value. What only tunes sampling
+ * (temperature, penalties, seed, logit_bias) cannot be told apart in a mock's output and is
+ * accepted, as is `tools` with a choice that lets the model answer in text. (`stop` is honoured: parseStop, respond.ts.)
  */
 const UNPRODUCIBLE: { param: string; asks: (v: unknown) => boolean; what: string }[] = [
   { param: 'logprobs', asks: (v) => !isOff(v, false), what: 'log probabilities' },
@@ -219,6 +219,7 @@ const UNPRODUCIBLE: { param: string; asks: (v: unknown) => boolean; what: string
     what: 'output other than text',
   },
   { param: 'audio', asks: (v) => !isOff(v), what: 'audio output' },
+  { param: 'web_search_options', asks: (v) => !isOff(v), what: 'web search' },
 ];
 
 function refuseUnproducible(body: Record<string, unknown>): void {
