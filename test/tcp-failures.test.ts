@@ -82,6 +82,44 @@ test('connecting to a closed port fails with connect_failed (retryable)', async 
   await client.close();
 });
 
+test('a worker that stops reading: the client refuses new calls instead of queueing them without bound', async () => {
+  // Accepts and never reads: the kernel buffers fill, then every request frame stays in the client.
+  const stalled = createServer((socket) => socket.pause());
+  await new Promise<void>((r) => stalled.listen(0, '127.0.0.1', r));
+  const accepted = once(stalled, 'connection');
+  const address = `127.0.0.1:${(stalled.address() as { port: number }).port}`;
+  const limit = 1 << 20;
+  const client = new RequestPlaneClient({
+    maxConnectionsPerAddress: 1,
+    maxUnsentBytesPerConnection: limit,
+    firstResponseTimeoutMs: 0,
+  });
+  const payload = Buffer.alloc(256 * 1024, 1);
+  const pending: Promise<unknown>[] = [];
+  try {
+    let refused: TransportError | undefined;
+    let sent = 0;
+    // The kernel takes a few MiB first; without a bound every call after that is queued in memory.
+    while (refused === undefined && sent < 64 << 20) {
+      const call = client.unary(address, 'echo', payload);
+      pending.push(call.catch(() => {}));
+      call.catch((err: unknown) => {
+        if (err instanceof TransportError) refused = err;
+      });
+      sent += payload.length;
+      if (sent === payload.length) await accepted; // connected: what piles up from here is unread
+      await new Promise((r) => setImmediate(r)); // the frame is written; a refusal has arrived
+    }
+    assert.ok(refused, `${sent >> 20} MiB of requests queued for a worker that reads nothing`);
+    assert.equal(refused.kind, 'peer_not_reading', refused.message);
+    assert.equal(refused.retryable, true); // nothing of it was sent
+  } finally {
+    await client.close();
+    await Promise.all(pending);
+    stalled.close();
+  }
+});
+
 test('an oversize frame is rejected on its stream and the connection carries on', async () => {
   const server = new RequestPlaneServer({ maxFrameBytes: 1024 });
   server.handle('echo', async (req) => req.payload);

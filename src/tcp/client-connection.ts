@@ -130,6 +130,11 @@ export class ClientConnection {
     return this.streams.size;
   }
 
+  /** Request bytes written and not yet taken by the kernel (the peer is not reading them). */
+  get unsentBytes(): number {
+    return this.writer.queuedBytes;
+  }
+
   dispatch(req: DispatchRequest, handler: StreamHandler): StreamHandle {
     if (this.dead) {
       return failLater(handler, new TransportError('disconnected_before_response', 'connection is closed'));

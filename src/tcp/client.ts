@@ -39,6 +39,11 @@ export interface RequestPlaneClientOptions {
   maxFrameBytes?: number;
   /** Response bytes one stream may hold unconsumed: its credit window. */
   maxBufferedBytesPerStream?: number;
+  /**
+   * Request bytes a connection may hold that its worker has not read before it takes no new
+   * stream (default: maxFrameBytes). Bounds what a worker that stops reading costs the caller.
+   */
+  maxUnsentBytesPerConnection?: number;
   /** Starts each call's CLIENT span: the component's tracer (default: the API global). */
   tracer?: Tracer;
 }
@@ -60,11 +65,13 @@ export class RequestPlaneClient {
   private closed = false;
 
   constructor(opts: RequestPlaneClientOptions = {}) {
+    const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.poolOptions = {
       connectTimeoutMs: opts.connectTimeoutMs ?? 2000,
-      maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      maxFrameBytes,
       maxConnections: opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
       streamsPerConnection: opts.streamsPerConnection ?? DEFAULT_STREAMS_PER_CONNECTION,
+      maxUnsentBytes: opts.maxUnsentBytesPerConnection ?? maxFrameBytes,
     };
     this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
     this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;

@@ -8,12 +8,15 @@ export type TransportErrorKind =
   | 'remote_error'
   | 'timeout'
   | 'cancelled'
-  | 'protocol_error';
+  | 'protocol_error'
+  /** Not sent: every connection to the address holds a backlog the peer has not read. */
+  | 'peer_not_reading';
 
 export class TransportError extends Error {
   readonly kind: TransportErrorKind;
   /** true only where a retry on another worker is safe: connect_failed, disconnected_before_response,
-   * and a remote_error by which the server refused the request before running any handler. */
+   * peer_not_reading, and a remote_error by which the server refused the request before running
+   * any handler. */
   readonly retryable: boolean;
   /** For remote_error: the code the worker sent (a KvrouteError code or the plane's reason). */
   readonly remoteCode: string | undefined;
@@ -30,6 +33,7 @@ export class TransportError extends Error {
     this.retryable =
       kind === 'connect_failed' ||
       kind === 'disconnected_before_response' ||
+      kind === 'peer_not_reading' ||
       (kind === 'remote_error' && options.refused === true);
   }
 }
