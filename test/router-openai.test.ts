@@ -95,50 +95,43 @@ describe('completions', () => {
     assert.equal(typeof last.usage?.prompt_tokens_details?.cached_tokens, 'number');
   });
 
-  // todo until pipeline/respond.ts passes `null` to streamChunk for content chunks of an
-  // include_usage stream (openai/response.ts writes it out since then); remove the option then.
-  const respondPassesNullUsage = { todo: 'pipeline/respond.ts: pass usage null on content chunks' };
-  test(
-    'include_usage: every chunk before the usage chunk says usage: null; without it, no usage field',
-    respondPassesNullUsage,
-    async () => {
-      // OpenAI sends "usage": null on each content chunk when include_usage is on (clients that read
-      // chunk.usage strictly rely on it) and no field at all when it is off. Raw SSE lines, since a
-      // parsed chunk hides how the field was written.
-      for (const endpoint of ['completions', 'chat/completions'] as const) {
-        const input =
-          endpoint === 'completions'
-            ? { prompt: 'Usage fields on every chunk.' }
-            : { messages: [{ role: 'user', content: 'Usage fields on every chunk.' }] };
-        for (const includeUsage of [true, false]) {
-          const chunks = await sseChunks(endpoint, {
-            model: MODEL,
-            ...input,
-            max_tokens: 5,
-            stream: true,
-            stream_options: { include_usage: includeUsage },
-          });
-          const label = `${endpoint}, include_usage ${includeUsage}`;
-          if (!includeUsage) {
-            assert.ok(chunks.length >= 5, label);
-            assert.ok(
-              chunks.every((c) => !('usage' in c)),
-              label,
-            );
-            continue;
-          }
-          const last = chunks.at(-1)!;
-          assert.deepEqual(last.choices, [], label);
-          assert.equal((last.usage as { completion_tokens: number }).completion_tokens, 5, label);
-          const content = chunks.slice(0, -1);
-          assert.ok(content.length >= 5, label);
-          for (const c of content) {
-            assert.ok('usage' in c && c.usage === null, `${label}: ${JSON.stringify(c)}`);
-          }
+  test('include_usage: every chunk before the usage chunk says usage: null; without it, no usage field', async () => {
+    // OpenAI sends "usage": null on each content chunk when include_usage is on (clients that read
+    // chunk.usage strictly rely on it) and no field at all when it is off. Raw SSE lines, since a
+    // parsed chunk hides how the field was written.
+    for (const endpoint of ['completions', 'chat/completions'] as const) {
+      const input =
+        endpoint === 'completions'
+          ? { prompt: 'Usage fields on every chunk.' }
+          : { messages: [{ role: 'user', content: 'Usage fields on every chunk.' }] };
+      for (const includeUsage of [true, false]) {
+        const chunks = await sseChunks(endpoint, {
+          model: MODEL,
+          ...input,
+          max_tokens: 5,
+          stream: true,
+          stream_options: { include_usage: includeUsage },
+        });
+        const label = `${endpoint}, include_usage ${includeUsage}`;
+        if (!includeUsage) {
+          assert.ok(chunks.length >= 5, label);
+          assert.ok(
+            chunks.every((c) => !('usage' in c)),
+            label,
+          );
+          continue;
+        }
+        const last = chunks.at(-1)!;
+        assert.deepEqual(last.choices, [], label);
+        assert.equal((last.usage as { completion_tokens: number }).completion_tokens, 5, label);
+        const content = chunks.slice(0, -1);
+        assert.ok(content.length >= 5, label);
+        for (const c of content) {
+          assert.ok('usage' in c && c.usage === null, `${label}: ${JSON.stringify(c)}`);
         }
       }
-    },
-  );
+    }
+  });
 
   test('a token-id prompt is served and counts its tokens', async () => {
     const prompt = tokenPrompt(1, 3);

@@ -139,17 +139,24 @@ export async function* sseEvents(
   rest: AsyncIterator<GenerateChunk>,
 ): AsyncGenerator<string> {
   const { endpoint, who } = opts;
+  // OpenAI: "usage": null on every chunk before the usage chunk when include_usage is on.
+  const contentUsage = opts.includeUsage ? null : undefined;
   let failure: unknown;
   try {
     yield sseData(
-      streamChunk(endpoint, who, { text: firstText, finishReason: tally.finishReason, first: true }),
+      streamChunk(
+        endpoint,
+        who,
+        { text: firstText, finishReason: tally.finishReason, first: true },
+        contentUsage,
+      ),
     );
     while (tally.finishReason === null) {
       const next = await rest.next();
       if (next.done) break;
       opts.onChunk();
       const text = tally.add(next.value);
-      yield sseData(streamChunk(endpoint, who, { text, finishReason: tally.finishReason }));
+      yield sseData(streamChunk(endpoint, who, { text, finishReason: tally.finishReason }, contentUsage));
     }
     if (opts.includeUsage) yield sseData(streamChunk(endpoint, who, null, tally.usage()));
     yield sseData('[DONE]');
