@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SpanStatusCode } from '@opentelemetry/api';
+import { KvrouteError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { LoadReport, PrefillResponse } from '../src/protocols/worker-plane.js';
 import { encodeJson, RequestPlaneClient, RequestPlaneServer, TransportError } from '../src/tcp/index.js';
@@ -679,6 +680,53 @@ describe('overlapped mode, a decode worker that takes the handoff and then drops
       await metricValue(r, 'kvroute_request_retries_total', { reason: 'disconnected_before_response' }),
       1,
     );
+    await waitFor(() => idle(r, prefill, live));
+    assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
+  });
+});
+
+describe('overlapped mode, a decode worker that refuses the generate as overloaded', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let live: TestWorker;
+  let refusals = 0;
+  // What a draining decode worker, or one whose --max-waiting is taken, answers a new overlapped
+  // generate: overloaded, before the generate waits for anything.
+  // Its kv_handoff holds a handoff no generate waits for, as a real worker's does.
+  const refuser: RequestPlaneServer = new RequestPlaneServer()
+    .handle('generate', async () => {
+      refusals++;
+      throw new KvrouteError('overloaded', 'worker is draining: it takes no new requests');
+    })
+    .handle('kv_handoff', async () => encodeJson({ delivered: 'held' }));
+
+  before(async () => {
+    await refuser.listen(0);
+    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
+    [prefill, live] = await Promise.all([
+      spawnWorker(r, 'prefill', ['--speedup', '20']),
+      spawnWorker(r, 'decode', ['--speedup', '20']),
+    ]);
+    await registerStandIn(r, refuser.address, 'decode');
+  });
+
+  after(async () => {
+    await Promise.all([prefill?.proc.stop(), live?.proc.stop()]);
+    await r?.router.close();
+    await refuser.close({ deadlineMs: 0 });
+  });
+
+  test('the generate moves to another decode worker and the handoff follows it (not a 503)', async () => {
+    // Random policy over [live, refuser]: within 40 requests one goes to the refuser (odds of
+    // never: 2^-40). Before, only a refusal by the plane itself moved an overlapped generate.
+    for (let i = 0; i < 40 && refusals === 0; i++) {
+      const res = await completion(r, { prompt: prompt(300, 160 + i), max_tokens: 2 });
+      assert.equal(res.status, 200, await res.clone().text());
+      assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
+      assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
+    }
+    assert.equal(refusals, 1);
+    assert.equal(await metricValue(r, 'kvroute_request_retries_total', { reason: 'overloaded' }), 1);
     await waitFor(() => idle(r, prefill, live));
     assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
   });

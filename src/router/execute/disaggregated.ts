@@ -115,10 +115,12 @@ export class DisaggregatedExecutor implements Executor {
     };
     if (ctx.abort.aborted) throw cancelled(ctx.abort, undefined);
     ctx.abort.listen(callerAbort);
-    // The generate moves to another decode worker only when it never reached its worker (a
-    // refused or failed connection, or one gone before any answer, which ends a wait): nothing
-    // can be waiting there for the handoff. The handoff follows it (below): each move is counted
-    // and wakes the delivery.
+    // The generate moves to another decode worker only when nothing can be waiting there for the
+    // handoff: it never reached its worker (a refused or failed connection, or one gone before any
+    // answer, which ends a wait), or the worker refused it as overloaded (draining, or its
+    // --max-waiting taken), which a worker says before the generate waits. So any retryable
+    // failure moves it (isRetryable, in generate()). The handoff follows it (below): each move is
+    // counted and wakes the delivery.
     let decodeMoves = 0;
     let wakeDelivery: (() => void) | undefined;
     const onDecodeMoved = () => {
@@ -151,7 +153,6 @@ export class DisaggregatedExecutor implements Executor {
       decodeCtx,
       { await_kv_handoff: { timeout_ms: waitMs } },
       () => remote,
-      (err) => isTransportError(err) && err.retryable,
       onDecodeMoved,
     );
     // Starts the decode stream now (the request-plane client dials on the first next()).
@@ -329,8 +330,6 @@ export class DisaggregatedExecutor implements Executor {
     ctx: ExecutionContext,
     extra: Partial<GenerateRequest>,
     remote: PrefillResponse | null | (() => PrefillResponse | null),
-    /** Whether this failure may move the request to another decode worker (besides isRetryable). */
-    movable: (err: unknown) => boolean = () => true,
     /** Told after each move to another decode worker (plan.decode is the new one). */
     onMoved?: () => void,
   ): AsyncGenerator<GenerateChunk> {
@@ -350,13 +349,7 @@ export class DisaggregatedExecutor implements Executor {
         }
         return;
       } catch (err) {
-        if (
-          received ||
-          !movable(err) ||
-          ctx.abort.aborted ||
-          !isRetryable(err) ||
-          attempt >= ctx.maxAttempts
-        ) {
+        if (received || ctx.abort.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) {
           throw toClientError(err, ctx.abort);
         }
         failed.add(worker.id);
