@@ -3,7 +3,14 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { computeBlockHashes, localBlockKeys, RadixIndex, type WorkerReset } from '../src/kv-index/index.js';
+import {
+  computeBlockHashes,
+  keysFromU64Strings,
+  localBlockKeys,
+  RadixIndex,
+  u64String,
+  type WorkerReset,
+} from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { prng, storedEvent, tokensOf } from './kv-index-helpers.js';
 
@@ -611,4 +618,57 @@ describe('RadixIndex memory budget', () => {
     assert.equal(index.findMatches(localBlockKeys(c, 16)).get('w-3'), 10);
     assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w-1'), 40);
   });
+});
+
+describe('RadixIndex hash tables against chosen hashes', () => {
+  // Hashes a worker could aim at one slot of a table hashed by a public formula: low 16 bits
+  // all zero (one home for any table up to 65,536 slots), and pairs (lo, hi) with
+  // lo = hi × 0x85ebca77 mod 2³², which cancel under `lo ^ imul(hi, 0x85ebca77)`.
+  const N = 2000;
+  const aimed = (i: number) =>
+    i % 2 === 0 ? String(BigInt(i + 1) << 16n) : u64String(Math.imul(i + 1, 0x85ebca77) >>> 0, i + 1);
+  /** A hash with no pattern, for the fields not under attack. */
+  const plain = (i: number) => String((BigInt(i + 1) * 0x9e3779b97f4a7c15n) & 0xffffffffffffffffn);
+
+  for (const hashSeed of [1, 0x5eed]) {
+    test(`lookups stay short (longest probe bounded), seed ${hashSeed}`, () => {
+      // Sequence-hash table: one chain whose sequence hashes are all aimed.
+      const chain = new RadixIndex({ hashSeed });
+      const blocks = Array.from({ length: N }, (_, i) => ({ local_hash: plain(i), sequence_hash: aimed(i) }));
+      assert.equal(
+        chain.applyEvent('w', { event_id: 1, type: 'stored', parent_hash: null, blocks }).status,
+        'applied',
+      );
+      // Child table: N children of the root whose local hashes are all aimed.
+      const fan = new RadixIndex({ hashSeed });
+      for (let i = 0; i < N; i++) {
+        const stored = fan.applyEvent('w', {
+          event_id: i + 1,
+          type: 'stored',
+          parent_hash: null,
+          blocks: [{ local_hash: aimed(i), sequence_hash: plain(i) }],
+        });
+        assert.equal(stored.status, 'applied');
+      }
+      // At load ≤ ½ with well-spread homes the longest probe of 2,000 entries is a few dozen
+      // slots at most; aimed at one home it would be about 2,000.
+      const seq = chain.longestProbes().seq;
+      const child = fan.longestProbes().child;
+      assert.ok(seq <= 40, `sequence-hash table: longest probe ${seq} slots`);
+      assert.ok(child <= 40, `child table: longest probe ${child} slots`);
+      // The tables still find what they hold, and removals (backward shift) keep them consistent.
+      const keys = keysFromU64Strings(blocks.map((b) => b.local_hash));
+      assert.equal(chain.findMatches(keys).get('w'), N);
+      assert.equal(fan.findMatches(keysFromU64Strings([aimed(N - 1)])).get('w'), 1);
+      const removed = Array.from({ length: N / 2 }, (_, i) => plain(2 * i));
+      assert.equal(
+        fan.applyEvent('w', { event_id: N + 1, type: 'removed', sequence_hashes: removed }).status,
+        'applied',
+      );
+      assert.equal(fan.stats().nodes, N / 2);
+      for (let i = 0; i < N; i++) {
+        assert.equal(fan.findMatches(keysFromU64Strings([aimed(i)])).get('w'), i % 2 === 1 ? 1 : undefined);
+      }
+    });
+  }
 });

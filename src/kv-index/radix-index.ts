@@ -64,6 +64,11 @@ export interface RadixIndexOptions {
   evictToFraction?: number;
   /** Largest `stored`/`removed` event accepted. */
   maxEventBlocks?: number;
+  /**
+   * Seed of the hash tables' slot mixing. Default: random per index, so workers cannot aim
+   * hashes at one slot; fix it only to make probe lengths reproducible in tests.
+   */
+  hashSeed?: number;
 }
 
 export const DEFAULT_MAX_NODES = 1 << 22;
@@ -130,7 +135,7 @@ export class RadixIndex implements PrefixIndex {
     this.tree = new RadixTree((_node, _slot) => {
       if (this.evicting) this.counters.evictedBlocks++;
       else this.counters.droppedBlocks++;
-    });
+    }, options.hashSeed);
   }
 
   // ---------------- events ----------------
@@ -448,6 +453,11 @@ export class RadixIndex implements PrefixIndex {
       events.push({ event_id: eventId, type: 'removed', sequence_hashes: [...helpers].map(seqString) });
     }
     return events;
+  }
+
+  /** Slots read by the slowest successful lookup in each hash table (diagnostics; O(table size)). */
+  longestProbes(): { child: number; seq: number } {
+    return this.tree.longestProbes();
   }
 
   stats(): RadixIndexStats {

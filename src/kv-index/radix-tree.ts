@@ -43,6 +43,34 @@ const HAS_SEQ = 1;
  */
 const IN_CHILD_TABLE = 2;
 
+/**
+ * The murmur3 32-bit finalizer: every input bit flips each output bit with probability about ½.
+ * The tables hash worker-chosen values through it, keyed by a per-tree random seed, so a worker
+ * cannot pick hashes that share a home slot (see tableHome).
+ */
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
+
+/**
+ * Home of a 64-bit key (lo, hi) under `seed`. Each word passes through the finalizer on its own,
+ * after the seed (or the first word's mix) is folded in, so no choice of words cancels out
+ * independently of the seed. A plain `lo ^ imul(hi, c)` let a worker send hashes equal in their
+ * low bits and pile them onto one slot: every lookup then probed the whole pile.
+ */
+function keyHash(seed: number, lo: number, hi: number): number {
+  return fmix32(fmix32(lo ^ seed) ^ hi);
+}
+
+/** A fresh seed per tree: the homes it gives are unknown outside this process. */
+function randomSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0]!;
+}
+
 /** Scores of one findMatches call: for each worker, how many leading blocks of the prompt it holds. */
 export class MatchScores {
   /**
@@ -142,7 +170,14 @@ export class RadixTree {
   tick = 1;
   private activeSet = new Uint32Array(1);
 
-  constructor(private readonly onDrop?: DropListener) {
+  /**
+   * @param onDrop told of every holding dropped with a subtree
+   * @param seed keys the child and sequence-hash tables' homes (random unless a test fixes it)
+   */
+  constructor(
+    private readonly onDrop?: DropListener,
+    private readonly seed = randomSeed(),
+  ) {
     this.growNodes(1024);
     this.childTable = new Int32Array(2048).fill(EMPTY);
     this.childMask = 2047;
@@ -211,8 +246,17 @@ export class RadixTree {
 
   // ================= child table =================
 
-  private childHome(parent: number, lo: number): number {
-    return (lo ^ Math.imul(parent, 0x9e3779b1)) & this.childMask;
+  /**
+   * The parent goes through the finalizer too: folded in linearly, a worker who can predict node
+   * ids (they are allocated in order) could cancel it against the local hash.
+   */
+  private childHome(parent: number, lo: number, hi: number): number {
+    return fmix32(keyHash(this.seed, lo, hi) ^ parent) & this.childMask;
+  }
+
+  private childHomeOf(node: number): number {
+    const at = node * STRIDE;
+    return this.childHome(this.rec[at + PARENT]!, this.rec[at + LOCAL_LO]!, this.rec[at + LOCAL_HI]!);
   }
 
   /** The child of `parent` whose local key is (lo, hi), or -1. */
@@ -227,7 +271,7 @@ export class RadixTree {
     if (rec[first * STRIDE + NEXT_SIBLING] === EMPTY) return EMPTY;
     const table = this.childTable;
     const mask = this.childMask;
-    let i = (lo32 ^ Math.imul(parent, 0x9e3779b1)) & mask;
+    let i = this.childHome(parent, lo32, hi32);
     for (;;) {
       const node = table[i]!;
       if (node === EMPTY) return EMPTY;
@@ -244,7 +288,7 @@ export class RadixTree {
     this.childEntries++;
     this.flags[node]! |= IN_CHILD_TABLE;
     const mask = this.childMask;
-    let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
+    let i = this.childHomeOf(node);
     while (this.childTable[i] !== EMPTY) i = (i + 1) & mask;
     this.childTable[i] = node;
   }
@@ -254,7 +298,7 @@ export class RadixTree {
     this.childMask = size - 1;
     for (let node = 1; node < this.highWater; node++) {
       if (this.rec[node * STRIDE + PARENT] === FREE || (this.flags[node]! & IN_CHILD_TABLE) === 0) continue;
-      let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
+      let i = this.childHomeOf(node);
       while (this.childTable[i] !== EMPTY) i = (i + 1) & this.childMask;
       this.childTable[i] = node;
     }
@@ -263,7 +307,7 @@ export class RadixTree {
   private deleteChildEntry(node: number): void {
     const table = this.childTable;
     const mask = this.childMask;
-    let i = this.childHome(this.rec[node * STRIDE + PARENT]!, this.rec[node * STRIDE + LOCAL_LO]!);
+    let i = this.childHomeOf(node);
     while (table[i] !== node) i = (i + 1) & mask;
     // Backward-shift deletion keeps probe chains intact without tombstones.
     let j = i;
@@ -271,7 +315,7 @@ export class RadixTree {
       j = (j + 1) & mask;
       const moved = table[j]!;
       if (moved === EMPTY) break;
-      const home = this.childHome(this.rec[moved * STRIDE + PARENT]!, this.rec[moved * STRIDE + LOCAL_LO]!);
+      const home = this.childHomeOf(moved);
       if (((j - home) & mask) >= ((j - i) & mask)) {
         table[i] = moved;
         i = j;
@@ -288,7 +332,7 @@ export class RadixTree {
   findSeq(lo: number, hi: number): number {
     const table = this.seqTable;
     const mask = this.seqMask;
-    let i = (lo ^ Math.imul(hi, 0x85ebca77)) & mask;
+    let i = keyHash(this.seed, lo, hi) & mask;
     for (;;) {
       const node = table[i]!;
       if (node === EMPTY) return EMPTY;
@@ -298,7 +342,7 @@ export class RadixTree {
   }
 
   private seqHome(node: number): number {
-    return (this.seqLo[node]! ^ Math.imul(this.seqHi[node]!, 0x85ebca77)) & this.seqMask;
+    return keyHash(this.seed, this.seqLo[node]!, this.seqHi[node]!) & this.seqMask;
   }
 
   /**
@@ -308,7 +352,7 @@ export class RadixTree {
   setSeq(node: number, lo: number, hi: number): boolean {
     if ((this.seqCount + 1) * 2 > this.seqTable.length) this.rebuildSeqTable(this.seqTable.length * 2);
     const mask = this.seqMask;
-    let i = (lo ^ Math.imul(hi, 0x85ebca77)) & mask;
+    let i = keyHash(this.seed, lo, hi) & mask;
     for (;;) {
       const other = this.seqTable[i]!;
       if (other === EMPTY) break;
@@ -741,6 +785,25 @@ export class RadixTree {
   }
 
   // ================= accounting =================
+
+  /**
+   * Slots the slowest successful lookup reads, per table: 1 + the longest distance of an entry
+   * from its home slot. Deterministic for a given seed, so tests can bound it. O(table size).
+   */
+  longestProbes(): { child: number; seq: number } {
+    const longest = (table: Int32Array, mask: number, home: (node: number) => number) => {
+      let most = 0;
+      for (let i = 0; i < table.length; i++) {
+        const node = table[i]!;
+        if (node !== EMPTY) most = Math.max(most, ((i - home(node)) & mask) + 1);
+      }
+      return most;
+    };
+    return {
+      child: longest(this.childTable, this.childMask, (node) => this.childHomeOf(node)),
+      seq: longest(this.seqTable, this.seqMask, (node) => this.seqHome(node)),
+    };
+  }
 
   /** Bytes held by the typed arrays (capacity, not just live entries). */
   approxBytes(): number {
