@@ -154,6 +154,39 @@ test('a chunk over the frame limit fails the stream and closes the handler (its 
   }
 });
 
+test('an error message over the frame limit is cut to fit: it fails its own stream, not the connection', async () => {
+  const limit = 64 * 1024;
+  const server = new RequestPlaneServer({ maxFrameBytes: limit });
+  await server.listen();
+  const client = new RequestPlaneClient({ maxFrameBytes: limit, maxConnectionsPerAddress: 1 });
+  try {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    server.handle('two', async function* () {
+      yield Buffer.from('a');
+      await gate;
+      yield Buffer.from('b');
+    });
+    // E.g. a parse error quoting the payload it could not read.
+    server.handle('verbose', async () => {
+      throw new KvrouteError('invalid_request', `bad payload: ${'é'.repeat(limit)}`);
+    });
+    const it = client.stream(server.address, 'two', Buffer.alloc(0))[Symbol.asyncIterator]();
+    assert.equal((await it.next()).value?.toString(), 'a'); // open on the same connection
+    const err = await rejectsWith(client.unary(server.address, 'verbose', Buffer.alloc(0)), 'remote_error');
+    assert.equal(err.remoteCode, 'invalid_request');
+    assert.match(err.message, /^bad payload: é+/);
+    release();
+    assert.equal((await it.next()).value?.toString(), 'b');
+    assert.equal((await it.next()).done, true);
+  } finally {
+    await client.close();
+    await server.close({ deadlineMs: 500 });
+  }
+});
+
 test("a frame larger than the 64 KiB slab does not stay on as the connection's write buffer", async () => {
   await using t = await setup();
   t.server.handle('big', async () => Buffer.alloc(1 << 20, 1));

@@ -182,8 +182,24 @@ export function encodeResponseFrame(type: ResponseTypeCode, streamId: number, pa
   return buf;
 }
 
-export function encodeErrorFrame(streamId: number, body: ErrorBody): Buffer {
-  return encodeResponseFrame(ResponseType.ERROR, streamId, Buffer.from(JSON.stringify(body), 'utf8'));
+/**
+ * An ERROR frame of at most `maxFrameBytes`, its message cut short if need be: a peer treats an
+ * over-limit frame as fatal for the connection, so an overlong message (an error quoting the
+ * payload it could not read) would fail every other stream on it too.
+ */
+export function encodeErrorFrame(streamId: number, body: ErrorBody, maxFrameBytes: number): Buffer {
+  let json = JSON.stringify(body);
+  let bytes = Buffer.byteLength(json, 'utf8');
+  let message = body.message;
+  while (RESPONSE_HEADER_BYTES + bytes > maxFrameBytes && message.length > 0) {
+    // Cut in proportion to the overshoot (escapes and multi-byte characters make it inexact).
+    const keep = Math.floor((message.length * (maxFrameBytes - RESPONSE_HEADER_BYTES)) / bytes) - 16;
+    message = `${message.slice(0, Math.max(0, keep))}…`;
+    if (keep <= 0) message = '';
+    json = JSON.stringify({ ...body, message });
+    bytes = Buffer.byteLength(json, 'utf8');
+  }
+  return encodeResponseFrame(ResponseType.ERROR, streamId, Buffer.from(json, 'utf8'));
 }
 
 const EMPTY = Buffer.alloc(0);

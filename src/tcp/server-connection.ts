@@ -210,7 +210,7 @@ export class ServerConnection implements StreamSink {
   }
 
   private sendError(id: number, body: ErrorBody): void {
-    this.send(encodeErrorFrame(id, body));
+    this.send(encodeErrorFrame(id, body, this.host.limits.maxFrameBytes));
   }
 
   private onDrain(): void {

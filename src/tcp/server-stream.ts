@@ -112,10 +112,14 @@ export class ServerStream {
       failure = err;
       if (!this.aborted) {
         this.sink.send(
-          encodeErrorFrame(this.id, {
-            message: err instanceof Error ? err.message : String(err),
-            ...(isKvrouteError(err) ? { code: err.code } : {}),
-          }),
+          encodeErrorFrame(
+            this.id,
+            {
+              message: err instanceof Error ? err.message : String(err),
+              ...(isKvrouteError(err) ? { code: err.code } : {}),
+            },
+            this.sink.maxFrameBytes,
+          ),
         );
       }
     } finally {
