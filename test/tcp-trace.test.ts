@@ -226,6 +226,38 @@ async function serverSpanEnded(): Promise<void> {
   assert.equal(finished(serverSide, 'handle_payload')[0]?.attributes['kvroute.cancelled'], true);
 }
 
+test("a cancelled handler's abort listener and cleanup run in its handle_payload span", async () => {
+  reset();
+  const tidy = new RequestPlaneServer({ tracer: serverSide.tracer });
+  // A small window: the handler is parked on credit (suspended at a yield) when the cancel comes.
+  const small = new RequestPlaneClient({ maxBufferedBytesPerStream: 4096 });
+  const seen: { body?: string; onAbort?: string; cleanup?: string } = {};
+  const active = () => trace.getActiveSpan()?.spanContext().spanId ?? 'none';
+  tidy.handle('tidy', async function* (req) {
+    seen.body = active();
+    req.signal.addEventListener('abort', () => {
+      seen.onAbort = active(); // e.g. an engine request cancelled: its log line or event
+    });
+    try {
+      for (;;) yield Buffer.alloc(1024);
+    } finally {
+      seen.cleanup = active(); // e.g. a subscription or KV blocks released
+    }
+  });
+  await tidy.listen();
+  try {
+    for await (const _ of small.stream(tidy.address, 'tidy', Buffer.alloc(0))) break;
+    for (let i = 0; i < 200 && seen.cleanup === undefined; i++) await sleep(5);
+    const [span] = finished(serverSide, 'handle_payload');
+    assert.ok(span);
+    assert.equal(seen.body, span.spanContext().spanId);
+    assert.deepEqual(seen, { body: seen.body, onAbort: seen.body, cleanup: seen.body });
+  } finally {
+    await small.close();
+    await tidy.close({ deadlineMs: 500 });
+  }
+});
+
 test('an iterable that is never iterated starts no span', async () => {
   reset();
   client.stream(server.address, 'whoami', Buffer.alloc(0));

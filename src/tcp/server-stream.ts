@@ -3,7 +3,7 @@
 // the stream has credit. Cancellation aborts the handler's signal and stops the pump at once, even
 // if the handler is stuck inside next().
 
-import { context, type Tracer } from '@opentelemetry/api';
+import { type Context, context, ROOT_CONTEXT, type Tracer } from '@opentelemetry/api';
 import { isKvrouteError } from '../errors.js';
 import { encodeErrorFrame, REQUEST_ID_HEADER, RESPONSE_HEADER_BYTES, ResponseType } from './frames.js';
 import type { IncomingRequest, RequestHandler } from './server-types.js';
@@ -38,6 +38,12 @@ export class ServerStream {
   private window: number;
   /** Resolves whatever the pump is currently awaiting (a chunk, credit or drain). */
   private wake: ((value: Aborted | undefined) => void) | undefined;
+  /**
+   * The handler's context (its handle_payload span). The handler's own code runs in it also when
+   * the plane calls it from outside: its signal's abort listeners and its iterator's return(),
+   * which a cancel or a closing connection starts from a socket callback.
+   */
+  private ctx: Context = ROOT_CONTEXT;
 
   constructor(
     private readonly sink: StreamSink,
@@ -54,7 +60,8 @@ export class ServerStream {
   abort(reason: string): void {
     if (this.aborted) return;
     this.abortReason = new Error(reason);
-    this.controller?.abort(this.abortReason);
+    const controller = this.controller;
+    if (controller !== undefined) context.with(this.ctx, () => controller.abort(this.abortReason));
     this.wake?.(ABORTED);
   }
 
@@ -73,6 +80,7 @@ export class ServerStream {
   ) {
     const requestId = headers[REQUEST_ID_HEADER];
     const { span, ctx } = startHandlerSpan(tracer, path, headers, requestId);
+    this.ctx = ctx;
     const req = new LazySignalRequest(path, headers, payload, requestId, this);
     let iterator: AsyncIterator<Uint8Array> | undefined;
     /** The handler's iterator said done: it has already run its own cleanup. */
@@ -130,7 +138,7 @@ export class ServerStream {
       if (!exhausted && iterator?.return) {
         // Not awaited: an async generator runs return() only after its pending next() settles.
         try {
-          iterator.return().catch(() => {});
+          context.with(ctx, iterator.return, iterator).catch(() => {});
         } catch {}
       }
       this.sink.finished(this);
