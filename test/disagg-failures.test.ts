@@ -262,6 +262,67 @@ describe('a retry on another decode worker', () => {
   });
 });
 
+for (const overlappedPrefill of [false, true]) {
+  describe(`${overlappedPrefill ? 'overlapped' : 'sequential'} mode, --enforce-disagg, a prefill worker refusing as overloaded`, () => {
+    let r: TestRouter;
+    let prefill: TestWorker;
+    let decode: TestWorker;
+    let refuserId = '';
+    let refusals = 0;
+    // What a draining prefill worker answers a new prefill: overloaded, before computing anything.
+    const refuser = new RequestPlaneServer().handle('prefill', async () => {
+      refusals++;
+      throw new KvrouteError('overloaded', 'worker is draining: it takes no new requests');
+    });
+
+    before(async () => {
+      await refuser.listen(0);
+      r = await startRouter(
+        { maxLocalPrefill: 64, enforceDisagg: true, overlappedPrefill, policy: 'random' },
+        true,
+      );
+      [prefill, decode] = await Promise.all([
+        spawnWorker(r, 'prefill', ['--speedup', '20']),
+        spawnWorker(r, 'decode', ['--speedup', '20']),
+      ]);
+      refuserId = await registerStandIn(r, refuser.address);
+    });
+
+    after(async () => {
+      await Promise.all([prefill?.proc.stop(), decode?.proc.stop()]);
+      await r?.router.close();
+      await refuser.close({ deadlineMs: 0 });
+    });
+
+    test('the prefill moves to another prefill worker: a retry, not a fallback (a 502 here)', async () => {
+      // Random policy over [prefill, refuser]: within 40 requests one goes to the refuser (odds of
+      // never: 2^-40). Before, any failed prefill fell back, which --enforce-disagg makes a 502.
+      for (let i = 0; i < 40 && refusals === 0; i++) {
+        const res = await completion(r, { prompt: prompt(300, 200 + i), max_tokens: 2 });
+        assert.equal(res.status, 200, await res.clone().text());
+        assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id);
+      }
+      assert.equal(refusals, 1);
+      assert.equal(await metricValue(r, 'kvroute_request_retries_total', { reason: 'overloaded' }), 1);
+      const withRetry = r.exporter
+        .getFinishedSpans()
+        .filter((s) => s.name === 'http-request' && s.events.some((e) => e.name === 'retry'));
+      assert.equal(withRetry.length, 1);
+      const event = withRetry[0]!.events.find((e) => e.name === 'retry')!;
+      assert.deepEqual(
+        {
+          from: event.attributes?.['kvroute.retry.failed_worker_id'],
+          to: event.attributes?.['kvroute.retry.worker_id'],
+          attempt: event.attributes?.['kvroute.retry.attempt'],
+        },
+        { from: refuserId, to: prefill.id, attempt: 2 },
+      );
+      assert.equal(withRetry[0]!.attributes['kvroute.prefill_worker_id'], prefill.id);
+      await waitFor(() => idle(r, prefill, decode));
+    });
+  });
+}
+
 describe('--enforce-disagg', () => {
   let r: TestRouter;
   let decode: TestWorker;

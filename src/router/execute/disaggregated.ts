@@ -7,7 +7,9 @@
 // prefill leg runs concurrently, and its answer travels to the decode worker as `kv_handoff`. Both
 // sides bound the wait by `prefillWaitMs`; when either leg fails, the other is cancelled.
 //
-// A prefill leg that fails before the handoff (connect_failed, remote_error, timeout, disconnect)
+// A prefill leg that the prefill worker refused or never got (unreachable, overloaded) moves to
+// another prefill worker when one is left. One that fails otherwise before the handoff
+// (connect_failed, remote_error, timeout, disconnect), or with no other prefill worker left,
 // falls back to prefilling on the decode worker, counted in `kvroute_prefill_fallbacks_total` and
 // marked on the request's span — unless `--enforce-disagg`, which makes it a 502/504. In
 // overlapped mode a leg that does not answer within the bound fails the request (504): the decode
@@ -75,7 +77,7 @@ export class DisaggregatedExecutor implements Executor {
       // Spawned: the prefill call does not hang off the handler's promise chain, but its spans
       // are children of the request's (the context is captured here).
       remote = await spawnInCurrentContext(() =>
-        this.remotePrefill(plan, prefill, ctx, ctx.abort.signal, ctx.firstTokenTimeoutMs),
+        this.prefillLeg(plan, prefill, ctx, ctx.abort.signal, ctx.firstTokenTimeoutMs),
       );
     } catch (err) {
       const reason = fallbackReason(err, ctx.abort.aborted);
@@ -163,7 +165,7 @@ export class DisaggregatedExecutor implements Executor {
       let handoff: KvHandoffRequest = { request_id: plan.requestId };
       try {
         // The router's side of the bound: the prefill answer is this call's first response.
-        remote = await this.remotePrefill(plan, prefill, ctx, prefillAbort.signal, waitMs);
+        remote = await this.prefillLeg(plan, prefill, ctx, prefillAbort.signal, waitMs);
         handoff = {
           request_id: plan.requestId,
           prefill: { first_token: remote.first_token, kv_transfer: remote.kv_transfer },
@@ -174,7 +176,7 @@ export class DisaggregatedExecutor implements Executor {
         if (reason === 'timeout') {
           legError = new KvrouteError(
             'timeout',
-            `remote prefill on ${prefill.worker.id} did not answer within --prefill-wait-ms (${waitMs} ms)`,
+            `remote prefill on ${(plan.prefill ?? prefill).worker.id} did not answer within --prefill-wait-ms (${waitMs} ms)`,
             { cause: err },
           );
         } else {
@@ -245,6 +247,41 @@ export class DisaggregatedExecutor implements Executor {
     }
   }
 
+  /**
+   * The prefill leg: `prefill` on `first`, moved to another prefill worker (`plan.prefill` then
+   * names it) while the failure is safe to retry (the worker computed nothing: unreachable,
+   * refused, or overloaded, as a draining one answers), another is left, and maxAttempts allows.
+   * All attempts share one bound of `timeoutMs`. Throws the last failure.
+   */
+  private async prefillLeg(
+    plan: ExecutionPlan,
+    first: WorkerDecision,
+    ctx: ExecutionContext,
+    signal: AbortSignal,
+    timeoutMs: number,
+  ): Promise<PrefillResponse> {
+    const deadline = performance.now() + timeoutMs;
+    const failed = new Set<string>();
+    let prefill = first;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.remotePrefill(
+          plan,
+          prefill,
+          ctx,
+          signal,
+          Math.max(1, deadline - performance.now()),
+        );
+      } catch (err) {
+        if (signal.aborted || !isRetryable(err) || attempt >= ctx.maxAttempts) throw err;
+        failed.add(prefill.worker.id);
+        const next = ctx.reroutePrefill(failed, err);
+        if (next === null) throw err;
+        prefill = next;
+      }
+    }
+  }
+
   /** One `prefill` call on the prefill worker, in its own `remote_prefill` span. */
   private remotePrefill(
     plan: ExecutionPlan,
@@ -306,12 +343,14 @@ export class DisaggregatedExecutor implements Executor {
     err: unknown,
     ctx: ExecutionContext,
   ): void {
-    if (this.deps.enforceDisagg) throw enforcedDisaggError(reason, prefill.worker.id, err);
+    // The worker that failed last: plan.prefill after a retry on another one.
+    const failedWorker = (plan.prefill ?? prefill).worker.id;
+    if (this.deps.enforceDisagg) throw enforcedDisaggError(reason, failedWorker, err);
     ctx.metrics.prefillFallbacks.labels(reason).inc();
     const span = trace.getActiveSpan();
     span?.addEvent(DISAGG_ATTR.fallbackEvent, {
       reason,
-      [DISAGG_ATTR.prefillWorker]: prefill.worker.id,
+      [DISAGG_ATTR.prefillWorker]: failedWorker,
       'exception.message': (err as Error)?.message ?? String(err),
     });
     span?.setAttribute(DISAGG_ATTR.fallback, reason);

@@ -77,10 +77,11 @@ export interface ExecutionContext {
    */
   rerouteDecode(exclude: ReadonlySet<string>, cause: unknown): WorkerDecision;
   /**
-   * Same for the prefill leg: another prefill worker, or null when none is left (then prefill
-   * locally on the decode worker). Sets `plan.prefill`.
+   * Same for the prefill leg: another prefill worker avoiding `exclude`, its booking moved there
+   * and `plan.prefill` set, the retry counted and recorded as for decode. Null, changing nothing,
+   * when no other prefill worker can take it (the caller then falls back).
    */
-  reroutePrefill(exclude: ReadonlySet<string>): WorkerDecision | null;
+  reroutePrefill(exclude: ReadonlySet<string>, cause: unknown): WorkerDecision | null;
   /** The prefill leg is over (handoff done or abandoned): release its booking. */
   prefillDone(): void;
   /**

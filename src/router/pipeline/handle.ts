@@ -178,6 +178,20 @@ function executionContext(
   span: Span | undefined,
 ): ExecutionContext {
   const { config } = deps;
+  /** A retry on another worker (either leg): counted, and an event on the request's span. */
+  const countRetry = (cause: unknown, failedWorker: string, worker: string, attempt: number) => {
+    const reason = failureKind(cause);
+    deps.metrics.retries.inc({ reason });
+    if (span?.isRecording()) {
+      span.addEvent('retry', {
+        'kvroute.retry.reason': reason,
+        'kvroute.retry.failed_worker_id': failedWorker,
+        'kvroute.retry.worker_id': worker,
+        'kvroute.retry.attempt': attempt,
+        'exception.message': cause instanceof Error ? cause.message : String(cause),
+      });
+    }
+  };
   return {
     abort,
     client: deps.client,
@@ -192,32 +206,23 @@ function executionContext(
       const failedWorker = plan.decode.worker.id;
       const decision = selectDecode(deps, plan.routing, exclude);
       admission.moveDecode(decision);
-      const reason = failureKind(cause);
-      deps.metrics.retries.inc({ reason });
-      if (span?.isRecording()) {
-        span.addEvent('retry', {
-          'kvroute.retry.reason': reason,
-          'kvroute.retry.failed_worker_id': failedWorker,
-          'kvroute.retry.worker_id': decision.worker.id,
-          'kvroute.retry.attempt': exclude.size + 1,
-          'exception.message': cause instanceof Error ? cause.message : String(cause),
-        });
-      }
+      countRetry(cause, failedWorker, decision.worker.id, exclude.size + 1);
       return decision;
     },
-    reroutePrefill(exclude) {
+    reroutePrefill(exclude, cause) {
       plan.routing.overlaps = deps.fleet.overlaps(plan.routing.keys);
-      let decision = null;
       const candidates = deps.fleet.registry
         .candidates(plan.routing.model, 'prefill')
         .filter((w) => !exclude.has(w.id));
-      const d = deps.prefillPolicy.select({
+      const decision = deps.prefillPolicy.select({
         candidates,
         promptTokens: plan.routing.promptTokens,
         overlaps: plan.routing.overlaps,
       });
-      if (d.outcome === 'selected') decision = d;
+      if (decision.outcome !== 'selected') return null;
+      const failedWorker = plan.prefill?.worker.id ?? '';
       admission.movePrefill(decision);
+      countRetry(cause, failedWorker, decision.worker.id, exclude.size + 1);
       return decision;
     },
     prefillDone: () => admission.prefillDone(),
