@@ -6,8 +6,7 @@
 // board for the router's `kv_handoff`, which brings the kv_transfer and first token (or says to
 // prefill locally); a `kv_handoff` endpoint is registered beside `generate` for that.
 
-import type { WaitingPlace } from '../engine/engine.js';
-import type { EngineOutput } from '../engine/index.js';
+import type { EngineOutput, WaitingPlace } from '../engine/index.js';
 import type { GenerateChunk, KvHandoffRequest, KvHandoffResponse } from '../protocols/worker-plane.js';
 import type { IncomingRequest, RequestHandler } from '../tcp/index.js';
 import { encodeJson } from '../tcp/index.js';

@@ -10,6 +10,7 @@ export {
   type EngineTotals,
   MockEngine,
   type RequestAccounting,
+  type WaitingPlace,
 } from './engine.js';
 export { eventBlocks, type KvEventBody, type KvEventListener, KvEventLog } from './event-log.js';
 export { decodeStepMs, prefillMs } from './timing.js';

@@ -5,8 +5,7 @@
 
 import { performance } from 'node:perf_hooks';
 import type { Tracer } from '@opentelemetry/api';
-import type { WaitingPlace } from '../engine/engine.js';
-import type { EngineOutput, EngineRequest, MockEngine } from '../engine/index.js';
+import type { EngineOutput, EngineRequest, MockEngine, WaitingPlace } from '../engine/index.js';
 import { KvrouteError } from '../errors.js';
 import { withRootContext } from '../telemetry/index.js';
 import { AsyncQueue } from './async-queue.js';

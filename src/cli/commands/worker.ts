@@ -69,7 +69,7 @@ export const spec: CommandModule['spec'] = {
       type: 'integer',
       default: ENGINE_DEFAULTS.maxWaiting,
       min: 1,
-      help: 'requests that may wait for KV room before new ones are rejected',
+      help: 'requests that may wait (for KV room, or for their KV handoff) before new ones are rejected',
     },
     {
       name: 'drain-ms',
