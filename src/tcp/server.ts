@@ -17,7 +17,7 @@ export interface RequestPlaneServerOptions {
   maxStreamsPerConnection?: number;
   defaultWindowBytes?: number;
   outboundHighWaterBytes?: number;
-  /** Accepted connections at once; more are dropped by the kernel listener. */
+  /** Connections held at once; one more is accepted and closed at once (its client may retry). */
   maxConnections?: number;
   /** Starts each request's `handle_payload` span: the component's tracer (default: the API global). */
   tracer?: Tracer;
