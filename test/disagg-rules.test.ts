@@ -14,6 +14,7 @@ import { KvHandoffBoard } from '../src/decode/handoff-board.js';
 import { KvrouteError } from '../src/errors.js';
 import { decidePlacement, fallbackReason, reusedPromptTokens } from '../src/router/disagg/index.js';
 import { KvPrefillPlanner } from '../src/router/execute/prefill-planner.js';
+import { toClientError } from '../src/router/execute/worker-call.js';
 import { RouterMetrics } from '../src/router/metrics.js';
 import { WorkerRegistry } from '../src/router/registry/index.js';
 import {
@@ -94,6 +95,8 @@ test('no prefill workers, all busy, or the decode worker itself: local with that
 
 test('fallback reasons follow the transport failure; a caller abort is no fallback', () => {
   assert.equal(fallbackReason(new TransportError('connect_failed', 'x'), false), 'connect_failed');
+  // Not sent (the worker reads nothing of what it was sent before): as good as unreachable.
+  assert.equal(fallbackReason(new TransportError('peer_not_reading', 'x'), false), 'connect_failed');
   assert.equal(fallbackReason(new TransportError('remote_error', 'x'), false), 'remote_error');
   assert.equal(fallbackReason(new TransportError('timeout', 'x'), false), 'timeout');
   assert.equal(fallbackReason(new TransportError('disconnected_mid_stream', 'x'), false), 'disconnect');
@@ -101,6 +104,16 @@ test('fallback reasons follow the transport failure; a caller abort is no fallba
   assert.equal(fallbackReason(new KvrouteError('timeout', 'x'), false), 'timeout');
   assert.equal(fallbackReason(new SyntaxError('bad json'), false), 'invalid_answer');
   assert.equal(fallbackReason(new TransportError('cancelled', 'x'), true), null);
+});
+
+test('a worker call that could not be sent (the worker reads nothing) is worker_disconnected for the client', () => {
+  const notAborted = { aborted: false, reason: undefined };
+  const err = toClientError(new TransportError('peer_not_reading', 'x'), notAborted);
+  assert.equal(err.code, 'worker_disconnected');
+  assert.equal(
+    toClientError(new TransportError('connect_failed', 'x'), notAborted).code,
+    'worker_disconnected',
+  );
 });
 
 test('reused tokens: the prefill worker hits when remote prefill ran, else decode local hits', () => {

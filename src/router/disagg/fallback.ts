@@ -17,6 +17,8 @@ export function fallbackReason(err: unknown, callerAborted: boolean): FallbackRe
   if (isTransportError(err)) {
     switch (err.kind) {
       case 'connect_failed':
+      // Not sent: the worker has not read what was sent before. As good as unreachable.
+      case 'peer_not_reading':
         return 'connect_failed';
       case 'remote_error':
         return 'remote_error';

@@ -52,6 +52,8 @@ export function toClientError(
     case 'disconnected_mid_stream':
     case 'disconnected_before_response':
     case 'connect_failed':
+    // Not sent: the worker has not read what was sent before on any connection the pool may open.
+    case 'peer_not_reading':
       return new KvrouteError('worker_disconnected', `worker connection failed: ${err.message}`, options);
     case 'remote_error': {
       // A worker's own KvrouteError code passes through when it is the caller's mistake or overload.
