@@ -1,5 +1,6 @@
 // RadixIndex specifics: a property test against a deliberately naive model, dump and restore,
-// event ids (duplicates, gaps), malformed events, and the global memory budget.
+// event ids (duplicates, gaps), malformed events, the fairly shared memory budget (also against the
+// model), and the hash tables against chosen hashes.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -36,11 +37,21 @@ function universe(seed: number, count: number) {
 
 /**
  * The naive model: a node is the comma-joined path of local hashes; holders per path; a sequence
- * hash maps to its path. Everything is recomputed by brute force.
+ * hash maps to its path. Everything is recomputed by brute force. Recency: a path's `used` is the
+ * clock of the last store or match that reached it (the index's order, not its tick values).
  */
 class NaiveModel {
   holders = new Map<string, Set<string>>();
   pathOfSeq = new Map<string, string>();
+  used = new Map<string, number>();
+  private clock = 0;
+
+  /** Marks `path` and every prefix of it used now. */
+  private touch(path: string): void {
+    const tick = ++this.clock;
+    const parts = path.split(',');
+    for (let n = 1; n <= parts.length; n++) this.used.set(parts.slice(0, n).join(','), tick);
+  }
 
   stored(worker: string, parentSeq: string | null, blocks: { local: string; seq: string }[]): boolean {
     let path = '';
@@ -56,6 +67,7 @@ class NaiveModel {
       this.holders.set(path, set);
       set.add(worker);
     }
+    if (path !== '') this.touch(path);
     return true;
   }
 
@@ -101,6 +113,8 @@ class NaiveModel {
       while (n < local.length && this.holders.get(local.slice(0, n + 1).join(','))?.has(w)) n++;
       if (n > 0) out.set(w, n);
     }
+    const longest = Math.max(0, ...out.values());
+    if (longest > 0) this.touch(local.slice(0, longest).join(','));
     return out;
   }
 
@@ -243,6 +257,141 @@ describe('RadixIndex against a naive model', () => {
           assert.deepEqual(nonZero(fresh.stats().blocksPerWorker), nonZero(statsBefore.blocksPerWorker));
         }
       }
+    });
+  }
+});
+
+/** The paths `worker` holds in the index, read from its dump (hashes resolved by the model). */
+function heldInIndex(index: RadixIndex, model: NaiveModel, worker: string): Set<string> {
+  const held = new Set<string>();
+  for (const event of index.dump(worker)) {
+    if (event.type === 'stored') {
+      let path = event.parent_hash === null ? '' : model.pathOfSeq.get(event.parent_hash)!;
+      for (const b of event.blocks) {
+        path = path === '' ? b.local_hash : `${path},${b.local_hash}`;
+        held.add(path);
+      }
+    } else if (event.type === 'removed') {
+      for (const seq of event.sequence_hashes) held.delete(model.pathOfSeq.get(seq)!);
+    }
+  }
+  return held;
+}
+
+/**
+ * The budget rule, checked on an index that has just evicted, against the model that applied the
+ * same events with no budget: the index holds a subset of the model's holdings, at most `target`
+ * nodes; a worker within its share (target / workers holding blocks) lost nothing but holdings
+ * beneath a node that went (collateral: no longer matchable); one over it kept at least the share
+ * (less its collateral) and lost its least recently used holdings first. Then the model forgets
+ * what the index evicted.
+ */
+function checkFairEviction(index: RadixIndex, model: NaiveModel, target: number, label: string): void {
+  const held = new Map(index.workers().map((w) => [w, heldInIndex(index, model, w)] as const));
+  const nodes = new Set([...held.values()].flatMap((paths) => [...paths]));
+  assert.ok(nodes.size <= target, `${label}: ${nodes.size} nodes > ${target}`);
+  const counts = model.blocksPerWorker();
+  const share = Math.floor(target / Object.keys(counts).length);
+  const prefixGone = (path: string) => {
+    const parts = path.split(',');
+    for (let n = 1; n < parts.length; n++) if (!nodes.has(parts.slice(0, n).join(','))) return true;
+    return false;
+  };
+  for (const [worker, count] of Object.entries(counts)) {
+    const kept = held.get(worker) ?? new Set<string>();
+    const before = model.heldBy(worker);
+    for (const path of kept)
+      assert.ok(before.includes(path), `${label}: ${worker} holds ${path} unknown to the model`);
+    const evicted = before.filter((path) => !kept.has(path));
+    const own = evicted.filter((path) => !prefixGone(path));
+    const collateral = evicted.length - own.length;
+    const what = `${label}: ${worker} held ${count}, share ${share}, kept ${kept.size}, collateral ${collateral}`;
+    if (count <= share) {
+      assert.equal(own.length, 0, what);
+    } else {
+      assert.ok(kept.size >= share - collateral, what);
+      // Least recently used first (a collateral loss may cut a worker short unevenly).
+      if (collateral === 0 && own.length > 0 && kept.size > 0) {
+        const newestEvicted = Math.max(...own.map((path) => model.used.get(path)!));
+        const oldestKept = Math.min(...[...kept].map((path) => model.used.get(path)!));
+        assert.ok(
+          newestEvicted <= oldestKept,
+          `${what}: evicted a holding used at ${newestEvicted}, kept one at ${oldestKept}`,
+        );
+      }
+    }
+  }
+  for (const [path, set] of [...model.holders]) {
+    if (!nodes.has(path)) model.holders.delete(path);
+    else for (const worker of [...set]) if (!held.get(worker)?.has(path)) set.delete(worker);
+  }
+}
+
+describe('RadixIndex memory budget against the naive model', () => {
+  for (const [seed, maxNodes, fraction] of [
+    [21, 24, 0.75],
+    [22, 40, 0.9],
+    [23, 16, 0.5],
+    [24, 30, 0.8],
+  ] as const) {
+    test(`random events, one busy worker, budget ${maxNodes} × ${fraction}; seed ${seed}`, () => {
+      const random = prng(seed);
+      const prompts = universe(seed, 40);
+      const workers = ['w-0', 'w-1', 'w-2', 'w-3', 'w-4'];
+      const index = new RadixIndex({ maxNodes, evictToFraction: fraction });
+      const target = Math.floor(maxNodes * fraction);
+      const model = new NaiveModel();
+      const ids = new Map<string, number>();
+      const nextId = (w: string) => {
+        const id = (ids.get(w) ?? 0) + 1;
+        ids.set(w, id);
+        return id;
+      };
+      let evictions = 0;
+      for (let step = 0; step < 400; step++) {
+        // w-0 sends half of all events: it is usually the one over its share.
+        const worker = random() < 0.5 ? 'w-0' : workers[1 + Math.floor(random() * 4)]!;
+        const prompt = prompts[Math.floor(random() * prompts.length)]!;
+        const roll = random();
+        let what: string;
+        if (roll < 0.7) {
+          // Half the runs are whole prompts: runs under a parent the worker lacks add nothing.
+          const whole = random() < 0.5;
+          const run = whole ? undefined : randomRunOf(prompt, random);
+          const start = run?.start ?? 0;
+          const parent = run?.parent ?? null;
+          const blocks = run?.blocks ?? prompt.local.map((local, i) => ({ local, seq: prompt.seq[i]! }));
+          const expected = model.stored(worker, parent, blocks);
+          const result = index.applyEvent(worker, {
+            event_id: nextId(worker),
+            type: 'stored',
+            parent_hash: parent,
+            blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
+          });
+          what = `step ${step}: stored ${worker} [${start}, ${start + blocks.length})`;
+          assert.equal(result.status, expected ? 'applied' : 'rejected', what);
+          if (model.holders.size > maxNodes) {
+            checkFairEviction(index, model, target, what);
+            evictions++;
+          }
+        } else if (roll < 0.9) {
+          const seqs = prompt.seq.filter(() => random() < 0.3);
+          model.removed(worker, seqs);
+          index.applyEvent(worker, { event_id: nextId(worker), type: 'removed', sequence_hashes: seqs });
+          what = `step ${step}: removed ${worker} ${seqs.length}`;
+        } else if (roll < 0.98) {
+          model.clear(worker);
+          index.applyEvent(worker, { event_id: nextId(worker), type: 'cleared' });
+          what = `step ${step}: cleared ${worker}`;
+        } else {
+          model.clear(worker);
+          index.removeWorker(worker);
+          ids.delete(worker);
+          what = `step ${step}: removeWorker ${worker}`;
+        }
+        agreesWithModel(index, model, prompts, what);
+      }
+      assert.ok(evictions >= 10, `only ${evictions} evictions: the budget is not exercised`);
     });
   }
 });
@@ -592,31 +741,86 @@ describe('RadixIndex malformed events', () => {
 });
 
 describe('RadixIndex memory budget', () => {
-  test('evicts the least recently matched subtrees first and counts them', () => {
+  test('evicts the least recently used blocks first, a stored run from its tail, and counts them', () => {
     const index = new RadixIndex({ maxNodes: 100, evictToFraction: 0.9 });
     const a = tokensOf(1, 40);
     const b = tokensOf(2, 40);
     const c = tokensOf(3, 40);
     index.applyEvent('w-1', storedEvent(1, a));
-    index.applyEvent('w-2', storedEvent(1, b));
+    index.applyEvent('w-1', storedEvent(2, b));
     // `a` was stored first but matched since: `b` is now the least recently used.
     assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w-1'), 40);
-    index.applyEvent('w-3', storedEvent(1, c));
+    index.applyEvent('w-1', storedEvent(3, c));
+    // 120 nodes, down to 90: 30 of b's, its tail (its prefix is what a prompt would match).
     const stats = index.stats();
-    assert.equal(stats.nodes, 80);
-    assert.equal(stats.evictedNodes, 40);
-    assert.equal(stats.evictedBlocks, 40);
-    assert.deepEqual(stats.blocksPerWorker, { 'w-1': 40, 'w-2': 0, 'w-3': 40 });
-    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w-2'), undefined);
+    assert.equal(stats.nodes, 90);
+    assert.equal(stats.evictedNodes, 30);
+    assert.equal(stats.evictedBlocks, 30);
+    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w-1'), 10);
     assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w-1'), 40);
-    // A partly matched prompt keeps its matched prefix longer than its unmatched tail.
+    assert.equal(index.findMatches(localBlockKeys(c, 16)).get('w-1'), 40);
+    // A partly matched prompt keeps its matched prefix longer than its unmatched tail: next go
+    // b's rest (oldest), then 20 blocks of c's tail.
     index.findMatches(localBlockKeys(c.slice(0, 10 * 16), 16));
     index.findMatches(localBlockKeys(a, 16));
-    index.applyEvent('w-4', storedEvent(1, tokensOf(4, 30)));
-    const after = index.stats();
-    assert.ok(after.nodes <= 100, `nodes ${after.nodes}`);
-    assert.equal(index.findMatches(localBlockKeys(c, 16)).get('w-3'), 10);
+    const d = tokensOf(4, 30);
+    index.applyEvent('w-1', storedEvent(4, d));
+    assert.equal(index.stats().nodes, 90);
+    assert.equal(index.findMatches(localBlockKeys(b, 16)).get('w-1'), undefined);
+    assert.equal(index.findMatches(localBlockKeys(c, 16)).get('w-1'), 20);
     assert.equal(index.findMatches(localBlockKeys(a, 16)).get('w-1'), 40);
+    assert.equal(index.findMatches(localBlockKeys(d, 16)).get('w-1'), 30);
+  });
+});
+
+describe('RadixIndex memory budget is shared fairly', () => {
+  test('a worker flooding stored events cannot evict a worker within its share', () => {
+    const index = new RadixIndex({ maxNodes: 100, evictToFraction: 0.9 });
+    const modest = tokensOf(500, 20);
+    index.applyEvent('modest', storedEvent(1, modest));
+    // 30 events of 40 new blocks each: 12× the whole budget, every block newer than modest's.
+    for (let i = 1; i <= 30; i++) {
+      const flood = tokensOf(600 + i, 40);
+      assert.equal(index.applyEvent('flood', storedEvent(i, flood)).status, 'applied');
+      const stats = index.stats();
+      assert.ok(stats.nodes <= 100, `after flood ${i}: ${stats.nodes} nodes`);
+      // The fair share is 90 / 2 workers = 45: modest (20) keeps all, the flood its newest.
+      assert.equal(stats.blocksPerWorker.modest, 20, `after flood ${i}`);
+      assert.equal(index.findMatches(localBlockKeys(flood, 16)).get('flood'), 40, `after flood ${i}`);
+    }
+    assert.equal(index.findMatches(localBlockKeys(modest, 16)).get('modest'), 20);
+    const stats = index.stats();
+    assert.equal(stats.evictedBlocks, stats.evictedNodes, 'only the flood lost blocks');
+    assert.equal(stats.evictedBlocks, 30 * 40 - stats.blocksPerWorker.flood!);
+  });
+
+  test('workers all over their share are each cut to it, least recently used first', () => {
+    const index = new RadixIndex({ maxNodes: 100, evictToFraction: 0.9 });
+    const prompts = [tokensOf(1, 40), tokensOf(2, 40), tokensOf(3, 40)];
+    index.applyEvent('w-1', storedEvent(1, prompts[0]!));
+    index.applyEvent('w-2', storedEvent(1, prompts[1]!));
+    index.findMatches(localBlockKeys(prompts[0]!, 16));
+    // 120 nodes over a budget of 100: the share is 90 / 3 = 30 and each holds 40.
+    index.applyEvent('w-3', storedEvent(1, prompts[2]!));
+    const stats = index.stats();
+    assert.equal(stats.nodes, 90);
+    assert.deepEqual(stats.blocksPerWorker, { 'w-1': 30, 'w-2': 30, 'w-3': 30 });
+    prompts.forEach((p, i) => assert.equal(index.findMatches(localBlockKeys(p, 16)).get(`w-${i + 1}`), 30));
+  });
+
+  test('a block shared with a worker within its share stays; the over-share worker leaves it', () => {
+    const index = new RadixIndex({ maxNodes: 100, evictToFraction: 0.9 });
+    const shared = tokensOf(700, 20);
+    index.applyEvent('modest', storedEvent(1, shared));
+    index.applyEvent('flood', storedEvent(1, shared));
+    for (let i = 2; i <= 6; i++) index.applyEvent('flood', storedEvent(i, tokensOf(700 + i, 40)));
+    const stats = index.stats();
+    assert.ok(stats.nodes <= 90, `${stats.nodes} nodes`);
+    assert.equal(stats.blocksPerWorker.modest, 20);
+    assert.equal(index.findMatches(localBlockKeys(shared, 16)).get('modest'), 20);
+    // The flood held the shared prompt longest ago: it left those blocks first, freeing no node.
+    assert.equal(index.findMatches(localBlockKeys(shared, 16)).get('flood'), undefined);
+    assert.equal(stats.blocksPerWorker.flood, 45);
   });
 });
 

@@ -58,7 +58,11 @@ export interface RadixIndexStats extends IndexStats {
 }
 
 export interface RadixIndexOptions {
-  /** Global memory budget in tree nodes (~60 bytes each); over it, least recently matched go first. */
+  /**
+   * Memory budget in tree nodes (~60 bytes each) for all workers. Over it, workers holding more
+   * than their fair share (evictToFraction × maxNodes / workers holding blocks) lose their least
+   * recently used blocks, never below that share: one worker flooding stores evicts its own.
+   */
   maxNodes?: number;
   /** Eviction brings the node count down to this fraction of maxNodes. */
   evictToFraction?: number;

@@ -9,8 +9,8 @@
 // prompt costs O(m × W/32) word operations, not O(m × W).
 //
 // Recency: `lastUsed` is a tick stamped on every matched or stored node and kept monotone (an
-// ancestor's tick is never older than a descendant's), so "evict everything older than t" always
-// removes whole subtrees and never strands a child without its parent.
+// ancestor's tick is never older than a descendant's), so a worker's least recently used holdings
+// are the tails of its runs, and a node evicted for age takes only older nodes with it.
 
 import type { IndexStats } from './prefix-index.js';
 import type { BlockKeys } from './u64.js';
@@ -169,6 +169,8 @@ export class RadixTree {
   totalBlocks = 0;
   tick = 1;
   private activeSet = new Uint32Array(1);
+  /** A holder row copied for forEachHolder. */
+  private holderScratch = new Uint32Array(1);
 
   /**
    * @param onDrop told of every holding dropped with a subtree
@@ -753,35 +755,137 @@ export class RadixTree {
   // ================= eviction =================
 
   /**
-   * Evicts the least recently used nodes (with their subtrees) until at most `target` remain.
-   * The cutoff tick is chosen from an evenly strided sample of live nodes, then every maximal
-   * subtree at or below the cutoff goes (ticks are monotone, so these are whole subtrees).
-   * Returns the number of nodes evicted. O(nodes) per call.
+   * Brings the tree down to at most `target` nodes, fairly: holdings are taken only from workers
+   * above their fair share (`target` / workers holding blocks), each one's least recently used
+   * first, and never below that share. A node goes when its last holder does (with its subtree:
+   * holdings beneath a node nobody holds cannot be matched). So a worker within its share keeps
+   * its blocks while another floods, and the floods pay for themselves.
+   *
+   * Rounds (each one pass over the nodes, see evictRound): the first evicts down to sampled
+   * cutoffs, the second without the overall cutoff (every over-share worker to about its share),
+   * the third, only if sampling left some over, by the share alone. After the third every worker
+   * is at or below the share, so the holdings, and the nodes (each has a holder), are ≤ `target`.
+   * Returns the number of nodes evicted.
    */
   evictTo(target: number): number {
-    let evicted = 0;
-    while (this.nodeCount > target) {
-      const excess = this.nodeCount - target;
-      const stride = Math.max(1, Math.floor(this.highWater / 4096));
-      const sample: number[] = [];
-      for (let node = 1; node < this.highWater; node += stride) {
-        if (this.rec[node * STRIDE + PARENT] !== FREE) sample.push(this.rec[node * STRIDE + LAST_USED]!);
-      }
-      sample.sort((a, b) => a - b);
-      const rank = Math.min(sample.length - 1, Math.ceil((excess / this.nodeCount) * sample.length));
-      const cutoff = sample.length === 0 ? this.tick : sample[Math.max(0, rank)]!;
-      let round = 0;
-      for (let node = 1; node < this.highWater; node++) {
-        if (this.rec[node * STRIDE + PARENT] === FREE || this.rec[node * STRIDE + LAST_USED]! > cutoff)
-          continue;
-        const parent = this.rec[node * STRIDE + PARENT]!;
-        if (parent !== ROOT && this.rec[parent * STRIDE + LAST_USED]! <= cutoff) continue;
-        round += this.dropSubtree(node);
-      }
-      evicted += round;
-      if (round === 0) break;
+    const before = this.nodeCount;
+    for (let round = 0; round < 3 && this.nodeCount > target; round++) {
+      let holding = 0;
+      for (let slot = 0; slot < this.blocksBySlot.length; slot++) if (this.blocksBySlot[slot]! > 0) holding++;
+      const share = Math.floor(target / holding);
+      const cutoffs = new Float64Array(this.blocksBySlot.length).fill(Number.POSITIVE_INFINITY);
+      const overall =
+        round < 2 ? this.sampleCutoffs(target, share, cutoffs, round === 0) : Number.POSITIVE_INFINITY;
+      this.evictRound(share, overall, cutoffs);
     }
-    return evicted;
+    return before - this.nodeCount;
+  }
+
+  /**
+   * From an evenly strided sample of ~4,096 live nodes: `cutoffs[slot]`, for each worker over
+   * `share`, the tick at or below which about its excess over the share lies (its oldest
+   * holdings); and, when `overall` is asked for, the returned tick at or below which about enough
+   * nodes held only by over-share workers lie to bring the tree to `target` (else +∞).
+   */
+  private sampleCutoffs(target: number, share: number, cutoffs: Float64Array, overall: boolean): number {
+    const stride = Math.max(1, Math.floor(this.highWater / 4096));
+    const bySlot: number[][] = [];
+    const freeable: number[] = [];
+    let sampled = 0;
+    for (let node = 1; node < this.highWater; node += stride) {
+      if (this.rec[node * STRIDE + PARENT] === FREE) continue;
+      sampled++;
+      const tick = this.rec[node * STRIDE + LAST_USED]!;
+      let allOver = true;
+      this.forEachHolder(node, (slot) => {
+        if (this.blocksBySlot[slot]! > share) (bySlot[slot] ??= []).push(tick);
+        else allOver = false;
+      });
+      if (allOver) freeable.push(tick);
+    }
+    // The tick of the `part / whole` quantile of `ticks` (integer arithmetic: exact when every
+    // node is sampled); +∞ when that is all of them.
+    const quantile = (ticks: number[], part: number, whole: number) => {
+      const rank = Math.ceil((part * ticks.length) / whole);
+      if (rank >= ticks.length) return Number.POSITIVE_INFINITY;
+      ticks.sort((a, b) => a - b);
+      return ticks[Math.max(0, rank - 1)]!;
+    };
+    bySlot.forEach((ticks, slot) => {
+      const blocks = this.blocksBySlot[slot]!;
+      cutoffs[slot] = quantile(ticks, blocks - share, blocks);
+    });
+    if (!overall) return Number.POSITIVE_INFINITY;
+    // `freeable` out of `sampled` nodes stand for all the nodes: the rank that frees the excess.
+    const needed = Math.ceil(((this.nodeCount - target) * sampled) / this.nodeCount);
+    if (needed > freeable.length) return Number.POSITIVE_INFINITY;
+    freeable.sort((a, b) => a - b);
+    return freeable[Math.max(0, needed - 1)]!;
+  }
+
+  /**
+   * Takes from each worker over `share` its holdings used at or before min(`overall`,
+   * `cutoffs[slot]`), while it stays above the share: first those strictly older (one pass over
+   * the nodes), then the ties at the cutoff (the nodes the pass set aside), so a cutoff tick
+   * shared by a whole stored run does not cost newer runs first. Nodes go highest id first: a
+   * run's ids ascend from its head, so a worker cut short loses a run's tail and keeps its
+   * prefix, which is what matches.
+   */
+  private evictRound(share: number, overall: number, cutoffs: Float64Array): void {
+    let newest = Number.NEGATIVE_INFINITY;
+    for (let slot = 0; slot < cutoffs.length; slot++) {
+      // A worker within its share is never cut; the others no later than `overall`.
+      cutoffs[slot] = this.blocksBySlot[slot]! > share ? Math.min(overall, cutoffs[slot]!) : -1;
+      newest = Math.max(newest, cutoffs[slot]!);
+    }
+    const tied: number[] = [];
+    let ties = false;
+    const take = (node: number, slot: number, tick: number) => {
+      if (this.blocksBySlot[slot]! <= share || tick > cutoffs[slot]!) return;
+      if (tick < cutoffs[slot]! || ties) {
+        this.removeHolder(node, slot);
+        this.onDrop?.(node, slot);
+      } else if (tied[tied.length - 1] !== node) {
+        tied.push(node);
+      }
+    };
+    const visit = (node: number) => {
+      const at = node * STRIDE;
+      const tick = this.rec[at + LAST_USED]!;
+      // Most nodes have one holder: no visitor call for them.
+      if (this.rec[at + HOLDER_COUNT] === 1) take(node, this.rec[at + HOLDER]!, tick);
+      else this.forEachHolder(node, (slot) => take(node, slot, tick));
+      if (this.rec[at + HOLDER_COUNT] === 0) this.dropSubtree(node);
+    };
+    for (let node = this.highWater - 1; node > ROOT; node--) {
+      const at = node * STRIDE;
+      if (this.rec[at + PARENT] !== FREE && this.rec[at + LAST_USED]! <= newest) visit(node);
+    }
+    ties = true;
+    // A tied node may have gone since with an older ancestor's subtree (nothing is allocated here).
+    for (const node of tied) if (this.rec[node * STRIDE + PARENT] !== FREE) visit(node);
+  }
+
+  /** Calls `visit(slot)` for each holder of `node`; `visit` may remove holders of `node`. */
+  private forEachHolder(node: number, visit: (slot: number) => void): void {
+    const count = this.rec[node * STRIDE + HOLDER_COUNT]!;
+    if (count === 1) {
+      visit(this.rec[node * STRIDE + HOLDER]!);
+      return;
+    }
+    if (count === 0) return;
+    // A copy of the row: removing the second-to-last holder frees it.
+    if (this.holderScratch.length !== this.words) this.holderScratch = new Uint32Array(this.words);
+    const base = this.rec[node * STRIDE + HOLDER]! * this.words;
+    this.holderScratch.set(this.sets.subarray(base, base + this.words));
+    for (let w = 0; w < this.words; w++) {
+      let bits = this.holderScratch[w]!;
+      while (bits !== 0) {
+        const low = bits & -bits;
+        visit(w * 32 + 31 - Math.clz32(low));
+        bits ^= low;
+      }
+    }
   }
 
   // ================= accounting =================
