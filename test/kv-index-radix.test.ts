@@ -805,7 +805,9 @@ describe('RadixIndex memory budget is shared fairly', () => {
     const stats = index.stats();
     assert.equal(stats.nodes, 90);
     assert.deepEqual(stats.blocksPerWorker, { 'w-1': 30, 'w-2': 30, 'w-3': 30 });
-    prompts.forEach((p, i) => assert.equal(index.findMatches(localBlockKeys(p, 16)).get(`w-${i + 1}`), 30));
+    prompts.forEach((p, i) => {
+      assert.equal(index.findMatches(localBlockKeys(p, 16)).get(`w-${i + 1}`), 30);
+    });
   });
 
   test('a block shared with a worker within its share stays; the over-share worker leaves it', () => {

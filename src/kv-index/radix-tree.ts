@@ -798,8 +798,10 @@ export class RadixTree {
       const tick = this.rec[node * STRIDE + LAST_USED]!;
       let allOver = true;
       this.forEachHolder(node, (slot) => {
-        if (this.blocksBySlot[slot]! > share) (bySlot[slot] ??= []).push(tick);
-        else allOver = false;
+        if (this.blocksBySlot[slot]! > share) {
+          bySlot[slot] ??= [];
+          bySlot[slot].push(tick);
+        } else allOver = false;
       });
       if (allOver) freeable.push(tick);
     }
