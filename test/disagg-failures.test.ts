@@ -692,104 +692,98 @@ describe('overlapped mode, a decode worker gone but still registered', () => {
   });
 });
 
-describe('overlapped mode, a decode worker that takes the handoff and then drops the waiting generate', () => {
-  let r: TestRouter;
-  let prefill: TestWorker;
-  let live: TestWorker;
-  let handoffs = 0;
-  // Takes the generate and the kv_handoff, answers the handoff, then closes at once: the waiting
-  // generate is cut before any answer (disconnected_before_response), so it moves to `live`.
-  const cutter: RequestPlaneServer = new RequestPlaneServer()
-    .handle('generate', async function* (req) {
-      await new Promise<void>((resolve) => {
-        req.signal.addEventListener('abort', () => resolve(), { once: true });
-      });
-    })
-    .handle('kv_handoff', async () => {
-      handoffs++;
-      setImmediate(() => void cutter.close({ deadlineMs: 0 }));
-      return encodeJson({ delivered: 'waiting' });
+/**
+ * Stand-in decode workers whose overlapped generate never runs, so it must move to the live decode
+ * worker with its handoff. `hits` counts the generates (or handoffs) that reached the stand-in.
+ */
+const MOVING_DECODE_STAND_INS: {
+  what: string;
+  expectation: string;
+  retryReason: string;
+  make(): { server: RequestPlaneServer; hits(): number };
+}[] = [
+  {
+    what: 'takes the handoff and then drops the waiting generate',
+    // Before, the delivered handoff pinned the generate there: 502 worker_disconnected.
+    expectation:
+      'the handoff follows the generate to its new worker (it was delivered to the old one already)',
+    retryReason: 'disconnected_before_response',
+    make() {
+      // Takes the generate and the kv_handoff, answers the handoff, then closes at once: the
+      // waiting generate is cut before any answer (disconnected_before_response).
+      let handoffs = 0;
+      const server: RequestPlaneServer = new RequestPlaneServer()
+        .handle('generate', async function* (req) {
+          await new Promise<void>((resolve) => {
+            req.signal.addEventListener('abort', () => resolve(), { once: true });
+          });
+        })
+        .handle('kv_handoff', async () => {
+          handoffs++;
+          setImmediate(() => void server.close({ deadlineMs: 0 }));
+          return encodeJson({ delivered: 'waiting' });
+        });
+      return { server, hits: () => handoffs };
+    },
+  },
+  {
+    what: 'refuses the generate as overloaded',
+    // Before, only a refusal by the plane itself moved an overlapped generate: 503 overloaded.
+    expectation: 'the generate moves to another decode worker and the handoff follows it (not a 503)',
+    retryReason: 'overloaded',
+    make() {
+      // What a draining decode worker, or one whose --max-waiting is taken, answers a new
+      // overlapped generate: overloaded, before the generate waits for anything. Its kv_handoff
+      // holds a handoff no generate waits for, as a real worker's does.
+      let refusals = 0;
+      const server = new RequestPlaneServer()
+        .handle('generate', async () => {
+          refusals++;
+          throw new KvrouteError('overloaded', 'worker is draining: it takes no new requests');
+        })
+        .handle('kv_handoff', async () => encodeJson({ delivered: 'held' }));
+      return { server, hits: () => refusals };
+    },
+  },
+];
+
+MOVING_DECODE_STAND_INS.forEach(({ what, expectation, retryReason, make }, n) => {
+  describe(`overlapped mode, a decode worker that ${what}`, () => {
+    let r: TestRouter;
+    let prefill: TestWorker;
+    let live: TestWorker;
+    const standIn = make();
+
+    before(async () => {
+      await standIn.server.listen(0);
+      r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
+      [prefill, live] = await Promise.all([
+        spawnWorker(r, 'prefill', ['--speedup', '20']),
+        spawnWorker(r, 'decode', ['--speedup', '20']),
+      ]);
+      await registerStandIn(r, standIn.server.address, 'decode');
     });
 
-  before(async () => {
-    await cutter.listen(0);
-    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
-    [prefill, live] = await Promise.all([
-      spawnWorker(r, 'prefill', ['--speedup', '20']),
-      spawnWorker(r, 'decode', ['--speedup', '20']),
-    ]);
-    await registerStandIn(r, cutter.address, 'decode');
-  });
+    after(async () => {
+      await Promise.all([prefill?.proc.stop(), live?.proc.stop()]);
+      await r?.router.close();
+      await standIn.server.close({ deadlineMs: 0 });
+    });
 
-  after(async () => {
-    await Promise.all([prefill?.proc.stop(), live?.proc.stop()]);
-    await r?.router.close();
-    await cutter.close({ deadlineMs: 0 });
-  });
-
-  test('the handoff follows the generate to its new worker (it was delivered to the old one already)', async () => {
-    // Random policy over [live, cutter]: within 40 requests one goes to the cutter (odds of never:
-    // 2^-40). Before, the delivered handoff pinned the generate there: 502 worker_disconnected.
-    for (let i = 0; i < 40 && handoffs === 0; i++) {
-      const res = await completion(r, { prompt: prompt(300, 120 + i), max_tokens: 2 });
-      assert.equal(res.status, 200, await res.clone().text());
-      assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
-      assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
-    }
-    assert.equal(handoffs, 1);
-    assert.equal(
-      await metricValue(r, 'kvroute_request_retries_total', { reason: 'disconnected_before_response' }),
-      1,
-    );
-    await waitFor(() => idle(r, prefill, live));
-    assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
-  });
-});
-
-describe('overlapped mode, a decode worker that refuses the generate as overloaded', () => {
-  let r: TestRouter;
-  let prefill: TestWorker;
-  let live: TestWorker;
-  let refusals = 0;
-  // What a draining decode worker, or one whose --max-waiting is taken, answers a new overlapped
-  // generate: overloaded, before the generate waits for anything.
-  // Its kv_handoff holds a handoff no generate waits for, as a real worker's does.
-  const refuser: RequestPlaneServer = new RequestPlaneServer()
-    .handle('generate', async () => {
-      refusals++;
-      throw new KvrouteError('overloaded', 'worker is draining: it takes no new requests');
-    })
-    .handle('kv_handoff', async () => encodeJson({ delivered: 'held' }));
-
-  before(async () => {
-    await refuser.listen(0);
-    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, policy: 'random' });
-    [prefill, live] = await Promise.all([
-      spawnWorker(r, 'prefill', ['--speedup', '20']),
-      spawnWorker(r, 'decode', ['--speedup', '20']),
-    ]);
-    await registerStandIn(r, refuser.address, 'decode');
-  });
-
-  after(async () => {
-    await Promise.all([prefill?.proc.stop(), live?.proc.stop()]);
-    await r?.router.close();
-    await refuser.close({ deadlineMs: 0 });
-  });
-
-  test('the generate moves to another decode worker and the handoff follows it (not a 503)', async () => {
-    // Random policy over [live, refuser]: within 40 requests one goes to the refuser (odds of
-    // never: 2^-40). Before, only a refusal by the plane itself moved an overlapped generate.
-    for (let i = 0; i < 40 && refusals === 0; i++) {
-      const res = await completion(r, { prompt: prompt(300, 160 + i), max_tokens: 2 });
-      assert.equal(res.status, 200, await res.clone().text());
-      assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
-      assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
-    }
-    assert.equal(refusals, 1);
-    assert.equal(await metricValue(r, 'kvroute_request_retries_total', { reason: 'overloaded' }), 1);
-    await waitFor(() => idle(r, prefill, live));
-    assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
+    test(expectation, async () => {
+      // Random policy over [live, stand-in]: within 40 requests one goes to the stand-in (odds of
+      // never: 2^-40).
+      for (let i = 0; i < 40 && standIn.hits() === 0; i++) {
+        const res = await completion(r, { prompt: prompt(300, 120 + 40 * n + i), max_tokens: 2 });
+        assert.equal(res.status, 200, await res.clone().text());
+        assert.equal(res.headers.get('x-kvroute-decode-worker'), live.id);
+        assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
+      }
+      assert.equal(standIn.hits(), 1);
+      assert.equal(await metricValue(r, 'kvroute_request_retries_total', { reason: retryReason }), 1);
+      await waitFor(() => idle(r, prefill, live));
+      assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
+    });
   });
 });
 
