@@ -159,6 +159,22 @@ function agreesWithModel(
   return stats;
 }
 
+/**
+ * Per-worker event ids 1, 2, 3, ... as a worker numbers its KV events; `restart` starts a worker
+ * (removed from the index) at 1 again.
+ */
+function eventIdCounter(): { next(worker: string): number; restart(worker: string): void } {
+  const ids = new Map<string, number>();
+  return {
+    next(worker) {
+      const id = (ids.get(worker) ?? 0) + 1;
+      ids.set(worker, id);
+      return id;
+    },
+    restart: (worker) => ids.delete(worker),
+  };
+}
+
 describe('RadixIndex against a naive model', () => {
   for (const seed of [1, 2, 3, 4]) {
     test(`random stored/removed/cleared/removeWorker sequence, seed ${seed}`, () => {
@@ -167,12 +183,8 @@ describe('RadixIndex against a naive model', () => {
       const workers = ['w-0', 'w-1', 'w-2', 'w-3', 'w-4'];
       const index = new RadixIndex();
       const model = new NaiveModel();
-      const ids = new Map<string, number>();
-      const nextId = (w: string) => {
-        const id = (ids.get(w) ?? 0) + 1;
-        ids.set(w, id);
-        return id;
-      };
+      const eventIds = eventIdCounter();
+      const nextId = eventIds.next;
       for (let step = 0; step < 400; step++) {
         const worker = workers[Math.floor(random() * workers.length)]!;
         const prompt = prompts[Math.floor(random() * prompts.length)]!;
@@ -207,7 +219,7 @@ describe('RadixIndex against a naive model', () => {
         } else {
           model.clear(worker);
           index.removeWorker(worker);
-          ids.delete(worker);
+          eventIds.restart(worker);
           what = `removeWorker ${worker}`;
         }
         const stats = agreesWithModel(index, model, prompts, `step ${step}: ${what}`);
@@ -341,12 +353,8 @@ describe('RadixIndex memory budget against the naive model', () => {
       const index = new RadixIndex({ maxNodes, evictToFraction: fraction });
       const target = Math.floor(maxNodes * fraction);
       const model = new NaiveModel();
-      const ids = new Map<string, number>();
-      const nextId = (w: string) => {
-        const id = (ids.get(w) ?? 0) + 1;
-        ids.set(w, id);
-        return id;
-      };
+      const eventIds = eventIdCounter();
+      const nextId = eventIds.next;
       let evictions = 0;
       for (let step = 0; step < 400; step++) {
         // w-0 sends half of all events: it is usually the one over its share.
@@ -386,7 +394,7 @@ describe('RadixIndex memory budget against the naive model', () => {
         } else {
           model.clear(worker);
           index.removeWorker(worker);
-          ids.delete(worker);
+          eventIds.restart(worker);
           what = `step ${step}: removeWorker ${worker}`;
         }
         agreesWithModel(index, model, prompts, what);
