@@ -4,6 +4,7 @@
 // or in-process request-plane servers (the pools of departed workers).
 
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import Fastify from 'fastify';
 import { Histogram, Registry } from 'prom-client';
@@ -26,6 +27,56 @@ async function post(path: string, body: unknown, headers: Record<string, string>
   });
   const text = await res.text();
   return { res, status: res.status, json: text ? JSON.parse(text) : undefined };
+}
+
+interface RawResponse {
+  status: number;
+  headers: Record<string, string>;
+  json: unknown;
+}
+
+/**
+ * Writes `request` on a fresh socket (ending the sending side when `end`) and reads one HTTP
+ * response: for what fetch cannot send (malformed requests, bodies cut short or stalled).
+ * `onSocket` gets the router's side of the connection once it has the request's first bytes.
+ */
+function rawExchange(
+  request: string,
+  opts: { end?: boolean; onSocket?: (socket: net.Socket) => void } = {},
+): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const { port } = new URL(url);
+    if (opts.onSocket) {
+      const onSocket = opts.onSocket;
+      router.app.server.once('connection', (socket: net.Socket) =>
+        socket.once('data', () => onSocket(socket)),
+      );
+    }
+    const socket = net.connect(Number(port), '127.0.0.1');
+    let text = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => {
+      text += d;
+      const end = text.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const [statusLine, ...lines] = text.slice(0, end).split('\r\n');
+      const headers = Object.fromEntries(
+        lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]),
+      );
+      const body = text.slice(end + 4);
+      if (body.length < Number(headers['content-length'] ?? 0)) return;
+      socket.destroy();
+      resolve({
+        status: Number(statusLine!.split(' ')[1]),
+        headers,
+        json: body ? JSON.parse(body) : undefined,
+      });
+    });
+    socket.on('error', reject);
+    socket.on('close', () => reject(new Error(`connection closed; received: ${JSON.stringify(text)}`)));
+    socket.write(request);
+    if (opts.end) socket.end();
+  });
 }
 
 function registration(over: Record<string, unknown> = {}) {
@@ -86,6 +137,40 @@ describe('readiness and ids', () => {
     assert.match(made.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/);
     const error = await post('/v1/completions', '{', { 'x-request-id': 'err-7' });
     assert.equal(error.res.headers.get('x-request-id'), 'err-7');
+  });
+
+  test('a malformed, oversized or cut-off HTTP request is answered in the error shape, with a request id', async () => {
+    // Node's HTTP parser reports these to fastify, whose own answer was
+    // {"error": "Bad Request", "statusCode": 400}: a string where OpenAI clients read error.code,
+    // and no x-request-id.
+    const garbage = await rawExchange('GARBAGE\r\n\r\n');
+    assert.equal(garbage.status, 400);
+    assertOpenAIError(garbage.json, 'invalid_request');
+    assert.match(garbage.headers['x-request-id'] ?? '', /^[0-9a-f-]{36}$/);
+    const huge = await rawExchange(`GET /health HTTP/1.1\r\nhost: x\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`);
+    assert.equal(huge.status, 431);
+    assertOpenAIError(huge.json, 'headers_too_large');
+    assert.ok(huge.headers['x-request-id']);
+    // The body ends (the client half-closes) before its content-length: the request's own id.
+    const head = 'POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n';
+    const cut = await rawExchange(`${head}x-request-id: cut-1\r\ncontent-length: 100\r\n\r\n{"model":`, {
+      end: true,
+    });
+    assert.equal(cut.status, 400);
+    assertOpenAIError(cut.json, 'invalid_request');
+    assert.equal(cut.headers['x-request-id'], 'cut-1');
+    // A body that stalls: node's request timeout fires as this clientError (after 30 to 60 s,
+    // so it is raised here on the router's side of the real connection).
+    const stalled = await rawExchange(`${head}x-request-id: slow-1\r\ncontent-length: 100\r\n\r\n{"model":`, {
+      onSocket: (socket) =>
+        setTimeout(() => {
+          const err = Object.assign(new Error('Request timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' });
+          router.app.server.emit('clientError', err, socket);
+        }, 50),
+    });
+    assert.equal(stalled.status, 408);
+    assertOpenAIError(stalled.json, 'request_timeout');
+    assert.equal(stalled.headers['x-request-id'], 'slow-1');
   });
 
   test('unknown paths answer 404 in the error shape', async () => {

@@ -4,6 +4,8 @@
 // Routes live one group per module beside this file.
 
 import { randomUUID } from 'node:crypto';
+import { type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Tracer } from '@opentelemetry/api';
 import {
   type Context,
@@ -68,6 +70,21 @@ export function toHttpError(err: unknown): KvrouteError {
   return new KvrouteError('internal_error', 'internal error', { cause: err });
 }
 
+/** Maps a failure node's HTTP parser reports ('clientError': malformed, oversized, stalled) onto our codes. */
+function toClientError(err: { code?: string }): KvrouteError {
+  switch (err.code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return new KvrouteError('request_timeout', 'the request was not received in time');
+    case 'HPE_HEADER_OVERFLOW':
+      return new KvrouteError('headers_too_large', 'the request headers are larger than the limit');
+    default:
+      return new KvrouteError('invalid_request', `malformed HTTP request (${err.code ?? 'parse error'})`);
+  }
+}
+
+/** The request each socket last started, so a client error while its body arrives names it. */
+const socketRequests = new WeakMap<Socket, { id: string; res: ServerResponse }>();
+
 const LEVEL_RANK: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
 
 /** Whether `log` writes lines at `level` (pino's ranks; a logger without a level, e.g. disabled, writes nothing). */
@@ -109,6 +126,25 @@ export function createApp(deps: AppDeps): FastifyInstance {
     // error shape, Retry-After); fastify's own answer has neither.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
+    // What node's HTTP parser rejects (malformed, headers too large, cut short, a body stalled past
+    // requestTimeout) never becomes a request: it is answered on the socket, in our error shape.
+    clientErrorHandler: (err, socket) => {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      const last = socketRequests.get(socket);
+      const open = last !== undefined && !last.res.writableFinished;
+      // After a response has started on this socket, another one would corrupt it: just close.
+      if (!socket.writable || (open && last.res.headersSent)) return void socket.destroy();
+      const e = toClientError(err);
+      const body = JSON.stringify(e.toJSON());
+      // An open request is counted when its socket closes (onClientGone).
+      if (!open) metrics.requests.inc({ route: 'unmatched', status: String(e.status) });
+      socket.end(
+        `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json; charset=utf-8\r\n` +
+          `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${open ? last.id : randomUUID()}\r\n` +
+          `connection: close\r\n\r\n${body}`,
+        () => socket.destroy(),
+      );
+    },
   });
   registerJsonBodyParser(app, config.bodyLimit);
 
@@ -132,6 +168,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
   // and hook (fastify runs the next step from the promise's then).
   app.addHook('onRequest', (request, reply, done) => {
     reply.header('x-request-id', request.id);
+    socketRequests.set(request.raw.socket, { id: request.id, res: reply.raw });
     // Extract on ROOT: a malformed traceparent starts a fresh trace instead of inheriting anything.
     const parent = extractFromHeaders(request.headers, ROOT_CONTEXT);
     const span = tracer.startSpan('http-request', { kind: SpanKind.SERVER }, parent);
