@@ -173,6 +173,25 @@ describe('readiness and ids', () => {
     assert.equal(stalled.headers['x-request-id'], 'slow-1');
   });
 
+  test('a URL that does not decode is a 400 in the error shape, with its request id, and counted', async () => {
+    // fastify answered these itself, before any hook: its own error shape, no x-request-id, and
+    // nothing in kvroute_http_requests_total.
+    const counted = async () => {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      return Number(
+        /^kvroute_http_requests_total\{route="unmatched",status="400"\} (\d+)/m.exec(text)?.[1] ?? 0,
+      );
+    };
+    const before = await counted();
+    for (const path of ['/%zz', '/v1/workers/%zz/heartbeat', `/v1/workers/${'a'.repeat(200)}/heartbeat`]) {
+      const res = await fetch(`${url}${path}`, { method: 'POST', headers: { 'x-request-id': 'bad-url-1' } });
+      assert.equal(res.status, 400, path);
+      assertOpenAIError(await res.json(), 'invalid_request');
+      assert.equal(res.headers.get('x-request-id'), 'bad-url-1');
+    }
+    assert.equal((await counted()) - before, 3);
+  });
+
   test('unknown paths answer 404 in the error shape', async () => {
     const res = await fetch(`${url}/v1/nope`);
     assert.equal(res.status, 404);

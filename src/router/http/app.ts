@@ -93,6 +93,12 @@ function logs(log: FastifyBaseLogger, level: 'debug' | 'info'): boolean {
   return threshold !== undefined && LEVEL_RANK[level]! >= threshold;
 }
 
+/** Answers with `e`'s status and OpenAI body (+ Retry-After). */
+function sendError(reply: FastifyReply, e: KvrouteError): void {
+  if (e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
+  reply.status(e.status).send(e.toJSON());
+}
+
 export interface AppDeps {
   config: RouterConfig;
   metrics: RouterMetrics;
@@ -126,6 +132,15 @@ export function createApp(deps: AppDeps): FastifyInstance {
     // error shape, Retry-After); fastify's own answer has neither.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
+    // A request fastify answers before routing it (a URL that does not decode, a path parameter
+    // past its length): no hook runs, so the id, the count and the error shape are set here.
+    frameworkErrors: (err, request, reply) => {
+      reply.header('x-request-id', request.id);
+      reply.raw.once('finish', () =>
+        metrics.requests.inc({ route: 'unmatched', status: String(reply.statusCode) }),
+      );
+      sendError(reply, toHttpError(err));
+    },
     // What node's HTTP parser rejects (malformed, headers too large, cut short, a body stalled past
     // requestTimeout) never becomes a request: it is answered on the socket, in our error shape.
     clientErrorHandler: (err, socket) => {
@@ -241,13 +256,12 @@ export function createApp(deps: AppDeps): FastifyInstance {
         ...(typeof model === 'string' ? { 'kvroute.model': model } : {}),
       });
     }
-    if (e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
-    reply.status(e.status).send(e.toJSON());
+    sendError(reply, e);
   });
 
   app.setNotFoundHandler((request, reply) => {
     const e = new KvrouteError('not_found', `no route for ${request.method} ${request.url.split('?')[0]}`);
-    reply.status(e.status).send(e.toJSON());
+    sendError(reply, e);
   });
 
   return app;
