@@ -13,6 +13,7 @@ import { Agent } from 'undici';
 import { spec as workerSpec } from '../src/cli/commands/worker.js';
 import { type CommandSpec, decimalText, type ParsedOptions } from '../src/cli/options.js';
 import { UsageError } from '../src/errors.js';
+import { ChildExited, childDeathAsExit } from './lib/child.js';
 import { type CompletionTiming, streamCompletion } from './lib/completion-stream.js';
 import { startFleet } from './lib/fleet.js';
 import { Progress } from './lib/progress.js';
@@ -115,6 +116,8 @@ async function replayPolicy(
   },
 ): Promise<{ run: PolicyRun; workerIds: string[] }> {
   const maxPrompt = extent(requests.map((r) => r.inputLength))?.max ?? 0;
+  // A router or worker that exits at start (a bad KVROUTE_ value in the environment it inherits,
+  // say) is the operator's to fix: one line and exit 1 (childDeathAsExit), not a stack trace.
   const fleet = await startFleet({
     workers: o.workers,
     policy,
@@ -143,6 +146,9 @@ async function replayPolicy(
       '--model',
       o.model,
     ],
+  }).catch((err: unknown) => {
+    const text = err instanceof Error ? err.message : String(err);
+    throw new ChildExited(text.trim().replace(/\s*\n\s*/g, ' | '));
   });
   const agent = new Agent({ connections: 1024, keepAliveTimeout: 30_000 });
   const progress = new Progress(`replay ${policy}`, requests.length);
@@ -214,7 +220,11 @@ function printTable(runs: readonly PolicyRun[]): void {
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
-export async function run(options: ParsedOptions): Promise<number> {
+export function run(options: ParsedOptions): Promise<number> {
+  return childDeathAsExit('replay', () => replay(options));
+}
+
+async function replay(options: ParsedOptions): Promise<number> {
   if (typeof options.trace !== 'string' || options.trace === '') {
     throw new UsageError('--trace is required (a Mooncake-format JSONL file)');
   }

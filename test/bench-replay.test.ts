@@ -136,10 +136,13 @@ test('judgeReplay: a policy that failed requests does not meet the goals on the 
 });
 
 /** `kvroute bench replay <args>` under tsx: exit code and stderr. */
-async function replayCli(args: string[]): Promise<{ code: number | null; stderr: string }> {
+async function replayCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'bench', 'replay', ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env },
   });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
@@ -164,6 +167,25 @@ test('replay hands its options to the workers in a form they take, within their 
     const huge = await replayCli([...base, '--kv-blocks', '100000000']);
     assert.equal(huge.code, 2, huge.stderr);
     assert.match(huge.stderr, /^kvroute bench: --kv-blocks: must be <= 16777216, got 100000000\n$/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a worker that cannot start is one line on stderr and exit 1, not a stack trace', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
+  try {
+    const trace = join(dir, 'trace.jsonl');
+    await writeFile(
+      trace,
+      `${JSON.stringify({ timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] })}\n`,
+    );
+    // The workers inherit the environment: a bad KVROUTE_ value makes every one exit 2 at start.
+    const { code, stderr } = await replayCli(['--trace', trace, '--workers', '1'], {
+      KVROUTE_MAX_BATCHED_TOKENS: 'abc',
+    });
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /^kvroute bench replay: worker-1 exited \(2\): .*KVROUTE_MAX_BATCHED_TOKENS.*\n$/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
