@@ -12,6 +12,7 @@ export const ERROR_CODES = {
   worker_not_found: { status: 404, type: 'not_found_error' },
   request_timeout: { status: 408, type: 'invalid_request_error' },
   payload_too_large: { status: 413, type: 'invalid_request_error' },
+  unsupported_media_type: { status: 415, type: 'invalid_request_error' },
   headers_too_large: { status: 431, type: 'invalid_request_error' },
   client_closed: { status: 499, type: 'invalid_request_error' },
   // The service's failures (5xx).

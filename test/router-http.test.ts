@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import zlib from 'node:zlib';
 import Fastify from 'fastify';
 import { Histogram, Registry } from 'prom-client';
 import { ENGINE_DEFAULTS } from '../src/engine/engine.js';
@@ -396,6 +397,40 @@ describe('bad inference input', () => {
       assertOpenAIError(json, 'invalid_request');
       assert.match(json.error.message, /content-type.*application\/json/, `${type}`);
     }
+  });
+
+  test('a gzip or deflate body is decoded; past the limit once decoded -> 413; other encodings -> 415', async () => {
+    // The encoded bytes were handed to the JSON parser: 400 invalid_json for a valid body.
+    const body = JSON.stringify({ model: 'mock-llm', prompt: 'hello there' });
+    const send = (encoding: string, bytes: Uint8Array) =>
+      fetch(`${url}/v1/route`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'content-encoding': encoding },
+        body: bytes,
+      });
+    for (const [encoding, bytes] of [
+      ['gzip', zlib.gzipSync(body)],
+      ['deflate', zlib.deflateSync(body)],
+      ['identity', Buffer.from(body)],
+    ] as const) {
+      const res = await send(encoding, bytes);
+      const json = (await res.json()) as { model: string };
+      assert.equal(res.status, 200, `${encoding}: ${JSON.stringify(json)}`);
+      assert.equal(json.model, 'mock-llm');
+    }
+    // 2 KB that inflates to 1 MiB: the limit (64 KiB here) is on the decoded body.
+    const bomb = zlib.gzipSync(Buffer.alloc(1 << 20, 0x20));
+    const big = await send('gzip', bomb);
+    assert.equal(big.status, 413);
+    assertOpenAIError(await big.json(), 'payload_too_large');
+    const corrupt = await send('gzip', Buffer.from('not gzip at all'));
+    assert.equal(corrupt.status, 400);
+    assertOpenAIError(await corrupt.json(), 'invalid_request');
+    const other = await send('compress', Buffer.from(body));
+    assert.equal(other.status, 415);
+    const json = (await other.json()) as { error: { message: string } };
+    assertOpenAIError(json, 'unsupported_media_type');
+    assert.match(json.error.message, /gzip/);
   });
 
   test('a body over the limit -> 413', async () => {

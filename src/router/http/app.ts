@@ -59,6 +59,13 @@ export function toHttpError(err: unknown): KvrouteError {
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       return new KvrouteError('invalid_request', 'content-type must be application/json');
   }
+  // zlib's codes: a body that does not decode as its content-encoding says (json-body.ts).
+  if (e.code?.startsWith('Z_')) {
+    return new KvrouteError(
+      'invalid_request',
+      `request body does not decode (content-encoding): ${e.message}`,
+    );
+  }
   if (err instanceof SyntaxError || (e.statusCode === 400 && /JSON/i.test(e.message ?? ''))) {
     return new KvrouteError('invalid_json', `request body is not valid JSON: ${e.message}`);
   }

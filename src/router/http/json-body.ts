@@ -6,8 +6,15 @@
 // JSON.parse on a token-id prompt), or with JSON.parse when that reader leaves it. Anything else,
 // and any body JSON.parse rejects, goes to fastify's parser unchanged: the same values and the
 // same errors either way.
+//
+// A body sent gzip- or deflate-encoded (content-encoding) is decoded on its way to the parser, so
+// the body limit applies to the decoded bytes (a small body cannot inflate past it); any other
+// encoding is refused with 415 rather than handed, still encoded, to the JSON parser.
 
+import { pipeline, type Readable } from 'node:stream';
+import zlib from 'node:zlib';
 import type { FastifyInstance } from 'fastify';
+import { KvrouteError } from '../../errors.js';
 import { NOT_PARSED, parseJsonBytes } from './json-bytes.js';
 
 /** Whether fastify's poisoning scan could find anything in `body` (else JSON.parse alone is exact). */
@@ -15,11 +22,46 @@ function mayBePoisoned(body: Buffer): boolean {
   return body.includes('__proto__') || body.includes('constructor') || body.includes('\\u');
 }
 
+/** A decoder for a content-encoding; undefined for none, null for one we do not decode. */
+function decoderFor(encoding: string | undefined): zlib.Gunzip | zlib.Inflate | undefined | null {
+  const name = encoding?.trim().toLowerCase();
+  if (name === undefined || name === '' || name === 'identity') return undefined;
+  if (name === 'gzip' || name === 'x-gzip') return zlib.createGunzip();
+  if (name === 'deflate') return zlib.createInflate();
+  return null;
+}
+
+/** The request body decoded as it arrives; fastify checks content-length against `receivedEncodedLength`. */
+function decoded(payload: Readable, decoder: zlib.Gunzip | zlib.Inflate): Readable {
+  const out = decoder as typeof decoder & { receivedEncodedLength: number };
+  out.receivedEncodedLength = 0;
+  payload.on('data', (chunk: Buffer) => {
+    out.receivedEncodedLength += chunk.length;
+  });
+  // A request that ends early or fails destroys the decoder, which fastify's reader hears.
+  pipeline(payload, decoder, () => {});
+  return out;
+}
+
 export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number): void {
   // Fastify's text/plain parser would hand a route the body as a string, answered "must be a JSON
   // object" even when it is one: without it, text/plain is refused like any other media type
   // (toHttpError: "content-type must be application/json").
   app.removeContentTypeParser('text/plain');
+  app.addHook('preParsing', (request, _reply, payload, done) => {
+    const decoder = decoderFor(request.headers['content-encoding']);
+    if (decoder === undefined) return done(null, payload);
+    if (decoder === null) {
+      const encoding = request.headers['content-encoding'];
+      return done(
+        new KvrouteError(
+          'unsupported_media_type',
+          `content-encoding ${encoding} is not supported: send the body as is, gzip or deflate`,
+        ),
+      );
+    }
+    done(null, decoded(payload, decoder));
+  });
   const secure = app.getDefaultJsonParser('error', 'error');
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
     const bytes = body as Buffer;
