@@ -2,10 +2,12 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ENGINE_DEFAULTS } from '../src/engine/engine.js';
 import { KvrouteError } from '../src/errors.js';
 import type { RegisterWorkerRequest } from '../src/protocols/registration.js';
 import { WorkerRegistry } from '../src/router/registry/index.js';
+import { createRouter } from '../src/router/service.js';
 
 const T0 = 1_000_000;
 
@@ -203,4 +205,31 @@ test('4,096 workers: lookups return every one, expiry removes them all', () => {
   assert.equal(r.candidates('mock', 'prefill').length, 2048);
   assert.equal(r.expire(T0 + 999 + 100).length, 100);
   assert.equal(r.expire(T0 + 10_000).length, 3996);
+});
+
+test('a wall-clock step does not expire a lease its worker keeps: leases run on a monotonic clock', async () => {
+  // An NTP correction or a VM resumed from a pause moves Date.now() by any amount at once. Leases
+  // measured on it all ran out together on the next sweep (every live worker removed, its index
+  // purged) after a step forward, and lasted an hour too long after a step back.
+  const router = await createRouter({ port: 0, logger: false, leaseTtlMs: 10_000 });
+  const wallClock = Date.now;
+  try {
+    const url = await router.listen();
+    const res = await fetch(`${url}/v1/workers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body({ kv_events: false })),
+    });
+    assert.equal(res.status, 201);
+    const { worker_id } = (await res.json()) as { worker_id: string };
+    Date.now = () => wallClock() + 3_600_000;
+    // The sweep runs every second (TTL/4, at most 1000 ms): two of them, well within the 10 s lease.
+    await sleep(2_500);
+    const beat = await fetch(`${url}/v1/workers/${worker_id}/heartbeat`, { method: 'POST' });
+    assert.equal(beat.status, 200, 'the lease was still live');
+    assert.equal(router.registry.size, 1);
+  } finally {
+    Date.now = wallClock;
+    await router.close();
+  }
 });

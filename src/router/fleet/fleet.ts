@@ -29,6 +29,15 @@ export type RemovalReason = 'deregistered' | 'lease_expired' | 'replaced' | 'unr
 
 const NO_OVERLAP: OverlapSource = { get: () => undefined };
 
+/**
+ * The clock of leases (ms): monotonic, never Date.now(). The wall clock steps (NTP corrections, a
+ * VM resumed from a pause): a step forward ran every live lease out at the next sweep, a step back
+ * kept dead workers listed and broke the registry's expiry order.
+ */
+export function leaseClock(): number {
+  return performance.now();
+}
+
 export class Fleet {
   readonly registry: WorkerRegistry;
   /** Exact index fed by KV events. */
@@ -51,7 +60,7 @@ export class Fleet {
     const ttl = this.registry.leaseTtlMs;
     const period = this.opts.sweepIntervalMs ?? Math.max(50, Math.min(1000, Math.floor(ttl / 4)));
     // Root context: lease expiry serves every worker, whoever called start().
-    this.sweepTimer = withRootContext(() => setInterval(() => this.sweep(Date.now()), period));
+    this.sweepTimer = withRootContext(() => setInterval(() => this.sweep(leaseClock()), period));
     this.sweepTimer.unref();
   }
 

@@ -3,19 +3,19 @@
 
 import type { FastifyInstance } from 'fastify';
 import type { RegisterWorkerResponse } from '../../protocols/registration.js';
-import type { Fleet } from '../fleet/fleet.js';
+import { type Fleet, leaseClock } from '../fleet/fleet.js';
 
 export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet): void {
   const { registry } = fleet;
 
   app.post('/v1/workers', async (request, reply) => {
-    const worker = fleet.register(request.body, Date.now());
+    const worker = fleet.register(request.body, leaseClock());
     const answer: RegisterWorkerResponse = { worker_id: worker.id, lease_ttl_ms: registry.leaseTtlMs };
     return reply.status(201).send(answer);
   });
 
   app.post<{ Params: { id: string } }>('/v1/workers/:id/heartbeat', async (request) => {
-    const worker = fleet.heartbeat(request.params.id, Date.now());
+    const worker = fleet.heartbeat(request.params.id, leaseClock());
     return { worker_id: worker.id, lease_ttl_ms: registry.leaseTtlMs };
   });
 
@@ -25,7 +25,7 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet): void {
   });
 
   app.get('/v1/workers', async () => {
-    const now = Date.now();
+    const now = leaseClock();
     return {
       object: 'list',
       data: registry.list().map((w) => ({
