@@ -433,6 +433,32 @@ describe('bad inference input', () => {
     assert.match(json.error.message, /gzip/);
   });
 
+  test('a body declared in a charset other than UTF-8 -> 415; utf-8 in any spelling is read', async () => {
+    // The bytes were decoded as UTF-8 whatever the charset said: latin-1 "café" became "caf\uFFFD".
+    const send = (contentType: string, bytes: Buffer) =>
+      fetch(`${url}/v1/route`, { method: 'POST', headers: { 'content-type': contentType }, body: bytes });
+    const body = JSON.stringify({ model: 'mock-llm', prompt: 'café' });
+    for (const type of [
+      'application/json; charset=utf-8',
+      'application/json;charset="UTF-8"',
+      'application/json',
+    ]) {
+      const res = await send(type, Buffer.from(body, 'utf8'));
+      assert.equal(res.status, 200, type);
+      await res.arrayBuffer();
+    }
+    for (const [charset, encoding] of [
+      ['iso-8859-1', 'latin1'],
+      ['utf-16le', 'utf16le'],
+    ] as const) {
+      const res = await send(`application/json; charset=${charset}`, Buffer.from(body, encoding));
+      assert.equal(res.status, 415, charset);
+      const json = (await res.json()) as { error: { message: string } };
+      assertOpenAIError(json, 'unsupported_media_type');
+      assert.match(json.error.message, /UTF-8/);
+    }
+  });
+
   test('a body over the limit -> 413', async () => {
     const r = await post('/v1/completions', { model: 'mock-llm', prompt: 'x'.repeat(70 * 1024) });
     assert.equal(r.status, 413);

@@ -9,7 +9,8 @@
 //
 // A body sent gzip- or deflate-encoded (content-encoding) is decoded on its way to the parser, so
 // the body limit applies to the decoded bytes (a small body cannot inflate past it); any other
-// encoding is refused with 415 rather than handed, still encoded, to the JSON parser.
+// encoding is refused with 415 rather than handed, still encoded, to the JSON parser; so is a
+// body whose content-type names a charset other than UTF-8.
 
 import { pipeline, type Readable } from 'node:stream';
 import zlib from 'node:zlib';
@@ -43,6 +44,19 @@ function decoded(payload: Readable, decoder: zlib.Gunzip | zlib.Inflate): Readab
   return out;
 }
 
+/** A `charset` parameter of a content-type (JSON is UTF-8, RFC 8259 §8.1; the body is read as such). */
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)/i;
+
+/** Refuses a body its content-type says is not UTF-8, instead of reading it as UTF-8 anyway. */
+function checkCharset(contentType: string | undefined): KvrouteError | undefined {
+  const charset = contentType === undefined ? undefined : CHARSET.exec(contentType)?.[1]?.toLowerCase();
+  if (charset === undefined || charset === 'utf-8' || charset === 'utf8') return undefined;
+  return new KvrouteError(
+    'unsupported_media_type',
+    `charset ${charset} is not supported: send JSON as UTF-8`,
+  );
+}
+
 export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number): void {
   // Fastify's text/plain parser would hand a route the body as a string, answered "must be a JSON
   // object" even when it is one: without it, text/plain is refused like any other media type
@@ -64,6 +78,8 @@ export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number):
   });
   const secure = app.getDefaultJsonParser('error', 'error');
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
+    const wrongCharset = checkCharset(request.headers['content-type']);
+    if (wrongCharset) return done(wrongCharset, undefined);
     const bytes = body as Buffer;
     if (bytes.length === 0 || mayBePoisoned(bytes)) return secure(request, bytes.toString('utf8'), done);
     const read = parseJsonBytes(bytes);
