@@ -3,11 +3,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { FastifyBaseLogger } from 'fastify';
 import { ENGINE_DEFAULTS } from '../src/engine/engine.js';
 import { KvrouteError } from '../src/errors.js';
 import type { RegisterWorkerRequest } from '../src/protocols/registration.js';
+import { Fleet } from '../src/router/fleet/fleet.js';
+import { RouterMetrics } from '../src/router/metrics.js';
 import { WorkerRegistry } from '../src/router/registry/index.js';
 import { createRouter } from '../src/router/service.js';
+import { RequestPlaneClient } from '../src/tcp/index.js';
 
 const T0 = 1_000_000;
 
@@ -120,6 +124,50 @@ test('heartbeat and deregister of an unknown or expired id answer 404 worker_not
       call,
       (err: unknown) => err instanceof KvrouteError && err.code === 'worker_not_found' && err.status === 404,
     );
+  }
+});
+
+test('a heartbeat after the lease ran out is refused, also before the sweep removed the worker', () => {
+  // The sweep runs every TTL/4 (at most 1 s): a heartbeat arriving in between renewed a lease that
+  // had run out, so whether a silent worker was dropped depended on the sweep's phase.
+  const r = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 1000 });
+  const a = r.register(body(), T0).worker;
+  assert.equal(r.heartbeat(a.id, T0 + 999).leaseExpiresAt, T0 + 1999);
+  assert.throws(
+    () => r.heartbeat(a.id, T0 + 1999),
+    (err: unknown) => err instanceof KvrouteError && err.code === 'worker_not_found',
+  );
+  assert.deepEqual(
+    r.expire(T0 + 1999).map((w) => w.id),
+    [a.id],
+  );
+});
+
+test('the fleet removes a worker whose late heartbeat it refuses, as lease expiry', async () => {
+  // Removed as expired (its streams keep their pool), not left for its re-registration at the
+  // same address to replace, which cuts every stream the live worker still serves.
+  const removed: unknown[] = [];
+  const log = {
+    info: (fields: { event?: string; reason?: string }) =>
+      fields.event === 'worker_removed' && removed.push(fields.reason),
+    warn: (fields: { event?: string; reason?: string }) =>
+      fields.event === 'worker_removed' && removed.push(fields.reason),
+  } as unknown as FastifyBaseLogger;
+  const client = new RequestPlaneClient();
+  const registry = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 1000 });
+  const metrics = new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 });
+  const fleet = new Fleet({ registry, client, metrics, log, approxTtlMs: 60_000 });
+  try {
+    const a = fleet.register(body({ kv_events: false }), T0);
+    assert.throws(
+      () => fleet.heartbeat(a.id, T0 + 1000),
+      (err: unknown) => err instanceof KvrouteError && err.code === 'worker_not_found',
+    );
+    assert.equal(registry.size, 0);
+    assert.deepEqual(removed, ['lease_expired']);
+  } finally {
+    await fleet.close();
+    await client.close();
   }
 });
 

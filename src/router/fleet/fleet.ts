@@ -93,7 +93,14 @@ export class Fleet {
     return worker;
   }
 
+  /**
+   * Renews a lease; throws worker_not_found (404) for an unknown id or a lease that ran out. Leases
+   * that ran out are removed first, as the sweep would: the refused worker registers again at the
+   * same address, which must find it gone (expired: its streams go on), not replace it (a
+   * replaced worker's process is gone, and its streams are cut).
+   */
   heartbeat(workerId: string, now: number): Worker {
+    this.expire(now);
     return this.registry.heartbeat(workerId, now);
   }
 

@@ -118,9 +118,16 @@ export class WorkerRegistry {
     return { worker, replaced };
   }
 
-  /** Renews a lease. Throws `worker_not_found` (404: register again) for an unknown or expired id. */
+  /**
+   * Renews a lease. Throws `worker_not_found` (404: register again) for an unknown id or a lease
+   * that ran out by `now`, whether or not `expire` has removed it yet (the caller's sweep runs
+   * periodically; the answer must not depend on its phase). `expire` still removes the worker.
+   */
   heartbeat(workerId: string, now: number): Worker {
     const worker = this.mustGet(workerId);
+    if (worker.leaseExpiresAt <= now) {
+      throw new KvrouteError('worker_not_found', `the lease of worker ${workerId} ran out`, { param: 'id' });
+    }
     worker.leaseExpiresAt = now + this.leaseTtlMs;
     this.byLease.delete(workerId);
     this.byLease.set(workerId, worker);
