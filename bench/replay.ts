@@ -1,11 +1,11 @@
 // `kvroute bench replay --trace FILE`: replays a Mooncake-format trace against a real router and
-// N aggregated mock workers (child processes, fresh for every policy), sending each request at its
-// timestamp divided by --speedup × --load-scale (the workers' engines run --speedup times faster,
-// so at load-scale 1 the offered load relative to capacity is the trace's own; above 1 the
-// arrivals are compressed further to load the fleet). Measures TTFT, inter-token latency,
-// output throughput, KV hit rate (usage cached_tokens / prompt_tokens) and the spread of requests
-// over workers (x-kvroute-decode-worker). Prints a table, --out writes an HTML report with SVG
-// charts, --json prints one JSON object as the last line.
+// N aggregated mock workers (child processes, fresh for every policy), sending each request in
+// timestamp order at (its timestamp − the earliest) / (--speedup × --load-scale) (the workers'
+// engines run --speedup times faster, so at load-scale 1 the offered load relative to capacity is
+// the trace's own; above 1 the arrivals are compressed further to load the fleet). Measures TTFT,
+// inter-token latency, output throughput, KV hit rate (usage cached_tokens / prompt_tokens) and the
+// spread of requests over workers (x-kvroute-decode-worker). Prints a table, --out writes an HTML
+// report with SVG charts, --json prints one JSON object as the last line.
 
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,7 +20,7 @@ import { Progress } from './lib/progress.js';
 import { judgeReplay, type PolicySummary, type ReplayRecord, summarizeReplay } from './lib/replay-metrics.js';
 import { type PolicyRun, renderReport } from './lib/replay-report.js';
 import { extent } from './lib/stats.js';
-import { expandPrompt, parseTrace, type TraceRequest } from './lib/trace.js';
+import { arrivalSchedule, expandPrompt, parseTrace, type ScheduledRequest } from './lib/trace.js';
 
 const POLICIES = ['kv', 'round-robin', 'random'] as const;
 
@@ -102,10 +102,10 @@ export const spec: CommandSpec = {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** One policy on a fresh fleet: every request sent at its scaled timestamp, all answers awaited. */
+/** One policy on a fresh fleet: every request sent when it is due, all answers awaited. */
 async function replayPolicy(
   policy: string,
-  requests: readonly TraceRequest[],
+  schedule: readonly ScheduledRequest[],
   o: {
     workers: number;
     speedup: number;
@@ -115,7 +115,7 @@ async function replayPolicy(
     model: string;
   },
 ): Promise<{ run: PolicyRun; workerIds: string[] }> {
-  const maxPrompt = extent(requests.map((r) => r.inputLength))?.max ?? 0;
+  const maxPrompt = extent(schedule.map((s) => s.request.inputLength))?.max ?? 0;
   // A router or worker that exits at start (a bad KVROUTE_ value in the environment it inherits,
   // say) is the operator's to fix: one line and exit 1 (childDeathAsExit), not a stack trace.
   const fleet = await startFleet({
@@ -151,16 +151,14 @@ async function replayPolicy(
     throw new ChildExited(text.trim().replace(/\s*\n\s*/g, ' | '));
   });
   const agent = new Agent({ connections: 1024, keepAliveTimeout: 30_000 });
-  const progress = new Progress(`replay ${policy}`, requests.length);
+  const progress = new Progress(`replay ${policy}`, schedule.length);
   const records: ReplayRecord[] = [];
   try {
     const t0 = performance.now();
-    const first = requests[0]?.timestamp ?? 0;
     const pending: Promise<void>[] = [];
     let inFlight = 0;
-    for (const req of requests) {
-      const due = (req.timestamp - first) / (o.speedup * o.loadScale);
-      const wait = due - (performance.now() - t0);
+    for (const { request: req, dueMs } of schedule) {
+      const wait = dueMs - (performance.now() - t0);
       if (wait > 1) await sleep(wait);
       const sentAt = performance.now() - t0;
       const body = { model: o.model, prompt: expandPrompt(req), max_tokens: req.outputLength };
@@ -243,8 +241,12 @@ async function replay(options: ParsedOptions): Promise<number> {
   }
   if (parsed.errors.length > 10)
     process.stderr.write(`… and ${parsed.errors.length - 10} more malformed lines\n`);
-  const requests = limit > 0 ? parsed.requests.slice(0, limit) : parsed.requests;
-  if (requests.length === 0) throw new UsageError(`--trace: no valid requests in '${options.trace}'`);
+  if (parsed.requests.length === 0) throw new UsageError(`--trace: no valid requests in '${options.trace}'`);
+  // In arrival order, so --limit keeps the first N arrivals.
+  const all = arrivalSchedule(parsed.requests, speedup * (options.loadScale as number));
+  if (all.some((s, i) => s.request !== parsed.requests[i]))
+    process.stderr.write(`${options.trace}: lines not in timestamp order: replayed in timestamp order\n`);
+  const requests = limit > 0 ? all.slice(0, limit) : all;
 
   const policies = options.policy === 'all' ? [...POLICIES] : [options.policy as string];
   const settings = {

@@ -8,6 +8,7 @@ import { summarizeReplay } from '../bench/lib/replay-metrics.js';
 import { extent, percentile } from '../bench/lib/stats.js';
 import { barChart, lineChart, niceTicks } from '../bench/lib/svg-chart.js';
 import {
+  arrivalSchedule,
   expandPrompt,
   hashIdTokens,
   parseTrace,
@@ -66,6 +67,30 @@ test('reports malformed lines with their line numbers and keeps the valid ones',
   assert.match(errors[3]!.message, /not a JSON object/);
   assert.match(errors[4]!.message, /output_length/);
   assert.match(errors[5]!.message, /hash_ids/);
+});
+
+test('the schedule replays by timestamp, from the earliest arrival, whatever the line order', () => {
+  const line = (ts: number) =>
+    JSON.stringify({ timestamp: ts, input_length: 10, output_length: 1, hash_ids: [ts] });
+  // Out of order (lines 1 and 4 later than 2 and 3), and two equal timestamps.
+  const { requests } = parseTrace([500, 200, 200, 900, 300].map(line).join('\n'));
+  const schedule = arrivalSchedule(requests, 10);
+  assert.deepEqual(
+    schedule.map((s) => [s.request.line, s.dueMs]),
+    [
+      [2, 0],
+      [3, 0],
+      [5, 10],
+      [1, 30],
+      [4, 70],
+    ],
+  );
+  // A trace in order (as the shared one is) is sent as it stands, the first line at 0.
+  const sorted = parseTrace([40, 40, 1040].map(line).join('\n')).requests;
+  assert.deepEqual(
+    arrivalSchedule(sorted, 2).map((s) => s.dueMs),
+    [0, 0, 500],
+  );
 });
 
 test('hash-id expansion is deterministic, in range, and distinct ids give distinct blocks', () => {

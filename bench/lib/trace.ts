@@ -86,6 +86,24 @@ export function parseTrace(text: string): ParsedTrace {
   return { requests, errors };
 }
 
+export interface ScheduledRequest {
+  request: TraceRequest;
+  /** When to send it: ms after the earliest arrival, divided by the replay's time scale. */
+  dueMs: number;
+}
+
+/**
+ * The requests in arrival order, each due at its timestamp less the earliest one, over `timeScale`.
+ * Sorted by timestamp (a stable sort: equal timestamps keep their file order), because a trace's
+ * timestamps are arrival times: sent in file order, a line earlier in time than the one before it
+ * went out late, and the first line's timestamp, not the earliest, was time 0.
+ */
+export function arrivalSchedule(requests: readonly TraceRequest[], timeScale: number): ScheduledRequest[] {
+  const inOrder = [...requests].sort((a, b) => a.timestamp - b.timestamp);
+  const first = inOrder[0]?.timestamp ?? 0;
+  return inOrder.map((request) => ({ request, dueMs: (request.timestamp - first) / timeScale }));
+}
+
 /** splitmix32-style finaliser: spreads consecutive seeds over the whole u32 range. */
 function mix32(x: number): number {
   let z = x >>> 0;
