@@ -276,6 +276,11 @@ test('a wall-clock step does not expire a lease its worker keeps: leases run on 
     const beat = await fetch(`${url}/v1/workers/${worker_id}/heartbeat`, { method: 'POST' });
     assert.equal(beat.status, 200, 'the lease was still live');
     assert.equal(router.registry.size, 1);
+    const list = (await (await fetch(`${url}/v1/workers`)).json()) as {
+      data: { lease_expires_in_ms: number }[];
+    };
+    const left = list.data[0]!.lease_expires_in_ms;
+    assert.ok(Number.isInteger(left) && left > 0 && left <= 10_000, `lease_expires_in_ms ${left}`);
   } finally {
     Date.now = wallClock;
     await router.close();

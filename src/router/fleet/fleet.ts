@@ -35,7 +35,8 @@ const NO_OVERLAP: OverlapSource = { get: () => undefined };
  * kept dead workers listed and broke the registry's expiry order.
  */
 export function leaseClock(): number {
-  return performance.now();
+  // Whole milliseconds, as Date.now() gave: GET /v1/workers shows lease_expires_in_ms as an integer.
+  return Math.floor(performance.now());
 }
 
 export class Fleet {
