@@ -133,21 +133,37 @@ test('judgeReplay: a policy that failed requests does not meet the goals on the 
   };
   assert.equal(judgeReplay([deadKv, rr], 10).met?.ttft, false);
   assert.equal(judgeReplay([fastKv], 10).met, null, 'no round-robin run: nothing to judge');
+  // Without a comparison the figures still cover only what was served: said for every policy.
+  const alone = judgeReplay([failingKv], 10);
+  assert.equal(alone.met, null);
+  assert.deepEqual(
+    alone.incomplete.map((r) => r.policy),
+    ['kv'],
+  );
+  const failingRandom = { policy: 'random', summary: { ...rr.summary, completed: 9, errors: 1 } };
+  const withRandom = judgeReplay([fastKv, rr, failingRandom], 10);
+  assert.deepEqual(
+    withRandom.incomplete.map((r) => r.policy),
+    ['random'],
+  );
+  assert.deepEqual(withRandom.met, { ttft: true, hitRate: true }, 'random is not part of the goals');
 });
 
-/** `kvroute bench replay <args>` under tsx: exit code and stderr. */
+/** `kvroute bench replay <args>` under tsx: exit code, stdout and stderr. */
 async function replayCli(
   args: string[],
   env: Record<string, string> = {},
-): Promise<{ code: number | null; stderr: string }> {
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'bench', 'replay', ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env },
   });
+  let stdout = '';
   let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
   const [code] = await once(child, 'exit');
-  return { code, stderr };
+  return { code, stdout, stderr };
 }
 
 test('replay hands its options to the workers in a form they take, within their bounds', async () => {
@@ -186,6 +202,28 @@ test('a worker that cannot start is one line on stderr and exit 1, not a stack t
     });
     assert.equal(code, 1, stderr);
     assert.match(stderr, /^kvroute bench replay: worker-1 exited \(2\): .*KVROUTE_MAX_BATCHED_TOKENS.*\n$/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a policy that failed some requests is told to leave them out of its figures', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
+  try {
+    const trace = join(dir, 'trace.jsonl');
+    // 10 blocks of 16 tokens per worker: the 40-token prompt fits, the 600-token one is refused.
+    const lines = [
+      { timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] },
+      { timestamp: 10, input_length: 600, output_length: 3, hash_ids: [0, 1] },
+    ];
+    await writeFile(trace, `${lines.map((l) => JSON.stringify(l)).join('\n')}\n`);
+    const { code, stdout, stderr } = await replayCli([
+      ...['--trace', trace, '--workers', '1', '--kv-blocks', '10', '--json'],
+    ]);
+    assert.equal(code, 0, stderr);
+    const result = JSON.parse(stdout.trim().split('\n').at(-1)!);
+    assert.equal(result.policies.kv.errors, 1);
+    assert.match(stdout, /^kv failed 1 of 2 requests: its TTFT, .* cover the 1 it completed$/m);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

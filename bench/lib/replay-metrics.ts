@@ -147,7 +147,8 @@ export const REPLAY_GOALS = { kvMeanTtftOverRoundRobinAtMost: 1 / 3, kvHitRateOv
  * kv against round-robin, and whether the goals are met (null without both policies). Means and
  * hit rates cover completed requests only, so a policy that failed requests would be judged on
  * the ones it did not fail (one that failed every request read a mean TTFT of 0): the goals are
- * met only when both policies completed all `requests`; `incomplete` names the ones that did not.
+ * met only when both policies completed all `requests`. `incomplete` names every policy that did
+ * not complete them all, compared or not, so the bench can say whose figures leave requests out.
  */
 export function judgeReplay<R extends { policy: string; summary: PolicySummary }>(
   runs: readonly R[],
@@ -162,16 +163,10 @@ export function judgeReplay<R extends { policy: string; summary: PolicySummary }
           kvHitRateOverRoundRobin: rr.kvHitRate > 0 ? round(kv.kvHitRate / rr.kvHitRate, 2) : null,
         }
       : null;
-  const incomplete = comparison
-    ? runs.filter(
-        (r) =>
-          (r.policy === 'kv' || r.policy === 'round-robin') &&
-          (r.summary.errors > 0 || r.summary.completed < requests),
-      )
-    : [];
+  const incomplete = runs.filter((r) => r.summary.errors > 0 || r.summary.completed < requests);
   const met =
     comparison && kv
-      ? incomplete.length > 0
+      ? incomplete.some((r) => r.policy === 'kv' || r.policy === 'round-robin')
         ? { ttft: false, hitRate: false }
         : {
             ttft:
