@@ -617,6 +617,59 @@ describe('request-plane pools of departed workers', () => {
   });
 });
 
+test('a request whose body completes after close() began is refused 503 shutting_down, not started and cut', async () => {
+  // It passed onRequest before close(), so nothing refused it: it ran on the worker, was not in
+  // the set close() aborts, and its socket was cut after the grace: a stream with no end.
+  const closing = await createRouter({ port: 0, logger: false });
+  const worker = new RequestPlaneServer();
+  let calls = 0;
+  worker.handle('generate', async function* () {
+    calls++;
+    for (let i = 0; i < 100; i++) {
+      yield encodeJson({ token_ids: [290], finish_reason: null, prompt_tokens: 4, cached_tokens: 0 });
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    yield encodeJson({ token_ids: [290], finish_reason: 'length', prompt_tokens: 4, cached_tokens: 0 });
+  });
+  try {
+    await worker.listen(0);
+    const base = await closing.listen();
+    const reg = await fetch(`${base}/v1/workers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(registration({ address: worker.address, model: 'close-llm' })),
+    });
+    assert.equal(reg.status, 201);
+    const body = JSON.stringify({ model: 'close-llm', prompt: 'hi', max_tokens: 101, stream: true });
+    const received = new Promise((resolve) =>
+      closing.app.server.once('connection', (s: net.Socket) => s.once('data', resolve)),
+    );
+    const socket = net.connect(Number(new URL(base).port), '127.0.0.1');
+    let text = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => {
+      text += d;
+    });
+    const gone = new Promise((resolve) => socket.once('close', resolve));
+    socket.write(
+      `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n` +
+        `x-request-id: late-1\r\ncontent-length: ${body.length}\r\n\r\n${body.slice(0, 10)}`,
+    );
+    await received;
+    const closed = closing.close();
+    socket.write(body.slice(10));
+    await closed;
+    await gone;
+    assert.match(text, /^HTTP\/1\.1 503 /, text.slice(0, 300));
+    assert.match(text, /x-request-id: late-1/);
+    assert.match(text, /"code":"shutting_down"/);
+    assert.equal(calls, 0);
+  } finally {
+    await closing.close();
+    await worker.close({ deadlineMs: 100 });
+  }
+});
+
 test('RequestHistogram exposes exactly what a prom-client Histogram does (labelled, unlabelled, reset)', async () => {
   const ours = new Registry();
   const theirs = new Registry();

@@ -100,6 +100,10 @@ function logs(log: FastifyBaseLogger, level: 'debug' | 'info'): boolean {
   return threshold !== undefined && LEVEL_RANK[level]! >= threshold;
 }
 
+/** What a request gets while the router closes. */
+const shuttingDown = () =>
+  new KvrouteError('shutting_down', 'the router is shutting down', { retryAfterSeconds: 1 });
+
 /** Answers with `e`'s status and OpenAI body (+ Retry-After). */
 function sendError(reply: FastifyReply, e: KvrouteError): void {
   if (e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
@@ -209,8 +213,15 @@ export function createApp(deps: AppDeps): FastifyInstance {
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished) setImmediate(onClientGone, request, reply);
     });
-    if (deps.isClosing())
-      return done(new KvrouteError('shutting_down', 'the router is shutting down', { retryAfterSeconds: 1 }));
+    if (deps.isClosing()) return done(shuttingDown());
+    done();
+  });
+
+  // A request whose body was still arriving when close() began passed onRequest, and close()
+  // aborts only the requests already handled: started now, it would run past the grace and be
+  // cut mid-answer. Refused here instead, once its body is in (handlers start in the same turn).
+  app.addHook('preHandler', (_request, _reply, done) => {
+    if (deps.isClosing()) return done(shuttingDown());
     done();
   });
 
