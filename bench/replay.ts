@@ -51,11 +51,11 @@ export const spec: CommandSpec = {
     },
     { name: 'workers', type: 'integer', default: 4, min: 1, max: 64, help: 'aggregated (role both) workers' },
     {
+      // No default in the spec: --quick changes it, and only when not given (see QUICK).
       name: 'speedup',
       type: 'number',
-      default: 3.5,
       min: 0.001,
-      help: 'divides trace time and the workers’ simulated time',
+      help: 'divides trace time and the workers’ simulated time (default: 3.5; 20 with --quick)',
     },
     {
       name: 'load-scale',
@@ -84,9 +84,8 @@ export const spec: CommandSpec = {
     {
       name: 'limit',
       type: 'integer',
-      default: 0,
       min: 0,
-      help: 'replay only the first N requests (0 = all)',
+      help: 'replay only the first N requests (0 = all) (default: all; 200 with --quick)',
     },
     { name: 'model', type: 'string', default: 'mock-llm', help: 'model name sent and served' },
     { name: 'out', type: 'string', help: 'directory for report.html and the SVG charts' },
@@ -99,6 +98,13 @@ export const spec: CommandSpec = {
     },
   ],
 };
+
+/**
+ * What --quick sets when the option is not given. Not given is undefined (the two options have no
+ * spec default): comparing with the default read an explicit `--speedup 3.5` as not given (20
+ * ran), and `--limit 0` (all) as 200.
+ */
+const QUICK = { speedup: 20, limit: 200 };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -227,11 +233,8 @@ async function replay(options: ParsedOptions): Promise<number> {
     throw new UsageError('--trace is required (a Mooncake-format JSONL file)');
   }
   const quick = options.quick === true;
-  const speedup =
-    quick && options.speedup === spec.options.find((s) => s.name === 'speedup')!.default
-      ? 20
-      : (options.speedup as number);
-  const limit = (options.limit as number) || (quick ? 200 : 0);
+  const speedup = (options.speedup as number | undefined) ?? (quick ? QUICK.speedup : 3.5);
+  const limit = (options.limit as number | undefined) ?? (quick ? QUICK.limit : 0);
   const text = await readFile(options.trace, 'utf8').catch((err: Error) => {
     throw new UsageError(`--trace: cannot read '${options.trace}': ${err.message}`);
   });

@@ -228,3 +228,25 @@ test('a policy that failed some requests is told to leave them out of its figure
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('--quick fills in only the options not given: an explicit --speedup 3.5 or --limit 0 stands', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
+  try {
+    const trace = join(dir, 'trace.jsonl');
+    // 201 requests: one more than --quick keeps.
+    const line = JSON.stringify({ timestamp: 0, input_length: 16, output_length: 1, hash_ids: [0] });
+    await writeFile(trace, `${Array.from({ length: 201 }, () => line).join('\n')}\n`);
+    const base = ['--trace', trace, '--workers', '1', '--json', '--quick'];
+    const quick = await replayCli(base);
+    assert.equal(quick.code, 0, quick.stderr);
+    const q = JSON.parse(quick.stdout.trim().split('\n').at(-1)!);
+    assert.deepEqual([q.speedup, q.requests], [20, 200]);
+    // 3.5 is the default without --quick: given, it read as not given and became 20.
+    const given = await replayCli([...base, '--speedup', '3.5', '--limit', '0']);
+    assert.equal(given.code, 0, given.stderr);
+    const g = JSON.parse(given.stdout.trim().split('\n').at(-1)!);
+    assert.deepEqual([g.speedup, g.requests], [3.5, 201]);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
