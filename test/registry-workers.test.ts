@@ -286,3 +286,34 @@ test('a wall-clock step does not expire a lease its worker keeps: leases run on 
     await router.close();
   }
 });
+
+test('GET /v1/workers reads the index statistics once per list, not once per worker', async () => {
+  // Each read builds a per-worker table of every indexed worker: once per row made the list
+  // O(workers²), an event-loop stall of ~1 s at 4,096 workers (heartbeats and streams waited).
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const url = await router.listen();
+    const ids: string[] = [];
+    for (let i = 0; i < 64; i++) {
+      const events = i % 2 === 0;
+      const w = router.fleet.register(body({ address: `127.0.0.1:${20_000 + i}`, kv_events: events }), 0);
+      ids.push(w.id);
+    }
+    await router.fleet.close(); // no subscription dials the made-up addresses
+    let reads = 0;
+    for (const index of [router.fleet.index, router.fleet.approx]) {
+      const stats = index.stats.bind(index);
+      index.stats = (() => {
+        reads++;
+        return stats();
+      }) as typeof index.stats;
+    }
+    const res = await fetch(`${url}/v1/workers`);
+    const list = (await res.json()) as { data: { worker_id: string; index_blocks: number }[] };
+    assert.deepEqual(list.data.map((w) => w.worker_id).sort(), [...ids].sort());
+    assert.ok(list.data.every((w) => w.index_blocks === 0));
+    assert.ok(reads <= 2, `${reads} reads of the index statistics for 64 workers`);
+  } finally {
+    await router.close();
+  }
+});

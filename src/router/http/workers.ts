@@ -26,6 +26,7 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet): void {
 
   app.get('/v1/workers', async () => {
     const now = leaseClock();
+    const indexBlocksOf = fleet.indexBlocksByWorker();
     return {
       object: 'list',
       data: registry.list().map((w) => ({
@@ -44,7 +45,7 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet): void {
           active_decode_blocks: w.load.activeDecodeBlocks,
           active_requests: w.load.activeRequests,
         },
-        index_blocks: fleet.indexBlocksOf(w.id),
+        index_blocks: indexBlocksOf(w.id),
       })),
     };
   });
