@@ -533,6 +533,26 @@ describe('/metrics', () => {
     assert.ok(samples.includes('process_cpu_user_seconds_total'));
   });
 
+  test("the routing-phase histogram's buckets reach the tokenize time of long prompts", async () => {
+    // Tokenizing is a pool hop and O(prompt chars): ~15 ms for a 20k-token prompt on the 2-core VM
+    // (--max-prompt-tokens allows 131072). The buckets stopped at 5 ms, so every prompt past ~2k
+    // tokens fell into +Inf and the phase's quantiles could not be told apart.
+    const reg = await post('/v1/workers', registration({ address: '127.0.0.1:41', model: 'bucket-llm' }));
+    assert.equal((await post('/v1/route', { model: 'bucket-llm', prompt: 'hello there' })).status, 200);
+    assert.equal((await fetch(`${url}/v1/workers/${reg.json.worker_id}`, { method: 'DELETE' })).status, 204);
+    const text = await (await fetch(`${url}/metrics`)).text();
+    const bounds = [
+      ...text.matchAll(/^kvroute_routing_decision_seconds_bucket\{le="([^"]+)",phase="tokenize"\}/gm),
+    ]
+      .map((m) => Number(m[1]))
+      .filter(Number.isFinite);
+    assert.ok(bounds.length > 0, 'the tokenize series is exported');
+    assert.ok(Math.max(...bounds) >= 0.25, `largest bucket ${Math.max(...bounds)} s`);
+    // No more than a factor 2.5 between neighbours (the 1 ms -> 5 ms step skipped 2.5 ms).
+    for (let i = 1; i < bounds.length; i++)
+      assert.ok(bounds[i]! / bounds[i - 1]! <= 2.5 + 1e-9, `${bounds[i]}`);
+  });
+
   test('two routers in one process both show the process metrics', async () => {
     const second = await createRouter({ port: 0, logger: false });
     try {

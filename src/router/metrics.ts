@@ -16,7 +16,12 @@ export interface MetricsSources {
 
 const LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const ITL_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
-const ROUTING_BUCKETS_S = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3];
+// From a cache-hot score (~1 µs) to tokenizing a long prompt in the pool (tens of ms for 20k tokens,
+// more up to --max-prompt-tokens).
+const ROUTING_BUCKETS_S = [
+  1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
+  0.25, 0.5,
+];
 
 let processMetrics: Registry | undefined;
 
