@@ -4,9 +4,10 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { summarizeReplay } from '../bench/lib/replay-metrics.js';
+import { type PolicySummary, summarizeReplay } from '../bench/lib/replay-metrics.js';
+import { renderReport } from '../bench/lib/replay-report.js';
 import { extent, percentile } from '../bench/lib/stats.js';
-import { barChart, lineChart, niceTicks } from '../bench/lib/svg-chart.js';
+import { barChart, cdfPoints, lineChart, niceTicks } from '../bench/lib/svg-chart.js';
 import {
   arrivalSchedule,
   expandPrompt,
@@ -196,4 +197,29 @@ test('stats and charts: nearest-rank percentile, nice ticks, SVG with title, axe
     assert.ok(svg.includes(text), text);
   const bars = barChart({ title: 'B', xLabel: 'p', yLabel: 'v', bars: [{ label: 'rr', value: 2 }] });
   assert.ok(bars.includes('<rect') && bars.includes('>rr<') && bars.trim().endsWith('</svg>'));
+});
+
+test('the TTFT CDF is a fraction of all requests: failed ones never reach it', () => {
+  assert.deepEqual(cdfPoints([30, 10]), [
+    [10, 0.5],
+    [30, 1],
+    [30, 1],
+  ]);
+  // 2 of 4 requests completed: at most half of the requests had a first token by any time.
+  assert.deepEqual(cdfPoints([30, 10], 200, 4).at(-1), [30, 0.5]);
+  const summary = {
+    requests: 4,
+    ttftMs: { count: 2, mean: 20, p50: 10, p90: 30, p99: 30, max: 30 },
+    itlMs: { count: 2, mean: 1, p50: 1, p90: 1, p99: 1, max: 1 },
+    kvHitRate: 0,
+    perWorker: [],
+    timeline: { times: [0], inFlight: {} },
+  } as unknown as PolicySummary;
+  const svg = renderReport({
+    title: 't',
+    settings: {},
+    runs: [{ policy: 'kv', summary, ttftSamples: [10, 30] }],
+  }).get('ttft-cdf.svg')!;
+  // The plot spans y 40 (fraction 1) to 330 (0): the curve ends at 0.5, y 185.
+  assert.match(svg, /<path d="M[^"]*,185\.0"/);
 });

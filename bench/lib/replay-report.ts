@@ -34,9 +34,14 @@ export function renderReport(input: ReportInput): Map<string, string> {
       yLabel: 'fraction of requests ≤ x',
       yMax: 1,
       logX: true,
+      // Over every request sent: a policy's failed requests keep its curve below 1.
       series: runs.map((r) => ({
         name: r.policy,
-        points: cdfPoints(r.ttftSamples.map((v) => Math.max(v, 0.01))),
+        points: cdfPoints(
+          r.ttftSamples.map((v) => Math.max(v, 0.01)),
+          200,
+          r.summary.requests,
+        ),
       })),
     }),
   );

@@ -194,14 +194,22 @@ export function barChart(o: BarChartOptions): string {
   return `${out.join('\n')}\n`;
 }
 
-/** Empirical CDF points of `samples`: (value, fraction ≤ value), at most `maxPoints` of them. */
-export function cdfPoints(samples: ArrayLike<number>, maxPoints = 200): Array<[number, number]> {
+/**
+ * Empirical CDF points of `samples`: (value, fraction of `total` ≤ value), at most `maxPoints` of
+ * them. `total` defaults to the samples; a larger one counts items that have no value (a failed
+ * request's TTFT), so the curve tops out below 1 instead of hiding them.
+ */
+export function cdfPoints(
+  samples: ArrayLike<number>,
+  maxPoints = 200,
+  total = samples.length,
+): Array<[number, number]> {
   const sorted = Float64Array.from(samples).sort();
   const n = sorted.length;
   if (n === 0) return [];
   const step = Math.max(1, Math.floor(n / maxPoints));
   const pts: Array<[number, number]> = [];
-  for (let i = 0; i < n; i += step) pts.push([sorted[i]!, (i + 1) / n]);
-  pts.push([sorted[n - 1]!, 1]);
+  for (let i = 0; i < n; i += step) pts.push([sorted[i]!, (i + 1) / total]);
+  pts.push([sorted[n - 1]!, n / total]);
   return pts;
 }
