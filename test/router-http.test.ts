@@ -193,6 +193,22 @@ describe('readiness and ids', () => {
     assert.equal((await counted()) - before, 3);
   });
 
+  test('a known path with a method it does not serve -> 405 with Allow, in the error shape', async () => {
+    // It was a 404 not_found, as if the path did not exist, and no Allow header said what would do.
+    for (const [method, path, allow] of [
+      ['GET', '/v1/completions', 'POST'],
+      ['DELETE', '/health', 'GET, HEAD'],
+      ['GET', '/v1/workers/w-1/heartbeat', 'POST'],
+      ['PUT', '/v1/workers/w-1', 'DELETE'],
+    ] as const) {
+      const res = await fetch(`${url}${path}`, { method, headers: { 'x-request-id': 'method-1' } });
+      assert.equal(res.status, 405, `${method} ${path}`);
+      assert.equal(res.headers.get('allow'), allow, `${method} ${path}`);
+      assert.equal(res.headers.get('x-request-id'), 'method-1');
+      assertOpenAIError(await res.json(), 'method_not_allowed');
+    }
+  });
+
   test('unknown paths answer 404 in the error shape', async () => {
     const res = await fetch(`${url}/v1/nope`);
     assert.equal(res.status, 404);

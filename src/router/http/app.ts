@@ -277,9 +277,34 @@ export function createApp(deps: AppDeps): FastifyInstance {
     sendError(reply, e);
   });
 
+  // Every route's path (`:param` segments as wildcards) and methods: a request for a path that
+  // exists, with a method it does not serve, is a 405 naming the ones it does (Allow), not a 404.
+  const routePaths = new Map<string, { pattern: RegExp; methods: string[] }>();
+  app.addHook('onRoute', (route) => {
+    let entry = routePaths.get(route.url);
+    if (!entry) {
+      const source = route.url.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replace(/:[^/]+/g, '[^/]+');
+      entry = { pattern: new RegExp(`^${source}$`), methods: [] };
+      routePaths.set(route.url, entry);
+    }
+    entry.methods.push(...[route.method].flat());
+  });
+
   app.setNotFoundHandler((request, reply) => {
-    const e = new KvrouteError('not_found', `no route for ${request.method} ${request.url.split('?')[0]}`);
-    sendError(reply, e);
+    const path = request.url.split('?')[0]!;
+    const allow = [...routePaths.values()].filter((r) => r.pattern.test(path)).flatMap((r) => r.methods);
+    if (allow.length > 0) {
+      reply.header('allow', allow.join(', '));
+      sendError(
+        reply,
+        new KvrouteError(
+          'method_not_allowed',
+          `${request.method} ${path} is not served: use ${allow.join(', ')}`,
+        ),
+      );
+      return;
+    }
+    sendError(reply, new KvrouteError('not_found', `no route for ${request.method} ${path}`));
   });
 
   return app;
