@@ -172,6 +172,11 @@ describe('readiness and ids', () => {
     assert.equal(stalled.status, 408);
     assertOpenAIError(stalled.json, 'request_timeout');
     assert.equal(stalled.headers['x-request-id'], 'slow-1');
+    // Counted with the status its client saw (it was counted as a client gone, 499).
+    await waitUntil(async () => {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      return /^kvroute_http_requests_total\{route="\/v1\/completions",status="408"\} 1$/m.test(text);
+    }, 'the stalled request counted as a 408');
   });
 
   test('a URL that does not decode is a 400 in the error shape, with its request id, and counted', async () => {

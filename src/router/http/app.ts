@@ -92,6 +92,9 @@ function toClientError(err: { code?: string }): KvrouteError {
 /** The request each socket last started, so a client error while its body arrives names it. */
 const socketRequests = new WeakMap<Socket, { id: string; res: ServerResponse }>();
 
+/** The status a request was answered with on its socket (a client error), counted when it closes. */
+const answeredOnSocket = new WeakMap<ServerResponse, number>();
+
 const LEVEL_RANK: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
 
 /** Whether `log` writes lines at `level` (pino's ranks; a logger without a level, e.g. disabled, writes nothing). */
@@ -163,7 +166,8 @@ export function createApp(deps: AppDeps): FastifyInstance {
       const e = toClientError(err);
       const body = JSON.stringify(e.toJSON());
       // An open request is counted when its socket closes (onClientGone).
-      if (!open) metrics.requests.inc({ route: 'unmatched', status: String(e.status) });
+      if (open) answeredOnSocket.set(last.res, e.status);
+      else metrics.requests.inc({ route: 'unmatched', status: String(e.status) });
       socket.end(
         `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json; charset=utf-8\r\n` +
           `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${open ? last.id : randomUUID()}\r\n` +
@@ -178,7 +182,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
   const CLIENT_GONE_STATUS = '499';
   const onClientGone = (request: FastifyRequest, reply: FastifyReply) => {
     const route = request.routeOptions.url ?? 'unmatched';
-    metrics.requests.inc({ route, status: CLIENT_GONE_STATUS });
+    metrics.requests.inc({ route, status: String(answeredOnSocket.get(reply.raw) ?? CLIENT_GONE_STATUS) });
     const span = traces.get(request)?.span;
     if (span?.isRecording()) {
       span.setAttributes({
