@@ -238,6 +238,14 @@ async function replay(options: ParsedOptions): Promise<number> {
   const text = await readFile(options.trace, 'utf8').catch((err: Error) => {
     throw new UsageError(`--trace: cannot read '${options.trace}': ${err.message}`);
   });
+  const out = typeof options.out === 'string' && options.out !== '' ? options.out : undefined;
+  // Made now, not after the replay: a directory that cannot be made was found only minutes later,
+  // as a stack trace, with the results and the --json line lost.
+  if (out !== undefined) {
+    await mkdir(out, { recursive: true }).catch((err: Error) => {
+      throw new UsageError(`--out: cannot create '${out}': ${err.message}`);
+    });
+  }
   const parsed = parseTrace(text);
   for (const e of parsed.errors.slice(0, 10)) {
     process.stderr.write(`${options.trace}:${e.line}: skipped: ${e.message}\n`);
@@ -279,8 +287,7 @@ async function replay(options: ParsedOptions): Promise<number> {
       `kv / round-robin: mean TTFT ${comparison.kvMeanTtftOverRoundRobin} (goal ≤ 0.333), hit rate ${comparison.kvHitRateOverRoundRobin}x (goal ≥ 2)\n`,
     );
   }
-  if (typeof options.out === 'string' && options.out !== '') {
-    await mkdir(options.out, { recursive: true });
+  if (out !== undefined) {
     const files = renderReport({
       title: `kvroute replay: ${options.trace}`,
       settings: {
@@ -291,8 +298,8 @@ async function replay(options: ParsedOptions): Promise<number> {
       },
       runs,
     });
-    for (const [name, content] of files) await writeFile(join(options.out, name), content);
-    process.stdout.write(`report: ${join(options.out, 'report.html')}\n`);
+    for (const [name, content] of files) await writeFile(join(out, name), content);
+    process.stdout.write(`report: ${join(out, 'report.html')}\n`);
   }
   if (options.json) {
     process.stdout.write(

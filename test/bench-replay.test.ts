@@ -250,3 +250,23 @@ test('--quick fills in only the options not given: an explicit --speedup 3.5 or 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('an --out that cannot be made is a usage error before the replay, not a stack trace after it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
+  try {
+    const trace = join(dir, 'trace.jsonl');
+    await writeFile(
+      trace,
+      `${JSON.stringify({ timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] })}\n`,
+    );
+    // A file where the directory's parent should be.
+    const { code, stdout, stderr } = await replayCli([
+      ...['--trace', trace, '--workers', '1', '--out', join(trace, 'report')],
+    ]);
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, /^kvroute bench: --out: cannot create '.*trace\.jsonl\/report': ENOTDIR.*\n$/);
+    assert.equal(stdout, '', 'nothing was replayed');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
