@@ -704,6 +704,8 @@ test('a request whose body completes after close() began is refused 503 shutting
     assert.match(text, /^HTTP\/1\.1 503 /, text.slice(0, 300));
     assert.match(text, /x-request-id: late-1/);
     assert.match(text, /"code":"shutting_down"/);
+    // The connection is going away: a client must not send its next request on it.
+    assert.match(text, /\r\nconnection: close\r\n/i);
     assert.equal(calls, 0);
   } finally {
     await closing.close();

@@ -278,6 +278,9 @@ export function createApp(deps: AppDeps): FastifyInstance {
         ...(typeof model === 'string' ? { 'kvroute.model': model } : {}),
       });
     }
+    // While closing (a request refused, or aborted in flight), the connection is about to go: said
+    // so, a client sends its next request on a new one instead of racing the close on this one.
+    if (deps.isClosing()) reply.header('connection', 'close');
     sendError(reply, e);
   });
 
