@@ -212,3 +212,56 @@ test('router subscriber: a gap the worker cannot fill (the same hole on every re
   // fewer. Without it: hundreds.
   assert.ok(afterIds.length <= 25, `${afterIds.length} subscriptions in 500 ms`);
 });
+
+test('router subscriber: a subscription that made progress before it failed retries at the first backoff step', async () => {
+  // A worker that cuts its subscriber off (overloaded: the backlog bound) after live events, as a
+  // busy router sees now and then. Progress resets the backoff, as it does for a stream the worker
+  // ended; without that, every cut over the router's lifetime waited longer (up to 2 s of not
+  // following the worker), though each subscription had worked.
+  const afterIds: number[] = [];
+  const server = new RequestPlaneServer().handle('kv_events', async function* (req) {
+    const { after_event_id = 0 } = decodeJson<KvEventsSubscribe>(req.payload);
+    afterIds.push(after_event_id);
+    yield encodeJson({ kind: 'events', events: [] } satisfies KvEventsChunk);
+    for (const id of [after_event_id + 1, after_event_id + 2]) {
+      yield encodeJson({
+        kind: 'events',
+        events: [{ event_id: id, type: 'cleared' }],
+      } satisfies KvEventsChunk);
+    }
+    throw new KvrouteError('overloaded', 'kv_events subscriber fell behind; resubscribe');
+  });
+  await server.listen(0);
+  const client = new RequestPlaneClient();
+  const attempts: number[] = [];
+  const quiet = () => {};
+  const log = {
+    info: (fields: { event?: string; attempt?: number }) => {
+      if (fields.event === 'kv_events_reconnect') attempts.push(fields.attempt!);
+    },
+    warn: quiet,
+    error: quiet,
+    debug: quiet,
+  } as unknown as FastifyBaseLogger;
+  const worker = { id: 'w-1', address: server.address } as unknown as Worker;
+  const index = new RadixIndex();
+  const sub = new KvEventsSubscriber(worker, {
+    client,
+    index,
+    metrics: new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 }),
+    log,
+    onUnreachable: quiet,
+  });
+  try {
+    sub.start();
+    for (let waited = 0; attempts.length < 5 && waited < 20_000; waited += 25) await sleep(25);
+  } finally {
+    await sub.stop();
+    await client.close();
+    await server.close({ deadlineMs: 100 });
+  }
+  assert.ok(attempts.length >= 5, `${attempts.length} reconnects`);
+  assert.deepEqual(attempts.slice(0, 5), [1, 1, 1, 1, 1]);
+  // Each subscription resumed after the events the previous one applied.
+  assert.deepEqual(afterIds.slice(0, 5), [0, 2, 4, 6, 8]);
+});

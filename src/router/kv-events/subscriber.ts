@@ -61,8 +61,11 @@ export class KvEventsSubscriber {
     /** The last applied id at the previous gap (-1: none yet). */
     let gapAt = -1;
     while (!signal.aborted) {
+      const chunksBefore = this.chunks;
+      // Live chunks after the first (the replay or dump) mean the subscription worked: whatever
+      // ended it, the next one starts again from the first backoff step.
+      const progressed = () => this.chunks - chunksBefore > 1;
       try {
-        const chunksBefore = this.chunks;
         const outcome = await this.follow(signal);
         connectFailures = 0;
         // A gap resubscribes at once, unless the replay from the same id left the same hole: the
@@ -74,10 +77,10 @@ export class KvEventsSubscriber {
           const at = this.deps.index.lastEventId(this.worker.id);
           failures = at === gapAt ? failures + 1 : 0;
           gapAt = at;
-        } else failures = this.chunks - chunksBefore > 1 ? 1 : failures + 1;
+        } else failures = progressed() ? 1 : failures + 1;
       } catch (err) {
         if (signal.aborted) break;
-        failures++;
+        failures = progressed() ? 1 : failures + 1;
         if (isTransportError(err) && err.kind === 'connect_failed') {
           if (++connectFailures >= unreachableAfter) {
             this.deps.log.warn(
