@@ -480,6 +480,24 @@ describe('bad inference input', () => {
     }
   });
 
+  test('valid JSON with a __proto__ or constructor.prototype key -> 400 naming the key, not "not valid JSON"', async () => {
+    // fastify's parser refuses these keys (prototype poisoning) with the same error as a syntax
+    // error, so a client sending valid JSON was told it was not valid.
+    for (const body of [
+      '{"model":"mock-llm","prompt":"x","__proto__":{"stream":true}}',
+      '{"model":"mock-llm","prompt":"x","metadata":{"constructor":{"prototype":{"a":"b"}}}}',
+    ]) {
+      const r = await post('/v1/completions', body);
+      assert.equal(r.status, 400, body);
+      assertOpenAIError(r.json, 'invalid_request');
+      assert.match(r.json.error.message, /__proto__|constructor/, body);
+      assert.doesNotMatch(r.json.error.message, /not valid JSON/, body);
+    }
+    // A word in a value is no key: read as usual.
+    const r = await post('/v1/route', { model: 'mock-llm', prompt: 'the constructor of __proto__' });
+    assert.equal(r.status, 200);
+  });
+
   test('a body over the limit -> 413', async () => {
     const r = await post('/v1/completions', { model: 'mock-llm', prompt: 'x'.repeat(70 * 1024) });
     assert.equal(r.status, 413);

@@ -57,6 +57,30 @@ function checkCharset(contentType: string | undefined): KvrouteError | undefined
   );
 }
 
+type ParserDone = (err: Error | null, body?: unknown) => void;
+
+/**
+ * fastify's parser refuses a `__proto__` or `constructor.prototype` key (prototype poisoning) with
+ * the error it gives a syntax error, "Body is not valid JSON": for `text` that is valid JSON, the
+ * refusal says which keys instead.
+ */
+function namingPoisonedKeys(text: string, done: ParserDone): ParserDone {
+  return (err, body) => {
+    if (err === null) return done(null, body);
+    try {
+      JSON.parse(text);
+    } catch {
+      return done(err);
+    }
+    done(
+      new KvrouteError(
+        'invalid_request',
+        'request body has a __proto__ or constructor.prototype key, which is refused',
+      ),
+    );
+  };
+}
+
 export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number): void {
   // Fastify's text/plain parser would hand a route the body as a string, answered "must be a JSON
   // object" even when it is one: without it, text/plain is refused like any other media type
@@ -81,7 +105,10 @@ export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number):
     const wrongCharset = checkCharset(request.headers['content-type']);
     if (wrongCharset) return done(wrongCharset, undefined);
     const bytes = body as Buffer;
-    if (bytes.length === 0 || mayBePoisoned(bytes)) return secure(request, bytes.toString('utf8'), done);
+    if (bytes.length === 0 || mayBePoisoned(bytes)) {
+      const text = bytes.toString('utf8');
+      return secure(request, text, namingPoisonedKeys(text, done));
+    }
     const read = parseJsonBytes(bytes);
     if (read !== NOT_PARSED) return done(null, read);
     const text = bytes.toString('utf8');
