@@ -317,3 +317,39 @@ test('GET /v1/workers reads the index statistics once per list, not once per wor
     await router.close();
   }
 });
+
+test('a worker listening on every interface (0.0.0.0, ::) is dialled at the address it registered from', () => {
+  // 0.0.0.0:port is no address to dial: a router elsewhere would reach itself, and two hosts'
+  // workers on one port would register the same address and keep replacing each other.
+  const r = new WorkerRegistry({ blockSize: 16 });
+  const at = (address: string, peer?: string) => r.register(body({ address }), T0, peer).worker;
+  assert.equal(at('0.0.0.0:9100', '10.1.2.3').address, '10.1.2.3:9100');
+  assert.equal(at('0.0.0.0:9100', '10.1.2.4').address, '10.1.2.4:9100', 'another host, same port');
+  assert.equal(r.size, 2, 'two workers, not one replacing the other');
+  assert.equal(at('[::]:9101', '::ffff:10.1.2.5').address, '10.1.2.5:9101');
+  const v6 = at('[::]:9102', 'fd00::7');
+  assert.deepEqual([v6.address, v6.host, v6.port], ['[fd00::7]:9102', 'fd00::7', 9102]);
+  // A concrete address is kept whoever sends it; without a peer (in-process callers) nothing changes.
+  assert.equal(at('worker-3.local:9103', '10.1.2.3').address, 'worker-3.local:9103');
+  assert.equal(at('0.0.0.0:9104').address, '0.0.0.0:9104');
+});
+
+test('over HTTP, a registration of 0.0.0.0:port is listed (and dialled) at the peer address', async () => {
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const url = await router.listen();
+    const res = await fetch(`${url}/v1/workers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body({ address: '0.0.0.0:9200' })),
+    });
+    assert.equal(res.status, 201, await res.clone().text());
+    const list = (await (await fetch(`${url}/v1/workers`)).json()) as { data: { address: string }[] };
+    assert.deepEqual(
+      list.data.map((w) => w.address),
+      ['127.0.0.1:9200'],
+    );
+  } finally {
+    await router.close();
+  }
+});

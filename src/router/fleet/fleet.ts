@@ -65,8 +65,8 @@ export class Fleet {
     this.sweepTimer.unref();
   }
 
-  register(body: unknown, now: number): Worker {
-    const { worker, replaced } = this.registry.register(body, now);
+  register(body: unknown, now: number, peerHost?: string): Worker {
+    const { worker, replaced } = this.registry.register(body, now, peerHost);
     if (replaced) this.purge(replaced, 'replaced');
     this.liveAt.set(worker.address, worker.id);
     if (worker.kvEvents && !this.closed) {

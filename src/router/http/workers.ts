@@ -9,7 +9,7 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet): void {
   const { registry } = fleet;
 
   app.post('/v1/workers', async (request, reply) => {
-    const worker = fleet.register(request.body, leaseClock());
+    const worker = fleet.register(request.body, leaseClock(), request.socket.remoteAddress);
     const answer: RegisterWorkerResponse = { worker_id: worker.id, lease_ttl_ms: registry.leaseTtlMs };
     return reply.status(201).send(answer);
   });

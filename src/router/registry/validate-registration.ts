@@ -70,17 +70,44 @@ export function parseAddress(address: unknown): { host: string; port: number; ad
   return { host: hostPart, port, address: `${hostPart}:${port}` };
 }
 
+/** The unspecified addresses a server listens on for every interface: not an address to dial. */
+const UNSPECIFIED_HOSTS = new Set(['0.0.0.0', '::', '0:0:0:0:0:0:0:0']);
+
+/**
+ * The address to dial for a worker that registered `host:port`. A worker listening on every
+ * interface (`--host 0.0.0.0` or `::`) registers that unspecified host, which a router elsewhere
+ * cannot dial (it would reach itself), and two such workers on different hosts with the same port
+ * would register one address and keep replacing each other. So an unspecified host becomes the
+ * address the registration came from (`peerHost`, the HTTP peer), which is the worker's own on the
+ * same network. An IPv4-mapped peer (`::ffff:10.0.0.5`) is written as IPv4.
+ */
+function dialableAddress(
+  parsed: { host: string; port: number; address: string },
+  peerHost: string | undefined,
+): { host: string; port: number; address: string } {
+  if (peerHost === undefined || !UNSPECIFIED_HOSTS.has(parsed.host)) return parsed;
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(peerHost);
+  const host = mapped ? mapped[1]! : peerHost;
+  const address = host.includes(':') ? `[${host}]:${parsed.port}` : `${host}:${parsed.port}`;
+  return { host, port: parsed.port, address };
+}
+
 /**
  * Checks a registration body against the router's block size. The block size must match exactly:
  * block hashes (CONTRACT.md §4) are only comparable between pools cut at the same size.
+ * `peerHost`: where the registration came from, dialled instead of an unspecified host.
  */
-export function validateRegistration(body: unknown, routerBlockSize: number): WorkerRegistration {
+export function validateRegistration(
+  body: unknown,
+  routerBlockSize: number,
+  peerHost?: string,
+): WorkerRegistration {
   if (!isPlainObject(body)) throw invalid('registration body must be a JSON object', 'body');
   const role = body.role;
   if (typeof role !== 'string' || !(WORKER_ROLES as readonly string[]).includes(role)) {
     throw invalid(`role must be one of ${WORKER_ROLES.join('|')}, got ${JSON.stringify(role)}`, 'role');
   }
-  const { host, port, address } = parseAddress(body.address);
+  const { host, port, address } = dialableAddress(parseAddress(body.address), peerHost);
   const model = body.model;
   if (typeof model !== 'string' || model.length === 0 || model.length > MAX_MODEL_NAME_LENGTH) {
     throw invalid(`model must be a non-empty string of at most ${MAX_MODEL_NAME_LENGTH} characters`, 'model');

@@ -93,9 +93,10 @@ export class WorkerRegistry {
   /**
    * Validates a `POST /v1/workers` body and registers the worker under a fresh id. A live worker
    * already registered at the same address is replaced (and returned in `replaced`): it restarted.
+   * `peerHost`: the HTTP peer, dialled for a worker that registered an unspecified host (0.0.0.0).
    */
-  register(body: unknown, now: number): RegisterResult {
-    const registration = validateRegistration(body, this.blockSize);
+  register(body: unknown, now: number, peerHost?: string): RegisterResult {
+    const registration = validateRegistration(body, this.blockSize, peerHost);
     const previous = this.byAddress.get(registration.address);
     if (!previous && this.byLease.size >= this.maxWorkers) {
       throw new KvrouteError('overloaded', `worker registry is full (${this.maxWorkers} workers)`, {
