@@ -28,6 +28,11 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
+/** Whether `code` (a worker's, say: any string) is one of ours. Own keys only: not `constructor`. */
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERROR_CODES, code);
+}
+
 export interface OpenAIErrorBody {
   error: { message: string; type: string; code: ErrorCode; param?: string | null };
 }

@@ -14,7 +14,7 @@ import { KvHandoffBoard } from '../src/decode/handoff-board.js';
 import { KvrouteError } from '../src/errors.js';
 import { decidePlacement, fallbackReason, reusedPromptTokens } from '../src/router/disagg/index.js';
 import { KvPrefillPlanner } from '../src/router/execute/prefill-planner.js';
-import { toClientError } from '../src/router/execute/worker-call.js';
+import { failureKind, toClientError } from '../src/router/execute/worker-call.js';
 import { RouterMetrics } from '../src/router/metrics.js';
 import { WorkerRegistry } from '../src/router/registry/index.js';
 import {
@@ -205,5 +205,21 @@ test('the prefill planner ends its spans failed when choosing throws (a policy e
       ['kv_find_best_match', SpanStatusCode.ERROR, ['exception']],
       ['prefill_routing', SpanStatusCode.ERROR, ['exception']],
     ],
+  );
+});
+
+test('a retry reason is a transport kind or one of our codes: a worker cannot add label values', () => {
+  const remote = (code: string) =>
+    new TransportError('remote_error', 'x', { remoteCode: code, refused: true });
+  assert.equal(failureKind(remote('overloaded')), 'overloaded');
+  assert.equal(failureKind(remote('shutting_down')), 'shutting_down');
+  assert.equal(failureKind(new TransportError('connect_failed', 'x')), 'connect_failed');
+  // A worker's own codes, one label value each before; and names on Object.prototype.
+  for (const code of ['req-7f3a', 'busy_9', 'constructor', '__proto__']) {
+    assert.equal(failureKind(remote(code)), 'remote_error', code);
+  }
+  assert.equal(
+    toClientError(remote('constructor'), { aborted: false, reason: undefined }).code,
+    'worker_error',
   );
 });

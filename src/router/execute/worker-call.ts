@@ -5,7 +5,7 @@
 // a worker_error, not an end). Plus the one mapping from request-plane failures to the
 // KvrouteError the client sees, and the rule for which failures may be retried elsewhere.
 
-import { ERROR_CODES, type ErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
+import { ERROR_CODES, isErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk, GenerateRequest } from '../../protocols/worker-plane.js';
 import { ENDPOINTS } from '../../protocols/worker-plane.js';
 import {
@@ -28,10 +28,16 @@ export function isRetryable(err: unknown): boolean {
   return err.retryable || (err.kind === 'remote_error' && err.remoteCode === 'overloaded');
 }
 
-/** The label for `kvroute_request_retries_total{reason}`. */
+/**
+ * The label for `kvroute_request_retries_total{reason}`: a transport error kind or one of our error
+ * codes. A worker's error code outside ours is `remote_error`, so what a worker sends cannot grow
+ * the label's values without bound.
+ */
 export function failureKind(err: unknown): string {
-  if (isTransportError(err))
-    return err.kind === 'remote_error' ? (err.remoteCode ?? 'remote_error') : err.kind;
+  if (isTransportError(err)) {
+    if (err.kind !== 'remote_error') return err.kind;
+    return isErrorCode(err.remoteCode) ? err.remoteCode : 'remote_error';
+  }
   return isKvrouteError(err) ? err.code : 'error';
 }
 
@@ -57,8 +63,8 @@ export function toClientError(
       return new KvrouteError('worker_disconnected', `worker connection failed: ${err.message}`, options);
     case 'remote_error': {
       // A worker's own KvrouteError code passes through when it is the caller's mistake or overload.
-      const code = err.remoteCode as ErrorCode | undefined;
-      if (code && code in ERROR_CODES && (ERROR_CODES[code].status < 500 || code === 'overloaded')) {
+      const code = err.remoteCode;
+      if (isErrorCode(code) && (ERROR_CODES[code].status < 500 || code === 'overloaded')) {
         return new KvrouteError(code, `worker refused the request: ${err.message}`, {
           ...options,
           ...(code === 'overloaded' ? { retryAfterSeconds: 1 } : {}),
