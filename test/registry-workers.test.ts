@@ -353,3 +353,32 @@ test('over HTTP, a registration of 0.0.0.0:port is listed (and dialled) at the p
     await router.close();
   }
 });
+
+test('heartbeat and deregister take an empty body sent with content-type: application/json', async () => {
+  // A worker written elsewhere may set that header on every call; a 400 there would be retried
+  // forever while its lease ran out. A route that reads a body still refuses an empty one.
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const url = await router.listen();
+    const json = { 'content-type': 'application/json' };
+    const res = await fetch(`${url}/v1/workers`, {
+      method: 'POST',
+      headers: json,
+      body: JSON.stringify(body()),
+    });
+    const { worker_id } = (await res.json()) as { worker_id: string };
+    const beat = await fetch(`${url}/v1/workers/${worker_id}/heartbeat`, {
+      method: 'POST',
+      headers: json,
+      body: '',
+    });
+    assert.equal(beat.status, 200, await beat.text());
+    const gone = await fetch(`${url}/v1/workers/${worker_id}`, { method: 'DELETE', headers: json, body: '' });
+    assert.equal(gone.status, 204, await gone.text());
+    const empty = await fetch(`${url}/v1/completions`, { method: 'POST', headers: json, body: '' });
+    assert.equal(empty.status, 400);
+    assert.equal(((await empty.json()) as { error: { code: string } }).error.code, 'invalid_json');
+  } finally {
+    await router.close();
+  }
+});

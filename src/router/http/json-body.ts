@@ -81,6 +81,16 @@ function namingPoisonedKeys(text: string, done: ParserDone): ParserDone {
   };
 }
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /**
+     * The route reads no body (a heartbeat, a DELETE): an empty one is accepted even when its
+     * content-type says JSON, as clients that set that header on every call send it.
+     */
+    takesNoBody?: boolean;
+  }
+}
+
 export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number): void {
   // Fastify's text/plain parser would hand a route the body as a string, answered "must be a JSON
   // object" even when it is one: without it, text/plain is refused like any other media type
@@ -105,6 +115,7 @@ export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number):
     const wrongCharset = checkCharset(request.headers['content-type']);
     if (wrongCharset) return done(wrongCharset, undefined);
     const bytes = body as Buffer;
+    if (bytes.length === 0 && request.routeOptions.config.takesNoBody === true) return done(null, undefined);
     if (bytes.length === 0 || mayBePoisoned(bytes)) {
       const text = bytes.toString('utf8');
       return secure(request, text, namingPoisonedKeys(text, done));

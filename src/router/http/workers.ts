@@ -14,12 +14,15 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet): void {
     return reply.status(201).send(answer);
   });
 
-  app.post<{ Params: { id: string } }>('/v1/workers/:id/heartbeat', async (request) => {
+  // Neither reads a body: an empty one sent with content-type: application/json is not refused.
+  const takesNoBody = { config: { takesNoBody: true } };
+
+  app.post<{ Params: { id: string } }>('/v1/workers/:id/heartbeat', takesNoBody, async (request) => {
     const worker = fleet.heartbeat(request.params.id, leaseClock());
     return { worker_id: worker.id, lease_ttl_ms: registry.leaseTtlMs };
   });
 
-  app.delete<{ Params: { id: string } }>('/v1/workers/:id', async (request, reply) => {
+  app.delete<{ Params: { id: string } }>('/v1/workers/:id', takesNoBody, async (request, reply) => {
     fleet.deregister(request.params.id);
     return reply.status(204).send();
   });
