@@ -13,7 +13,7 @@ import { Agent } from 'undici';
 import { spec as workerSpec } from '../src/cli/commands/worker.js';
 import { type CommandSpec, decimalText, type ParsedOptions } from '../src/cli/options.js';
 import { UsageError } from '../src/errors.js';
-import { ChildExited, childDeathAsExit } from './lib/child.js';
+import { childDeathAsExit, childExited } from './lib/child.js';
 import { type CompletionTiming, streamCompletion } from './lib/completion-stream.js';
 import { startFleet } from './lib/fleet.js';
 import { Progress } from './lib/progress.js';
@@ -153,8 +153,7 @@ async function replayPolicy(
       o.model,
     ],
   }).catch((err: unknown) => {
-    const text = err instanceof Error ? err.message : String(err);
-    throw new ChildExited(text.trim().replace(/\s*\n\s*/g, ' | '));
+    throw childExited(err);
   });
   const agent = new Agent({ connections: 1024, keepAliveTimeout: 30_000 });
   const progress = new Progress(`replay ${policy}`, schedule.length);

@@ -19,12 +19,21 @@ import { UsageError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { ENDPOINTS } from '../src/protocols/worker-plane.js';
+import { leaseClock } from '../src/router/fleet/fleet.js';
 import type { PipelineDeps } from '../src/router/pipeline/deps.js';
 import { hashStage, matchStage, selectDecode } from '../src/router/pipeline/route.js';
 import { createPolicy, seededRng } from '../src/router/scheduling/index.js';
 import { createRouter } from '../src/router/service.js';
 import { encodeJson, RequestPlaneClient } from '../src/tcp/index.js';
-import { ChildExited, childDeathAsExit, exitStatus, firstLine, hasExited, stopChild } from './lib/child.js';
+import {
+  ChildExited,
+  childDeathAsExit,
+  childExited,
+  exitStatus,
+  firstLine,
+  hasExited,
+  stopChild,
+} from './lib/child.js';
 import { startRouter } from './lib/fleet.js';
 import { type Distribution, distribution, round } from './lib/stats.js';
 import { hashIdTokens } from './lib/trace.js';
@@ -160,7 +169,7 @@ async function inProcessDecisions(iterations: number, sel: Selection): Promise<D
             max_batched_tokens: 8192,
             kv_events: false,
           },
-          Date.now(),
+          leaseClock(),
         );
         ids.push(w.id);
       }
@@ -332,11 +341,6 @@ const atMost = (value: number | null, goal: number): boolean | null =>
   value === null ? null : value <= goal;
 
 /** An error's message on one line (the router's death message carries its stderr tail). */
-function oneLine(err: unknown): string {
-  const text = err instanceof Error ? err.message : String(err);
-  return text.trim().replace(/\s*\n\s*/g, ' | ');
-}
-
 export function run(options: ParsedOptions): Promise<number> {
   return childDeathAsExit('routing', () => measureAll(options));
 }
@@ -370,7 +374,7 @@ async function measureAll(options: ParsedOptions): Promise<number> {
         '--block-size',
         String(BLOCK_SIZE),
       ]).catch((err: unknown) => {
-        throw new ChildExited(oneLine(err));
+        throw childExited(err);
       });
       const routerUrl = router.url;
       let registered: string[] = [];

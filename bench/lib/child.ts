@@ -7,6 +7,12 @@ import { once } from 'node:events';
 /** A child process of the bench that died on its own: reported as one line, exit 1. */
 export class ChildExited extends Error {}
 
+/** A failure to start a child (it died, or said why on stderr) as ChildExited, its message on one line. */
+export function childExited(err: unknown): ChildExited {
+  const text = err instanceof Error ? err.message : String(err);
+  return new ChildExited(text.trim().replace(/\s*\n\s*/g, ' | '));
+}
+
 export const exitStatus = (code: number | null, signal: NodeJS.Signals | null): string =>
   signal !== null ? `signal ${signal}` : `code ${code}`;
 
