@@ -9,7 +9,14 @@ import { once } from 'node:events';
 import { test } from 'node:test';
 import { envName } from '../src/cli/options.js';
 import { ROUTER_OPTION_SPECS } from '../src/router/config.js';
-import { CLI_MAIN, registerWorker } from './helpers/fleet.js';
+import {
+  CLI_MAIN,
+  postCompletion,
+  registerWorker,
+  spawnWorker,
+  waitForWorkers,
+  waitUntil,
+} from './helpers/fleet.js';
 
 test('--help lists every option with its environment variable', () => {
   const r = spawnSync(process.execPath, [CLI_MAIN, 'router', '--help'], { encoding: 'utf8' });
@@ -224,3 +231,50 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     assert.equal(code, 0);
   });
 }
+
+test('SIGTERM drains: a stream in flight finishes; meanwhile new requests and /ready get 503 and /health answers; then exit 0', {
+  timeout: 60_000,
+}, async () => {
+  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0', '--drain-ms', '30000'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  const exit = once(child, 'exit');
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+    out += s;
+  });
+  const url = await waitUntil(
+    async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
+    'the router listening',
+  );
+  // Slow tokens (speedup 0.5): the stream is still running when the signal comes.
+  const worker = await spawnWorker(url, ['--speedup', '0.5']);
+  try {
+    await waitForWorkers(url, 1);
+    const res = await postCompletion(url, { prompt: 'drain me', max_tokens: 24, stream: true });
+    assert.equal(res.status, 200);
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let sse = (await reader.read()).value ?? '';
+    child.kill('SIGTERM');
+    await waitUntil(async () => out.includes('draining'), 'the draining line');
+    const refused = await postCompletion(url, { prompt: 'too late' });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get('connection'), 'close');
+    assert.equal(((await refused.json()) as { error: { code: string } }).error.code, 'shutting_down');
+    assert.equal((await fetch(`${url}/ready`)).status, 503);
+    assert.equal((await fetch(`${url}/health`)).status, 200);
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      sse += value;
+    }
+    assert.ok(sse.trimEnd().endsWith('data: [DONE]'), sse.slice(-300));
+    assert.ok(!sse.includes('"error"'), 'the stream in flight was not cut');
+    const [code] = await exit;
+    assert.equal(code, 0);
+  } finally {
+    child.kill('SIGKILL');
+    worker.kill();
+  }
+});

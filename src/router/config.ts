@@ -35,6 +35,8 @@ export interface RouterConfig {
   streamIdleTimeoutMs: number;
   /** How long an approximate-mode credit lasts. */
   approxTtlMs: number;
+  /** How long `drain()` (SIGTERM) lets requests in flight finish before close() ends them. */
+  drainMs: number;
   verbose: boolean;
   /** Not a CLI option: random source of the policy (seed it in tests). */
   rng?: Rng;
@@ -166,6 +168,14 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     min: 1,
     max: MAX_TIMER_MS,
     help: 'how long approximate-mode credits last (workers without KV events)',
+  },
+  {
+    name: 'drain-ms',
+    type: 'integer',
+    default: 30_000,
+    min: 0,
+    max: MAX_TIMER_MS,
+    help: 'on SIGTERM/SIGINT: how long requests in flight may finish (new ones get 503) before the rest are ended',
   },
   { name: 'verbose', type: 'boolean', default: false, help: 'log one line per request and fleet event' },
 ];

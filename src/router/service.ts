@@ -39,6 +39,13 @@ export interface RouterService {
   /** Base URL once listening (`http://host:port`), else ''. */
   readonly url: string;
   listen(): Promise<string>;
+  /**
+   * Stops taking inference requests (503 shutting_down, `/ready` 503) and resolves once none is in
+   * flight or `drainMs` has passed. The control plane and /health, /metrics still answer. Then
+   * call close(). Idempotent.
+   */
+  drain(): Promise<void>;
+  /** Ends what is in flight (503 shutting_down), stops listening, releases workers. Idempotent. */
   close(): Promise<void>;
   readonly registry: WorkerRegistry;
   /** The KV-event fed index (workers in approximate mode live in `fleet.approx`). */
@@ -82,7 +89,14 @@ export async function createRouter(
     inflight: () => inflight.active,
   });
   let closing = false;
-  const app = createApp({ config, metrics, tracer: telemetry.tracer, isClosing: () => closing });
+  let draining = false;
+  const app = createApp({
+    config,
+    metrics,
+    tracer: telemetry.tracer,
+    isClosing: () => closing,
+    isDraining: () => draining,
+  });
   const client = new RequestPlaneClient({
     firstResponseTimeoutMs: config.firstTokenTimeoutMs,
     tracer: telemetry.tracer,
@@ -142,9 +156,9 @@ export async function createRouter(
   };
   const inflight = new InflightLimit(config.maxInflight);
   const active = new Set<RequestAbort>();
-  registerOpsRoutes(app, fleet, metrics);
+  registerOpsRoutes(app, fleet, metrics, () => draining);
   registerWorkerRoutes(app, fleet);
-  registerInferenceRoutes(app, { pipeline, limit: inflight, active });
+  registerInferenceRoutes(app, { pipeline, limit: inflight, active, isDraining: () => draining });
 
   const sockets = new Set<Socket>();
   app.server.on('connection', (socket: Socket) => {
@@ -153,6 +167,7 @@ export async function createRouter(
   });
 
   let url = '';
+  let drained: Promise<void> | undefined;
   let closed: Promise<void> | undefined;
   const theFleet = fleet;
   return {
@@ -170,6 +185,14 @@ export async function createRouter(
       url = `http://${host}:${port}`;
       theFleet.start();
       return url;
+    },
+    drain() {
+      drained ??= (async () => {
+        draining = true;
+        const until = performance.now() + config.drainMs;
+        while (active.size > 0 && performance.now() < until) await sleep(20);
+      })();
+      return drained;
     },
     close() {
       closed ??= (async () => {

@@ -1,6 +1,8 @@
 // `kvroute router`: the router service alone. Every option (src/router/config.ts) has a KVROUTE_*
 // environment variable; logs are fastify's pino JSON lines on stdout (warnings only unless
-// --verbose). SIGINT/SIGTERM close the router (open streams end, workers are released) and exit 0.
+// --verbose). SIGINT/SIGTERM drain the router (new requests get 503 and /ready says not ready,
+// those in flight finish, up to --drain-ms), then close it (what is left ends with 503, workers
+// are released) and exit 0. A second signal exits at once (1).
 
 import { ROUTER_OPTION_SPECS, routerConfigFromOptions } from '../../router/config.js';
 import { createRouter } from '../../router/service.js';
@@ -29,6 +31,10 @@ export async function run(options: ParsedOptions): Promise<number> {
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+  process.stdout.write(
+    `kvroute router draining: ${router.inflight.active} request(s) in flight, up to ${router.config.drainMs} ms\n`,
+  );
+  await router.drain();
   await router.close();
   return 0;
 }

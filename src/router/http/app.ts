@@ -119,6 +119,8 @@ export interface AppDeps {
   tracer: Tracer;
   /** True once close() started: new requests get 503. */
   isClosing(): boolean;
+  /** True once drain() started: every response says connection: close (clients move on). */
+  isDraining(): boolean;
 }
 
 export function createApp(deps: AppDeps): FastifyInstance {
@@ -218,6 +220,9 @@ export function createApp(deps: AppDeps): FastifyInstance {
       if (!reply.raw.writableFinished) setImmediate(onClientGone, request, reply);
     });
     if (deps.isClosing()) return done(shuttingDown());
+    // Draining: this connection is not reused, so a client's next request opens a new one, which
+    // a load balancer sends to another router.
+    if (deps.isDraining()) reply.header('connection', 'close');
     done();
   });
 

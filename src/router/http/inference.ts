@@ -19,6 +19,8 @@ export interface InferenceRouteDeps {
   limit: InflightLimit;
   /** Requests in flight, so close() can abort them. */
   active: Set<RequestAbort>;
+  /** True while the router drains: new requests are refused, those in flight finish. */
+  isDraining: () => boolean;
 }
 
 const clientClosed = () => new KvrouteError('client_closed', 'the client disconnected');
@@ -35,6 +37,11 @@ function requestAbort(reply: FastifyReply, active: Set<RequestAbort>): RequestAb
 
 export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRouteDeps): void {
   const serve = (endpoint: EndpointKind) => async (request: FastifyRequest, reply: FastifyReply) => {
+    if (deps.isDraining()) {
+      throw new KvrouteError('shutting_down', 'the router is draining: send this request to another', {
+        retryAfterSeconds: 1,
+      });
+    }
     const arrivedAt = performance.now();
     const abort = requestAbort(reply, deps.active);
     const result = await inRequestContext(request, () =>

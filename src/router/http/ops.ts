@@ -6,12 +6,21 @@ import { KvrouteError } from '../../errors.js';
 import type { Fleet } from '../fleet/fleet.js';
 import type { RouterMetrics } from '../metrics.js';
 
-export function registerOpsRoutes(app: FastifyInstance, fleet: Fleet, metrics: RouterMetrics): void {
+export function registerOpsRoutes(
+  app: FastifyInstance,
+  fleet: Fleet,
+  metrics: RouterMetrics,
+  /** True while the router drains (SIGTERM): not ready, so a load balancer stops sending. */
+  isDraining: () => boolean = () => false,
+): void {
   const { registry } = fleet;
 
   app.get('/health', async () => ({ status: 'ok' }));
 
   app.get('/ready', async () => {
+    if (isDraining()) {
+      throw new KvrouteError('shutting_down', 'the router is draining', { retryAfterSeconds: 1 });
+    }
     const decode = registry.models().some((m) => registry.candidates(m, 'decode').length > 0);
     if (!decode) throw new KvrouteError('no_workers', 'no decode-capable worker is registered');
     return { status: 'ready', workers: registry.size };
