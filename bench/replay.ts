@@ -88,6 +88,14 @@ export const spec: CommandSpec = {
       help: 'replay only the first N requests (0 = all) (default: all; 200 with --quick)',
     },
     { name: 'model', type: 'string', default: 'mock-llm', help: 'model name sent and served' },
+    {
+      name: 'seed',
+      type: 'integer',
+      default: 1,
+      min: 0,
+      max: 2 ** 32 - 1,
+      help: "the router's --seed: the random policy (and ties) draw the same choices in every run",
+    },
     { name: 'out', type: 'string', help: 'directory for report.html and the SVG charts' },
     { name: 'quick', type: 'boolean', default: false, help: 'first 200 requests at speedup 20' },
     {
@@ -119,6 +127,7 @@ async function replayPolicy(
     kvBlocks: number;
     blockSize: number;
     model: string;
+    seed: number;
   },
 ): Promise<{ run: PolicyRun; workerIds: string[] }> {
   const maxPrompt = extent(schedule.map((s) => s.request.inputLength))?.max ?? 0;
@@ -130,6 +139,8 @@ async function replayPolicy(
     routerArgs: [
       '--block-size',
       String(o.blockSize),
+      '--seed',
+      String(o.seed),
       // Trace prompts reach ~190k tokens; the router's default bound is lower.
       '--max-prompt-tokens',
       String(Math.max(131_072, maxPrompt)),
@@ -266,6 +277,7 @@ async function replay(options: ParsedOptions): Promise<number> {
     kvBlocks: options.kvBlocks as number,
     blockSize: options.blockSize as number,
     model: options.model as string,
+    seed: options.seed as number,
   };
   const runs: PolicyRun[] = [];
   for (const policy of policies) runs.push((await replayPolicy(policy, requests, settings)).run);

@@ -828,3 +828,43 @@ test("the router's listening socket and lease-expiry sweep are made outside the 
     await router.close();
   }
 });
+
+test('--seed makes the random policy repeat its choices; another seed makes others', async () => {
+  const choices = async (seed: number): Promise<string[]> => {
+    const router = await createRouter({ port: 0, logger: false, policy: 'random', seed });
+    try {
+      const url = await router.listen();
+      for (let i = 1; i <= 4; i++) {
+        const res = await fetch(`${url}/v1/workers`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            role: 'both',
+            address: `127.0.0.1:${9300 + i}`,
+            model: 'mock-llm',
+            block_size: 16,
+            kv_blocks: 1024,
+          }),
+        });
+        assert.equal(res.status, 201);
+      }
+      const picked: string[] = [];
+      for (let i = 0; i < 24; i++) {
+        const res = await fetch(`${url}/v1/route`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: 'mock-llm', prompt: `question ${i}`, max_tokens: 4 }),
+        });
+        assert.equal(res.status, 200);
+        picked.push(((await res.json()) as { decode: { address: string } }).decode.address);
+      }
+      return picked;
+    } finally {
+      await router.close();
+    }
+  };
+  const first = await choices(7);
+  assert.ok(new Set(first).size > 1, 'random spreads its choices');
+  assert.deepEqual(await choices(7), first);
+  assert.notDeepEqual(await choices(8), first);
+});

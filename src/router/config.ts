@@ -37,6 +37,8 @@ export interface RouterConfig {
   approxTtlMs: number;
   /** How long `drain()` (SIGTERM) lets requests in flight finish before close() ends them. */
   drainMs: number;
+  /** Seed of the policies' random choices (random policy, ties, temperature); unset: Math.random. */
+  seed?: number;
   verbose: boolean;
   /** Not a CLI option: random source of the policy (seed it in tests). */
   rng?: Rng;
@@ -176,6 +178,14 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     min: 0,
     max: MAX_TIMER_MS,
     help: 'on SIGTERM/SIGINT: how long requests in flight may finish (new ones get 503) before the rest are ended',
+  },
+  {
+    // No default: unseeded (Math.random) unless given.
+    name: 'seed',
+    type: 'integer',
+    min: 0,
+    max: 2 ** 32 - 1,
+    help: "seed of the policies' random choices (random policy, ties, --temperature), for reproducible runs (default: unseeded)",
   },
   { name: 'verbose', type: 'boolean', default: false, help: 'log one line per request and fleet event' },
 ];

@@ -27,7 +27,7 @@ import { DEFAULT_LIMITS } from './openai/request.js';
 import { InflightLimit } from './pipeline/admission.js';
 import type { PipelineDeps } from './pipeline/deps.js';
 import { WorkerRegistry } from './registry/index.js';
-import { createPolicy } from './scheduling/index.js';
+import { createPolicy, seededRng } from './scheduling/index.js';
 import { Tokenizer } from './tokenizer/index.js';
 
 /** How long close() lets open connections finish after ending the streams. */
@@ -111,7 +111,12 @@ export async function createRouter(
     temperature: config.temperature,
     busyPrefillTokens: config.busyPrefillTokens,
     busyDecodeFraction: config.busyDecodeFraction,
-    ...(config.rng ? { rng: config.rng } : {}),
+    // One random source for both policies, so a seeded router repeats its choices exactly.
+    ...(config.rng
+      ? { rng: config.rng }
+      : config.seed !== undefined
+        ? { rng: seededRng(config.seed) }
+        : {}),
   };
   const policy = createPolicy(schedulerConfig);
   // Prefill placement gets its own instance: sharing one would advance round-robin's cursor twice
