@@ -382,3 +382,53 @@ test('heartbeat and deregister take an empty body sent with content-type: applic
     await router.close();
   }
 });
+
+test('the same worker process registering again (same instance_id) keeps its worker; another process replaces it', () => {
+  // A worker whose registration answer was lost (its POST timed out after the router took it)
+  // sends it again: that is no restart, and replacing it purged its index and cut its streams.
+  const r = new WorkerRegistry({ blockSize: 16 });
+  const first = r.register(body({ instance_id: 'proc-a' }), T0);
+  const again = r.register(body({ instance_id: 'proc-a' }), T0 + 4_000);
+  assert.equal(again.repeated, true);
+  assert.equal(again.replaced, undefined);
+  assert.equal(again.worker.id, first.worker.id);
+  assert.equal(again.worker.leaseExpiresAt, T0 + 4_000 + 10_000, 'renewed');
+  assert.equal(r.size, 1);
+  // A restart (a new process) at the same address, or a worker without instance_id: replaced.
+  const restarted = r.register(body({ instance_id: 'proc-b' }), T0 + 5_000);
+  assert.equal(restarted.replaced?.id, first.worker.id);
+  assert.notEqual(restarted.worker.id, first.worker.id);
+  assert.equal(r.register(body(), T0 + 6_000).replaced?.id, restarted.worker.id);
+  // Same process, other figures (it cannot be, but then it is not the same registration): replaced.
+  const a = r.register(body({ address: '127.0.0.1:9500', instance_id: 'proc-c' }), T0);
+  const changed = r.register(body({ address: '127.0.0.1:9500', instance_id: 'proc-c', kv_blocks: 2048 }), T0);
+  assert.equal(changed.replaced?.id, a.worker.id);
+  rejects(r, body({ instance_id: '' }), 'instance_id');
+  rejects(r, body({ instance_id: 'x'.repeat(129) }), 'instance_id');
+  rejects(r, { ...body(), instance_id: 7 }, 'instance_id');
+});
+
+test('over HTTP, a repeated registration answers the same worker_id and leaves one worker', async () => {
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const url = await router.listen();
+    const post = async () => {
+      const res = await fetch(`${url}/v1/workers`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body({ instance_id: 'c0ffee' })),
+      });
+      assert.equal(res.status, 201);
+      return ((await res.json()) as { worker_id: string }).worker_id;
+    };
+    const id = await post();
+    assert.equal(await post(), id);
+    const list = (await (await fetch(`${url}/v1/workers`)).json()) as { data: { worker_id: string }[] };
+    assert.deepEqual(
+      list.data.map((w) => w.worker_id),
+      [id],
+    );
+  } finally {
+    await router.close();
+  }
+});

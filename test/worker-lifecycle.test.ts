@@ -55,7 +55,8 @@ test('registers, heartbeats, backs off while the router is down, registers again
   ]);
   try {
     const registration = await router.waitFor((c) => c.method === 'POST' && c.url === '/v1/workers');
-    assert.deepEqual(registration.body, {
+    const { instance_id, ...fields } = registration.body as { instance_id?: unknown };
+    assert.deepEqual(fields, {
       role: 'decode',
       address: worker.address,
       model: 'mock-x',
@@ -64,6 +65,8 @@ test('registers, heartbeats, backs off while the router is down, registers again
       max_batched_tokens: 2048,
       kv_events: true,
     });
+    // One id per process: every registration of this process sends it (checked again below).
+    assert.match(String(instance_id), /^[0-9a-f-]{36}$/);
     const beat = (c: { method: string; url: string }) =>
       c.method === 'POST' && c.url === '/v1/workers/a1/heartbeat';
     await router.waitFor(beat);

@@ -23,6 +23,12 @@ export interface RegisterWorkerRequest {
   max_batched_tokens?: number;
   /** True when the worker serves the `kv_events` endpoint; otherwise the router uses approximate mode. */
   kv_events?: boolean;
+  /**
+   * Optional: one random id per worker process. A registration repeated by the same process (its
+   * first answer was lost, say) renews the worker it registered instead of replacing it as a
+   * restart would (which purges its index and cuts its streams).
+   */
+  instance_id?: string;
 }
 
 /** `201` answer to `POST /v1/workers`. */

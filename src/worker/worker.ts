@@ -4,6 +4,7 @@
 // router stops sending), lets waiting overlapped generates take their kv_handoff, ends KV-event
 // subscriptions, lets in-flight streams finish, all up to the deadline, then stops the engine.
 
+import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Tracer } from '@opentelemetry/api';
 import { createGenerateHandler, createKvHandoffHandler } from '../decode/handler.js';
@@ -112,6 +113,9 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
       kv_blocks: engine.config.kvBlocks,
       max_batched_tokens: engine.config.maxBatchedTokens,
       kv_events: true,
+      // This process: a registration it repeats (its answer lost) renews its worker at the router
+      // instead of replacing it as a restart would.
+      instance_id: randomUUID(),
     },
     log: config.log,
     ...(config.onRegistrationRefused ? { onRefused: config.onRegistrationRefused } : {}),

@@ -66,7 +66,9 @@ export class Fleet {
   }
 
   register(body: unknown, now: number, peerHost?: string): Worker {
-    const { worker, replaced } = this.registry.register(body, now, peerHost);
+    const { worker, replaced, repeated } = this.registry.register(body, now, peerHost);
+    // The same process registering again: its worker, subscription and index stay as they are.
+    if (repeated) return worker;
     if (replaced) this.purge(replaced, 'replaced');
     this.liveAt.set(worker.address, worker.id);
     if (worker.kvEvents && !this.closed) {

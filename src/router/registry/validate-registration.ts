@@ -27,7 +27,12 @@ export interface WorkerRegistration {
   kvBlocks: number;
   maxBatchedTokens: number;
   kvEvents: boolean;
+  /** The worker process's `instance_id`, when it sent one. */
+  instanceId: string | undefined;
 }
+
+/** Bound on `instance_id` (a UUID is 36 characters). */
+const MAX_INSTANCE_ID_LENGTH = 128;
 
 function invalid(message: string, param: string): KvrouteError {
   return new KvrouteError('invalid_request', message, { param });
@@ -130,6 +135,13 @@ export function validateRegistration(
   if (kvEvents !== undefined && typeof kvEvents !== 'boolean') {
     throw invalid(`kv_events must be a boolean, got ${JSON.stringify(kvEvents)}`, 'kv_events');
   }
+  const instanceId = body.instance_id;
+  if (
+    instanceId !== undefined &&
+    (typeof instanceId !== 'string' || instanceId.length === 0 || instanceId.length > MAX_INSTANCE_ID_LENGTH)
+  ) {
+    throw invalid(`instance_id must be a string of 1 to ${MAX_INSTANCE_ID_LENGTH} characters`, 'instance_id');
+  }
   return {
     role: role as WorkerRole,
     address,
@@ -140,5 +152,6 @@ export function validateRegistration(
     kvBlocks,
     maxBatchedTokens,
     kvEvents: kvEvents === true,
+    instanceId,
   };
 }

@@ -46,6 +46,22 @@ export interface RegisterResult {
   worker: Worker;
   /** A live worker at the same address that the new registration replaced (the worker restarted). */
   replaced: Worker | undefined;
+  /** The registration repeated one of the same worker process: `worker` is the one it had, renewed. */
+  repeated: boolean;
+}
+
+/** Whether a registration is the one `worker` made, sent again by the same process. */
+function sameRegistration(worker: Worker, r: WorkerRegistration): boolean {
+  return (
+    r.instanceId !== undefined &&
+    worker.instanceId === r.instanceId &&
+    worker.role === r.role &&
+    worker.model === r.model &&
+    worker.blockSize === r.blockSize &&
+    worker.kvBlocks === r.kvBlocks &&
+    worker.maxBatchedTokens === r.maxBatchedTokens &&
+    worker.kvEvents === r.kvEvents
+  );
 }
 
 type MutableWorker = { -readonly [K in keyof Worker]: Worker[K] };
@@ -92,12 +108,17 @@ export class WorkerRegistry {
 
   /**
    * Validates a `POST /v1/workers` body and registers the worker under a fresh id. A live worker
-   * already registered at the same address is replaced (and returned in `replaced`): it restarted.
+   * already registered at the same address is replaced (and returned in `replaced`): it restarted;
+   * unless it is the same process registering again (same `instance_id` and fields), whose worker
+   * is renewed and returned (`repeated`).
    * `peerHost`: the HTTP peer, dialled for a worker that registered an unspecified host (0.0.0.0).
    */
   register(body: unknown, now: number, peerHost?: string): RegisterResult {
     const registration = validateRegistration(body, this.blockSize, peerHost);
     const previous = this.byAddress.get(registration.address);
+    if (previous && previous.leaseExpiresAt > now && sameRegistration(previous, registration)) {
+      return { worker: this.heartbeat(previous.id, now), replaced: undefined, repeated: true };
+    }
     if (!previous && this.byLease.size >= this.maxWorkers) {
       throw new KvrouteError('overloaded', `worker registry is full (${this.maxWorkers} workers)`, {
         retryAfterSeconds: Math.ceil(this.leaseTtlMs / 1000),
@@ -116,7 +137,7 @@ export class WorkerRegistry {
     this.byAddress.set(worker.address, worker);
     this.groupFor(worker.model).members.add(worker);
     this.invalidate(worker.model);
-    return { worker, replaced };
+    return { worker, replaced, repeated: false };
   }
 
   /**
