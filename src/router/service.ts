@@ -112,11 +112,7 @@ export async function createRouter(
     busyPrefillTokens: config.busyPrefillTokens,
     busyDecodeFraction: config.busyDecodeFraction,
     // One random source for both policies, so a seeded router repeats its choices exactly.
-    ...(config.rng
-      ? { rng: config.rng }
-      : config.seed !== undefined
-        ? { rng: seededRng(config.seed) }
-        : {}),
+    ...(config.rng ? { rng: config.rng } : config.seed !== undefined ? { rng: seededRng(config.seed) } : {}),
   };
   const policy = createPolicy(schedulerConfig);
   // Prefill placement gets its own instance: sharing one would advance round-robin's cursor twice
