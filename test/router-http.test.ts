@@ -868,3 +868,42 @@ test('--seed makes the random policy repeat its choices; another seed makes othe
   assert.deepEqual(await choices(7), first);
   assert.notDeepEqual(await choices(8), first);
 });
+
+test('--max-connections: a connection past the limit is closed at once; one slot freed, a new one is served', async () => {
+  const router = await createRouter({ port: 0, logger: false, maxConnections: 3 });
+  const { port } = new URL(await router.listen());
+  const connections = () =>
+    new Promise<number>((resolve, reject) =>
+      router.app.server.getConnections((err, n) => (err ? reject(err) : resolve(n))),
+    );
+  const open = () =>
+    new Promise<net.Socket>((resolve, reject) => {
+      const socket = net.connect(Number(port), '127.0.0.1', () => resolve(socket));
+      socket.once('error', reject);
+    });
+  const held: net.Socket[] = [];
+  try {
+    for (let i = 0; i < 3; i++) held.push(await open());
+    await waitUntil(async () => (await connections()) === 3, 'three connections held');
+    const extra = await open();
+    held.push(extra);
+    // Closed by the router without an answer, even to a request sent on it.
+    const answer = new Promise<string>((resolve) => {
+      let text = '';
+      extra.on('data', (b) => {
+        text += b.toString();
+      });
+      extra.once('close', () => resolve(text));
+      extra.on('error', () => {});
+    });
+    extra.write('GET /health HTTP/1.1\r\nhost: x\r\n\r\n');
+    assert.equal(await answer, '');
+    held[0]!.destroy();
+    await waitUntil(async () => (await connections()) === 2, 'a slot freed');
+    const res = await fetch(`http://127.0.0.1:${port}/health`, { headers: { connection: 'close' } });
+    assert.equal(res.status, 200);
+  } finally {
+    for (const s of held) s.destroy();
+    await router.close();
+  }
+});

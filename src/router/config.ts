@@ -29,6 +29,8 @@ export interface RouterConfig {
   maxInflight: number;
   /** Largest request body in bytes (413 beyond). */
   bodyLimit: number;
+  /** Open client connections at most; one past it is closed at once. */
+  maxConnections: number;
   maxOutputTokens: number;
   maxPromptTokens: number;
   firstTokenTimeoutMs: number;
@@ -138,6 +140,13 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     default: 4 * 1024 * 1024,
     min: 1024,
     help: 'largest request body in bytes (413 beyond)',
+  },
+  {
+    name: 'max-connections',
+    type: 'integer',
+    default: 16_384,
+    min: 1,
+    help: 'open client connections at most (one past it is closed at once): bounds sockets and memory under a connection flood',
   },
   { name: 'max-output-tokens', type: 'integer', default: 8192, min: 1, help: 'largest accepted max_tokens' },
   {

@@ -161,6 +161,9 @@ export async function createRouter(
   registerWorkerRoutes(app, fleet);
   registerInferenceRoutes(app, { pipeline, limit: inflight, active, isDraining: () => draining });
 
+  // A connection flood (or slow clients, which node's request timeout bounds only at 30-60 s per
+  // socket) is bounded in sockets: past the limit node closes a new connection at once.
+  app.server.maxConnections = config.maxConnections;
   const sockets = new Set<Socket>();
   app.server.on('connection', (socket: Socket) => {
     sockets.add(socket);
