@@ -3,7 +3,11 @@
 
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import { context, createContextKey, ROOT_CONTEXT } from '@opentelemetry/api';
 import { encode as referenceEncode } from 'gpt-tokenizer/encoding/o200k_base';
 import { isKvrouteError } from '../src/errors.js';
@@ -105,4 +109,21 @@ test('the pool thread starts outside the context of the request that needed it; 
   }
   assert.equal(seenByThreads.length, 1);
   assert.deepEqual(seenByThreads, [undefined]);
+});
+
+test('a worker script that does not load fails warmup and encode with its error, no crash, no hang', async () => {
+  // A broken build: the worker exists but one of its imports does not.
+  const dir = mkdtempSync(join(tmpdir(), 'kvroute-tokenizer-'));
+  const file = join(dir, 'worker.mjs');
+  writeFileSync(file, "import './vocabulary-missing.js';\nexport default (text) => text;\n");
+  const t = new Tokenizer({ inlineMaxChars: 10, maxThreads: 1, workerFile: pathToFileURL(file).href });
+  try {
+    const broken = (err: unknown) =>
+      isKvrouteError(err) && err.code === 'internal_error' && err.message.includes('vocabulary-missing');
+    await assert.rejects(t.warmup(), broken);
+    await assert.rejects(t.encode(LONG), broken);
+    assert.ok((await t.encode('hi')).length > 0, 'short prompts do not need the pool');
+  } finally {
+    await t.close();
+  }
 });

@@ -28,6 +28,8 @@ export interface TokenizerOptions {
   maxThreads?: number;
   /** Pooled encodes allowed to wait beyond the ones running (default 64). */
   maxQueue?: number;
+  /** The pool's worker script (default: resolveWorkerFile()); tests give a broken one. */
+  workerFile?: string;
 }
 
 export interface TokenizerStats {
@@ -65,6 +67,8 @@ export class Tokenizer {
   readonly #maxPending: number;
   #pending = 0;
   #closed = false;
+  /** Aborted (and replaced) when a thread fails outside a task; every pooled run listens to it. */
+  #threadFailure = new AbortController();
   readonly #stats: TokenizerStats = { inline: 0, pooled: 0, rejected: 0 };
 
   constructor(opts: TokenizerOptions = {}) {
@@ -72,7 +76,7 @@ export class Tokenizer {
     const maxThreads = opts.maxThreads ?? defaultThreads();
     this.#maxPending = maxThreads + (opts.maxQueue ?? 64);
     this.#pool = new Piscina({
-      filename: resolveWorkerFile(),
+      filename: opts.workerFile ?? resolveWorkerFile(),
       // No thread until the first long prompt (or warmup()); once started, threads stay until
       // close(), since a cold thread costs ~240 ms to load the vocabulary. Idle piscina threads
       // do not keep the process alive.
@@ -80,12 +84,38 @@ export class Tokenizer {
       maxThreads,
       idleTimeout: MAX_TIMER_MS,
     });
+    // Piscina reports a thread that fails outside any task (its script does not load: a broken
+    // build) as an 'error' event, which unheard would crash the process, and then starts no more
+    // threads, so the waiting encodes (warmup's at startup) would wait forever. They fail instead.
+    this.#pool.on('error', (err: unknown) => this.#onThreadError(err));
+  }
+
+  #onThreadError(err: unknown): void {
+    const failed = this.#threadFailure;
+    this.#threadFailure = new AbortController();
+    const reason = err instanceof Error ? err.message : String(err);
+    failed.abort(
+      new KvrouteError('internal_error', `tokenizer worker thread failed: ${reason}`, { cause: err }),
+    );
+  }
+
+  /** One pooled encode; rejects with the thread's failure if a thread fails while it waits. */
+  async #run(text: string): Promise<Uint32Array> {
+    const failure = this.#threadFailure.signal;
+    try {
+      // Submitted from the root context: the first long prompt starts the pool's thread, and a
+      // thread (with its message port) made inside a request would hold that request's trace
+      // context for the pool's life. The await below still resumes in the caller's context.
+      return await withRootContext(() => this.#pool.run(text, { signal: failure }));
+    } catch (err) {
+      throw failure.aborted ? failure.reason : err;
+    }
   }
 
   /** Starts a pool thread and loads its vocabulary now, so the first long prompt does not wait. */
   async warmup(): Promise<void> {
     if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
-    await this.#pool.run('');
+    await this.#run('');
   }
 
   /** Text to token ids (special-token text is tokenized as ordinary characters). */
@@ -110,10 +140,7 @@ export class Tokenizer {
     this.#pending++;
     this.#stats.pooled++;
     try {
-      // Submitted from the root context: the first long prompt starts the pool's thread, and a
-      // thread (with its message port) made inside a request would hold that request's trace
-      // context for the pool's life. The await below still resumes in the caller's context.
-      return await withRootContext(() => this.#pool.run(text));
+      return await this.#run(text);
     } finally {
       this.#pending--;
     }
