@@ -4,9 +4,9 @@
 // own stdout (results) and stderr (progress) stay clean.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { hasExited, stopChild } from './child.js';
 
 const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 const TAIL_BYTES = 4096;
@@ -59,23 +59,13 @@ function startChild(name: string, args: string[]): Child {
   return { name, proc, tail: () => tail.trim() };
 }
 
-function exited(c: Child): boolean {
-  return c.proc.exitCode !== null || c.proc.signalCode !== null;
-}
-
 function deathMessage(c: Child): string {
   return `${c.name} exited (${c.proc.signalCode ?? c.proc.exitCode})${c.tail() ? `: ${c.tail()}` : ''}`;
 }
 
 async function stopChildren(children: readonly Child[]): Promise<void> {
   // Workers first (they deregister from the live router), then the router (first in the list).
-  for (const c of [...children].reverse()) {
-    if (exited(c)) continue;
-    c.proc.kill('SIGTERM');
-    const timer = setTimeout(() => c.proc.kill('SIGKILL'), 5000);
-    await once(c.proc, 'exit');
-    clearTimeout(timer);
-  }
+  for (const c of [...children].reverse()) await stopChild(c.proc);
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -112,7 +102,7 @@ async function launchRouter(
   // the bench's own router (nor, below, put a worker on the router's port).
   const router = startChild('router', ['router', '--host', '127.0.0.1', '--port', String(port), ...args]);
   for (;;) {
-    if (exited(router)) throw new Error(deathMessage(router));
+    if (hasExited(router.proc)) throw new Error(deathMessage(router));
     if (Date.now() > deadline) {
       await stopChildren([router]);
       throw new Error(`the router did not answer /health in time: ${router.tail()}`);
@@ -147,7 +137,7 @@ export async function startFleet(o: FleetOptions): Promise<Fleet> {
     );
   }
   for (;;) {
-    const dead = children.find(exited);
+    const dead = children.find((c) => hasExited(c.proc));
     if (dead) return fail(deathMessage(dead));
     const ids = await listWorkerIds(url).catch(() => []);
     if (ids.length >= o.workers) return { url, workerIds: ids, stop: () => stopChildren(children) };
