@@ -127,3 +127,39 @@ test('a worker script that does not load fails warmup and encode with its error,
     await t.close();
   }
 });
+
+test('a long run of one character class encodes in slices, the same inline and pooled', {
+  timeout: 60_000,
+}, async () => {
+  // BPE merges inside one piece in quadratic time: 210 K CJK characters with no punctuation took
+  // over a minute per encode before (a body well within the 4 MiB limit); sliced, under a second.
+  const runs = [
+    '日本語'.repeat(70_000),
+    '🎉'.repeat(50_000),
+    `e${'\u0301'.repeat(100_000)}`,
+    `x${' '.repeat(100_000)}y`,
+  ];
+  const pooled = new Tokenizer({ inlineMaxChars: 0, maxThreads: 1 });
+  const inline = new Tokenizer({ inlineMaxChars: Number.MAX_SAFE_INTEGER });
+  try {
+    for (const text of runs) {
+      const viaPool = await pooled.encode(text);
+      assert.deepEqual(viaPool, await inline.encode(text));
+      assert.equal(pooled.decode(viaPool), text, 'slices never split a surrogate pair');
+    }
+  } finally {
+    await pooled.close();
+    await inline.close();
+  }
+});
+
+test('text without a long run of one class keeps o200k_base ids, a 300-character URL included', async () => {
+  const url = `https://example.com/${'abcdefghi/'.repeat(30)}?q=${'0123456789'.repeat(5)}`;
+  const text = `${SHORT} see ${url} and ${'word '.repeat(100)}`;
+  const t = new Tokenizer({ inlineMaxChars: Number.MAX_SAFE_INTEGER });
+  try {
+    assert.deepEqual([...(await t.encode(text))], referenceEncode(text, { disallowedSpecial: new Set() }));
+  } finally {
+    await t.close();
+  }
+});

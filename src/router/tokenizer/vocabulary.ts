@@ -26,9 +26,83 @@ export const TEXT_TOKEN_COUNT: number = bpeRanks.length;
 // characters (tiktoken's encode_ordinary): a prompt can never inject a control token.
 const ORDINARY_TEXT = { disallowedSpecial: new Set<string>() };
 
+/**
+ * Longest run of one character class (letters and marks; symbols and punctuation; whitespace)
+ * encoded as one piece. BPE merges inside a piece in time quadratic in its length (64 K CJK
+ * characters with no punctuation took 12 s, and the body limit allows 4 MiB), so a longer run is
+ * encoded in slices of this length. Natural text has no such run, so its ids are o200k_base's.
+ */
+export const MAX_RUN_CHARS = 256;
+
+// o200k_base's pieces never cross from one of these classes to another, except for one leading
+// character and a few trailing line breaks or slashes: splitting the runs bounds every piece.
+const LONG_RUN = new RegExp(
+  `[\\p{L}\\p{M}]{${MAX_RUN_CHARS},}|[^\\s\\p{L}\\p{N}]{${MAX_RUN_CHARS},}|\\s{${MAX_RUN_CHARS},}`,
+  'gu',
+);
+
+/** JavaScript's \s, by code unit (all of it is in the BMP). */
+function isSpace(c: number): boolean {
+  if (c < 0x80) return c === 0x20 || (c >= 0x09 && c <= 0x0d);
+  return (
+    c === 0xa0 ||
+    c === 0x1680 ||
+    (c >= 0x2000 && c <= 0x200a) ||
+    c === 0x2028 ||
+    c === 0x2029 ||
+    c === 0x202f ||
+    c === 0x205f ||
+    c === 0x3000 ||
+    c === 0xfeff
+  );
+}
+
+/**
+ * Whether `text` has MAX_RUN_CHARS code units in a row that are all whitespace or all not: every
+ * long run of one class is one of these. A plain scan, far cheaper than LONG_RUN on every text.
+ */
+function mayHoldLongRun(text: string): boolean {
+  let run = 0;
+  let space = false;
+  for (let i = 0; i < text.length; i++) {
+    const s = isSpace(text.charCodeAt(i));
+    if (s === space) {
+      if (++run >= MAX_RUN_CHARS) return true;
+    } else {
+      space = s;
+      run = 1;
+    }
+  }
+  return false;
+}
+
+function appendEncoded(ids: number[], text: string): void {
+  for (const id of libraryEncode(text, ORDINARY_TEXT)) ids.push(id);
+}
+
 /** Text to token ids. Cost is linear in the text; see the README for measured throughput. */
 export function encodeText(text: string): number[] {
-  return libraryEncode(text, ORDINARY_TEXT);
+  if (!mayHoldLongRun(text)) return libraryEncode(text, ORDINARY_TEXT);
+  const ids: number[] = [];
+  let from = 0;
+  for (const run of text.matchAll(LONG_RUN)) {
+    appendEncoded(ids, text.slice(from, run.index));
+    const end = run.index + run[0].length;
+    for (let at = run.index; at < end; ) {
+      let cut = Math.min(at + MAX_RUN_CHARS, end);
+      // Never between the halves of a surrogate pair (each half would encode as U+FFFD).
+      if (cut < end && isHighSurrogate(text.charCodeAt(cut - 1))) cut--;
+      appendEncoded(ids, text.slice(at, cut));
+      at = cut;
+    }
+    from = end;
+  }
+  appendEncoded(ids, text.slice(from));
+  return ids;
+}
+
+function isHighSurrogate(c: number): boolean {
+  return c >= 0xd800 && c <= 0xdbff;
 }
 
 /** A token's contents: a string when its bytes are whole UTF-8, else the raw bytes. */
