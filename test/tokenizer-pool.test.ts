@@ -86,6 +86,17 @@ test('close() ends the threads; later encodes fail with shutting_down', async ()
   await assert.rejects(t.encode('hi'), (err) => isKvrouteError(err) && err.code === 'shutting_down');
 });
 
+test('close() with long prompts running and waiting rejects each with shutting_down', async () => {
+  const t = new Tokenizer({ inlineMaxChars: 10, maxThreads: 1, maxQueue: 8 });
+  await t.warmup();
+  const pending = Promise.allSettled(Array.from({ length: 4 }, () => t.encode(LONG.repeat(20))));
+  await t.close();
+  for (const r of await pending) {
+    assert.equal(r.status, 'rejected');
+    assert.ok(isKvrouteError(r.reason) && r.reason.code === 'shutting_down', String(r.reason));
+  }
+});
+
 test('the pool thread starts outside the context of the request that needed it; the request keeps its own', async () => {
   registerGlobalContext();
   const marker = createContextKey('kvroute test request');

@@ -108,7 +108,11 @@ export class Tokenizer {
       // context for the pool's life. The await below still resumes in the caller's context.
       return await withRootContext(() => this.#pool.run(text, { signal: failure }));
     } catch (err) {
-      throw failure.aborted ? failure.reason : err;
+      if (failure.aborted) throw failure.reason;
+      // close() ends the threads under the encodes still waiting: piscina's plain Error would
+      // reach the client as a 500, where any other request at this point gets a 503.
+      if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed', { cause: err });
+      throw err;
     }
   }
 
@@ -166,7 +170,7 @@ export class Tokenizer {
     return this.#pool.threads.length;
   }
 
-  /** Ends the worker threads; pending pooled encodes reject. Idempotent. */
+  /** Ends the worker threads; pending pooled encodes reject with shutting_down. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
