@@ -26,7 +26,7 @@ test('round trip text -> ids -> text, inline, matching the reference encoder', a
     assert.deepEqual([...ids], referenceEncode(SHORT, { disallowedSpecial: new Set() }));
     assert.ok(ids.every((id) => id < t.textTokenCount));
     assert.equal(t.decode(ids), SHORT);
-    assert.deepEqual(t.stats, { inline: 1, pooled: 0, rejected: 0 });
+    assert.deepEqual(t.stats, { inline: 1, pooled: 0, rejected: 0, cancelled: 0 });
     assert.equal(t.threads, 0, 'no thread starts for inline work');
     assert.equal(t.vocabSize, 200006);
   } finally {
@@ -65,7 +65,7 @@ test('past maxThreads + maxQueue pending long prompts, encode rejects with overl
       assert.equal(r.reason.code, 'overloaded');
       assert.equal(r.reason.status, 503);
     }
-    assert.deepEqual(t.stats, { inline: 0, pooled: 2, rejected: 3 });
+    assert.deepEqual(t.stats, { inline: 0, pooled: 2, rejected: 3, cancelled: 0 });
     // The bound frees up as work completes: the next one is accepted again.
     assert.equal((await t.encode(LONG)).length, fulfilled[0]!.value.length);
     // Short prompts never touch the pool, so they pass whatever the queue holds.
@@ -84,6 +84,34 @@ test('close() ends the threads; later encodes fail with shutting_down', async ()
   await t.close(); // idempotent
   await assert.rejects(t.encode(LONG), (err) => isKvrouteError(err) && err.code === 'shutting_down');
   await assert.rejects(t.encode('hi'), (err) => isKvrouteError(err) && err.code === 'shutting_down');
+});
+
+test('a long prompt whose caller left while it waited for a thread is dropped; the running one finishes', async () => {
+  const t = new Tokenizer({ inlineMaxChars: 10, maxThreads: 1, maxQueue: 8 });
+  try {
+    await t.warmup();
+    const huge = LONG.repeat(40); // ~700 K characters: the thread is busy for a good while
+    let runningDone = false;
+    const running = t.encode(huge).then((ids) => {
+      runningDone = true;
+      return ids;
+    });
+    const client = new AbortController();
+    const waiting = t.encode(LONG, client.signal);
+    const gone = new Error('client gone');
+    client.abort(gone);
+    await assert.rejects(waiting, (err) => err === gone);
+    assert.equal(runningDone, false, 'dropped at once, not after the running encode');
+    assert.equal(t.decode(await running), huge);
+    const late = new AbortController();
+    late.abort(gone);
+    await assert.rejects(t.encode(LONG, late.signal), (err) => err === gone);
+    assert.deepEqual(t.stats, { inline: 0, pooled: 2, rejected: 0, cancelled: 2 });
+    // The slot freed by the dropped one is not lost: the next encode runs.
+    assert.ok((await t.encode(LONG)).length > 0);
+  } finally {
+    await t.close();
+  }
 });
 
 test('close() with long prompts running and waiting rejects each with shutting_down', async () => {

@@ -36,6 +36,14 @@ export interface TokenizerStats {
   inline: number;
   pooled: number;
   rejected: number;
+  /** Pooled encodes dropped while they waited for a thread, because their caller's signal aborted. */
+  cancelled: number;
+}
+
+/** A pooled encode waiting for a free thread. */
+interface Waiter {
+  start: () => void;
+  fail: (reason: unknown) => void;
 }
 
 /**
@@ -65,15 +73,20 @@ export class Tokenizer {
   readonly inlineMaxChars: number;
   readonly #pool: Piscina<string, Uint32Array>;
   readonly #maxPending: number;
+  readonly #maxThreads: number;
   #pending = 0;
+  /** Encodes handed to piscina (at most one per thread); the rest wait in #waiting, FIFO. */
+  #running = 0;
+  readonly #waiting = new Set<Waiter>();
   #closed = false;
   /** Aborted (and replaced) when a thread fails outside a task; every pooled run listens to it. */
   #threadFailure = new AbortController();
-  readonly #stats: TokenizerStats = { inline: 0, pooled: 0, rejected: 0 };
+  readonly #stats: TokenizerStats = { inline: 0, pooled: 0, rejected: 0, cancelled: 0 };
 
   constructor(opts: TokenizerOptions = {}) {
     this.inlineMaxChars = opts.inlineMaxChars ?? DEFAULT_INLINE_MAX_CHARS;
     const maxThreads = opts.maxThreads ?? defaultThreads();
+    this.#maxThreads = maxThreads;
     this.#maxPending = maxThreads + (opts.maxQueue ?? 64);
     this.#pool = new Piscina({
       filename: opts.workerFile ?? resolveWorkerFile(),
@@ -122,8 +135,12 @@ export class Tokenizer {
     await this.#run('');
   }
 
-  /** Text to token ids (special-token text is tokenized as ordinary characters). */
-  async encode(text: string): Promise<Uint32Array> {
+  /**
+   * Text to token ids (special-token text is tokenized as ordinary characters). A long text that
+   * is still waiting for a thread when `signal` aborts is dropped and rejects with its reason; one
+   * already running finishes (ending its thread would cost a ~240 ms restart).
+   */
+  async encode(text: string, signal?: AbortSignal): Promise<Uint32Array> {
     if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
     if (text.length <= this.inlineMaxChars) {
       this.#stats.inline++;
@@ -141,13 +158,63 @@ export class Tokenizer {
         },
       );
     }
+    if (signal?.aborted) {
+      this.#stats.cancelled++;
+      throw signal.reason;
+    }
     this.#pending++;
     this.#stats.pooled++;
     try {
-      return await this.#run(text);
+      await this.#threadSlot(signal);
+      try {
+        return await this.#run(text);
+      } finally {
+        this.#releaseSlot();
+      }
     } finally {
       this.#pending--;
     }
+  }
+
+  /**
+   * Waits for a free thread. The waiting happens here, not in piscina's queue: piscina aborts a
+   * queued task too, but ends the thread of a running one, and we want only the waiting dropped.
+   */
+  #threadSlot(signal: AbortSignal | undefined): Promise<void> {
+    if (this.#running < this.#maxThreads) {
+      this.#running++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        this.#waiting.delete(waiter);
+        this.#stats.cancelled++;
+        reject(signal?.reason);
+      };
+      const waiter: Waiter = {
+        start: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        fail: (reason) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(reason);
+        },
+      };
+      this.#waiting.add(waiter);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** Hands the finished encode's thread to the longest waiting one, if any. */
+  #releaseSlot(): void {
+    const next = this.#waiting.values().next();
+    if (next.done) {
+      this.#running--;
+      return;
+    }
+    this.#waiting.delete(next.value);
+    next.value.start();
   }
 
   /** Token ids to text. Throws KvrouteError('invalid_request') for an id outside the vocabulary. */
@@ -174,6 +241,9 @@ export class Tokenizer {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    const closed = new KvrouteError('shutting_down', 'tokenizer is closed');
+    for (const waiter of this.#waiting) waiter.fail(closed);
+    this.#waiting.clear();
     await this.#pool.destroy();
   }
 }
