@@ -202,3 +202,17 @@ test('text without a long run of one class keeps o200k_base ids, a 300-character
     await t.close();
   }
 });
+
+test('a burst of ordinary chat-sized prompts (2,000 characters) is encoded inline, none refused', async () => {
+  // ~500 tokens, a common prompt. Sent to the pool, 200 at once filled its bounded queue and most
+  // were refused with 503 overloaded, though encoding each costs less than the hop itself.
+  const prompt = `${SHORT} ${'the model reads the request and answers it. '.repeat(45)}`.slice(0, 2000);
+  const t = new Tokenizer({ maxThreads: 1 });
+  try {
+    const results = await Promise.allSettled(Array.from({ length: 200 }, () => t.encode(prompt)));
+    assert.equal(results.filter((r) => r.status === 'rejected').length, 0);
+    assert.deepEqual(t.stats, { inline: 200, pooled: 0, rejected: 0, cancelled: 0 });
+  } finally {
+    await t.close();
+  }
+});

@@ -14,12 +14,14 @@ import { decodeTokens, TokenStreamDecoder } from './stream-decoder.js';
 import { ENCODING_NAME, encodeText, TEXT_TOKEN_COUNT, VOCAB_SIZE } from './vocabulary.js';
 
 /**
- * Texts up to this many UTF-16 code units are encoded on the calling thread. From
- * `kvroute bench tokenizer` on the 2-core reference machine: one pool hop costs ~65 µs (p50) and
- * inline encoding reaches that at ~270-300 characters; this is the power of two below, so an
- * inline encode never holds the event loop longer than a hop would add. See README.md.
+ * Texts up to this many UTF-16 code units are encoded on the calling thread. A pool hop costs the
+ * event loop itself ~55-70 µs (post, receive, resolve) and the request ~50 µs p50 and 1.5-2.5 ms
+ * p99 more, so only work well above that is worth sending: 2,048 characters cost ~150-260 µs in
+ * English and ~0.7 ms in CJK (the costliest common script per character), so no inline encode
+ * holds the event loop much past a millisecond, and ordinary prompts do not queue for the pool's
+ * bounded slots (256 sent most chat prompts there, and a burst of them got 503). See README.md.
  */
-export const DEFAULT_INLINE_MAX_CHARS = 256;
+export const DEFAULT_INLINE_MAX_CHARS = 2048;
 
 export interface TokenizerOptions {
   /** Longest text encoded inline; longer goes to the pool. 0 sends everything to the pool. */
