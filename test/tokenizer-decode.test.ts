@@ -63,3 +63,12 @@ test('special tokens decode to their text; ids outside the vocabulary are invali
     );
   }
 });
+
+test('U+FEFF (zero-width no-break space, the BOM) inside text survives decoding, whole and streamed', () => {
+  for (const text of ['\uFEFF', 'a\uFEFFb', '日本\uFEFF語 🎉\uFEFF']) {
+    const ids = encodeText(text);
+    assert.equal(decodeTokens(ids), text);
+    const decoder = new TokenStreamDecoder();
+    assert.equal(ids.map((id) => decoder.push(id)).join('') + decoder.flush(), text);
+  }
+});

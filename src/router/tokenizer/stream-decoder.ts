@@ -6,8 +6,10 @@
 import { type TokenPiece, tokenPiece } from './vocabulary.js';
 
 const EMPTY = new Uint8Array(0);
-// Without {stream: true} TextDecoder keeps no state between calls: safe to share.
-const utf8 = new TextDecoder('utf-8');
+// Without {stream: true} TextDecoder keeps no state between calls: safe to share. ignoreBOM keeps
+// a U+FEFF that starts a call: each call decodes a piece from inside the text, never its start,
+// and the default dropped that character from outputs (it is a zero-width no-break space too).
+const utf8 = new TextDecoder('utf-8', { ignoreBOM: true });
 const utf8Encoder = new TextEncoder();
 
 /** Length of the longest prefix of `bytes` that does not end inside an incomplete character. */
