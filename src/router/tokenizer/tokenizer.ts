@@ -38,7 +38,7 @@ export interface TokenizerStats {
   inline: number;
   pooled: number;
   rejected: number;
-  /** Pooled encodes dropped while they waited for a thread, because their caller's signal aborted. */
+  /** Long texts dropped before a thread took them, because their caller's signal aborted. */
   cancelled: number;
 }
 
