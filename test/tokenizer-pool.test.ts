@@ -216,3 +216,24 @@ test('a burst of ordinary chat-sized prompts (2,000 characters) is encoded inlin
     await t.close();
   }
 });
+
+test('lone surrogates, NUL and combining marks give the same ids inline and pooled', async () => {
+  const texts = [
+    '\uD800',
+    `a\uDC00b${SHORT}`,
+    `🎉`.slice(0, 1) + LONG,
+    `x\u0000y${LONG}`,
+    `e\u0301\u0302 ${LONG}`,
+  ];
+  const pooled = new Tokenizer({ inlineMaxChars: 0, maxThreads: 1 });
+  const inline = new Tokenizer({ inlineMaxChars: Number.MAX_SAFE_INTEGER });
+  try {
+    for (const text of texts) assert.deepEqual(await pooled.encode(text), await inline.encode(text));
+    // UTF-8 cannot hold a lone surrogate: it encodes as U+FFFD does.
+    assert.deepEqual(await inline.encode('a\uDC00b'), await inline.encode('a\uFFFDb'));
+    assert.equal(inline.decode(await pooled.encode('x\u0000y')), 'x\u0000y');
+  } finally {
+    await pooled.close();
+    await inline.close();
+  }
+});
