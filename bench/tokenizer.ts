@@ -1,8 +1,12 @@
 // `kvroute bench tokenizer`: where encoding a prompt on the event loop stops being cheaper than a
 // hop to the piscina pool. Times o200k_base encoding inline and through a one-thread pool at
-// sizes from 16 to 131,072 characters, derives the pool hop (pooled minus inline at the smallest
-// size) and reports the crossover length in characters: the basis of
-// DEFAULT_INLINE_MAX_CHARS. Prints a table, and with --json one JSON object as the last line.
+// sizes from 16 to 131,072 characters. Two figures per hop: its latency (pooled minus inline at
+// the smallest size), and the event loop's own busy time per pooled encode (eventLoopUtilization),
+// what a hop costs every other request; for each, the length at which encoding inline costs as
+// much. And the length at which an inline encode of this English-like text takes 1 ms: the rule
+// behind DEFAULT_INLINE_MAX_CHARS is to offload only work of a millisecond or more, and its 2048
+// stays under that for any script (CJK costs ~10× more per character; the tokenizer README).
+// Prints a table, and with --json one JSON object as the last line.
 
 import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { DEFAULT_INLINE_MAX_CHARS, Tokenizer } from '../src/router/tokenizer/index.js';
@@ -12,7 +16,8 @@ import { percentile } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench tokenizer',
-  summary: 'Inline vs pooled prompt encoding (p50/p99 µs) by prompt length, and the crossover length.',
+  summary:
+    'Inline vs pooled prompt encoding (p50/p99 µs) by prompt length, the event loop time per pool hop, and the lengths where inline costs as much.',
   options: [
     {
       name: 'iterations',
@@ -89,6 +94,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   // One thread, so each sample is one hop to one warm worker, like a quiet router.
   const tokenizer = new Tokenizer({ inlineMaxChars: 0, maxThreads: 1, maxQueue: 1 });
   const rows: Row[] = [];
+  let hopLoopUs = 0;
   try {
     process.stderr.write('tokenizer: warming up the pool thread and both merge caches…\n');
     for (let i = 0; i < 50; i++) {
@@ -126,6 +132,7 @@ export async function run(options: ParsedOptions): Promise<number> {
         pooled_p99_us: round(percentile(pooled, 0.99)),
       });
     }
+    hopLoopUs = await loopTimePerHop(tokenizer, text.slice(0, SIZES[0]!), iterations);
   } finally {
     await tokenizer.close();
   }
@@ -135,6 +142,11 @@ export async function run(options: ParsedOptions): Promise<number> {
   // The crossover: the length at which encoding inline blocks the event loop as long as the hop
   // would add to this request, interpolated linearly between the two measured sizes around it.
   const crossoverChars = crossover(rows, hopUs);
+  // The loop crossover: the length at which encoding inline blocks the event loop as long as a hop
+  // keeps the loop itself busy (posting, the reply's message, the promise).
+  const loopCrossoverChars = crossover(rows, hopLoopUs);
+  // Where inline encoding reaches a millisecond of the loop's time: offload only work past that.
+  const oneMsChars = crossover(rows, 1000);
   const charsPerUs = rows.at(-1)!.chars / rows.at(-1)!.inline_p50_us;
   const header = ['chars', 'tokens', 'inline p50 µs', 'inline p99 µs', 'pooled p50 µs', 'pooled p99 µs'];
   const lines = [header.join('\t')];
@@ -147,6 +159,8 @@ export async function run(options: ParsedOptions): Promise<number> {
     '',
     `pool hop p50: ${hopUs} µs; inline throughput: ${round(charsPerUs)} chars/µs`,
     `crossover (inline p50 = hop p50): ${crossoverChars ?? 'beyond the largest size'} chars`,
+    `event loop busy per pooled encode: ${hopLoopUs} µs; loop crossover (inline p50 = that): ${loopCrossoverChars ?? 'beyond the largest size'} chars`,
+    `inline p50 reaches 1 ms at: ${oneMsChars ?? 'beyond the largest size'} chars (this text)`,
     `DEFAULT_INLINE_MAX_CHARS = ${DEFAULT_INLINE_MAX_CHARS}`,
   );
   process.stdout.write(`${lines.join('\n')}\n`);
@@ -157,6 +171,9 @@ export async function run(options: ParsedOptions): Promise<number> {
       hop_p50_us: hopUs,
       inline_chars_per_us: round(charsPerUs),
       crossover_chars: crossoverChars,
+      hop_loop_us: hopLoopUs,
+      loop_crossover_chars: loopCrossoverChars,
+      inline_1ms_chars: oneMsChars,
       default_inline_max_chars: DEFAULT_INLINE_MAX_CHARS,
       rows,
     };
@@ -176,6 +193,13 @@ function crossover(rows: Row[], hopUs: number): number | null {
     }
   }
   return null;
+}
+
+/** The event loop's busy µs per pooled encode of a tiny sample (the work is on the thread). */
+async function loopTimePerHop(tokenizer: Tokenizer, sample: string, n: number): Promise<number> {
+  const before = performance.eventLoopUtilization();
+  for (let i = 0; i < n; i++) await tokenizer.encode(sample);
+  return round((performance.eventLoopUtilization(before).active * 1000) / n);
 }
 
 async function timePooled(tokenizer: Tokenizer, sample: string): Promise<number> {

@@ -36,7 +36,7 @@ let url: string;
  * it cached), so every request takes the remote-prefill path.
  */
 function promptFor(requestId: string): string {
-  // Under 256 characters, so the router tokenizes it inline (200 at once would fill the pool queue).
+  // Under 2048 characters, so the router tokenizes it inline (200 at once would fill the pool queue).
   return `${requestId}: ${Array.from({ length: 8 }, (_, i) => `step ${i} of the prompt`).join(', ')}`;
 }
 /** Endpoints a user request may call on a worker; anything else in a user trace is background leaking in. */
