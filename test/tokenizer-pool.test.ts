@@ -237,3 +237,25 @@ test('lone surrogates, NUL and combining marks give the same ids inline and pool
     await inline.close();
   }
 });
+
+test('many long prompts at once add at most one listener per thread to the shared failure signal: no leak warning', async () => {
+  // Every encode used to go to piscina at once with the one thread-failure signal, so more than 10
+  // in flight printed MaxListenersExceededWarning on the router's stderr (seen in a fleet soak).
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+  process.on('warning', onWarning);
+  const tokenizer = new Tokenizer({ maxThreads: 2, maxQueue: 64 });
+  try {
+    await tokenizer.warmup();
+    const text = 'hello world router cache '.repeat(200);
+    const results = await Promise.allSettled(
+      Array.from({ length: 60 }, (_, i) => tokenizer.encode(`${text}${i}`)),
+    );
+    assert.ok(results.every((r) => r.status === 'fulfilled'));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(warnings, []);
+  } finally {
+    process.off('warning', onWarning);
+    await tokenizer.close();
+  }
+});
