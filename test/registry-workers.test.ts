@@ -432,3 +432,37 @@ test('over HTTP, a repeated registration answers the same worker_id and leaves o
     await router.close();
   }
 });
+
+test('a router that stalled longer than the lease keeps the workers that kept heartbeating; a silent one still expires', async () => {
+  // Paused (SIGSTOP, a VM freeze) or with its event loop blocked, the router hears no heartbeat:
+  // on resuming, every lease had run out, and the whole healthy fleet was dropped and re-registered
+  // with its index rebuilt (seen in a fleet soak). Leases measure the workers' silence instead.
+  const client = new RequestPlaneClient();
+  const registry = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 2000 });
+  const metrics = new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 });
+  const log = { info: () => {}, warn: () => {} } as unknown as FastifyBaseLogger;
+  const fleet = new Fleet({ registry, client, metrics, log, approxTtlMs: 60_000, sweepIntervalMs: 250 });
+  try {
+    const a = fleet.register(body({ address: '127.0.0.1:9601', kv_events: false }), T0);
+    const b = fleet.register(body({ address: '127.0.0.1:9602', kv_events: false }), T0);
+    let t = T0;
+    for (; t <= T0 + 1000; t += 250) fleet.sweep(t);
+    fleet.heartbeat(a.id, t);
+    // The router stalls for 4 s (twice the lease); a's heartbeat, queued meanwhile, arrives first.
+    t += 4000;
+    assert.equal(fleet.heartbeat(a.id, t).id, a.id, 'renewed, not 404');
+    fleet.sweep(t);
+    assert.ok(registry.get(b.id), 'b was heard 1 s before the stall: not expired by it');
+    // Awake again, b stays silent: its lease runs out on the router's clock as usual.
+    for (let i = 0; i < 12; i++) {
+      t += 250;
+      fleet.sweep(t);
+      if (i % 4 === 0) fleet.heartbeat(a.id, t);
+    }
+    assert.equal(registry.get(b.id), undefined, 'b expired');
+    assert.ok(registry.get(a.id));
+  } finally {
+    await fleet.close();
+    await client.close();
+  }
+});

@@ -51,21 +51,39 @@ export class Fleet {
   private readonly liveAt = new Map<string, string>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  private readonly sweepPeriodMs: number;
+  /** When the router last ran a sweep or a lease call (undefined before its first sweep). */
+  private awakeAt: number | undefined;
 
   constructor(private readonly opts: FleetOptions) {
     this.registry = opts.registry;
     this.approx = new ApproxIndex({ ttlMs: opts.approxTtlMs });
+    const ttl = this.registry.leaseTtlMs;
+    this.sweepPeriodMs = opts.sweepIntervalMs ?? Math.max(50, Math.min(1000, Math.floor(ttl / 4)));
   }
 
   start(): void {
-    const ttl = this.registry.leaseTtlMs;
-    const period = this.opts.sweepIntervalMs ?? Math.max(50, Math.min(1000, Math.floor(ttl / 4)));
     // Root context: lease expiry serves every worker, whoever called start().
-    this.sweepTimer = withRootContext(() => setInterval(() => this.sweep(leaseClock()), period));
+    this.sweepTimer = withRootContext(() => setInterval(() => this.sweep(leaseClock()), this.sweepPeriodMs));
     this.sweepTimer.unref();
   }
 
+  /**
+   * A lease measures a worker's silence, not the router's: when the router itself ran nothing for
+   * more than two sweep periods (the process was paused, its event loop blocked), it could not hear
+   * the heartbeats sent meanwhile, and every lease would run out at once as it resumed (the whole
+   * healthy fleet re-registered, its index rebuilt). So every lease moves by the stall first.
+   */
+  private catchUp(now: number): void {
+    if (this.awakeAt !== undefined) {
+      const stalled = now - this.awakeAt - this.sweepPeriodMs;
+      if (stalled > this.sweepPeriodMs) this.registry.extendLeases(stalled);
+    }
+    this.awakeAt = Math.max(now, this.awakeAt ?? now);
+  }
+
   register(body: unknown, now: number, peerHost?: string): Worker {
+    if (this.awakeAt !== undefined) this.catchUp(now);
     const { worker, replaced, repeated } = this.registry.register(body, now, peerHost);
     // The same process registering again: its worker, subscription and index stay as they are.
     if (repeated) return worker;
@@ -103,6 +121,7 @@ export class Fleet {
    * replaced worker's process is gone, and its streams are cut).
    */
   heartbeat(workerId: string, now: number): Worker {
+    if (this.awakeAt !== undefined) this.catchUp(now);
     this.expire(now);
     return this.registry.heartbeat(workerId, now);
   }
@@ -125,10 +144,13 @@ export class Fleet {
   }
 
   /**
-   * Lease expiry, then the request-plane pools of addresses no registered worker uses and whose
-   * streams have ended since (a draining worker's, or one a late call dialled), O(pools).
+   * One sweep at `now` (the interval runs it; tests call it with their own clock): leases moved by
+   * a stall of the router (catchUp), lease expiry, then the request-plane pools of addresses no
+   * registered worker uses and whose streams have ended since (a draining worker's, or one a late
+   * call dialled), O(pools).
    */
-  private sweep(now: number): void {
+  sweep(now: number): void {
+    this.catchUp(now);
     this.expire(now);
     this.opts.client.closeIdlePools((address) => !this.liveAt.has(address));
   }

@@ -161,6 +161,14 @@ export class WorkerRegistry {
     return this.remove(this.mustGet(workerId));
   }
 
+  /**
+   * Moves every lease `ms` later: the router itself was stalled (paused, or its event loop blocked)
+   * and could not hear heartbeats meanwhile. Expiry order is kept (all move alike). O(n).
+   */
+  extendLeases(ms: number): void {
+    for (const worker of this.byLease.values()) worker.leaseExpiresAt += ms;
+  }
+
   /** Removes every worker whose lease ran out by `now`; returns them. O(expired + 1). */
   expire(now: number): Worker[] {
     const expired: MutableWorker[] = [];
