@@ -136,6 +136,25 @@ describe('fake workers', () => {
     await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
   });
 
+  test('a token id outside the vocabulary from a worker is its fault: 502 worker_error, not a 400 for the client', async () => {
+    generate = async function* () {
+      yield encodeJson({
+        token_ids: [290, 4_000_000_000],
+        finish_reason: 'length',
+        prompt_tokens: 4,
+        cached_tokens: 0,
+      });
+    };
+    const id = await register(router, server.address, false);
+    const res = await post(router, '/v1/completions', { prompt: 'say something odd' });
+    assert.equal(res.status, 502);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    assert.equal(body.error.code, 'worker_error');
+    assert.match(body.error.message, /4000000000/);
+    assert.equal(router.registry.load.size, 0);
+    await fetch(`${router.url}/v1/workers/${id}`, { method: 'DELETE' });
+  });
+
   test('a client applying backpressure is not a silent worker: its stream waits and then finishes', async () => {
     // 64 tokens of 112 dashes (o200k_base id 182513): ~7 KB of SSE per chunk, so the sockets fill fast.
     const ids = new Array<number>(64).fill(182_513);

@@ -6,7 +6,7 @@
 // start of one is held back until the next chunk tells (at most the longest sequence less one
 // character), so a stop sequence split over two chunks is never half sent.
 
-import { KvrouteError } from '../../errors.js';
+import { isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
 import type { EndpointKind } from '../openai/request.js';
 import {
@@ -47,13 +47,29 @@ export class StreamTally {
       throw new KvrouteError('worker_error', 'worker sent a chunk without token_ids');
     if (this.stoppedBySequence) return '';
     let text = '';
-    for (const id of chunk.token_ids) text += this.decoder.push(id);
+    for (const id of chunk.token_ids) text += this.decode(id);
     this.completionTokens += chunk.token_ids.length;
     if (chunk.finish_reason) {
       this.finishReason = chunk.finish_reason;
       text += this.decoder.flush();
     }
     return this.stops.length === 0 ? text : this.cutAtStop(text);
+  }
+
+  /**
+   * One output id's text. An id outside the vocabulary came from the worker: its failure (502), not
+   * the decoder's invalid_request, which would tell the client its own request was wrong.
+   */
+  private decode(id: number): string {
+    try {
+      return this.decoder.push(id);
+    } catch (err) {
+      if (isKvrouteError(err) && err.code === 'invalid_request')
+        throw new KvrouteError('worker_error', `worker sent an unknown token: ${err.message}`, {
+          cause: err,
+        });
+      throw err;
+    }
   }
 
   /** The text up to the first stop sequence (then finish_reason `stop`), less what is held back. */
