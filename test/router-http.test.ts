@@ -907,3 +907,60 @@ test('--max-connections: a connection past the limit is closed at once; one slot
     await router.close();
   }
 });
+
+test('a client that leaves while its long prompt waits for a tokenizer thread: the encode is dropped, counted as cancelled', {
+  timeout: 60_000,
+}, async () => {
+  // A stand-in worker nothing listens behind: a request is tokenized, routed, and fails to reach
+  // it (5xx), which is all this needs.
+  const router = await createRouter({
+    port: 0,
+    logger: false,
+    bodyLimit: 16 << 20,
+    maxPromptTokens: 4_000_000,
+  });
+  try {
+    const url = await router.listen();
+    const registered = await fetch(`${url}/v1/workers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        role: 'both',
+        address: '127.0.0.1:9',
+        model: 'mock-llm',
+        block_size: 16,
+        kv_blocks: 1024,
+      }),
+    });
+    assert.equal(registered.status, 201);
+    const metric = async (path: string) => {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      return Number(
+        new RegExp(`^kvroute_tokenize_total\\{path="${path}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? 'NaN',
+      );
+    };
+    const send = (prompt: string, signal?: AbortSignal) =>
+      fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'mock-llm', prompt, max_tokens: 1 }),
+        ...(signal ? { signal } : {}),
+      });
+    // Long enough to hold every thread (at most 4) while the fifth is sent and given up: ~300 ms each here.
+    const long = 'the router keeps a prefix index of every worker cache. '.repeat(100_000);
+    const holding = Array.from({ length: 4 }, (_, i) => send(`${i} ${long}`));
+    // A pooled encode is counted when the tokenizer takes it: then the four hold the threads (at
+    // most 4), and the fifth waits for one.
+    await waitUntil(async () => (await metric('pooled')) === 4, 'the four long prompts in the tokenizer');
+    const gone = new AbortController();
+    const waiting = send('a prompt over the inline limit '.repeat(100), gone.signal).catch((e: unknown) => e);
+    await waitUntil(async () => (await metric('pooled')) === 5, 'the fifth waiting for a thread');
+    gone.abort();
+    assert.ok((await waiting) instanceof Error, 'the client gave up');
+    for (const res of await Promise.all(holding)) assert.ok(res.status >= 500, `status ${res.status}`);
+    await waitUntil(async () => (await metric('cancelled')) === 1, 'the waiting encode counted as cancelled');
+    assert.equal(await metric('pooled'), 5);
+  } finally {
+    await router.close();
+  }
+});

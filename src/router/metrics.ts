@@ -12,7 +12,13 @@ export interface MetricsSources {
   indexBlocks(): number;
   /** Requests admitted and not finished (the --max-inflight count). */
   inflight(): number;
+  /** Prompt texts tokenized since start, by path (the tokenizer's counters); absent: none. */
+  tokenizer?(): Readonly<Record<TokenizePath, number>>;
 }
+
+/** How a prompt text was tokenized: on the event loop, in the pool, refused (queue full), dropped (client gone). */
+export type TokenizePath = 'inline' | 'pooled' | 'rejected' | 'cancelled';
+const TOKENIZE_PATHS: readonly TokenizePath[] = ['inline', 'pooled', 'rejected', 'cancelled'];
 
 const LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const ITL_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
@@ -142,6 +148,23 @@ export class RouterMetrics {
       registers,
       collect() {
         this.set(sources.inflight());
+      },
+    });
+    // A counter read from the tokenizer's own counts at scrape time: incremented by what they grew.
+    const tokenizeSeen: Record<TokenizePath, number> = { inline: 0, pooled: 0, rejected: 0, cancelled: 0 };
+    new Counter({
+      name: 'kvroute_tokenize_total',
+      help: 'Prompt texts tokenized, by path: inline (event loop), pooled (worker thread), rejected (pool queue full, 503), cancelled (client left while it waited)',
+      labelNames: ['path'],
+      registers,
+      collect() {
+        const now = sources.tokenizer?.();
+        for (const path of TOKENIZE_PATHS) {
+          const grown = (now?.[path] ?? 0) - tokenizeSeen[path];
+          if (grown > 0) this.inc({ path }, grown);
+          else this.inc({ path }, 0);
+          tokenizeSeen[path] += Math.max(0, grown);
+        }
       },
     });
     new Gauge({

@@ -87,6 +87,7 @@ export async function createRouter(
       })),
     indexBlocks: () => fleet?.indexBlocks() ?? 0,
     inflight: () => inflight.active,
+    tokenizer: () => tokenizer.stats,
   });
   let closing = false;
   let draining = false;

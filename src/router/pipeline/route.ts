@@ -33,13 +33,23 @@ export function parseStage(deps: PipelineDeps, body: unknown, endpoint: Endpoint
 }
 
 /**
- * The prompt's token ids: given ones at once (no promise on that path, the common one for
- * token-id clients), text through the tokenizer. Either way checked against the limits.
+ * The prompt's token ids: given ones, or short text encoded on the event loop, at once (no promise
+ * on those paths, the common ones); longer text through the tokenizer's pool, dropped while it
+ * waits for a thread if the client leaves (`abort`). Either way checked against the limits.
  */
-export function tokenizeStage(deps: PipelineDeps, req: NormalizedRequest): number[] | Promise<number[]> {
+export function tokenizeStage(
+  deps: PipelineDeps,
+  req: NormalizedRequest,
+  abort?: RequestAbort,
+): number[] | Promise<number[]> {
   const start = performance.now();
   if (req.prompt.kind === 'tokens') return checkedPrompt(deps, req.prompt.tokenIds, start);
-  return deps.tokenizer.encode(req.prompt.text).then((ids) => checkedPrompt(deps, Array.from(ids), start));
+  const inline = deps.tokenizer.encodeInline(req.prompt.text);
+  if (inline !== undefined) return checkedPrompt(deps, inline, start);
+  // Only here is the request's AbortSignal made (RequestAbort makes one on demand).
+  return deps.tokenizer
+    .encode(req.prompt.text, abort?.signal)
+    .then((ids) => checkedPrompt(deps, Array.from(ids), start));
 }
 
 function checkedPrompt(deps: PipelineDeps, ids: number[], start: number): number[] {
@@ -115,7 +125,7 @@ export function routeStage(
 ): ExecutionPlan | Promise<ExecutionPlan> {
   // Synchronous when the prompt was tokenized inline (token ids, short text): no promise of its
   // own per request (each also runs the async-context hooks).
-  const tokenized = tokenizeStage(deps, request);
+  const tokenized = tokenizeStage(deps, request, abort);
   if (Array.isArray(tokenized)) return planRoute(deps, request, tokenized, requestId, httpRequestId);
   return tokenized.then((tokenIds) => {
     // The client may have left while a long prompt was tokenized off the event loop: routing it

@@ -138,16 +138,24 @@ export class Tokenizer {
   }
 
   /**
+   * Text short enough to encode on the event loop (at most `inlineMaxChars`), encoded now, with no
+   * promise: the common path of a router request. Undefined for a longer text (use `encode`).
+   */
+  encodeInline(text: string): number[] | undefined {
+    if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
+    if (text.length > this.inlineMaxChars) return undefined;
+    this.#stats.inline++;
+    return encodeText(text);
+  }
+
+  /**
    * Text to token ids (special-token text is tokenized as ordinary characters). A long text that
    * is still waiting for a thread when `signal` aborts is dropped and rejects with its reason; one
    * already running finishes (ending its thread would cost a ~240 ms restart).
    */
   async encode(text: string, signal?: AbortSignal): Promise<Uint32Array> {
-    if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
-    if (text.length <= this.inlineMaxChars) {
-      this.#stats.inline++;
-      return Uint32Array.from(encodeText(text));
-    }
+    const inline = this.encodeInline(text);
+    if (inline !== undefined) return Uint32Array.from(inline);
     // Our own bound (running + waiting) instead of piscina's maxQueue, whose limit also counts
     // threads still starting: this one is exact and testable.
     if (this.#pending >= this.#maxPending) {
