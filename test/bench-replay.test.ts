@@ -166,14 +166,26 @@ async function replayCli(
   return { code, stdout, stderr };
 }
 
-test('replay hands its options to the workers in a form they take, within their bounds', async () => {
+/** One 40-token request, the smallest trace a replay runs. */
+const ONE_REQUEST = { timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] };
+
+/** Runs `use` with `trace.jsonl` of `lines` in a temporary directory, removed afterwards. */
+async function withTrace(
+  lines: readonly object[],
+  use: (trace: string, dir: string) => Promise<void>,
+): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
   try {
     const trace = join(dir, 'trace.jsonl');
-    await writeFile(
-      trace,
-      `${JSON.stringify({ timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] })}\n`,
-    );
+    await writeFile(trace, `${lines.map((l) => JSON.stringify(l)).join('\n')}\n`);
+    await use(trace, dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('replay hands its options to the workers in a form they take, within their bounds', async () => {
+  await withTrace([ONE_REQUEST], async (trace, dir) => {
     const base = ['--trace', trace, '--workers', '1', '--out', join(dir, 'report')];
     // 1e21 reached the workers as '1e+21' (String of a large number), which they refuse (exit 2):
     // the fleet never started.
@@ -183,82 +195,57 @@ test('replay hands its options to the workers in a form they take, within their 
     const huge = await replayCli([...base, '--kv-blocks', '100000000']);
     assert.equal(huge.code, 2, huge.stderr);
     assert.match(huge.stderr, /^kvroute bench: --kv-blocks: must be <= 16777216, got 100000000\n$/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a worker that cannot start is one line on stderr and exit 1, not a stack trace', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
-  try {
-    const trace = join(dir, 'trace.jsonl');
-    await writeFile(
-      trace,
-      `${JSON.stringify({ timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] })}\n`,
-    );
+  await withTrace([ONE_REQUEST], async (trace) => {
     // The workers inherit the environment: a bad KVROUTE_ value makes every one exit 2 at start.
     const { code, stderr } = await replayCli(['--trace', trace, '--workers', '1'], {
       KVROUTE_MAX_BATCHED_TOKENS: 'abc',
     });
     assert.equal(code, 1, stderr);
     assert.match(stderr, /^kvroute bench replay: worker-1 exited \(2\): .*KVROUTE_MAX_BATCHED_TOKENS.*\n$/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a policy that failed some requests is told to leave them out of its figures', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
-  try {
-    const trace = join(dir, 'trace.jsonl');
-    // 10 blocks of 16 tokens per worker: the 40-token prompt fits, the 600-token one is refused.
-    const lines = [
-      { timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] },
-      { timestamp: 10, input_length: 600, output_length: 3, hash_ids: [0, 1] },
-    ];
-    await writeFile(trace, `${lines.map((l) => JSON.stringify(l)).join('\n')}\n`);
-    const { code, stdout, stderr } = await replayCli([
-      ...['--trace', trace, '--workers', '1', '--kv-blocks', '10', '--json'],
-    ]);
-    assert.equal(code, 0, stderr);
-    const result = JSON.parse(stdout.trim().split('\n').at(-1)!);
-    assert.equal(result.policies.kv.errors, 1);
-    assert.match(stdout, /^kv failed 1 of 2 requests: its TTFT, .* cover the 1 it completed$/m);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  // 10 blocks of 16 tokens per worker: the 40-token prompt fits, the 600-token one is refused.
+  await withTrace(
+    [ONE_REQUEST, { timestamp: 10, input_length: 600, output_length: 3, hash_ids: [0, 1] }],
+    async (trace) => {
+      const { code, stdout, stderr } = await replayCli([
+        ...['--trace', trace, '--workers', '1', '--kv-blocks', '10', '--json'],
+      ]);
+      assert.equal(code, 0, stderr);
+      const result = JSON.parse(stdout.trim().split('\n').at(-1)!);
+      assert.equal(result.policies.kv.errors, 1);
+      assert.match(stdout, /^kv failed 1 of 2 requests: its TTFT, .* cover the 1 it completed$/m);
+    },
+  );
 });
 
 test('--quick fills in only the options not given: an explicit --speedup 3.5 or --limit 0 stands', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
-  try {
-    const trace = join(dir, 'trace.jsonl');
-    // 201 requests: one more than --quick keeps.
-    const line = JSON.stringify({ timestamp: 0, input_length: 16, output_length: 1, hash_ids: [0] });
-    await writeFile(trace, `${Array.from({ length: 201 }, () => line).join('\n')}\n`);
-    const base = ['--trace', trace, '--workers', '1', '--json', '--quick'];
-    const quick = await replayCli(base);
-    assert.equal(quick.code, 0, quick.stderr);
-    const q = JSON.parse(quick.stdout.trim().split('\n').at(-1)!);
-    assert.deepEqual([q.speedup, q.requests], [20, 200]);
-    // 3.5 is the default without --quick: given, it read as not given and became 20.
-    const given = await replayCli([...base, '--speedup', '3.5', '--limit', '0']);
-    assert.equal(given.code, 0, given.stderr);
-    const g = JSON.parse(given.stdout.trim().split('\n').at(-1)!);
-    assert.deepEqual([g.speedup, g.requests], [3.5, 201]);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  // 201 requests: one more than --quick keeps.
+  await withTrace(
+    Array(201).fill({ timestamp: 0, input_length: 16, output_length: 1, hash_ids: [0] }),
+    async (trace) => {
+      const base = ['--trace', trace, '--workers', '1', '--json', '--quick'];
+      const quick = await replayCli(base);
+      assert.equal(quick.code, 0, quick.stderr);
+      const q = JSON.parse(quick.stdout.trim().split('\n').at(-1)!);
+      assert.deepEqual([q.speedup, q.requests], [20, 200]);
+      // 3.5 is the default without --quick: given, it read as not given and became 20.
+      const given = await replayCli([...base, '--speedup', '3.5', '--limit', '0']);
+      assert.equal(given.code, 0, given.stderr);
+      const g = JSON.parse(given.stdout.trim().split('\n').at(-1)!);
+      assert.deepEqual([g.speedup, g.requests], [3.5, 201]);
+    },
+  );
 });
 
 test('an --out that cannot be made is a usage error before the replay, not a stack trace after it', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'kvroute-replay-'));
-  try {
-    const trace = join(dir, 'trace.jsonl');
-    await writeFile(
-      trace,
-      `${JSON.stringify({ timestamp: 0, input_length: 40, output_length: 2, hash_ids: [0] })}\n`,
-    );
+  await withTrace([ONE_REQUEST], async (trace) => {
     // A file where the directory's parent should be.
     const { code, stdout, stderr } = await replayCli([
       ...['--trace', trace, '--workers', '1', '--out', join(trace, 'report')],
@@ -266,7 +253,5 @@ test('an --out that cannot be made is a usage error before the replay, not a sta
     assert.equal(code, 2, stderr);
     assert.match(stderr, /^kvroute bench: --out: cannot create '.*trace\.jsonl\/report': ENOTDIR.*\n$/);
     assert.equal(stdout, '', 'nothing was replayed');
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
