@@ -160,10 +160,10 @@ export class RouterMetrics {
       collect() {
         const now = sources.tokenizer?.();
         for (const path of TOKENIZE_PATHS) {
-          const grown = (now?.[path] ?? 0) - tokenizeSeen[path];
-          if (grown > 0) this.inc({ path }, grown);
-          else this.inc({ path }, 0);
-          tokenizeSeen[path] += Math.max(0, grown);
+          const grown = Math.max(0, (now?.[path] ?? 0) - tokenizeSeen[path]);
+          // By 0 too: every path is listed from the first scrape.
+          this.inc({ path }, grown);
+          tokenizeSeen[path] += grown;
         }
       },
     });
