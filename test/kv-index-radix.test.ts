@@ -143,6 +143,20 @@ function randomRunOf(prompt: ReturnType<typeof universe>[number], random: () => 
   return { blocks, parent: start === 0 ? null : prompt.seq[start - 1]!, start };
 }
 
+/** A `stored` event of a run of blocks (as randomRunOf gives them) under `parent`. */
+function storedRunEvent(
+  eventId: number,
+  parent: string | null,
+  blocks: { local: string; seq: string }[],
+): KvEvent {
+  return {
+    event_id: eventId,
+    type: 'stored',
+    parent_hash: parent,
+    blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
+  };
+}
+
 /** The index answers every prompt and counts holdings as the model does; returns its stats. */
 function agreesWithModel(
   index: RadixIndex,
@@ -193,12 +207,7 @@ describe('RadixIndex against a naive model', () => {
         if (roll < 0.55) {
           const { blocks, parent, start } = randomRunOf(prompt, random);
           const expected = model.stored(worker, parent, blocks);
-          const result = index.applyEvent(worker, {
-            event_id: nextId(worker),
-            type: 'stored',
-            parent_hash: parent,
-            blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
-          });
+          const result = index.applyEvent(worker, storedRunEvent(nextId(worker), parent, blocks));
           what = `stored ${worker} [${start}, ${start + blocks.length}) -> ${result.status}`;
           assert.equal(result.status, expected ? 'applied' : 'rejected', what);
           if (!expected) assert.equal(result.status === 'rejected' && result.reason, 'unknown_parent');
@@ -370,12 +379,7 @@ describe('RadixIndex memory budget against the naive model', () => {
           const parent = run?.parent ?? null;
           const blocks = run?.blocks ?? prompt.local.map((local, i) => ({ local, seq: prompt.seq[i]! }));
           const expected = model.stored(worker, parent, blocks);
-          const result = index.applyEvent(worker, {
-            event_id: nextId(worker),
-            type: 'stored',
-            parent_hash: parent,
-            blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
-          });
+          const result = index.applyEvent(worker, storedRunEvent(nextId(worker), parent, blocks));
           what = `step ${step}: stored ${worker} [${start}, ${start + blocks.length})`;
           assert.equal(result.status, expected ? 'applied' : 'rejected', what);
           if (model.holders.size > maxNodes) {
@@ -420,12 +424,7 @@ describe('RadixIndex dumps in parts against the naive model', () => {
       const randomRun = () => {
         const prompt = prompts[Math.floor(random() * prompts.length)]!;
         const { blocks, parent } = randomRunOf(prompt, random);
-        const event = (eventId: number): KvEvent => ({
-          event_id: eventId,
-          type: 'stored',
-          parent_hash: parent,
-          blocks: blocks.map((b) => ({ local_hash: b.local, sequence_hash: b.seq })),
-        });
+        const event = (eventId: number) => storedRunEvent(eventId, parent, blocks);
         return { parent, blocks, event };
       };
       for (let step = 0; step < 300; step++) {

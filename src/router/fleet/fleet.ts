@@ -75,15 +75,15 @@ export class Fleet {
    * healthy fleet re-registered, its index rebuilt). So every lease moves by the stall first.
    */
   private catchUp(now: number): void {
-    if (this.awakeAt !== undefined) {
-      const stalled = now - this.awakeAt - this.sweepPeriodMs;
-      if (stalled > this.sweepPeriodMs) this.registry.extendLeases(stalled);
-    }
-    this.awakeAt = Math.max(now, this.awakeAt ?? now);
+    // Nothing to measure from before the first sweep (the sweep timer is what keeps time).
+    if (this.awakeAt === undefined) return;
+    const stalled = now - this.awakeAt - this.sweepPeriodMs;
+    if (stalled > this.sweepPeriodMs) this.registry.extendLeases(stalled);
+    this.awakeAt = Math.max(now, this.awakeAt);
   }
 
   register(body: unknown, now: number, peerHost?: string): Worker {
-    if (this.awakeAt !== undefined) this.catchUp(now);
+    this.catchUp(now);
     const { worker, replaced, repeated } = this.registry.register(body, now, peerHost);
     // The same process registering again: its worker, subscription and index stay as they are.
     if (repeated) return worker;
@@ -121,7 +121,7 @@ export class Fleet {
    * replaced worker's process is gone, and its streams are cut).
    */
   heartbeat(workerId: string, now: number): Worker {
-    if (this.awakeAt !== undefined) this.catchUp(now);
+    this.catchUp(now);
     this.expire(now);
     return this.registry.heartbeat(workerId, now);
   }
@@ -150,6 +150,7 @@ export class Fleet {
    * call dialled), O(pools).
    */
   sweep(now: number): void {
+    this.awakeAt ??= now;
     this.catchUp(now);
     this.expire(now);
     this.opts.client.closeIdlePools((address) => !this.liveAt.has(address));

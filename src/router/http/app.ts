@@ -78,7 +78,7 @@ export function toHttpError(err: unknown): KvrouteError {
 }
 
 /** Maps a failure node's HTTP parser reports ('clientError': malformed, oversized, stalled) onto our codes. */
-function toClientError(err: { code?: string }): KvrouteError {
+function parserErrorToHttp(err: { code?: string }): KvrouteError {
   switch (err.code) {
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return new KvrouteError('request_timeout', 'the request was not received in time');
@@ -103,9 +103,9 @@ function logs(log: FastifyBaseLogger, level: 'debug' | 'info'): boolean {
   return threshold !== undefined && LEVEL_RANK[level]! >= threshold;
 }
 
-/** What a request gets while the router closes. */
-const shuttingDown = () =>
-  new KvrouteError('shutting_down', 'the router is shutting down', { retryAfterSeconds: 1 });
+/** What a request gets while the router drains or closes: 503 with Retry-After. */
+export const shuttingDown = (message = 'the router is shutting down') =>
+  new KvrouteError('shutting_down', message, { retryAfterSeconds: 1 });
 
 /** Answers with `e`'s status and OpenAI body (+ Retry-After). */
 function sendError(reply: FastifyReply, e: KvrouteError): void {
@@ -165,7 +165,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
       const open = last !== undefined && !last.res.writableFinished;
       // After a response has started on this socket, another one would corrupt it: just close.
       if (!socket.writable || (open && last.res.headersSent)) return void socket.destroy();
-      const e = toClientError(err);
+      const e = parserErrorToHttp(err);
       const body = JSON.stringify(e.toJSON());
       // An open request is counted when its socket closes (onClientGone).
       if (open) answeredOnSocket.set(last.res, e.status);

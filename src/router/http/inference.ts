@@ -12,7 +12,7 @@ import type { PipelineDeps } from '../pipeline/deps.js';
 import { handleInference } from '../pipeline/handle.js';
 import { parseStage, routeStage } from '../pipeline/route.js';
 import type { CandidateScore } from '../scheduling/index.js';
-import { inRequestContext } from './app.js';
+import { inRequestContext, shuttingDown } from './app.js';
 
 export interface InferenceRouteDeps {
   pipeline: PipelineDeps;
@@ -37,11 +37,7 @@ function requestAbort(reply: FastifyReply, active: Set<RequestAbort>): RequestAb
 
 export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRouteDeps): void {
   const serve = (endpoint: EndpointKind) => async (request: FastifyRequest, reply: FastifyReply) => {
-    if (deps.isDraining()) {
-      throw new KvrouteError('shutting_down', 'the router is draining: send this request to another', {
-        retryAfterSeconds: 1,
-      });
-    }
+    if (deps.isDraining()) throw shuttingDown('the router is draining: send this request to another');
     const arrivedAt = performance.now();
     const abort = requestAbort(reply, deps.active);
     const result = await inRequestContext(request, () =>

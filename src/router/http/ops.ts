@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../../errors.js';
 import type { Fleet } from '../fleet/fleet.js';
 import type { RouterMetrics } from '../metrics.js';
+import { shuttingDown } from './app.js';
 
 export function registerOpsRoutes(
   app: FastifyInstance,
@@ -18,9 +19,7 @@ export function registerOpsRoutes(
   app.get('/health', async () => ({ status: 'ok' }));
 
   app.get('/ready', async () => {
-    if (isDraining()) {
-      throw new KvrouteError('shutting_down', 'the router is draining', { retryAfterSeconds: 1 });
-    }
+    if (isDraining()) throw shuttingDown('the router is draining');
     const decode = registry.models().some((m) => registry.candidates(m, 'decode').length > 0);
     if (!decode) throw new KvrouteError('no_workers', 'no decode-capable worker is registered');
     return { status: 'ready', workers: registry.size };
