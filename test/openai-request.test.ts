@@ -289,6 +289,24 @@ test('parameters whose answer the mock cannot produce are refused naming them, n
   }
 });
 
+test('stream_options without stream: true, and a tool_choice other than none without tools, are 400s as at OpenAI', () => {
+  const chat = { model: 'm', messages: [{ role: 'user', content: 'x' }] };
+  const usage = { include_usage: true };
+  rejects({ model: 'm', prompt: 'x', stream_options: usage }, 'stream_options');
+  rejects({ ...chat, stream: false, stream_options: usage }, 'stream_options', 'chat');
+  rejects({ ...chat, stream_options: {} }, 'stream_options', 'chat');
+  parseInferenceRequest({ ...chat, stream: false, stream_options: null }, 'chat');
+  const tool = { type: 'function', function: { name: 'f' } };
+  const autoAmong = { type: 'allowed_tools', allowed_tools: { mode: 'auto', tools: [tool] } };
+  for (const tools of [undefined, null, []]) {
+    rejects({ ...chat, tools, tool_choice: 'auto' }, 'tool_choice', 'chat');
+    rejects({ ...chat, tools, tool_choice: autoAmong }, 'tool_choice', 'chat');
+    parseInferenceRequest({ ...chat, tools, tool_choice: 'none' }, 'chat');
+    parseInferenceRequest({ ...chat, tools, tool_choice: null }, 'chat');
+  }
+  parseInferenceRequest({ ...chat, tools: [tool], tool_choice: autoAmong }, 'chat');
+});
+
 test('tool_choice allowed_tools with mode auto lets the model answer in text: accepted; required is refused', () => {
   // openai v6's ChatCompletionAllowedToolChoice; mode auto was refused as a forced tool call.
   const chat = { model: 'm', messages: [{ role: 'user', content: 'x' }] };
@@ -296,7 +314,10 @@ test('tool_choice allowed_tools with mode auto lets the model answer in text: ac
     type: 'allowed_tools',
     allowed_tools: { mode, tools: [{ type: 'function', function: { name: 'f' } }] },
   });
-  parseInferenceRequest({ ...chat, tool_choice: allowed('auto') }, 'chat');
+  parseInferenceRequest(
+    { ...chat, tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: allowed('auto') },
+    'chat',
+  );
   rejects({ ...chat, tool_choice: allowed('required') }, 'tool_choice', 'chat');
   rejects({ ...chat, tool_choice: { type: 'allowed_tools' } }, 'tool_choice', 'chat');
 });

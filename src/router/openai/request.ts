@@ -133,6 +133,9 @@ function parseStream(body: Record<string, unknown>): { stream: boolean; includeU
   const options = body.stream_options;
   if (options === undefined || options === null) return { stream, includeUsage: false };
   if (!isPlainObject(options)) throw invalid('stream_options must be an object', 'stream_options');
+  // As OpenAI and vLLM answer: a client that sets it without streaming expected usage or other
+  // stream behaviour it would silently not get.
+  if (!stream) throw invalid('stream_options is only allowed when stream is true', 'stream_options');
   const includeUsage = options.include_usage ?? false;
   if (typeof includeUsage !== 'boolean') {
     throw invalid('stream_options.include_usage must be a boolean', 'stream_options.include_usage');
@@ -225,6 +228,12 @@ const UNPRODUCIBLE: { param: string; asks: (v: unknown) => boolean; what: string
 function refuseUnproducible(body: Record<string, unknown>): void {
   for (const { param, asks, what } of UNPRODUCIBLE) {
     if (asks(body[param])) throw invalid(`${param}: this server does not support ${what}`, param);
+  }
+  // A choice among no tools is a client's mistake (tools dropped on the way); OpenAI refuses it
+  // and vLLM refuses all but 'none', which chooses nothing and is let through as vLLM does.
+  const noTools = isOff(body.tools) || (Array.isArray(body.tools) && body.tools.length === 0);
+  if (!isOff(body.tool_choice, 'none') && noTools) {
+    throw invalid('tool_choice is only allowed when tools are given', 'tool_choice');
   }
 }
 
