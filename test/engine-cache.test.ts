@@ -83,6 +83,25 @@ test('the event log numbers events 1, 2, 3 and replays after an id until the rin
   assert.equal(log.since(7), null, 'an id from the future means another incarnation');
 });
 
+test('the replay ring holds twice the pool in blocks by default: a subscriber further behind gets a dump', () => {
+  const engine = new MockEngine({ blockSize: BS, kvBlocks: 16 }, computeBlockHashes);
+  assert.equal(engine.events.maxBlocks, 32);
+  let now = 0;
+  // 20 distinct prompts of 2 full blocks: 40 blocks stored, most of them evicted again.
+  for (let r = 0; r < 20; r++) {
+    engine.submit({ id: `r${r}`, tokenIds: range(r * 10_000, 2 * BS), maxTokens: 1 }, now);
+    now = runUntilIdle(engine, now).now;
+  }
+  const held = engine.events.since(engine.events.oldestEventId - 1)!;
+  assert.ok(held.reduce((sum, e) => sum + eventBlocks(e), 0) <= 32);
+  assert.equal(engine.events.since(0), null, 'the first events fell out: a dump, not a replay');
+  // Given explicitly, the budget is the caller's.
+  assert.equal(
+    new MockEngine({ kvBlocks: 16, eventRingBlocks: 1000 }, computeBlockHashes).events.maxBlocks,
+    1000,
+  );
+});
+
 test('replay from an id gives exactly the events after it, in order', () => {
   const engine = new MockEngine({ blockSize: BS, kvBlocks: 24 }, computeBlockHashes);
   const live: KvEvent[] = [];

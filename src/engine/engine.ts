@@ -30,8 +30,11 @@ export interface EngineConfig {
   maxWaiting: number;
   /** KV events kept for replay. */
   eventRingCapacity: number;
-  /** Blocks' worth of KV events kept for replay (what they store or remove): bounds the ring's memory. */
-  eventRingBlocks: number;
+  /**
+   * Blocks' worth of KV events kept for replay (what they store or remove): bounds the ring's
+   * memory. Default: twice kvBlocks (ringBlocksFor).
+   */
+  eventRingBlocks?: number;
   /** Mixed into every request's sampler seed. */
   seed: number;
 }
@@ -43,10 +46,18 @@ export const ENGINE_DEFAULTS = {
   speedup: 1,
   maxWaiting: 1024,
   eventRingCapacity: 65536,
-  // ~100 MB of events (~90 bytes of heap a block), 64 pool-fulls at the default pool size.
-  eventRingBlocks: 1 << 20,
   seed: 0,
 } as const satisfies EngineConfig;
+
+/**
+ * The replay ring's default budget: twice the pool. A subscriber further behind gets a dump, which
+ * sends every cached block once, never more than the pool: a replay of more than a pool-full or
+ * two would cost the worker and the router more than the dump it saves. At ~90 bytes of heap a
+ * block, the default pool's ring holds ~3 MB at most.
+ */
+export function ringBlocksFor(kvBlocks: number): number {
+  return 2 * kvBlocks;
+}
 
 export interface EngineRequest {
   id: string;
@@ -159,7 +170,10 @@ export class MockEngine {
   constructor(config: Partial<EngineConfig>, hasher: BlockHasher) {
     this.config = { ...ENGINE_DEFAULTS, ...config };
     this.hasher = hasher;
-    this.events = new KvEventLog(this.config.eventRingCapacity, this.config.eventRingBlocks);
+    this.events = new KvEventLog(
+      this.config.eventRingCapacity,
+      this.config.eventRingBlocks ?? ringBlocksFor(this.config.kvBlocks),
+    );
     this.pool = new KvBlockPool(this.config.kvBlocks, this.events);
   }
 
