@@ -159,6 +159,37 @@ test('a terminal Ctrl-C (SIGINT to the process group) lets an in-flight stream f
   for (const pid of childPids) assert.equal(alive(pid), false, `child ${pid} still running`);
 });
 
+// The demo SIGKILLed each child 5 s after its SIGTERM, well inside the drains the children were
+// promised (a worker's --drain-ms 10 s, the router's 30 s): a stream with more than 5 s to go was
+// cut. Now every child gets the demo's --drain-ms (30 s) and is killed only once that has passed.
+test('Ctrl-C lets a stream with more than 5 s to go finish: the demo waits as long as the drain', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const url = await demo.ready;
+  // ~1,500 decode steps of ~6 ms at speedup 1 (~9 s); a busy machine only makes it longer.
+  const res = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: 'mock-llm',
+      prompt: 'Tell me a long story',
+      max_tokens: 1500,
+      stream: true,
+    }),
+  });
+  assert.equal(res.status, 200);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let text = '';
+  while (!text.includes('"text"')) text += (await reader.read()).value ?? '';
+  process.kill(-demo.child.pid!, 'SIGINT');
+  for (let r = await reader.read(); !r.done; r = await reader.read()) text += r.value;
+  const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+  assert.equal(events.at(-1), 'data: [DONE]', 'the stream ran to its end');
+  const last = JSON.parse(events.at(-2)!.slice(6)) as { choices?: { finish_reason: string | null }[] };
+  assert.equal(last.choices?.[0]?.finish_reason, 'length', `not cut: ${events.at(-2)}`);
+  const [code] = await demo.exited;
+  assert.equal(code, 0, demo.stderr());
+});
+
 test('SIGQUIT (Ctrl-\\, which no longer reaches the children) kills every child and exits 1', async () => {
   const demo = startDemo(['--prefill', '0', '--decode', '1']);
   await demo.ready;
@@ -175,14 +206,14 @@ test('a second signal while stopping kills every child at once and exits 1', asy
   await demo.ready;
   const childPids = childrenOf(demo.child.pid!);
   assert.equal(childPids.length, 2, 'router + 1 worker');
-  // A worker that does not react to SIGTERM: stopping would wait 5 s for it before SIGKILL.
+  // Children that do not react to SIGTERM: stopping would wait out their drain (30 s) and 5 s more.
   for (const pid of childPids) process.kill(pid, 'SIGSTOP');
   demo.child.kill('SIGTERM');
   await waitUntil(() => demo.stderr().includes('stopping every process'), 'the demo to start stopping');
   const secondAt = performance.now();
   demo.child.kill('SIGINT');
   const [code] = await demo.exited;
-  assert.ok(performance.now() - secondAt < 2000, 'exited well before the 5 s SIGKILL fallback');
+  assert.ok(performance.now() - secondAt < 2000, 'exited well before the SIGKILL fallback');
   assert.equal(code, 1);
   await waitUntil(() => childPids.every((pid) => !alive(pid)), 'every child to be gone', 2000);
 });

@@ -1,8 +1,10 @@
 // `kvroute demo`: the router plus N prefill and N decode mock workers, each a child process of
 // this one, all on loopback. Prints the URL and a first request once the fleet is ready; Ctrl-C
-// (or SIGTERM, SIGHUP) stops every process it started, each with one SIGTERM; a second one while
-// stopping kills them at once. If the router dies, or a worker before the fleet is ready, the demo
-// stops with exit 1.
+// (or SIGTERM, SIGHUP) stops every process it started, each with one SIGTERM: the workers
+// together, then the router. Each child drains for the demo's --drain-ms (handed to it as its own)
+// and is SIGKILLed only if it still runs EXIT_GRACE_MS after that; a second signal while stopping
+// kills them at once. If the router dies, or a worker before the fleet is ready, the demo stops
+// with exit 1.
 //
 // The children run in their own process group (detached), so a terminal's Ctrl-C reaches the demo
 // only: sent to the whole group it gave every child a SIGINT and then stopAll's SIGTERM, and a
@@ -13,9 +15,16 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { MAX_TIMER_MS } from '../../router/config.js';
 import type { CommandModule } from '../command.js';
 import { modelName } from '../model-name.js';
 import { decimalText, type ParsedOptions } from '../options.js';
+
+/**
+ * How long a child may take to exit after its drain (a worker deregistering, a router closing its
+ * connections, either flushing its traces) before the demo SIGKILLs it.
+ */
+const EXIT_GRACE_MS = 5000;
 
 export const spec: CommandModule['spec'] = {
   usage: 'kvroute demo',
@@ -40,6 +49,15 @@ export const spec: CommandModule['spec'] = {
       default: 30_000,
       min: 1000,
       help: 'how long to wait for the router and every worker to come up',
+    },
+    {
+      name: 'drain-ms',
+      type: 'integer',
+      default: 30_000,
+      min: 0,
+      // A Node timer runs a longer delay after 1 ms: the drain would cut every stream at once.
+      max: MAX_TIMER_MS,
+      help: `on Ctrl-C, how long requests in flight may finish: every child gets it as its --drain-ms, and is killed if still running ${EXIT_GRACE_MS / 1000} s later`,
     },
   ],
 };
@@ -126,21 +144,29 @@ function killAll(children: Map<string, ChildProcess>): void {
   for (const child of children.values()) if (running(child)) child.kill('SIGKILL');
 }
 
-async function stopAll(children: Map<string, ChildProcess>): Promise<void> {
-  // Workers first (they deregister from the live router), then the router.
-  const order = [...children.entries()].sort(([a], [b]) => Number(a === 'router') - Number(b === 'router'));
-  for (const [, child] of order) {
-    if (!running(child)) continue;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await once(child, 'exit');
-    clearTimeout(timer);
-  }
+/** SIGTERMs `child` and waits for it to exit; SIGKILLs it if it outlives its drain by EXIT_GRACE_MS. */
+async function stopChild(child: ChildProcess, drainMs: number): Promise<void> {
+  if (!running(child)) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), Math.min(drainMs + EXIT_GRACE_MS, MAX_TIMER_MS));
+  await exited;
+  clearTimeout(timer);
+}
+
+async function stopAll(children: Map<string, ChildProcess>, drainMs: number): Promise<void> {
+  // The workers first, all at once (each deregisters from the live router, which relays their
+  // streams to the end), then the router: a stop takes at most two drains, not one per process.
+  const workers = [...children.entries()].filter(([name]) => name !== 'router').map(([, c]) => c);
+  await Promise.all(workers.map((w) => stopChild(w, drainMs)));
+  const router = children.get('router');
+  if (router) await stopChild(router, drainMs);
 }
 
 export async function run(o: ParsedOptions): Promise<number> {
   const host = o.host as string;
   const model = modelName(o.model);
+  const drainMs = o.drainMs as number;
   const children = new Map<string, ChildProcess>();
   let stopping = false;
   /** Every worker registered: from then on a worker that exits is reported, and the demo runs on. */
@@ -154,8 +180,10 @@ export async function run(o: ParsedOptions): Promise<number> {
       if (stopping) return;
       stopping = true;
       stopPolls.abort();
-      process.stderr.write('kvroute demo: stopping every process...\n');
-      void stopAll(children).then(() => resolve(code));
+      process.stderr.write(
+        `kvroute demo: stopping every process (requests in flight may finish for up to ${drainMs} ms; Ctrl-C again to kill them now)...\n`,
+      );
+      void stopAll(children, drainMs).then(() => resolve(code));
     };
     const force = () => {
       process.stderr.write('kvroute demo: killing every process now\n');
@@ -167,7 +195,11 @@ export async function run(o: ParsedOptions): Promise<number> {
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, onSignal);
     // Ctrl-\ no longer reaches the children either: quit means quit, for them too.
     process.on('SIGQUIT', force);
-    const router = startChild('router', ['router', '--host', host, '--port', String(o.port)], children);
+    const router = startChild(
+      'router',
+      ['router', '--host', host, '--port', String(o.port), '--drain-ms', String(drainMs)],
+      children,
+    );
     router.once('exit', (code) => {
       if (!stopping) process.stderr.write(`kvroute demo: the router exited (code ${code}); stopping\n`);
       stop(1);
@@ -187,6 +219,8 @@ export async function run(o: ParsedOptions): Promise<number> {
         decimalText(o.speedup as number),
         '--model',
         model,
+        '--drain-ms',
+        String(drainMs),
       ];
       const roles = [
         ...Array.from({ length: o.prefill as number }, (_, i) => [`prefill-${i + 1}`, 'prefill'] as const),
