@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { createRouter, type RouterService } from '../src/router/service.js';
+import { encodeText } from '../src/router/tokenizer/vocabulary.js';
 import { TestFleet, waitForWorkers, waitUntil } from './helpers/fleet.js';
 
 const MODEL = 'mock-llm';
@@ -137,6 +138,32 @@ describe('completions', () => {
     const prompt = tokenPrompt(1, 3);
     const res = await client.completions.create({ model: MODEL, prompt, max_tokens: 4 });
     assert.equal(res.usage?.prompt_tokens, prompt.length);
+  });
+});
+
+describe('prompt length', () => {
+  // The router's default --max-prompt-tokens.
+  const LIMIT = 131_072;
+
+  test('a text prompt over the limit is refused with context_length_exceeded naming the limit', async () => {
+    // ~2x the limit (" hello" is one token); the router stops encoding one token past the limit,
+    // so it can only say "more than", not how many.
+    const prompt = ' hello'.repeat(2 * LIMIT);
+    const err = await client.completions.create({ model: MODEL, prompt, max_tokens: 2 }).then(
+      () => assert.fail('an over-limit prompt was served'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof OpenAI.BadRequestError, String(err));
+    assert.equal(err.code, 'context_length_exceeded');
+    assert.equal(err.message, `400 prompt has more than the limit of ${LIMIT} tokens`);
+  });
+
+  test('a long text prompt within the limit counts every token of it', async () => {
+    // Long enough to reach the limit by its length alone, so the router encodes it piece by piece.
+    const prompt = 'Tokens of a long prompt: 日本語, émoji 🎉, code `x => x + 1`.\n'.repeat(900);
+    assert.ok(3 * prompt.length > LIMIT);
+    const res = await client.completions.create({ model: MODEL, prompt, max_tokens: 2 });
+    assert.equal(res.usage?.prompt_tokens, encodeText(prompt).length);
   });
 });
 

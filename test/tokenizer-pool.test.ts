@@ -1,5 +1,6 @@
 // The Tokenizer's I/O shell: inline vs pooled encoding (same ids either way), the bounded queue,
-// and close(). The pool runs the compiled worker from dist/ (npm test builds first).
+// and close(); and encoding's ids themselves (long runs sliced, a token limit). The pool runs the
+// compiled worker from dist/ (npm test builds first).
 
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
@@ -12,6 +13,7 @@ import { context, createContextKey, ROOT_CONTEXT } from '@opentelemetry/api';
 import { encode as referenceEncode } from 'gpt-tokenizer/encoding/o200k_base';
 import { isKvrouteError } from '../src/errors.js';
 import { Tokenizer } from '../src/router/tokenizer/index.js';
+import { encodeText } from '../src/router/tokenizer/vocabulary.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
 
 const SHORT = 'Héllo wörld: 日本語のテキスト, emoji 🎉🦀, code `x => x + 1`, and <|endoftext|> as text.';
@@ -257,5 +259,43 @@ test('many long prompts at once add at most one listener per thread to the share
   } finally {
     process.off('warning', onWarning);
     await tokenizer.close();
+  }
+});
+
+/** Texts through every path of encodeText: plain, long runs sliced (at the start, middle, end). */
+const LIMITED_TEXTS = [
+  SHORT,
+  LONG,
+  '日本語'.repeat(2_000),
+  `${SHORT}${'🎉'.repeat(1_000)}${LONG}`,
+  `${LONG}${' '.repeat(700)}x${'-'.repeat(600)}`,
+  `a\uDC00b${'e\u0301'.repeat(400)}`,
+];
+
+test('with a token limit, encodeText stops one token past it: a prefix of the full ids, or all of them', () => {
+  for (const text of LIMITED_TEXTS) {
+    const full = encodeText(text);
+    const limits = [1, 2, 7, 100, 257, 1_000, full.length - 1, full.length, full.length + 1, 3 * text.length];
+    for (const limit of limits) {
+      const label = `${JSON.stringify(text.slice(0, 12))}… (${full.length} tokens), limit ${limit}`;
+      const limited = encodeText(text, limit);
+      if (full.length <= limit) assert.deepEqual(limited, full, `${label}: within the limit, the same ids`);
+      else assert.deepEqual(limited, full.slice(0, limit + 1), `${label}: the first limit + 1 ids`);
+    }
+  }
+});
+
+test('a pooled encode with a token limit moves back the first limit + 1 ids, or all of them', async () => {
+  const pooled = new Tokenizer({ inlineMaxChars: 0, maxThreads: 1 });
+  try {
+    const text = `${LONG}${'日本語'.repeat(2_000)}`.repeat(4);
+    const full = encodeText(text);
+    const cut = await pooled.encode(text, undefined, 1_000);
+    assert.ok(cut instanceof Uint32Array);
+    assert.deepEqual([...cut], full.slice(0, 1_001));
+    assert.deepEqual([...(await pooled.encode(text, undefined, full.length))], full);
+    assert.deepEqual(pooled.stats, { inline: 0, pooled: 2, rejected: 0, cancelled: 0 });
+  } finally {
+    await pooled.close();
   }
 });

@@ -12,6 +12,7 @@ import { withRootContext } from '../../telemetry/index.js';
 import { MAX_TIMER_MS } from '../config.js';
 import { decodeTokens, TokenStreamDecoder } from './stream-decoder.js';
 import { ENCODING_NAME, encodeText, TEXT_TOKEN_COUNT, VOCAB_SIZE } from './vocabulary.js';
+import type { EncodeTask } from './worker.js';
 
 /**
  * Texts up to this many UTF-16 code units are encoded on the calling thread. A pool hop costs the
@@ -73,7 +74,7 @@ export class Tokenizer {
   /** Ids below this are ordinary text tokens (what a mock engine should emit). */
   readonly textTokenCount = TEXT_TOKEN_COUNT;
   readonly inlineMaxChars: number;
-  readonly #pool: Piscina<string, Uint32Array>;
+  readonly #pool: Piscina<EncodeTask, Uint32Array>;
   readonly #maxPending: number;
   readonly #maxThreads: number;
   #pending = 0;
@@ -115,13 +116,13 @@ export class Tokenizer {
   }
 
   /** One pooled encode; rejects with the thread's failure if a thread fails while it waits. */
-  async #run(text: string): Promise<Uint32Array> {
+  async #run(task: EncodeTask): Promise<Uint32Array> {
     const failure = this.#threadFailure.signal;
     try {
       // Submitted from the root context: the first long prompt starts the pool's thread, and a
       // thread (with its message port) made inside a request would hold that request's trace
       // context for the pool's life. The await below still resumes in the caller's context.
-      return await withRootContext(() => this.#pool.run(text, { signal: failure }));
+      return await withRootContext(() => this.#pool.run(task, { signal: failure }));
     } catch (err) {
       if (failure.aborted) throw failure.reason;
       // close() ends the threads under the encodes still waiting: piscina's plain Error would
@@ -134,27 +135,30 @@ export class Tokenizer {
   /** Starts a pool thread and loads its vocabulary now, so the first long prompt does not wait. */
   async warmup(): Promise<void> {
     if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
-    await this.#run('');
+    await this.#run({ text: '' });
   }
 
   /**
    * Text short enough to encode on the event loop (at most `inlineMaxChars`), encoded now, with no
    * promise: the common path of a router request. Undefined for a longer text (use `encode`).
+   * `maxTokens`: as for `encode`.
    */
-  encodeInline(text: string): number[] | undefined {
+  encodeInline(text: string, maxTokens?: number): number[] | undefined {
     if (this.#closed) throw new KvrouteError('shutting_down', 'tokenizer is closed');
     if (text.length > this.inlineMaxChars) return undefined;
     this.#stats.inline++;
-    return encodeText(text);
+    return encodeText(text, maxTokens);
   }
 
   /**
    * Text to token ids (special-token text is tokenized as ordinary characters). A long text that
    * is still waiting for a thread when `signal` aborts is dropped and rejects with its reason; one
-   * already running finishes (ending its thread would cost a ~240 ms restart).
+   * already running finishes (ending its thread would cost a ~240 ms restart). With `maxTokens`,
+   * encoding stops once the ids number more than it: a text over the limit gives its first
+   * maxTokens + 1 ids, and the rest of it is never encoded (a prompt to be refused costs little).
    */
-  async encode(text: string, signal?: AbortSignal): Promise<Uint32Array> {
-    const inline = this.encodeInline(text);
+  async encode(text: string, signal?: AbortSignal, maxTokens?: number): Promise<Uint32Array> {
+    const inline = this.encodeInline(text, maxTokens);
     if (inline !== undefined) return Uint32Array.from(inline);
     // Our own bound (running + waiting) instead of piscina's maxQueue, whose limit also counts
     // threads still starting: this one is exact and testable.
@@ -177,7 +181,7 @@ export class Tokenizer {
     try {
       await this.#threadSlot(signal);
       try {
-        return await this.#run(text);
+        return await this.#run({ text, maxTokens });
       } finally {
         this.#releaseSlot();
       }

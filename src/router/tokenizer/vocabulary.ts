@@ -10,6 +10,7 @@ import bpeRanks from 'gpt-tokenizer/bpeRanks/o200k_base';
 import {
   decode as libraryDecode,
   encode as libraryEncode,
+  encodeGenerator as libraryEncodePieces,
   vocabularySize,
 } from 'gpt-tokenizer/encoding/o200k_base';
 import { KvrouteError } from '../../errors.js';
@@ -76,28 +77,55 @@ function mayHoldLongRun(text: string): boolean {
   return false;
 }
 
-function appendEncoded(ids: number[], text: string): void {
-  for (const id of libraryEncode(text, ORDINARY_TEXT)) ids.push(id);
+/**
+ * Appends `text`'s ids to `ids`, stopping once they number more than `maxTokens` (then exactly
+ * maxTokens + 1). False when it stopped. A token is at least one UTF-8 byte and a UTF-16 code unit
+ * at most three, so a text that cannot reach the limit takes the library's plain encode; a longer
+ * one is encoded piece by piece (the same pieces and ids) and the rest of it never is.
+ */
+function appendEncoded(ids: number[], text: string, maxTokens: number): boolean {
+  if (ids.length + 3 * text.length <= maxTokens) {
+    for (const id of libraryEncode(text, ORDINARY_TEXT)) ids.push(id);
+    return true;
+  }
+  for (const piece of libraryEncodePieces(text, ORDINARY_TEXT)) {
+    for (const id of piece) {
+      ids.push(id);
+      if (ids.length > maxTokens) return false;
+    }
+  }
+  return true;
 }
 
-/** Text to token ids. Cost is linear in the text; see the README for measured throughput. */
-export function encodeText(text: string): number[] {
-  if (!mayHoldLongRun(text)) return libraryEncode(text, ORDINARY_TEXT);
+/**
+ * Text to token ids. With `maxTokens`, encoding stops once the ids number more than it: the result
+ * is then the first maxTokens + 1 ids of the whole text's (a count that is only a lower bound);
+ * otherwise it is all of them, the same as without a limit. Cost is linear in the text, or in the
+ * part encoded before the limit (plus a scan of the whole text for long runs); see the README.
+ */
+export function encodeText(text: string, maxTokens: number = Number.POSITIVE_INFINITY): number[] {
+  const sliced = mayHoldLongRun(text);
+  // The common path (no limit, or a text too short to reach it): the library's array, no copy.
+  if (!sliced && 3 * text.length <= maxTokens) return libraryEncode(text, ORDINARY_TEXT);
   const ids: number[] = [];
+  if (!sliced) {
+    appendEncoded(ids, text, maxTokens);
+    return ids;
+  }
   let from = 0;
   for (const run of text.matchAll(LONG_RUN)) {
-    appendEncoded(ids, text.slice(from, run.index));
+    if (!appendEncoded(ids, text.slice(from, run.index), maxTokens)) return ids;
     const end = run.index + run[0].length;
     for (let at = run.index; at < end; ) {
       let cut = Math.min(at + MAX_RUN_CHARS, end);
       // Never between the halves of a surrogate pair (each half would encode as U+FFFD).
       if (cut < end && isHighSurrogate(text.charCodeAt(cut - 1))) cut--;
-      appendEncoded(ids, text.slice(at, cut));
+      if (!appendEncoded(ids, text.slice(at, cut), maxTokens)) return ids;
       at = cut;
     }
     from = end;
   }
-  appendEncoded(ids, text.slice(from));
+  appendEncoded(ids, text.slice(from), maxTokens);
   return ids;
 }
 
