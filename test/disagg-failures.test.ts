@@ -1,16 +1,20 @@
 // Disaggregation when things go wrong, against real processes: a client cancelling mid-prefill, a
 // prefill worker killed mid-prefill (local fallback), the only decode worker unreachable (the
-// failure itself, not 503 no_workers), and overlapped mode with a prefill leg that never answers
-// (bounded failure). Run `npm run build` first.
+// failure itself, not 503 no_workers), overlapped mode with a prefill leg that never answers
+// (bounded failure), and a kv_handoff refused by the worker its generate waits on (delivered
+// again). Run `npm run build` first.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SpanStatusCode } from '@opentelemetry/api';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { KvHandoffBoard } from '../src/decode/handoff-board.js';
 import { KvrouteError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { LoadReport, PrefillResponse } from '../src/protocols/worker-plane.js';
 import { encodeJson, RequestPlaneClient, RequestPlaneServer, TransportError } from '../src/tcp/index.js';
+import { parseGenerateRequest, parseKvHandoff } from '../src/worker/payload.js';
 import type { WorkerStats } from '../src/worker/stats.js';
 import {
   closePlane,
@@ -785,6 +789,123 @@ MOVING_DECODE_STAND_INS.forEach(({ what, expectation, retryReason, make }, n) =>
       await waitFor(() => idle(r, prefill, live));
       assert.equal((await workerCall<WorkerStats>(live.address, 'stats')).handoffs_waiting, 0);
     });
+  });
+});
+
+/**
+ * A decode stand-in with the real handoff board whose connections hold at most one stream until
+ * `open()`: its overlapped generate holds the only one and waits, so a kv_handoff sent meanwhile is
+ * refused by the plane as `overloaded` before any handler runs (retryable: it never arrived), as a
+ * worker's connection at its stream limit refuses one.
+ */
+function crowdedDecode(): {
+  server: RequestPlaneServer;
+  delivered(): number;
+  open(): void;
+  crowd(): void;
+} {
+  const board = new KvHandoffBoard();
+  let delivered = 0;
+  const server = new RequestPlaneServer({ maxStreamsPerConnection: 1 })
+    .handle('generate', async function* (req) {
+      const body = parseGenerateRequest(req.payload);
+      const handoff = await board.wait(body.request_id, body.await_kv_handoff!.timeout_ms, req.signal);
+      const prefilled = handoff.prefill!;
+      yield encodeJson({
+        token_ids: [prefilled.first_token],
+        finish_reason: null,
+        prompt_tokens: body.token_ids.length,
+        cached_tokens: prefilled.kv_transfer.transferred_blocks * 16,
+      });
+      yield encodeJson({ token_ids: [12], finish_reason: 'length' });
+    })
+    .handle('kv_handoff', async (req) => {
+      const where = board.deliver(parseKvHandoff(req.payload));
+      if (where === 'waiting') delivered++;
+      return encodeJson({ delivered: where });
+    });
+  return {
+    server,
+    delivered: () => delivered,
+    open: () => {
+      server.limits.maxStreamsPerConnection = 4096;
+    },
+    crowd: () => {
+      server.limits.maxStreamsPerConnection = 1;
+    },
+  };
+}
+
+describe('overlapped mode, a kv_handoff that never reached the decode worker its generate waits on', () => {
+  const WAIT_MS = 3000;
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let crowdedId = '';
+  const crowded = crowdedDecode();
+  /** The router's kv_handoff calls the stand-in refused as overloaded, so far. */
+  const refusedHandoffs = () =>
+    r.exporter
+      .getFinishedSpans()
+      .filter(
+        (s) => s.name === 'request_plane kv_handoff' && s.attributes['kvroute.remote_code'] === 'overloaded',
+      );
+
+  before(async () => {
+    await crowded.server.listen(0);
+    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, prefillWaitMs: WAIT_MS }, true);
+    prefill = await spawnWorker(r, 'prefill', ['--speedup', '20']);
+    crowdedId = await registerStandIn(r, crowded.server.address, 'decode');
+  });
+
+  after(async () => {
+    await prefill?.proc.stop();
+    await r?.router.close();
+    await crowded.server.close({ deadlineMs: 0 });
+  });
+
+  test('is delivered again to the same worker once it can take it: the request succeeds (before, a 504 at the wait bound)', async () => {
+    const pending = completion(r, { prompt: prompt(300, 301), max_tokens: 2 });
+    await waitFor(() => refusedHandoffs().length > 0);
+    // The generate is still waiting there: the worker can take the handoff now.
+    crowded.open();
+    const res = await pending;
+    const text = await res.text();
+    assert.equal(res.status, 200, text);
+    assert.equal(res.headers.get('x-kvroute-decode-worker'), crowdedId);
+    assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id, 'the remote prefill was used');
+    assert.equal((JSON.parse(text) as { usage: { completion_tokens: number } }).usage.completion_tokens, 2);
+    assert.equal(crowded.delivered(), 1);
+    // Each redelivery is an event on the request's span: why, to which worker, which one.
+    const http = await waitFor(() =>
+      r.exporter
+        .getFinishedSpans()
+        .find((s) => s.name === 'http-request' && s.attributes['url.path'] === '/v1/completions'),
+    );
+    const redeliveries = http.events.filter((e) => e.name === 'kv_handoff_redelivery');
+    assert.equal(redeliveries.length, refusedHandoffs().length);
+    assert.equal(redeliveries[0]?.attributes?.['kvroute.handoff.reason'], 'overloaded');
+    assert.equal(redeliveries[0]?.attributes?.['kvroute.handoff.worker_id'], crowdedId);
+    assert.equal(redeliveries[0]?.attributes?.['kvroute.handoff.attempt'], 2);
+    await waitFor(() => idle(r, prefill));
+  });
+
+  test('is not delivered past the wait bound: a worker that never takes it is a 504 timeout, and the deliveries end with the request', async () => {
+    crowded.crowd();
+    const handoffCalls = () =>
+      r.exporter.getFinishedSpans().filter((s) => s.name === 'request_plane kv_handoff');
+    const callsBefore = handoffCalls().length;
+    const res = await completion(r, { prompt: prompt(300, 302), max_tokens: 2 });
+    const body = (await res.json()) as { error: { code: string } };
+    assert.equal(res.status, 504, JSON.stringify(body));
+    assert.equal(body.error.code, 'timeout');
+    assert.ok(handoffCalls().length - callsBefore > 1, 'delivered again while the bound had time left');
+    await waitFor(() => idle(r, prefill));
+    // Longer than the longest pause between two deliveries: one still going would show.
+    await sleep(300);
+    const calls = handoffCalls().length;
+    await sleep(600);
+    assert.equal(handoffCalls().length, calls, 'no delivery outlives its request');
+    assert.equal(crowded.delivered(), 1, "only the first test's handoff was ever taken");
   });
 });
 

@@ -27,6 +27,7 @@ import {
 } from '../../protocols/worker-plane.js';
 import { decodeJson, encodeJson, isTransportError } from '../../tcp/index.js';
 import { recordFailure, spawnInCurrentContext } from '../../telemetry/index.js';
+import { type BackoffPolicy, backoffDelay } from '../../worker/backoff.js';
 import {
   checkPrefillAnswer,
   enforcedDisaggError,
@@ -37,7 +38,7 @@ import {
 import { generateBody } from './aggregated.js';
 import { type AbortListener, RequestAbort } from './request-abort.js';
 import type { ExecutionContext, ExecutionPlan, Executor, WorkerDecision } from './types.js';
-import { callGenerate, isRetryable, toClientError } from './worker-call.js';
+import { callGenerate, failureKind, isRetryable, toClientError } from './worker-call.js';
 
 export interface DisaggregatedExecutorDeps {
   /** The router's tracer (`telemetry.tracer`). */
@@ -55,7 +56,18 @@ export const DISAGG_ATTR = {
   prefillWorker: 'kvroute.prefill.worker_id',
   fallback: 'kvroute.prefill.fallback',
   fallbackEvent: 'prefill_fallback',
+  handoffRedeliveryEvent: 'kv_handoff_redelivery',
+  handoffReason: 'kvroute.handoff.reason',
+  handoffWorker: 'kvroute.handoff.worker_id',
+  handoffAttempt: 'kvroute.handoff.attempt',
 } as const;
+
+/**
+ * Pauses before delivering a kv_handoff again to a worker it never reached: short (the generate
+ * there is waiting), growing, and random so that a crowded worker is not hit by every request's
+ * redelivery at once.
+ */
+const HANDOFF_REDELIVERY_BACKOFF: BackoffPolicy = { baseMs: 10, capMs: 200 };
 
 export class DisaggregatedExecutor implements Executor {
   constructor(private readonly deps: DisaggregatedExecutorDeps) {}
@@ -106,6 +118,9 @@ export class DisaggregatedExecutor implements Executor {
     ctx: ExecutionContext,
   ): AsyncGenerator<GenerateChunk> {
     const waitMs = ctx.prefillWaitMs;
+    // The end of the decode worker's wait for the handoff (its generate goes out now): no
+    // redelivery starts after it.
+    const redeliverBy = performance.now() + waitMs;
     const decodeAbort = new RequestAbort();
     const prefillAbort = new AbortController();
     const callerAbort: AbortListener = {
@@ -129,16 +144,23 @@ export class DisaggregatedExecutor implements Executor {
       decodeMoves++;
       wakeDelivery?.();
     };
-    /** Resolves once the generate has moved since `movesBefore`, or the decode leg has ended. */
-    const movedOrEnded = (movesBefore: number) =>
+    /**
+     * Resolves once the generate has moved since `movesBefore`, the decode leg has ended, or (when
+     * given) `pauseMs` have passed.
+     */
+    const movedOrEnded = (movesBefore: number, pauseMs?: number) =>
       new Promise<void>((resolve) => {
-        const ended: AbortListener = { onAbort: () => resolve() };
-        wakeDelivery = () => {
+        let timer: NodeJS.Timeout | undefined;
+        const wake = () => {
+          clearTimeout(timer);
           decodeAbort.unlisten(ended);
           resolve();
         };
+        const ended: AbortListener = { onAbort: wake };
+        wakeDelivery = wake;
         decodeAbort.listen(ended);
-        if (decodeAbort.aborted || decodeMoves !== movesBefore) wakeDelivery();
+        if (decodeAbort.aborted || decodeMoves !== movesBefore) wake();
+        else if (pauseMs !== undefined) timer = setTimeout(wake, pauseMs);
       });
     // What made the prefill side fail the request (it then cancels the decode leg).
     let legError: KvrouteError | undefined;
@@ -197,9 +219,11 @@ export class DisaggregatedExecutor implements Executor {
       // afterwards (until the decode leg ends): both legs may fail to reach a gone worker, in
       // either order, and a generate cut off before its first answer moves after its handoff was
       // delivered.
+      let deliveries = 0;
       for (;;) {
         const target = plan.decode.worker;
         const movesBefore = decodeMoves;
+        deliveries++;
         try {
           await ctx.client.unary(target.address, ENDPOINTS.kvHandoff, encodeJson(handoff), {
             requestId: plan.httpRequestId,
@@ -208,13 +232,31 @@ export class DisaggregatedExecutor implements Executor {
           });
         } catch (err) {
           if (decodeAbort.aborted) return;
-          // A delivery that reached the worker and failed there fails the request. One that never
-          // reached it (the worker is gone, most likely) waits for the generate sent there to fail
-          // the same way and move; if that generate did get through, its own wait bound ends it.
+          // A delivery that reached the worker and failed there fails the request.
           if (decodeMoves === movesBefore && !(isTransportError(err) && err.retryable)) {
             legError = toClientError(err, decodeAbort);
             decodeAbort.abort();
             return;
+          }
+          // One that never reached it: the generate sent there may be waiting for it (the
+          // worker's plane refused the call, a connection of the pool failed) or about to fail
+          // the same way and move (the worker is gone). Delivered again after a short pause, or
+          // at once to where the generate moves meanwhile, while the worker's wait has time left;
+          // after that the generate's own bound ends the request. A redelivery of one that did
+          // arrive (its answer lost with the connection) is only held there, unclaimed.
+          if (decodeMoves === movesBefore) {
+            const pauseMs = backoffDelay(deliveries - 1, HANDOFF_REDELIVERY_BACKOFF, Math.random());
+            if (performance.now() + pauseMs < redeliverBy) {
+              trace.getActiveSpan()?.addEvent(DISAGG_ATTR.handoffRedeliveryEvent, {
+                [DISAGG_ATTR.handoffReason]: failureKind(err),
+                [DISAGG_ATTR.handoffWorker]: target.id,
+                [DISAGG_ATTR.handoffAttempt]: deliveries + 1,
+                'exception.message': (err as Error)?.message ?? String(err),
+              });
+              await movedOrEnded(movesBefore, pauseMs);
+              if (decodeAbort.aborted) return;
+              continue;
+            }
           }
         }
         await movedOrEnded(movesBefore);
