@@ -169,7 +169,7 @@ test('a worker script that does not load fails warmup and encode with its error,
   }
 });
 
-test('a long run of one character class encodes in slices, the same inline and pooled', {
+test('a long run of one character class (or of line breaks and slashes) encodes in slices, the same inline and pooled', {
   timeout: 60_000,
 }, async () => {
   // BPE merges inside one piece in quadratic time: 210 K CJK characters with no punctuation took
@@ -179,6 +179,9 @@ test('a long run of one character class encodes in slices, the same inline and p
     '🎉'.repeat(50_000),
     `e${'\u0301'.repeat(100_000)}`,
     `x${' '.repeat(100_000)}y`,
+    // One o200k piece (punctuation, then a tail of line breaks and slashes) that is neither all
+    // whitespace nor all not: 160 K characters of it took 9.9 s before it was sliced too.
+    `!${'/\n'.repeat(200_000)}`,
   ];
   const pooled = new Tokenizer({ inlineMaxChars: 0, maxThreads: 1 });
   const inline = new Tokenizer({ inlineMaxChars: Number.MAX_SAFE_INTEGER });

@@ -36,9 +36,12 @@ const ORDINARY_TEXT = { disallowedSpecial: new Set<string>() };
 export const MAX_RUN_CHARS = 256;
 
 // o200k_base's pieces never cross from one of these classes to another, except for one leading
-// character and a few trailing line breaks or slashes: splitting the runs bounds every piece.
+// character and a punctuation piece's tail of line breaks and slashes, which has no bound of its
+// own: `!` then `/\n` repeated is one piece that alternates between whitespace and not at every
+// character (160 K characters of it took 9.9 s). So a run of line breaks and slashes is a class
+// of its own here. Splitting these runs bounds every piece.
 const LONG_RUN = new RegExp(
-  `[\\p{L}\\p{M}]{${MAX_RUN_CHARS},}|[^\\s\\p{L}\\p{N}]{${MAX_RUN_CHARS},}|\\s{${MAX_RUN_CHARS},}`,
+  `[\\p{L}\\p{M}]{${MAX_RUN_CHARS},}|[^\\s\\p{L}\\p{N}]{${MAX_RUN_CHARS},}|\\s{${MAX_RUN_CHARS},}|[\\r\\n/]{${MAX_RUN_CHARS},}`,
   'gu',
 );
 
@@ -59,14 +62,20 @@ function isSpace(c: number): boolean {
 }
 
 /**
- * Whether `text` has MAX_RUN_CHARS code units in a row that are all whitespace or all not: every
- * long run of one class is one of these. A plain scan, far cheaper than LONG_RUN on every text.
+ * Whether `text` has MAX_RUN_CHARS code units in a row that are all whitespace, all not, or all
+ * line breaks and slashes: every long run of one class is one of these. A plain scan, far cheaper
+ * than LONG_RUN on every text.
  */
 function mayHoldLongRun(text: string): boolean {
   let run = 0;
   let space = false;
+  let breaksAndSlashes = 0;
   for (let i = 0; i < text.length; i++) {
-    const s = isSpace(text.charCodeAt(i));
+    const c = text.charCodeAt(i);
+    if (c === 0x0a || c === 0x0d || c === 0x2f) {
+      if (++breaksAndSlashes >= MAX_RUN_CHARS) return true;
+    } else breaksAndSlashes = 0;
+    const s = isSpace(c);
     if (s === space) {
       if (++run >= MAX_RUN_CHARS) return true;
     } else {
