@@ -886,6 +886,11 @@ describe('overlapped mode, a kv_handoff that never reached the decode worker its
     assert.equal(redeliveries[0]?.attributes?.['kvroute.handoff.reason'], 'overloaded');
     assert.equal(redeliveries[0]?.attributes?.['kvroute.handoff.worker_id'], crowdedId);
     assert.equal(redeliveries[0]?.attributes?.['kvroute.handoff.attempt'], 2);
+    // ... and counted, by the same failure kind.
+    assert.equal(
+      await metricValue(r, 'kvroute_handoff_redeliveries_total', { reason: 'overloaded' }),
+      redeliveries.length,
+    );
     await waitFor(() => idle(r, prefill));
   });
 

@@ -61,6 +61,7 @@ export class RouterMetrics {
   readonly retries: Counter<'reason'>;
   readonly disaggDecisions: Counter<'decision' | 'reason'>;
   readonly prefillFallbacks: Counter<'reason'>;
+  readonly handoffRedeliveries: Counter<'reason'>;
 
   constructor(sources: MetricsSources) {
     // The array holds the metric objects themselves (typed as their plain-object view).
@@ -207,6 +208,12 @@ export class RouterMetrics {
     this.prefillFallbacks = new Counter({
       name: 'kvroute_prefill_fallbacks_total',
       help: 'Remote prefills that failed before the handoff and were redone locally, by failure kind',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.handoffRedeliveries = new Counter({
+      name: 'kvroute_handoff_redeliveries_total',
+      help: 'KV handoffs delivered again to the decode worker they never reached, by failure kind',
       labelNames: ['reason'],
       registers,
     });

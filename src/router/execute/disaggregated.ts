@@ -247,8 +247,10 @@ export class DisaggregatedExecutor implements Executor {
           if (decodeMoves === movesBefore) {
             const pauseMs = backoffDelay(deliveries - 1, HANDOFF_REDELIVERY_BACKOFF, Math.random());
             if (performance.now() + pauseMs < redeliverBy) {
+              const reason = failureKind(err);
+              ctx.metrics.handoffRedeliveries.labels(reason).inc();
               trace.getActiveSpan()?.addEvent(DISAGG_ATTR.handoffRedeliveryEvent, {
-                [DISAGG_ATTR.handoffReason]: failureKind(err),
+                [DISAGG_ATTR.handoffReason]: reason,
                 [DISAGG_ATTR.handoffWorker]: target.id,
                 [DISAGG_ATTR.handoffAttempt]: deliveries + 1,
                 'exception.message': (err as Error)?.message ?? String(err),
