@@ -914,6 +914,44 @@ describe('overlapped mode, a kv_handoff that never reached the decode worker its
   });
 });
 
+describe('overlapped mode, a decode worker whose plane refuses every kv_handoff for good (no handler)', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let deaf = 0;
+  // Takes the generate and waits, but has no kv_handoff endpoint: every delivery is refused
+  // not_found, before any handler runs, and would be again.
+  const handoffless = new RequestPlaneServer().handle('generate', async function* (req) {
+    deaf++;
+    await new Promise((resolve) => req.signal.addEventListener('abort', resolve, { once: true }));
+    yield encodeJson({ token_ids: [11], finish_reason: 'length' });
+  });
+
+  before(async () => {
+    await handoffless.listen(0);
+    r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill: true, prefillWaitMs: 3000 }, true);
+    prefill = await spawnWorker(r, 'prefill', ['--speedup', '20']);
+    await registerStandIn(r, handoffless.address, 'decode');
+  });
+
+  after(async () => {
+    await prefill?.proc.stop();
+    await r?.router.close();
+    await handoffless.close({ deadlineMs: 0 });
+  });
+
+  test('fails the request with the refusal at once, neither redelivered nor left to the 504 at the wait bound', async () => {
+    const res = await completion(r, { prompt: prompt(300, 303), max_tokens: 2 });
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    assert.equal(res.status, 502, JSON.stringify(body));
+    assert.equal(body.error.code, 'worker_error');
+    assert.match(body.error.message, /kv_handoff/);
+    assert.equal(deaf, 1);
+    const handoffCalls = r.exporter.getFinishedSpans().filter((s) => s.name === 'request_plane kv_handoff');
+    assert.equal(handoffCalls.length, 1, 'delivered once: the same payload would be refused the same way');
+    await waitFor(() => idle(r, prefill));
+  });
+});
+
 describe('a decode worker ending its stream before finish_reason', () => {
   let r: TestRouter;
   let prefill: TestWorker;

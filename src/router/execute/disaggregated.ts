@@ -25,7 +25,7 @@ import {
   type PrefillRequest,
   type PrefillResponse,
 } from '../../protocols/worker-plane.js';
-import { decodeJson, encodeJson, isTransportError } from '../../tcp/index.js';
+import { decodeJson, encodeJson, isTransportError, type TransportError } from '../../tcp/index.js';
 import { recordFailure, spawnInCurrentContext } from '../../telemetry/index.js';
 import { type BackoffPolicy, backoffDelay } from '../../worker/backoff.js';
 import {
@@ -68,6 +68,13 @@ export const DISAGG_ATTR = {
  * redelivery at once.
  */
 const HANDOFF_REDELIVERY_BACKOFF: BackoffPolicy = { baseMs: 10, capMs: 200 };
+
+/** A refusal by the worker's request plane that the same call would get again (not_found, payload_too_large). */
+function refusedForGood(err: TransportError): boolean {
+  return (
+    err.kind === 'remote_error' && (err.remoteCode === 'not_found' || err.remoteCode === 'payload_too_large')
+  );
+}
 
 export class DisaggregatedExecutor implements Executor {
   constructor(private readonly deps: DisaggregatedExecutorDeps) {}
@@ -232,8 +239,13 @@ export class DisaggregatedExecutor implements Executor {
           });
         } catch (err) {
           if (decodeAbort.aborted) return;
-          // A delivery that reached the worker and failed there fails the request.
-          if (decodeMoves === movesBefore && !(isTransportError(err) && err.retryable)) {
+          // A delivery that reached the worker and failed there fails the request, and so does
+          // one its plane refused for good (no such endpoint, a payload over its limit): the same
+          // handoff would be refused again, and the generate waiting there never moves.
+          if (
+            decodeMoves === movesBefore &&
+            !(isTransportError(err) && err.retryable && !refusedForGood(err))
+          ) {
             legError = toClientError(err, decodeAbort);
             decodeAbort.abort();
             return;

@@ -63,8 +63,14 @@ export function toClientError(
       return new KvrouteError('worker_disconnected', `worker connection failed: ${err.message}`, options);
     case 'remote_error': {
       // A worker's own KvrouteError code passes through when it is the caller's mistake or overload.
+      // not_found is neither: only a worker's request plane says it, for an endpoint it lacks (a
+      // worker of another build or role), which is no 404 of the client's.
       const code = err.remoteCode;
-      if (isErrorCode(code) && (ERROR_CODES[code].status < 500 || code === 'overloaded')) {
+      if (
+        isErrorCode(code) &&
+        code !== 'not_found' &&
+        (ERROR_CODES[code].status < 500 || code === 'overloaded')
+      ) {
         return new KvrouteError(code, `worker refused the request: ${err.message}`, {
           ...options,
           ...(code === 'overloaded' ? { retryAfterSeconds: 1 } : {}),
