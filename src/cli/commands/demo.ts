@@ -31,8 +31,20 @@ export const spec: CommandModule['spec'] = {
   summary:
     'Router plus mock prefill and decode workers on loopback (child processes). Prints the URL; Ctrl-C stops everything.',
   options: [
-    { name: 'host', type: 'string', default: '127.0.0.1', help: 'router listen address' },
-    { name: 'port', type: 'integer', default: 8000, min: 0, max: 65535, help: 'router HTTP port' },
+    {
+      name: 'host',
+      type: 'string',
+      default: '127.0.0.1',
+      help: 'listen address of the router and of every worker',
+    },
+    {
+      name: 'port',
+      type: 'integer',
+      default: 8000,
+      min: 0,
+      max: 65535,
+      help: 'router HTTP port (0 = any free; the URL is printed)',
+    },
     { name: 'prefill', type: 'integer', default: 2, min: 0, max: 64, help: 'prefill workers to start' },
     { name: 'decode', type: 'integer', default: 2, min: 1, max: 64, help: 'decode workers to start' },
     {
