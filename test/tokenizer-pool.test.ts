@@ -13,8 +13,9 @@ import { context, createContextKey, ROOT_CONTEXT } from '@opentelemetry/api';
 import { encode as referenceEncode } from 'gpt-tokenizer/encoding/o200k_base';
 import { isKvrouteError } from '../src/errors.js';
 import { Tokenizer } from '../src/router/tokenizer/index.js';
-import { encodeText } from '../src/router/tokenizer/vocabulary.js';
+import { encodeText, LONG_RUN, longRuns, MAX_RUN_CHARS } from '../src/router/tokenizer/vocabulary.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
+import { seededRng } from '../src/util/seeded-rng.js';
 
 const SHORT = 'Héllo wörld: 日本語のテキスト, emoji 🎉🦀, code `x => x + 1`, and <|endoftext|> as text.';
 const LONG = `${SHORT}\n`.repeat(200);
@@ -195,6 +196,38 @@ test('a long run of one character class (or of line breaks and slashes) encodes 
     await pooled.close();
     await inline.close();
   }
+});
+
+test('longRuns finds exactly what LONG_RUN finds over the whole text (seeded random texts)', () => {
+  // Pieces of every class and their overlaps: letters, marks (letters' class and punctuation's),
+  // CJK, digits, punctuation, a surrogate-pair symbol, spaces, line breaks and slashes.
+  const pieces = ['a', 'Z', 'é', '\u0301', '語', '7', '!', '/', '🎉', ' ', '\t', '\n', '\r', '/\n', '。'];
+  const random = seededRng(20261125);
+  const pick = <T>(items: readonly T[]) => items[Math.floor(random() * items.length)]!;
+  const whole = (text: string) => [...text.matchAll(LONG_RUN)].map((m) => [m.index, m[0].length]);
+  let withRuns = 0;
+  for (let i = 0; i < 400; i++) {
+    let text = '';
+    const stretches = 1 + Math.floor(random() * 8);
+    for (let k = 0; k < stretches; k++) {
+      // A run of one or two pieces, often near the bound, then a few random characters.
+      const a = pick(pieces);
+      const b = random() < 0.5 ? a : pick(pieces);
+      const n = Math.floor(random() * 2.2 * MAX_RUN_CHARS);
+      for (let j = 0; j < n; j++) text += random() < 0.5 ? a : b;
+      for (let j = Math.floor(random() * 4); j > 0; j--) text += pick(pieces);
+    }
+    const expected = whole(text);
+    if (expected.length > 0) withRuns++;
+    assert.deepEqual(longRuns(text), expected, `seeded text ${i}`);
+  }
+  assert.ok(withRuns > 100, `${withRuns} of the texts had long runs`);
+  const cjk = '東京都の天気は晴れで、気温は二十度くらいになるでしょう。'.repeat(400);
+  assert.deepEqual(longRuns(cjk), []);
+  assert.deepEqual(
+    longRuns(`!${'\u0301'.repeat(300)}${'a'.repeat(300)}`),
+    whole(`!${'\u0301'.repeat(300)}${'a'.repeat(300)}`),
+  );
 });
 
 test('text without a long run of one class keeps o200k_base ids, a 300-character URL included', async () => {

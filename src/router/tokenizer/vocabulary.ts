@@ -40,7 +40,7 @@ export const MAX_RUN_CHARS = 256;
 // own: `!` then `/\n` repeated is one piece that alternates between whitespace and not at every
 // character (160 K characters of it took 9.9 s). So a run of line breaks and slashes is a class
 // of its own here. Splitting these runs bounds every piece.
-const LONG_RUN = new RegExp(
+export const LONG_RUN = new RegExp(
   `[\\p{L}\\p{M}]{${MAX_RUN_CHARS},}|[^\\s\\p{L}\\p{N}]{${MAX_RUN_CHARS},}|\\s{${MAX_RUN_CHARS},}|[\\r\\n/]{${MAX_RUN_CHARS},}`,
   'gu',
 );
@@ -86,6 +86,38 @@ function mayHoldLongRun(text: string): boolean {
   return false;
 }
 
+/** Each class's maximal runs: a greedy `+` reads each run once, so finding them is linear. */
+const CLASS_RUNS = [/[\p{L}\p{M}]+/gu, /[^\s\p{L}\p{N}]+/gu, /\s+/gu, /[\r\n/]+/gu];
+
+/**
+ * LONG_RUN's matches in `text` (start, length), as `text.matchAll(LONG_RUN)` finds them. That
+ * regex alone is slow on text with many runs just short of the bound, such as CJK sentences: at
+ * every position it reads to the end of the run before failing, so it cost as much as encoding
+ * (~20 ms for 75 K characters). A match is a whole run of one class at least MAX_RUN_CHARS long,
+ * so it lies inside one of that class's maximal runs of that length; the regex runs only over
+ * those, merged where they overlap, and no match is lost, moved or added (the test holds it to
+ * the whole-text scan).
+ */
+export function longRuns(text: string): [start: number, length: number][] {
+  const spans: [number, number][] = [];
+  for (const re of CLASS_RUNS) {
+    for (const run of text.matchAll(re)) {
+      // Code units: at least as many as the code points LONG_RUN counts.
+      if (run[0].length >= MAX_RUN_CHARS) spans.push([run.index, run.index + run[0].length]);
+    }
+  }
+  spans.sort((a, b) => a[0] - b[0]);
+  const found: [number, number][] = [];
+  for (let i = 0; i < spans.length; ) {
+    const start = spans[i]![0];
+    let end = spans[i]![1];
+    for (i++; i < spans.length && spans[i]![0] < end; i++) end = Math.max(end, spans[i]![1]);
+    for (const run of text.slice(start, end).matchAll(LONG_RUN))
+      found.push([start + run.index, run[0].length]);
+  }
+  return found;
+}
+
 /**
  * Appends `text`'s ids to `ids`, stopping once they number more than `maxTokens` (then exactly
  * maxTokens + 1). False when it stopped. A token is at least one UTF-8 byte and a UTF-16 code unit
@@ -122,10 +154,10 @@ export function encodeText(text: string, maxTokens: number = Number.POSITIVE_INF
     return ids;
   }
   let from = 0;
-  for (const run of text.matchAll(LONG_RUN)) {
-    if (!appendEncoded(ids, text.slice(from, run.index), maxTokens)) return ids;
-    const end = run.index + run[0].length;
-    for (let at = run.index; at < end; ) {
+  for (const [runStart, runLength] of longRuns(text)) {
+    if (!appendEncoded(ids, text.slice(from, runStart), maxTokens)) return ids;
+    const end = runStart + runLength;
+    for (let at = runStart; at < end; ) {
       let cut = Math.min(at + MAX_RUN_CHARS, end);
       // Never between the halves of a surrogate pair (each half would encode as U+FFFD).
       if (cut < end && isHighSurrogate(text.charCodeAt(cut - 1))) cut--;
