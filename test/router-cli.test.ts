@@ -206,6 +206,19 @@ test('kvroute with no command, and bench without a name, exit 2 with one line on
   }
 });
 
+// `kvroute bench --help` read 'Usage: kvroute bench [options] <name> ...', but an option before the
+// name is refused ('missing benchmark name before ...', which itself says 'kvroute bench <name> [options]').
+test("bench --help's usage line puts the benchmark's options after its name, where they are taken", () => {
+  const r = spawnSync(process.execPath, [CLI_MAIN, 'bench', '--help'], { encoding: 'utf8' });
+  assert.equal(r.status, 0);
+  const usage = r.stdout.split('\n')[0]!;
+  assert.match(usage, /^Usage: kvroute bench <name> \[options\]/);
+  const refused = spawnSync(process.execPath, [CLI_MAIN, 'bench', '--json', 'scheduler'], {
+    encoding: 'utf8',
+  });
+  assert.equal(refused.status, 2, 'an option before the name is refused');
+});
+
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   test(`options from the environment; ${signal} exits 0`, async () => {
     const child = spawn(process.execPath, [CLI_MAIN, 'router'], {

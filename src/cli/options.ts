@@ -26,7 +26,10 @@ export interface CommandSpec {
   usage: string;
   summary: string;
   options: readonly OptionSpec[];
-  /** Names of positional arguments accepted after the options, for help only. */
+  /**
+   * For a command that takes positional arguments: the usage line after the command words, options
+   * included where they go (help only; without it the line is `<usage> [options]`).
+   */
   positionals?: string;
 }
 
@@ -179,10 +182,7 @@ export function decimalText(n: number): string {
 }
 
 export function formatHelp(command: CommandSpec): string {
-  const lines = [
-    `Usage: ${command.usage} [options]${command.positionals ? ` ${command.positionals}` : ''}`,
-    '',
-  ];
+  const lines = [`Usage: ${command.usage} ${command.positionals ?? '[options]'}`, ''];
   lines.push(command.summary, '', 'Options:');
   const rows = command.options.map((o) => {
     const flag = `--${o.name}${o.type === 'boolean' ? '' : ` <${o.choices ? o.choices.join('|') : o.type === 'string' ? 'value' : 'n'}>`}`;

@@ -9,7 +9,8 @@ export const spec: CommandModule['spec'] = {
   usage: 'kvroute bench',
   summary: `Operator benchmarks. Names: ${Object.keys(BENCHES).join(', ')}. Each takes --json to print one JSON object as the last line.`,
   options: [],
-  positionals: "<name> [bench options]  (kvroute bench <name> --help lists a benchmark's options)",
+  // Options go after the name: they are the benchmark's (an option before the name is refused).
+  positionals: "<name> [options]  (kvroute bench <name> --help lists a benchmark's options)",
 };
 
 export async function run(_options: unknown, argv: string[]): Promise<number> {
