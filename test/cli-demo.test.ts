@@ -162,8 +162,10 @@ test('a terminal Ctrl-C (SIGINT to the process group) lets an in-flight stream f
 // The demo SIGKILLed each child 5 s after its SIGTERM, well inside the drains the children were
 // promised (a worker's --drain-ms 10 s, the router's 30 s): a stream with more than 5 s to go was
 // cut. Now every child gets the demo's --drain-ms (30 s) and is killed only once that has passed.
+// KVROUTE_DRAIN_MS, which the children read too, makes the drain far longer than the stream even on
+// a slow machine: before, they drained for it and were killed at 5 s all the same.
 test('Ctrl-C lets a stream with more than 5 s to go finish: the demo waits as long as the drain', async () => {
-  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const demo = startDemo(['--prefill', '0', '--decode', '1'], { KVROUTE_DRAIN_MS: '300000' });
   const url = await demo.ready;
   // ~1,500 decode steps of ~6 ms at speedup 1 (~9 s); a busy machine only makes it longer.
   const res = await fetch(`${url}/v1/completions`, {
