@@ -78,7 +78,7 @@ export const spec: CommandModule['spec'] = {
       min: 0,
       // A Node timer runs a longer delay after 1 ms: the drain would cut every stream at once.
       max: MAX_TIMER_MS,
-      help: 'on SIGTERM, how long in-flight streams may run before they are cut',
+      help: 'on SIGTERM/SIGINT, how long in-flight streams may run (after deregistering) before they are cut',
     },
     { name: 'verbose', type: 'boolean', default: false, help: 'structured JSON logs on stderr' },
   ],
