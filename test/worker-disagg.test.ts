@@ -276,3 +276,34 @@ test("a stalled kv_events subscriber is cut off by its backlog's blocks, not onl
   assert.equal(hub.subscribers, 0, 'cut off once 100,000 blocks wait');
   await assert.rejects(it.next(), (err: unknown) => err instanceof KvrouteError && err.code === 'overloaded');
 });
+
+test('a draining decode worker refuses a generate with overloaded while its in-flight streams finish, not shutting_down', {
+  timeout: 60_000,
+}, async () => {
+  // In disaggregated serving the router picks the decode worker before the prefill leg and sends
+  // the generate after it: a worker that deregistered meanwhile still gets it. Refused with
+  // `shutting_down` by the closing request plane, the client got a 502 worker_error when no other
+  // decode worker was left (a chaos soak); `overloaded` is the drain's answer (503, Retry-After).
+  const worker = await spawnWorker(['--role', 'decode', '--router', router.url, '--drain-ms', '20000']);
+  try {
+    const stream = client.stream(
+      worker.address,
+      'generate',
+      encodeJson({ request_id: 'long', token_ids: [1, 2, 3, 4, 5], max_tokens: 2000 }),
+    );
+    const it = stream[Symbol.asyncIterator]();
+    await it.next(); // streaming (2000 steps of ~6 ms: still running below)
+    worker.child.kill('SIGTERM');
+    await router.waitFor(
+      (c) => c.method === 'DELETE' && c.url === `/v1/workers/${router.idByAddress.get(worker.address)}`,
+    );
+    await sleep(200); // past the deregistration, into the drain
+    const refused = await remoteError(
+      generate(worker.address, { request_id: 'late', token_ids: [7, 8, 9], max_tokens: 1 }),
+    );
+    assert.equal(refused.remoteCode, 'overloaded', refused.message);
+    await it.return?.();
+  } finally {
+    worker.child.kill('SIGKILL');
+  }
+});

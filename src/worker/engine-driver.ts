@@ -24,6 +24,8 @@ export class EngineDriver {
   /** Engine-side ids are ours, so two callers reusing one request_id never collide. */
   private nextId = 0;
   private closed = false;
+  /** Callers of whenIdle(), resolved when the last request in flight ends. */
+  private idle: (() => void)[] = [];
 
   constructor(
     readonly engine: MockEngine,
@@ -64,11 +66,18 @@ export class EngineDriver {
       phases?.finish('cancelled');
       queue.fail(new KvrouteError('client_closed', 'request was cancelled'));
       this.pump();
+      this.settleIdle();
     };
     queue.onReturn = cancel;
     signal?.addEventListener('abort', cancel, { once: true });
     this.pump();
     return queue;
+  }
+
+  /** Resolves once no request is in flight (at once when none is). */
+  whenIdle(): Promise<void> {
+    if (this.streams.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
   }
 
   /** Cancels everything in flight and disarms the timer. */
@@ -81,8 +90,16 @@ export class EngineDriver {
       queue.fail(err);
     }
     this.streams.clear();
+    this.settleIdle();
     clearTimeout(this.timer);
     this.timer = undefined;
+  }
+
+  private settleIdle(): void {
+    if (this.streams.size > 0 || this.idle.length === 0) return;
+    const idle = this.idle;
+    this.idle = [];
+    for (const resolve of idle) resolve();
   }
 
   private pump(): void {
@@ -98,6 +115,7 @@ export class EngineDriver {
         this.streams.delete(output.requestId);
       }
     }
+    this.settleIdle();
     const at = this.engine.nextWakeAt();
     if (at === null || this.closed) {
       clearTimeout(this.timer);
