@@ -28,7 +28,7 @@ import { initTelemetry, resolveTelemetryConfig } from '../src/telemetry/index.js
 import { seededRng } from '../src/util/seeded-rng.js';
 import { createLog } from '../src/worker/log.js';
 import { startWorker } from '../src/worker/worker.js';
-import { firstLine, stopChild } from './lib/child.js';
+import { childDeathAsExit, childExited, firstLine, stopChild } from './lib/child.js';
 import { startFleet } from './lib/fleet.js';
 import {
   controlFailed,
@@ -316,10 +316,16 @@ async function startModeFleet(mode: Mode, o: ParsedOptions, sinkBase: string): P
     workers: o.workers as number,
     policy: 'kv',
     workerArgs: ['--speedup', '100000'],
-  }).finally(() => {
-    for (const key of Object.keys(process.env)) if (!(key in saved)) delete process.env[key];
-    Object.assign(process.env, saved);
-  });
+  })
+    // A fleet that cannot start (a bad KVROUTE_ value it inherits, say) is the operator's to fix:
+    // one line and exit 1 (childDeathAsExit), not a stack trace.
+    .catch((err: unknown) => {
+      throw childExited(err);
+    })
+    .finally(() => {
+      for (const key of Object.keys(process.env)) if (!(key in saved)) delete process.env[key];
+      Object.assign(process.env, saved);
+    });
   const concurrency = o.concurrency as number;
   const pool = new Pool(fleet.url, { connections: concurrency, pipelining: 1 });
   return {
@@ -452,7 +458,11 @@ async function inProcessCpuPerRequest(
   }
 }
 
-export async function run(options: ParsedOptions): Promise<number> {
+export function run(options: ParsedOptions): Promise<number> {
+  return childDeathAsExit('tracing', () => measureAll(options));
+}
+
+async function measureAll(options: ParsedOptions): Promise<number> {
   const sink = new OtlpSink();
   const sinkBase = await sink.listen();
   const rounds = options.rounds as number;

@@ -255,6 +255,17 @@ test('bench routing: throughput alone without 8 workers is a usage error (it mea
   );
 });
 
+test('bench tracing: a fleet whose router fails to start is one line, exit 1 (it was a stack trace)', async () => {
+  const { code, out, err } = await runCli(
+    ['bench', 'tracing', '--rounds', '1', '--in-process-ms', '0', '--control', 'false', '--workers', '1'],
+    { env: { KVROUTE_MAX_INFLIGHT: 'abc' } },
+  );
+  assert.equal(code, 1, err);
+  assert.match(lastLine(err), /^kvroute bench tracing: router exited \(2\): .*KVROUTE_MAX_INFLIGHT/);
+  assert.doesNotMatch(err, /\n\s+at /, 'a stack trace, not one line');
+  assert.equal(out, '');
+});
+
 test('bench routing: a router that fails to start is one line, exit 1, and no zero-worker left', async () => {
   await withDir(async (dir) => {
     const { code, out, err } = await runBench(dir, TINY_ROUTING, RECORD_ZERO_PID, {
