@@ -223,3 +223,24 @@ test('a retry reason is a transport kind or one of our codes: a worker cannot ad
     'worker_error',
   );
 });
+
+test('a worker refusing a call as it shuts down is a 503 with Retry-After for the client, not a 502', () => {
+  const notAborted = { aborted: false, reason: undefined };
+  const refused = toClientError(
+    new TransportError('remote_error', 'server is shutting down', {
+      remoteCode: 'shutting_down',
+      refused: true,
+    }),
+    notAborted,
+  );
+  assert.equal(refused.code, 'overloaded');
+  assert.equal(refused.status, 503);
+  assert.equal(refused.retryAfterSeconds, 1);
+  // A plane without the endpoint is the deployment's fault, not the client's: no 404.
+  const missing = toClientError(
+    new TransportError('remote_error', 'no handler', { remoteCode: 'not_found', refused: true }),
+    notAborted,
+  );
+  assert.equal(missing.code, 'worker_error');
+  assert.equal(missing.status, 502);
+});

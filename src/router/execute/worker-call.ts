@@ -66,6 +66,15 @@ export function toClientError(
       // not_found is neither: only a worker's request plane says it, for an endpoint it lacks (a
       // worker of another build or role), which is no 404 of the client's.
       const code = err.remoteCode;
+      // A worker shutting down refused the request before running it, like an overloaded one: the
+      // client may retry at once (another worker takes it). Passed on as shutting_down it would say
+      // that this router is stopping.
+      if (code === 'shutting_down' && err.retryable) {
+        return new KvrouteError('overloaded', `worker is shutting down: ${err.message}`, {
+          ...options,
+          retryAfterSeconds: 1,
+        });
+      }
       if (
         isErrorCode(code) &&
         code !== 'not_found' &&
