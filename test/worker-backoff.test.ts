@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { backoffDelay, DEFAULT_BACKOFF } from '../src/worker/backoff.js';
+import { backoffDelay, DEFAULT_BACKOFF } from '../src/util/backoff.js';
 
 test('backoff doubles from the base up to the cap, with full jitter below the ceiling', () => {
   const policy = { baseMs: 100, capMs: 1000 };

@@ -10,7 +10,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { RegisterWorkerRequest, RegisterWorkerResponse } from '../protocols/registration.js';
 import { withRootContext } from '../telemetry/index.js';
-import { type BackoffPolicy, backoffDelay, DEFAULT_BACKOFF } from './backoff.js';
+import { type BackoffPolicy, backoffDelay, DEFAULT_BACKOFF } from '../util/backoff.js';
 
 export interface RouterLeaseOptions {
   /** Router base URL, e.g. http://127.0.0.1:8000 */

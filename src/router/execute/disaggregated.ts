@@ -27,7 +27,7 @@ import {
 } from '../../protocols/worker-plane.js';
 import { decodeJson, encodeJson, isTransportError, type TransportError } from '../../tcp/index.js';
 import { recordFailure, spawnInCurrentContext } from '../../telemetry/index.js';
-import { type BackoffPolicy, backoffDelay } from '../../worker/backoff.js';
+import { type BackoffPolicy, backoffDelay } from '../../util/backoff.js';
 import {
   checkPrefillAnswer,
   enforcedDisaggError,

@@ -13,6 +13,7 @@ import type { KvEventsChunk, KvEventsSubscribe } from '../../protocols/kv-events
 import { ENDPOINTS } from '../../protocols/worker-plane.js';
 import { decodeJson, encodeJson, isTransportError, type RequestPlaneClient } from '../../tcp/index.js';
 import { withRootContext } from '../../telemetry/index.js';
+import { type BackoffPolicy, backoffDelay } from '../../util/backoff.js';
 import type { RouterMetrics } from '../metrics.js';
 import type { Worker } from '../registry/index.js';
 
@@ -29,8 +30,8 @@ export interface KvEventsSubscriberDeps {
   firstResponseTimeoutMs?: number;
 }
 
-const BACKOFF_BASE_MS = 50;
-const BACKOFF_MAX_MS = 2000;
+/** Between subscriptions that failed or ended early: a fleet of subscribers does not reconnect in lockstep. */
+const RESUBSCRIBE_BACKOFF: BackoffPolicy = { baseMs: 50, capMs: 2000 };
 
 export class KvEventsSubscriber {
   private readonly stopper = new AbortController();
@@ -97,9 +98,8 @@ export class KvEventsSubscriber {
         );
       }
       if (signal.aborted) break;
-      // Full jitter, capped exponential: a fleet of subscribers does not reconnect in lockstep.
-      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(failures, 10));
-      await sleep(failures === 0 ? 0 : Math.random() * ceiling, undefined, { signal }).catch(() => {});
+      const pauseMs = failures === 0 ? 0 : backoffDelay(failures, RESUBSCRIBE_BACKOFF, Math.random());
+      await sleep(pauseMs, undefined, { signal }).catch(() => {});
     }
   }
 

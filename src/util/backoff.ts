@@ -1,5 +1,6 @@
 // Capped exponential backoff with full jitter: attempt n waits a uniform random time in
-// [0, min(cap, base·2^n)], so workers that lost the router together do not retry in lockstep.
+// [0, min(cap, base·2^n)], so callers that failed together (workers that lost the router,
+// the router's KV-event subscribers, kv_handoff redeliveries) do not retry in lockstep.
 
 export interface BackoffPolicy {
   baseMs: number;
