@@ -122,19 +122,18 @@ test('demo serves the openai client through prefill and decode workers, and SIGI
   for (const pid of childPids) assert.equal(alive(pid), false, `child ${pid} still running`);
 });
 
-test('a terminal Ctrl-C (SIGINT to the process group) lets an in-flight stream finish, then exits 0', async () => {
-  const demo = startDemo(['--prefill', '0', '--decode', '1']);
-  const url = await demo.ready;
-  const childPids = childrenOf(demo.child.pid!);
-  assert.equal(childPids.length, 2, 'router + 1 worker');
-  // ~400 decode steps of ~6 ms at speedup 1: the stream is still running when the signal lands.
+/**
+ * Starts a stream of `maxTokens` through the demo at `url`, sends Ctrl-C (SIGINT to the demo's
+ * process group) once its first text arrives, and reads it to its end: its SSE `data:` events.
+ */
+async function streamThroughCtrlC(demo: Demo, url: string, maxTokens: number) {
   const res = await fetch(`${url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({
       model: 'mock-llm',
       prompt: 'Tell me a long story',
-      max_tokens: 400,
+      max_tokens: maxTokens,
       stream: true,
     }),
   });
@@ -144,7 +143,16 @@ test('a terminal Ctrl-C (SIGINT to the process group) lets an in-flight stream f
   while (!text.includes('"text"')) text += (await reader.read()).value ?? '';
   process.kill(-demo.child.pid!, 'SIGINT');
   for (let r = await reader.read(); !r.done; r = await reader.read()) text += r.value;
-  const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+  return text.split('\n\n').filter((e) => e.startsWith('data: '));
+}
+
+test('a terminal Ctrl-C (SIGINT to the process group) lets an in-flight stream finish, then exits 0', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const url = await demo.ready;
+  const childPids = childrenOf(demo.child.pid!);
+  assert.equal(childPids.length, 2, 'router + 1 worker');
+  // ~400 decode steps of ~6 ms at speedup 1: the stream is still running when the signal lands.
+  const events = await streamThroughCtrlC(demo, url, 400);
   assert.equal(events.at(-1), 'data: [DONE]', 'the stream ran to its end');
   const chunks = events
     .slice(0, -1)
@@ -168,23 +176,7 @@ test('Ctrl-C lets a stream with more than 5 s to go finish: the demo waits as lo
   const demo = startDemo(['--prefill', '0', '--decode', '1'], { KVROUTE_DRAIN_MS: '300000' });
   const url = await demo.ready;
   // ~1,500 decode steps of ~6 ms at speedup 1 (~9 s); a busy machine only makes it longer.
-  const res = await fetch(`${url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({
-      model: 'mock-llm',
-      prompt: 'Tell me a long story',
-      max_tokens: 1500,
-      stream: true,
-    }),
-  });
-  assert.equal(res.status, 200);
-  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
-  let text = '';
-  while (!text.includes('"text"')) text += (await reader.read()).value ?? '';
-  process.kill(-demo.child.pid!, 'SIGINT');
-  for (let r = await reader.read(); !r.done; r = await reader.read()) text += r.value;
-  const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+  const events = await streamThroughCtrlC(demo, url, 1500);
   assert.equal(events.at(-1), 'data: [DONE]', 'the stream ran to its end');
   const last = JSON.parse(events.at(-2)!.slice(6)) as { choices?: { finish_reason: string | null }[] };
   assert.equal(last.choices?.[0]?.finish_reason, 'length', `not cut: ${events.at(-2)}`);
