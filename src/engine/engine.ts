@@ -55,7 +55,7 @@ export const ENGINE_DEFAULTS = {
  * two would cost the worker and the router more than the dump it saves. At ~90 bytes of heap a
  * block, the default pool's ring holds ~3 MB at most.
  */
-export function ringBlocksFor(kvBlocks: number): number {
+function ringBlocksFor(kvBlocks: number): number {
   return 2 * kvBlocks;
 }
 

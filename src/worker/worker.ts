@@ -136,11 +136,10 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
         config.log('draining', { in_flight: driver.inFlight, handoffs_waiting: handoffs.waitingCount });
         // A generate waiting for its kv_handoff gets it as a new request, which the closed server
         // would refuse: the server stays open until none waits (each wait is bounded, and so is this).
-        // It also stays open while requests run: a closing server refuses new ones with
-        // `shutting_down`, which the router passes on as a 502 when no other worker can take the
-        // request (a generate sent after its prefill leg, to a decode worker chosen before it);
-        // the handlers' `overloaded` is the drain's answer (a 503 with Retry-After). A waiter that
-        // got its handoff joins the requests in flight, so both are waited for until neither is left.
+        // It also stays open while requests run: late requests (a generate sent after its prefill
+        // leg, to a decode worker chosen before it) then get the handlers' drain answer,
+        // `overloaded`, not the closing server's `shutting_down`. A waiter that got its handoff
+        // joins the requests in flight, so both are waited for until neither is left.
         while ((handoffs.waitingCount > 0 || driver.inFlight > 0) && performance.now() < deadline) {
           await untilDeadline(handoffs.whenNoneWaiting(), deadline);
           await untilDeadline(driver.whenIdle(), deadline);
