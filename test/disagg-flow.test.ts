@@ -195,3 +195,98 @@ test('with prefill workers registered, decode is chosen by load (overlap weight 
     await r2.router.close();
   }
 });
+
+/** Prefill fallbacks the router counted, over every reason. */
+async function fallbacks(router: TestRouter): Promise<number> {
+  const { values } = await router.router.metrics.prefillFallbacks.get();
+  return values.reduce((sum, v) => sum + v.value, 0);
+}
+
+test('mixed prefill pools: a prompt only the large pool holds goes there; with only the small one it is prefilled locally, never a fallback', async () => {
+  const r3 = await startRouter({ maxLocalPrefill: 64 }, true);
+  const workers: TestWorker[] = [];
+  try {
+    // 200 prompt tokens and the prefill's first token: 13 blocks of 16. The small pool holds 8.
+    const [decodeW, small] = await Promise.all([
+      spawnWorker(r3, 'decode', ['--speedup', '20', '--kv-blocks', '512']),
+      spawnWorker(r3, 'prefill', ['--speedup', '20', '--kv-blocks', '8']),
+    ]);
+    workers.push(decodeW!, small!);
+    const localBefore = await metricValue(r3, 'kvroute_disagg_decisions_total', {
+      decision: 'local',
+      reason: 'prefill_pool_too_small',
+    });
+    const res = await completion(r3, { prompt: prompt(200, 31), max_tokens: 4 });
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.equal(res.headers.get('x-kvroute-prefill-worker'), null);
+    assert.equal(res.headers.get('x-kvroute-decode-worker'), decodeW!.id);
+    await res.json();
+    assert.equal(
+      await metricValue(r3, 'kvroute_disagg_decisions_total', {
+        decision: 'local',
+        reason: 'prefill_pool_too_small',
+      }),
+      localBefore + 1,
+    );
+    const routing = r3.exporter.getFinishedSpans().filter((s) => s.name === 'prefill_routing');
+    assert.equal(routing.at(-1)?.attributes['kvroute.prefill.reason'], 'prefill_pool_too_small');
+    assert.equal(routing.at(-1)?.attributes['kvroute.prefill.placement'], 'local');
+
+    // A large prefill worker joins, made dearer by other work booked on it: cost alone would pick
+    // the small one, which refuses the prompt (a fallback before this check).
+    const large = await spawnWorker(r3, 'prefill', ['--speedup', '20', '--kv-blocks', '512']);
+    workers.push(large);
+    r3.router.registry.load.book(large.id, 'other-work', { prefillTokens: 3200, decodeBlocks: 0 });
+    for (let seed = 32; seed < 35; seed++) {
+      const remote = await completion(r3, { prompt: prompt(200, seed), max_tokens: 4 });
+      assert.equal(remote.status, 200, await remote.clone().text());
+      assert.equal(remote.headers.get('x-kvroute-prefill-worker'), large.id);
+      await remote.json();
+    }
+    r3.router.registry.load.release('other-work');
+    assert.equal(await fallbacks(r3), 0);
+    const smallStats = await workerCall<WorkerStats>(small!.address, 'stats');
+    assert.deepEqual([smallStats.requests, smallStats.rejected], [0, 0], 'the small pool was never asked');
+  } finally {
+    await Promise.all(workers.map((w) => w.proc.stop()));
+    await r3.router.close();
+  }
+});
+
+test('mixed decode pools: a request only the large pool holds goes there; when no pool holds it, a 400 naming the largest pool and no worker call', async () => {
+  const r4 = await startRouter({});
+  const workers: TestWorker[] = [];
+  try {
+    const [small, large] = await Promise.all([
+      spawnWorker(r4, 'decode', ['--speedup', '20', '--kv-blocks', '8']),
+      spawnWorker(r4, 'decode', ['--speedup', '20', '--kv-blocks', '512']),
+    ]);
+    workers.push(small!, large!);
+    // 200 prompt tokens + max_tokens 8: 13 blocks. Other work booked on the large one makes the
+    // small one the cheaper and less loaded choice (the worker refused it with a 400 before).
+    r4.router.registry.load.book(large!.id, 'other-work', { prefillTokens: 3200, decodeBlocks: 0 });
+    for (let seed = 41; seed < 44; seed++) {
+      const res = await completion(r4, { prompt: prompt(200, seed), max_tokens: 8 });
+      assert.equal(res.status, 200, await res.clone().text());
+      assert.equal(res.headers.get('x-kvroute-decode-worker'), large!.id);
+      await res.json();
+    }
+    r4.router.registry.load.release('other-work');
+
+    // Only the small pool left: the client's request is too large for this model's workers.
+    await large!.proc.stop();
+    await waitFor(() => r4.router.registry.candidates('mock-llm', 'decode').length === 1);
+    const res = await completion(r4, { prompt: prompt(200, 44), max_tokens: 8 });
+    assert.equal(res.status, 400);
+    const body = (await res.json()) as { error: { code: string; message: string; type: string } };
+    assert.equal(body.error.code, 'context_length_exceeded');
+    assert.equal(body.error.type, 'invalid_request_error');
+    assert.match(body.error.message, /needs 13 KV blocks of 16 tokens/);
+    assert.match(body.error.message, /largest KV pool among the 1 decode workers holds 8/);
+    const stats = await workerCall<WorkerStats>(small!.address, 'stats');
+    assert.deepEqual([stats.requests, stats.rejected], [0, 0], 'the small pool was never asked');
+  } finally {
+    await Promise.all(workers.map((w) => w.proc.stop()));
+    await r4.router.close();
+  }
+});

@@ -160,6 +160,59 @@ test('handoff board: the wait is bounded, abortable, and one waiter per id', asy
   assert.equal(board.waitingCount, 0);
 });
 
+test('the prefill planner never picks a prefill worker whose pool cannot hold the prompt and its first token', () => {
+  const registry = new WorkerRegistry({ blockSize: BLOCK });
+  const register = (role: string, port: number, kvBlocks: number) =>
+    registry.register(
+      {
+        role,
+        address: `127.0.0.1:${port}`,
+        model: 'mock',
+        block_size: BLOCK,
+        kv_blocks: kvBlocks,
+        max_batched_tokens: 2048,
+      },
+      0,
+    ).worker;
+  const decodeWorker = register('decode', 1, 64);
+  // 128 prompt tokens and the prefill's one output token: 9 blocks. 'small' holds 8 (it would
+  // refuse the leg); it is also idle, so by cost alone it is the best candidate.
+  register('prefill', 2, 8);
+  const metrics = new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 });
+  const planner = new KvPrefillPlanner({
+    registry,
+    policy,
+    tracer: new BasicTracerProvider().getTracer('test'),
+    metrics,
+    maxLocalPrefill: 0,
+    enforceDisagg: false,
+  });
+  const routing = {
+    model: 'mock',
+    tokenIds: [],
+    keys: [],
+    overlaps: new Map(),
+    promptTokens: 128,
+    outputTokens: 4,
+  };
+  const decode = selected(
+    policy.select({ candidates: [decodeWorker], promptTokens: 128, outputTokens: 4 }),
+  ) as never;
+  // Only the small one: the decode worker prefills, with its own reason (not a remote leg that fails).
+  assert.deepEqual(planner.choosePrefill(routing as never, decode), {
+    prefill: null,
+    reason: 'prefill_pool_too_small',
+  });
+  // A larger one, however loaded (not busy), is chosen over it.
+  const large = register('prefill', 3, 9);
+  registry.load.book(large.id, 'other', { prefillTokens: 4000, decodeBlocks: 0 });
+  for (let i = 0; i < 10; i++) {
+    const planned = planner.choosePrefill(routing as never, decode);
+    assert.equal(planned.reason, 'long_prompt');
+    assert.equal(planned.prefill?.worker.id, large.id);
+  }
+});
+
 test('the prefill planner ends its spans failed when choosing throws (a policy error, the enforced 503)', () => {
   const exporter = new InMemorySpanExporter();
   const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });

@@ -58,6 +58,7 @@ test('cost breakdown follows overlapWeight × prefillBlocks + decodeBlocks', () 
     cost: 2 * ((32 + 36) / 16) + 14,
     load: 32 / 16 + 10,
     busy: false,
+    fits: true,
   });
   assert.equal(b!.cost, 2 * (100 / 16) + 8);
   assert.equal(d.overlapWeight, 2);

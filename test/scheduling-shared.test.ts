@@ -78,6 +78,46 @@ for (const name of POLICY_NAMES) {
       assert.equal(err.retryAfterSeconds, 1);
     });
 
+    test('never chooses a worker whose KV pool cannot hold the request; none can -> too_large (400)', () => {
+      const p = policy(name);
+      // 100 prompt + 20 output tokens = 120 tokens: 8 blocks of 16, as the engine counts them.
+      // 'small' is idle (cheapest, least loaded) but holds 7; 'exact' holds exactly 8.
+      const candidates = [worker('small', 0, 0, 7), worker('exact', 10, 2, 8)];
+      for (let i = 0; i < 30; i++) {
+        const d = p.select({ candidates, promptTokens: 100, outputTokens: 20 });
+        assert.equal(d.outcome, 'selected');
+        if (d.outcome === 'selected') assert.equal(d.worker.id, 'exact');
+        assert.deepEqual(
+          d.candidates.map((s) => s.fits),
+          [false, true],
+        );
+      }
+      // A worker that fits but is busy: overloaded (retry later), not the small one.
+      const busyBig = p.select({
+        candidates: [worker('small', 0, 0, 7), worker('big', 5000, 0, 100)],
+        promptTokens: 100,
+        outputTokens: 20,
+      });
+      assert.equal(busyBig.outcome, 'overloaded');
+      // No pool holds 8 blocks, busy or not: the request is too large for this model's workers.
+      const d = p.select({
+        candidates: [worker('a', 0, 0, 7), worker('b', 5000, 0, 5)],
+        promptTokens: 100,
+        outputTokens: 20,
+      });
+      assert.equal(d.outcome, 'too_large');
+      if (d.outcome !== 'too_large') return;
+      assert.equal(d.requiredBlocks, 8);
+      assert.equal(d.largestKvBlocks, 7);
+      assert.equal(d.candidates.length, 2);
+      const err = decisionError(d, 'decode workers');
+      assert.equal(err.code, 'context_length_exceeded');
+      assert.equal(err.status, 400);
+      assert.equal(err.retryAfterSeconds, undefined);
+      assert.match(err.message, /needs 8 KV blocks of 16 tokens/);
+      assert.match(err.message, /largest KV pool among the 2 decode workers holds 7/);
+    });
+
     test('one worker is always chosen', () => {
       const p = policy(name);
       const only = worker('solo', 500, 500);
@@ -93,10 +133,12 @@ for (const name of POLICY_NAMES) {
       // NaN cost and load. Nothing compares below +Infinity, yet a choice must be a candidate.
       const p = createPolicy({ policy: name, blockSize: 1, rng: seededRng(5) });
       const nan = worker('nan', Number.NaN, Number.NaN);
+      // A pool that holds any request: only the figures are extreme here.
+      const huge = worker('huge', 0, 0, Number.POSITIVE_INFINITY);
       const cases: [Candidate[], number][] = [
-        [[worker('huge')], Number.MAX_VALUE],
+        [[huge], Number.MAX_VALUE],
         [[nan], 16],
-        [[nan, worker('huge')], Number.MAX_VALUE],
+        [[nan, huge], Number.MAX_VALUE],
       ];
       for (const [candidates, promptTokens] of cases) {
         const d = p.select({ candidates, promptTokens });

@@ -7,6 +7,7 @@ export {
   type PlacementDecision,
   type PlacementInput,
   type PlacementReason,
+  PREFILL_LEG_OUTPUT_TOKENS,
   type PrefillPlacement,
 } from './placement.js';
 export { checkPrefillAnswer } from './prefill-answer.js';

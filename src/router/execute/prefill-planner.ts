@@ -6,7 +6,7 @@
 
 import type { Tracer } from '@opentelemetry/api';
 import { recordFailure } from '../../telemetry/index.js';
-import { decidePlacement } from '../disagg/index.js';
+import { decidePlacement, PREFILL_LEG_OUTPUT_TOKENS } from '../disagg/index.js';
 import type { RouterMetrics } from '../metrics.js';
 import type { Worker, WorkerRegistry } from '../registry/index.js';
 import { decisionError, type RoutingPolicy } from '../scheduling/index.js';
@@ -49,9 +49,12 @@ export class KvPrefillPlanner implements PrefillPlanner {
         const candidates = registry.candidates(routing.model, 'prefill');
         const prefill = tracer.startActiveSpan('kv_find_best_match', (match) => {
           try {
+            // Only a worker whose pool holds the prompt and the first token is chosen; when none
+            // does, the decode worker prefills (decidePlacement: prefill_pool_too_small).
             const d = policy.select<Worker>({
               candidates,
               promptTokens: routing.promptTokens,
+              outputTokens: PREFILL_LEG_OUTPUT_TOKENS,
               overlaps: routing.overlaps,
             });
             if (match.isRecording()) {

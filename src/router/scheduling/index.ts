@@ -19,4 +19,5 @@ export {
   type RoutingPolicy,
   type SchedulerConfig,
   type SelectedDecision,
+  type TooLargeDecision,
 } from './types.js';

@@ -1,5 +1,6 @@
-// What every policy shares: score all candidates, answer `no_workers` for an empty set and
-// `overloaded` when every candidate is busy, and otherwise let the policy pick one eligible index.
+// What every policy shares: score all candidates, answer `no_workers` for an empty set,
+// `too_large` when no candidate's KV pool can hold the request, `overloaded` when every one that
+// can is busy, and otherwise let the policy pick one eligible index (fits, not busy).
 // A policy file therefore only states how it chooses.
 
 import { type ScoreTable, scoreCandidates } from './score.js';
@@ -28,6 +29,9 @@ class Decision {
   declare chosen?: CandidateScore;
   declare booking?: { prefillTokens: number; decodeBlocks: number };
   declare retryAfterSeconds?: number;
+  declare requiredBlocks?: number;
+  declare largestKvBlocks?: number;
+  declare blockSize?: number;
   readonly policy: PolicyName;
   readonly overlapWeight: number;
   readonly candidateCount: number;
@@ -62,6 +66,11 @@ export function definePolicy(
       const decision = new Decision(name, table);
       if (table.count === 0) {
         decision.outcome = 'no_workers';
+      } else if (table.fitCount === 0) {
+        decision.outcome = 'too_large';
+        decision.requiredBlocks = table.sequenceBlocks;
+        decision.largestKvBlocks = table.largestKvBlocks;
+        decision.blockSize = config.blockSize;
       } else if (table.eligibleCount === 0) {
         decision.outcome = 'overloaded';
         decision.retryAfterSeconds = config.retryAfterSeconds;

@@ -1,5 +1,5 @@
 // Scores every candidate of one request in a single pass: overlap, the KV cost's two terms, the
-// plain load, and the busy verdict. Shared by all policies so that every decision explains itself
+// plain load, the busy verdict, and whether the worker's KV pool can hold the request at all. Shared by all policies so that every decision explains itself
 // the same way whatever the policy minimises. O(candidates), one overlap lookup each.
 //
 // Figures go into number columns rather than an object per candidate: at 4,096 candidates the
@@ -24,13 +24,22 @@ export class ScoreTable {
   readonly cost: number[];
   readonly load: number[];
   readonly busy: boolean[];
-  /** Indices of the candidates that are not busy, in order; the first `eligibleCount` are valid. */
+  readonly fits: boolean[];
+  /** Indices of the candidates that fit and are not busy, in order; the first `eligibleCount` are valid. */
   readonly eligible: number[];
   eligibleCount = 0;
+  /** Candidates whose pool can hold the request, busy or not. */
+  fitCount = 0;
+  /** The largest `kvBlocks` among the candidates (0 when there are none). */
+  largestKvBlocks = 0;
+  /**
+   * Blocks the whole sequence holds: ceil((prompt + output tokens) / blockSize), the engine's own
+   * count of what it reserves at admission (it refuses a request whose count exceeds its pool).
+   */
+  readonly sequenceBlocks: number;
   private readonly ids: string[];
   private readonly blockSize: number;
   private readonly promptTokens: number;
-  private readonly sequenceBlocks: number;
   private materialized: CandidateScore[] | undefined;
 
   constructor(
@@ -53,7 +62,13 @@ export class ScoreTable {
     this.cost = new Array<number>(n);
     this.load = new Array<number>(n);
     this.busy = new Array<boolean>(n);
+    this.fits = new Array<boolean>(n);
     this.eligible = new Array<number>(n);
+  }
+
+  /** Whether candidate i may be chosen: its pool holds the request and it is not busy. */
+  isEligible(i: number): boolean {
+    return this.fits[i]! && !this.busy[i]!;
   }
 
   /** Candidate i's figures as an object (what decisions report). */
@@ -71,6 +86,7 @@ export class ScoreTable {
       cost: this.cost[i]!,
       load: this.load[i]!,
       busy: this.busy[i]!,
+      fits: this.fits[i]!,
     };
   }
 
@@ -108,6 +124,8 @@ export function scoreCandidates<C extends Candidate>(
   // The index only counts full blocks of this prompt; clamp anyway so a stale answer cannot
   // produce negative work.
   const fullPromptBlocks = Math.floor(promptTokens / bs);
+  // What the engine reserves for the request's whole life (engine.ts, submit): a worker whose pool
+  // is smaller refuses it with context_length_exceeded, whatever its load.
   const sequenceBlocks = Math.ceil((promptTokens + outputTokens) / bs);
   const { busyPrefillTokens, busyDecodeFraction } = config;
   const n = candidates.length;
@@ -116,6 +134,8 @@ export function scoreCandidates<C extends Candidate>(
   const table = new ScoreTable(ids, overlapWeight, bs, promptTokens, sequenceBlocks);
   const { eligible } = table;
   let eligibleCount = 0;
+  let fitCount = 0;
+  let largestKvBlocks = 0;
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
     let overlapBlocks = overlaps === undefined ? 0 : (overlaps.get(ids[i]!) ?? 0);
@@ -126,14 +146,21 @@ export function scoreCandidates<C extends Candidate>(
     const prefillBlocks = (activePrefill + promptTokens - overlapBlocks * bs) / bs;
     const decodeBlocks = activeDecode + sequenceBlocks - overlapBlocks;
     const busy = activePrefill > busyPrefillTokens || activeDecode > busyDecodeFraction * c.kvBlocks;
+    // Written as "not more than" so that an unknown (NaN) pool does not exclude a worker.
+    const fits = !(sequenceBlocks > c.kvBlocks);
+    if (fits) fitCount++;
+    if (c.kvBlocks > largestKvBlocks) largestKvBlocks = c.kvBlocks;
     table.overlapBlocks[i] = overlapBlocks;
     table.prefillBlocks[i] = prefillBlocks;
     table.decodeBlocks[i] = decodeBlocks;
     table.cost[i] = overlapWeight * prefillBlocks + decodeBlocks;
     table.load[i] = activePrefill / bs + activeDecode;
     table.busy[i] = busy;
-    if (!busy) eligible[eligibleCount++] = i;
+    table.fits[i] = fits;
+    if (fits && !busy) eligible[eligibleCount++] = i;
   }
   table.eligibleCount = eligibleCount;
+  table.fitCount = fitCount;
+  table.largestKvBlocks = largestKvBlocks;
   return table;
 }

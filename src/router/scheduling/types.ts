@@ -12,7 +12,10 @@ export type Rng = () => number;
 /** What the scheduler needs to know about a worker. */
 export interface Candidate {
   readonly id: string;
-  /** KV capacity in blocks (the busy check compares booked blocks against it). */
+  /**
+   * KV capacity in blocks: a request whose sequence needs more is never sent here (the engine
+   * would refuse it), and the busy check compares booked blocks against it.
+   */
   readonly kvBlocks: number;
   readonly load: {
     readonly activePrefillTokens: number;
@@ -30,7 +33,10 @@ export interface RouteRequest<C extends Candidate = Candidate> {
   candidates: readonly C[];
   /** Prompt length in tokens. */
   promptTokens: number;
-  /** Output tokens to expect (e.g. max_tokens); counts toward the blocks the request will hold. Default 0. */
+  /**
+   * Output tokens to expect (e.g. max_tokens; 1 for a prefill leg); counts toward the blocks the
+   * request will hold, which a candidate's pool must hold. Default 0.
+   */
   outputTokens?: number;
   /** Cached leading blocks per worker (the KV index's `findMatches`). Absent = no overlap anywhere. */
   overlaps?: OverlapSource;
@@ -59,6 +65,8 @@ export interface CandidateScore {
   load: number;
   /** Over a busy threshold: never chosen. */
   busy: boolean;
+  /** The worker's pool holds the whole sequence, ceil((prompt + output tokens) / blockSize) <= kvBlocks: otherwise never chosen. */
+  fits: boolean;
 }
 
 interface DecisionBase {
@@ -79,10 +87,23 @@ export interface SelectedDecision<C extends Candidate = Candidate> extends Decis
   booking: { prefillTokens: number; decodeBlocks: number };
 }
 
-/** Every candidate is busy: answer 503 with Retry-After. */
+/** Every candidate that could hold the request is busy: answer 503 with Retry-After. */
 export interface OverloadedDecision extends DecisionBase {
   outcome: 'overloaded';
   retryAfterSeconds: number;
+}
+
+/**
+ * No candidate's KV pool can hold the request (busy or not): the request is too large for the
+ * model's workers, the client's problem (decisionError: 400 context_length_exceeded).
+ */
+export interface TooLargeDecision extends DecisionBase {
+  outcome: 'too_large';
+  /** Blocks the sequence needs: ceil((prompt + output tokens) / blockSize). */
+  requiredBlocks: number;
+  /** The largest candidate pool, in blocks. */
+  largestKvBlocks: number;
+  blockSize: number;
 }
 
 /** No candidate at all: answer 503. */
@@ -93,6 +114,7 @@ export interface NoWorkersDecision extends DecisionBase {
 export type RouteDecision<C extends Candidate = Candidate> =
   | SelectedDecision<C>
   | OverloadedDecision
+  | TooLargeDecision
   | NoWorkersDecision;
 
 /** The one interface every policy implements. `select` books nothing; round-robin advances its cursor. */

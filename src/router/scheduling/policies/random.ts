@@ -1,4 +1,4 @@
-// `random`: uniform over the candidates that are not busy. A baseline for benchmarks.
+// `random`: uniform over the eligible candidates (not busy, pool large enough). A baseline for benchmarks.
 
 import { uniformIndex } from '../pick.js';
 import { definePolicy } from '../policy-base.js';

@@ -1,4 +1,5 @@
-// `round-robin`: the next candidate after the last one chosen, skipping busy ones. The cursor is
+// `round-robin`: the next candidate after the last one chosen, skipping busy ones and those whose
+// pool cannot hold the request. The cursor is
 // a position in the candidate list (registration order), the policy's only state; candidate lists
 // of different sizes (models, phases) share it, which still spreads each list evenly enough.
 
@@ -12,7 +13,7 @@ export function createRoundRobinPolicy(config: ResolvedSchedulerConfig): Routing
     const start = cursor % n;
     for (let k = 0; k < n; k++) {
       const i = (start + k) % n;
-      if (!table.busy[i]) {
+      if (table.isEligible(i)) {
         cursor = i + 1;
         return i;
       }
