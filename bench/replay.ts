@@ -7,12 +7,13 @@
 // spread of requests over workers (x-kvroute-decode-worker). Prints a table, --out writes an HTML
 // report with SVG charts, --json prints one JSON object as the last line.
 
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from 'undici';
 import { spec as workerSpec } from '../src/cli/commands/worker.js';
 import { type CommandSpec, decimalText, type ParsedOptions } from '../src/cli/options.js';
 import { UsageError } from '../src/errors.js';
+import { makeDirectory } from '../src/util/make-directory.js';
 import { childDeathAsExit, childExited } from './lib/child.js';
 import { type CompletionTiming, streamCompletion } from './lib/completion-stream.js';
 import { startFleet } from './lib/fleet.js';
@@ -252,7 +253,7 @@ async function replay(options: ParsedOptions): Promise<number> {
   // Made now, not after the replay: a directory that cannot be made was found only minutes later,
   // as a stack trace, with the results and the --json line lost.
   if (out !== undefined) {
-    await mkdir(out, { recursive: true }).catch((err: Error) => {
+    await makeDirectory(out).catch((err: Error) => {
       throw new UsageError(`--out: cannot create '${out}': ${err.message}`);
     });
   }

@@ -153,10 +153,14 @@ test('judgeReplay: a policy that failed requests does not meet the goals on the 
 async function replayCli(
   args: string[],
   env: Record<string, string> = {},
+  signal?: AbortSignal,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'bench', 'replay', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', ...env },
+    // A test that times out kills its bench instead of leaving it running.
+    signal,
+    killSignal: 'SIGKILL',
   });
   let stdout = '';
   let stderr = '';
@@ -244,7 +248,9 @@ test('--quick fills in only the options not given: an explicit --speedup 3.5 or 
   );
 });
 
-test('an --out that cannot be made is a usage error before the replay, not a stack trace after it', async () => {
+test('an --out that cannot be made is a usage error before the replay, not a stack trace after it', {
+  timeout: 60_000,
+}, async (t) => {
   await withTrace([ONE_REQUEST], async (trace) => {
     // A file where the directory's parent should be.
     const { code, stdout, stderr } = await replayCli([
@@ -253,5 +259,17 @@ test('an --out that cannot be made is a usage error before the replay, not a sta
     assert.equal(code, 2, stderr);
     assert.match(stderr, /^kvroute bench: --out: cannot create '.*trace\.jsonl\/report': ENOTDIR.*\n$/);
     assert.equal(stdout, '', 'nothing was replayed');
+    // /proc answers ENOENT under a parent that exists: node's recursive mkdir looped on that
+    // forever, and the bench hung before its first request.
+    const proc = await replayCli(
+      ['--trace', trace, '--workers', '1', '--out', '/proc/kvroute-no/report'],
+      {},
+      t.signal,
+    );
+    assert.equal(proc.code, 2, proc.stderr);
+    assert.match(
+      proc.stderr,
+      /^kvroute bench: --out: cannot create '\/proc\/kvroute-no\/report': ENOENT.*\n$/,
+    );
   });
 });
