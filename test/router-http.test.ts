@@ -929,7 +929,9 @@ test('a client that leaves while its long prompt waits for a tokenizer thread: t
         address: '127.0.0.1:9',
         model: 'mock-llm',
         block_size: 16,
-        kv_blocks: 1024,
+        // Large enough for the ~70,000-block prompt: the router refuses a prompt no pool holds (400)
+        // before it calls any worker, and this test is about the tokenizer wait, not that check.
+        kv_blocks: 1 << 20,
       }),
     });
     assert.equal(registered.status, 201);
