@@ -33,6 +33,7 @@ import {
   enforcedDisaggError,
   type FallbackReason,
   fallbackReason,
+  PREFILL_LEG_OUTPUT_TOKENS,
   reusedPromptTokens,
 } from '../disagg/index.js';
 import { generateBody } from './aggregated.js';
@@ -355,7 +356,7 @@ export class DisaggregatedExecutor implements Executor {
           const body: PrefillRequest = {
             request_id: plan.requestId,
             token_ids: plan.routing.tokenIds,
-            max_tokens: 1,
+            max_tokens: PREFILL_LEG_OUTPUT_TOKENS,
           };
           const answer = await ctx.client.unary(worker.address, ENDPOINTS.prefill, encodeJson(body), {
             requestId: plan.httpRequestId,

@@ -9,6 +9,7 @@ import { type Span, trace } from '@opentelemetry/api';
 import { isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
 import { bindIterableToCurrentContext, isSpanContextValid, recordFailure } from '../../telemetry/index.js';
+import { PREFILL_LEG_OUTPUT_TOKENS } from '../disagg/index.js';
 import type { RequestAbort } from '../execute/request-abort.js';
 import type { ExecutionContext, ExecutionPlan } from '../execute/types.js';
 import { failureKind } from '../execute/worker-call.js';
@@ -217,6 +218,8 @@ function executionContext(
       const decision = deps.prefillPolicy.select({
         candidates,
         promptTokens: plan.routing.promptTokens,
+        // As the first choice (prefill-planner.ts): the leg reserves prompt + 1 tokens of blocks.
+        outputTokens: PREFILL_LEG_OUTPUT_TOKENS,
         overlaps: plan.routing.overlaps,
       });
       if (decision.outcome !== 'selected') return null;
