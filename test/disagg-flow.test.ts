@@ -272,6 +272,17 @@ test('mixed decode pools: a request only the large pool holds goes there; when n
       await res.json();
     }
     r4.router.registry.load.release('other-work');
+    // /v1/route says why: each candidate's score carries whether its pool holds the request.
+    const explained = await fetch(`${r4.url}/v1/route`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mock-llm', prompt: prompt(200, 45), max_tokens: 8 }),
+    });
+    const { candidates } = (await explained.json()) as { candidates: { worker_id: string; fits: boolean }[] };
+    assert.deepEqual(Object.fromEntries(candidates.map((c) => [c.worker_id, c.fits])), {
+      [small!.id]: false,
+      [large!.id]: true,
+    });
 
     // Only the small pool left: the client's request is too large for this model's workers.
     await large!.proc.stop();

@@ -99,5 +99,6 @@ function explainScore(c: CandidateScore) {
     cost: c.cost,
     load: c.load,
     busy: c.busy,
+    fits: c.fits,
   };
 }
