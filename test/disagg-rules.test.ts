@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SpanStatusCode } from '@opentelemetry/api';
+import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import {
   BasicTracerProvider,
   InMemorySpanExporter,
@@ -14,6 +14,7 @@ import { KvHandoffBoard } from '../src/decode/handoff-board.js';
 import { KvrouteError } from '../src/errors.js';
 import { decidePlacement, fallbackReason, reusedPromptTokens } from '../src/router/disagg/index.js';
 import { KvPrefillPlanner } from '../src/router/execute/prefill-planner.js';
+import type { RoutingInput } from '../src/router/execute/types.js';
 import { failureKind, toClientError } from '../src/router/execute/worker-call.js';
 import { RouterMetrics } from '../src/router/metrics.js';
 import { WorkerRegistry } from '../src/router/registry/index.js';
@@ -32,6 +33,35 @@ const policy = createPolicy({ policy: 'kv', blockSize: BLOCK, rng: seededRng(1) 
 
 function worker(id: string, activePrefillTokens = 0): Candidate {
   return { id, kvBlocks: 1000, load: { activePrefillTokens, activeDecodeBlocks: 0 } };
+}
+
+/** The prefill planner over `registry` and `policy`, no short-prompt rules, not enforced. */
+function plannerOver(
+  registry: WorkerRegistry,
+  routingPolicy: RoutingPolicy,
+  tracer: Tracer,
+  metrics: RouterMetrics,
+): KvPrefillPlanner {
+  return new KvPrefillPlanner({
+    registry,
+    policy: routingPolicy,
+    tracer,
+    metrics,
+    maxLocalPrefill: 0,
+    enforceDisagg: false,
+  });
+}
+
+/** Routing input for the planner: a prompt of `promptTokens` (no token ids, nothing cached). */
+function routingOf(promptTokens: number, outputTokens: number): RoutingInput {
+  return {
+    model: 'mock',
+    tokenIds: [],
+    keys: new Uint32Array(0),
+    overlaps: new Map(),
+    promptTokens,
+    outputTokens,
+  };
 }
 
 function selected(d: RouteDecision): Extract<RouteDecision, { outcome: 'selected' }> {
@@ -179,27 +209,13 @@ test('the prefill planner never picks a prefill worker whose pool cannot hold th
   // refuse the leg); it is also idle, so by cost alone it is the best candidate.
   register('prefill', 2, 8);
   const metrics = new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 });
-  const planner = new KvPrefillPlanner({
-    registry,
-    policy,
-    tracer: new BasicTracerProvider().getTracer('test'),
-    metrics,
-    maxLocalPrefill: 0,
-    enforceDisagg: false,
-  });
-  const routing = {
-    model: 'mock',
-    tokenIds: [],
-    keys: [],
-    overlaps: new Map(),
-    promptTokens: 128,
-    outputTokens: 4,
-  };
+  const planner = plannerOver(registry, policy, new BasicTracerProvider().getTracer('test'), metrics);
+  const routing = routingOf(128, 4);
   const decode = selected(
     policy.select({ candidates: [decodeWorker], promptTokens: 128, outputTokens: 4 }),
   ) as never;
   // Only the small one: the decode worker prefills, with its own reason (not a remote leg that fails).
-  assert.deepEqual(planner.choosePrefill(routing as never, decode), {
+  assert.deepEqual(planner.choosePrefill(routing, decode), {
     prefill: null,
     reason: 'prefill_pool_too_small',
   });
@@ -207,7 +223,7 @@ test('the prefill planner never picks a prefill worker whose pool cannot hold th
   const large = register('prefill', 3, 9);
   registry.load.book(large.id, 'other', { prefillTokens: 4000, decodeBlocks: 0 });
   for (let i = 0; i < 10; i++) {
-    const planned = planner.choosePrefill(routing as never, decode);
+    const planned = planner.choosePrefill(routing, decode);
     assert.equal(planned.reason, 'long_prompt');
     assert.equal(planned.prefill?.worker.id, large.id);
   }
@@ -234,23 +250,14 @@ test('the prefill planner ends its spans failed when choosing throws (a policy e
       throw new KvrouteError('internal_error', 'policy exploded');
     },
   };
-  const planner = new KvPrefillPlanner({
+  const planner = plannerOver(
     registry,
-    policy: failing,
-    tracer: provider.getTracer('test'),
-    metrics: new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 }),
-    maxLocalPrefill: 0,
-    enforceDisagg: false,
-  });
-  const routing = {
-    model: 'mock',
-    tokenIds: [],
-    keys: [],
-    overlaps: new Map(),
-    promptTokens: 64,
-    outputTokens: 1,
-  };
-  assert.throws(() => planner.choosePrefill(routing as never, {} as never), /policy exploded/);
+    failing,
+    provider.getTracer('test'),
+    new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 }),
+  );
+  const routing = routingOf(64, 1);
+  assert.throws(() => planner.choosePrefill(routing, {} as never), /policy exploded/);
   const spans = exporter.getFinishedSpans();
   assert.deepEqual(
     spans.map((s) => [s.name, s.status.code, s.events.map((e) => e.name)]),
