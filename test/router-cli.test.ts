@@ -245,6 +245,38 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   });
 }
 
+test('a router whose stdout reader is gone (kvroute router | head -1) still drains on SIGTERM and exits 0', {
+  timeout: 30_000,
+}, async () => {
+  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  const exit = once(child, 'exit');
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => {
+    err += s;
+  });
+  try {
+    await new Promise<void>((resolve) => {
+      let out = '';
+      child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+        out += s;
+        if (out.includes('listening on')) resolve();
+      });
+    });
+    // What `head -1` does after its line: the pipe's reading end closes.
+    child.stdout!.destroy();
+    // The draining line then meets EPIPE: unheard, that error ended the router with a stack trace.
+    child.kill('SIGTERM');
+    const [code] = await exit;
+    assert.equal(err, '');
+    assert.equal(code, 0);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
 test('SIGTERM drains: a stream in flight finishes; meanwhile new requests and /ready get 503 and /health answers; then exit 0', {
   timeout: 60_000,
 }, async () => {

@@ -89,6 +89,21 @@ function socketErrorMessage(err: unknown): string | undefined {
   }
 }
 
+/**
+ * Output nobody reads any more (`kvroute router | head -1`, a log shipper that went away) must not
+ * end the process: unheard, the EPIPE of the next write is an 'error' event that kills a router
+ * mid-drain and cuts the streams it was finishing, or a demo and its workers. Those lines are lost;
+ * the work goes on. Any other error on the process's own output is still fatal.
+ */
+function keepRunningWithoutReaders(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+    });
+  }
+}
+
+keepRunningWithoutReaders();
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
