@@ -35,7 +35,7 @@ import {
   stopChild,
 } from './lib/child.js';
 import { startRouter } from './lib/fleet.js';
-import { type Distribution, distribution, round } from './lib/stats.js';
+import { atMost, type Distribution, distribution, round } from './lib/stats.js';
 import { hashIdTokens } from './lib/trace.js';
 
 export const spec: CommandSpec = {
@@ -336,9 +336,6 @@ async function throughput(
   const d = distribution(latencies, 1);
   return { rps: Math.round(latencies.length / seconds), p50Us: d.p50, p99Us: d.p99, errors };
 }
-
-const atMost = (value: number | null, goal: number): boolean | null =>
-  value === null ? null : value <= goal;
 
 /** An error's message on one line (the router's death message carries its stderr tail). */
 export function run(options: ParsedOptions): Promise<number> {

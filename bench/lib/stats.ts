@@ -131,3 +131,11 @@ export function goalVerdict(
   if (interval[1]! <= maxLossPct) return 'met';
   return interval[0]! > maxLossPct ? 'not met' : 'unresolved';
 }
+
+/**
+ * A goal of "at most `goal`" judged on a measured value: null when the value was not measured (a
+ * configuration the run left out), so that a goal nobody measured never reads as missed.
+ */
+export function atMost(value: number | null, goal: number): boolean | null {
+  return value === null ? null : value <= goal;
+}
