@@ -466,3 +466,23 @@ test('a router that stalled longer than the lease keeps the workers that kept he
     await client.close();
   }
 });
+
+test('GET /v1/models lists the models a request can be served for: a model with only prefill workers is not one', async () => {
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const url = await router.listen();
+    const models = async () =>
+      ((await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] }).data.map((m) => m.id);
+    router.fleet.register(body({ role: 'prefill', model: 'prefill-only', address: '127.0.0.1:20101' }), 0);
+    await router.fleet.close(); // no subscription dials the made-up addresses
+    // A request for it would be a 503 no_workers: a client choosing from this list must not see it.
+    assert.deepEqual(await models(), []);
+    assert.equal((await fetch(`${url}/ready`)).status, 503);
+    router.fleet.register(body({ role: 'decode', model: 'served', address: '127.0.0.1:20102' }), 0);
+    router.fleet.register(body({ role: 'both', model: 'also-served', address: '127.0.0.1:20103' }), 0);
+    assert.deepEqual(await models(), ['also-served', 'served']);
+    assert.equal((await fetch(`${url}/ready`)).status, 200);
+  } finally {
+    await router.close();
+  }
+});

@@ -1,5 +1,6 @@
 // Operations endpoints: liveness, readiness (a decode-capable worker is registered), Prometheus
-// metrics, and the models served by registered workers.
+// metrics, and the models served by registered workers (those with a decode-capable worker: a
+// model whose only workers prefill cannot answer a request).
 
 import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../../errors.js';
@@ -15,13 +16,15 @@ export function registerOpsRoutes(
   isDraining: () => boolean = () => false,
 ): void {
   const { registry } = fleet;
+  /** Models a request can be served for now: at least one decode-capable worker registered. */
+  const servedModels = () => registry.models().filter((m) => registry.candidates(m, 'decode').length > 0);
 
   app.get('/health', async () => ({ status: 'ok' }));
 
   app.get('/ready', async () => {
     if (isDraining()) throw shuttingDown('the router is draining');
-    const decode = registry.models().some((m) => registry.candidates(m, 'decode').length > 0);
-    if (!decode) throw new KvrouteError('no_workers', 'no decode-capable worker is registered');
+    if (servedModels().length === 0)
+      throw new KvrouteError('no_workers', 'no decode-capable worker is registered');
     return { status: 'ready', workers: registry.size };
   });
 
@@ -32,6 +35,6 @@ export function registerOpsRoutes(
 
   app.get('/v1/models', async () => ({
     object: 'list',
-    data: registry.models().map((id) => ({ id, object: 'model', created: 0, owned_by: 'kvroute' })),
+    data: servedModels().map((id) => ({ id, object: 'model', created: 0, owned_by: 'kvroute' })),
   }));
 }
