@@ -84,6 +84,16 @@ test('bad bodies are rejected naming the field', () => {
   rejects({ model: 'm', messages: [] }, 'messages', 'chat');
   rejects({ model: 'm', messages: [{ role: 'wizard', content: 'x' }] }, 'messages', 'chat');
   rejects({ model: 'm', messages: [{ role: 'user', content: [{ type: 'image_url' }] }] }, 'messages', 'chat');
+  // Only an assistant's turn may come without content.
+  for (const role of ['system', 'developer', 'user', 'tool']) {
+    rejects({ model: 'm', messages: [{ role }] }, 'messages', 'chat');
+    rejects({ model: 'm', messages: [{ role, content: null }] }, 'messages', 'chat');
+  }
+  rejects({ model: 'm', messages: [{ role: 'function', name: 'f' }] }, 'messages', 'chat');
+  assert.equal(
+    flattenChat([{ role: 'function', name: 'f', content: null }]),
+    flattenChat([{ role: 'function', name: 'f', content: '' }]),
+  );
 });
 
 test('an over-long token prompt is a context-length error', () => {
@@ -353,6 +363,10 @@ test("sampling parameters outside OpenAI's ranges or of the wrong type are refus
     ['logit_bias', [1, 2]],
     ['logit_bias', { '50': 101 }],
     ['logit_bias', { '50': 'ban' }],
+    ['logit_bias', { abc: 1 }],
+    ['logit_bias', { '-5': 1 }],
+    ['logit_bias', { '1.5': 1 }],
+    ['logit_bias', { '007': 1 }],
   ];
   for (const [param, value] of bad) rejects({ ...body, [param]: value }, param);
   parseInferenceRequest(

@@ -33,6 +33,10 @@ function messageText(m: Record<string, unknown>, role: string, index: number): s
     for (const part of content) text += partText(part, role, index);
   } else if (content !== null && content !== undefined) {
     throw invalid(`messages[${index}].content must be a string or an array of parts`);
+  } else if (role !== 'assistant' && !(role === 'function' && content === null)) {
+    // As in OpenAI's API: an assistant's turn may be without content (it made tool calls, or
+    // refused), a function result's content may be null; every other message needs its content.
+    throw invalid(`messages[${index}].content is required for a ${role} message`);
   }
   if (role !== 'assistant' || refusal === null || refusal === undefined) return text;
   if (typeof refusal !== 'string') throw invalid(`messages[${index}].refusal must be a string`);

@@ -263,11 +263,21 @@ function checkSampling(body: Record<string, unknown>): void {
   if (isOff(bias)) return;
   if (!isPlainObject(bias)) throw invalid('logit_bias must be an object of token id to bias', 'logit_bias');
   for (const [token, b] of Object.entries(bias)) {
+    // Keys are token ids, as JSON object keys (strings of digits), as OpenAI requires.
+    if (!TOKEN_ID_KEY.test(token)) {
+      throw invalid(
+        `logit_bias keys must be token ids (non-negative integers), got ${describe(token)}`,
+        'logit_bias',
+      );
+    }
     if (typeof b !== 'number' || b < -100 || b > 100) {
       throw invalid(`logit_bias[${describe(token)}] must be a number from -100 to 100`, 'logit_bias');
     }
   }
 }
+
+/** A logit_bias key: a token id written as a decimal integer without sign or leading zeros (at most 10 digits). */
+const TOKEN_ID_KEY = /^(?:0|[1-9][0-9]{0,9})$/;
 
 /**
  * Validates and normalises a request body. Whether the model is served is checked later, against
