@@ -7,10 +7,11 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Socket } from 'node:net';
 import { after, test } from 'node:test';
 import OpenAI from 'openai';
-import { alive, CLI_MAIN, waitUntil } from './helpers/fleet.js';
+import { alive, CLI_MAIN, registerWorker, waitUntil } from './helpers/fleet.js';
 
 /** The demo's child processes (router and workers), by parent pid. */
 function childrenOf(pid: number): number[] {
@@ -29,6 +30,7 @@ interface Demo {
   child: ChildProcess;
   exited: Promise<[number | null, NodeJS.Signals | null]>;
   ready: Promise<string>;
+  stdout: () => string;
   stderr: () => string;
 }
 
@@ -68,7 +70,7 @@ function startDemo(args: readonly string[], env: NodeJS.ProcessEnv = {}): Demo {
     void exited.then(() => reject(new Error(`demo exited early:\n${out}\n${err}`)));
   });
   ready.catch(() => {}); // a test that expects an early exit never awaits it
-  return { child, exited, ready, stderr: () => err };
+  return { child, exited, ready, stdout: () => out, stderr: () => err };
 }
 
 test('demo serves the openai client through prefill and decode workers, and SIGINT stops every process', async () => {
@@ -228,6 +230,58 @@ test('a port held by something that accepts and never answers: the demo exits 1,
   assert.equal(signal, null, `the demo hung and was killed:\n${demo.stderr()}`);
   assert.equal(code, 1);
   assert.match(demo.stderr(), /the router exited/);
+});
+
+// The demo took a fixed --port's URL as its router's as soon as /health answered there: another
+// router on that port made it print "ready" and start its workers against that router, and only
+// then did its own router report the port taken. Now the URL comes from the router child's own
+// "listening on" line, which a router that cannot listen never prints.
+test('a --port another router serves: the router says the port is taken, the demo exits 1, never ready', async () => {
+  const registrations: string[] = [];
+  // Answers as a router with three workers would, and records every worker that registers with it.
+  const other = createHttpServer((req, res) => {
+    if (req.method === 'POST') registrations.push(req.url ?? '');
+    res.setHeader('content-type', 'application/json');
+    if (req.url === '/v1/workers' && req.method === 'GET') {
+      const row = (i: number) => ({ worker_id: `w${i}`, role: 'decode', address: `127.0.0.1:${40000 + i}` });
+      res.end(JSON.stringify({ object: 'list', data: [row(1), row(2), row(3)] }));
+    } else if (req.url === '/health') res.end('{"status":"ok"}');
+    else res.writeHead(503).end('{}');
+  });
+  await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+  after(() => other.close());
+  const port = (other.address() as { port: number }).port;
+  const demo = startDemo(['--port', String(port), '--prefill', '0', '--decode', '1']);
+  const [code] = await demo.exited;
+  assert.equal(code, 1);
+  assert.match(
+    demo.stderr(),
+    new RegExp(`kvroute router: cannot listen on 127\\.0\\.0\\.1:${port}: the address is already in use`),
+  );
+  assert.doesNotMatch(demo.stdout(), /kvroute demo ready/);
+  assert.deepEqual(registrations, [], 'no worker of the demo registered with the other router');
+});
+
+// The demo was ready once the router listed as many workers as it had started, whoever's they
+// were: a worker registered by someone else made it print "ready" before its own had registered.
+// Now it waits for the addresses its own workers print, as the router lists them.
+test('a worker the demo did not start does not make it ready before its own has registered', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const url = await waitUntil(
+    () => /\[router\] kvroute router listening on (\S+)/.exec(demo.stdout())?.[1],
+    'the router to listen',
+  );
+  const res = await registerWorker(url, { role: 'decode', address: '127.0.0.1:9' });
+  assert.equal(res.status, 201);
+  await demo.ready;
+  const beforeReady = demo.stdout().slice(0, demo.stdout().indexOf('kvroute demo ready'));
+  const own = /\[decode-1\] kvroute worker \(decode\) listening on (\S+),/.exec(beforeReady)?.[1];
+  assert.ok(own, `the demo was ready before its worker listened:\n${demo.stdout()}`);
+  const listed = (await (await fetch(`${url}/v1/workers`)).json()) as { data: { address: string }[] };
+  assert.ok(listed.data.some((w) => w.address === own));
+  demo.child.kill('SIGINT');
+  const [code] = await demo.exited;
+  assert.equal(code, 0, demo.stderr());
 });
 
 // A KVROUTE_* variable the demo passes on (its children read the environment) that no worker

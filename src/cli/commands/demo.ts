@@ -99,52 +99,93 @@ function pollSignal(stopping: AbortSignal): AbortSignal {
   return AbortSignal.any([stopping, AbortSignal.timeout(POLL_TIMEOUT_MS)]);
 }
 
-async function waitForRouterUrl(
-  router: ChildProcess,
-  host: string,
-  port: number,
+/**
+ * The first match of `pattern` (its first group) in `child`'s stdout lines: what the child says
+ * about itself once it listens. Rejects if the child exits first, at the deadline, or once the
+ * demo starts stopping.
+ */
+function announced(
+  child: ChildProcess,
+  what: string,
+  pattern: RegExp,
   deadline: number,
   stopping: AbortSignal,
 ): Promise<string> {
-  // With --port 0 the router picks a port and prints its URL; otherwise the URL is known up front.
-  const known = port === 0 ? undefined : `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-  let printed: string | undefined;
-  router.stdout?.on('data', (chunk: Buffer) => {
-    printed ??= /https?:\/\/[^\s"]+/.exec(chunk.toString())?.[0];
-  });
-  while (Date.now() < deadline) {
-    stopping.throwIfAborted();
-    if (router.exitCode !== null) throw new Error(`the router exited with code ${router.exitCode}`);
-    const url = known ?? printed;
-    if (url) {
-      const ok = await fetch(`${url}/health`, { signal: pollSignal(stopping) }).then(
-        (r) => r.ok,
-        () => false,
-      );
-      if (ok) return url;
+  return new Promise((resolve, reject) => {
+    let partial = '';
+    const onData = (chunk: Buffer) => {
+      const lines = (partial + chunk.toString()).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        const found = pattern.exec(line)?.[1];
+        if (found !== undefined) return settle(() => resolve(found));
+      }
+    };
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) =>
+      settle(() => reject(new Error(`the ${what} exited (${signal ?? code}) before it listened`)));
+    const onAbort = () => settle(() => reject(stopping.reason));
+    const timer = setTimeout(
+      () => settle(() => reject(new Error(`the ${what} did not start listening in time`))),
+      // A longer delay would run after 1 ms (see --drain-ms): --ready-timeout-ms has no maximum.
+      Math.min(Math.max(0, deadline - Date.now()), MAX_TIMER_MS),
+    );
+    function settle(end: () => void): void {
+      clearTimeout(timer);
+      child.stdout?.off('data', onData);
+      child.off('exit', onExit);
+      stopping.removeEventListener('abort', onAbort);
+      end();
     }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('the router did not become healthy in time');
+    if (stopping.aborted) return onAbort();
+    child.stdout?.on('data', onData);
+    child.once('exit', onExit);
+    stopping.addEventListener('abort', onAbort);
+  });
 }
 
+/**
+ * The router's URL, from its own "listening on" line (src/cli/commands/router.ts), whatever the
+ * port: a fixed --port may be served by another process, whose /health would answer all the same,
+ * while this router fails to listen there and exits.
+ */
+function routerUrl(router: ChildProcess, deadline: number, stopping: AbortSignal): Promise<string> {
+  return announced(router, 'router', /^kvroute router listening on (\S+)$/, deadline, stopping);
+}
+
+/** A worker's request-plane address (`host:port`), from its own "listening on" line (src/cli/commands/worker.ts). */
+function workerAddress(
+  worker: ChildProcess,
+  name: string,
+  deadline: number,
+  stopping: AbortSignal,
+): Promise<string> {
+  return announced(
+    worker,
+    `worker ${name}`,
+    /^kvroute worker \(\w+\) listening on (\S+),/,
+    deadline,
+    stopping,
+  );
+}
+
+/** Waits until the router at `url` lists a worker at each of `addresses`: the demo's own, no others. */
 async function waitForWorkers(
   url: string,
-  expected: number,
+  addresses: readonly string[],
   deadline: number,
   stopping: AbortSignal,
 ): Promise<void> {
   while (Date.now() < deadline) {
     stopping.throwIfAborted();
-    const workers = await fetch(`${url}/v1/workers`, { signal: pollSignal(stopping) }).then(
-      async (r) => (r.ok ? ((await r.json()) as { data?: unknown[]; workers?: unknown[] }) : null),
-      () => null,
+    const listed = await fetch(`${url}/v1/workers`, { signal: pollSignal(stopping) }).then(
+      async (r) => (r.ok ? ((await r.json()) as { data?: { address?: unknown }[] }).data : undefined),
+      () => undefined,
     );
-    const count = workers ? (workers.data ?? workers.workers ?? []).length : 0;
-    if (count >= expected) return;
+    const registered = new Set((listed ?? []).map((w) => w.address));
+    if (addresses.every((a) => registered.has(a))) return;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`fewer than ${expected} workers registered in time`);
+  throw new Error(`fewer than ${addresses.length} workers registered in time`);
 }
 
 function running(child: ChildProcess): boolean {
@@ -218,7 +259,7 @@ export async function run(o: ParsedOptions): Promise<number> {
     });
     const deadline = Date.now() + (o.readyTimeoutMs as number);
     void (async () => {
-      const url = await waitForRouterUrl(router, host, o.port as number, deadline, stopPolls.signal);
+      const url = await routerUrl(router, deadline, stopPolls.signal);
       // An explicit --host/--port 0: a KVROUTE_PORT meant for the router must not reach the workers.
       const common = [
         '--router',
@@ -238,9 +279,11 @@ export async function run(o: ParsedOptions): Promise<number> {
         ...Array.from({ length: o.prefill as number }, (_, i) => [`prefill-${i + 1}`, 'prefill'] as const),
         ...Array.from({ length: o.decode as number }, (_, i) => [`decode-${i + 1}`, 'decode'] as const),
       ];
+      const addresses: Promise<string>[] = [];
       for (const [name, role] of roles) {
         if (stopping) return;
         const worker = startChild(name, ['worker', '--role', role, ...common], children);
+        addresses.push(workerAddress(worker, name, deadline, stopPolls.signal));
         worker.once('exit', (code, signal) => {
           if (stopping) return;
           if (ready) {
@@ -254,7 +297,7 @@ export async function run(o: ParsedOptions): Promise<number> {
           stop(1);
         });
       }
-      await waitForWorkers(url, roles.length, deadline, stopPolls.signal);
+      await waitForWorkers(url, await Promise.all(addresses), deadline, stopPolls.signal);
       ready = true;
       process.stdout.write(
         `\nkvroute demo ready: ${url}  (${o.prefill} prefill + ${o.decode} decode workers)\n` +
