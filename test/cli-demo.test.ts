@@ -11,7 +11,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Socket } from 'node:net';
 import { after, test } from 'node:test';
 import OpenAI from 'openai';
-import { alive, CLI_MAIN, registerWorker, waitUntil } from './helpers/fleet.js';
+import { alive, CLI_MAIN, registerWorker, waitForWorkers, waitUntil } from './helpers/fleet.js';
 
 /** The demo's child processes (router and workers), by parent pid. */
 function childrenOf(pid: number): number[] {
@@ -282,6 +282,27 @@ test('a worker the demo did not start does not make it ready before its own has 
   demo.child.kill('SIGINT');
   const [code] = await demo.exited;
   assert.equal(code, 0, demo.stderr());
+});
+
+// `kvroute demo | head -1`: the demo's stdout is a closed pipe once the first line is read. Each
+// child line it relays then raised EPIPE, an unheard 'error' event: the demo died with a stack
+// trace and SIGKILLed its children. Those lines are lost now (src/cli/main.ts); the demo runs on.
+test('a demo whose stdout nobody reads any more runs on, and Ctrl-C stops every child with exit 0', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const url = await waitUntil(
+    () => /\[router\] kvroute router listening on (\S+)/.exec(demo.stdout())?.[1],
+    'the router to listen',
+  );
+  demo.child.stdout!.destroy(); // as `head -1` exits
+  await waitForWorkers(url, 1);
+  const childPids = childrenOf(demo.child.pid!);
+  assert.equal(childPids.length, 2, `router + 1 worker:\n${demo.stderr()}`);
+  // The router's "draining" line is relayed after the pipe closed, whatever happened before.
+  process.kill(-demo.child.pid!, 'SIGINT');
+  const [code] = await demo.exited;
+  assert.equal(code, 0, demo.stderr());
+  assert.doesNotMatch(demo.stderr(), /EPIPE/);
+  for (const pid of childPids) assert.equal(alive(pid), false, `child ${pid} still running`);
 });
 
 // A KVROUTE_* variable the demo passes on (its children read the environment) that no worker
