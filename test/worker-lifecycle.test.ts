@@ -34,6 +34,46 @@ function logEvents(stderr: readonly string[], event: string): Record<string, unk
     .filter((e) => e.event === event);
 }
 
+test('without --verbose, a router it cannot reach is said once on stderr, and so is reaching it', {
+  timeout: 60_000,
+}, async () => {
+  const router = new StandInRouter(300, 'n');
+  // A port nothing listens on yet: the worker's first attempts are refused.
+  const port = await router.listen();
+  await router.close();
+  const worker = await spawnWorker(['--role', 'decode', '--router', `http://127.0.0.1:${port}`]);
+  try {
+    const down = (line: string) => line.startsWith('kvroute worker: cannot reach the router at');
+    await waitUntil(() => worker.stderr.some(down));
+    assert.match(
+      worker.stderr.find(down)!,
+      new RegExp(
+        `^kvroute worker: cannot reach the router at http://127\\.0\\.0\\.1:${port} \\(.+\\); retrying until it answers$`,
+      ),
+    );
+    // Several retries later (100 ms backoff doubling), still the one line: a reminder only every 30 s.
+    await sleep(1500);
+    assert.equal(worker.stderr.filter((l) => l !== '').length, 1, worker.stderr.join('\n'));
+
+    const revived = new StandInRouter(300, 'n');
+    await revived.listen(port);
+    try {
+      await revived.waitFor((c) => c.method === 'POST' && c.url === '/v1/workers');
+      await waitUntil(() => worker.stderr.some((l) => l.startsWith('kvroute worker: reached the router')));
+      assert.match(
+        worker.stderr.filter((l) => l !== '').at(-1)!,
+        /^kvroute worker: reached the router at \S+ after \d+ failed attempts$/,
+      );
+      worker.child.kill('SIGTERM');
+      assert.deepEqual(await worker.exit, { code: 0, signal: null });
+    } finally {
+      await revived.close();
+    }
+  } finally {
+    worker.child.kill('SIGKILL');
+  }
+});
+
 test('registers, heartbeats, backs off while the router is down, registers again after its restart', {
   timeout: 60_000,
 }, async () => {

@@ -1,5 +1,5 @@
 // Structured logs for the worker: one JSON object per line on stderr, only when enabled (workers
-// are quiet by default; the start line on stdout is the one thing always printed).
+// are quiet by default: the start line on stdout, and the router-lease notices on stderr, are all they print).
 
 export type Log = (event: string, fields?: Record<string, unknown>) => void;
 

@@ -4,7 +4,8 @@
 // backoff and jitter. A registration the router refuses (a 4xx other than 408/429: this worker's
 // block size, model name or address is not acceptable to it) ends the loop and is told through
 // onRefused: asking again would get the same answer forever, and only the operator can fix it.
-// stop() deregisters (after a registration in flight has its answer). All traffic runs in the
+// An outage is told to the operator through `notice` (once, then every 30 s, and its end), the
+// one thing a worker says without logs. stop() deregisters (after a registration in flight has its answer). All traffic runs in the
 // ROOT context: control-plane calls must never appear inside (or parent to) a user request's trace.
 
 import { setTimeout as delay } from 'node:timers/promises';
@@ -25,6 +26,14 @@ export interface RouterLeaseOptions {
   fetch?: typeof fetch;
   /** The router refused the registration (see RegistrationRefused); the lease has stopped trying. */
   onRefused?: (err: RegistrationRefused) => void;
+  /**
+   * One plain line for the operator when the router cannot be reached (the first failure of an
+   * outage, then at most every `noticeEveryMs` while it lasts) and when it answers again: a worker
+   * pointed at a wrong --router otherwise retries forever without a word unless logs are on.
+   */
+  notice?: (line: string) => void;
+  /** Least time between two "still unreachable" notices of one outage (default 30 s). */
+  noticeEveryMs?: number;
 }
 
 /** The router answered the registration with a 4xx that asking again cannot change. */
@@ -93,13 +102,20 @@ export class RouterLease {
   private async run(): Promise<void> {
     const { signal } = this.stopped;
     const policy = this.opts.backoff ?? DEFAULT_BACKOFF;
+    const noticeEveryMs = this.opts.noticeEveryMs ?? 30_000;
     let failures = 0;
+    let outageNoticed = false;
+    let lastNoticeAt = 0;
     while (!signal.aborted) {
       try {
         // A registration is not cut by stop(): the router may have taken it already, and only
         // its answer names the id stop() must deregister (it waits at most the request timeout).
         if (this.id === null) await this.register(new AbortController().signal);
         else await this.heartbeat(signal);
+        if (outageNoticed) {
+          this.opts.notice?.(`reached the router at ${this.base} after ${failures} failed attempts`);
+          outageNoticed = false;
+        }
         failures = 0;
         // After a 404 the id is gone: register again at once. Otherwise beat again in a third of the TTL.
         if (this.id !== null) await sleep(this.ttlMs / 3, signal);
@@ -112,6 +128,16 @@ export class RouterLease {
         }
         const delay = backoffDelay(failures++, policy, (this.opts.random ?? Math.random)());
         this.log('router_unreachable', { error: errorText(err), retry_in_ms: delay, attempt: failures });
+        const now = Date.now();
+        if (this.opts.notice !== undefined && (failures === 1 || now - lastNoticeAt >= noticeEveryMs)) {
+          this.opts.notice(
+            failures === 1
+              ? `cannot reach the router at ${this.base} (${errorText(err)}); retrying until it answers`
+              : `still cannot reach the router at ${this.base} after ${failures} attempts (${errorText(err)})`,
+          );
+          outageNoticed = true;
+          lastNoticeAt = now;
+        }
         await sleep(delay, signal);
       }
     }

@@ -40,6 +40,8 @@ export interface WorkerConfig {
   tracer?: Tracer;
   /** The router refused the registration for good (RouterLease): the worker will never be routed to. */
   onRegistrationRefused?: (err: RegistrationRefused) => void;
+  /** Plain lines for the operator about reaching the router (RouterLeaseOptions.notice). */
+  notice?: (line: string) => void;
 }
 
 export interface RunningWorker {
@@ -119,6 +121,7 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
     },
     log: config.log,
     ...(config.onRegistrationRefused ? { onRefused: config.onRegistrationRefused } : {}),
+    ...(config.notice ? { notice: config.notice } : {}),
   });
   lease.start();
   const activeLease = lease;

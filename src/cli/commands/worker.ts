@@ -130,6 +130,11 @@ export async function run(options: ParsedOptions): Promise<number> {
       kvEventsBacklog: 100_000,
       log,
       tracer: telemetry.tracer,
+      // Without --verbose, the one thing said while running: the router cannot be reached (a wrong
+      // --router would otherwise retry forever in silence), and when it answers again.
+      ...(options.verbose === true
+        ? {}
+        : { notice: (line: string) => process.stderr.write(`kvroute worker: ${line}\n`) }),
       // Asking again gets the same answer: stop, and say why on the one line a bad option gets.
       onRegistrationRefused: (err) => {
         refused = err;
