@@ -197,6 +197,27 @@ test('SIGQUIT (Ctrl-\\, which no longer reaches the children) kills every child 
   await waitUntil(() => childPids.every((pid) => !alive(pid)), 'every child to be gone', 2000);
 });
 
+test('--host 0.0.0.0: the demo is ready though the router lists its worker at the peer address', async () => {
+  // A worker on every interface registers 0.0.0.0:port and is listed at 127.0.0.1:port: matching
+  // the announced address alone never saw it registered.
+  const demo = startDemo([
+    '--host',
+    '0.0.0.0',
+    '--prefill',
+    '0',
+    '--decode',
+    '1',
+    '--ready-timeout-ms',
+    '20000',
+  ]);
+  const url = await demo.ready;
+  const listed = (await (await fetch(`${url}/v1/workers`)).json()) as { data: { address: string }[] };
+  assert.match(listed.data[0]!.address, /^127\.0\.0\.1:\d+$/);
+  process.kill(-demo.child.pid!, 'SIGINT');
+  const [code] = await demo.exited;
+  assert.equal(code, 0);
+});
+
 test('a second signal while stopping kills every child at once and exits 1', async () => {
   const demo = startDemo(['--prefill', '0', '--decode', '1']);
   await demo.ready;

@@ -16,6 +16,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { MAX_TIMER_MS } from '../../router/config.js';
+import { isUnspecifiedHost, parseAddress } from '../../router/registry/index.js';
 import type { CommandModule } from '../command.js';
 import { modelName } from '../model-name.js';
 import { decimalText, type ParsedOptions } from '../options.js';
@@ -169,6 +170,23 @@ function workerAddress(
 }
 
 /** Waits until the router at `url` lists a worker at each of `addresses`: the demo's own, no others. */
+/**
+ * Whether the router lists the worker that announced `announced` at `listed`. A worker on every
+ * interface (--host 0.0.0.0 or ::) is listed at the address it registered from (its peer
+ * address, validate-registration.ts), so only its port can be matched.
+ */
+function sameWorker(announced: string, listed: unknown): boolean {
+  if (listed === announced) return true;
+  if (typeof listed !== 'string') return false;
+  const mine = parseAddress(announced);
+  if (!isUnspecifiedHost(mine.host)) return false;
+  try {
+    return parseAddress(listed).port === mine.port;
+  } catch {
+    return false;
+  }
+}
+
 async function waitForWorkers(
   url: string,
   addresses: readonly string[],
@@ -181,8 +199,8 @@ async function waitForWorkers(
       async (r) => (r.ok ? ((await r.json()) as { data?: { address?: unknown }[] }).data : undefined),
       () => undefined,
     );
-    const registered = new Set((listed ?? []).map((w) => w.address));
-    if (addresses.every((a) => registered.has(a))) return;
+    const registered = (listed ?? []).map((w) => w.address);
+    if (addresses.every((a) => registered.some((r) => sameWorker(a, r)))) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`fewer than ${addresses.length} workers registered in time`);

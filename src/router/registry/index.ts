@@ -5,7 +5,12 @@ export {
   type LoadBooking,
   type WorkerLoad,
 } from './active-load.js';
-export { parseAddress, validateRegistration, type WorkerRegistration } from './validate-registration.js';
+export {
+  isUnspecifiedHost,
+  parseAddress,
+  validateRegistration,
+  type WorkerRegistration,
+} from './validate-registration.js';
 export {
   DEFAULT_LEASE_TTL_MS,
   DEFAULT_MAX_WORKERS,

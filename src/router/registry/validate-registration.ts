@@ -78,6 +78,11 @@ export function parseAddress(address: unknown): { host: string; port: number; ad
 /** The unspecified addresses a server listens on for every interface: not an address to dial. */
 const UNSPECIFIED_HOSTS = new Set(['0.0.0.0', '::', '0:0:0:0:0:0:0:0']);
 
+/** Whether `host` (as parseAddress gives it) listens on every interface, so the router lists its peer address instead. */
+export function isUnspecifiedHost(host: string): boolean {
+  return UNSPECIFIED_HOSTS.has(host);
+}
+
 /**
  * The address to dial for a worker that registered `host:port`. A worker listening on every
  * interface (`--host 0.0.0.0` or `::`) registers that unspecified host, which a router elsewhere
@@ -90,7 +95,7 @@ function dialableAddress(
   parsed: { host: string; port: number; address: string },
   peerHost: string | undefined,
 ): { host: string; port: number; address: string } {
-  if (peerHost === undefined || !UNSPECIFIED_HOSTS.has(parsed.host)) return parsed;
+  if (peerHost === undefined || !isUnspecifiedHost(parsed.host)) return parsed;
   const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(peerHost);
   const host = mapped ? mapped[1]! : peerHost;
   const address = host.includes(':') ? `[${host}]:${parsed.port}` : `${host}:${parsed.port}`;
