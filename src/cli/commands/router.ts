@@ -18,8 +18,9 @@ export const spec: CommandModule['spec'] = {
 export async function run(options: ParsedOptions): Promise<number> {
   const router = await createRouter(routerConfigFromOptions(options));
   const url = await router.listen();
-  process.stdout.write(`kvroute router listening on ${url}\n`);
-  await new Promise<void>((resolve) => {
+  // Signals are handled before the line is printed: whoever waits for it (the demo, a script, a
+  // test) may send SIGTERM the moment it reads it, and must get the drain, not the default exit.
+  const stopRequested = new Promise<void>((resolve) => {
     const onSignal = () => {
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
@@ -31,6 +32,8 @@ export async function run(options: ParsedOptions): Promise<number> {
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+  process.stdout.write(`kvroute router listening on ${url}\n`);
+  await stopRequested;
   process.stdout.write(
     `kvroute router draining: ${router.inflight.active} request(s) in flight, up to ${router.config.drainMs} ms\n`,
   );

@@ -143,10 +143,6 @@ export async function run(options: ParsedOptions): Promise<number> {
     },
     computeBlockHashes,
   );
-  process.stdout.write(
-    `kvroute worker (${role}) listening on ${worker.address}, registering with ${router}\n`,
-  );
-
   const onSignal = (signal: NodeJS.Signals) => {
     log('signal', { signal });
     process.off('SIGTERM', onSignal);
@@ -159,6 +155,10 @@ export async function run(options: ParsedOptions): Promise<number> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // Printed once signals are handled: whoever waits for this line may stop the worker at once.
+  process.stdout.write(
+    `kvroute worker (${role}) listening on ${worker.address}, registering with ${router}\n`,
+  );
   await stopRequested;
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
