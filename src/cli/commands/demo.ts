@@ -169,7 +169,6 @@ function workerAddress(
   );
 }
 
-/** Waits until the router at `url` lists a worker at each of `addresses`: the demo's own, no others. */
 /**
  * Whether the router lists the worker that announced `announced` at `listed`. A worker on every
  * interface (--host 0.0.0.0 or ::) is listed at the address it registered from (its peer
@@ -187,6 +186,7 @@ function sameWorker(announced: string, listed: unknown): boolean {
   }
 }
 
+/** Waits until the router at `url` lists a worker at each of `addresses`: the demo's own, no others. */
 async function waitForWorkers(
   url: string,
   addresses: readonly string[],
