@@ -66,10 +66,11 @@ export function definePolicy(
       const decision = new Decision(name, table);
       if (table.count === 0) {
         decision.outcome = 'no_workers';
-      } else if (table.fitCount === 0) {
+      } else if (table.eligibleCount === 0 && !table.fits.includes(true)) {
+        // Told apart from `overloaded` only here, off the selecting path: no scoring pass pays for it.
         decision.outcome = 'too_large';
         decision.requiredBlocks = table.sequenceBlocks;
-        decision.largestKvBlocks = table.largestKvBlocks;
+        decision.largestKvBlocks = largestKvBlocks(request.candidates);
         decision.blockSize = config.blockSize;
       } else if (table.eligibleCount === 0) {
         decision.outcome = 'overloaded';
@@ -85,4 +86,11 @@ export function definePolicy(
       return decision as unknown as RouteDecision<C>;
     },
   };
+}
+
+/** The largest pool among `candidates`, in blocks (0 for none; an unknown pool counts as none). */
+function largestKvBlocks(candidates: readonly Candidate[]): number {
+  let largest = 0;
+  for (const c of candidates) if (c.kvBlocks > largest) largest = c.kvBlocks;
+  return largest;
 }

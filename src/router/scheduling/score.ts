@@ -28,10 +28,6 @@ export class ScoreTable {
   /** Indices of the candidates that fit and are not busy, in order; the first `eligibleCount` are valid. */
   readonly eligible: number[];
   eligibleCount = 0;
-  /** Candidates whose pool can hold the request, busy or not. */
-  fitCount = 0;
-  /** The largest `kvBlocks` among the candidates (0 when there are none). */
-  largestKvBlocks = 0;
   /**
    * Blocks the whole sequence holds: ceil((prompt + output tokens) / blockSize), the engine's own
    * count of what it reserves at admission (it refuses a request whose count exceeds its pool).
@@ -134,8 +130,6 @@ export function scoreCandidates<C extends Candidate>(
   const table = new ScoreTable(ids, overlapWeight, bs, promptTokens, sequenceBlocks);
   const { eligible } = table;
   let eligibleCount = 0;
-  let fitCount = 0;
-  let largestKvBlocks = 0;
   for (let i = 0; i < n; i++) {
     const c = candidates[i]!;
     let overlapBlocks = overlaps === undefined ? 0 : (overlaps.get(ids[i]!) ?? 0);
@@ -148,8 +142,6 @@ export function scoreCandidates<C extends Candidate>(
     const busy = activePrefill > busyPrefillTokens || activeDecode > busyDecodeFraction * c.kvBlocks;
     // Written as "not more than" so that an unknown (NaN) pool does not exclude a worker.
     const fits = !(sequenceBlocks > c.kvBlocks);
-    if (fits) fitCount++;
-    if (c.kvBlocks > largestKvBlocks) largestKvBlocks = c.kvBlocks;
     table.overlapBlocks[i] = overlapBlocks;
     table.prefillBlocks[i] = prefillBlocks;
     table.decodeBlocks[i] = decodeBlocks;
@@ -160,7 +152,5 @@ export function scoreCandidates<C extends Candidate>(
     if (fits && !busy) eligible[eligibleCount++] = i;
   }
   table.eligibleCount = eligibleCount;
-  table.fitCount = fitCount;
-  table.largestKvBlocks = largestKvBlocks;
   return table;
 }
