@@ -966,3 +966,63 @@ test('a client that leaves while its long prompt waits for a tokenizer thread: t
     await router.close();
   }
 });
+
+test('a text prompt far over --max-prompt-tokens is refused as one just over it, without being tokenized', {
+  timeout: 60_000,
+}, async () => {
+  // 16 MiB against 8,192 tokens: a token is at most 128 UTF-8 bytes, so the text holds at least
+  // 131,072 tokens. It was scanned whole for long runs (and sent to a pool thread) before.
+  const router = await createRouter({ port: 0, logger: false, bodyLimit: 40 << 20, maxPromptTokens: 8192 });
+  try {
+    const url = await router.listen();
+    const send = async (path: string, body: unknown) => {
+      const res = await fetch(`${url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      return { status: res.status, json: (await res.json()) as { error: Record<string, unknown> } };
+    };
+    const reg = await send('/v1/workers', {
+      role: 'both',
+      address: '127.0.0.1:9',
+      model: 'limit-llm',
+      block_size: 16,
+      kv_blocks: 1 << 20,
+    });
+    assert.equal(reg.status, 201);
+    const tokenized = async () => {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      let total = 0;
+      for (const m of text.matchAll(/^kvroute_tokenize_total\{path="(?:inline|pooled)"\} (\S+)$/gm))
+        total += Number(m[1]);
+      return total;
+    };
+    const refusal = {
+      message: 'prompt has more than the limit of 8192 tokens',
+      type: 'invalid_request_error',
+      param: 'prompt',
+      code: 'context_length_exceeded',
+    };
+    const sentence = 'the router keeps a prefix index of every worker cache. ';
+    // Just over the limit (~9,000 tokens): tokenized, and refused.
+    const justOver = await send('/v1/completions', { model: 'limit-llm', prompt: sentence.repeat(800) });
+    assert.equal(justOver.status, 400);
+    assert.deepEqual(justOver.json.error, refusal);
+    const before = await tokenized();
+    assert.equal(before, 1);
+    const huge = sentence.repeat(Math.ceil((16 << 20) / sentence.length));
+    const completion = await send('/v1/completions', { model: 'limit-llm', prompt: huge });
+    assert.equal(completion.status, 400);
+    assert.deepEqual(completion.json.error, refusal);
+    const chat = await send('/v1/chat/completions', {
+      model: 'limit-llm',
+      messages: [{ role: 'user', content: huge }],
+    });
+    assert.equal(chat.status, 400);
+    assert.deepEqual(chat.json.error, refusal);
+    assert.equal(await tokenized(), before, 'neither far-over prompt reached the tokenizer');
+  } finally {
+    await router.close();
+  }
+});

@@ -10,10 +10,18 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { context, createContextKey, ROOT_CONTEXT } from '@opentelemetry/api';
+import bpeRanks from 'gpt-tokenizer/bpeRanks/o200k_base';
 import { encode as referenceEncode } from 'gpt-tokenizer/encoding/o200k_base';
 import { isKvrouteError } from '../src/errors.js';
 import { Tokenizer } from '../src/router/tokenizer/index.js';
-import { encodeText, LONG_RUN, longRuns, MAX_RUN_CHARS } from '../src/router/tokenizer/vocabulary.js';
+import {
+  encodeText,
+  LONG_RUN,
+  longRuns,
+  MAX_RUN_CHARS,
+  MAX_TOKEN_BYTES,
+  minTokenCount,
+} from '../src/router/tokenizer/vocabulary.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
 import { seededRng } from '../src/util/seeded-rng.js';
 
@@ -334,4 +342,44 @@ test('a pooled encode with a token limit moves back the first limit + 1 ids, or 
   } finally {
     await pooled.close();
   }
+});
+
+test('MAX_TOKEN_BYTES is the longest token of the vocabulary, in UTF-8 bytes', () => {
+  const utf8 = new TextEncoder();
+  let longest = 0;
+  for (const rank of bpeRanks) {
+    const bytes = typeof rank === 'string' ? utf8.encode(rank).length : rank.length;
+    longest = Math.max(longest, bytes);
+  }
+  assert.equal(MAX_TOKEN_BYTES, longest);
+});
+
+test('minTokenCount never exceeds the count, and refusing by it or by the limited encode agrees with the full count (seeded texts around the limit)', () => {
+  // Runs of spaces make the longest tokens (128 spaces is one), so texts of them sit right at the
+  // bound; the other pieces cover 1-4 UTF-8 bytes per code unit and lone surrogates.
+  const pieces = [' ', 'the ', 'cache', '語', '🎉', 'é', '\uDC00', '\n', '!', '7'];
+  const random = seededRng(20261126);
+  const pick = <T>(items: readonly T[]) => items[Math.floor(random() * items.length)]!;
+  let atTheBound = 0;
+  for (let i = 0; i < 300; i++) {
+    let text = '';
+    const stretches = 1 + Math.floor(random() * 6);
+    for (let k = 0; k < stretches; k++) {
+      const piece = random() < 0.5 ? ' ' : pick(pieces);
+      text += piece.repeat(Math.floor(random() * 3 * MAX_RUN_CHARS));
+    }
+    if (text.length === 0) continue;
+    const full = encodeText(text).length;
+    const bound = minTokenCount(text);
+    assert.ok(bound <= full, `seeded text ${i}: bound ${bound} > count ${full}`);
+    if (bound === full) atTheBound++;
+    for (const limit of new Set([bound - 2, bound - 1, bound, bound + 1, full - 1, full, full + 1])) {
+      if (limit < 1) continue;
+      // What the router does: refuse by the bound, else encode up to one token past the limit.
+      const refused = bound > limit || encodeText(text, limit).length > limit;
+      assert.equal(refused, full > limit, `seeded text ${i} (${full} tokens), limit ${limit}`);
+    }
+  }
+  assert.ok(atTheBound > 20, `${atTheBound} texts' counts equal the bound`);
+  assert.equal(minTokenCount(' '.repeat(1280)), encodeText(' '.repeat(1280)).length);
 });

@@ -12,7 +12,7 @@ export interface RequestLimits {
   maxOutputTokens: number;
   /** max_tokens when the body does not say (OpenAI's completions default is 16). */
   defaultMaxTokens: number;
-  /** Largest accepted prompt, in tokens (token-id prompts) or characters / 2 (text; checked again after tokenizing). */
+  /** Largest accepted prompt, in tokens. Token-id prompts are checked here; text by the router once tokenized. */
   maxPromptTokens: number;
 }
 

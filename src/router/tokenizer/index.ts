@@ -8,4 +8,4 @@ export {
   type TokenizerOptions,
   type TokenizerStats,
 } from './tokenizer.js';
-export { ENCODING_NAME, TEXT_TOKEN_COUNT, VOCAB_SIZE } from './vocabulary.js';
+export { ENCODING_NAME, MAX_TOKEN_BYTES, minTokenCount, TEXT_TOKEN_COUNT, VOCAB_SIZE } from './vocabulary.js';

@@ -23,6 +23,22 @@ export const VOCAB_SIZE: number = vocabularySize;
 /** Ids 0 .. TEXT_TOKEN_COUNT-1 are ordinary byte-pair tokens (no gaps); special tokens follow. */
 export const TEXT_TOKEN_COUNT: number = bpeRanks.length;
 
+/**
+ * The longest token, in UTF-8 bytes: 128 spaces (id 72056). A test holds it to the vocabulary.
+ */
+export const MAX_TOKEN_BYTES = 128;
+
+/**
+ * A lower bound of `text`'s token count, from its length alone (O(1)). The ids' bytes are the
+ * text's UTF-8 bytes, at least one per UTF-16 code unit (a lone surrogate becomes U+FFFD's three),
+ * and a token holds at most MAX_TOKEN_BYTES of them. Reached by runs of spaces; English averages
+ * ~4 code units per token, so the bound is far below most counts: it serves to refuse a text far
+ * over a limit without reading it.
+ */
+export function minTokenCount(text: string): number {
+  return Math.ceil(text.length / MAX_TOKEN_BYTES);
+}
+
 // Special-token text looks like `<|endoftext|>`. User text that contains it is tokenized as plain
 // characters (tiktoken's encode_ordinary): a prompt can never inject a control token.
 const ORDINARY_TEXT = { disallowedSpecial: new Set<string>() };
