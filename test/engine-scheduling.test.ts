@@ -4,6 +4,7 @@ import { decodeStepMs, MockEngine, prefillMs, WORD_TOKEN_IDS } from '../src/engi
 import { KvrouteError } from '../src/errors.js';
 import { computeBlockHashes } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
+import { createPolicy, seededRng } from '../src/router/scheduling/index.js';
 import { range, runUntilIdle, tokensOf } from './engine-helpers.js';
 
 const BS = 16;
@@ -207,4 +208,33 @@ test('kv_transfer: blocks are installed (stored events), not recomputed; output 
       ),
     /block size/,
   );
+});
+
+test("the router's fit and the engine's admission agree on every size at the pool's edge (seeded)", () => {
+  // The scheduler sends a request only to a worker whose pool holds it: a request it says fits must
+  // never be refused as too large by that worker's engine, nor one it says does not fit accepted.
+  const random = seededRng(53);
+  for (let i = 0; i < 400; i++) {
+    const blockSize = [1, 7, 16, 64][i % 4]!;
+    const promptTokens = 1 + Math.floor(random() * 300);
+    const maxTokens = Math.floor(random() * 100);
+    const needed = Math.ceil((promptTokens + maxTokens) / blockSize);
+    const kvBlocks = Math.max(1, needed - 1 + Math.floor(random() * 3));
+    const decision = createPolicy({ policy: 'kv', blockSize }).select({
+      candidates: [{ id: 'w', kvBlocks, load: { activePrefillTokens: 0, activeDecodeBlocks: 0 } }],
+      promptTokens,
+      outputTokens: maxTokens,
+    });
+    const engine = new MockEngine({ blockSize, kvBlocks }, computeBlockHashes);
+    let admitted = true;
+    try {
+      engine.submit({ id: 'r', tokenIds: range(0, promptTokens), maxTokens }, 0);
+    } catch (err) {
+      assert.ok(err instanceof KvrouteError && err.code === 'context_length_exceeded', String(err));
+      admitted = false;
+    }
+    const label = `${promptTokens} + ${maxTokens} tokens, blocks of ${blockSize}, pool ${kvBlocks}`;
+    assert.equal(decision.outcome === 'selected', admitted, label);
+    assert.equal(decision.outcome === 'selected' ? 'selected' : 'too_large', decision.outcome, label);
+  }
 });

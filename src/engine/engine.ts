@@ -6,7 +6,7 @@
 
 import { KvrouteError } from '../errors.js';
 import type { KvEvent } from '../protocols/kv-events.js';
-import type { LoadReport } from '../protocols/worker-plane.js';
+import { type LoadReport, sequenceBlockCount } from '../protocols/worker-plane.js';
 import { type CachedBlock, KvBlockPool } from './block-pool.js';
 import { KvEventLog } from './event-log.js';
 import { decodeStepMs, prefillMs } from './timing.js';
@@ -210,7 +210,8 @@ export class MockEngine {
     }
     const promptTokens = req.tokenIds.length;
     if (promptTokens === 0) throw new KvrouteError('invalid_request', 'token_ids must not be empty');
-    const totalBlocks = Math.ceil((promptTokens + req.maxTokens) / blockSize);
+    // The router's scheduler counts the same (sequenceBlockCount) to send it only where it fits.
+    const totalBlocks = sequenceBlockCount(promptTokens, req.maxTokens, blockSize);
     if (totalBlocks > kvBlocks) {
       this.counters.rejected++;
       throw new KvrouteError(

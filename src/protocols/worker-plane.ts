@@ -57,6 +57,16 @@ export interface GenerateRequest {
   await_kv_handoff?: { timeout_ms: number };
 }
 
+/**
+ * KV blocks a `generate` holds for its whole life: its prompt and up to max_tokens of output, in
+ * blocks of the worker's block_size (a partial last block is a whole one). The worker's engine
+ * reserves this many at admission and refuses a request whose count exceeds its pool; the
+ * router's scheduler counts the same to send a request only to a worker whose pool holds it.
+ */
+export function sequenceBlockCount(promptTokens: number, maxTokens: number, blockSize: number): number {
+  return Math.ceil((promptTokens + maxTokens) / blockSize);
+}
+
 /** Body of `kv_handoff`: what a `generate` waiting with `await_kv_handoff` starts from. */
 export interface KvHandoffRequest {
   request_id: string;

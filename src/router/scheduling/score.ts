@@ -8,6 +8,7 @@
 // decision stays valid after later selections.
 
 import { KvrouteError } from '../../errors.js';
+import { sequenceBlockCount } from '../../protocols/worker-plane.js';
 import type { Candidate, CandidateScore, ResolvedSchedulerConfig, RouteRequest } from './types.js';
 
 /** The columns a policy may minimise. */
@@ -29,8 +30,9 @@ export class ScoreTable {
   readonly eligible: number[];
   eligibleCount = 0;
   /**
-   * Blocks the whole sequence holds: ceil((prompt + output tokens) / blockSize), the engine's own
-   * count of what it reserves at admission (it refuses a request whose count exceeds its pool).
+   * Blocks the whole sequence holds: sequenceBlockCount, ceil((prompt + output tokens) / blockSize),
+   * the engine's own count of what it reserves at admission (it refuses a request whose count
+   * exceeds its pool).
    */
   readonly sequenceBlocks: number;
   private readonly ids: string[];
@@ -120,9 +122,9 @@ export function scoreCandidates<C extends Candidate>(
   // The index only counts full blocks of this prompt; clamp anyway so a stale answer cannot
   // produce negative work.
   const fullPromptBlocks = Math.floor(promptTokens / bs);
-  // What the engine reserves for the request's whole life (engine.ts, submit): a worker whose pool
-  // is smaller refuses it with context_length_exceeded, whatever its load.
-  const sequenceBlocks = Math.ceil((promptTokens + outputTokens) / bs);
+  // What the engine reserves for the request's whole life (one function for both): a worker whose
+  // pool is smaller refuses it with context_length_exceeded, whatever its load.
+  const sequenceBlocks = sequenceBlockCount(promptTokens, outputTokens, bs);
   const { busyPrefillTokens, busyDecodeFraction } = config;
   const n = candidates.length;
   const ids = new Array<string>(n);

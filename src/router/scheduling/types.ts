@@ -65,7 +65,7 @@ export interface CandidateScore {
   load: number;
   /** Over a busy threshold: never chosen. */
   busy: boolean;
-  /** The worker's pool holds the whole sequence, ceil((prompt + output tokens) / blockSize) <= kvBlocks: otherwise never chosen. */
+  /** The worker's pool holds the whole sequence, sequenceBlockCount (the engine's count) <= kvBlocks: otherwise never chosen. */
   fits: boolean;
 }
 
@@ -99,7 +99,7 @@ export interface OverloadedDecision extends DecisionBase {
  */
 export interface TooLargeDecision extends DecisionBase {
   outcome: 'too_large';
-  /** Blocks the sequence needs: ceil((prompt + output tokens) / blockSize). */
+  /** Blocks the sequence needs: sequenceBlockCount, ceil((prompt + output tokens) / blockSize). */
   requiredBlocks: number;
   /** The largest candidate pool, in blocks. */
   largestKvBlocks: number;
