@@ -13,7 +13,7 @@ import { context, createContextKey, ROOT_CONTEXT } from '@opentelemetry/api';
 import bpeRanks from 'gpt-tokenizer/bpeRanks/o200k_base';
 import { encode as referenceEncode } from 'gpt-tokenizer/encoding/o200k_base';
 import { isKvrouteError } from '../src/errors.js';
-import { Tokenizer } from '../src/router/tokenizer/index.js';
+import { resolveWorkerFile, Tokenizer } from '../src/router/tokenizer/index.js';
 import {
   encodeText,
   LONG_RUN,
@@ -24,6 +24,7 @@ import {
 } from '../src/router/tokenizer/vocabulary.js';
 import { registerGlobalContext } from '../src/telemetry/index.js';
 import { seededRng } from '../src/util/seeded-rng.js';
+import { waitUntil } from './helpers/fleet.js';
 
 const SHORT = 'Héllo wörld: 日本語のテキスト, emoji 🎉🦀, code `x => x + 1`, and <|endoftext|> as text.';
 const LONG = `${SHORT}\n`.repeat(200);
@@ -166,14 +167,84 @@ test('a worker script that does not load fails warmup and encode with its error,
   const dir = mkdtempSync(join(tmpdir(), 'kvroute-tokenizer-'));
   const file = join(dir, 'worker.mjs');
   writeFileSync(file, "import './vocabulary-missing.js';\nexport default (text) => text;\n");
+  const broken = (err: unknown) =>
+    isKvrouteError(err) && err.code === 'internal_error' && err.message.includes('vocabulary-missing');
   const t = new Tokenizer({ inlineMaxChars: 10, maxThreads: 1, workerFile: pathToFileURL(file).href });
   try {
-    const broken = (err: unknown) =>
-      isKvrouteError(err) && err.code === 'internal_error' && err.message.includes('vocabulary-missing');
     await assert.rejects(t.warmup(), broken);
     await assert.rejects(t.encode(LONG), broken);
     assert.ok((await t.encode('hi')).length > 0, 'short prompts do not need the pool');
   } finally {
+    await t.close();
+  }
+  // Two threads loading at once: the encodes fail when the last of them has failed.
+  const two = new Tokenizer({ inlineMaxChars: 10, maxThreads: 2, workerFile: pathToFileURL(file).href });
+  try {
+    const results = await Promise.allSettled([two.encode(LONG), two.encode(`${LONG}!`)]);
+    assert.ok(
+      results.every((r) => r.status === 'rejected' && broken(r.reason)),
+      JSON.stringify(results),
+    );
+  } finally {
+    await two.close();
+  }
+});
+
+test('a thread that fails to load does not fail the encode running on a loaded thread; what waits runs there next', async () => {
+  // The real worker behind a test one that fails to load, when the test says `fail`, once a marker
+  // file exists (as a dist/ being replaced under a running router would), and whose `hold:`
+  // encodes wait for the test's `release`: the first thread loads and holds an encode while a
+  // second one, started for the next encode, fails to load.
+  const dir = mkdtempSync(join(tmpdir(), 'kvroute-tokenizer-'));
+  const file = join(dir, 'worker.mjs');
+  const marker = join(dir, 'fail-to-load');
+  writeFileSync(
+    file,
+    `import { existsSync } from 'node:fs';
+import encode from ${JSON.stringify(resolveWorkerFile())};
+const heard = (what) => new Promise((resolve) => {
+  const channel = new BroadcastChannel('kvroute-tokenizer-test');
+  channel.onmessage = (event) => { if (event.data === what) { channel.close(); resolve(); } };
+});
+const say = (what) => {
+  const channel = new BroadcastChannel('kvroute-tokenizer-test');
+  channel.postMessage(what);
+  channel.close();
+};
+if (existsSync(${JSON.stringify(marker)})) {
+  const failed = heard('fail');
+  say('loading');
+  await failed;
+  throw new Error('worker file replaced');
+}
+export default async function ({ text, maxTokens }) {
+  if (!text.startsWith('hold:')) return encode({ text, maxTokens });
+  const released = heard('release');
+  say('holding');
+  await released;
+  return encode({ text: text.slice(5), maxTokens });
+}
+`,
+  );
+  const t = new Tokenizer({ inlineMaxChars: 0, maxThreads: 2, workerFile: pathToFileURL(file).href });
+  const control = new BroadcastChannel('kvroute-tokenizer-test');
+  const said = new Set<unknown>();
+  control.onmessage = (event) => said.add(event.data);
+  try {
+    const held = t.encode(`hold:${LONG}`);
+    await waitUntil(() => said.has('holding'), 'the first thread holding an encode');
+    writeFileSync(marker, '');
+    // No free thread: piscina starts a second one for it, which waits for the word to fail.
+    const next = t.encode(`${SHORT}${LONG}`);
+    await waitUntil(() => said.has('loading'), 'a second thread loading');
+    assert.equal(t.threads, 2);
+    control.postMessage('fail');
+    await waitUntil(() => t.threads === 1, 'the second thread failed and is gone');
+    control.postMessage('release');
+    assert.deepEqual([...(await held)], encodeText(LONG), 'the encode on the loaded thread completes');
+    assert.deepEqual([...(await next)], encodeText(`${SHORT}${LONG}`), 'the waiting one runs on it next');
+  } finally {
+    control.close();
     await t.close();
   }
 });

@@ -82,7 +82,10 @@ export class Tokenizer {
   #running = 0;
   readonly #waiting = new Set<Waiter>();
   #closed = false;
-  /** Aborted (and replaced) when a thread fails outside a task; every pooled run listens to it. */
+  /**
+   * Aborted (and replaced) when a thread fails outside a task and leaves no thread behind; every
+   * pooled run listens to it.
+   */
   #threadFailure = new AbortController();
   readonly #stats: TokenizerStats = { inline: 0, pooled: 0, rejected: 0, cancelled: 0 };
 
@@ -107,6 +110,12 @@ export class Tokenizer {
   }
 
   #onThreadError(err: unknown): void {
+    // No encode was the failed thread's own. While other threads live (running an encode, or
+    // still loading), piscina hands them what waits, so nothing waits forever; failing every
+    // encode here aborted the running ones too, and piscina ends the thread of an aborted task:
+    // one thread failing to load (a dist/ replaced under a running router) cost the encodes on
+    // the healthy threads and the threads themselves. With no thread left, nothing would take them.
+    if (this.#pool.threads.length > 0) return;
     const failed = this.#threadFailure;
     this.#threadFailure = new AbortController();
     const reason = err instanceof Error ? err.message : String(err);
