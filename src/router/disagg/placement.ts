@@ -8,8 +8,8 @@ export type PrefillPlacement = 'remote' | 'local';
 
 /**
  * The output tokens of a prefill leg (its `max_tokens`: the first token only). A prefill worker's
- * engine reserves ceil((prompt + 1) / blockSize) blocks for it, so prefill selection passes this as
- * `outputTokens`: a worker whose pool is smaller would refuse the leg.
+ * engine reserves `sequenceBlockCount(prompt, 1, blockSize)` blocks for it, so prefill selection
+ * passes this as `outputTokens`: a worker whose pool is smaller would refuse the leg.
  */
 export const PREFILL_LEG_OUTPUT_TOKENS = 1;
 
