@@ -354,6 +354,45 @@ test('over HTTP, a registration of 0.0.0.0:port is listed (and dialled) at the p
   }
 });
 
+test('over HTTP, a registration field that is deeply nested or huge is refused with 400 naming it, in a short message', async () => {
+  // The rejected value is described as request.ts describes it: JSON.stringify of a deeply nested
+  // array overflows the stack (a 500 for the client's mistake), and of a long string makes the
+  // message its size.
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const url = await router.listen();
+    const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
+    const cases: [string, string][] = [
+      [
+        'block_size',
+        `{"role":"both","address":"127.0.0.1:9001","model":"m","block_size":${deep},"kv_blocks":8}`,
+      ],
+      [
+        'kv_events',
+        `{"role":"both","address":"127.0.0.1:9001","model":"m","block_size":16,"kv_blocks":8,"kv_events":${deep}}`,
+      ],
+      ['role', `{"role":${deep}}`],
+      ['address', `{"role":"both","address":${deep}}`],
+      ['kv_blocks', JSON.stringify(body({ kv_blocks: 'x'.repeat(1_000_000) as never }))],
+    ];
+    for (const [field, text] of cases) {
+      const res = await fetch(`${url}/v1/workers`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: text,
+      });
+      const answer = await res.text();
+      assert.equal(res.status, 400, `${field}: ${answer.slice(0, 200)}`);
+      const { error } = JSON.parse(answer) as { error: { code: string; param: string; message: string } };
+      assert.equal(error.code, 'invalid_request');
+      assert.equal(error.param, field);
+      assert.ok(error.message.length < 200, `${field}: a message of ${error.message.length} characters`);
+    }
+  } finally {
+    await router.close();
+  }
+});
+
 test('heartbeat and deregister take an empty body sent with content-type: application/json', async () => {
   // A worker written elsewhere may set that header on every call; a 400 there would be retried
   // forever while its lease ran out. A route that reads a body still refuses an empty one.

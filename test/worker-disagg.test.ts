@@ -161,6 +161,40 @@ test('bad input answers with an error naming the field; a prompt larger than the
   assert.match(err.message, /block_hashes\[0\] does not match/);
 });
 
+test('a field that is deeply nested or huge answers invalid_request naming it, in a short message', async () => {
+  // JSON.stringify of a deeply nested value overflows the stack (an internal_error for the
+  // caller's mistake), and of a long string makes the message its size: payload.ts describes
+  // what it refuses as the router's validators do.
+  const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
+  const cases: [string, string, string][] = [
+    ['generate', 'max_tokens', `{"request_id":"x","token_ids":[1],"max_tokens":${deep}}`],
+    ['generate', 'request_id', `{"request_id":${deep},"token_ids":[1],"max_tokens":1}`],
+    [
+      'prefill',
+      'max_tokens',
+      JSON.stringify({ request_id: 'x', token_ids: [1], max_tokens: 'x'.repeat(1_000_000) }),
+    ],
+    [
+      'generate',
+      'max_tokens',
+      JSON.stringify({ request_id: 'x', token_ids: [1], max_tokens: 'x'.repeat(1_000_000) }),
+    ],
+  ];
+  for (const [path, field, text] of cases) {
+    const payload = Buffer.from(text);
+    const call =
+      path === 'generate'
+        ? (async () => {
+            for await (const _ of client.stream(decode.address, path, payload));
+          })()
+        : client.unary(prefill.address, path, payload);
+    const err = await remoteError(call);
+    assert.equal(err.remoteCode, 'invalid_request', `${path} ${field}: ${err.message.slice(0, 200)}`);
+    assert.match(err.message, new RegExp(field));
+    assert.ok(err.message.length < 200, `${path} ${field}: a message of ${err.message.length} characters`);
+  }
+});
+
 test('cancelling a stream stops the work and frees its blocks', async () => {
   const abort = new AbortController();
   const chunks: GenerateChunk[] = [];

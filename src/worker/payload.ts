@@ -10,7 +10,7 @@ import type {
   KvTransferParams,
   PrefillRequest,
 } from '../protocols/worker-plane.js';
-import { validateTokenIds } from '../router/openai/request.js';
+import { describeRejected, validateTokenIds } from '../router/openai/request.js';
 
 type Obj = Record<string, unknown>;
 
@@ -43,14 +43,14 @@ function required(body: Obj, field: string, prefix: string): unknown {
 
 function integer(v: unknown, param: string, min: number): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-    throw invalid(`'${param}' must be an integer >= ${min}, got ${JSON.stringify(v)}`, param);
+    throw invalid(`'${param}' must be an integer >= ${min}, got ${describeRejected(v)}`, param);
   }
   return v;
 }
 
 function string(v: unknown, param: string): string {
   if (typeof v !== 'string' || v.length === 0) {
-    throw invalid(`'${param}' must be a non-empty string, got ${JSON.stringify(v)}`, param);
+    throw invalid(`'${param}' must be a non-empty string, got ${describeRejected(v)}`, param);
   }
   return v;
 }

@@ -54,7 +54,10 @@ export function validateTokenIds(value: unknown[], param: string, path = param):
   for (let i = 0; i < value.length; i++) {
     const t = value[i];
     if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t > 0xffff_ffff) {
-      throw invalid(`${path}[${i}] must be a non-negative integer token id, got ${describe(t)}`, param);
+      throw invalid(
+        `${path}[${i}] must be a non-negative integer token id, got ${describeRejected(t)}`,
+        param,
+      );
     }
   }
   return value as number[];
@@ -63,8 +66,9 @@ export function validateTokenIds(value: unknown[], param: string, path = param):
 /**
  * A rejected value for a message, short whatever it is: JSON.stringify of a deeply nested array
  * would itself overflow the stack, and a long string or array would make the message its size.
+ * Every validator of a client's or a peer's JSON describes what it refuses with this one.
  */
-function describe(v: unknown): string {
+export function describeRejected(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 32 ? `${v.slice(0, 32)}...` : v);
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'object' && v !== null) return 'an object';
@@ -168,7 +172,7 @@ function parseStop(body: Record<string, unknown>): string[] {
   for (const s of list) {
     if (typeof s !== 'string' || s.length === 0 || s.length > MAX_STOP_SEQUENCE_LENGTH) {
       throw invalid(
-        `stop must be a string of 1 to ${MAX_STOP_SEQUENCE_LENGTH} characters or an array of them, got ${describe(s)}`,
+        `stop must be a string of 1 to ${MAX_STOP_SEQUENCE_LENGTH} characters or an array of them, got ${describeRejected(s)}`,
         'stop',
       );
     }
@@ -254,7 +258,7 @@ function checkSampling(body: Record<string, unknown>): void {
     const v = body[param];
     if (isOff(v)) continue;
     if (typeof v !== 'number' || v < min || v > max) {
-      throw invalid(`${param} must be a number from ${min} to ${max}, got ${describe(v)}`, param);
+      throw invalid(`${param} must be a number from ${min} to ${max}, got ${describeRejected(v)}`, param);
     }
   }
   if (!isOff(body.seed) && !Number.isInteger(body.seed)) throw invalid('seed must be an integer', 'seed');
@@ -266,12 +270,12 @@ function checkSampling(body: Record<string, unknown>): void {
     // Keys are token ids, as JSON object keys (strings of digits), as OpenAI requires.
     if (!TOKEN_ID_KEY.test(token)) {
       throw invalid(
-        `logit_bias keys must be token ids (non-negative integers), got ${describe(token)}`,
+        `logit_bias keys must be token ids (non-negative integers), got ${describeRejected(token)}`,
         'logit_bias',
       );
     }
     if (typeof b !== 'number' || b < -100 || b > 100) {
-      throw invalid(`logit_bias[${describe(token)}] must be a number from -100 to 100`, 'logit_bias');
+      throw invalid(`logit_bias[${describeRejected(token)}] must be a number from -100 to 100`, 'logit_bias');
     }
   }
 }

@@ -10,6 +10,7 @@ import {
   WORKER_ROLES,
   type WorkerRole,
 } from '../../protocols/registration.js';
+import { describeRejected } from '../openai/request.js';
 
 /**
  * A registration after validation: the address split into host and port, kv_events and
@@ -45,7 +46,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 function positiveInteger(body: Record<string, unknown>, field: keyof RegisterWorkerRequest): number {
   const v = body[field];
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) {
-    throw invalid(`${field} must be a positive integer, got ${JSON.stringify(v)}`, field);
+    throw invalid(`${field} must be a positive integer, got ${describeRejected(v)}`, field);
   }
   return v;
 }
@@ -58,7 +59,7 @@ const IPV6_HOST = /^\[([0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?)\]$/;
 /** Splits `host:port` (IPv6 as `[::1]:port`); throws invalid_request naming `address`. */
 export function parseAddress(address: unknown): { host: string; port: number; address: string } {
   if (typeof address !== 'string' || address.length === 0) {
-    throw invalid(`address must be a 'host:port' string, got ${JSON.stringify(address)}`, 'address');
+    throw invalid(`address must be a 'host:port' string, got ${describeRejected(address)}`, 'address');
   }
   const colon = address.lastIndexOf(':');
   const hostPart = colon === -1 ? '' : address.slice(0, colon);
@@ -115,7 +116,7 @@ export function validateRegistration(
   if (!isPlainObject(body)) throw invalid('registration body must be a JSON object', 'body');
   const role = body.role;
   if (typeof role !== 'string' || !(WORKER_ROLES as readonly string[]).includes(role)) {
-    throw invalid(`role must be one of ${WORKER_ROLES.join('|')}, got ${JSON.stringify(role)}`, 'role');
+    throw invalid(`role must be one of ${WORKER_ROLES.join('|')}, got ${describeRejected(role)}`, 'role');
   }
   const { host, port, address } = dialableAddress(parseAddress(body.address), peerHost);
   const model = body.model;
@@ -138,7 +139,7 @@ export function validateRegistration(
       : positiveInteger(body, 'max_batched_tokens');
   const kvEvents = body.kv_events;
   if (kvEvents !== undefined && typeof kvEvents !== 'boolean') {
-    throw invalid(`kv_events must be a boolean, got ${JSON.stringify(kvEvents)}`, 'kv_events');
+    throw invalid(`kv_events must be a boolean, got ${describeRejected(kvEvents)}`, 'kv_events');
   }
   const instanceId = body.instance_id;
   if (
