@@ -1,9 +1,17 @@
 // The router's typed configuration and the `kvroute router` options that fill it. Each option is
 // declared once (name, type, default, help, env KVROUTE_*); the config field is the option's
-// camelCase name, so `resolveRouterConfig` is defaults + overrides with no mapping table.
+// camelCase name, so `resolveRouterConfig` is defaults + overrides with no mapping table. A default
+// that a module has too (the registry's lease, the scheduler's weights, the request limits, the
+// approximate index's TTL, the engine's block size) is that module's constant, not a second copy:
+// the router and whatever builds the module alone (tests, benches) must not drift apart, and a
+// `kvroute worker` and a `kvroute router` left at their defaults must agree on the block size.
 
 import { camelCase, type OptionSpec, type ParsedOptions } from '../cli/options.js';
-import { POLICY_NAMES, type PolicyName, type Rng } from './scheduling/index.js';
+import { ENGINE_DEFAULTS } from '../engine/engine.js';
+import { DEFAULT_APPROX_TTL_MS } from '../kv-index/index.js';
+import { DEFAULT_LIMITS } from './openai/request.js';
+import { DEFAULT_LEASE_TTL_MS } from './registry/index.js';
+import { DEFAULT_SCHEDULER_CONFIG, POLICY_NAMES, type PolicyName, type Rng } from './scheduling/index.js';
 
 export interface RouterConfig {
   host: string;
@@ -60,18 +68,25 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
   { name: 'host', type: 'string', default: '127.0.0.1', help: 'HTTP listen address' },
   { name: 'port', type: 'integer', default: 8000, min: 0, max: 65535, help: 'HTTP port (0 = any free)' },
   { name: 'policy', type: 'string', default: 'kv', choices: POLICY_NAMES, help: 'worker selection policy' },
-  { name: 'block-size', type: 'integer', default: 16, min: 1, max: 65536, help: 'tokens per KV block' },
+  {
+    name: 'block-size',
+    type: 'integer',
+    default: ENGINE_DEFAULTS.blockSize,
+    min: 1,
+    max: 65536,
+    help: 'tokens per KV block',
+  },
   {
     name: 'overlap-weight',
     type: 'number',
-    default: 1,
+    default: DEFAULT_SCHEDULER_CONFIG.overlapWeight,
     min: 0,
     help: 'weight of prefill work against decode blocks in the kv cost',
   },
   {
     name: 'temperature',
     type: 'number',
-    default: 0,
+    default: DEFAULT_SCHEDULER_CONFIG.temperature,
     min: 0,
     help: '0 = cheapest worker; > 0 = softmax over normalised costs',
   },
@@ -100,7 +115,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
   {
     name: 'lease-ttl-ms',
     type: 'integer',
-    default: 10_000,
+    default: DEFAULT_LEASE_TTL_MS,
     min: 100,
     max: MAX_TIMER_MS,
     help: 'worker lease length',
@@ -116,14 +131,14 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
   {
     name: 'busy-prefill-tokens',
     type: 'integer',
-    default: 65_536,
+    default: DEFAULT_SCHEDULER_CONFIG.busyPrefillTokens,
     min: 0,
     help: 'a worker with more active prefill tokens is busy',
   },
   {
     name: 'busy-decode-fraction',
     type: 'number',
-    default: 0.95,
+    default: DEFAULT_SCHEDULER_CONFIG.busyDecodeFraction,
     min: 0,
     help: 'a worker with more booked decode blocks than this fraction of its KV is busy',
   },
@@ -148,11 +163,17 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     min: 1,
     help: 'open client connections at most (one past it is closed at once): bounds sockets and memory under a connection flood',
   },
-  { name: 'max-output-tokens', type: 'integer', default: 8192, min: 1, help: 'largest accepted max_tokens' },
+  {
+    name: 'max-output-tokens',
+    type: 'integer',
+    default: DEFAULT_LIMITS.maxOutputTokens,
+    min: 1,
+    help: 'largest accepted max_tokens',
+  },
   {
     name: 'max-prompt-tokens',
     type: 'integer',
-    default: 131_072,
+    default: DEFAULT_LIMITS.maxPromptTokens,
     min: 1,
     help: 'largest accepted prompt in tokens',
   },
@@ -175,7 +196,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
   {
     name: 'approx-ttl-ms',
     type: 'integer',
-    default: 120_000,
+    default: DEFAULT_APPROX_TTL_MS,
     min: 1,
     max: MAX_TIMER_MS,
     help: 'how long approximate-mode credits last (workers without KV events)',
