@@ -11,6 +11,7 @@ import type {
   PrefillRequest,
 } from '../protocols/worker-plane.js';
 import { describeRejected, validateTokenIds } from '../router/openai/request.js';
+import { decodeJson } from '../tcp/index.js';
 
 type Obj = Record<string, unknown>;
 
@@ -27,7 +28,7 @@ export function parseObject(payload: Uint8Array, what: string): Obj {
   if (payload.byteLength === 0) return {};
   let value: unknown;
   try {
-    value = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8'));
+    value = decodeJson<unknown>(payload);
   } catch {
     throw new KvrouteError('invalid_json', `${what} payload is not valid JSON`);
   }
