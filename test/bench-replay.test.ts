@@ -209,7 +209,10 @@ test('a worker that cannot start is one line on stderr and exit 1, not a stack t
       KVROUTE_MAX_BATCHED_TOKENS: 'abc',
     });
     assert.equal(code, 1, stderr);
-    assert.match(stderr, /^kvroute bench replay: worker-1 exited \(2\): .*KVROUTE_MAX_BATCHED_TOKENS.*\n$/);
+    assert.match(
+      stderr,
+      /^kvroute bench replay: worker-1 exited \(code 2\): .*KVROUTE_MAX_BATCHED_TOKENS.*\n$/,
+    );
   });
 });
 

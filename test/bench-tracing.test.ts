@@ -261,7 +261,7 @@ test('bench tracing: a fleet whose router fails to start is one line, exit 1 (it
     { env: { KVROUTE_MAX_INFLIGHT: 'abc' } },
   );
   assert.equal(code, 1, err);
-  assert.match(lastLine(err), /^kvroute bench tracing: router exited \(2\): .*KVROUTE_MAX_INFLIGHT/);
+  assert.match(lastLine(err), /^kvroute bench tracing: router exited \(code 2\): .*KVROUTE_MAX_INFLIGHT/);
   assert.doesNotMatch(err, /\n\s+at /, 'a stack trace, not one line');
   assert.equal(out, '');
 });
@@ -272,7 +272,7 @@ test('bench routing: a router that fails to start is one line, exit 1, and no ze
       env: { KVROUTE_MAX_INFLIGHT: 'abc' },
     });
     assert.equal(code, 1, err);
-    assert.match(lastLine(err), /^kvroute bench routing: router exited \(2\): .*KVROUTE_MAX_INFLIGHT/);
+    assert.match(lastLine(err), /^kvroute bench routing: router exited \(code 2\): .*KVROUTE_MAX_INFLIGHT/);
     assert.doesNotMatch(err, /\n\s+at /, 'a stack trace, not one line');
     assert.equal(out, '');
     const pid = Number(await readFile(join(dir, 'zero.pid'), 'utf8'));

@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { hasExited, stopChild } from './child.js';
+import { exitStatus, hasExited, stopChild } from './child.js';
 
 const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 const TAIL_BYTES = 4096;
@@ -60,7 +60,7 @@ function startChild(name: string, args: string[]): Child {
 }
 
 function deathMessage(c: Child): string {
-  return `${c.name} exited (${c.proc.signalCode ?? c.proc.exitCode})${c.tail() ? `: ${c.tail()}` : ''}`;
+  return `${c.name} exited (${exitStatus(c.proc.exitCode, c.proc.signalCode)})${c.tail() ? `: ${c.tail()}` : ''}`;
 }
 
 async function stopChildren(children: readonly Child[]): Promise<void> {
