@@ -33,6 +33,11 @@ export {
 export { decodeJson, encodeJson } from './json.js';
 export { type RequestEvent, RequestFrameDecoder } from './request-decoder.js';
 export { type ResponseEvent, ResponseFrameDecoder } from './response-decoder.js';
-export { RequestPlaneServer, type RequestPlaneServerOptions, type ServerStats } from './server.js';
+export {
+  formatAddress,
+  RequestPlaneServer,
+  type RequestPlaneServerOptions,
+  type ServerStats,
+} from './server.js';
 export type { IncomingRequest, RequestHandler } from './server-types.js';
 export { isTransportError, TransportError, type TransportErrorKind } from './transport-error.js';

@@ -91,8 +91,7 @@ export class RequestPlaneServer implements ConnectionHost {
   /** "host:port" once listening (IPv6 hosts in brackets). */
   get address(): string {
     if (!this.bound) throw new Error('not listening');
-    const { host, port } = this.bound;
-    return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    return formatAddress(this.bound.host, this.bound.port);
   }
 
   stats(): ServerStats {
@@ -150,4 +149,13 @@ export class RequestPlaneServer implements ConnectionHost {
   private checkAllClosed(): void {
     if (this.draining && this.connections.size === 0) this.allClosed?.();
   }
+}
+
+/**
+ * A request-plane address, "host:port" with an IPv6 host in brackets: the form a worker announces
+ * and the router registers and dials, read back by parseAddress (client.ts). One formula, so the
+ * address a server reports and the one the registry makes for it cannot be written two ways.
+ */
+export function formatAddress(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

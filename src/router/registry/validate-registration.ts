@@ -10,6 +10,7 @@ import {
   WORKER_ROLES,
   type WorkerRole,
 } from '../../protocols/registration.js';
+import { formatAddress } from '../../tcp/index.js';
 import { describeRejected } from '../openai/request.js';
 
 /**
@@ -99,8 +100,7 @@ function dialableAddress(
   if (peerHost === undefined || !isUnspecifiedHost(parsed.host)) return parsed;
   const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(peerHost);
   const host = mapped ? mapped[1]! : peerHost;
-  const address = host.includes(':') ? `[${host}]:${parsed.port}` : `${host}:${parsed.port}`;
-  return { host, port: parsed.port, address };
+  return { host, port: parsed.port, address: formatAddress(host, parsed.port) };
 }
 
 /**
