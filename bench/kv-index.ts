@@ -19,7 +19,7 @@ import {
 } from '../src/kv-index/index.js';
 import type { KvEvent } from '../src/protocols/kv-events.js';
 import { seededRng as prng } from '../src/util/seeded-rng.js';
-import { atMost, percentile } from './lib/stats.js';
+import { atMost, percentile, round } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench kv-index',
@@ -69,7 +69,6 @@ function concat(a: Uint32Array, b: Uint32Array): Uint32Array {
   return out;
 }
 
-const round2 = (x: number) => Math.round(x * 100) / 100;
 const log = (msg: string) => process.stderr.write(`${msg}\n`);
 
 function getGc(): () => void {
@@ -85,7 +84,7 @@ function getGc(): () => void {
  * of the full run too. Such a reading is null and fails the goal, never passes it.
  */
 function plausibleBytesPerBlock(bytesPerBlock: number): number | null {
-  return bytesPerBlock >= 16 ? round2(bytesPerBlock) : null;
+  return bytesPerBlock >= 16 ? round(bytesPerBlock) : null;
 }
 
 /**
@@ -253,9 +252,9 @@ async function runConfig(
     for (const k of keys) matched += index.findMatches(k).longest;
     const samples = timeFindMatches(index, keys, rounds);
     findMatches[`${size / 1024}k`] = {
-      p50Us: round2(percentile(samples, 0.5)),
-      p99Us: round2(percentile(samples, 0.99)),
-      meanMatchedBlocks: round2(matched / keys.length),
+      p50Us: round(percentile(samples, 0.5)),
+      p99Us: round(percentile(samples, 0.99)),
+      meanMatchedBlocks: round(matched / keys.length),
     };
   }
 
@@ -269,7 +268,7 @@ async function runConfig(
     events,
     applyBlocksPerSec: Math.round(stored / (Number(applyNs) / 1e9)),
     heapBytesPerBlock: plausibleBytesPerBlock((withIndex - without) / stats.blocks),
-    approxBytesPerBlock: round2(stats.approxBytes / stats.blocks),
+    approxBytesPerBlock: round(stats.approxBytes / stats.blocks),
     findMatches,
   };
 }
@@ -330,7 +329,7 @@ function runEviction(maxNodes: number, seed: number) {
     modestBlocks: held,
     floodBlocks: flooded,
     floodApplyBlocksPerSec: Math.round(flooded / (floodNs / 1e9)),
-    modestBlocksKeptPct: round2((100 * kept) / held),
+    modestBlocksKeptPct: round((100 * kept) / held),
     nodesAfter: stats.nodes,
     evictedBlocks: stats.evictedBlocks,
   };
@@ -377,7 +376,7 @@ function runApprox(targetBlocks: number, queries: number, rounds: number, seed: 
     blocks: stats.blocks,
     nodes: stats.nodes,
     creditBlocksPerSec: Math.round(credited / (Number(creditNs) / 1e9)),
-    findMatches8k: { p50Us: round2(percentile(samples, 0.5)), p99Us: round2(percentile(samples, 0.99)) },
+    findMatches8k: { p50Us: round(percentile(samples, 0.5)), p99Us: round(percentile(samples, 0.99)) },
   };
 }
 
@@ -390,7 +389,7 @@ function medianUs(fn: () => void, iterations: number): number {
     samples[i] = Number(process.hrtime.bigint() - t0) / 1000;
   }
   samples.sort();
-  return round2(percentile(samples, 0.5));
+  return round(percentile(samples, 0.5));
 }
 
 function hashing(iterations: number) {

@@ -11,7 +11,7 @@ import {
   type PolicyName,
   seededRng,
 } from '../src/router/scheduling/index.js';
-import { percentile } from './lib/stats.js';
+import { mean, percentile, round } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench scheduler',
@@ -46,10 +46,6 @@ interface Row {
   p50_us: number;
   p99_us: number;
   mean_us: number;
-}
-
-function round(n: number): number {
-  return Math.round(n * 100) / 100;
 }
 
 /** Workers with mixed loads (none busy) and overlap maps where a quarter of them hold some prefix. */
@@ -94,13 +90,12 @@ function measure(
   }
   if (sink < 0) process.stderr.write('unreachable\n'); // keeps the decisions observable
   samples.sort();
-  const mean = samples.reduce((a, b) => a + b, 0) / iterations;
   return {
     policy,
     workers,
     p50_us: round(percentile(samples, 0.5)),
     p99_us: round(percentile(samples, 0.99)),
-    mean_us: round(mean),
+    mean_us: round(mean(samples)),
   };
 }
 

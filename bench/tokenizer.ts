@@ -12,7 +12,7 @@ import type { CommandSpec, ParsedOptions } from '../src/cli/options.js';
 import { DEFAULT_INLINE_MAX_CHARS, Tokenizer } from '../src/router/tokenizer/index.js';
 import { ENCODING_NAME, encodeText } from '../src/router/tokenizer/vocabulary.js';
 import { seededRng } from '../src/util/seeded-rng.js';
-import { percentile } from './lib/stats.js';
+import { percentile, round } from './lib/stats.js';
 
 export const spec: CommandSpec = {
   usage: 'kvroute bench tokenizer',
@@ -79,10 +79,6 @@ interface Row {
   pooled_p99_us: number;
 }
 
-function round(n: number): number {
-  return Math.round(n * 10) / 10;
-}
-
 function elapsedUs(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1000;
 }
@@ -126,10 +122,10 @@ export async function run(options: ParsedOptions): Promise<number> {
         chars: size,
         tokens: Math.round(tokens / samples),
         samples,
-        inline_p50_us: round(percentile(inline, 0.5)),
-        inline_p99_us: round(percentile(inline, 0.99)),
-        pooled_p50_us: round(percentile(pooled, 0.5)),
-        pooled_p99_us: round(percentile(pooled, 0.99)),
+        inline_p50_us: round(percentile(inline, 0.5), 1),
+        inline_p99_us: round(percentile(inline, 0.99), 1),
+        pooled_p50_us: round(percentile(pooled, 0.5), 1),
+        pooled_p99_us: round(percentile(pooled, 0.99), 1),
       });
     }
     hopLoopUs = await loopTimePerHop(tokenizer, text.slice(0, SIZES[0]!), iterations);
@@ -138,7 +134,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   }
 
   // The hop: what the pool adds around the same work, at the smallest size where the work is ~0.
-  const hopUs = round(rows[0]!.pooled_p50_us - rows[0]!.inline_p50_us);
+  const hopUs = round(rows[0]!.pooled_p50_us - rows[0]!.inline_p50_us, 1);
   // The crossover: the length at which encoding inline blocks the event loop as long as the hop
   // would add to this request, interpolated linearly between the two measured sizes around it.
   const crossoverChars = crossover(rows, hopUs);
@@ -157,7 +153,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   }
   lines.push(
     '',
-    `pool hop p50: ${hopUs} µs; inline throughput: ${round(charsPerUs)} chars/µs`,
+    `pool hop p50: ${hopUs} µs; inline throughput: ${round(charsPerUs, 1)} chars/µs`,
     `crossover (inline p50 = hop p50): ${crossoverChars ?? 'beyond the largest size'} chars`,
     `event loop busy per pooled encode: ${hopLoopUs} µs; loop crossover (inline p50 = that): ${loopCrossoverChars ?? 'beyond the largest size'} chars`,
     `inline p50 reaches 1 ms at: ${oneMsChars ?? 'beyond the largest size'} chars (this text)`,
@@ -169,7 +165,7 @@ export async function run(options: ParsedOptions): Promise<number> {
       bench: 'tokenizer',
       encoding: ENCODING_NAME,
       hop_p50_us: hopUs,
-      inline_chars_per_us: round(charsPerUs),
+      inline_chars_per_us: round(charsPerUs, 1),
       crossover_chars: crossoverChars,
       hop_loop_us: hopLoopUs,
       loop_crossover_chars: loopCrossoverChars,
@@ -199,7 +195,7 @@ function crossover(rows: Row[], hopUs: number): number | null {
 async function loopTimePerHop(tokenizer: Tokenizer, sample: string, n: number): Promise<number> {
   const before = performance.eventLoopUtilization();
   for (let i = 0; i < n; i++) await tokenizer.encode(sample);
-  return round((performance.eventLoopUtilization(before).active * 1000) / n);
+  return round((performance.eventLoopUtilization(before).active * 1000) / n, 1);
 }
 
 async function timePooled(tokenizer: Tokenizer, sample: string): Promise<number> {
