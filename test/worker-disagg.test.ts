@@ -195,6 +195,22 @@ test('a field that is deeply nested or huge answers invalid_request naming it, i
   }
 });
 
+test("kv_transfer.block_hashes past 2^64-1 are refused as not u64, as the router's index refuses them", async () => {
+  // 20 digits is not enough to be a u64: the payload check and kv-index's parseU64Into must agree.
+  for (const hash of ['18446744073709551616', '99999999999999999999']) {
+    const err = await remoteError(
+      generate(decode.address, {
+        request_id: 'x',
+        token_ids: Array.from({ length: 32 }, (_, i) => i),
+        max_tokens: 1,
+        kv_transfer: { prefill_worker_id: 'w1', block_size: 16, transferred_blocks: 1, block_hashes: [hash] },
+      }),
+    );
+    assert.equal(err.remoteCode, 'invalid_request');
+    assert.match(err.message, /must be an array of decimal u64 strings/, hash);
+  }
+});
+
 test('cancelling a stream stops the work and frees its blocks', async () => {
   const abort = new AbortController();
   const chunks: GenerateChunk[] = [];

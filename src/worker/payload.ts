@@ -3,6 +3,7 @@
 // Token ids use the router's validator, so both sides accept exactly the same ids.
 
 import { KvrouteError } from '../errors.js';
+import { parseU64Into } from '../kv-index/index.js';
 import type { KvEventsSubscribe } from '../protocols/kv-events.js';
 import type {
   GenerateRequest,
@@ -62,13 +63,22 @@ function tokenIds(v: unknown, param: string, allowEmpty: boolean): number[] {
   return validateTokenIds(v, param);
 }
 
-const U64 = /^(0|[1-9][0-9]{0,19})$/;
+/** parseU64Into's output, unused: only whether a hash is a u64 matters here. */
+const U64_SCRATCH = new Uint32Array(2);
+
+/**
+ * A block hash as the router's index reads one (kv-index's parseU64Into): canonical decimal, at
+ * most 2^64-1. A regex of 1 to 20 digits also took 20-digit numbers past 2^64-1.
+ */
+function isU64String(h: unknown): boolean {
+  return parseU64Into(h, U64_SCRATCH, 0);
+}
 
 function kvTransfer(v: unknown): KvTransferParams {
   const p = 'kv_transfer.';
   if (!isObject(v)) throw invalid(`'kv_transfer' must be an object`, 'kv_transfer');
   const hashes = required(v, 'block_hashes', p);
-  if (!Array.isArray(hashes) || !hashes.every((h) => typeof h === 'string' && U64.test(h))) {
+  if (!Array.isArray(hashes) || !hashes.every(isU64String)) {
     throw invalid(`'${p}block_hashes' must be an array of decimal u64 strings`, `${p}block_hashes`);
   }
   const transferred = integer(required(v, 'transferred_blocks', p), `${p}transferred_blocks`, 0);
