@@ -367,6 +367,9 @@ test("sampling parameters outside OpenAI's ranges or of the wrong type are refus
     ['logit_bias', { '-5': 1 }],
     ['logit_bias', { '1.5': 1 }],
     ['logit_bias', { '007': 1 }],
+    // Past the largest token id a prompt may hold (0xffff_ffff): one rule for what a token id is.
+    ['logit_bias', { '4294967296': 1 }],
+    ['logit_bias', { '9999999999': 1 }],
   ];
   for (const [param, value] of bad) rejects({ ...body, [param]: value }, param);
   parseInferenceRequest(
@@ -377,4 +380,5 @@ test("sampling parameters outside OpenAI's ranges or of the wrong type are refus
     { ...body, temperature: null, top_p: null, seed: null, user: null, logit_bias: null },
     'completion',
   );
+  parseInferenceRequest({ ...body, logit_bias: { '0': 1, '4294967295': -100 } }, 'completion');
 });

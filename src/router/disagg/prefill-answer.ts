@@ -9,8 +9,7 @@
 import { KvrouteError } from '../../errors.js';
 import { computeBlockHashes } from '../../kv-index/index.js';
 import type { PrefillResponse } from '../../protocols/worker-plane.js';
-
-const MAX_TOKEN_ID = 0xffff_ffff;
+import { MAX_TOKEN_ID } from '../openai/request.js';
 
 function isCount(v: unknown, max: number): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v <= max;

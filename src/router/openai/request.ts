@@ -47,13 +47,19 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 /**
+ * The largest token id anything accepts: the block hash reads ids as LE u32 (CONTRACT.md §4). One
+ * bound for a prompt's ids, a logit_bias key and a prefill worker's first token.
+ */
+export const MAX_TOKEN_ID = 0xffff_ffff;
+
+/**
  * Non-negative integer token ids that fit in u32 (the block hash reads them as LE u32). `path`
  * names the array in the message when it is not `param` itself (`prompt[0]` in a batch).
  */
 export function validateTokenIds(value: unknown[], param: string, path = param): number[] {
   for (let i = 0; i < value.length; i++) {
     const t = value[i];
-    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t > 0xffff_ffff) {
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t > MAX_TOKEN_ID) {
       throw invalid(
         `${path}[${i}] must be a non-negative integer token id, got ${describeRejected(t)}`,
         param,
@@ -268,7 +274,7 @@ function checkSampling(body: Record<string, unknown>): void {
   if (!isPlainObject(bias)) throw invalid('logit_bias must be an object of token id to bias', 'logit_bias');
   for (const [token, b] of Object.entries(bias)) {
     // Keys are token ids, as JSON object keys (strings of digits), as OpenAI requires.
-    if (!TOKEN_ID_KEY.test(token)) {
+    if (!TOKEN_ID_KEY.test(token) || Number(token) > MAX_TOKEN_ID) {
       throw invalid(
         `logit_bias keys must be token ids (non-negative integers), got ${describeRejected(token)}`,
         'logit_bias',
@@ -280,7 +286,7 @@ function checkSampling(body: Record<string, unknown>): void {
   }
 }
 
-/** A logit_bias key: a token id written as a decimal integer without sign or leading zeros (at most 10 digits). */
+/** A logit_bias key's form: a decimal integer without sign or leading zeros (at most 10 digits; MAX_TOKEN_ID bounds its value). */
 const TOKEN_ID_KEY = /^(?:0|[1-9][0-9]{0,9})$/;
 
 /**
