@@ -337,7 +337,6 @@ async function throughput(
   return { rps: Math.round(latencies.length / seconds), p50Us: d.p50, p99Us: d.p99, errors };
 }
 
-/** An error's message on one line (the router's death message carries its stderr tail). */
 export function run(options: ParsedOptions): Promise<number> {
   return childDeathAsExit('routing', () => measureAll(options));
 }
