@@ -195,3 +195,112 @@ describe('a client gone before its stream is sent', () => {
     }
   });
 });
+
+describe('a streaming client that takes no data', () => {
+  /** A router whose (fake) worker streams what `run` yields; prefill placed on the decode worker. */
+  async function routerStreaming(run: Executor['run'], clientStallTimeoutMs: number) {
+    const router = await createRouter(
+      { port: 0, logger: false, clientStallTimeoutMs },
+      {
+        prefillPlanner: { choosePrefill: (_routing, decode) => ({ prefill: decode, reason: 'test' }) },
+        disaggregatedExecutor: { run },
+      },
+    );
+    await router.listen();
+    await registeredWorkerId(router.url, { address: '127.0.0.1:9' });
+    return router;
+  }
+  const streamBody = (prompt: string) =>
+    JSON.stringify({ model: 'mock-llm', prompt, max_tokens: 8192, stream: true });
+  // ~1,000 tokens a chunk: the socket's buffers fill within a second when nobody reads.
+  const bigChunk = Array.from({ length: 1000 }, (_, i) => 290 + (i % 500));
+
+  test('is cut after --client-stall-timeout-ms: its slot, its bookings and the worker stream are freed', async () => {
+    let workerStreamEnded = false;
+    const router = await routerStreaming(async function* () {
+      try {
+        for (;;) {
+          yield { token_ids: bigChunk, finish_reason: null, prompt_tokens: 4, cached_tokens: 0 };
+          await new Promise((r) => setImmediate(r));
+        }
+      } finally {
+        workerStreamEnded = true;
+      }
+    }, 500);
+    try {
+      const body = streamBody('never read');
+      const { port } = new URL(router.url);
+      const socket = connect(Number(port), '127.0.0.1', () => {
+        socket.write(
+          `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+      });
+      socket.pause(); // takes nothing, keeps the connection open
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      socket.on('error', () => {});
+      await waitUntil(() => router.inflight.active === 1, 'the request to be admitted');
+      await waitUntil(
+        () => router.inflight.active === 0 && router.registry.load.size === 0 && workerStreamEnded,
+        'the slot, the bookings and the worker stream to be released',
+        20_000,
+      );
+      socket.resume();
+      await closed; // the router closed the connection
+      const metrics = await (await fetch(`${router.url}/metrics`)).text();
+      assert.match(metrics, /kvroute_http_requests_total\{route="\/v1\/completions",status="499"\} 1/);
+    } finally {
+      await router.close();
+    }
+  });
+
+  test('a client that reads is not cut, though the stream lasts longer than the bound', async () => {
+    const router = await routerStreaming(async function* () {
+      for (let i = 0; i < 30; i++) {
+        yield { token_ids: bigChunk, finish_reason: null, prompt_tokens: 4, cached_tokens: 0 };
+        await sleep(50);
+      }
+      yield { token_ids: [290], finish_reason: 'length', prompt_tokens: 4, cached_tokens: 0 };
+    }, 600);
+    try {
+      const res = await fetch(`${router.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: streamBody('read slowly'),
+      });
+      assert.equal(res.status, 200);
+      const reader = res.body!.getReader();
+      let text = '';
+      const decoder = new TextDecoder();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        await sleep(20); // reads in small steps, never stopping for long
+      }
+      assert.ok(text.trimEnd().endsWith('data: [DONE]'), text.slice(-200));
+      assert.equal(router.inflight.active, 0);
+    } finally {
+      await router.close();
+    }
+  });
+
+  test('a worker slower than the bound is not taken for a stalled client', async () => {
+    const router = await routerStreaming(async function* () {
+      yield { token_ids: [290], finish_reason: null, prompt_tokens: 4, cached_tokens: 0 };
+      await sleep(1500); // nothing to hand over: the client is waiting, not stalled
+      yield { token_ids: [328], finish_reason: 'length', prompt_tokens: 4, cached_tokens: 0 };
+    }, 300);
+    try {
+      const res = await fetch(`${router.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: streamBody('slow worker'),
+      });
+      const text = await res.text();
+      assert.equal(res.status, 200);
+      assert.ok(text.trimEnd().endsWith('data: [DONE]'), text.slice(-200));
+    } finally {
+      await router.close();
+    }
+  });
+});

@@ -43,6 +43,8 @@ export interface RouterConfig {
   maxPromptTokens: number;
   firstTokenTimeoutMs: number;
   streamIdleTimeoutMs: number;
+  /** How long a stream waits for a client that takes none of it (its socket full) before it is cut. */
+  clientStallTimeoutMs: number;
   /** How long an approximate-mode credit lasts. */
   approxTtlMs: number;
   /** How long `drain()` (SIGTERM) lets requests in flight finish before close() ends them. */
@@ -192,6 +194,14 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     min: 1,
     max: MAX_TIMER_MS,
     help: 'bound on the silence between two chunks of a stream',
+  },
+  {
+    name: 'client-stall-timeout-ms',
+    type: 'integer',
+    default: 30_000,
+    min: 1,
+    max: MAX_TIMER_MS,
+    help: 'a streaming client that takes no data for this long is cut (its slot and worker load freed)',
   },
   {
     name: 'approx-ttl-ms',

@@ -160,7 +160,13 @@ export async function createRouter(
   const active = new Set<RequestAbort>();
   registerOpsRoutes(app, fleet, metrics, () => draining);
   registerWorkerRoutes(app, fleet);
-  registerInferenceRoutes(app, { pipeline, limit: inflight, active, isDraining: () => draining });
+  registerInferenceRoutes(app, {
+    pipeline,
+    limit: inflight,
+    active,
+    isDraining: () => draining,
+    clientStallTimeoutMs: config.clientStallTimeoutMs,
+  });
 
   // A connection flood (or slow clients, which node's request timeout bounds only at 30-60 s per
   // socket) is bounded in sockets: past the limit node closes a new connection at once.

@@ -1,9 +1,10 @@
 // Calling a worker's `generate` over the request plane, with the router's bounds: the first chunk
 // within `firstTokenTimeoutMs` (the client's first-response timeout), and no silence longer than
 // `streamIdleTimeoutMs` between chunks, counted while the router waits for one (not while a slow
-// client holds the stream), and no end before a chunk with a finish_reason (a stream cut short is
-// a worker_error, not an end). Plus the one mapping from request-plane failures to the
-// KvrouteError the client sees, and the rule for which failures may be retried elsewhere.
+// client holds the stream: that has its own bound, http/client-stall.ts), and no end before a
+// chunk with a finish_reason (a stream cut short is a worker_error, not an end). Plus the one
+// mapping from request-plane failures to the KvrouteError the client sees, and the rule for which
+// failures may be retried elsewhere.
 
 import { ERROR_CODES, isErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
 import type { GenerateChunk, GenerateRequest } from '../../protocols/worker-plane.js';

@@ -1,6 +1,7 @@
 // The OpenAI endpoints (completions, chat completions) and `/v1/route`, which explains the routing
 // decision for the same body and runs nothing. A client disconnect (the response closes before it
-// finished) aborts the request, which cancels the worker stream.
+// finished) aborts the request, which cancels the worker stream; so does a streaming client that
+// takes nothing for `clientStallTimeoutMs` (client-stall.ts).
 
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -13,6 +14,7 @@ import { handleInference } from '../pipeline/handle.js';
 import { parseStage, routeStage } from '../pipeline/route.js';
 import type { CandidateScore } from '../scheduling/index.js';
 import { inRequestContext, shuttingDown } from './app.js';
+import { watchClientStall } from './client-stall.js';
 
 export interface InferenceRouteDeps {
   pipeline: PipelineDeps;
@@ -21,6 +23,8 @@ export interface InferenceRouteDeps {
   active: Set<RequestAbort>;
   /** True while the router drains: new requests are refused, those in flight finish. */
   isDraining: () => boolean;
+  /** How long a stream waits for a client that takes nothing before it is cut (client-stall.ts). */
+  clientStallTimeoutMs: number;
 }
 
 const clientClosed = () => new KvrouteError('client_closed', 'the client disconnected');
@@ -52,7 +56,14 @@ export function registerInferenceRoutes(app: FastifyInstance, deps: InferenceRou
     reply.headers(result.headers);
     if (result.kind === 'json') return reply.send(result.body);
     reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache');
-    const stream = Readable.from(result.events, { objectMode: false });
+    const stallMs = deps.clientStallTimeoutMs;
+    const events = watchClientStall(result.events, stallMs, () => {
+      // Counted and traced as a client that left (499, outcome cancelled): the close below
+      // ends the request through the same path, with this reason.
+      abort.abort(new KvrouteError('client_closed', `the client took no data for ${stallMs} ms`));
+      reply.raw.destroy();
+    });
+    const stream = Readable.from(events, { objectMode: false });
     // fastify destroys, unread, a stream handed to a reply whose client already left: the events'
     // generator then never starts, and its cleanup (the in-flight slot, the bookings, the worker
     // stream) never runs. After a read, the generator has finished the request itself by 'close'.
