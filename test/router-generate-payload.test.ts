@@ -2,7 +2,9 @@
 // every id shape (digit-count borders, zero) and fall back to JSON for ids it does not write.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { encodeGenerateRequest } from '../src/router/execute/generate-payload.js';
+import { encodeGenerateRequest, generatePayload } from '../src/router/execute/generate-payload.js';
+import { parseJsonBytes } from '../src/router/http/json-bytes.js';
+import { idArrayText } from '../src/router/openai/token-id-text.js';
 import { encodeJson } from '../src/tcp/index.js';
 
 test('encodeGenerateRequest gives the bytes of JSON.stringify at every digit-count border', () => {
@@ -45,4 +47,21 @@ test('encodeGenerateRequest gives the same bytes for repeated and widely spread 
     assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
     assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
   }
+});
+
+test('the client text of the ids serves one payload; a retry writes the same bytes as digits', () => {
+  // Kept past the first payload, the text (a view into the whole request body) would stay beside
+  // the array of ids for as long as the request waits for its worker: twice the prompt held.
+  const ids = Array.from({ length: 64 }, (_, i) => (i * 7919) % 50_000);
+  const parsed = parseJsonBytes(Buffer.from(JSON.stringify({ prompt: ids }))) as { prompt: number[] };
+  const body = { request_id: 'r', token_ids: parsed.prompt, max_tokens: 2 };
+  const first = generatePayload(body);
+  assert.ok(!Buffer.isBuffer(first), 'the first payload copies the client text');
+  assert.equal(idArrayText(parsed.prompt), undefined, 'the text is not kept after the first payload');
+  const retry = generatePayload(body);
+  assert.ok(Buffer.isBuffer(retry));
+  const buf = Buffer.alloc(first.byteLength);
+  first.writeInto(buf, 0);
+  assert.equal(buf.toString(), encodeJson(body).toString());
+  assert.equal(retry.toString(), encodeJson(body).toString());
 });

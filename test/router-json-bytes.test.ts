@@ -218,9 +218,11 @@ test('a compact token-id array keeps its text, which the generate payload copies
   const short = parseJsonBytes(Buffer.from('[1,2,3]')) as number[];
   assert.equal(idArrayText(short), undefined);
   // An array changed after parsing is encoded afresh.
-  compact.prompt.push(7);
-  assert.equal(idArrayText(compact.prompt), undefined);
-  assert.equal(encodeGenerateRequest(body).toString(), encodeJson(body).toString());
+  const changed = parseJsonBytes(Buffer.from(JSON.stringify(ids))) as number[];
+  changed.push(7);
+  assert.equal(idArrayText(changed), undefined);
+  const changedBody = { ...body, token_ids: changed };
+  assert.equal(encodeGenerateRequest(changedBody).toString(), encodeJson(changedBody).toString());
 });
 
 test('generatePayload writes a compact prompt straight into a frame buffer, at any offset', () => {

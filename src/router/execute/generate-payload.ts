@@ -9,7 +9,7 @@
 
 import type { GenerateRequest } from '../../protocols/worker-plane.js';
 import { encodeJson, type PayloadWriter } from '../../tcp/index.js';
-import { idArrayText } from '../openai/token-id-text.js';
+import { takeIdArrayText } from '../openai/token-id-text.js';
 
 /** Decimal digits of an integer in 0..2^31-1. */
 function digits(v: number): number {
@@ -77,7 +77,8 @@ class SentIdsPayload implements PayloadWriter {
  */
 export function generatePayload(body: GenerateRequest): PayloadWriter | Buffer {
   const { head, tail } = headAndTail(body);
-  const sent = idArrayText(body.token_ids);
+  // Taken, not read: once this payload is written, the request keeps only its array of ids.
+  const sent = takeIdArrayText(body.token_ids);
   return sent === undefined ? digitsPayload(body, head, tail) : new SentIdsPayload(head, sent, tail);
 }
 

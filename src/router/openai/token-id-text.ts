@@ -2,9 +2,13 @@
 // JSON.stringify gives for that array (integers only, no whitespace: what compact JSON encoders
 // write). The body reader records it (http/json-bytes.ts) and the `generate` payload copies those
 // bytes instead of writing every id's digits again (execute/generate-payload.ts): for a 1k-token
-// prompt a 6.6 KB copy instead of ~7 µs of digit writing. Keyed weakly by the array, so the text
-// lives as long as the request's ids. The router never modifies a request's token-id array; the
-// length and end ids are checked on use anyway, so an array that did change is encoded afresh.
+// prompt a 6.6 KB copy instead of ~7 µs of digit writing. Keyed weakly by the array, and taken by
+// the first payload that uses it: the text is a view into the whole request body, as large as the
+// prompt again (740 KB beside the array's 1 MiB for 131,072 ids), and a request waiting for its
+// worker would otherwise hold both until it ends. A later payload of the same ids (a retry on
+// another worker) writes the digits instead: the same bytes. The router never modifies a
+// request's token-id array; the length and end ids are checked on use anyway, so an array that
+// did change is encoded afresh.
 
 interface IdArrayText {
   bytes: Uint8Array;
@@ -26,4 +30,11 @@ export function idArrayText(ids: readonly number[]): Uint8Array | undefined {
   if (t === undefined || t.length !== ids.length || t.first !== ids[0] || t.last !== ids[ids.length - 1])
     return undefined;
   return t.bytes;
+}
+
+/** idArrayText, forgotten as it is handed over: the caller's copy is the last one. */
+export function takeIdArrayText(ids: readonly number[]): Uint8Array | undefined {
+  const bytes = idArrayText(ids);
+  texts.delete(ids);
+  return bytes;
 }
