@@ -8,6 +8,8 @@ export const ERROR_CODES = {
   invalid_json: { status: 400, type: 'invalid_request_error' },
   model_not_found: { status: 400, type: 'invalid_request_error' },
   context_length_exceeded: { status: 400, type: 'invalid_request_error' },
+  // A control-plane call without the router's worker token (--worker-token), or with another one.
+  unauthorized: { status: 401, type: 'authentication_error' },
   not_found: { status: 404, type: 'not_found_error' },
   worker_not_found: { status: 404, type: 'not_found_error' },
   method_not_allowed: { status: 405, type: 'invalid_request_error' },

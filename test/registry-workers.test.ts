@@ -525,3 +525,92 @@ test('GET /v1/models lists the models a request can be served for: a model with 
     await router.close();
   }
 });
+
+test('with --worker-token, register, heartbeat and deregister need Authorization: Bearer <token> (401 without or with another); the list stays open', async () => {
+  const token = 'tok-3f9a1c7e5b2d';
+  const router = await createRouter({ port: 0, logger: false, workerToken: token });
+  try {
+    const url = await router.listen();
+    const call = (method: string, path: string, authorization?: string, payload?: unknown) =>
+      fetch(`${url}${path}`, {
+        method,
+        headers: {
+          ...(authorization === undefined ? {} : { authorization }),
+          ...(payload === undefined ? {} : { 'content-type': 'application/json' }),
+        },
+        ...(payload === undefined ? {} : { body: JSON.stringify(payload) }),
+      });
+    const refused = async (res: Response, what: string) => {
+      const text = await res.text();
+      assert.equal(res.status, 401, `${what}: ${text}`);
+      assert.match(res.headers.get('www-authenticate') ?? '', /^Bearer/, what);
+      const { error } = JSON.parse(text) as { error: { code: string; type: string; message: string } };
+      assert.equal(error.code, 'unauthorized', what);
+      assert.equal(error.type, 'authentication_error', what);
+      assert.ok(!text.includes(token) && !text.includes('wrong-token'), `${what}: no token in the answer`);
+    };
+    const wrong = ['wrong-token', `Bearer wrong-token`, `Bearer ${token}x`, `Basic ${token}`, token];
+    await refused(await call('POST', '/v1/workers', undefined, body()), 'register without a token');
+    for (const authorization of wrong) {
+      await refused(
+        await call('POST', '/v1/workers', authorization, body()),
+        `register with '${authorization}'`,
+      );
+    }
+    assert.equal(router.registry.size, 0, 'no refused registration took effect');
+    // The scheme is case-insensitive (RFC 9110).
+    const ok = await call('POST', '/v1/workers', `bearer ${token}`, body());
+    assert.equal(ok.status, 201, await ok.clone().text());
+    const { worker_id } = (await ok.json()) as { worker_id: string };
+
+    const beat = `/v1/workers/${worker_id}/heartbeat`;
+    await refused(await call('POST', beat), 'heartbeat without a token');
+    await refused(await call('POST', beat, 'Bearer wrong-token'), 'heartbeat with another token');
+    assert.equal((await call('POST', beat, `Bearer ${token}`)).status, 200);
+
+    await refused(await call('DELETE', `/v1/workers/${worker_id}`), 'deregister without a token');
+    await refused(
+      await call('DELETE', `/v1/workers/${worker_id}`, 'Bearer wrong-token'),
+      'deregister, other token',
+    );
+    assert.equal(router.registry.size, 1, 'a refused deregistration removes nothing');
+    // Read-only, like /metrics: open without a token.
+    const list = await call('GET', '/v1/workers');
+    assert.equal(list.status, 200);
+    assert.equal(((await list.json()) as { data: unknown[] }).data.length, 1);
+    assert.equal((await call('DELETE', `/v1/workers/${worker_id}`, `Bearer ${token}`)).status, 204);
+    assert.equal(router.registry.size, 0);
+  } finally {
+    await router.close();
+  }
+});
+
+test('without --worker-token the control plane is open, whatever Authorization a worker sends', async () => {
+  const router = await createRouter({ port: 0, logger: false });
+  try {
+    const url = await router.listen();
+    for (const headers of [{}, { authorization: 'Bearer anything' }] as Record<string, string>[]) {
+      const res = await fetch(`${url}/v1/workers`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body: JSON.stringify(body({ address: `127.0.0.1:${9300 + router.registry.size}` })),
+      });
+      assert.equal(res.status, 201, await res.clone().text());
+      const { worker_id } = (await res.json()) as { worker_id: string };
+      assert.equal((await fetch(`${url}/v1/workers/${worker_id}/heartbeat`, { method: 'POST' })).status, 200);
+    }
+    assert.equal(router.registry.size, 2);
+  } finally {
+    await router.close();
+  }
+});
+
+test('a worker token that cannot travel in an HTTP header is refused at start, without quoting it', async () => {
+  for (const workerToken of ['has space', 'caf\u00e9', 'line\nbreak']) {
+    await assert.rejects(createRouter({ port: 0, logger: false, workerToken }), (err: Error) => {
+      assert.match(err.message, /--worker-token \(KVROUTE_WORKER_TOKEN\): must be visible ASCII/);
+      assert.ok(!err.message.includes(workerToken));
+      return true;
+    });
+  }
+});

@@ -8,6 +8,7 @@
 
 import { camelCase, type OptionSpec, type ParsedOptions } from '../cli/options.js';
 import { ENGINE_DEFAULTS } from '../engine/engine.js';
+import { UsageError } from '../errors.js';
 import { DEFAULT_APPROX_TTL_MS } from '../kv-index/index.js';
 import { DEFAULT_LIMITS } from './openai/request.js';
 import { DEFAULT_LEASE_TTL_MS } from './registry/index.js';
@@ -49,6 +50,11 @@ export interface RouterConfig {
   approxTtlMs: number;
   /** How long `drain()` (SIGTERM) lets requests in flight finish before close() ends them. */
   drainMs: number;
+  /**
+   * Shared secret a worker must send (`Authorization: Bearer <token>`) to register, heartbeat and
+   * deregister; unset, anyone who reaches the port may. Never logged, printed or traced.
+   */
+  workerToken?: string;
   /** Seed of the policies' random choices (random policy, ties, temperature); unset: Math.random. */
   seed?: number;
   verbose: boolean;
@@ -220,6 +226,13 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     help: 'on SIGTERM/SIGINT: how long requests in flight may finish (new ones get 503) before the rest are ended',
   },
   {
+    // No default: the control plane is open unless given (and --help, which prints only
+    // defaults, never shows a token).
+    name: 'worker-token',
+    type: 'string',
+    help: 'shared secret a worker must send (Authorization: Bearer) to register, heartbeat or deregister; set it whenever --host is not loopback, best through its variable (a flag shows in the process list) (default: unset, anyone who reaches the port may register a worker)',
+  },
+  {
     // No default: unseeded (Math.random) unless given.
     name: 'seed',
     type: 'integer',
@@ -238,6 +251,21 @@ export const DEFAULT_ROUTER_CONFIG: RouterConfig = Object.freeze(
 export function resolveRouterConfig(overrides: Partial<RouterConfig> = {}): RouterConfig {
   const defined = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
   return { ...DEFAULT_ROUTER_CONFIG, ...defined };
+}
+
+/** What a worker token may hold: visible ASCII, no spaces (it travels as an HTTP header value). */
+const WORKER_TOKEN_FORM = /^[\x21-\x7e]+$/;
+
+/**
+ * Refuses a worker token that cannot travel in `Authorization: Bearer <token>` (a worker's fetch
+ * would throw on it, taken for an unreachable router). The message never quotes the token.
+ */
+export function checkWorkerToken(token: string | undefined): void {
+  if (token !== undefined && !WORKER_TOKEN_FORM.test(token)) {
+    throw new UsageError(
+      '--worker-token (KVROUTE_WORKER_TOKEN): must be visible ASCII characters without spaces',
+    );
+  }
 }
 
 /** The router's fields out of parsed CLI options (also for `kvroute demo`, which shares the specs). */

@@ -11,7 +11,7 @@ import { KvrouteError } from '../errors.js';
 import type { RadixIndex } from '../kv-index/index.js';
 import { RequestPlaneClient } from '../tcp/index.js';
 import { initTelemetry, type Telemetry, withRootContext } from '../telemetry/index.js';
-import { type RouterConfig, resolveRouterConfig } from './config.js';
+import { checkWorkerToken, type RouterConfig, resolveRouterConfig } from './config.js';
 import { aggregatedExecutor } from './execute/aggregated.js';
 import { DisaggregatedExecutor } from './execute/disaggregated.js';
 import { KvPrefillPlanner } from './execute/prefill-planner.js';
@@ -70,6 +70,7 @@ export async function createRouter(
   extensions: RouterExtensions = {},
 ): Promise<RouterService> {
   const config = resolveRouterConfig(overrides);
+  checkWorkerToken(config.workerToken);
   const telemetry = extensions.telemetry ?? initTelemetry({ serviceName: 'kvroute-router' });
   const registry = new WorkerRegistry({
     blockSize: config.blockSize,
@@ -159,7 +160,7 @@ export async function createRouter(
   const inflight = new InflightLimit(config.maxInflight);
   const active = new Set<RequestAbort>();
   registerOpsRoutes(app, fleet, metrics, () => draining);
-  registerWorkerRoutes(app, fleet);
+  registerWorkerRoutes(app, fleet, config.workerToken);
   registerInferenceRoutes(app, {
     pipeline,
     limit: inflight,

@@ -1,21 +1,55 @@
 // Control plane for workers: register (201 {worker_id, lease_ttl_ms}), heartbeat (404 = register
-// again), deregister, and the list with load and index figures.
+// again), deregister, and the list with load and index figures. With a worker token
+// (--worker-token) the three calls that change the registry need it (401 otherwise); the list is
+// read-only and stays open, like /metrics.
 
-import type { FastifyInstance } from 'fastify';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, onRequestHookHandler } from 'fastify';
+import { KvrouteError } from '../../errors.js';
 import type { RegisterWorkerResponse } from '../../protocols/registration.js';
 import { type Fleet, leaseClock } from '../fleet/fleet.js';
 
-export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet): void {
-  const { registry } = fleet;
+const sha256 = (text: string) => createHash('sha256').update(text).digest();
 
-  app.post('/v1/workers', async (request, reply) => {
+/**
+ * Lets a request through only with `Authorization: Bearer <token>`; else 401 `unauthorized`.
+ * Runs on onRequest, before a body is read: a stranger cannot make the router parse one. The two
+ * tokens are compared as SHA-256 digests with timingSafeEqual (equal lengths whatever was sent, no
+ * exit at the first differing byte), so the answer's timing says nothing about the secret. No
+ * message quotes what was sent.
+ */
+function requireWorkerToken(token: string): onRequestHookHandler {
+  const expected = sha256(token);
+  return (request, reply, done) => {
+    const header = request.headers.authorization;
+    const given = header === undefined ? undefined : /^bearer +(\S+)$/i.exec(header)?.[1];
+    if (given !== undefined && timingSafeEqual(sha256(given), expected)) return done();
+    reply.header('www-authenticate', 'Bearer realm="kvroute workers"');
+    done(
+      new KvrouteError(
+        'unauthorized',
+        header === undefined
+          ? "this router takes workers only with its worker token: send 'Authorization: Bearer <token>' (the router's --worker-token)"
+          : "the worker token is not the router's --worker-token",
+      ),
+    );
+  };
+}
+
+export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet, workerToken?: string): void {
+  const { registry } = fleet;
+  // The calls that change the registry: open unless the router has a worker token.
+  const guarded = workerToken === undefined ? {} : { onRequest: requireWorkerToken(workerToken) };
+
+  app.post('/v1/workers', guarded, async (request, reply) => {
     const worker = fleet.register(request.body, leaseClock(), request.socket.remoteAddress);
     const answer: RegisterWorkerResponse = { worker_id: worker.id, lease_ttl_ms: registry.leaseTtlMs };
     return reply.status(201).send(answer);
   });
 
   // Neither reads a body: an empty one sent with content-type: application/json is not refused.
-  const takesNoBody = { config: { takesNoBody: true } };
+  // Both change the registry, so both are guarded like the registration.
+  const takesNoBody = { config: { takesNoBody: true }, ...guarded };
 
   app.post<{ Params: { id: string } }>('/v1/workers/:id/heartbeat', takesNoBody, async (request) => {
     const worker = fleet.heartbeat(request.params.id, leaseClock());
