@@ -316,3 +316,39 @@ test('a registration the router refuses (another block size) ends the worker: on
     await router.close();
   }
 });
+
+test('a heartbeat refused with 401 (the router restarted with another --worker-token) ends the worker: one line that says so, exit 2', {
+  timeout: 60_000,
+}, async () => {
+  // Before, the 401 was taken for an unreachable router: retried for ever, and said as
+  // "cannot reach the router ... (heartbeat answered 401)".
+  const first = await createRouter({ port: 0, logger: false, leaseTtlMs: 300, workerToken: 'old-token' });
+  const url = await first.listen();
+  const port = Number(new URL(url).port);
+  const worker = await spawnWorker(['--role', 'both', '--router', url], {
+    KVROUTE_WORKER_TOKEN: 'old-token',
+  });
+  let second: Awaited<ReturnType<typeof createRouter>> | undefined;
+  try {
+    await waitUntil(() => first.registry.size === 1);
+    await first.close();
+    second = await createRouter({ port, logger: false, leaseTtlMs: 300, workerToken: 'new-token' });
+    await second.listen();
+    const ended = await Promise.race([
+      worker.exit,
+      sleep(20_000, undefined, { ref: false }).then(() => 'still running' as const),
+    ]);
+    assert.deepEqual(ended, { code: 2, signal: null }, worker.stderr.join('\n'));
+    const last = worker.stderr.filter((l) => l !== '').at(-1)!;
+    assert.match(
+      last,
+      /^kvroute worker: the router refused this worker's heartbeat \(401\): .*must be the router's\)$/,
+    );
+    assert.ok(!worker.stderr.join('\n').includes('old-token'), 'the token is not printed');
+    assert.equal(second.registry.size, 0);
+  } finally {
+    worker.child.kill('SIGKILL');
+    await first.close();
+    await second?.close();
+  }
+});

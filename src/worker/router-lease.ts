@@ -4,6 +4,9 @@
 // backoff and jitter. A registration the router refuses (a 4xx other than 408/429: this worker's
 // block size, model name or address is not acceptable to it) ends the loop and is told through
 // onRefused: asking again would get the same answer forever, and only the operator can fix it.
+// So is a heartbeat answered 401 or 403: the router (restarted with --worker-token, or another
+// one) no longer takes this worker's token, which no retry changes. Every call carries the
+// worker token, when there is one, as `Authorization: Bearer`; it is never logged.
 // An outage is told to the operator through `notice` (once, then every 30 s, and its end), the
 // one thing a worker says without logs. stop() deregisters (after a registration in flight has its answer). All traffic runs in the
 // ROOT context: control-plane calls must never appear inside (or parent to) a user request's trace.
@@ -17,6 +20,8 @@ export interface RouterLeaseOptions {
   /** Router base URL, e.g. http://127.0.0.1:8000 */
   routerUrl: string;
   registration: RegisterWorkerRequest;
+  /** The router's --worker-token, sent on every call (register, heartbeat, deregister). */
+  workerToken?: string;
   backoff?: BackoffPolicy;
   /** Per-call HTTP timeout. */
   requestTimeoutMs?: number;
@@ -36,19 +41,23 @@ export interface RouterLeaseOptions {
   noticeEveryMs?: number;
 }
 
-/** The router answered the registration with a 4xx that asking again cannot change. */
+/** The router answered the registration (or a heartbeat) with a 4xx that asking again cannot change. */
 export class RegistrationRefused extends Error {
   constructor(
     readonly status: number,
     readonly reason: string,
+    readonly call: 'registration' | 'heartbeat' = 'registration',
   ) {
-    super(`the router refused this worker's registration (${status}): ${reason}`);
+    super(`the router refused this worker's ${call} (${status}): ${reason}`);
     this.name = 'RegistrationRefused';
   }
 }
 
 /** 4xx answers that say "not now" rather than "never": retried like an unreachable router. */
 const RETRYABLE_4XX = new Set([408, 429]);
+
+/** A heartbeat's answers that say this worker's token is not (or no longer) the router's. */
+const TOKEN_REFUSED = new Set([401, 403]);
 
 /** The message of an OpenAI-shaped error body, else the body itself (one line, bounded). */
 function refusalReason(body: string): string {
@@ -164,6 +173,9 @@ export class RouterLease {
   private async heartbeat(signal: AbortSignal): Promise<void> {
     const id = this.id!;
     const res = await this.call('POST', `/v1/workers/${encodeURIComponent(id)}/heartbeat`, undefined, signal);
+    if (TOKEN_REFUSED.has(res.status)) {
+      throw new RegistrationRefused(res.status, refusalReason(await res.text().catch(() => '')), 'heartbeat');
+    }
     await res.body?.cancel();
     if (res.status === 404) {
       this.log('lease_lost', { worker_id: id });
@@ -175,12 +187,14 @@ export class RouterLease {
 
   private call(method: string, path: string, body: unknown, signal: AbortSignal): Promise<Response> {
     const timeout = AbortSignal.timeout(this.opts.requestTimeoutMs ?? 2_000);
+    const headers: Record<string, string> = {};
+    if (this.opts.workerToken !== undefined) headers.authorization = `Bearer ${this.opts.workerToken}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
     return (this.opts.fetch ?? fetch)(this.base + path, {
       method,
       signal: AbortSignal.any([signal, timeout]),
-      ...(body === undefined
-        ? {}
-        : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+      headers,
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
   }
 

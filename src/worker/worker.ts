@@ -26,6 +26,8 @@ import { workerStats } from './stats.js';
 export interface WorkerConfig {
   role: WorkerRole;
   routerUrl: string;
+  /** The router's --worker-token, sent on every control-plane call (RouterLeaseOptions.workerToken). */
+  workerToken?: string;
   host: string;
   port: number;
   model: string;
@@ -120,6 +122,7 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
       instance_id: randomUUID(),
     },
     log: config.log,
+    ...(config.workerToken !== undefined ? { workerToken: config.workerToken } : {}),
     ...(config.onRegistrationRefused ? { onRefused: config.onRegistrationRefused } : {}),
     ...(config.notice ? { notice: config.notice } : {}),
   });

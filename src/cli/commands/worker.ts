@@ -5,7 +5,7 @@ import { ENGINE_DEFAULTS } from '../../engine/index.js';
 import { UsageError } from '../../errors.js';
 import { computeBlockHashes } from '../../kv-index/index.js';
 import { WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
-import { MAX_TIMER_MS, ROUTER_OPTION_SPECS } from '../../router/config.js';
+import { checkWorkerToken, MAX_TIMER_MS, ROUTER_OPTION_SPECS } from '../../router/config.js';
 import { initTelemetry } from '../../telemetry/index.js';
 import { createLog } from '../../worker/log.js';
 import type { RegistrationRefused } from '../../worker/router-lease.js';
@@ -80,9 +80,24 @@ export const spec: CommandModule['spec'] = {
       max: MAX_TIMER_MS,
       help: 'on SIGTERM/SIGINT, how long in-flight streams may run (after deregistering) before they are cut',
     },
+    {
+      // The router's option of the same name and variable: one exported KVROUTE_WORKER_TOKEN
+      // serves a router and its workers on one host.
+      name: 'worker-token',
+      type: 'string',
+      help: "the router's --worker-token, sent on register, heartbeat and deregister; best given through its variable (a flag shows in the process list) (default: unset, none sent)",
+    },
     { name: 'verbose', type: 'boolean', default: false, help: 'structured JSON logs on stderr' },
   ],
 };
+
+/** What to check when the router refused this worker's token (or its lack of one). */
+function tokenHint(refused: RegistrationRefused, sentToken: boolean): string {
+  if (refused.status !== 401 && refused.status !== 403) return '';
+  return sentToken
+    ? " (this worker's --worker-token / KVROUTE_WORKER_TOKEN must be the router's)"
+    : " (this worker sent no token: give it the router's with --worker-token or KVROUTE_WORKER_TOKEN)";
+}
 
 function routerUrl(value: unknown): string {
   if (typeof value !== 'string' || value === '')
@@ -104,6 +119,8 @@ export async function run(options: ParsedOptions): Promise<number> {
   const role = options.role as WorkerRole;
   const router = routerUrl(options.router);
   const model = modelName(options.model);
+  const workerToken = options.workerToken as string | undefined;
+  checkWorkerToken(workerToken);
   const telemetry = initTelemetry({ serviceName: `kvroute-${role}-worker` });
   const log = createLog(options.verbose === true, { component: 'worker', role });
   let refused: RegistrationRefused | undefined;
@@ -116,6 +133,7 @@ export async function run(options: ParsedOptions): Promise<number> {
     {
       role,
       routerUrl: router,
+      ...(workerToken !== undefined ? { workerToken } : {}),
       host: options.host as string,
       port: options.port as number,
       model,
@@ -164,6 +182,7 @@ export async function run(options: ParsedOptions): Promise<number> {
   process.off('SIGINT', onSignal);
   await worker.stop();
   await telemetry.shutdown();
-  if (refused !== undefined) throw new UsageError(refused.message);
+  if (refused !== undefined)
+    throw new UsageError(refused.message + tokenHint(refused, workerToken !== undefined));
   return 0;
 }
