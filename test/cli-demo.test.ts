@@ -7,11 +7,24 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Socket } from 'node:net';
 import { after, test } from 'node:test';
 import OpenAI from 'openai';
-import { alive, CLI_MAIN, registerWorker, waitForWorkers, waitUntil } from './helpers/fleet.js';
+import { alive, CLI_MAIN, waitForWorkers, waitUntil } from './helpers/fleet.js';
+
+/** POST /v1/workers for a stand-in worker (no process behind it), with the demo's token if given. */
+function registerStandIn(url: string, fields: Record<string, unknown>, token?: string): Promise<Response> {
+  return fetch(`${url}/v1/workers`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+    },
+    body: JSON.stringify({ role: 'both', model: 'mock-llm', block_size: 16, kv_blocks: 1024, ...fields }),
+  });
+}
 
 /** The demo's child processes (router and workers), by parent pid. */
 function childrenOf(pid: number): number[] {
@@ -286,13 +299,14 @@ test('a --port another router serves: the router says the port is taken, the dem
 // The demo was ready once the router listed as many workers as it had started, whoever's they
 // were: a worker registered by someone else made it print "ready" before its own had registered.
 // Now it waits for the addresses its own workers print, as the router lists them.
+// (The demo's router takes workers only with its token: the one given here, KVROUTE_WORKER_TOKEN.)
 test('a worker the demo did not start does not make it ready before its own has registered', async () => {
-  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const demo = startDemo(['--prefill', '0', '--decode', '1'], { KVROUTE_WORKER_TOKEN: 'demo-shared-token' });
   const url = await waitUntil(
     () => /\[router\] kvroute router listening on (\S+)/.exec(demo.stdout())?.[1],
     'the router to listen',
   );
-  const res = await registerWorker(url, { role: 'decode', address: '127.0.0.1:9' });
+  const res = await registerStandIn(url, { role: 'decode', address: '127.0.0.1:9' }, 'demo-shared-token');
   assert.equal(res.status, 201);
   await demo.ready;
   const beforeReady = demo.stdout().slice(0, demo.stdout().indexOf('kvroute demo ready'));
@@ -350,4 +364,33 @@ test('a --speedup of 1e21 or more (given in decimal) reaches the workers as a nu
   demo.child.kill('SIGINT');
   const [code] = await demo.exited;
   assert.equal(code, 0, demo.stderr());
+});
+
+// The demo's router listened with an open control plane: anything that reached its port (with
+// --host 0.0.0.0, anyone on the network) could register a worker and be sent the users' prompts.
+test('the demo protects its router with a random worker token, handed to its children by environment only and never printed', async () => {
+  const demo = startDemo(['--prefill', '0', '--decode', '1']);
+  const url = await demo.ready;
+  const stranger = await registerStandIn(url, { address: '127.0.0.1:9' });
+  assert.equal(stranger.status, 401, await stranger.text());
+  const pids = childrenOf(demo.child.pid!);
+  assert.equal(pids.length, 2, 'router + 1 worker');
+  const tokenOf = (pid: number) =>
+    readFileSync(`/proc/${pid}/environ`, 'utf8')
+      .split('\0')
+      .find((v) => v.startsWith('KVROUTE_WORKER_TOKEN='))
+      ?.slice('KVROUTE_WORKER_TOKEN='.length);
+  const tokens = pids.map(tokenOf);
+  assert.ok(tokens[0] && tokens[0].length >= 32, 'a random token of 32 characters or more');
+  assert.equal(tokens[1], tokens[0], 'router and worker share it');
+  const token = tokens[0]!;
+  for (const pid of pids) {
+    assert.ok(!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(token), 'not in the process list');
+  }
+  const own = await registerStandIn(url, { address: '127.0.0.1:9' }, token);
+  assert.equal(own.status, 201, "the token is the router's");
+  demo.child.kill('SIGINT');
+  const [code] = await demo.exited;
+  assert.equal(code, 0, demo.stderr());
+  assert.ok(!demo.stdout().includes(token) && !demo.stderr().includes(token), 'never printed');
 });

@@ -325,3 +325,102 @@ test('SIGTERM drains: a stream in flight finishes; meanwhile new requests and /r
     worker.kill();
   }
 });
+
+test('--worker-token (KVROUTE_WORKER_TOKEN): a kvroute worker with it registers and deregisters, one with another or none exits 2 saying so; the token is never printed', {
+  timeout: 60_000,
+}, async () => {
+  const token = `rc-${Math.random().toString(36).slice(2)}-secret`;
+  // Verbose logs and console spans on stdout: whatever the router says, the token must not be in it.
+  const child = spawn(
+    process.execPath,
+    [CLI_MAIN, 'router', '--port', '0', '--verbose', '--lease-ttl-ms', '60000'],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, KVROUTE_WORKER_TOKEN: token, OTEL_TRACES_EXPORTER: 'console' },
+    },
+  );
+  const exit = once(child, 'exit');
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  const url = await waitUntil(
+    async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
+    'the router listening',
+  );
+  const worker = await spawnWorker(url, [], { KVROUTE_WORKER_TOKEN: token });
+  try {
+    await waitForWorkers(url, 1);
+    // A stranger is refused, and nothing is registered for it.
+    const stranger = await registerWorker(url, { address: '127.0.0.1:9' });
+    assert.equal(stranger.status, 401);
+    assert.equal(((await stranger.json()) as { error: { code: string } }).error.code, 'unauthorized');
+    // A worker with another token, or with none: one line that says which, exit 2, no retry loop.
+    const { KVROUTE_WORKER_TOKEN: _, ...envWithout } = process.env;
+    for (const [args, reason] of [
+      [
+        ['--worker-token', 'not-the-token'],
+        /\(401\): .*worker token.*this worker's --worker-token \/ KVROUTE_WORKER_TOKEN must be the router's/,
+      ],
+      [
+        [],
+        /\(401\): .*this worker sent no token: give it the router's with --worker-token or KVROUTE_WORKER_TOKEN/,
+      ],
+    ] as const) {
+      const r = spawnSync(
+        process.execPath,
+        [CLI_MAIN, 'worker', '--role', 'both', '--router', url, ...args],
+        {
+          encoding: 'utf8',
+          timeout: 20_000,
+          env: { ...envWithout, OTEL_TRACES_EXPORTER: 'none' },
+        },
+      );
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+      const lines = r.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0]!, /^kvroute worker: the router refused this worker's registration \(401\)/);
+      assert.match(lines[0]!, reason);
+      assert.ok(!r.stderr.includes(token));
+    }
+    assert.equal((await waitForWorkers(url, 1))[0]!.address, worker.address);
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    assert.ok(!metrics.includes(token), 'not in /metrics');
+    // SIGTERM: the worker deregisters (the lease of 60 s cannot have run out meanwhile).
+    worker.kill('SIGTERM');
+    assert.equal((await worker.exit).code, 0);
+    await waitForWorkers(url, 0);
+    child.kill('SIGTERM');
+    assert.equal((await exit)[0], 0);
+    assert.match(out, /"route":"\/v1\/workers"/, 'the verbose router logged the control-plane calls');
+    assert.match(out, /http-request/, 'and exported their spans');
+    assert.ok(!out.includes(token), 'the token is in neither logs nor spans');
+    const help = spawnSync(process.execPath, [CLI_MAIN, 'router', '--help'], {
+      encoding: 'utf8',
+      env: { ...process.env, KVROUTE_WORKER_TOKEN: token },
+    });
+    assert.match(help.stdout, /--worker-token <value>.*\[env KVROUTE_WORKER_TOKEN\]/s);
+    assert.ok(!help.stdout.includes(token), 'not in --help');
+  } finally {
+    child.kill('SIGKILL');
+    worker.kill();
+  }
+});
+
+test('a worker token that cannot travel in an HTTP header exits 2 with one line that does not quote it (router, worker, demo)', () => {
+  const bad = 'two words';
+  workerRefuses([[[], { KVROUTE_WORKER_TOKEN: bad }, /KVROUTE_WORKER_TOKEN\): must be visible ASCII/]]);
+  for (const args of [
+    ['router', '--port', '0'],
+    ['demo', '--port', '0', '--prefill', '0', '--decode', '1'],
+  ]) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, ...args, '--worker-token', bad], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+    });
+    assert.equal(r.status, 2, `${args[0]}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, /^kvroute \w+: --worker-token \(KVROUTE_WORKER_TOKEN\): must be visible ASCII/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.ok(!r.stderr.includes(bad));
+  }
+});

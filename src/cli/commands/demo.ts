@@ -11,15 +11,22 @@
 // second signal is a worker's "force exit", which cut the streams it should have drained. In
 // return the demo must end its children on every way out it controls: stopAll, a second signal,
 // SIGQUIT, and the 'exit' event (an uncaught error, process.exit).
+//
+// The router's control plane is protected by default: the demo gives its router and workers one
+// worker token (--worker-token / KVROUTE_WORKER_TOKEN, else a random one per run), so nothing
+// else that reaches the port registers a worker. It reaches the children through their
+// environment (KVROUTE_WORKER_TOKEN, the variable both read), not their arguments, which any user
+// of the host can read in the process list; it is never printed.
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { MAX_TIMER_MS } from '../../router/config.js';
+import { checkWorkerToken, MAX_TIMER_MS } from '../../router/config.js';
 import { isUnspecifiedHost, parseAddress } from '../../router/registry/index.js';
 import type { CommandModule } from '../command.js';
 import { modelName } from '../model-name.js';
-import { decimalText, type ParsedOptions } from '../options.js';
+import { decimalText, envName, type ParsedOptions } from '../options.js';
 
 /**
  * How long a child may take to exit after its drain (a worker deregistering, a router closing its
@@ -72,6 +79,11 @@ export const spec: CommandModule['spec'] = {
       max: MAX_TIMER_MS,
       help: `on Ctrl-C, how long requests in flight may finish: every child gets it as its --drain-ms, and is killed if still running ${EXIT_GRACE_MS / 1000} s later`,
     },
+    {
+      name: 'worker-token',
+      type: 'string',
+      help: 'the worker token of the router and every worker (give it to add workers of your own) (default: a random one per run)',
+    },
   ],
 };
 
@@ -80,12 +92,17 @@ const CLI_MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
 /** One /health or /v1/workers poll: a port held by something that never answers must not hang us. */
 const POLL_TIMEOUT_MS = 1000;
 
-function startChild(name: string, args: string[], children: Map<string, ChildProcess>): ChildProcess {
+function startChild(
+  name: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  children: Map<string, ChildProcess>,
+): ChildProcess {
   // Children run the same entry point as this process (dist, or src under tsx via execArgv), in a
   // process group of their own (see the top of this file).
   const child = spawn(process.execPath, [...process.execArgv, CLI_MAIN, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: process.env,
+    env,
     detached: true,
   });
   child.stdout?.on('data', (chunk: Buffer) => {
@@ -238,6 +255,10 @@ export async function run(o: ParsedOptions): Promise<number> {
   const host = o.host as string;
   const model = modelName(o.model);
   const drainMs = o.drainMs as number;
+  const workerToken = (o.workerToken as string | undefined) ?? randomBytes(32).toString('base64url');
+  checkWorkerToken(workerToken);
+  // Every child reads the token from the variable the router and the worker both take.
+  const childEnv = { ...process.env, [envName('worker-token')]: workerToken };
   const children = new Map<string, ChildProcess>();
   let stopping = false;
   /** Every worker registered: from then on a worker that exits is reported, and the demo runs on. */
@@ -269,6 +290,7 @@ export async function run(o: ParsedOptions): Promise<number> {
     const router = startChild(
       'router',
       ['router', '--host', host, '--port', String(o.port), '--drain-ms', String(drainMs)],
+      childEnv,
       children,
     );
     router.once('exit', (code) => {
@@ -300,7 +322,7 @@ export async function run(o: ParsedOptions): Promise<number> {
       const addresses: Promise<string>[] = [];
       for (const [name, role] of roles) {
         if (stopping) return;
-        const worker = startChild(name, ['worker', '--role', role, ...common], children);
+        const worker = startChild(name, ['worker', '--role', role, ...common], childEnv, children);
         addresses.push(workerAddress(worker, name, deadline, stopPolls.signal));
         worker.once('exit', (code, signal) => {
           if (stopping) return;
