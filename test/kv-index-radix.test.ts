@@ -680,6 +680,21 @@ describe('RadixIndex malformed events', () => {
     assert.equal(after.blocks, statsBefore.blocks);
   });
 
+  test('a type nested past the stack, or a long one, is an unknown_type with a short reason', () => {
+    // A worker's JSON may hold anything: naming the refused type must not overflow the stack (the
+    // index would throw instead of rejecting) nor copy a megabyte into the reason.
+    let deep: unknown = 'stored';
+    for (let i = 0; i < 200_000; i++) deep = [deep];
+    const index = new RadixIndex();
+    for (const [i, type] of [deep, 'x'.repeat(1 << 20)].entries()) {
+      const result = index.applyEvent('w', { event_id: i + 1, type });
+      assert.equal(result.status, 'rejected');
+      assert.equal(result.status === 'rejected' && result.reason, 'unknown_type');
+      assert.ok(result.status === 'rejected' && result.detail.length < 100, 'a short reason');
+    }
+    assert.equal(index.stats().rejected.unknown_type, 2);
+  });
+
   test('inconsistent sequence hashes are rejected before anything changes', () => {
     const index = new RadixIndex();
     const tokens = tokensOf(9, 3);

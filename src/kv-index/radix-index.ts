@@ -11,6 +11,7 @@
 // event is rejected (with a reason and a counter) and never leaves the tree half-updated.
 
 import type { KvEvent } from '../protocols/kv-events.js';
+import { describeRejected } from '../util/describe-rejected.js';
 import type { IndexStats, PrefixIndex } from './prefix-index.js';
 import { MatchScores, RadixTree, ROOT } from './radix-tree.js';
 import type { BlockKeys } from './u64.js';
@@ -247,7 +248,7 @@ export class RadixIndex implements PrefixIndex {
           this.tree.removeSlot(slot);
           break;
         default:
-          throw new Rejection('unknown_type', `unknown event type ${JSON.stringify(event.type)}`);
+          throw new Rejection('unknown_type', `unknown event type ${describeRejected(event.type)}`);
       }
       return APPLIED;
     } catch (err) {

@@ -3,6 +3,8 @@
 // typed arrays and no BigInt or string is created on the hot path. Nothing is narrowed: the index
 // compares all 64 bits, so its collision odds are XXH3-64's own (see README.md).
 
+import { describeRejected } from '../util/describe-rejected.js';
+
 /**
  * Keys of consecutive blocks as interleaved u32 halves: block i is (keys[2i] = low 32 bits,
  * keys[2i + 1] = high 32 bits). Produced by `localBlockKeys` and `keysFromU64Strings`.
@@ -56,7 +58,7 @@ export function keysFromU64Strings(hashes: readonly string[]): BlockKeys {
   const keys = new Uint32Array(hashes.length * 2);
   for (let i = 0; i < hashes.length; i++) {
     if (!parseU64Into(hashes[i], keys, 2 * i)) {
-      throw new RangeError(`not an unsigned 64-bit decimal: ${JSON.stringify(hashes[i])}`);
+      throw new RangeError(`not an unsigned 64-bit decimal: ${describeRejected(hashes[i])}`);
     }
   }
   return keys;

@@ -11,8 +11,9 @@ import type {
   KvTransferParams,
   PrefillRequest,
 } from '../protocols/worker-plane.js';
-import { describeRejected, validateTokenIds } from '../router/openai/request.js';
+import { validateTokenIds } from '../router/openai/request.js';
 import { decodeJson } from '../tcp/index.js';
+import { describeRejected } from '../util/describe-rejected.js';
 
 type Obj = Record<string, unknown>;
 

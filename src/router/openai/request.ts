@@ -3,6 +3,7 @@
 // names the offending field in `param`, so the HTTP layer answers 400 in OpenAI's error shape.
 
 import { KvrouteError } from '../../errors.js';
+import { describeRejected } from '../../util/describe-rejected.js';
 import { flattenChat } from './chat-template.js';
 
 export type EndpointKind = 'completion' | 'chat';
@@ -67,18 +68,6 @@ export function validateTokenIds(value: unknown[], param: string, path = param):
     }
   }
   return value as number[];
-}
-
-/**
- * A rejected value for a message, short whatever it is: JSON.stringify of a deeply nested array
- * would itself overflow the stack, and a long string or array would make the message its size.
- * Every validator of a client's or a peer's JSON describes what it refuses with this one.
- */
-export function describeRejected(v: unknown): string {
-  if (typeof v === 'string') return JSON.stringify(v.length > 32 ? `${v.slice(0, 32)}...` : v);
-  if (Array.isArray(v)) return 'an array';
-  if (typeof v === 'object' && v !== null) return 'an object';
-  return String(v);
 }
 
 /**

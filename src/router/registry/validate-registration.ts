@@ -11,7 +11,7 @@ import {
   type WorkerRole,
 } from '../../protocols/registration.js';
 import { formatAddress } from '../../tcp/index.js';
-import { describeRejected } from '../openai/request.js';
+import { describeRejected } from '../../util/describe-rejected.js';
 
 /**
  * A registration after validation: the address split into host and port, kv_events and
