@@ -1026,3 +1026,86 @@ test('a text prompt far over --max-prompt-tokens is refused as one just over it,
     await router.close();
   }
 });
+
+describe('--max-receiving-bytes', () => {
+  /** A completion body of exactly `length` bytes (a prompt of spaces), valid JSON. */
+  const bodyOf = (length: number) => {
+    const head = '{"model":"mock-llm","max_tokens":1,"prompt":"';
+    return Buffer.from(`${head}${' '.repeat(length - head.length - 2)}"}`);
+  };
+  /** Sends the headers and `sent` bytes of a body; resolves with all the router answers, at close. */
+  function upload(port: number, headers: string, sent: Buffer) {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => {});
+    let text = '';
+    socket.on('data', (b) => {
+      text += b.toString();
+    });
+    const answer = new Promise<string>((resolve) => socket.once('close', () => resolve(text)));
+    socket.write(
+      `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n${headers}\r\n`,
+    );
+    socket.write(sent);
+    return { socket, answer, text: () => text };
+  }
+  const errorCode = (answer: string) => /"code":"([a-z_]+)"/.exec(answer)?.[1];
+
+  test('a large body past what is being received: 503 overloaded, Retry-After, connection closed; a client leaving mid-body releases its share', async () => {
+    const router = await createRouter({
+      port: 0,
+      logger: false,
+      maxReceivingBytes: 300_000,
+      bodyLimit: 1 << 20,
+    });
+    const port = Number(new URL(await router.listen()).port);
+    try {
+      // A holds 200,000 bytes of a 250,000-byte body.
+      const a = upload(port, 'content-length: 250000\r\n', bodyOf(250_000).subarray(0, 200_000));
+      await new Promise((r) => setTimeout(r, 200));
+      // B's 200,000 would take the total past 300,000.
+      const b = upload(port, 'content-length: 200000\r\n', bodyOf(200_000));
+      const refused = await b.answer;
+      assert.match(refused, /^HTTP\/1\.1 503 /);
+      assert.match(refused, /retry-after: 1/i);
+      assert.equal(errorCode(refused), 'overloaded');
+      assert.equal(a.text(), '', 'A is still being received');
+      a.socket.destroy();
+      // With A gone, a 290,000-byte body is received in full (and fails later, for want of workers).
+      const c = upload(port, 'content-length: 290000\r\nconnection: close\r\n', bodyOf(290_000));
+      assert.equal(errorCode(await c.answer), 'no_workers');
+    } finally {
+      await router.close();
+    }
+  });
+
+  test('a chunked body refused as too large (413) releases its share; small bodies are not counted', async () => {
+    const router = await createRouter({
+      port: 0,
+      logger: false,
+      maxReceivingBytes: 300_000,
+      bodyLimit: 200_000,
+    });
+    const port = Number(new URL(await router.listen()).port);
+    try {
+      const chunk = (b: Buffer) =>
+        Buffer.concat([Buffer.from(`${b.length.toString(16)}\r\n`), b, Buffer.from('\r\n')]);
+      // 260,000 bytes sent chunked, past the 200,000 body limit: 413, and the router stops reading.
+      const tooLarge = upload(port, 'transfer-encoding: chunked\r\n', chunk(Buffer.alloc(260_000, 0x20)));
+      await waitUntil(() => /^HTTP\/1\.1 413 /.test(tooLarge.text()), 'the 413');
+      // Its share is released: 200,000 more bytes fit in the 300,000.
+      const next = upload(port, 'content-length: 200000\r\nconnection: close\r\n', bodyOf(200_000));
+      assert.equal(errorCode(await next.answer), 'no_workers');
+      tooLarge.socket.destroy();
+      // Bodies of 64 KiB or less with a content-length are not counted: 6 of them held at once
+      // (384 KiB) are all received.
+      const small = Array.from({ length: 6 }, () =>
+        upload(port, 'content-length: 65536\r\nconnection: close\r\n', bodyOf(65_536).subarray(0, 60_000)),
+      );
+      await new Promise((r) => setTimeout(r, 200));
+      for (const s of small) s.socket.write(bodyOf(65_536).subarray(60_000));
+      for (const s of small) assert.equal(errorCode(await s.answer), 'no_workers');
+    } finally {
+      await router.close();
+    }
+  });
+});

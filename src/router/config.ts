@@ -40,6 +40,8 @@ export interface RouterConfig {
   bodyLimit: number;
   /** Open client connections at most; one past it is closed at once. */
   maxConnections: number;
+  /** Bytes of request bodies over 64 KiB (or chunked, or encoded) received at once; 503 past it. */
+  maxReceivingBytes: number;
   maxOutputTokens: number;
   maxPromptTokens: number;
   firstTokenTimeoutMs: number;
@@ -170,6 +172,13 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     default: 16_384,
     min: 1,
     help: 'open client connections at most (one past it is closed at once): bounds sockets and memory under a connection flood',
+  },
+  {
+    name: 'max-receiving-bytes',
+    type: 'integer',
+    default: 1024 * 1024 * 1024,
+    min: 1024,
+    help: 'bytes of request bodies (those over 64 KiB, chunked or encoded) being received at once; a body past it gets 503',
   },
   {
     name: 'max-output-tokens',

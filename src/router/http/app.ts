@@ -29,6 +29,7 @@ import type { RouterConfig } from '../config.js';
 import type { RouterMetrics } from '../metrics.js';
 import { registerJsonBodyParser } from './json-body.js';
 import { LazyRequestLogger } from './lazy-logger.js';
+import { ReceivingBudget } from './receiving-budget.js';
 
 interface RequestTrace {
   span: Span;
@@ -178,7 +179,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
       );
     },
   });
-  registerJsonBodyParser(app, config.bodyLimit);
+  registerJsonBodyParser(app, config.bodyLimit, new ReceivingBudget(config.maxReceivingBytes));
 
   /** Status label of a request whose client left before the response finished (nginx's 499). */
   const CLIENT_GONE_STATUS = '499';

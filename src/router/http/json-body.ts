@@ -17,6 +17,7 @@ import zlib from 'node:zlib';
 import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../../errors.js';
 import { NOT_PARSED, parseJsonBytes } from './json-bytes.js';
+import type { ReceivingBudget } from './receiving-budget.js';
 
 /** Whether fastify's poisoning scan could find anything in `body` (else JSON.parse alone is exact). */
 function mayBePoisoned(body: Buffer): boolean {
@@ -91,14 +92,23 @@ declare module 'fastify' {
   }
 }
 
-export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number): void {
+/**
+ * The JSON body parser, with bodies that may be large counted against `receiving` while they
+ * arrive (receiving-budget.ts).
+ */
+export function registerJsonBodyParser(
+  app: FastifyInstance,
+  bodyLimit: number,
+  receiving: ReceivingBudget,
+): void {
   // Fastify's text/plain parser would hand a route the body as a string, answered "must be a JSON
   // object" even when it is one: without it, text/plain is refused like any other media type
   // (toHttpError: "content-type must be application/json").
   app.removeContentTypeParser('text/plain');
-  app.addHook('preParsing', (request, _reply, payload, done) => {
+  app.addHook('preParsing', (request, reply, payload, done) => {
     const decoder = decoderFor(request.headers['content-encoding']);
-    if (decoder === undefined) return done(null, payload);
+    const counted = receiving.counts(request.headers['content-length'], decoder !== undefined);
+    if (decoder === undefined && !counted) return done(null, payload);
     if (decoder === null) {
       const encoding = request.headers['content-encoding'];
       return done(
@@ -108,7 +118,11 @@ export function registerJsonBodyParser(app: FastifyInstance, bodyLimit: number):
         ),
       );
     }
-    done(null, decoded(payload, decoder));
+    const body = decoder === undefined ? payload : decoded(payload, decoder);
+    done(
+      null,
+      receiving.watch(body, reply.raw, () => reply.header('connection', 'close')),
+    );
   });
   const secure = app.getDefaultJsonParser('error', 'error');
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit }, (request, body, done) => {
