@@ -118,3 +118,19 @@ test('decimalText gives back text the parser reads as the same number, without a
     assert.equal(parseOptions(spec, ['--temperature', text], {}).options.temperature, n, text);
   }
 });
+
+test('refuseEmptyEnv: an empty variable is an error for that option (not "unset"), and only for it', () => {
+  const secret: CommandSpec = {
+    usage: 'kvroute test',
+    summary: 'test command',
+    options: [
+      { name: 'token', type: 'string', refuseEmptyEnv: true, help: 'a secret' },
+      { name: 'policy', type: 'string', default: 'kv', help: 'policy' },
+    ],
+  };
+  assert.throws(() => parseOptions(secret, [], { KVROUTE_TOKEN: '' }), /KVROUTE_TOKEN is set but empty/);
+  assert.equal(parseOptions(secret, [], { KVROUTE_POLICY: '' }).options.policy, 'kv');
+  assert.equal(parseOptions(secret, [], {}).options.token, undefined);
+  assert.equal(parseOptions(secret, [], { KVROUTE_TOKEN: 's3cret' }).options.token, 's3cret');
+  assert.equal(parseOptions(secret, ['--help'], { KVROUTE_TOKEN: '' }).help, true);
+});

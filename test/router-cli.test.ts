@@ -424,3 +424,28 @@ test('a worker token that cannot travel in an HTTP header exits 2 with one line 
     assert.ok(!r.stderr.includes(bad));
   }
 });
+
+test('an empty KVROUTE_WORKER_TOKEN exits 2 with one line instead of leaving the control plane open (router, worker, demo); --help still shows', () => {
+  workerRefuses([[[], { KVROUTE_WORKER_TOKEN: '' }, /KVROUTE_WORKER_TOKEN is set but empty/]]);
+  for (const args of [
+    ['router', '--port', '0'],
+    ['demo', '--port', '0', '--prefill', '0', '--decode', '1'],
+  ]) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, ...args], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      env: { ...process.env, OTEL_TRACES_EXPORTER: 'none', KVROUTE_WORKER_TOKEN: '' },
+    });
+    assert.equal(r.status, 2, `${args[0]}: ${r.stdout}${r.stderr}`);
+    assert.match(
+      r.stderr,
+      /^kvroute \w+: KVROUTE_WORKER_TOKEN is set but empty: unset it, or give it a value\n$/,
+    );
+    const help = spawnSync(process.execPath, [CLI_MAIN, args[0]!, '--help'], {
+      encoding: 'utf8',
+      timeout: 10_000,
+      env: { ...process.env, KVROUTE_WORKER_TOKEN: '' },
+    });
+    assert.equal(help.status, 0, help.stderr);
+  }
+});

@@ -19,6 +19,12 @@ export interface OptionSpec {
   min?: number;
   /** Inclusive upper bound for numeric options. */
   max?: number;
+  /**
+   * An empty environment variable is an error instead of "not set". Every other option takes an
+   * empty variable as unset; for one whose absence fails open (the worker token: unset leaves the
+   * control plane open), `export KVROUTE_WORKER_TOKEN="$SECRET"` with an unset $SECRET must not.
+   */
+  refuseEmptyEnv?: boolean;
 }
 
 export interface CommandSpec {
@@ -155,6 +161,9 @@ export function parseOptions(
     let value = given.get(spec.name);
     if (value === undefined) {
       const fromEnv = env[envName(spec.name)];
+      if (fromEnv === '' && spec.refuseEmptyEnv === true && !help) {
+        throw new UsageError(`${envName(spec.name)} is set but empty: unset it, or give it a value`);
+      }
       if (fromEnv !== undefined && fromEnv !== '') {
         try {
           value = coerce(spec, fromEnv, envName(spec.name));

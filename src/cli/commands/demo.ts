@@ -82,6 +82,7 @@ export const spec: CommandModule['spec'] = {
     {
       name: 'worker-token',
       type: 'string',
+      refuseEmptyEnv: true,
       help: 'the worker token of the router and every worker (give it to add workers of your own) (default: a random one per run)',
     },
   ],

@@ -85,6 +85,7 @@ export const spec: CommandModule['spec'] = {
       // serves a router and its workers on one host.
       name: 'worker-token',
       type: 'string',
+      refuseEmptyEnv: true,
       help: "the router's --worker-token, sent on register, heartbeat and deregister; best given through its variable (a flag shows in the process list) (default: unset, none sent)",
     },
     { name: 'verbose', type: 'boolean', default: false, help: 'structured JSON logs on stderr' },
