@@ -213,10 +213,10 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
   {
     name: 'client-stall-timeout-ms',
     type: 'integer',
-    default: 30_000,
+    default: 120_000,
     min: 1,
     max: MAX_TIMER_MS,
-    help: 'a streaming client that takes no data for this long is cut (its slot and worker load freed)',
+    help: 'a streaming client that takes no data for this long is cut (its slot and worker load freed); the router sees reading in steps of about a megabyte, so a client reading slower than that per this bound is cut too',
   },
   {
     name: 'approx-ttl-ms',
