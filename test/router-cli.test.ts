@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import { createServer } from 'node:net';
 import { test } from 'node:test';
 import { envName } from '../src/cli/options.js';
 import { ROUTER_OPTION_SPECS } from '../src/router/config.js';
@@ -447,5 +448,48 @@ test('an empty KVROUTE_WORKER_TOKEN exits 2 with one line instead of leaving the
       env: { ...process.env, KVROUTE_WORKER_TOKEN: '' },
     });
     assert.equal(help.status, 0, help.stderr);
+  }
+});
+
+test('--verbose logs one line for a request whose client left (499), as for any other', {
+  timeout: 30_000,
+}, async () => {
+  // A worker that accepts the request plane's connection and never answers: the request waits for
+  // its first token until the client gives up.
+  const silent = createServer(() => {});
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const { port } = silent.address() as { port: number };
+  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0', '--verbose'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  const exit = once(child, 'exit');
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  try {
+    const url = await waitUntil(
+      async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
+      'the router listening',
+    );
+    assert.equal((await registerWorker(url, { address: `127.0.0.1:${port}` })).status, 201);
+    const gone = new AbortController();
+    const leaving = fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mock-llm', prompt: 'never answered', max_tokens: 4, stream: true }),
+      signal: gone.signal,
+    }).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 300));
+    gone.abort();
+    await leaving;
+    await waitUntil(
+      () => /"event":"request"[^\n]*"route":"\/v1\/completions"[^\n]*"status":499/.test(out),
+      'a request line with status 499',
+    );
+  } finally {
+    child.kill('SIGTERM');
+    await exit;
+    silent.close();
   }
 });

@@ -181,11 +181,42 @@ export function createApp(deps: AppDeps): FastifyInstance {
   });
   registerJsonBodyParser(app, config.bodyLimit, new ReceivingBudget(config.maxReceivingBytes));
 
-  /** Status label of a request whose client left before the response finished (nginx's 499). */
-  const CLIENT_GONE_STATUS = '499';
+  /**
+   * The access-log line of a request (`--verbose`): control-plane chatter (heartbeats, scrapes,
+   * probes) only at debug level. Built only when it will be written (the default level is warn).
+   */
+  const logRequest = (request: FastifyRequest, reply: FastifyReply, route: string, status: number) => {
+    const level =
+      route === '/v1/workers/:id/heartbeat' ||
+      route === '/metrics' ||
+      route === '/health' ||
+      route === '/ready'
+        ? 'debug'
+        : 'info';
+    if (logs(request.log, level)) {
+      request.log[level](
+        {
+          event: 'request',
+          method: request.method,
+          route,
+          status,
+          ms: Math.round(reply.elapsedTime),
+          worker: reply.getHeader('x-kvroute-decode-worker'),
+        },
+        'request',
+      );
+    }
+  };
+
+  /** Status of a request whose client left before the response finished (nginx's 499). */
+  const CLIENT_GONE_STATUS = 499;
   const onClientGone = (request: FastifyRequest, reply: FastifyReply) => {
     const route = request.routeOptions.url ?? 'unmatched';
-    metrics.requests.inc({ route, status: String(answeredOnSocket.get(reply.raw) ?? CLIENT_GONE_STATUS) });
+    const status = answeredOnSocket.get(reply.raw) ?? CLIENT_GONE_STATUS;
+    metrics.requests.inc({ route, status: String(status) });
+    // Logged like any other request: a client that left, or one cut for not reading, is what an
+    // operator looks for in the log.
+    logRequest(request, reply, route, status);
     const span = traces.get(request)?.span;
     if (span?.isRecording()) {
       span.setAttributes({
@@ -245,28 +276,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
       if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
     }
-    // Control-plane chatter (heartbeats, scrapes, probes) only at debug level.
-    const level =
-      route === '/v1/workers/:id/heartbeat' ||
-      route === '/metrics' ||
-      route === '/health' ||
-      route === '/ready'
-        ? 'debug'
-        : 'info';
-    // Build the line only when it will be written (the default level is warn).
-    if (logs(request.log, level)) {
-      request.log[level](
-        {
-          event: 'request',
-          method: request.method,
-          route,
-          status,
-          ms: Math.round(reply.elapsedTime),
-          worker: reply.getHeader('x-kvroute-decode-worker'),
-        },
-        'request',
-      );
-    }
+    logRequest(request, reply, route, status);
     done();
   });
 
