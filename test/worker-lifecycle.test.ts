@@ -5,6 +5,7 @@ import type { GenerateChunk } from '../src/protocols/worker-plane.js';
 import { isRetryable } from '../src/router/execute/worker-call.js';
 import { createRouter } from '../src/router/service.js';
 import { decodeJson, encodeJson, RequestPlaneClient, TransportError } from '../src/tcp/index.js';
+import { type RegistrationRefused, RouterLease } from '../src/worker/router-lease.js';
 import type { WorkerStats } from '../src/worker/stats.js';
 import { runWorkerCli, StandInRouter, spawnWorker } from './worker-helpers.js';
 
@@ -348,6 +349,50 @@ test('a heartbeat refused with 401 (the router restarted with another --worker-t
     assert.equal(second.registry.size, 0);
   } finally {
     worker.child.kill('SIGKILL');
+    await first.close();
+    await second?.close();
+  }
+});
+
+test("a refused heartbeat and a refused deregistration are logged as what they are, not as 'registration_refused' and 'deregistered'", async () => {
+  const first = await createRouter({ port: 0, logger: false, leaseTtlMs: 300, workerToken: 'old-token' });
+  const url = await first.listen();
+  const port = Number(new URL(url).port);
+  const events: [string, Record<string, unknown>][] = [];
+  let refused: RegistrationRefused | undefined;
+  const lease = new RouterLease({
+    routerUrl: url,
+    workerToken: 'old-token',
+    registration: {
+      role: 'decode',
+      address: '127.0.0.1:1',
+      model: 'mock-llm',
+      block_size: 16,
+      kv_blocks: 16,
+      max_batched_tokens: 16,
+    },
+    log: (event, fields) => events.push([event, fields]),
+    onRefused: (err) => {
+      refused = err;
+    },
+  });
+  let second: Awaited<ReturnType<typeof createRouter>> | undefined;
+  try {
+    lease.start();
+    await waitUntil(() => first.registry.size === 1);
+    await first.close();
+    second = await createRouter({ port, logger: false, leaseTtlMs: 300, workerToken: 'new-token' });
+    await second.listen();
+    await waitUntil(() => refused !== undefined);
+    await lease.stop();
+    const names = events.map(([e]) => e);
+    assert.ok(names.includes('heartbeat_refused'), names.join(', '));
+    assert.ok(!names.includes('registration_refused'), names.join(', '));
+    assert.ok(names.includes('deregister_refused'), names.join(', '));
+    assert.ok(!names.includes('deregistered'), names.join(', '));
+    assert.equal(events.find(([e]) => e === 'deregister_refused')![1].status, 401);
+  } finally {
+    await lease.stop();
     await first.close();
     await second?.close();
   }

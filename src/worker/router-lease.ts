@@ -104,7 +104,11 @@ export class RouterLease {
     await withRootContext(() =>
       this.call('DELETE', `/v1/workers/${encodeURIComponent(id)}`, undefined, new AbortController().signal),
     )
-      .then((res) => this.log('deregistered', { worker_id: id, status: res.status }))
+      // A refused DELETE (a router restarted with another token, an id it already dropped) is not
+      // a deregistration: logged as what it is.
+      .then((res) =>
+        this.log(res.ok ? 'deregistered' : 'deregister_refused', { worker_id: id, status: res.status }),
+      )
       .catch((err: unknown) => this.log('deregister_failed', { worker_id: id, error: String(err) }));
   }
 
@@ -131,7 +135,8 @@ export class RouterLease {
       } catch (err) {
         if (signal.aborted) break;
         if (err instanceof RegistrationRefused) {
-          this.log('registration_refused', { status: err.status, reason: err.reason });
+          // `registration_refused` or `heartbeat_refused`: which call the router refused.
+          this.log(`${err.call}_refused`, { status: err.status, reason: err.reason });
           this.opts.onRefused?.(err);
           return;
         }
