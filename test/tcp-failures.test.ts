@@ -142,6 +142,83 @@ test('an oversize frame is rejected on its stream and the connection carries on'
   await server.close({ deadlineMs: 500 });
 });
 
+test('a server with a token serves only frames that carry it: none or another is refused unauthorized before any handler runs; without a token, as before', async () => {
+  const token = 'tcp-token-secret';
+  let ran = 0;
+  const server = new RequestPlaneServer({ authToken: token });
+  server.handle('echo', async (req) => {
+    ran++;
+    return req.payload;
+  });
+  await server.listen();
+  const none = new RequestPlaneClient();
+  const wrong = new RequestPlaneClient({ authToken: 'tcp-token-secreT' });
+  const right = new RequestPlaneClient({ authToken: token });
+  try {
+    for (const [client, hint] of [
+      [none, /send 'authorization: Bearer <token>'/],
+      [wrong, /not this worker's/],
+    ] as const) {
+      // Refused before routing: an unknown endpoint is not even told apart from a known one.
+      for (const path of ['echo', 'no-such-endpoint']) {
+        const err = await failureOf(client.unary(server.address, path, Buffer.from('x')));
+        assert.equal(err.kind, 'remote_error', err.message);
+        assert.equal(err.remoteCode, 'unauthorized');
+        assert.equal(err.retryable, true, 'refused: no handler ran');
+        assert.match(err.message, hint);
+        assert.ok(!err.message.includes(token));
+      }
+    }
+    // The same header on a raw frame, by hand: only the exact `Bearer <token>` passes.
+    const raw = connect(Number(server.address.split(':')[1]), '127.0.0.1');
+    await once(raw, 'connect');
+    const answers = new ResponseFrameDecoder(1 << 20);
+    const frames: Array<{ type: number; streamId: number; payload: string }> = [];
+    raw.on('data', (chunk: Buffer) => {
+      answers.push(chunk);
+      for (let ev = answers.next(); ev !== undefined; ev = answers.next()) {
+        if (ev.kind === 'frame')
+          frames.push({ type: ev.type, streamId: ev.streamId, payload: ev.payload.toString() });
+      }
+    });
+    const headers = (id: number, authorization?: string) =>
+      JSON.stringify({ 'x-kvroute-stream': String(id), ...(authorization ? { authorization } : {}) });
+    raw.write(encodeRequestFrame('echo', headers(1, `bearer ${token}`), Buffer.from('a')));
+    raw.write(encodeRequestFrame('echo', headers(2, token), Buffer.from('b')));
+    raw.write(encodeRequestFrame('echo', headers(3, `Bearer ${token}`), Buffer.from('c')));
+    raw.write(encodeRequestFrame('echo', headers(4, `Bearer ${token}x`), Buffer.from('d')));
+    raw.write(encodeRequestFrame('echo', headers(5), Buffer.from('e')));
+    await waitUntil(
+      async () => frames.filter((f) => f.type !== ResponseType.DATA).length === 5 || undefined,
+      'five answers',
+    );
+    const refused = frames.filter((f) => f.type === ResponseType.ERROR).map((f) => f.streamId);
+    assert.deepEqual(refused.sort(), [1, 2, 4, 5]);
+    assert.deepEqual(
+      frames.filter((f) => f.type === ResponseType.DATA),
+      [{ type: ResponseType.DATA, streamId: 3, payload: 'c' }],
+    );
+    raw.destroy();
+    assert.equal(ran, 1, 'only the frame with the token reached the handler');
+    assert.deepEqual(await right.unary(server.address, 'echo', Buffer.from('ok')), Buffer.from('ok'));
+    assert.deepEqual(await right.unary(server.address, 'echo', Buffer.from('again')), Buffer.from('again'));
+    assert.equal(ran, 3);
+  } finally {
+    await Promise.all([none.close(), wrong.close(), right.close()]);
+    await server.close({ deadlineMs: 500 });
+  }
+  // Without a token the server serves every frame, with a token or without.
+  const open = new RequestPlaneServer();
+  open.handle('echo', async (req) => req.payload);
+  await open.listen();
+  const withToken = new RequestPlaneClient({ authToken: token });
+  const without = new RequestPlaneClient();
+  assert.deepEqual(await withToken.unary(open.address, 'echo', Buffer.from('1')), Buffer.from('1'));
+  assert.deepEqual(await without.unary(open.address, 'echo', Buffer.from('2')), Buffer.from('2'));
+  await Promise.all([withToken.close(), without.close()]);
+  await open.close({ deadlineMs: 500 });
+});
+
 test('an oversize frame on the id of a stream still open is a protocol error, as any reuse of it', async () => {
   let aborted = false;
   const server = new RequestPlaneServer({ maxFrameBytes: 1024 });

@@ -7,6 +7,7 @@
 // context at call time, and that span's context travels in the frame headers.
 
 import { type Context, context, type Span, type Tracer } from '@opentelemetry/api';
+import { AUTHORIZATION_HEADER, bearer } from './auth.js';
 import { ChunkIterator, type ChunkStream, UnaryCollector } from './calls.js';
 import {
   type DispatchFn,
@@ -46,6 +47,11 @@ export interface RequestPlaneClientOptions {
   maxUnsentBytesPerConnection?: number;
   /** Starts each call's CLIENT span: the component's tracer (default: the API global). */
   tracer?: Tracer;
+  /**
+   * The workers' token (the router's --worker-token): sent as `authorization: Bearer <token>` in
+   * every call's frame headers, which a server with the same authToken requires.
+   */
+  authToken?: string;
 }
 
 /** A pool's connections per worker address, and the streams each carries before another is dialled. */
@@ -62,6 +68,8 @@ export class RequestPlaneClient {
   private readonly firstResponseTimeoutMs: number;
   private readonly windowBytes: number;
   private readonly tracer: Tracer;
+  /** `Bearer <token>`, built once; undefined without a token. */
+  private readonly authorization: string | undefined;
   private closed = false;
 
   constructor(opts: RequestPlaneClientOptions = {}) {
@@ -76,6 +84,7 @@ export class RequestPlaneClient {
     this.firstResponseTimeoutMs = opts.firstResponseTimeoutMs ?? 30_000;
     this.windowBytes = opts.maxBufferedBytesPerStream ?? 256 * 1024;
     this.tracer = opts.tracer ?? globalTracer;
+    this.authorization = opts.authToken === undefined ? undefined : bearer(opts.authToken);
   }
 
   get maxFrameBytes(): number {
@@ -225,10 +234,11 @@ export class RequestPlaneClient {
     return fn;
   }
 
-  /** Frame headers for one call (the trace context is added by startClientSpan). */
+  /** Frame headers for one call (the trace context is added by startClientSpan), the token's among them. */
   private requestHeaders(opts: CallOptions): Record<string, string> {
     const headers: Record<string, string> = opts.headers ? { ...opts.headers } : {};
     if (opts.requestId !== undefined) headers[REQUEST_ID_HEADER] = opts.requestId;
+    if (this.authorization !== undefined) headers[AUTHORIZATION_HEADER] = this.authorization;
     return headers;
   }
 

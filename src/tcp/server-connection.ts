@@ -9,6 +9,7 @@
 
 import type { Socket } from 'node:net';
 import type { Tracer } from '@opentelemetry/api';
+import { AUTHORIZATION_HEADER, type TokenCheck } from './auth.js';
 import { FrameWriter } from './frame-writer.js';
 import {
   CANCEL_PATH,
@@ -33,6 +34,8 @@ export interface ConnectionHost {
   readonly limits: ServerLimits;
   readonly tracer: Tracer;
   readonly draining: boolean;
+  /** Set when requests must carry the server's token (RequestPlaneServerOptions.authToken). */
+  readonly tokenCheck: TokenCheck | undefined;
   handlerFor(path: string): RequestHandler | undefined;
   connectionClosed(conn: ServerConnection): void;
 }
@@ -49,6 +52,8 @@ export class ServerConnection implements StreamSink {
   private readPaused = false;
   private drainWaiters: Array<() => void> = [];
   private lingerTimer: NodeJS.Timeout | undefined;
+  /** The authorization value a request on this connection last passed the token check with. */
+  private allowedAuthorization: string | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -169,6 +174,19 @@ export class ServerConnection implements StreamSink {
       this.fatal(`stream id ${id} is already open`);
       return;
     }
+    // Before anything else is told (draining, load, which endpoints exist): a peer without the
+    // token learns only that it needs one.
+    if (this.host.tokenCheck !== undefined && !this.authorized(headers[AUTHORIZATION_HEADER])) {
+      this.sendError(id, {
+        message:
+          headers[AUTHORIZATION_HEADER] === undefined
+            ? "this worker serves only requests with its worker token: send 'authorization: Bearer <token>'"
+            : "the request's worker token is not this worker's",
+        code: 'unauthorized',
+        refused: true,
+      });
+      return;
+    }
     if (this.host.draining) {
       this.sendError(id, { message: 'server is shutting down', code: 'shutting_down', refused: true });
       return;
@@ -189,6 +207,14 @@ export class ServerConnection implements StreamSink {
     const stream = new ServerStream(this, id, windowOf(headers, this.host.limits.defaultWindowBytes));
     this.streams.add(stream);
     void stream.run(handler, path, headers, payload, this.host.tracer);
+  }
+
+  /** The token check, skipped for the value this connection was last allowed with (see auth.ts). */
+  private authorized(value: string | undefined): boolean {
+    if (value !== undefined && value === this.allowedAuthorization) return true;
+    if (!this.host.tokenCheck!.allows(value)) return false;
+    this.allowedAuthorization = value;
+    return true;
   }
 
   private onRejected(headers: Record<string, string> | undefined, reason: string): void {

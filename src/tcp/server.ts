@@ -7,6 +7,7 @@
 
 import { createServer, type Server, type Socket } from 'node:net';
 import { context, ROOT_CONTEXT, type Tracer } from '@opentelemetry/api';
+import { TokenCheck } from './auth.js';
 import { DEFAULT_MAX_FRAME_BYTES } from './frames.js';
 import { type ConnectionHost, ServerConnection } from './server-connection.js';
 import type { RequestHandler, ServerLimits } from './server-types.js';
@@ -21,6 +22,12 @@ export interface RequestPlaneServerOptions {
   maxConnections?: number;
   /** Starts each request's `handle_payload` span: the component's tracer (default: the API global). */
   tracer?: Tracer;
+  /**
+   * Serve only requests whose frame carries `authorization: Bearer <authToken>` (the worker's
+   * --worker-token); others get the refused ERROR `unauthorized` before any handler runs.
+   * Without it every request is served, as the plane always did.
+   */
+  authToken?: string;
 }
 
 export interface ServerStats {
@@ -35,6 +42,7 @@ export interface ServerStats {
 export class RequestPlaneServer implements ConnectionHost {
   readonly limits: ServerLimits;
   readonly tracer: Tracer;
+  readonly tokenCheck: TokenCheck | undefined;
   private readonly maxConnections: number;
   private readonly handlers = new Map<string, RequestHandler>();
   private readonly connections = new Set<ServerConnection>();
@@ -53,6 +61,7 @@ export class RequestPlaneServer implements ConnectionHost {
     };
     this.maxConnections = opts.maxConnections ?? 10_000;
     this.tracer = opts.tracer ?? globalTracer;
+    this.tokenCheck = opts.authToken === undefined ? undefined : new TokenCheck(opts.authToken);
   }
 
   /** Registers the handler of one endpoint path. Paths starting with `_` are reserved by the plane. */
