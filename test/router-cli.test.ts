@@ -9,7 +9,9 @@ import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { test } from 'node:test';
 import { envName } from '../src/cli/options.js';
+import { ENDPOINTS } from '../src/protocols/worker-plane.js';
 import { ROUTER_OPTION_SPECS } from '../src/router/config.js';
+import { encodeJson, isTransportError, RequestPlaneClient } from '../src/tcp/index.js';
 import {
   CLI_MAIN,
   postCompletion,
@@ -351,6 +353,28 @@ test('--worker-token (KVROUTE_WORKER_TOKEN): a kvroute worker with it registers 
   const worker = await spawnWorker(url, [], { KVROUTE_WORKER_TOKEN: token });
   try {
     await waitForWorkers(url, 1);
+    // The request plane: the router's frames carry the token, so the worker serves them...
+    const completion = await postCompletion(url, { prompt: 'the request plane takes the token' });
+    assert.equal(completion.status, 200, await completion.clone().text());
+    // ...and nobody else's: a client without it, or with another, is refused before any handler.
+    for (const stranger of [
+      new RequestPlaneClient(),
+      new RequestPlaneClient({ authToken: `${token}-not` }),
+    ]) {
+      try {
+        for (const endpoint of [ENDPOINTS.generate, ENDPOINTS.kvEvents, ENDPOINTS.stats]) {
+          const err = await stranger.unary(worker.address, endpoint, encodeJson({})).then(
+            () => assert.fail(`${endpoint} served without the token`),
+            (e: unknown) => e,
+          );
+          assert.ok(isTransportError(err), String(err));
+          assert.equal(err.remoteCode, 'unauthorized', err.message);
+          assert.ok(!err.message.includes(token));
+        }
+      } finally {
+        await stranger.close();
+      }
+    }
     // A stranger is refused, and nothing is registered for it.
     const stranger = await registerWorker(url, { address: '127.0.0.1:9' });
     assert.equal(stranger.status, 401);
@@ -394,6 +418,7 @@ test('--worker-token (KVROUTE_WORKER_TOKEN): a kvroute worker with it registers 
     assert.equal((await exit)[0], 0);
     assert.match(out, /"route":"\/v1\/workers"/, 'the verbose router logged the control-plane calls');
     assert.match(out, /http-request/, 'and exported their spans');
+    assert.match(out, /request_plane generate/, 'the request-plane call spans too');
     assert.ok(!out.includes(token), 'the token is in neither logs nor spans');
     const help = spawnSync(process.execPath, [CLI_MAIN, 'router', '--help'], {
       encoding: 'utf8',
@@ -405,6 +430,45 @@ test('--worker-token (KVROUTE_WORKER_TOKEN): a kvroute worker with it registers 
     child.kill('SIGKILL');
     worker.kill();
   }
+});
+
+// The router without a token takes any worker; one started with a token refuses the router's
+// frames. The client gets a 502 that says why, at once (tried once per worker, not forever), not a
+// 401 as if its own request lacked credentials.
+test('a worker whose --worker-token the router does not send: completions fail 502 worker_error naming the token, without it in any answer', {
+  timeout: 60_000,
+}, async () => {
+  const token = `rc-${Math.random().toString(36).slice(2)}-only-the-worker`;
+  const { KVROUTE_WORKER_TOKEN: _, ...envWithout } = process.env;
+  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...envWithout, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  let worker: Awaited<ReturnType<typeof spawnWorker>> | undefined;
+  try {
+    const url = await waitUntil(
+      async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
+      'the router listening',
+    );
+    worker = await spawnWorker(url, [], { KVROUTE_WORKER_TOKEN: token });
+    await waitForWorkers(url, 1);
+    const res = await postCompletion(url, { prompt: 'no token from this router' });
+    const body = await res.text();
+    assert.equal(res.status, 502, body);
+    const { error } = JSON.parse(body) as { error: { code: string; message: string } };
+    assert.equal(error.code, 'worker_error');
+    assert.match(error.message, /worker-token/);
+    assert.ok(!body.includes(token));
+    const streamed = await postCompletion(url, { prompt: 'no token, streamed', stream: true });
+    assert.equal(streamed.status, 502, await streamed.text());
+  } finally {
+    child.kill('SIGKILL');
+    worker?.kill();
+  }
+  assert.ok(!out.includes(token));
 });
 
 test('a worker token that cannot travel in an HTTP header exits 2 with one line that does not quote it (router, worker, demo)', () => {

@@ -102,6 +102,9 @@ export async function createRouter(
   const client = new RequestPlaneClient({
     firstResponseTimeoutMs: config.firstTokenTimeoutMs,
     tracer: telemetry.tracer,
+    // Workers with the token serve only frames that carry it: every call (generate, prefill,
+    // kv_handoff, kv_events, load, health, stats) goes through this one client.
+    ...(config.workerToken !== undefined ? { authToken: config.workerToken } : {}),
   });
   fleet = new Fleet({ registry, client, metrics, log: app.log, approxTtlMs: config.approxTtlMs });
   const tokenizer = new Tokenizer();

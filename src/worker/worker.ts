@@ -26,7 +26,10 @@ import { workerStats } from './stats.js';
 export interface WorkerConfig {
   role: WorkerRole;
   routerUrl: string;
-  /** The router's --worker-token, sent on every control-plane call (RouterLeaseOptions.workerToken). */
+  /**
+   * The router's --worker-token, sent on every control-plane call (RouterLeaseOptions.workerToken)
+   * and required on every request-plane frame (RequestPlaneServerOptions.authToken).
+   */
   workerToken?: string;
   host: string;
   port: number;
@@ -59,7 +62,10 @@ export async function startWorker(config: WorkerConfig, hasher: BlockHasher): Pr
   const engine = new MockEngine(config.engine, hasher);
   const driver = new EngineDriver(engine, undefined, config.tracer);
   const hub = new KvEventsHub(engine);
-  const server = new RequestPlaneServer(config.tracer ? { tracer: config.tracer } : {});
+  const server = new RequestPlaneServer({
+    ...(config.tracer ? { tracer: config.tracer } : {}),
+    ...(config.workerToken !== undefined ? { authToken: config.workerToken } : {}),
+  });
   let address = '';
   let lease: RouterLease | undefined;
   let draining = false;

@@ -76,6 +76,15 @@ export function toClientError(
           retryAfterSeconds: 1,
         });
       }
+      // The worker wants another worker token than this router's (or one when the router has
+      // none): the router's setup, not the client's request, so no 401 for the client.
+      if (code === 'unauthorized') {
+        return new KvrouteError(
+          'worker_error',
+          "worker refused the router's request-plane call: its --worker-token (KVROUTE_WORKER_TOKEN) is not the router's",
+          options,
+        );
+      }
       if (
         isErrorCode(code) &&
         code !== 'not_found' &&
