@@ -9,7 +9,8 @@
 
 import type { Socket } from 'node:net';
 import type { Tracer } from '@opentelemetry/api';
-import { AUTHORIZATION_HEADER, type TokenCheck } from './auth.js';
+import type { SecretCheck } from '../util/secret-check.js';
+import { AUTHORIZATION_HEADER } from './auth.js';
 import { FrameWriter } from './frame-writer.js';
 import {
   CANCEL_PATH,
@@ -35,7 +36,7 @@ export interface ConnectionHost {
   readonly tracer: Tracer;
   readonly draining: boolean;
   /** Set when requests must carry the server's token (RequestPlaneServerOptions.authToken). */
-  readonly tokenCheck: TokenCheck | undefined;
+  readonly tokenCheck: SecretCheck | undefined;
   handlerFor(path: string): RequestHandler | undefined;
   connectionClosed(conn: ServerConnection): void;
 }
@@ -212,7 +213,7 @@ export class ServerConnection implements StreamSink {
   /** The token check, skipped for the value this connection was last allowed with (see auth.ts). */
   private authorized(value: string | undefined): boolean {
     if (value !== undefined && value === this.allowedAuthorization) return true;
-    if (!this.host.tokenCheck!.allows(value)) return false;
+    if (!this.host.tokenCheck!.matches(value)) return false;
     this.allowedAuthorization = value;
     return true;
   }

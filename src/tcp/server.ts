@@ -7,7 +7,8 @@
 
 import { createServer, type Server, type Socket } from 'node:net';
 import { context, ROOT_CONTEXT, type Tracer } from '@opentelemetry/api';
-import { TokenCheck } from './auth.js';
+import { SecretCheck } from '../util/secret-check.js';
+import { bearer } from './auth.js';
 import { DEFAULT_MAX_FRAME_BYTES } from './frames.js';
 import { type ConnectionHost, ServerConnection } from './server-connection.js';
 import type { RequestHandler, ServerLimits } from './server-types.js';
@@ -42,7 +43,8 @@ export interface ServerStats {
 export class RequestPlaneServer implements ConnectionHost {
   readonly limits: ServerLimits;
   readonly tracer: Tracer;
-  readonly tokenCheck: TokenCheck | undefined;
+  /** The check of a frame's `authorization` header against `Bearer <authToken>`; undefined without a token. */
+  readonly tokenCheck: SecretCheck | undefined;
   private readonly maxConnections: number;
   private readonly handlers = new Map<string, RequestHandler>();
   private readonly connections = new Set<ServerConnection>();
@@ -61,7 +63,7 @@ export class RequestPlaneServer implements ConnectionHost {
     };
     this.maxConnections = opts.maxConnections ?? 10_000;
     this.tracer = opts.tracer ?? globalTracer;
-    this.tokenCheck = opts.authToken === undefined ? undefined : new TokenCheck(opts.authToken);
+    this.tokenCheck = opts.authToken === undefined ? undefined : new SecretCheck(bearer(opts.authToken));
   }
 
   /** Registers the handler of one endpoint path. Paths starting with `_` are reserved by the plane. */

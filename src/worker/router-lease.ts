@@ -1,15 +1,16 @@
-// Keeps this worker registered with the router (CONTRACT.md §2): POST /v1/workers, then a
-// heartbeat every third of the lease TTL; a 404 means the router forgot us (restart, expired
-// lease), so we register again; while the router is unreachable we retry with capped exponential
-// backoff and jitter. A registration the router refuses (a 4xx other than 408/429: this worker's
-// block size, model name or address is not acceptable to it) ends the loop and is told through
-// onRefused: asking again would get the same answer forever, and only the operator can fix it.
-// So is a heartbeat answered 401 or 403: the router (restarted with --worker-token, or another
-// one) no longer takes this worker's token, which no retry changes. Every call carries the
-// worker token, when there is one, as `Authorization: Bearer`; it is never logged.
-// An outage is told to the operator through `notice` (once, then every 30 s, and its end), the
-// one thing a worker says without logs. stop() deregisters (after a registration in flight has its answer). All traffic runs in the
-// ROOT context: control-plane calls must never appear inside (or parent to) a user request's trace.
+// Keeps this worker registered with the router (CONTRACT.md §2): POST /v1/workers, then a heartbeat
+// every third of the lease TTL; a 404 means the router forgot us (restart, expired lease), so we
+// register again; while the router is unreachable we retry with capped exponential backoff and
+// jitter. A registration the router refuses (a 4xx other than 408/429: this worker's block size,
+// model name or address is not acceptable to it) ends the loop and is told through onRefused:
+// asking again would get the same answer forever, and only the operator can fix it. So is a
+// heartbeat answered 401 or 403: the router (restarted with --worker-token, or another one) no
+// longer takes this worker's token, which no retry changes. Every call carries the worker token,
+// when there is one, as `Authorization: Bearer`; it is never logged. An outage is told to the
+// operator through `notice` (once, then every 30 s, and its end), the one thing a worker says
+// without logs. stop() deregisters (after a registration in flight has its answer). All traffic
+// runs in the ROOT context: control-plane calls must never appear inside (or parent to) a user
+// request's trace.
 
 import { setTimeout as delay } from 'node:timers/promises';
 import type { RegisterWorkerRequest, RegisterWorkerResponse } from '../protocols/registration.js';
@@ -56,8 +57,10 @@ export class RegistrationRefused extends Error {
 /** 4xx answers that say "not now" rather than "never": retried like an unreachable router. */
 const RETRYABLE_4XX = new Set([408, 429]);
 
-/** A heartbeat's answers that say this worker's token is not (or no longer) the router's. */
-const TOKEN_REFUSED = new Set([401, 403]);
+/** Whether a refusal says this worker's token is not (or no longer) the router's. */
+export function isTokenRefusal(status: number): boolean {
+  return status === 401 || status === 403;
+}
 
 /** The message of an OpenAI-shaped error body, else the body itself (one line, bounded). */
 function refusalReason(body: string): string {
@@ -178,7 +181,7 @@ export class RouterLease {
   private async heartbeat(signal: AbortSignal): Promise<void> {
     const id = this.id!;
     const res = await this.call('POST', `/v1/workers/${encodeURIComponent(id)}/heartbeat`, undefined, signal);
-    if (TOKEN_REFUSED.has(res.status)) {
+    if (isTokenRefusal(res.status)) {
       throw new RegistrationRefused(res.status, refusalReason(await res.text().catch(() => '')), 'heartbeat');
     }
     await res.body?.cancel();

@@ -8,7 +8,7 @@ import { WORKER_ROLES, type WorkerRole } from '../../protocols/registration.js';
 import { checkWorkerToken, MAX_TIMER_MS, ROUTER_OPTION_SPECS } from '../../router/config.js';
 import { initTelemetry } from '../../telemetry/index.js';
 import { createLog } from '../../worker/log.js';
-import type { RegistrationRefused } from '../../worker/router-lease.js';
+import { isTokenRefusal, type RegistrationRefused } from '../../worker/router-lease.js';
 import { startWorker } from '../../worker/worker.js';
 import type { CommandModule } from '../command.js';
 import { modelName } from '../model-name.js';
@@ -94,7 +94,7 @@ export const spec: CommandModule['spec'] = {
 
 /** What to check when the router refused this worker's token (or its lack of one). */
 function tokenHint(refused: RegistrationRefused, sentToken: boolean): string {
-  if (refused.status !== 401 && refused.status !== 403) return '';
+  if (!isTokenRefusal(refused.status)) return '';
   return sentToken
     ? " (this worker's --worker-token / KVROUTE_WORKER_TOKEN must be the router's)"
     : " (this worker sent no token: give it the router's with --worker-token or KVROUTE_WORKER_TOKEN)";

@@ -14,11 +14,6 @@
 // has more for it. A client that keeps up with the worker never fills the buffer, and is never cut.
 // One timer per stream, armed when an event is handed over and re-armed at most once per `stallMs`.
 
-export interface ClientStallWatch {
-  /** Stops watching (the stream ended or was cut): clears the timer. */
-  stop(): void;
-}
-
 /**
  * `events`, watched: `onStall` runs once when an event was handed over and the next one was not
  * asked for within `stallMs`. The caller cuts the response there; the stream's own close then
@@ -28,7 +23,7 @@ export function watchClientStall<T>(
   events: AsyncIterable<T>,
   stallMs: number,
   onStall: () => void,
-): AsyncIterable<T> & ClientStallWatch {
+): AsyncIterable<T> {
   const inner = events[Symbol.asyncIterator]();
   /** performance.now() when the last event was handed over, -1 while the next one is asked for. */
   let handedAt = -1;
@@ -71,5 +66,5 @@ export function watchClientStall<T>(
       throw err;
     },
   };
-  return { [Symbol.asyncIterator]: () => iterator, stop };
+  return { [Symbol.asyncIterator]: () => iterator };
 }

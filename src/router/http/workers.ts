@@ -3,27 +3,23 @@
 // (--worker-token) the three calls that change the registry need it (401 otherwise); the list is
 // read-only and stays open, like /metrics.
 
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, onRequestHookHandler } from 'fastify';
 import { KvrouteError } from '../../errors.js';
 import type { RegisterWorkerResponse } from '../../protocols/registration.js';
+import { SecretCheck } from '../../util/secret-check.js';
 import { type Fleet, leaseClock } from '../fleet/fleet.js';
-
-const sha256 = (text: string) => createHash('sha256').update(text).digest();
 
 /**
  * Lets a request through only with `Authorization: Bearer <token>`; else 401 `unauthorized`.
- * Runs on onRequest, before a body is read: a stranger cannot make the router parse one. The two
- * tokens are compared as SHA-256 digests with timingSafeEqual (equal lengths whatever was sent, no
- * exit at the first differing byte), so the answer's timing says nothing about the secret. No
- * message quotes what was sent.
+ * Runs on onRequest, before a body is read: a stranger cannot make the router parse one. The
+ * tokens are compared in constant time (SecretCheck). No message quotes what was sent.
  */
 function requireWorkerToken(token: string): onRequestHookHandler {
-  const expected = sha256(token);
+  const check = new SecretCheck(token);
   return (request, reply, done) => {
     const header = request.headers.authorization;
     const given = header === undefined ? undefined : /^bearer +(\S+)$/i.exec(header)?.[1];
-    if (given !== undefined && timingSafeEqual(sha256(given), expected)) return done();
+    if (check.matches(given)) return done();
     reply.header('www-authenticate', 'Bearer realm="kvroute workers"');
     done(
       new KvrouteError(

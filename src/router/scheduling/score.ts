@@ -1,6 +1,7 @@
 // Scores every candidate of one request in a single pass: overlap, the KV cost's two terms, the
-// plain load, the busy verdict, and whether the worker's KV pool can hold the request at all. Shared by all policies so that every decision explains itself
-// the same way whatever the policy minimises. O(candidates), one overlap lookup each.
+// plain load, the busy verdict, and whether the worker's KV pool can hold the request at all.
+// Shared by all policies so that every decision explains itself the same way whatever the policy
+// minimises. O(candidates), one overlap lookup each.
 //
 // Figures go into number columns rather than an object per candidate: at 4,096 candidates the
 // objects (and the garbage they leave) cost more than the arithmetic. `scores()` builds the
