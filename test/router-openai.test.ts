@@ -183,6 +183,18 @@ describe('chat', () => {
     assert.equal(typeof res.usage?.prompt_tokens_details?.cached_tokens, 'number');
   });
 
+  test("the message says refusal: null, which OpenAI's schema requires and the client types as string | null", async () => {
+    // It was missing: a typed client checking `message.refusal !== null` read undefined as a
+    // refusal. (The SDK's own stream helpers fill it in; a plain create passes the body through.)
+    const res = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'No refusal here.' }],
+      max_tokens: 2,
+    });
+    assert.equal(res.choices[0]!.message.refusal, null);
+    assert.ok((res.choices[0]!.message.content ?? '').length > 0);
+  });
+
   test('max_completion_tokens: null counts as absent: max_tokens bounds the answer', async () => {
     // What a client that fills every field it knows sends; null was taken as "the default" (16).
     const res = await client.chat.completions.create({

@@ -47,7 +47,8 @@ export function completionBody(
       choices: [
         {
           index: 0,
-          message: { role: 'assistant', content: text },
+          // refusal: required by OpenAI's schema (string | null); the mock never refuses.
+          message: { role: 'assistant', content: text, refusal: null },
           logprobs: null,
           finish_reason: finishReason,
         },
