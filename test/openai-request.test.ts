@@ -162,6 +162,20 @@ test('tools are rendered before the conversation, the same text whatever their k
   rejects({ model: 'm', messages, tools: [deep] }, 'tools', 'chat');
 });
 
+test('the deprecated functions render as the function tools they stand for', () => {
+  // They were dropped: the prompt lacked the definitions a model is given for them.
+  const messages = [{ role: 'user', content: 'Weather in Oslo?' }];
+  const fn = WEATHER_TOOL.function;
+  const parse = (extra: object) => parseInferenceRequest({ model: 'm', messages, ...extra }, 'chat').prompt;
+  assert.deepEqual(parse({ functions: [fn], function_call: 'auto' }), parse({ tools: [WEATHER_TOOL] }));
+  const other = { type: 'function', function: { name: 'lookup_user' } };
+  assert.deepEqual(parse({ tools: [other], functions: [fn] }), parse({ tools: [other, WEATHER_TOOL] }));
+  for (const none of [null, []]) assert.deepEqual(parse({ functions: none }), parse({}));
+  for (const bad of ['f', [1], [null], { name: 'f' }]) {
+    rejects({ model: 'm', messages, functions: bad }, 'functions', 'chat');
+  }
+});
+
 test("an assistant's tool_calls and the call a tool message answers are rendered", () => {
   // Both were lost: an assistant turn that only called a tool rendered as an empty turn, and a
   // tool result did not say which call it answers.

@@ -291,6 +291,23 @@ describe('tools', () => {
     assert.ok(cached >= toolBlocks * 16, `cached_tokens ${cached}`);
   });
 
+  test('the deprecated functions are in the prompt as the tools they stand for', async () => {
+    // They were dropped: prompt_tokens was the same with and without them.
+    const tools = [tool('search_docs', 60), tool('lookup_user', 60)];
+    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Which one?' }];
+    const promptTokens = async (extra: object) =>
+      (await client.chat.completions.create({ model: MODEL, messages, max_tokens: 2, ...extra })).usage!
+        .prompt_tokens;
+    const plain = await promptTokens({});
+    const asTools = await promptTokens({ tools });
+    const asFunctions = await promptTokens({
+      functions: tools.map((t) => t.function),
+      function_call: 'auto',
+    });
+    assert.ok(asTools > plain + 100, `${asTools} prompt tokens with tools, ${plain} without`);
+    assert.equal(asFunctions, asTools);
+  });
+
   test('an assistant turn that only called a tool keeps its tool_calls in the prompt', async () => {
     const conversation = (args: string): OpenAI.Chat.ChatCompletionMessageParam[] => [
       { role: 'user', content: 'Find the docs.' },

@@ -9,8 +9,9 @@
 // same tools make the same prefix), an assistant turn's `tool_calls` as `<|tool_calls|>\n{json}\n`
 // after its text (the deprecated `function_call` likewise), which call a `tool` message answers
 // (`<|tool|> "call_id"`) and which function a `function` message comes from. An assistant's
-// refusal (a `refusal` part or field) is its text. JSON here is stableJson's: the same
-// definitions give the same text whatever their key order.
+// refusal (a `refusal` part or field) is its text. The deprecated `functions` are rendered as the
+// function tools they stand for. JSON here is stableJson's: the same definitions give the same
+// text whatever their key order.
 
 import { KvrouteError } from '../../errors.js';
 
@@ -124,10 +125,22 @@ function callsText(m: Record<string, unknown>, index: number): string {
   return `${text}<|function_call|>\n${jsonText(call, `messages[${index}].function_call`, 'messages')}\n`;
 }
 
-/** The prompt for `messages`, after the definitions of `tools` (the body's field, unchecked). */
-export function flattenChat(messages: unknown, tools?: unknown): string {
-  if (!Array.isArray(messages) || messages.length === 0) throw invalid('messages must be a non-empty array');
+/**
+ * The definitions block's JSON: `tools`, then the deprecated `functions` as the function tools
+ * they stand for (as OpenAI takes them), so the same definitions make the same prefix either way.
+ */
+function definitionsJson(tools: unknown, functions: unknown): string {
   const toolsJson = objectListJson(tools, 'tools', 'tools');
+  const functionsJson = objectListJson(functions, 'functions', 'functions');
+  if (functionsJson === '') return toolsJson;
+  const asTools = (functions as object[]).map((f) => ({ type: 'function', function: f }));
+  return jsonText([...((tools as object[] | null | undefined) ?? []), ...asTools], 'functions', 'functions');
+}
+
+/** The prompt for `messages`, after the definitions of `tools` and `functions` (the body's fields, unchecked). */
+export function flattenChat(messages: unknown, tools?: unknown, functions?: unknown): string {
+  if (!Array.isArray(messages) || messages.length === 0) throw invalid('messages must be a non-empty array');
+  const toolsJson = definitionsJson(tools, functions);
   let prompt = toolsJson === '' ? '' : `<|tools|>\n${toolsJson}\n`;
   messages.forEach((m, i) => {
     if (!isPlainObject(m)) throw invalid(`messages[${i}] must be an object`);

@@ -301,7 +301,7 @@ export function parseInferenceRequest(
   let prompt: PromptInput;
   if (endpoint === 'chat') {
     if (body.messages === undefined) throw invalid('messages is required', 'messages');
-    prompt = { kind: 'text', text: flattenChat(body.messages, body.tools) };
+    prompt = { kind: 'text', text: flattenChat(body.messages, body.tools, body.functions) };
   } else {
     if (body.prompt === undefined) throw invalid('prompt is required', 'prompt');
     prompt = parsePrompt(body.prompt, limits);
