@@ -585,20 +585,42 @@ test('with --worker-token, register, heartbeat and deregister need Authorization
   }
 });
 
-test('without --worker-token the control plane is open, whatever Authorization a worker sends', async () => {
+test('without --worker-token the control plane is open to workers that send no token, and refuses one that sends a Bearer token (it could not be called)', async () => {
   const router = await createRouter({ port: 0, logger: false });
   try {
     const url = await router.listen();
-    for (const headers of [{}, { authorization: 'Bearer anything' }] as Record<string, string>[]) {
-      const res = await fetch(`${url}/v1/workers`, {
+    const post = (headers: Record<string, string>, address: string) =>
+      fetch(`${url}/v1/workers`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...headers },
-        body: JSON.stringify(body({ address: `127.0.0.1:${9300 + router.registry.size}` })),
+        body: JSON.stringify(body({ address })),
       });
+    // No token, or an Authorization of another scheme (a proxy's): registered, renewed.
+    for (const [i, headers] of (
+      [{}, { authorization: 'Basic dXNlcjpwdw==' }] as Record<string, string>[]
+    ).entries()) {
+      const res = await post(headers, `127.0.0.1:${9300 + i}`);
       assert.equal(res.status, 201, await res.clone().text());
       const { worker_id } = (await res.json()) as { worker_id: string };
       assert.equal((await fetch(`${url}/v1/workers/${worker_id}/heartbeat`, { method: 'POST' })).status, 200);
     }
+    assert.equal(router.registry.size, 2);
+    // A worker with a token serves its request plane only to callers with that token: this router
+    // has none, so it could list the worker and never call it. Before, it was registered (201).
+    for (const authorization of ['Bearer tok-1', 'bearer tok-1']) {
+      const res = await post({ authorization }, '127.0.0.1:9310');
+      assert.equal(res.status, 401);
+      const text = await res.text();
+      assert.match(text, /"code":"unauthorized"/);
+      assert.match(text, /this router has no worker token, so it cannot call a worker that requires one/);
+      assert.ok(!text.includes('tok-1'), 'the token is not quoted');
+    }
+    const [listed] = router.registry.list();
+    const beat = await fetch(`${url}/v1/workers/${listed!.id}/heartbeat`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer tok-1' },
+    });
+    assert.equal(beat.status, 401);
     assert.equal(router.registry.size, 2);
   } finally {
     await router.close();

@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import { envName } from '../src/cli/options.js';
 import { ENDPOINTS } from '../src/protocols/worker-plane.js';
 import { ROUTER_OPTION_SPECS } from '../src/router/config.js';
-import { encodeJson, isTransportError, RequestPlaneClient } from '../src/tcp/index.js';
+import { encodeJson, isTransportError, RequestPlaneClient, RequestPlaneServer } from '../src/tcp/index.js';
 import {
   CLI_MAIN,
   postCompletion,
@@ -435,9 +435,12 @@ test('--worker-token (KVROUTE_WORKER_TOKEN): a kvroute worker with it registers 
 // The router without a token takes any worker; one started with a token refuses the router's
 // frames. The client gets a 502 that says why, at once (tried once per worker, not forever), not a
 // 401 as if its own request lacked credentials.
-test('a worker whose --worker-token the router does not send: completions fail 502 worker_error naming the token, without it in any answer', {
+test('a worker whose request plane wants a token the router does not send: completions fail 502 worker_error naming the token, without it in any answer', {
   timeout: 60_000,
 }, async () => {
+  // A kvroute worker with a token is refused at registration by a router without one
+  // (worker-lifecycle). A worker registered some other way, without the token on the control plane,
+  // still refuses the router's frames: the router's clients see a 502 that names the setting.
   const token = `rc-${Math.random().toString(36).slice(2)}-only-the-worker`;
   const { KVROUTE_WORKER_TOKEN: _, ...envWithout } = process.env;
   const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0'], {
@@ -447,14 +450,19 @@ test('a worker whose --worker-token the router does not send: completions fail 5
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
   child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
-  let worker: Awaited<ReturnType<typeof spawnWorker>> | undefined;
+  let served = 0;
+  const worker = new RequestPlaneServer({ authToken: token }).handle(ENDPOINTS.generate, async function* () {
+    served++;
+    yield encodeJson({ token_ids: [1], finish_reason: 'length' });
+  });
   try {
+    await worker.listen(0);
     const url = await waitUntil(
       async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
       'the router listening',
     );
-    worker = await spawnWorker(url, [], { KVROUTE_WORKER_TOKEN: token });
-    await waitForWorkers(url, 1);
+    const registered = await registerWorker(url, { address: worker.address, kv_events: false });
+    assert.equal(registered.status, 201, await registered.text());
     const res = await postCompletion(url, { prompt: 'no token from this router' });
     const body = await res.text();
     assert.equal(res.status, 502, body);
@@ -464,9 +472,10 @@ test('a worker whose --worker-token the router does not send: completions fail 5
     assert.ok(!body.includes(token));
     const streamed = await postCompletion(url, { prompt: 'no token, streamed', stream: true });
     assert.equal(streamed.status, 502, await streamed.text());
+    assert.equal(served, 0, 'no frame without the token reached the handler');
   } finally {
     child.kill('SIGKILL');
-    worker?.kill();
+    await worker.close({ deadlineMs: 100 });
   }
   assert.ok(!out.includes(token));
 });

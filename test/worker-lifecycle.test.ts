@@ -318,6 +318,31 @@ test('a registration the router refuses (another block size) ends the worker: on
   }
 });
 
+test('a worker with a --worker-token and a router without one: the registration is refused, the worker ends with one line, exit 2', {
+  timeout: 60_000,
+}, async () => {
+  // Before, the router registered it, chose it, and every request it was sent failed with a 502
+  // (its request plane refused the router's frames), while the worker ran on as if all were well.
+  const router = await createRouter({ port: 0, logger: false });
+  const url = await router.listen();
+  try {
+    const { code, stderr } = await runWorkerCli([
+      ...['--role', 'both', '--router', url, '--port', '0', '--worker-token', 'tok-only-worker'],
+    ]);
+    assert.equal(code, 2, stderr);
+    const lines = stderr.trim().split('\n');
+    assert.equal(lines.length, 1, stderr);
+    assert.match(
+      lines[0]!,
+      /^kvroute worker: the router refused this worker's registration \(401\): this router has no worker token, .*must be the router's\)$/,
+    );
+    assert.ok(!stderr.includes('tok-only-worker'), 'the token is not printed');
+    assert.equal(router.registry.size, 0);
+  } finally {
+    await router.close();
+  }
+});
+
 test('a heartbeat refused with 401 (the router restarted with another --worker-token) ends the worker: one line that says so, exit 2', {
   timeout: 60_000,
 }, async () => {

@@ -240,7 +240,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     name: 'worker-token',
     type: 'string',
     refuseEmptyEnv: true,
-    help: 'shared secret a worker must send (Authorization: Bearer) to register, heartbeat or deregister; set it whenever --host is not loopback, best through its variable (a flag shows in the process list) (default: unset, anyone who reaches the port may register a worker)',
+    help: 'shared secret a worker must send (Authorization: Bearer) to register, heartbeat or deregister; set it whenever --host is not loopback, best through its variable (a flag shows in the process list) (default: unset: anyone who reaches the port may register a worker, and a worker with a token is refused)',
   },
   {
     // No default: unseeded (Math.random) unless given.

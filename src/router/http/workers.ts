@@ -1,6 +1,7 @@
 // Control plane for workers: register (201 {worker_id, lease_ttl_ms}), heartbeat (404 = register
 // again), deregister, and the list with load and index figures. With a worker token
-// (--worker-token) the three calls that change the registry need it (401 otherwise); the list is
+// (--worker-token) the three calls that change the registry need it (401 otherwise); without one
+// they refuse a worker that sends a token (401: the router could not call it). The list is
 // read-only and stays open, like /metrics.
 
 import type { FastifyInstance, onRequestHookHandler } from 'fastify';
@@ -32,10 +33,31 @@ function requireWorkerToken(token: string): onRequestHookHandler {
   };
 }
 
+/**
+ * A router without a worker token refuses a worker that sends one (401 `unauthorized`): such a
+ * worker serves its request plane only to callers with its token (docs/protocol.md), so this
+ * router could register it but never call it. Accepted, it was listed, chosen and answered every
+ * request sent to it with a 502, while its KV-event subscription was refused every 2 s. Refused,
+ * the worker exits with one line that names the setting (docs/worker.md).
+ */
+const refuseTokenedWorker: onRequestHookHandler = (request, _reply, done) => {
+  const header = request.headers.authorization;
+  if (header === undefined || !/^bearer /i.test(header)) return done();
+  done(
+    new KvrouteError(
+      'unauthorized',
+      'this router has no worker token, so it cannot call a worker that requires one: give the router the same --worker-token (KVROUTE_WORKER_TOKEN), or start the worker without one',
+    ),
+  );
+};
+
 export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet, workerToken?: string): void {
   const { registry } = fleet;
-  // The calls that change the registry: open unless the router has a worker token.
-  const guarded = workerToken === undefined ? {} : { onRequest: requireWorkerToken(workerToken) };
+  // The calls that change the registry: with a worker token, only for the workers that send it;
+  // without one, for every worker that sends none.
+  const guarded = {
+    onRequest: workerToken === undefined ? refuseTokenedWorker : requireWorkerToken(workerToken),
+  };
 
   app.post('/v1/workers', guarded, async (request, reply) => {
     const worker = fleet.register(request.body, leaseClock(), request.socket.remoteAddress);
