@@ -6,7 +6,8 @@ export const ERROR_CODES = {
   // The caller's mistakes (4xx).
   invalid_request: { status: 400, type: 'invalid_request_error' },
   invalid_json: { status: 400, type: 'invalid_request_error' },
-  model_not_found: { status: 400, type: 'invalid_request_error' },
+  // 404 as OpenAI (and vLLM) answer it: the openai client raises NotFoundError for a wrong model.
+  model_not_found: { status: 404, type: 'invalid_request_error' },
   context_length_exceeded: { status: 400, type: 'invalid_request_error' },
   // A control-plane call without the router's worker token (--worker-token), or with another one.
   unauthorized: { status: 401, type: 'authentication_error' },

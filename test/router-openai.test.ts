@@ -55,6 +55,32 @@ describe('models', () => {
     );
     assert.equal((await fetch(`${router.url}/ready`)).status, 200);
   });
+
+  test('models.retrieve answers the served model; an unknown model is a NotFoundError, there and in a completion', async () => {
+    // Before: retrieve had no route (404 'no route'), and an unknown model in a completion was a
+    // 400, a BadRequestError, where OpenAI's NotFoundError is what clients catch for a wrong name.
+    const model = await client.models.retrieve(MODEL);
+    assert.deepEqual(
+      { id: model.id, object: model.object, owned_by: model.owned_by },
+      { id: MODEL, object: 'model', owned_by: 'kvroute' },
+    );
+    for (const call of [
+      () => client.models.retrieve('org/no-such-model'),
+      () => client.completions.create({ model: 'no-such-model', prompt: 'hi', max_tokens: 1 }),
+      () =>
+        client.chat.completions.create({
+          model: 'no-such-model',
+          messages: [{ role: 'user', content: 'hi' }],
+        }),
+    ]) {
+      await assert.rejects(call(), (err: unknown) => {
+        assert.ok(err instanceof OpenAI.NotFoundError, String(err));
+        assert.equal(err.code, 'model_not_found');
+        assert.equal(err.param, 'model');
+        return true;
+      });
+    }
+  });
 });
 
 describe('completions', () => {

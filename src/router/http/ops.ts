@@ -1,5 +1,5 @@
 // Operations endpoints: liveness, readiness (a decode-capable worker is registered), Prometheus
-// metrics, and the models served by registered workers (those with a decode-capable worker: a
+// metrics, and the models (the list, or one) served by registered workers (those with a decode-capable worker: a
 // model whose only workers prefill cannot answer a request).
 
 import type { FastifyInstance } from 'fastify';
@@ -33,8 +33,18 @@ export function registerOpsRoutes(
     return reply.header('content-type', metrics.registry.contentType).send(text);
   });
 
-  app.get('/v1/models', async () => ({
-    object: 'list',
-    data: servedModels().map((id) => ({ id, object: 'model', created: 0, owned_by: 'kvroute' })),
-  }));
+  const modelEntry = (id: string) => ({ id, object: 'model', created: 0, owned_by: 'kvroute' });
+
+  app.get('/v1/models', async () => ({ object: 'list', data: servedModels().map(modelEntry) }));
+
+  // One model (the openai client's models.retrieve): a wildcard, since model names hold slashes
+  // (`org/name`), sent raw or as %2F.
+  app.get<{ Params: { '*': string } }>('/v1/models/*', async (request) => {
+    const id = request.params['*'];
+    if (!servedModels().includes(id))
+      throw new KvrouteError('model_not_found', `model '${id}' is not served by any worker`, {
+        param: 'model',
+      });
+    return modelEntry(id);
+  });
 }
