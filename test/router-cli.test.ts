@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { test } from 'node:test';
 import { envName } from '../src/cli/options.js';
@@ -205,6 +206,18 @@ test('kvroute with no command, and bench without a name, exit 2 with one line on
     const r = spawnSync(process.execPath, [CLI_MAIN, ...args], { encoding: 'utf8' });
     assert.equal(r.status, 0, args.join(' '));
     assert.match(r.stdout, /^Usage: kvroute /);
+    assert.equal(r.stderr, '');
+  }
+});
+
+test("kvroute --version (and -V, version) prints the package version and node's, exit 0", async () => {
+  const { version } = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  for (const arg of ['--version', '-V', 'version']) {
+    const r = spawnSync(process.execPath, [CLI_MAIN, arg], { encoding: 'utf8' });
+    assert.equal(r.status, 0, `${arg}: ${r.stderr}`);
+    assert.equal(r.stdout, `kvroute ${version} (node ${process.versions.node})\n`);
     assert.equal(r.stderr, '');
   }
 });

@@ -2,6 +2,7 @@
 // `kvroute <command>`: dispatches to one module per command. Bad options exit 2 with one line.
 
 import { UsageError } from '../errors.js';
+import { kvrouteVersion } from '../util/version.js';
 import type { CommandModule } from './command.js';
 import { formatHelp, parseOptions } from './options.js';
 
@@ -23,13 +24,17 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandMod
 
 function topHelp(): string {
   const rows = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(8)}${c.summary}`);
-  return `Usage: kvroute <command> [options]\n\nCommands:\n${rows.join('\n')}\n\nRun 'kvroute <command> --help' for a command's options.\n`;
+  return `Usage: kvroute <command> [options]\n\nCommands:\n${rows.join('\n')}\n\nRun 'kvroute <command> --help' for a command's options, 'kvroute --version' for the version.\n`;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(topHelp());
+    return 0;
+  }
+  if (name === '--version' || name === '-V' || name === 'version') {
+    process.stdout.write(`kvroute ${kvrouteVersion()} (node ${process.versions.node})\n`);
     return 0;
   }
   // Like every other bad input: one line on stderr, exit 2 (help asked for goes to stdout, exit 0).
