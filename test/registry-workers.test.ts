@@ -636,3 +636,86 @@ test('a worker token that cannot travel in an HTTP header is refused at start, w
     });
   }
 });
+
+// Outlier ejection (worker-health.ts): a worker that keeps failing is taken out of routing.
+
+test('failures in a row eject a worker from its candidates; a success between them resets the count', () => {
+  const r = new WorkerRegistry({ blockSize: 16, health: { failuresToEject: 3, baseEjectionMs: 1000 } });
+  const a = r.register(body({ address: '127.0.0.1:9001' }), T0).worker;
+  const b = r.register(body({ address: '127.0.0.1:9002' }), T0).worker;
+  const ids = () => r.candidates('mock', 'decode').map((w) => w.id);
+  assert.deepEqual(r.recordFailure(a.id, T0), { kind: 'counted', failures: 1 });
+  r.recordFailure(a.id, T0);
+  r.recordSuccess(a.id);
+  assert.deepEqual(r.recordFailure(a.id, T0), { kind: 'counted', failures: 1 }, 'the success reset it');
+  r.recordFailure(a.id, T0);
+  assert.deepEqual(r.recordFailure(a.id, T0 + 5), { kind: 'ejected', failures: 3, forMs: 1000 });
+  assert.deepEqual(ids(), [b.id]);
+  assert.deepEqual(r.health.view(a.id, T0 + 505), { consecutiveFailures: 0, ejectedForMs: 500 });
+  // Calls begun before the ejection that end now change nothing: it is out already.
+  assert.deepEqual(r.recordFailure(a.id, T0 + 10), { kind: 'counted', failures: 0 });
+  r.recordSuccess(a.id);
+  assert.deepEqual(ids(), [b.id], 'an old stream succeeding does not end the ejection');
+  assert.deepEqual(r.reinstateDue(T0 + 1004), []);
+  assert.deepEqual(
+    r.reinstateDue(T0 + 1005).map((w) => w.id),
+    [a.id],
+  );
+  assert.deepEqual(ids(), [a.id, b.id]);
+});
+
+test('back from an ejection a worker is on probation: one failure ejects it for twice as long (capped), one success clears it', () => {
+  const r = new WorkerRegistry({
+    blockSize: 16,
+    health: { failuresToEject: 2, baseEjectionMs: 1000, maxEjectionMs: 3000 },
+  });
+  const a = r.register(body({ address: '127.0.0.1:9001' }), T0).worker;
+  r.register(body({ address: '127.0.0.1:9002' }), T0);
+  let now = T0;
+  const ejectOnce = (failures: number) => {
+    let verdict = r.recordFailure(a.id, now);
+    for (let i = 1; i < failures; i++) verdict = r.recordFailure(a.id, now);
+    assert.equal(verdict?.kind, 'ejected');
+    const forMs = verdict?.kind === 'ejected' ? verdict.forMs : 0;
+    now += forMs;
+    assert.equal(r.reinstateDue(now).length, 1);
+    return forMs;
+  };
+  assert.equal(ejectOnce(2), 1000);
+  assert.equal(ejectOnce(1), 2000, 'on probation one failure is enough');
+  assert.equal(ejectOnce(1), 3000, 'capped');
+  assert.equal(ejectOnce(1), 3000);
+  r.recordSuccess(a.id);
+  assert.deepEqual(r.recordFailure(a.id, now), { kind: 'counted', failures: 1 }, 'a success ends probation');
+  assert.equal(ejectOnce(1), 1000, 'and forgets past ejections');
+});
+
+test('the last worker of its model and role in routing is never ejected; with failuresToEject 0 none is', () => {
+  const r = new WorkerRegistry({ blockSize: 16, health: { failuresToEject: 2 } });
+  const decode = r.register(body({ address: '127.0.0.1:9001', role: 'decode' }), T0).worker;
+  const prefill = r.register(body({ address: '127.0.0.1:9002', role: 'prefill' }), T0).worker;
+  const other = r.register(body({ address: '127.0.0.1:9003', role: 'decode', model: 'other' }), T0).worker;
+  for (const w of [decode, prefill, other]) {
+    r.recordFailure(w.id, T0);
+    assert.deepEqual(r.recordFailure(w.id, T0), { kind: 'kept_last', failures: 2 }, w.role);
+  }
+  assert.equal(r.candidates('mock', 'decode').length, 1);
+  assert.equal(r.candidates('mock', 'prefill').length, 1);
+  // Another decode worker of the model joins: the failing one can go now.
+  r.register(body({ address: '127.0.0.1:9004', role: 'both' }), T0);
+  assert.equal(r.recordFailure(decode.id, T0)?.kind, 'ejected');
+  assert.deepEqual(
+    r.candidates('mock', 'decode').map((w) => w.address),
+    ['127.0.0.1:9004'],
+  );
+  // Removal forgets the record; an unknown worker has none.
+  r.deregister(decode.id);
+  assert.equal(r.health.ejectedCount, 0);
+  assert.equal(r.recordFailure(decode.id, T0), undefined);
+
+  const never = new WorkerRegistry({ blockSize: 16, health: { failuresToEject: 0 } });
+  const n = never.register(body({ address: '127.0.0.1:9001' }), T0).worker;
+  never.register(body({ address: '127.0.0.1:9002' }), T0);
+  for (let i = 0; i < 50; i++) assert.equal(never.recordFailure(n.id, T0)?.kind, 'counted');
+  assert.equal(never.candidates('mock', 'decode').length, 2);
+});

@@ -334,3 +334,94 @@ describe('fake workers', () => {
     assert.equal(router.registry.load.size, 0);
   });
 });
+
+describe('outlier ejection', () => {
+  test('a worker that accepts requests but never answers is taken out of routing after 3 first-token timeouts, and comes back on probation', {
+    timeout: 60_000,
+  }, async () => {
+    // Before: it heartbeats and accepts connections, so neither its lease nor the KV subscription
+    // notice; its load looked free once each timeout released it, and it kept drawing requests
+    // into the timeout (5 of 12 here, for the whole run).
+    const router = await createRouter({
+      port: 0,
+      logger: false,
+      leaseTtlMs: 2_000, // sweeps every 500 ms: the ejection runs out within one
+      firstTokenTimeoutMs: 300,
+      ejectionMs: 1_500,
+      maxLocalPrefill: 1_000_000,
+    });
+    await router.listen();
+    const answering = new RequestPlaneServer().handle('generate', async function* () {
+      const chunk: GenerateChunk = {
+        token_ids: [290],
+        finish_reason: 'length',
+        prompt_tokens: 4,
+        cached_tokens: 0,
+      };
+      yield encodeJson(chunk);
+    });
+    let hungCalls = 0;
+    const hung = new RequestPlaneServer().handle('generate', async function* (req) {
+      hungCalls++;
+      await new Promise((resolve) => req.signal.addEventListener('abort', resolve, { once: true }));
+    });
+    await answering.listen(0);
+    await hung.listen(0);
+    // Both keep their leases, as a hung worker's heartbeat does.
+    const ids = [
+      await register(router, answering.address, false),
+      await register(router, hung.address, false),
+    ];
+    const renew = setInterval(() => {
+      for (const id of ids) void fetch(`${router.url}/v1/workers/${id}/heartbeat`, { method: 'POST' });
+    }, 300);
+    const hungId = ids[1]!;
+    const listed = async () => {
+      const { data } = (await (await fetch(`${router.url}/v1/workers`)).json()) as {
+        data: { worker_id: string; health: { consecutive_failures: number; ejected_for_ms: number } }[];
+      };
+      return data.find((w) => w.worker_id === hungId)!.health;
+    };
+    const metric = async (name: string) => {
+      const text = await (await fetch(`${router.url}/metrics`)).text();
+      return Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+    };
+    try {
+      const statuses: number[] = [];
+      for (let i = 0; i < 12; i++) {
+        const res = await post(router, '/v1/completions', {
+          prompt: `request ${i} `.repeat(8),
+          max_tokens: 1,
+        });
+        statuses.push(res.status);
+        await res.text();
+      }
+      assert.equal(hungCalls, 3, `statuses ${statuses.join(' ')}`);
+      assert.equal(statuses.filter((s) => s === 504).length, 3);
+      assert.equal(statuses.filter((s) => s === 200).length, 9);
+      const out = await listed();
+      assert.ok(out.ejected_for_ms > 0 && out.ejected_for_ms <= 1_500, JSON.stringify(out));
+      assert.equal(await metric('kvroute_worker_ejections_total'), 1);
+      assert.equal(await metric('kvroute_workers_ejected'), 1);
+      // Back on probation: the first request sent to it that fails ejects it again, for 3 s.
+      await waitUntil(async () => (await listed()).ejected_for_ms === 0, 'the ejection to run out');
+      assert.equal(await metric('kvroute_workers_ejected'), 0);
+      for (let i = 0; hungCalls === 3 && i < 20; i++) {
+        const res = await post(router, '/v1/completions', {
+          prompt: `probation ${i} `.repeat(8),
+          max_tokens: 1,
+        });
+        await res.text();
+      }
+      assert.equal(hungCalls, 4);
+      const again = await listed();
+      assert.ok(again.ejected_for_ms > 1_500 && again.ejected_for_ms <= 3_000, JSON.stringify(again));
+      assert.equal(await metric('kvroute_worker_ejections_total'), 2);
+    } finally {
+      clearInterval(renew);
+      await router.close();
+      await answering.close({ deadlineMs: 100 });
+      await hung.close({ deadlineMs: 100 });
+    }
+  });
+});

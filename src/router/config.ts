@@ -11,7 +11,11 @@ import { ENGINE_DEFAULTS } from '../engine/engine.js';
 import { UsageError } from '../errors.js';
 import { DEFAULT_APPROX_TTL_MS } from '../kv-index/index.js';
 import { DEFAULT_LIMITS } from './openai/request.js';
-import { DEFAULT_LEASE_TTL_MS } from './registry/index.js';
+import {
+  DEFAULT_BASE_EJECTION_MS,
+  DEFAULT_FAILURES_TO_EJECT,
+  DEFAULT_LEASE_TTL_MS,
+} from './registry/index.js';
 import { DEFAULT_SCHEDULER_CONFIG, POLICY_NAMES, type PolicyName, type Rng } from './scheduling/index.js';
 
 export interface RouterConfig {
@@ -32,6 +36,10 @@ export interface RouterConfig {
   leaseTtlMs: number;
   /** Attempts per request across workers (1 = no retry). */
   maxAttempts: number;
+  /** Calls a worker fails in a row (by its own fault) before it is taken out of routing; 0: never. */
+  ejectAfterFailures: number;
+  /** A worker's first ejection (ms); each repeat without a success between doubles it, up to 5 min. */
+  ejectionMs: number;
   busyPrefillTokens: number;
   busyDecodeFraction: number;
   /** Requests in flight (routed, not yet finished) before new ones get 503. */
@@ -137,6 +145,22 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     min: 1,
     max: 16,
     help: 'attempts per request across workers before failing',
+  },
+  {
+    name: 'eject-after-failures',
+    type: 'integer',
+    default: DEFAULT_FAILURES_TO_EJECT,
+    min: 0,
+    max: 1000,
+    help: 'calls a worker fails in a row by its own fault (no first token in time, a broken stream, an error it answers) before it is taken out of routing for --ejection-ms; never the last worker of its model and role; 0 never ejects',
+  },
+  {
+    name: 'ejection-ms',
+    type: 'integer',
+    default: DEFAULT_BASE_EJECTION_MS,
+    min: 1,
+    max: MAX_TIMER_MS,
+    help: "a worker's first ejection; it then comes back on probation, where one failure ejects it again for twice as long (at most 5 min) and one success clears it",
   },
   {
     name: 'busy-prefill-tokens',

@@ -10,6 +10,8 @@ import { type HistogramSeries, RequestHistogram } from './request-histogram.js';
 export interface MetricsSources {
   workers(): Iterable<{ id: string; activePrefillTokens: number; activeDecodeBlocks: number }>;
   indexBlocks(): number;
+  /** Workers out of routing now (outlier ejection); absent: none. */
+  ejectedWorkers?(): number;
   /** Requests admitted and not finished (the --max-inflight count). */
   inflight(): number;
   /** Prompt texts tokenized since start, by path (the tokenizer's counters); absent: none. */
@@ -62,6 +64,7 @@ export class RouterMetrics {
   readonly disaggDecisions: Counter<'decision' | 'reason'>;
   readonly prefillFallbacks: Counter<'reason'>;
   readonly handoffRedeliveries: Counter<'reason'>;
+  readonly workerEjections: Counter<'role'>;
 
   constructor(sources: MetricsSources) {
     // The array holds the metric objects themselves (typed as their plain-object view).
@@ -216,6 +219,20 @@ export class RouterMetrics {
       help: 'KV handoffs delivered again to the decode worker they never reached, by failure kind',
       labelNames: ['reason'],
       registers,
+    });
+    this.workerEjections = new Counter({
+      name: 'kvroute_worker_ejections_total',
+      help: 'Workers taken out of routing for failing requests in a row (--eject-after-failures), by role',
+      labelNames: ['role'],
+      registers,
+    });
+    new Gauge({
+      name: 'kvroute_workers_ejected',
+      help: 'Workers out of routing now for failing requests in a row; back on probation when their time runs out',
+      registers,
+      collect() {
+        this.set(sources.ejectedWorkers?.() ?? 0);
+      },
     });
   }
 }

@@ -75,6 +75,7 @@ export async function createRouter(
   const registry = new WorkerRegistry({
     blockSize: config.blockSize,
     leaseTtlMs: config.leaseTtlMs,
+    health: { failuresToEject: config.ejectAfterFailures, baseEjectionMs: config.ejectionMs },
     // Ids unique across router restarts: `w-1` of the old router must not name a new router's worker.
     idPrefix: `w${randomBytes(3).toString('hex')}-`,
   });
@@ -87,6 +88,7 @@ export async function createRouter(
         activeDecodeBlocks: w.load.activeDecodeBlocks,
       })),
     indexBlocks: () => fleet?.indexBlocks() ?? 0,
+    ejectedWorkers: () => registry.health.ejectedCount,
     inflight: () => inflight.active,
     tokenizer: () => tokenizer.stats,
   });

@@ -39,7 +39,7 @@ import {
 import { generateBody } from './aggregated.js';
 import { type AbortListener, RequestAbort } from './request-abort.js';
 import type { ExecutionContext, ExecutionPlan, Executor, WorkerDecision } from './types.js';
-import { callGenerate, failureKind, isRetryable, toClientError } from './worker-call.js';
+import { callGenerate, failureKind, isRetryable, isWorkerFault, toClientError } from './worker-call.js';
 
 export interface DisaggregatedExecutorDeps {
   /** The router's tracer (`telemetry.tracer`). */
@@ -375,12 +375,16 @@ export class DisaggregatedExecutor implements Executor {
             'kvroute.prefill.cached_tokens': res.cached_tokens,
             'kvroute.prefill.transferred_blocks': res.kv_transfer.transferred_blocks,
           });
+          ctx.recordWorkerCall(worker.address);
           return res;
         } catch (err) {
           // The client leaving (or the router shutting down) cancels the leg; it did not fail.
           // Marked as handle_payload marks it, so the trace tells a cancel from a failure.
           if (ctx.abort.aborted) span.setAttribute('kvroute.cancelled', true);
-          else recordFailure(span, err);
+          else {
+            recordFailure(span, err);
+            if (!signal.aborted && isWorkerFault(err)) ctx.recordWorkerCall(worker.address, err);
+          }
           throw err;
         } finally {
           span.end();

@@ -82,6 +82,11 @@ export interface ExecutionContext {
    * when no other prefill worker can take it (the caller then falls back).
    */
   reroutePrefill(exclude: ReadonlySet<string>, cause: unknown): WorkerDecision | null;
+  /**
+   * The outcome of one call to the worker at `address`, for its health (outlier ejection): no
+   * `failure` when its first chunk or answer came; else a failure `isWorkerFault` counts.
+   */
+  recordWorkerCall(address: string, failure?: unknown): void;
   /** The prefill leg is over (handoff done or abandoned): release its booking. */
   prefillDone(): void;
   /**

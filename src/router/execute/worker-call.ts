@@ -30,6 +30,33 @@ export function isRetryable(err: unknown): boolean {
 }
 
 /**
+ * Whether a failed call counts against the worker's health (outlier ejection, registry/
+ * worker-health.ts): it did not answer in time, broke its stream or connection, stopped reading,
+ * or answered an error that is neither the request's fault nor honest backpressure. Not: the
+ * caller cancelling, `overloaded` and a refusal while shutting down (the worker said it is busy
+ * or leaving, which load and deregistration handle), and errors a worker answers for the request
+ * itself (a 4xx code of ours, such as context_length_exceeded).
+ */
+export function isWorkerFault(err: unknown): boolean {
+  if (isKvrouteError(err)) return err.code === 'timeout' || err.code === 'worker_error';
+  if (!isTransportError(err)) return false;
+  switch (err.kind) {
+    case 'cancelled':
+      return false;
+    case 'remote_error': {
+      const code = err.remoteCode;
+      if (code === 'overloaded' || code === 'shutting_down') return false;
+      // not_found: the worker lacks the endpoint (another build or role); unauthorized: it wants
+      // another token. Both are the worker's, whatever status the code has for a client.
+      if (code === 'not_found' || code === 'unauthorized') return true;
+      return !(isErrorCode(code) && ERROR_CODES[code].status < 500);
+    }
+    default:
+      return true;
+  }
+}
+
+/**
  * The label for `kvroute_request_retries_total{reason}`: a transport error kind or one of our error
  * codes. A worker's error code outside ours is `remote_error`, so what a worker sends cannot grow
  * the label's values without bound.
@@ -235,9 +262,16 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
       if (this.#finishedOutput) return DONE;
       // A stream ended cleanly but cut short (a broken worker): passed on as an end, the client
       // would get a 200 with part of the output and no error.
-      throw new KvrouteError('worker_error', `worker ended '${ENDPOINTS.generate}' before a finish_reason`);
+      const cut = new KvrouteError(
+        'worker_error',
+        `worker ended '${ENDPOINTS.generate}' before a finish_reason`,
+      );
+      this.ctx.recordWorkerCall(this.address, cut);
+      throw cut;
     }
     if (this.#timer === undefined) {
+      // The first chunk: the worker answers (once per call, for its health).
+      this.ctx.recordWorkerCall(this.address);
       this.#timer = setTimeout(this.#onIdle, this.ctx.streamIdleTimeoutMs);
       this.#timer.unref();
     }
@@ -245,13 +279,13 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
     try {
       chunk = decodeJson<GenerateChunk>(result.value);
     } catch (err) {
-      // Cancel the remote stream as failed (its span records an error, not a cancel), then fail.
-      this.#chunks?.cancel(
-        new TransportError('protocol_error', `undecodable chunk from '${ENDPOINTS.generate}'`, {
-          cause: err,
-        }),
-      );
-      throw this.#failure(err);
+      // Cancel the remote stream as failed (its span records an error, not a cancel), then fail
+      // with the same error: the worker broke the protocol (a 502, counted against it).
+      const broken = new TransportError('protocol_error', `undecodable chunk from '${ENDPOINTS.generate}'`, {
+        cause: err,
+      });
+      this.#chunks?.cancel(broken);
+      throw this.#failure(broken);
     }
     if (chunk?.finish_reason) this.#finishedOutput = true;
     return { value: chunk, done: false };
@@ -261,15 +295,17 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
     throw this.#failure(err);
   };
 
-  /** Ends the call and gives the error its caller sees. */
+  /** Ends the call and gives the error its caller sees; one by the worker's fault counts against it. */
   #failure(err: unknown): unknown {
     this.#finish();
-    if (this.#idled && !this.ctx.abort.aborted) {
-      return new KvrouteError('timeout', `worker stream was silent for ${this.ctx.streamIdleTimeoutMs} ms`, {
-        cause: err,
-      });
-    }
-    return err;
+    if (this.ctx.abort.aborted) return err;
+    const failure = this.#idled
+      ? new KvrouteError('timeout', `worker stream was silent for ${this.ctx.streamIdleTimeoutMs} ms`, {
+          cause: err,
+        })
+      : err;
+    if (isWorkerFault(failure)) this.ctx.recordWorkerCall(this.address, failure);
+    return failure;
   }
 
   #finish(): void {

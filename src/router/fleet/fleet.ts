@@ -153,7 +153,51 @@ export class Fleet {
     this.awakeAt ??= now;
     this.catchUp(now);
     this.expire(now);
+    for (const worker of this.registry.reinstateDue(now)) {
+      this.opts.log.info(
+        { event: 'worker_reinstated', worker_id: worker.id, address: worker.address },
+        'worker back in routing on probation',
+      );
+    }
     this.opts.client.closeIdlePools((address) => !this.liveAt.has(address));
+  }
+
+  /**
+   * The outcome of one call to the worker at `address`: `failure` undefined for a success (its
+   * first chunk or its answer came), else the error, which the caller has judged the worker's own
+   * fault. Enough failures in a row take the worker out of routing (the registry's WorkerHealth);
+   * that is logged and counted here. A success costs two map lookups.
+   */
+  recordCall(address: string, failure: unknown, now: number = leaseClock()): void {
+    const workerId = this.liveAt.get(address);
+    if (workerId === undefined) return;
+    if (failure === undefined) {
+      this.registry.recordSuccess(workerId);
+      return;
+    }
+    const verdict = this.registry.recordFailure(workerId, now);
+    if (verdict === undefined || verdict.kind === 'counted') return;
+    const worker = this.registry.get(workerId)!;
+    const fields = {
+      worker_id: workerId,
+      address,
+      role: worker.role,
+      failures: verdict.failures,
+      error: String(failure),
+    };
+    if (verdict.kind === 'ejected') {
+      this.opts.metrics.workerEjections.inc({ role: worker.role });
+      this.opts.log.warn(
+        { event: 'worker_ejected', ...fields, ejected_for_ms: verdict.forMs },
+        'worker taken out of routing: it failed requests in a row',
+      );
+    } else if (verdict.failures === this.registry.health.failuresToEject) {
+      // Once per run of failures: every further failure would say the same.
+      this.opts.log.warn(
+        { event: 'worker_failing', ...fields },
+        'worker failing requests in a row, but kept in routing: it is the last of its model and role',
+      );
+    }
   }
 
   /** Leading prompt blocks per worker from both indexes. Valid until either index next changes. */

@@ -84,24 +84,29 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet, workerT
     const indexBlocksOf = fleet.indexBlocksByWorker();
     return {
       object: 'list',
-      data: registry.list().map((w) => ({
-        worker_id: w.id,
-        role: w.role,
-        address: w.address,
-        model: w.model,
-        block_size: w.blockSize,
-        kv_blocks: w.kvBlocks,
-        max_batched_tokens: w.maxBatchedTokens,
-        kv_events: w.kvEvents,
-        index_mode: fleet.subscribed(w.id) ? 'events' : 'approximate',
-        lease_expires_in_ms: Math.max(0, w.leaseExpiresAt - now),
-        load: {
-          active_prefill_tokens: w.load.activePrefillTokens,
-          active_decode_blocks: w.load.activeDecodeBlocks,
-          active_requests: w.load.activeRequests,
-        },
-        index_blocks: indexBlocksOf(w.id),
-      })),
+      data: registry.list().map((w) => {
+        const health = registry.health.view(w.id, now);
+        return {
+          worker_id: w.id,
+          role: w.role,
+          address: w.address,
+          model: w.model,
+          block_size: w.blockSize,
+          kv_blocks: w.kvBlocks,
+          max_batched_tokens: w.maxBatchedTokens,
+          kv_events: w.kvEvents,
+          index_mode: fleet.subscribed(w.id) ? 'events' : 'approximate',
+          lease_expires_in_ms: Math.max(0, w.leaseExpiresAt - now),
+          load: {
+            active_prefill_tokens: w.load.activePrefillTokens,
+            active_decode_blocks: w.load.activeDecodeBlocks,
+            active_requests: w.load.activeRequests,
+          },
+          index_blocks: indexBlocksOf(w.id),
+          // Outlier ejection: calls failed in a row by its fault, and how long it stays out of routing.
+          health: { consecutive_failures: health.consecutiveFailures, ejected_for_ms: health.ejectedForMs },
+        };
+      }),
     };
   });
 }

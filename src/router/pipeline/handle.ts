@@ -228,6 +228,7 @@ function executionContext(
       countRetry(cause, failedWorker, decision.worker.id, exclude.size + 1);
       return decision;
     },
+    recordWorkerCall: (address, failure) => deps.fleet.recordCall(address, failure),
     prefillDone: () => admission.prefillDone(),
     prefillOnDecode: () => admission.movePrefill(null),
   };

@@ -12,6 +12,15 @@ export {
   type WorkerRegistration,
 } from './validate-registration.js';
 export {
+  DEFAULT_BASE_EJECTION_MS,
+  DEFAULT_FAILURES_TO_EJECT,
+  DEFAULT_MAX_EJECTION_MS,
+  type FailureVerdict,
+  type HealthView,
+  WorkerHealth,
+  type WorkerHealthOptions,
+} from './worker-health.js';
+export {
   DEFAULT_LEASE_TTL_MS,
   DEFAULT_MAX_WORKERS,
   type RegisterResult,

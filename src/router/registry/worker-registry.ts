@@ -9,6 +9,7 @@ import { KvrouteError } from '../../errors.js';
 import type { WorkerRole } from '../../protocols/registration.js';
 import { ActiveLoad, type WorkerLoad } from './active-load.js';
 import { validateRegistration, type WorkerRegistration } from './validate-registration.js';
+import { type FailureVerdict, WorkerHealth, type WorkerHealthOptions } from './worker-health.js';
 
 /** Which half of a request a worker is asked to serve. */
 export type WorkerPhase = 'prefill' | 'decode';
@@ -37,6 +38,8 @@ export interface WorkerRegistryOptions {
    * worker in the new router (it would renew that worker's lease and never register itself).
    */
   idPrefix?: string;
+  /** Outlier ejection of workers that keep failing (worker-health.ts). */
+  health?: WorkerHealthOptions;
 }
 
 export const DEFAULT_LEASE_TTL_MS = 10_000;
@@ -87,6 +90,8 @@ export class WorkerRegistry {
   readonly maxWorkers: number;
   /** Active-sequence tracking of the registered workers; removal here drops their load there. */
   readonly load: ActiveLoad;
+  /** Failures per worker and the ejected ones, which `candidates` leaves out. */
+  readonly health: WorkerHealth;
   private nextId = 1;
   private readonly idPrefix: string;
   /**
@@ -104,6 +109,7 @@ export class WorkerRegistry {
     this.maxWorkers = options.maxWorkers ?? DEFAULT_MAX_WORKERS;
     this.idPrefix = options.idPrefix ?? 'w-';
     this.load = new ActiveLoad();
+    this.health = new WorkerHealth(options.health);
   }
 
   /**
@@ -195,18 +201,57 @@ export class WorkerRegistry {
 
   /**
    * Workers of `model` for `phase` (prefill: dedicated prefill workers, decode: decode|both), in
-   * registration order. O(1) after the first call following a membership change; the returned
-   * array is shared and must not be mutated.
+   * registration order, less the ejected ones. O(1) after the first call following a change of
+   * membership or ejection; the returned array is shared and must not be mutated.
    */
   candidates(model: string, phase: WorkerPhase): readonly Worker[] {
     const group = this.byModel.get(model);
     if (!group) return NONE;
     let list = group[phase];
     if (!list) {
-      list = Object.freeze([...group.members].filter((w) => serves(w.role, phase)));
+      list = Object.freeze(
+        [...group.members].filter((w) => serves(w.role, phase) && !this.health.isEjected(w.id)),
+      );
       group[phase] = list;
     }
     return list;
+  }
+
+  /** A call to the worker succeeded (its first chunk or its answer came). */
+  recordSuccess(workerId: string): void {
+    this.health.recordSuccess(workerId);
+  }
+
+  /**
+   * A call to the worker failed by its own fault. Ejects it after enough failures in a row, unless
+   * it is the last worker of its model in routing for its phase: then every request would get a
+   * 503 instead of some getting errors. Undefined for a worker no longer registered.
+   */
+  recordFailure(workerId: string, now: number): FailureVerdict | undefined {
+    const worker = this.byLease.get(workerId);
+    if (worker === undefined) return undefined;
+    const phase: WorkerPhase = worker.role === 'prefill' ? 'prefill' : 'decode';
+    // The worker is in routing (not ejected), so it is one of its candidates.
+    const verdict = this.health.recordFailure(
+      workerId,
+      now,
+      () => this.candidates(worker.model, phase).length > 1,
+    );
+    if (verdict.kind === 'ejected') this.invalidate(worker.model);
+    return verdict;
+  }
+
+  /** Ejected workers whose time ran out by `now`, back in routing (on probation). O(ejected). */
+  reinstateDue(now: number): Worker[] {
+    if (this.health.ejectedCount === 0) return [];
+    const back: Worker[] = [];
+    for (const id of this.health.reinstateDue(now)) {
+      const worker = this.byLease.get(id);
+      if (worker === undefined) continue;
+      this.invalidate(worker.model);
+      back.push(worker);
+    }
+    return back;
   }
 
   /** Models served by at least one registered worker, sorted (for `/v1/models`). */
@@ -235,6 +280,7 @@ export class WorkerRegistry {
       } else this.invalidate(worker.model);
     }
     this.load.dropWorker(worker.id);
+    this.health.remove(worker.id);
     return worker;
   }
 
