@@ -527,6 +527,12 @@ describe('no workers', () => {
   });
 });
 
+/** The value of the series `series` (name and labels exactly as exposed) in a scrape, or undefined. */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
 describe('/metrics', () => {
   test('parses as Prometheus text and has every metric family', async () => {
     await fetch(`${url}/health`);
@@ -574,6 +580,58 @@ describe('/metrics', () => {
     assert.equal(families.get('process_cpu_user_seconds_total'), 'counter');
     assert.equal(families.get('nodejs_heap_size_used_bytes'), 'gauge');
     assert.ok(samples.includes('process_cpu_user_seconds_total'));
+  });
+
+  test('kvroute_workers counts workers by model and role, ejected ones too; kvroute_ready is the /ready rule, draining too', async () => {
+    // A router of its own: this one is drained.
+    const own = await createRouter({ port: 0, logger: false, ejectAfterFailures: 3 });
+    try {
+      const base = await own.listen();
+      const scrape = async () => (await fetch(`${base}/metrics`)).text();
+      const register = async (over: Record<string, unknown>) => {
+        const res = await fetch(`${base}/v1/workers`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(registration(over)),
+        });
+        assert.equal(res.status, 201);
+        return ((await res.json()) as { worker_id: string }).worker_id;
+      };
+      const agree = async (ready: 0 | 1, when: string) => {
+        const status = (await fetch(`${base}/ready`)).status;
+        assert.equal(status, ready === 1 ? 200 : 503, `/ready ${when}`);
+        assert.equal(sample(await scrape(), 'kvroute_ready'), ready, `kvroute_ready ${when}`);
+      };
+      await agree(0, 'with no worker');
+      assert.doesNotMatch(await scrape(), /^kvroute_workers\{/m);
+
+      await register({ role: 'prefill', address: '127.0.0.1:51' });
+      await agree(0, 'with a prefill worker only');
+      const both = [
+        await register({ address: '127.0.0.1:52' }),
+        await register({ address: '127.0.0.1:53' }),
+        await register({ address: '127.0.0.1:54', model: 'other-llm' }),
+      ];
+      await agree(1, 'with decode-capable workers');
+      // One ejected (its model has another): still registered, still counted.
+      for (let i = 0; i < 3; i++) own.registry.recordFailure(both[0]!, Date.now());
+      let text = await scrape();
+      assert.equal(sample(text, 'kvroute_workers_ejected'), 1);
+      assert.equal(sample(text, 'kvroute_workers{model="mock-llm",role="prefill"}'), 1);
+      assert.equal(sample(text, 'kvroute_workers{model="mock-llm",role="both"}'), 2);
+      assert.equal(sample(text, 'kvroute_workers{model="other-llm",role="both"}'), 1);
+
+      // Deregistered: its series goes with its last worker.
+      await fetch(`${base}/v1/workers/${both[2]}`, { method: 'DELETE' });
+      text = await scrape();
+      assert.equal(sample(text, 'kvroute_workers{model="other-llm",role="both"}'), undefined);
+
+      const drained = own.drain();
+      await agree(0, 'while draining');
+      await drained;
+    } finally {
+      await own.close();
+    }
   });
 
   test("the routing-phase histogram's buckets reach the tokenize time of long prompts", async () => {

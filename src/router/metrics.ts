@@ -8,12 +8,21 @@ import { type HistogramSeries, RequestHistogram } from './request-histogram.js';
 
 /** What the scrape-time gauges read. */
 export interface MetricsSources {
-  workers(): Iterable<{ id: string; activePrefillTokens: number; activeDecodeBlocks: number }>;
+  /** Every registered worker, ejected ones included. */
+  workers(): Iterable<{
+    id: string;
+    model: string;
+    role: string;
+    activePrefillTokens: number;
+    activeDecodeBlocks: number;
+  }>;
   indexBlocks(): number;
   /** Workers out of routing now (outlier ejection); absent: none. */
   ejectedWorkers?(): number;
   /** Requests admitted and not finished (the --max-inflight count). */
   inflight(): number;
+  /** Whether GET /ready answers 200 now (its rule, http/ops.ts); absent: no kvroute_ready. */
+  ready?(): boolean;
   /** Prompt texts tokenized since start, by path (the tokenizer's counters); absent: none. */
   tokenizer?(): Readonly<Record<TokenizePath, number>>;
 }
@@ -126,6 +135,27 @@ export class RouterMetrics {
         this.set(p === 0 ? 0 : c / p);
       },
     });
+    new Gauge({
+      name: 'kvroute_workers',
+      help: 'Registered workers by model and role, ejected ones included',
+      labelNames: ['model', 'role'],
+      registers,
+      collect() {
+        this.reset();
+        for (const w of sources.workers()) this.inc({ model: w.model, role: w.role });
+      },
+    });
+    const ready = sources.ready;
+    if (ready !== undefined) {
+      new Gauge({
+        name: 'kvroute_ready',
+        help: '1 when GET /ready answers 200 (a decode-capable worker registered, not draining), else 0',
+        registers,
+        collect() {
+          this.set(ready() ? 1 : 0);
+        },
+      });
+    }
     new Gauge({
       name: 'kvroute_worker_active_prefill_tokens',
       help: 'Prefill tokens booked on each worker and not yet done',

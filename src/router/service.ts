@@ -20,7 +20,7 @@ import type { Executor, PrefillPlanner } from './execute/types.js';
 import { Fleet } from './fleet/fleet.js';
 import { createApp } from './http/app.js';
 import { registerInferenceRoutes } from './http/inference.js';
-import { registerOpsRoutes } from './http/ops.js';
+import { notReady, registerOpsRoutes } from './http/ops.js';
 import { registerWorkerRoutes } from './http/workers.js';
 import { RouterMetrics } from './metrics.js';
 import { DEFAULT_LIMITS } from './openai/request.js';
@@ -84,12 +84,15 @@ export async function createRouter(
     workers: () =>
       registry.list().map((w) => ({
         id: w.id,
+        model: w.model,
+        role: w.role,
         activePrefillTokens: w.load.activePrefillTokens,
         activeDecodeBlocks: w.load.activeDecodeBlocks,
       })),
     indexBlocks: () => fleet?.indexBlocks() ?? 0,
     ejectedWorkers: () => registry.health.ejectedCount,
     inflight: () => inflight.active,
+    ready: () => notReady(registry, draining) === undefined,
     tokenizer: () => tokenizer.stats,
   });
   let closing = false;

@@ -6,7 +6,24 @@ import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../../errors.js';
 import type { Fleet } from '../fleet/fleet.js';
 import type { RouterMetrics } from '../metrics.js';
+import type { WorkerRegistry } from '../registry/index.js';
 import { shuttingDown } from './app.js';
+
+/** Models a request can be served for now: at least one decode-capable worker registered. */
+function servedModels(registry: WorkerRegistry): string[] {
+  return registry.models().filter((m) => registry.candidates(m, 'decode').length > 0);
+}
+
+/**
+ * The readiness rule, one for `GET /ready` and the `kvroute_ready` gauge: why the router cannot
+ * take inference requests now (draining, or no decode-capable worker: prefill workers alone serve
+ * nothing), or undefined when it can.
+ */
+export function notReady(registry: WorkerRegistry, draining: boolean): 'draining' | 'no_workers' | undefined {
+  if (draining) return 'draining';
+  if (servedModels(registry).length === 0) return 'no_workers';
+  return undefined;
+}
 
 export function registerOpsRoutes(
   app: FastifyInstance,
@@ -16,15 +33,16 @@ export function registerOpsRoutes(
   isDraining: () => boolean = () => false,
 ): void {
   const { registry } = fleet;
-  /** Models a request can be served for now: at least one decode-capable worker registered. */
-  const servedModels = () => registry.models().filter((m) => registry.candidates(m, 'decode').length > 0);
 
   app.get('/health', async () => ({ status: 'ok' }));
 
   app.get('/ready', async () => {
-    if (isDraining()) throw shuttingDown('the router is draining');
-    if (servedModels().length === 0)
-      throw new KvrouteError('no_workers', 'no decode-capable worker is registered');
+    switch (notReady(registry, isDraining())) {
+      case 'draining':
+        throw shuttingDown('the router is draining');
+      case 'no_workers':
+        throw new KvrouteError('no_workers', 'no decode-capable worker is registered');
+    }
     return { status: 'ready', workers: registry.size };
   });
 
@@ -35,13 +53,13 @@ export function registerOpsRoutes(
 
   const modelEntry = (id: string) => ({ id, object: 'model', created: 0, owned_by: 'kvroute' });
 
-  app.get('/v1/models', async () => ({ object: 'list', data: servedModels().map(modelEntry) }));
+  app.get('/v1/models', async () => ({ object: 'list', data: servedModels(registry).map(modelEntry) }));
 
   // One model (the openai client's models.retrieve): a wildcard, since model names hold slashes
   // (`org/name`), sent raw or as %2F.
   app.get<{ Params: { '*': string } }>('/v1/models/*', async (request) => {
     const id = request.params['*'];
-    if (!servedModels().includes(id))
+    if (!servedModels(registry).includes(id))
       throw new KvrouteError('model_not_found', `model '${id}' is not served by any worker`, {
         param: 'model',
       });
