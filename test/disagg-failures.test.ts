@@ -210,6 +210,56 @@ async function registerStandIn(
   return registeredWorkerId(r.url, { role, address });
 }
 
+describe('sequential mode, a prefill worker that accepts prefill calls and never answers', () => {
+  let r: TestRouter;
+  let prefill: TestWorker;
+  let decode: TestWorker;
+  let silentCalls = 0;
+  const silent = new RequestPlaneServer().handle('prefill', (req) => {
+    silentCalls++;
+    return new Promise<Uint8Array>((_, reject) =>
+      req.signal.addEventListener('abort', () => reject(new Error('cancelled'))),
+    );
+  });
+  let silentId = '';
+
+  before(async () => {
+    r = await startRouter({ maxLocalPrefill: 64, firstTokenTimeoutMs: 300 });
+    [prefill, decode] = await Promise.all([
+      spawnWorker(r, 'prefill', ['--speedup', '20']),
+      spawnWorker(r, 'decode', ['--speedup', '20']),
+    ]);
+    await silent.listen(0);
+    silentId = await registerStandIn(r, silent.address);
+  });
+
+  after(async () => {
+    await Promise.all([prefill?.proc.stop(), decode?.proc.stop()]);
+    await silent.close({ deadlineMs: 100 });
+    await r?.router.close();
+  });
+
+  test('is taken out of routing after 3 timed-out legs (each request still served by a local fallback), and prefill goes to the other', async () => {
+    const ejected = () => r.router.registry.health.isEjected(silentId);
+    for (let i = 0; !ejected() && i < 40; i++) {
+      const res = await completion(r, { prompt: prompt(200, 300 + i), max_tokens: 2 });
+      assert.equal(res.status, 200, await res.clone().text());
+      await res.json();
+    }
+    assert.ok(ejected(), `not ejected after ${silentCalls} silent legs`);
+    assert.equal(silentCalls, 3);
+    assert.equal(await metricValue(r, 'kvroute_worker_ejections_total', { role: 'prefill' }), 1);
+    // From now on the prefill legs go to the real prefill worker, none times out.
+    for (let i = 0; i < 5; i++) {
+      const res = await completion(r, { prompt: prompt(200, 400 + i), max_tokens: 2 });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get('x-kvroute-prefill-worker'), prefill.id);
+      await res.json();
+    }
+    assert.equal(silentCalls, 3);
+  });
+});
+
 describe('sequential mode, the only decode worker unreachable', () => {
   let r: TestRouter;
   let prefill: TestWorker;
