@@ -23,7 +23,8 @@ import { type PolicyRun, renderReport } from './lib/replay-report.js';
 import { extent } from './lib/stats.js';
 import { arrivalSchedule, expandPrompt, parseTrace, type ScheduledRequest } from './lib/trace.js';
 
-const POLICIES = ['kv', 'round-robin', 'random'] as const;
+// least-loaded too: what an operator compares kv with first (load balancing without the cache).
+const POLICIES = ['kv', 'round-robin', 'random', 'least-loaded'] as const;
 
 /**
  * KV pool per worker. The engine's default (16,384 blocks = 262k tokens = 512 trace hash ids) holds
