@@ -10,6 +10,7 @@ import zlib from 'node:zlib';
 import Fastify from 'fastify';
 import { Histogram, Registry } from 'prom-client';
 import { ENGINE_DEFAULTS } from '../src/engine/engine.js';
+import { ERROR_CODES, type ErrorCode, KvrouteError } from '../src/errors.js';
 import { LazyRequestLogger } from '../src/router/http/lazy-logger.js';
 import { RequestHistogram } from '../src/router/request-histogram.js';
 import { createRouter, type RouterService } from '../src/router/service.js';
@@ -175,7 +176,9 @@ describe('readiness and ids', () => {
     // Counted with the status its client saw (it was counted as a client gone, 499).
     await waitUntil(async () => {
       const text = await (await fetch(`${url}/metrics`)).text();
-      return /^kvroute_http_requests_total\{route="\/v1\/completions",status="408"\} 1$/m.test(text);
+      return /^kvroute_http_requests_total\{route="\/v1\/completions",status="408",code="request_timeout"\} 1$/m.test(
+        text,
+      );
     }, 'the stalled request counted as a 408');
   });
 
@@ -185,7 +188,9 @@ describe('readiness and ids', () => {
     const counted = async () => {
       const text = await (await fetch(`${url}/metrics`)).text();
       return Number(
-        /^kvroute_http_requests_total\{route="unmatched",status="400"\} (\d+)/m.exec(text)?.[1] ?? 0,
+        /^kvroute_http_requests_total\{route="unmatched",status="400",code="invalid_request"\} (\d+)/m.exec(
+          text,
+        )?.[1] ?? 0,
       );
     };
     const before = await counted();
@@ -632,6 +637,48 @@ describe('/metrics', () => {
     } finally {
       await own.close();
     }
+  });
+
+  test('kvroute_http_requests_total says which error each answer was: its code, empty for a success, only ours', async () => {
+    const own = await createRouter({ port: 0, logger: false });
+    try {
+      // A handler failing with a code that is not in src/errors.ts (a bug): it must not become a label value.
+      own.app.get('/not-ours', async () => {
+        throw new KvrouteError('made_up' as ErrorCode, 'a code of nobody');
+      });
+      const completion = () =>
+        own.app.inject({
+          method: 'POST',
+          url: '/v1/completions',
+          payload: { model: 'mock-llm', prompt: 'hi' },
+        });
+      assert.equal((await completion()).statusCode, 503); // no worker
+      assert.equal((await own.app.inject({ url: '/health' })).statusCode, 200);
+      assert.equal((await own.app.inject({ url: '/nope' })).statusCode, 404);
+      assert.equal((await own.app.inject({ url: '/not-ours' })).statusCode, 500);
+      await own.drain();
+      assert.equal((await completion()).statusCode, 503); // draining
+      const text = await own.metrics.registry.metrics();
+      const count = (labels: string) => sample(text, `kvroute_http_requests_total{${labels}}`);
+      // The two 503s told apart.
+      assert.equal(count('route="/v1/completions",status="503",code="no_workers"'), 1);
+      assert.equal(count('route="/v1/completions",status="503",code="shutting_down"'), 1);
+      assert.equal(count('route="/health",status="200",code=""'), 1);
+      assert.equal(count('route="unmatched",status="404",code="not_found"'), 1);
+      assert.equal(count('route="/not-ours",status="500",code="internal_error"'), 1);
+    } finally {
+      await own.close();
+    }
+    // Every answer this file's router gave (400s to 503s, 499s, parser errors): codes of ours only.
+    const codes = new Set(
+      [
+        ...(await (await fetch(`${url}/metrics`)).text()).matchAll(
+          /^kvroute_http_requests_total\{.*code="([^"]*)"\}/gm,
+        ),
+      ].map((m) => m[1]!),
+    );
+    assert.ok(codes.has('') && codes.size > 3, [...codes].join(' '));
+    for (const code of codes) assert.ok(code === '' || Object.hasOwn(ERROR_CODES, code), code);
   });
 
   test("the routing-phase histogram's buckets reach the tokenize time of long prompts", async () => {

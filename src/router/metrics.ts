@@ -60,7 +60,7 @@ export type RoutingPhase = 'tokenize' | 'hash' | 'match' | 'score';
 
 export class RouterMetrics {
   readonly registry = new Registry();
-  readonly requests: Counter<'route' | 'status'>;
+  readonly requests: Counter<'route' | 'status' | 'code'>;
   readonly ttft: RequestHistogram;
   readonly itl: RequestHistogram;
   readonly routingPhase: Record<RoutingPhase, HistogramSeries>;
@@ -83,8 +83,8 @@ export class RouterMetrics {
     const registers = [this.registry];
     this.requests = new Counter({
       name: 'kvroute_http_requests_total',
-      help: 'HTTP requests by route and status code',
-      labelNames: ['route', 'status'],
+      help: 'HTTP requests by route, status and error code (src/errors.ts; empty for a success)',
+      labelNames: ['route', 'status', 'code'],
       registers,
     });
     this.ttft = new RequestHistogram({

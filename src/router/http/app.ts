@@ -23,7 +23,7 @@ import Fastify, {
   type FastifyRequest,
   LogController,
 } from 'fastify';
-import { isKvrouteError, KvrouteError } from '../../errors.js';
+import { ERROR_CODES, type ErrorCode, isErrorCode, isKvrouteError, KvrouteError } from '../../errors.js';
 import { extractFromHeaders } from '../../telemetry/index.js';
 import type { RouterConfig } from '../config.js';
 import type { RouterMetrics } from '../metrics.js';
@@ -93,8 +93,22 @@ function parserErrorToHttp(err: { code?: string }): KvrouteError {
 /** The request each socket last started, so a client error while its body arrives names it. */
 const socketRequests = new WeakMap<Socket, { id: string; res: ServerResponse }>();
 
-/** The status a request was answered with on its socket (a client error), counted when it closes. */
-const answeredOnSocket = new WeakMap<ServerResponse, number>();
+/**
+ * The error a request was answered with on its socket (a client error), counted when it closes
+ * with that code and its status, whatever its handler's own failure (the body cut off) says later.
+ */
+const answeredOnSocket = new WeakMap<ServerResponse, ErrorCode>();
+
+/**
+ * The error code each error answer carried, for the `code` label of kvroute_http_requests_total
+ * (a success has none: ''). Written only on the error path, so a success costs one lookup.
+ */
+const answeredCode = new WeakMap<ServerResponse, ErrorCode>();
+
+/** Records `code` as the answer's; only our fixed set reaches the label (anything else: internal_error). */
+function recordCode(res: ServerResponse, code: string): void {
+  answeredCode.set(res, isErrorCode(code) ? code : 'internal_error');
+}
 
 const LEVEL_RANK: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
 
@@ -110,6 +124,7 @@ export const shuttingDown = (message = 'the router is shutting down') =>
 
 /** Answers with `e`'s status and OpenAI body (+ Retry-After). */
 function sendError(reply: FastifyReply, e: KvrouteError): void {
+  recordCode(reply.raw, e.code);
   if (e.retryAfterSeconds !== undefined) reply.header('retry-after', String(e.retryAfterSeconds));
   reply.status(e.status).send(e.toJSON());
 }
@@ -154,7 +169,11 @@ export function createApp(deps: AppDeps): FastifyInstance {
     frameworkErrors: (err, request, reply) => {
       reply.header('x-request-id', request.id);
       reply.raw.once('finish', () =>
-        metrics.requests.inc({ route: 'unmatched', status: String(reply.statusCode) }),
+        metrics.requests.inc({
+          route: 'unmatched',
+          status: String(reply.statusCode),
+          code: answeredCode.get(reply.raw) ?? '',
+        }),
       );
       sendError(reply, toHttpError(err));
     },
@@ -169,8 +188,8 @@ export function createApp(deps: AppDeps): FastifyInstance {
       const e = parserErrorToHttp(err);
       const body = JSON.stringify(e.toJSON());
       // An open request is counted when its socket closes (onClientGone).
-      if (open) answeredOnSocket.set(last.res, e.status);
-      else metrics.requests.inc({ route: 'unmatched', status: String(e.status) });
+      if (open) answeredOnSocket.set(last.res, e.code);
+      else metrics.requests.inc({ route: 'unmatched', status: String(e.status), code: e.code });
       socket.end(
         `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json; charset=utf-8\r\n` +
           `content-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${open ? last.id : randomUUID()}\r\n` +
@@ -208,12 +227,12 @@ export function createApp(deps: AppDeps): FastifyInstance {
     }
   };
 
-  /** Status of a request whose client left before the response finished (nginx's 499). */
-  const CLIENT_GONE_STATUS = 499;
   const onClientGone = (request: FastifyRequest, reply: FastifyReply) => {
     const route = request.routeOptions.url ?? 'unmatched';
-    const status = answeredOnSocket.get(reply.raw) ?? CLIENT_GONE_STATUS;
-    metrics.requests.inc({ route, status: String(status) });
+    // A client that left before its response finished: client_closed, nginx's 499.
+    const code = answeredOnSocket.get(reply.raw) ?? 'client_closed';
+    const status = ERROR_CODES[code].status;
+    metrics.requests.inc({ route, status: String(status), code });
     // Logged like any other request: a client that left, or one cut for not reading, is what an
     // operator looks for in the log.
     logRequest(request, reply, route, status);
@@ -269,7 +288,7 @@ export function createApp(deps: AppDeps): FastifyInstance {
   app.addHook('onResponse', (request, reply, done) => {
     const route = request.routeOptions.url ?? 'unmatched';
     const status = reply.statusCode;
-    metrics.requests.inc({ route, status: String(status) });
+    metrics.requests.inc({ route, status: String(status), code: answeredCode.get(reply.raw) ?? '' });
     const span = traces.get(request)?.span;
     if (span?.isRecording()) {
       span.setAttributes({ 'http.route': route, 'http.response.status_code': status });
