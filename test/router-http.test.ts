@@ -681,6 +681,18 @@ describe('/metrics', () => {
     for (const code of codes) assert.ok(code === '' || Object.hasOwn(ERROR_CODES, code), code);
   });
 
+  test('kvroute_max_inflight is the configured --max-inflight, beside kvroute_requests_in_flight', async () => {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    assert.equal(sample(text, 'kvroute_max_inflight'), 4096); // the default
+    assert.equal(sample(text, 'kvroute_requests_in_flight'), 0);
+    const own = await createRouter({ port: 0, logger: false, maxInflight: 37 });
+    try {
+      assert.equal(sample(await own.metrics.registry.metrics(), 'kvroute_max_inflight'), 37);
+    } finally {
+      await own.close();
+    }
+  });
+
   test("the routing-phase histogram's buckets reach the tokenize time of long prompts", async () => {
     // Tokenizing is a pool hop and O(prompt chars): ~15 ms for a 20k-token prompt on the 2-core VM
     // (--max-prompt-tokens allows 131072). The buckets stopped at 5 ms, so every prompt past ~2k

@@ -21,6 +21,8 @@ export interface MetricsSources {
   ejectedWorkers?(): number;
   /** Requests admitted and not finished (the --max-inflight count). */
   inflight(): number;
+  /** The configured --max-inflight; absent: no kvroute_max_inflight. */
+  maxInflight?: number;
   /** Whether GET /ready answers 200 now (its rule, http/ops.ts); absent: no kvroute_ready. */
   ready?(): boolean;
   /** Prompt texts tokenized since start, by path (the tokenizer's counters); absent: none. */
@@ -184,6 +186,14 @@ export class RouterMetrics {
         this.set(sources.inflight());
       },
     });
+    if (sources.maxInflight !== undefined) {
+      // Fixed for the router's life: set once, so a ratio needs no threshold copied from its flags.
+      new Gauge({
+        name: 'kvroute_max_inflight',
+        help: 'The configured --max-inflight: past it new inference requests get 503 overloaded',
+        registers,
+      }).set(sources.maxInflight);
+    }
     // A counter read from the tokenizer's own counts at scrape time: incremented by what they grew.
     const tokenizeSeen: Record<TokenizePath, number> = { inline: 0, pooled: 0, rejected: 0, cancelled: 0 };
     new Counter({

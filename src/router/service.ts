@@ -92,6 +92,7 @@ export async function createRouter(
     indexBlocks: () => fleet?.indexBlocks() ?? 0,
     ejectedWorkers: () => registry.health.ejectedCount,
     inflight: () => inflight.active,
+    maxInflight: config.maxInflight,
     ready: () => notReady(registry, draining) === undefined,
     tokenizer: () => tokenizer.stats,
   });
