@@ -106,6 +106,25 @@ function matching(tokens: string[], open: number): number {
   throw new Error(`unbalanced parentheses: ${tokens.join(' ')}`);
 }
 
+/**
+ * Index of the last token of the operand starting at `start`: a parenthesized expression, a call or
+ * an aggregation (its by/without clause on either side), or a selector with its matchers and range.
+ */
+function operandEnd(tokens: string[], start: number): number {
+  if (tokens[start] === '(') return matching(tokens, start);
+  assert.ok(isName(tokens[start]), `an operand at ${tokens.slice(start).join(' ')}`);
+  let i = start;
+  const clause = (at: number) => tokens[at] === 'by' || tokens[at] === 'without';
+  if (clause(i + 1)) i = matching(tokens, i + 2);
+  if (tokens[i + 1] === '(') {
+    i = matching(tokens, i + 1);
+    return clause(i + 1) ? matching(tokens, i + 2) : i;
+  }
+  if (tokens[i + 1] === '{') i = tokens.indexOf('}', i + 1);
+  if (tokens[i + 1]?.startsWith('[')) i++;
+  return i;
+}
+
 function promqlUses(expr: string): PromqlUses {
   const tokens = tokenize(expr);
   /** Each selector with the index of its name token, to place it inside a by/without argument. */
@@ -120,6 +139,9 @@ function promqlUses(expr: string): PromqlUses {
       const labels = tokens.slice(i + 2, close).filter((x) => x !== ',');
       assert.ok(labels.every(isName), `label list of ${t}: ${labels.join(' ')}`);
       let span: [number, number] = [0, tokens.length - 1]; // on/ignoring: both sides, the whole expression
+      // group_left (l): the labels come from the right-hand side (the one side of many-to-one).
+      if (t === 'group_left') span = [close + 1, operandEnd(tokens, close + 1)];
+      assert.notEqual(t, 'group_right', `group_right with labels is not understood: ${expr}`);
       if (t === 'by' || t === 'without') {
         // `agg by (l) (arg)` or `agg (arg) by (l)`.
         span =
@@ -293,6 +315,19 @@ describe('the PromQL reader', () => {
         { labels: ['instance'], metrics: ['b_total', 'c', 'd'] },
       ],
     });
+    // group_left's labels are the right-hand side's only.
+    assert.deepEqual(
+      promqlUses('a{x="1"} * on (instance, id) group_left (role) b > 0 and on (instance) c').groupings,
+      [
+        { labels: ['instance', 'id'], metrics: ['a', 'b', 'c'] },
+        { labels: ['role'], metrics: ['b'] },
+        { labels: ['instance'], metrics: ['a', 'b', 'c'] },
+      ],
+    );
+    assert.deepEqual(
+      promqlUses('a / on (i) group_left (l) sum by (i, l) (rate(b[5m])) / c').groupings.map((g) => g.metrics),
+      [['a', 'b', 'c'], ['b'], ['b']],
+    );
   });
 });
 

@@ -693,6 +693,36 @@ describe('/metrics', () => {
     }
   });
 
+  test("kvroute_worker_info names each worker's role and model, for joining the per-worker gauges", async () => {
+    const prefill = await post(
+      '/v1/workers',
+      registration({ role: 'prefill', address: '127.0.0.1:61', model: 'info-llm' }),
+    );
+    const decode = await post(
+      '/v1/workers',
+      registration({ role: 'decode', address: '127.0.0.1:62', model: 'org/info-2' }),
+    );
+    const ids = [prefill.json.worker_id as string, decode.json.worker_id as string];
+    try {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      assert.equal(
+        sample(text, `kvroute_worker_info{worker_id="${ids[0]}",role="prefill",model="info-llm"}`),
+        1,
+      );
+      assert.equal(
+        sample(text, `kvroute_worker_info{worker_id="${ids[1]}",role="decode",model="org/info-2"}`),
+        1,
+      );
+      // The same worker_id as the load gauges carry: the join key.
+      for (const id of ids)
+        assert.equal(sample(text, `kvroute_worker_active_decode_blocks{worker_id="${id}"}`), 0);
+    } finally {
+      for (const id of ids) await fetch(`${url}/v1/workers/${id}`, { method: 'DELETE' });
+    }
+    const text = await (await fetch(`${url}/metrics`)).text();
+    for (const id of ids) assert.ok(!text.includes(`worker_id="${id}"`), `${id} left its series behind`);
+  });
+
   test("the routing-phase histogram's buckets reach the tokenize time of long prompts", async () => {
     // Tokenizing is a pool hop and O(prompt chars): ~15 ms for a 20k-token prompt on the 2-core VM
     // (--max-prompt-tokens allows 131072). The buckets stopped at 5 ms, so every prompt past ~2k

@@ -159,6 +159,16 @@ export class RouterMetrics {
       });
     }
     new Gauge({
+      name: 'kvroute_worker_info',
+      help: 'Always 1, one series per registered worker: its role and model, to join onto the per-worker gauges by worker_id',
+      labelNames: ['worker_id', 'role', 'model'],
+      registers,
+      collect() {
+        this.reset();
+        for (const w of sources.workers()) this.set({ worker_id: w.id, role: w.role, model: w.model }, 1);
+      },
+    });
+    new Gauge({
       name: 'kvroute_worker_active_prefill_tokens',
       help: 'Prefill tokens booked on each worker and not yet done',
       labelNames: ['worker_id'],
