@@ -57,6 +57,7 @@ function fixture(workers: number, promptTokens: number, seed: number) {
     load: {
       activePrefillTokens: Math.floor(rng() * 8192),
       activeDecodeBlocks: Math.floor(rng() * 4096),
+      activeContextBlocks: Math.floor(rng() * 8192),
     },
   }));
   const promptBlocks = Math.floor(promptTokens / BLOCK_SIZE);

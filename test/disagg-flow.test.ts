@@ -173,8 +173,8 @@ test('with prefill workers registered, decode is chosen by load (overlap weight 
     const a = await register('decode', 1);
     const b = await register('decode', 2);
     // a: a long prefill queue, no decode blocks; b: no prefill queue, some decode blocks.
-    r2.router.registry.load.book(a, 'busy-a', { prefillTokens: 1600, decodeBlocks: 0 });
-    r2.router.registry.load.book(b, 'busy-b', { prefillTokens: 0, decodeBlocks: 10 });
+    r2.router.registry.load.book(a, 'busy-a', { prefillTokens: 1600, decodeBlocks: 0, contextBlocks: 0 });
+    r2.router.registry.load.book(b, 'busy-b', { prefillTokens: 0, decodeBlocks: 10, contextBlocks: 10 });
     const explain = async () => {
       const res = await fetch(`${r2.url}/v1/route`, {
         method: 'POST',
@@ -236,7 +236,11 @@ test('mixed prefill pools: a prompt only the large pool holds goes there; with o
     // the small one, which refuses the prompt (a fallback before this check).
     const large = await spawnWorker(r3, 'prefill', ['--speedup', '20', '--kv-blocks', '512']);
     workers.push(large);
-    r3.router.registry.load.book(large.id, 'other-work', { prefillTokens: 3200, decodeBlocks: 0 });
+    r3.router.registry.load.book(large.id, 'other-work', {
+      prefillTokens: 3200,
+      decodeBlocks: 0,
+      contextBlocks: 0,
+    });
     for (let seed = 32; seed < 35; seed++) {
       const remote = await completion(r3, { prompt: prompt(200, seed), max_tokens: 4 });
       assert.equal(remote.status, 200, await remote.clone().text());
@@ -264,7 +268,11 @@ test('mixed decode pools: a request only the large pool holds goes there; when n
     workers.push(small!, large!);
     // 200 prompt tokens + max_tokens 8: 13 blocks. Other work booked on the large one makes the
     // small one the cheaper and less loaded choice (the worker refused it with a 400 before).
-    r4.router.registry.load.book(large!.id, 'other-work', { prefillTokens: 3200, decodeBlocks: 0 });
+    r4.router.registry.load.book(large!.id, 'other-work', {
+      prefillTokens: 3200,
+      decodeBlocks: 0,
+      contextBlocks: 0,
+    });
     for (let seed = 41; seed < 44; seed++) {
       const res = await completion(r4, { prompt: prompt(200, seed), max_tokens: 8 });
       assert.equal(res.status, 200, await res.clone().text());

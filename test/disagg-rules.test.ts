@@ -32,7 +32,7 @@ const BLOCK = 16;
 const policy = createPolicy({ policy: 'kv', blockSize: BLOCK, rng: seededRng(1) });
 
 function worker(id: string, activePrefillTokens = 0): Candidate {
-  return { id, kvBlocks: 1000, load: { activePrefillTokens, activeDecodeBlocks: 0 } };
+  return { id, kvBlocks: 1000, load: { activePrefillTokens, activeDecodeBlocks: 0, activeContextBlocks: 0 } };
 }
 
 /** The prefill planner over `registry` and `policy`, no short-prompt rules, not enforced. */
@@ -221,7 +221,7 @@ test('the prefill planner never picks a prefill worker whose pool cannot hold th
   });
   // A larger one, however loaded (not busy), is chosen over it.
   const large = register('prefill', 3, 9);
-  registry.load.book(large.id, 'other', { prefillTokens: 4000, decodeBlocks: 0 });
+  registry.load.book(large.id, 'other', { prefillTokens: 4000, decodeBlocks: 0, contextBlocks: 0 });
   for (let i = 0; i < 10; i++) {
     const planned = planner.choosePrefill(routing, decode);
     assert.equal(planned.reason, 'long_prompt');

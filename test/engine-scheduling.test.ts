@@ -221,7 +221,13 @@ test("the router's fit and the engine's admission agree on every size at the poo
     const needed = Math.ceil((promptTokens + maxTokens) / blockSize);
     const kvBlocks = Math.max(1, needed - 1 + Math.floor(random() * 3));
     const decision = createPolicy({ policy: 'kv', blockSize }).select({
-      candidates: [{ id: 'w', kvBlocks, load: { activePrefillTokens: 0, activeDecodeBlocks: 0 } }],
+      candidates: [
+        {
+          id: 'w',
+          kvBlocks,
+          load: { activePrefillTokens: 0, activeDecodeBlocks: 0, activeContextBlocks: 0 },
+        },
+      ],
       promptTokens,
       outputTokens: maxTokens,
     });

@@ -212,15 +212,15 @@ test('removal drops the worker’s load and bookings (deregister and expiry)', (
   const r = new WorkerRegistry({ blockSize: 16, leaseTtlMs: 1000 });
   const a = r.register(body({ address: 'h:1' }), T0).worker;
   const b = r.register(body({ address: 'h:2' }), T0).worker;
-  r.load.book(a.id, 'req-1', { prefillTokens: 100, decodeBlocks: 9 });
-  r.load.book(b.id, 'req-2', { prefillTokens: 50, decodeBlocks: 4 });
+  r.load.book(a.id, 'req-1', { prefillTokens: 100, decodeBlocks: 9, contextBlocks: 9 });
+  r.load.book(b.id, 'req-2', { prefillTokens: 50, decodeBlocks: 4, contextBlocks: 4 });
   assert.equal(a.load.activePrefillTokens, 100);
   const removed = r.deregister(a.id);
   assert.equal(removed, a);
   assert.equal(r.load.loadOf(a.id), undefined);
   assert.equal(r.load.workerOf('req-1'), undefined);
   assert.equal(r.load.release('req-1'), false);
-  assert.equal(r.load.book(a.id, 'req-3', { prefillTokens: 1, decodeBlocks: 1 }), false);
+  assert.equal(r.load.book(a.id, 'req-3', { prefillTokens: 1, decodeBlocks: 1, contextBlocks: 1 }), false);
   r.heartbeat(b.id, T0);
   assert.deepEqual(
     r.expire(T0 + 1000).map((w) => w.id),

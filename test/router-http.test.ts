@@ -240,7 +240,12 @@ describe('worker registration', () => {
     const row = list.data.find((w) => w.worker_id === reg.json.worker_id);
     assert.ok(row);
     assert.equal(row.index_mode, 'approximate');
-    assert.deepEqual(row.load, { active_prefill_tokens: 0, active_decode_blocks: 0, active_requests: 0 });
+    assert.deepEqual(row.load, {
+      active_prefill_tokens: 0,
+      active_decode_blocks: 0,
+      active_context_blocks: 0,
+      active_requests: 0,
+    });
     assert.equal((await fetch(`${url}/v1/workers/${reg.json.worker_id}`, { method: 'DELETE' })).status, 204);
     const gone = await fetch(`${url}/v1/workers/${reg.json.worker_id}/heartbeat`, { method: 'POST' });
     assert.equal(gone.status, 404);

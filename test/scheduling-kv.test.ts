@@ -15,7 +15,11 @@ import {
 const BLOCK = 16;
 
 function worker(id: string, activePrefillTokens = 0, activeDecodeBlocks = 0): Candidate {
-  return { id, kvBlocks: 10_000, load: { activePrefillTokens, activeDecodeBlocks } };
+  return {
+    id,
+    kvBlocks: 10_000,
+    load: { activePrefillTokens, activeDecodeBlocks, activeContextBlocks: activeDecodeBlocks },
+  };
 }
 
 function kv(extra: Partial<SchedulerConfig> = {}, seed = 7) {
@@ -194,11 +198,53 @@ test('admission path: registry workers are candidates, booked load steers the ne
   assert.equal(first.outcome, 'selected');
   if (first.outcome !== 'selected') return;
   registry.load.book(first.worker.id, 'r1', first.booking);
-  assert.deepEqual(first.booking, { prefillTokens: 256, decodeBlocks: 20 });
+  assert.deepEqual(first.booking, { prefillTokens: 256, decodeBlocks: 20, contextBlocks: 20 });
   const second = p.select(request());
   assert.equal(second.outcome, 'selected');
   if (second.outcome !== 'selected') return;
   assert.notEqual(second.worker.id, first.worker.id, 'the idle worker is now cheaper');
   registry.deregister(first.worker.id);
   assert.equal(registry.load.release('r1'), false, 'its booking went with it');
+});
+
+test('many requests sharing one long prefix spread out: the holder counts the whole context its running sequences read', () => {
+  // Before: a cache hit booked only its new blocks, so the holder of a 64-block prefix looked
+  // nearly idle with any number of such requests running (its cost grew 2 blocks per request
+  // against the other worker's 130), and took 64 of them before the idle worker got one.
+  const registry = new WorkerRegistry({ blockSize: BLOCK });
+  for (const port of [1, 2]) {
+    registry.register(
+      {
+        role: 'both',
+        address: `h:${port}`,
+        model: 'm',
+        block_size: BLOCK,
+        kv_blocks: 100_000,
+        max_batched_tokens: 4096,
+      },
+      0,
+    );
+  }
+  const [holder, idle] = registry.candidates('m', 'decode');
+  const p = kv({}, 1);
+  const placed: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    const d = p.select({
+      candidates: registry.candidates('m', 'decode'),
+      promptTokens: 64 * BLOCK,
+      outputTokens: 32,
+      overlaps: new Map([[holder!.id, 64]]),
+    });
+    assert.equal(d.outcome, 'selected');
+    if (d.outcome !== 'selected') return;
+    registry.load.book(d.worker.id, `r${i}`, d.booking);
+    placed.push(d.worker.id);
+  }
+  // The holder's two running sequences read 132 blocks a step: as dear as prefilling elsewhere.
+  assert.deepEqual(placed.slice(0, 2), [holder!.id, holder!.id]);
+  assert.ok(placed.includes(idle!.id), placed.join(' '));
+  assert.equal(
+    registry.load.loadOf(holder!.id)!.activeDecodeBlocks,
+    2 * placed.filter((w) => w === holder!.id).length,
+  );
 });

@@ -16,7 +16,11 @@ import {
 const BLOCK = 16;
 
 function worker(id: string, activePrefillTokens = 0, activeDecodeBlocks = 0, kvBlocks = 1000): Candidate {
-  return { id, kvBlocks, load: { activePrefillTokens, activeDecodeBlocks } };
+  return {
+    id,
+    kvBlocks,
+    load: { activePrefillTokens, activeDecodeBlocks, activeContextBlocks: activeDecodeBlocks },
+  };
 }
 
 function policy(name: PolicyName, seed = 1) {
@@ -160,7 +164,7 @@ for (const name of POLICY_NAMES) {
       if (d.outcome === 'no_workers') assert.equal(decisionError(d).status, 503);
     });
 
-    test('booking is the chosen worker’s uncached tokens and new blocks', () => {
+    test('booking is the chosen worker’s uncached tokens, its new blocks and its whole sequence', () => {
       const p = policy(name);
       const d = p.select({
         candidates: [worker('w-1')],
@@ -170,7 +174,7 @@ for (const name of POLICY_NAMES) {
       });
       assert.equal(d.outcome, 'selected');
       if (d.outcome !== 'selected') return;
-      assert.deepEqual(d.booking, { prefillTokens: 70 - 48, decodeBlocks: 7 - 3 });
+      assert.deepEqual(d.booking, { prefillTokens: 70 - 48, decodeBlocks: 7 - 3, contextBlocks: 7 });
     });
 
     test('a decision serialises with every candidate’s score and stays valid after later selects', () => {
@@ -191,7 +195,7 @@ for (const name of POLICY_NAMES) {
     test('selection books nothing: candidate load is unchanged', () => {
       const c = worker('w-1', 7, 8);
       policy(name).select({ candidates: [c], promptTokens: 100 });
-      assert.deepEqual(c.load, { activePrefillTokens: 7, activeDecodeBlocks: 8 });
+      assert.deepEqual(c.load, { activePrefillTokens: 7, activeDecodeBlocks: 8, activeContextBlocks: 8 });
     });
   });
 }

@@ -5,7 +5,11 @@ import { test } from 'node:test';
 import { type Candidate, createPolicy, type PolicyName, seededRng } from '../src/router/scheduling/index.js';
 
 function worker(id: string, activePrefillTokens = 0, activeDecodeBlocks = 0): Candidate {
-  return { id, kvBlocks: 1000, load: { activePrefillTokens, activeDecodeBlocks } };
+  return {
+    id,
+    kvBlocks: 1000,
+    load: { activePrefillTokens, activeDecodeBlocks, activeContextBlocks: activeDecodeBlocks },
+  };
 }
 
 function picks(

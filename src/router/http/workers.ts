@@ -100,6 +100,7 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet, workerT
           load: {
             active_prefill_tokens: w.load.activePrefillTokens,
             active_decode_blocks: w.load.activeDecodeBlocks,
+            active_context_blocks: w.load.activeContextBlocks,
             active_requests: w.load.activeRequests,
           },
           index_blocks: indexBlocksOf(w.id),

@@ -103,7 +103,7 @@ export class Admission {
   private decodeBooking({ booking }: WorkerDecision): LoadBooking {
     if (!this.plan.prefill) return booking;
     const tail = this.plan.routing.promptTokens % this.fleet.registry.blockSize;
-    return { prefillTokens: Math.min(booking.prefillTokens, tail), decodeBlocks: booking.decodeBlocks };
+    return { ...booking, prefillTokens: Math.min(booking.prefillTokens, tail) };
   }
 
   private bookPrefill(decision: WorkerDecision): void {
@@ -111,6 +111,7 @@ export class Admission {
     this.fleet.registry.load.book(decision.worker.id, this.prefillKey, {
       prefillTokens: decision.booking.prefillTokens,
       decodeBlocks: 0,
+      contextBlocks: 0,
     });
     this.fleet.credit(decision.worker.id, this.plan.routing.keys);
   }

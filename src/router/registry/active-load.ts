@@ -19,8 +19,14 @@ import { KvrouteError } from '../../errors.js';
 export interface WorkerLoad {
   /** Prompt tokens routed to the worker whose prefill has not finished yet. */
   readonly activePrefillTokens: number;
-  /** KV blocks the worker's in-flight requests were booked for. */
+  /** KV blocks the worker's in-flight requests were booked for: new blocks, what they add to its pool. */
   readonly activeDecodeBlocks: number;
+  /**
+   * Blocks of the in-flight sequences whole, a cached prefix counted once per sequence: what each
+   * decode step reads (attention runs over a sequence's whole context), so the worker's decode
+   * work. A prefix shared by many requests is stored once but read by each (scheduling README).
+   */
+  readonly activeContextBlocks: number;
   /** Requests in flight on the worker. */
   readonly activeRequests: number;
 }
@@ -29,11 +35,13 @@ export interface WorkerLoad {
 export interface LoadBooking {
   prefillTokens: number;
   decodeBlocks: number;
+  contextBlocks: number;
 }
 
 interface MutableWorkerLoad {
   activePrefillTokens: number;
   activeDecodeBlocks: number;
+  activeContextBlocks: number;
   activeRequests: number;
 }
 
@@ -43,6 +51,7 @@ interface Booking {
   readonly load: MutableWorkerLoad;
   prefillTokens: number;
   readonly decodeBlocks: number;
+  readonly contextBlocks: number;
 }
 
 interface WorkerEntry {
@@ -65,7 +74,7 @@ export class ActiveLoad {
     let entry = this.workers.get(workerId);
     if (!entry) {
       entry = {
-        load: { activePrefillTokens: 0, activeDecodeBlocks: 0, activeRequests: 0 },
+        load: { activePrefillTokens: 0, activeDecodeBlocks: 0, activeContextBlocks: 0, activeRequests: 0 },
         bookings: new Set(),
       };
       this.workers.set(workerId, entry);
@@ -102,9 +111,11 @@ export class ActiveLoad {
       load: entry.load,
       prefillTokens: nonNegative(booking.prefillTokens, 'prefillTokens'),
       decodeBlocks: nonNegative(booking.decodeBlocks, 'decodeBlocks'),
+      contextBlocks: nonNegative(booking.contextBlocks, 'contextBlocks'),
     };
     entry.load.activePrefillTokens += b.prefillTokens;
     entry.load.activeDecodeBlocks += b.decodeBlocks;
+    entry.load.activeContextBlocks += b.contextBlocks;
     entry.load.activeRequests += 1;
     entry.bookings.add(b);
     this.bookings.set(requestId, b);
@@ -141,6 +152,7 @@ export class ActiveLoad {
   private remove(b: Booking): void {
     b.load.activePrefillTokens -= b.prefillTokens;
     b.load.activeDecodeBlocks -= b.decodeBlocks;
+    b.load.activeContextBlocks -= b.contextBlocks;
     b.load.activeRequests -= 1;
     this.workers.get(b.workerId)?.bookings.delete(b);
     this.bookings.delete(b.requestId);

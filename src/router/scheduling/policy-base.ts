@@ -27,7 +27,7 @@ class Decision {
   declare outcome: RouteDecision['outcome'];
   declare worker?: Candidate;
   declare chosen?: CandidateScore;
-  declare booking?: { prefillTokens: number; decodeBlocks: number };
+  declare booking?: { prefillTokens: number; decodeBlocks: number; contextBlocks: number };
   declare retryAfterSeconds?: number;
   declare requiredBlocks?: number;
   declare largestKvBlocks?: number;
@@ -81,7 +81,11 @@ export function definePolicy(
         decision.outcome = 'selected';
         decision.worker = request.candidates[index]!;
         decision.chosen = chosen;
-        decision.booking = { prefillTokens: chosen.uncachedTokens, decodeBlocks: chosen.newBlocks };
+        decision.booking = {
+          prefillTokens: chosen.uncachedTokens,
+          decodeBlocks: chosen.newBlocks,
+          contextBlocks: table.sequenceBlocks,
+        };
       }
       return decision as unknown as RouteDecision<C>;
     },

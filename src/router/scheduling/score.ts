@@ -141,7 +141,10 @@ export function scoreCandidates<C extends Candidate>(
     const activePrefill = c.load.activePrefillTokens;
     const activeDecode = c.load.activeDecodeBlocks;
     const prefillBlocks = (activePrefill + promptTokens - overlapBlocks * bs) / bs;
-    const decodeBlocks = activeDecode + sequenceBlocks - overlapBlocks;
+    // The decode work running there (whole sequences: a shared prefix is read by each of them),
+    // plus what this request adds. Counting only new blocks made the holder of a long shared
+    // prefix look nearly idle however many of its requests it ran (scheduling README).
+    const decodeBlocks = c.load.activeContextBlocks + sequenceBlocks - overlapBlocks;
     const busy = activePrefill > busyPrefillTokens || activeDecode > busyDecodeFraction * c.kvBlocks;
     // Written as "not more than" so that an unknown (NaN) pool does not exclude a worker.
     const fits = !(sequenceBlocks > c.kvBlocks);

@@ -19,7 +19,10 @@ export interface Candidate {
   readonly kvBlocks: number;
   readonly load: {
     readonly activePrefillTokens: number;
+    /** Booked new blocks: what the busy check compares against kvBlocks (memory). */
     readonly activeDecodeBlocks: number;
+    /** Booked whole sequences: the decode work in the kv cost (registry/active-load.ts). */
+    readonly activeContextBlocks: number;
   };
 }
 
@@ -57,7 +60,7 @@ export interface CandidateScore {
   newBlocks: number;
   /** (worker's active prefill tokens + uncachedTokens) / blockSize. */
   prefillBlocks: number;
-  /** Worker's active decode blocks + newBlocks. */
+  /** Worker's active context blocks (its running sequences whole) + newBlocks. */
   decodeBlocks: number;
   /** KV cost: overlapWeight × prefillBlocks + decodeBlocks (what `kv` minimises). */
   cost: number;
@@ -84,7 +87,7 @@ export interface SelectedDecision<C extends Candidate = Candidate> extends Decis
   worker: C;
   chosen: CandidateScore;
   /** What to book on the chosen worker: `registry.load.book(worker.id, requestId, booking)`. */
-  booking: { prefillTokens: number; decodeBlocks: number };
+  booking: { prefillTokens: number; decodeBlocks: number; contextBlocks: number };
 }
 
 /** Every candidate that could hold the request is busy: answer 503 with Retry-After. */
