@@ -9,15 +9,27 @@ test('book adds load, first token releases the prefill tokens, release frees the
   const w = load.addWorker('w-1');
   assert.equal(load.book('w-1', 'r1', { prefillTokens: 300, decodeBlocks: 20, contextBlocks: 50 }), true);
   assert.equal(load.book('w-1', 'r2', { prefillTokens: 100, decodeBlocks: 7, contextBlocks: 9 }), true);
-  assert.deepEqual({ ...w }, { activePrefillTokens: 400, activeDecodeBlocks: 27, activeContextBlocks: 59, activeRequests: 2 });
+  assert.deepEqual(
+    { ...w },
+    { activePrefillTokens: 400, activeDecodeBlocks: 27, activeContextBlocks: 59, activeRequests: 2 },
+  );
   assert.equal(load.firstToken('r1'), true);
-  assert.deepEqual({ ...w }, { activePrefillTokens: 100, activeDecodeBlocks: 27, activeContextBlocks: 59, activeRequests: 2 });
+  assert.deepEqual(
+    { ...w },
+    { activePrefillTokens: 100, activeDecodeBlocks: 27, activeContextBlocks: 59, activeRequests: 2 },
+  );
   assert.equal(load.firstToken('r1'), true, 'a second first-token report is harmless');
   assert.equal(w.activePrefillTokens, 100);
   assert.equal(load.release('r1'), true);
-  assert.deepEqual({ ...w }, { activePrefillTokens: 100, activeDecodeBlocks: 7, activeContextBlocks: 9, activeRequests: 1 });
+  assert.deepEqual(
+    { ...w },
+    { activePrefillTokens: 100, activeDecodeBlocks: 7, activeContextBlocks: 9, activeRequests: 1 },
+  );
   assert.equal(load.release('r2'), true);
-  assert.deepEqual({ ...w }, { activePrefillTokens: 0, activeDecodeBlocks: 0, activeContextBlocks: 0, activeRequests: 0 });
+  assert.deepEqual(
+    { ...w },
+    { activePrefillTokens: 0, activeDecodeBlocks: 0, activeContextBlocks: 0, activeRequests: 0 },
+  );
   assert.equal(load.release('r2'), false, 'releasing twice changes nothing');
   assert.equal(load.firstToken('unknown'), false);
 });
@@ -57,9 +69,15 @@ test('a booking lasts until its release, however long its stream runs', () => {
     load.release(`later-${i}`);
   }
   assert.equal(load.workerOf('long-stream'), 'w-1');
-  assert.deepEqual({ ...w }, { activePrefillTokens: 0, activeDecodeBlocks: 500, activeContextBlocks: 500, activeRequests: 1 });
+  assert.deepEqual(
+    { ...w },
+    { activePrefillTokens: 0, activeDecodeBlocks: 500, activeContextBlocks: 500, activeRequests: 1 },
+  );
   assert.equal(load.release('long-stream'), true);
-  assert.deepEqual({ ...w }, { activePrefillTokens: 0, activeDecodeBlocks: 0, activeContextBlocks: 0, activeRequests: 0 });
+  assert.deepEqual(
+    { ...w },
+    { activePrefillTokens: 0, activeDecodeBlocks: 0, activeContextBlocks: 0, activeRequests: 0 },
+  );
   assert.equal(load.size, 0);
 });
 
