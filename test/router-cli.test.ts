@@ -579,3 +579,51 @@ test('--verbose logs one line for a request whose client left (499), as for any 
     silent.close();
   }
 });
+
+test('--verbose logs a retried request with the worker it left and the one it went to', {
+  timeout: 60_000,
+}, async () => {
+  // Before: a retry was a counter and a span event only, so with tracing off nothing named the
+  // worker that failed (short of an ejection).
+  const closed = createServer();
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+  const deadPort = (closed.address() as { port: number }).port;
+  await new Promise<void>((resolve) => closed.close(() => resolve()));
+  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0', '--verbose'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  const exit = once(child, 'exit');
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  let worker: Awaited<ReturnType<typeof spawnWorker>> | undefined;
+  try {
+    const url = await waitUntil(
+      async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
+      'the router listening',
+    );
+    worker = await spawnWorker(url, []);
+    await waitForWorkers(url, 1);
+    const dead = await registerWorker(url, { address: `127.0.0.1:${deadPort}`, kv_events: false });
+    const deadId = ((await dead.json()) as { worker_id: string }).worker_id;
+    // Ties between the two break at random: some request meets the dead one first.
+    for (let i = 0; i < 20 && !out.includes('"event":"request_retried"'); i++) {
+      const res = await postCompletion(url, { prompt: `retry me ${i}` });
+      assert.equal(res.status, 200, await res.text());
+    }
+    const line = out.split('\n').find((l) => l.includes('"event":"request_retried"'));
+    assert.ok(line, out);
+    const fields = JSON.parse(line) as Record<string, unknown>;
+    assert.equal(fields.leg, 'decode');
+    assert.equal(fields.reason, 'connect_failed');
+    assert.equal(fields.failed_worker_id, deadId);
+    assert.notEqual(fields.worker_id, deadId);
+    assert.equal(fields.attempt, 2);
+    assert.equal(typeof fields.request_id, 'string');
+  } finally {
+    child.kill('SIGTERM');
+    await exit;
+    worker?.kill();
+  }
+});

@@ -274,7 +274,12 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     max: 2 ** 32 - 1,
     help: "seed of the policies' random choices (random policy, ties, --temperature), for reproducible runs (default: unseeded)",
   },
-  { name: 'verbose', type: 'boolean', default: false, help: 'log one line per request and fleet event' },
+  {
+    name: 'verbose',
+    type: 'boolean',
+    default: false,
+    help: 'log one line per request, fleet event, retry and prefill fallback',
+  },
 ];
 
 export const DEFAULT_ROUTER_CONFIG: RouterConfig = Object.freeze(

@@ -142,6 +142,7 @@ export async function createRouter(
     tokenizer,
     metrics,
     tracer: telemetry.tracer,
+    log: app.log,
     client,
     executors: {
       aggregated: aggregatedExecutor,

@@ -408,11 +408,23 @@ export class DisaggregatedExecutor implements Executor {
     const failedWorker = (plan.prefill ?? prefill).worker.id;
     if (this.deps.enforceDisagg) throw enforcedDisaggError(reason, failedWorker, err);
     ctx.metrics.prefillFallbacks.labels(reason).inc();
+    const message = (err as Error)?.message ?? String(err);
+    ctx.log.info(
+      {
+        event: 'prefill_fallback',
+        request_id: plan.httpRequestId,
+        reason,
+        prefill_worker_id: failedWorker,
+        decode_worker_id: plan.decode.worker.id,
+        error: message,
+      },
+      'remote prefill failed: the decode worker prefills',
+    );
     const span = trace.getActiveSpan();
     span?.addEvent(DISAGG_ATTR.fallbackEvent, {
       reason,
       [DISAGG_ATTR.prefillWorker]: failedWorker,
-      'exception.message': (err as Error)?.message ?? String(err),
+      'exception.message': message,
     });
     span?.setAttribute(DISAGG_ATTR.fallback, reason);
     ctx.prefillOnDecode();

@@ -4,6 +4,7 @@
 // executor (one `generate` on the decode worker) and the disaggregated one (prefill, then
 // generate with kv_transfer) implement the same interface; `plan.prefill` picks between them.
 
+import type { FastifyBaseLogger } from 'fastify';
 import type { BlockKeys } from '../../kv-index/index.js';
 import type { GenerateChunk } from '../../protocols/worker-plane.js';
 import type { RequestPlaneClient } from '../../tcp/index.js';
@@ -61,6 +62,8 @@ export interface ExecutionContext {
   /** The router's one request-plane client. */
   readonly client: RequestPlaneClient;
   readonly metrics: RouterMetrics;
+  /** Where a retry or a fallback says so (at info: `--verbose`), naming the workers, for an operator without traces. */
+  readonly log: Pick<FastifyBaseLogger, 'info'>;
   /** Attempts per request across workers (1 = no retry). */
   readonly maxAttempts: number;
   /** Bound on waiting for a worker's first chunk (each attempt). */

@@ -1,6 +1,7 @@
 // Everything the request pipeline stages read: built once per router by service.ts.
 
 import type { Tracer } from '@opentelemetry/api';
+import type { FastifyBaseLogger } from 'fastify';
 import type { RequestPlaneClient } from '../../tcp/index.js';
 import type { RouterConfig } from '../config.js';
 import type { Executor, PrefillPlanner } from '../execute/types.js';
@@ -21,6 +22,8 @@ export interface PipelineDeps {
   readonly tokenizer: Tokenizer;
   readonly metrics: RouterMetrics;
   readonly tracer: Tracer;
+  /** The router's logger: retries and fallbacks at info (`--verbose`). */
+  readonly log: FastifyBaseLogger;
   readonly client: RequestPlaneClient;
   /** `aggregated` runs plans without a prefill leg; `disaggregated` those with one. */
   readonly executors: { aggregated: Executor; disaggregated?: Executor };

@@ -179,17 +179,40 @@ function executionContext(
   span: Span | undefined,
 ): ExecutionContext {
   const { config } = deps;
-  /** A retry on another worker (either leg): counted, and an event on the request's span. */
-  const countRetry = (cause: unknown, failedWorker: string, worker: string, attempt: number) => {
+  /**
+   * A retry on another worker (either leg): counted, an event on the request's span, and a log
+   * line at info (`--verbose`): with tracing off, the only place that names the worker it left.
+   */
+  const countRetry = (
+    leg: 'decode' | 'prefill',
+    cause: unknown,
+    failedWorker: string,
+    worker: string,
+    attempt: number,
+  ) => {
     const reason = failureKind(cause);
+    const message = cause instanceof Error ? cause.message : String(cause);
     deps.metrics.retries.inc({ reason });
+    deps.log.info(
+      {
+        event: 'request_retried',
+        request_id: plan.httpRequestId,
+        leg,
+        reason,
+        failed_worker_id: failedWorker,
+        worker_id: worker,
+        attempt,
+        error: message,
+      },
+      'request retried on another worker',
+    );
     if (span?.isRecording()) {
       span.addEvent('retry', {
         'kvroute.retry.reason': reason,
         'kvroute.retry.failed_worker_id': failedWorker,
         'kvroute.retry.worker_id': worker,
         'kvroute.retry.attempt': attempt,
-        'exception.message': cause instanceof Error ? cause.message : String(cause),
+        'exception.message': message,
       });
     }
   };
@@ -197,6 +220,7 @@ function executionContext(
     abort,
     client: deps.client,
     metrics: deps.metrics,
+    log: deps.log,
     maxAttempts: config.maxAttempts,
     firstTokenTimeoutMs: config.firstTokenTimeoutMs,
     streamIdleTimeoutMs: config.streamIdleTimeoutMs,
@@ -207,7 +231,7 @@ function executionContext(
       const failedWorker = plan.decode.worker.id;
       const decision = selectDecode(deps, plan.routing, exclude);
       admission.moveDecode(decision);
-      countRetry(cause, failedWorker, decision.worker.id, exclude.size + 1);
+      countRetry('decode', cause, failedWorker, decision.worker.id, exclude.size + 1);
       return decision;
     },
     reroutePrefill(exclude, cause) {
@@ -225,7 +249,7 @@ function executionContext(
       if (decision.outcome !== 'selected') return null;
       const failedWorker = plan.prefill?.worker.id ?? '';
       admission.movePrefill(decision);
-      countRetry(cause, failedWorker, decision.worker.id, exclude.size + 1);
+      countRetry('prefill', cause, failedWorker, decision.worker.id, exclude.size + 1);
       return decision;
     },
     recordWorkerCall: (address, failure) => deps.fleet.recordCall(address, failure),
