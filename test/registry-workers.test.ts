@@ -719,3 +719,37 @@ test('the last worker of its model and role in routing is never ejected; with fa
   for (let i = 0; i < 50; i++) assert.equal(never.recordFailure(n.id, T0)?.kind, 'counted');
   assert.equal(never.candidates('mock', 'decode').length, 2);
 });
+
+test("the fleet charges a call's failure to the worker it was sent to, not to a successor at the same address", async () => {
+  // The streams a replaced worker's pool cuts fail after its successor registered at the same
+  // address; charged by address, a restart under load could eject the fresh worker at once.
+  const events: string[] = [];
+  const log = {
+    info: (fields: { event?: string }) => events.push(String(fields.event)),
+    warn: (fields: { event?: string }) => events.push(String(fields.event)),
+  } as unknown as FastifyBaseLogger;
+  const client = new RequestPlaneClient();
+  const registry = new WorkerRegistry({ blockSize: 16, health: { failuresToEject: 2 } });
+  const metrics = new RouterMetrics({ workers: () => [], indexBlocks: () => 0, inflight: () => 0 });
+  const fleet = new Fleet({ registry, client, metrics, log, approxTtlMs: 60_000 });
+  try {
+    fleet.register(body({ address: '127.0.0.1:9001', kv_events: false }), T0);
+    const old = fleet.register(body({ address: '127.0.0.1:9002', kv_events: false }), T0);
+    const successor = fleet.register(
+      body({ address: '127.0.0.1:9002', kv_events: false, kv_blocks: 2048 }),
+      T0,
+    );
+    assert.notEqual(successor.id, old.id);
+    for (let i = 0; i < 3; i++) fleet.recordCall(old.id, new Error('cut with its pool'), T0);
+    assert.deepEqual(registry.health.view(successor.id, T0), { consecutiveFailures: 0, ejectedForMs: 0 });
+    assert.ok(!events.includes('worker_ejected'));
+    // Its own failures do count.
+    fleet.recordCall(successor.id, new Error('timeout'), T0);
+    fleet.recordCall(successor.id, new Error('timeout'), T0);
+    assert.ok(registry.health.isEjected(successor.id));
+    assert.ok(events.includes('worker_ejected'));
+  } finally {
+    await fleet.close();
+    await client.close();
+  }
+});

@@ -53,7 +53,7 @@ class AggregatedRun implements AsyncIterableIterator<GenerateChunk> {
       const { plan } = this;
       this.#body ??= generateBody(plan);
       this.#worker = plan.decode.worker;
-      this.#call = callGenerate(this.ctx, this.#worker.address, this.#body, plan.httpRequestId);
+      this.#call = callGenerate(this.ctx, this.#worker, this.#body, plan.httpRequestId);
     }
     return this.#call.next().then(this.#onChunk, this.#onError);
   }

@@ -375,7 +375,7 @@ export class DisaggregatedExecutor implements Executor {
             'kvroute.prefill.cached_tokens': res.cached_tokens,
             'kvroute.prefill.transferred_blocks': res.kv_transfer.transferred_blocks,
           });
-          ctx.recordWorkerCall(worker.address);
+          ctx.recordWorkerCall(worker.id);
           return res;
         } catch (err) {
           // The client leaving (or the router shutting down) cancels the leg; it did not fail.
@@ -383,7 +383,7 @@ export class DisaggregatedExecutor implements Executor {
           if (ctx.abort.aborted) span.setAttribute('kvroute.cancelled', true);
           else {
             recordFailure(span, err);
-            if (!signal.aborted && isWorkerFault(err)) ctx.recordWorkerCall(worker.address, err);
+            if (!signal.aborted && isWorkerFault(err)) ctx.recordWorkerCall(worker.id, err);
           }
           throw err;
         } finally {
@@ -451,7 +451,7 @@ export class DisaggregatedExecutor implements Executor {
       const worker = plan.decode.worker;
       let received = false;
       try {
-        for await (const chunk of callGenerate(ctx, worker.address, body, plan.httpRequestId)) {
+        for await (const chunk of callGenerate(ctx, worker, body, plan.httpRequestId)) {
           if (!received && chunk.cached_tokens !== undefined) {
             const prefilled = typeof remote === 'function' ? remote() : remote;
             chunk.cached_tokens = reusedPromptTokens(prefilled, chunk.cached_tokens);

@@ -86,10 +86,10 @@ export interface ExecutionContext {
    */
   reroutePrefill(exclude: ReadonlySet<string>, cause: unknown): WorkerDecision | null;
   /**
-   * The outcome of one call to the worker at `address`, for its health (outlier ejection): no
-   * `failure` when its first chunk or answer came; else a failure `isWorkerFault` counts.
+   * The outcome of one call to a worker, for its health (outlier ejection): no `failure` when its
+   * first chunk or answer came; else a failure `isWorkerFault` counts.
    */
-  recordWorkerCall(address: string, failure?: unknown): void;
+  recordWorkerCall(workerId: string, failure?: unknown): void;
   /** The prefill leg is over (handoff done or abandoned): release its booking. */
   prefillDone(): void;
   /**

@@ -135,15 +135,16 @@ export const DONE: IteratorResult<GenerateChunk> = Object.freeze({ value: undefi
 /**
  * Streams `generate` from one worker. Throws the raw TransportError (callers decide on retries),
  * or KvrouteError('timeout') when a pull waits longer than the idle bound for its chunk. Nothing
- * is sent until the first `next()`; `return()` cancels the remote stream.
+ * is sent until the first `next()`; `return()` cancels the remote stream. Its outcome counts for
+ * `worker`'s health (by id: a worker registered later at the same address is another worker).
  */
 export function callGenerate(
   ctx: ExecutionContext,
-  address: string,
+  worker: { readonly id: string; readonly address: string },
   body: GenerateRequest,
   requestId: string,
 ): AsyncIterableIterator<GenerateChunk> {
-  return new GenerateCall(ctx, address, body, requestId);
+  return new GenerateCall(ctx, worker.id, worker.address, body, requestId);
 }
 
 /**
@@ -172,6 +173,7 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
 
   constructor(
     private readonly ctx: ExecutionContext,
+    private readonly workerId: string,
     private readonly address: string,
     private readonly body: GenerateRequest,
     private readonly requestId: string,
@@ -266,12 +268,12 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
         'worker_error',
         `worker ended '${ENDPOINTS.generate}' before a finish_reason`,
       );
-      this.ctx.recordWorkerCall(this.address, cut);
+      this.ctx.recordWorkerCall(this.workerId, cut);
       throw cut;
     }
     if (this.#timer === undefined) {
       // The first chunk: the worker answers (once per call, for its health).
-      this.ctx.recordWorkerCall(this.address);
+      this.ctx.recordWorkerCall(this.workerId);
       this.#timer = setTimeout(this.#onIdle, this.ctx.streamIdleTimeoutMs);
       this.#timer.unref();
     }
@@ -304,7 +306,7 @@ class GenerateCall implements AsyncIterableIterator<GenerateChunk>, AbortListene
           cause: err,
         })
       : err;
-    if (isWorkerFault(failure)) this.ctx.recordWorkerCall(this.address, failure);
+    if (isWorkerFault(failure)) this.ctx.recordWorkerCall(this.workerId, failure);
     return failure;
   }
 

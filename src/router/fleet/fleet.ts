@@ -163,14 +163,14 @@ export class Fleet {
   }
 
   /**
-   * The outcome of one call to the worker at `address`: `failure` undefined for a success (its
-   * first chunk or its answer came), else the error, which the caller has judged the worker's own
-   * fault. Enough failures in a row take the worker out of routing (the registry's WorkerHealth);
-   * that is logged and counted here. A success costs two map lookups.
+   * The outcome of one call to a worker: `failure` undefined for a success (its first chunk or its
+   * answer came), else the error, which the caller has judged the worker's own fault. Enough
+   * failures in a row take the worker out of routing (the registry's WorkerHealth); that is
+   * logged and counted here. By id, not address: the streams a replaced worker's pool cuts fail
+   * after its successor at the same address registered, and are not the successor's. A worker no
+   * longer registered is ignored. A success costs one map lookup.
    */
-  recordCall(address: string, failure: unknown, now: number = leaseClock()): void {
-    const workerId = this.liveAt.get(address);
-    if (workerId === undefined) return;
+  recordCall(workerId: string, failure: unknown, now: number = leaseClock()): void {
     if (failure === undefined) {
       this.registry.recordSuccess(workerId);
       return;
@@ -180,7 +180,7 @@ export class Fleet {
     const worker = this.registry.get(workerId)!;
     const fields = {
       worker_id: workerId,
-      address,
+      address: worker.address,
       role: worker.role,
       failures: verdict.failures,
       error: String(failure),

@@ -252,7 +252,7 @@ function executionContext(
       countRetry('prefill', cause, failedWorker, decision.worker.id, exclude.size + 1);
       return decision;
     },
-    recordWorkerCall: (address, failure) => deps.fleet.recordCall(address, failure),
+    recordWorkerCall: (workerId, failure) => deps.fleet.recordCall(workerId, failure),
     prefillDone: () => admission.prefillDone(),
     prefillOnDecode: () => admission.movePrefill(null),
   };
