@@ -22,6 +22,31 @@ import {
   waitUntil,
 } from './helpers/fleet.js';
 
+/**
+ * `kvroute router --port 0 ...args` as a child process, untraced: its output so far (stdout and
+ * stderr), its URL once it listens, and its exit.
+ */
+async function routerChild(args: string[], env: NodeJS.ProcessEnv = process.env) {
+  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...env, OTEL_TRACES_EXPORTER: 'none' },
+  });
+  const exit = once(child, 'exit');
+  const output = { text: '' };
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => (output.text += s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (output.text += s));
+  try {
+    const url = await waitUntil(
+      async () => /listening on (http:\/\/\S+)/.exec(output.text)?.[1],
+      'the router listening',
+    );
+    return { child, exit, output, url };
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+}
+
 test('--help lists every option with its environment variable', () => {
   const r = spawnSync(process.execPath, [CLI_MAIN, 'router', '--help'], { encoding: 'utf8' });
   assert.equal(r.status, 0);
@@ -456,13 +481,7 @@ test('a worker whose request plane wants a token the router does not send: compl
   // still refuses the router's frames: the router's clients see a 502 that names the setting.
   const token = `rc-${Math.random().toString(36).slice(2)}-only-the-worker`;
   const { KVROUTE_WORKER_TOKEN: _, ...envWithout } = process.env;
-  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...envWithout, OTEL_TRACES_EXPORTER: 'none' },
-  });
-  let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  const router = await routerChild([], envWithout);
   let served = 0;
   const worker = new RequestPlaneServer({ authToken: token }).handle(ENDPOINTS.generate, async function* () {
     served++;
@@ -470,10 +489,7 @@ test('a worker whose request plane wants a token the router does not send: compl
   });
   try {
     await worker.listen(0);
-    const url = await waitUntil(
-      async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
-      'the router listening',
-    );
+    const { url } = router;
     const registered = await registerWorker(url, { address: worker.address, kv_events: false });
     assert.equal(registered.status, 201, await registered.text());
     const res = await postCompletion(url, { prompt: 'no token from this router' });
@@ -487,10 +503,10 @@ test('a worker whose request plane wants a token the router does not send: compl
     assert.equal(streamed.status, 502, await streamed.text());
     assert.equal(served, 0, 'no frame without the token reached the handler');
   } finally {
-    child.kill('SIGKILL');
+    router.child.kill('SIGKILL');
     await worker.close({ deadlineMs: 100 });
   }
-  assert.ok(!out.includes(token));
+  assert.ok(!router.output.text.includes(token));
 });
 
 test('a worker token that cannot travel in an HTTP header exits 2 with one line that does not quote it (router, worker, demo)', () => {
@@ -545,19 +561,9 @@ test('--verbose logs one line for a request whose client left (499), as for any 
   const silent = createServer(() => {});
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
   const { port } = silent.address() as { port: number };
-  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0', '--verbose'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
-  });
-  const exit = once(child, 'exit');
-  let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  const router = await routerChild(['--verbose']);
+  const { url } = router;
   try {
-    const url = await waitUntil(
-      async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
-      'the router listening',
-    );
     assert.equal((await registerWorker(url, { address: `127.0.0.1:${port}` })).status, 201);
     const gone = new AbortController();
     const leaving = fetch(`${url}/v1/completions`, {
@@ -570,12 +576,12 @@ test('--verbose logs one line for a request whose client left (499), as for any 
     gone.abort();
     await leaving;
     await waitUntil(
-      () => /"event":"request"[^\n]*"route":"\/v1\/completions"[^\n]*"status":499/.test(out),
+      () => /"event":"request"[^\n]*"route":"\/v1\/completions"[^\n]*"status":499/.test(router.output.text),
       'a request line with status 499',
     );
   } finally {
-    child.kill('SIGTERM');
-    await exit;
+    router.child.kill('SIGTERM');
+    await router.exit;
     silent.close();
   }
 });
@@ -589,31 +595,21 @@ test('--verbose logs a retried request with the worker it left and the one it we
   await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
   const deadPort = (closed.address() as { port: number }).port;
   await new Promise<void>((resolve) => closed.close(() => resolve()));
-  const child = spawn(process.execPath, [CLI_MAIN, 'router', '--port', '0', '--verbose'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, OTEL_TRACES_EXPORTER: 'none' },
-  });
-  const exit = once(child, 'exit');
-  let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (s: string) => (out += s));
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => (out += s));
+  const router = await routerChild(['--verbose']);
+  const { url } = router;
   let worker: Awaited<ReturnType<typeof spawnWorker>> | undefined;
   try {
-    const url = await waitUntil(
-      async () => /listening on (http:\/\/\S+)/.exec(out)?.[1],
-      'the router listening',
-    );
     worker = await spawnWorker(url, []);
     await waitForWorkers(url, 1);
     const dead = await registerWorker(url, { address: `127.0.0.1:${deadPort}`, kv_events: false });
     const deadId = ((await dead.json()) as { worker_id: string }).worker_id;
     // Ties between the two break at random: some request meets the dead one first.
-    for (let i = 0; i < 20 && !out.includes('"event":"request_retried"'); i++) {
+    for (let i = 0; i < 20 && !router.output.text.includes('"event":"request_retried"'); i++) {
       const res = await postCompletion(url, { prompt: `retry me ${i}` });
       assert.equal(res.status, 200, await res.text());
     }
-    const line = out.split('\n').find((l) => l.includes('"event":"request_retried"'));
-    assert.ok(line, out);
+    const line = router.output.text.split('\n').find((l) => l.includes('"event":"request_retried"'));
+    assert.ok(line, router.output.text);
     const fields = JSON.parse(line) as Record<string, unknown>;
     assert.equal(fields.leg, 'decode');
     assert.equal(fields.reason, 'connect_failed');
@@ -622,8 +618,8 @@ test('--verbose logs a retried request with the worker it left and the one it we
     assert.equal(fields.attempt, 2);
     assert.equal(typeof fields.request_id, 'string');
   } finally {
-    child.kill('SIGTERM');
-    await exit;
+    router.child.kill('SIGTERM');
+    await router.exit;
     worker?.kill();
   }
 });

@@ -173,7 +173,8 @@ test('decode weight: 0 unless a decode candidate holds part of the prompt', () =
   assert.equal(decodeOverlapWeight(candidates, new Map([['b', 1]]), 1.5), 1.5);
 });
 
-test('admission path: registry workers are candidates, booked load steers the next decision', () => {
+/** A registry with two idle `both` workers of model `m`, each with a pool of `kvBlocks`. */
+function twoWorkerRegistry(kvBlocks: number): WorkerRegistry {
   const registry = new WorkerRegistry({ blockSize: BLOCK });
   for (const port of [1, 2]) {
     registry.register(
@@ -182,12 +183,17 @@ test('admission path: registry workers are candidates, booked load steers the ne
         address: `h:${port}`,
         model: 'm',
         block_size: BLOCK,
-        kv_blocks: 4096,
+        kv_blocks: kvBlocks,
         max_batched_tokens: 4096,
       },
       0,
     );
   }
+  return registry;
+}
+
+test('admission path: registry workers are candidates, booked load steers the next decision', () => {
+  const registry = twoWorkerRegistry(4096);
   const p = kv({}, 1);
   const request = () => ({
     candidates: registry.candidates('m', 'decode'),
@@ -211,20 +217,7 @@ test('many requests sharing one long prefix spread out: the holder counts the wh
   // Before: a cache hit booked only its new blocks, so the holder of a 64-block prefix looked
   // nearly idle with any number of such requests running (its cost grew 2 blocks per request
   // against the other worker's 130), and took 64 of them before the idle worker got one.
-  const registry = new WorkerRegistry({ blockSize: BLOCK });
-  for (const port of [1, 2]) {
-    registry.register(
-      {
-        role: 'both',
-        address: `h:${port}`,
-        model: 'm',
-        block_size: BLOCK,
-        kv_blocks: 100_000,
-        max_batched_tokens: 4096,
-      },
-      0,
-    );
-  }
+  const registry = twoWorkerRegistry(100_000);
   const [holder, idle] = registry.candidates('m', 'decode');
   const p = kv({}, 1);
   const placed: string[] = [];
