@@ -496,6 +496,11 @@ describe('overlapped mode', () => {
     assert.equal(body.error.code, 'timeout');
     assert.match(body.error.message, /prefill/);
     await waitFor(() => idle(r, decode));
+    // Charged to the prefill worker that never answered, not to the decode worker that waited for
+    // its handoff (before: the decode worker's failure, the prefill worker's never counted).
+    const { health } = r.router.registry;
+    assert.equal(health.view(silentId, 0).consecutiveFailures, 1);
+    assert.equal(health.view(decode.id, 0).consecutiveFailures, 0);
   });
 
   test('a prefill leg that fails at once falls back: the waiting decode is told to prefill locally', async () => {

@@ -279,20 +279,29 @@ export class DisaggregatedExecutor implements Executor {
       }
     });
     prefillSide.catch(() => {});
+    // What ends the request when decode fails: the prefill leg's own failure, else decode's. A
+    // decode worker that got no handoff in time answers `timeout`: the prefill worker's fault (it
+    // is still computing, or hung), charged to it, since ending the request cancels its leg.
+    const decodeFailure = (err: unknown): unknown => {
+      if (legError !== undefined) return legError;
+      const failure = handoffTimeout(err, waitMs);
+      if (failure !== err && plan.prefill) ctx.recordWorkerCall(plan.prefill.worker.id, failure);
+      return failure;
+    };
 
     try {
       let result: IteratorResult<GenerateChunk>;
       try {
         result = await first;
       } catch (err) {
-        throw legError ?? handoffTimeout(err, waitMs);
+        throw decodeFailure(err);
       }
       while (!result.done) {
         yield result.value;
         try {
           result = await chunks.next();
         } catch (err) {
-          throw legError ?? handoffTimeout(err, waitMs);
+          throw decodeFailure(err);
         }
       }
     } finally {

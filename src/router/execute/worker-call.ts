@@ -45,7 +45,9 @@ export function isWorkerFault(err: unknown): boolean {
       return false;
     case 'remote_error': {
       const code = err.remoteCode;
-      if (code === 'overloaded' || code === 'shutting_down') return false;
+      // timeout: a worker answers it only for a KV handoff that did not come in time, the prefill
+      // leg's fault (charged to the prefill worker, disaggregated.ts), not the decode worker's.
+      if (code === 'overloaded' || code === 'shutting_down' || code === 'timeout') return false;
       // not_found: the worker lacks the endpoint (another build or role); unauthorized: it wants
       // another token. Both are the worker's, whatever status the code has for a client.
       if (code === 'not_found' || code === 'unauthorized') return true;
