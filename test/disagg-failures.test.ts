@@ -627,7 +627,8 @@ for (const overlappedPrefill of [false, true]) {
 
     before(async () => {
       await liar.listen(0);
-      r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill });
+      // Ejection off: five bad answers in a row would take the liar out of routing after three.
+      r = await startRouter({ maxLocalPrefill: 64, overlappedPrefill, ejectAfterFailures: 0 });
       decode = await spawnWorker(r, 'decode', ['--speedup', '20']);
       await registerStandIn(r, liar.address);
     });

@@ -690,17 +690,21 @@ test('back from an ejection a worker is on probation: one failure ejects it for 
   assert.equal(ejectOnce(1), 1000, 'and forgets past ejections');
 });
 
-test('the last worker of its model and role in routing is never ejected; with failuresToEject 0 none is', () => {
+test('the last decode-capable worker of a model in routing is never ejected; the last prefill worker is; with failuresToEject 0 none is', () => {
   const r = new WorkerRegistry({ blockSize: 16, health: { failuresToEject: 2 } });
   const decode = r.register(body({ address: '127.0.0.1:9001', role: 'decode' }), T0).worker;
   const prefill = r.register(body({ address: '127.0.0.1:9002', role: 'prefill' }), T0).worker;
   const other = r.register(body({ address: '127.0.0.1:9003', role: 'decode', model: 'other' }), T0).worker;
-  for (const w of [decode, prefill, other]) {
+  for (const w of [decode, other]) {
     r.recordFailure(w.id, T0);
     assert.deepEqual(r.recordFailure(w.id, T0), { kind: 'kept_last', failures: 2 }, w.role);
   }
   assert.equal(r.candidates('mock', 'decode').length, 1);
-  assert.equal(r.candidates('mock', 'prefill').length, 1);
+  // Without a prefill worker prefill is local: no reason to keep waiting out a hung one's timeouts
+  // (before, kept as the last of its role).
+  r.recordFailure(prefill.id, T0);
+  assert.equal(r.recordFailure(prefill.id, T0)?.kind, 'ejected');
+  assert.equal(r.candidates('mock', 'prefill').length, 0);
   // Another decode worker of the model joins: the failing one can go now.
   r.register(body({ address: '127.0.0.1:9004', role: 'both' }), T0);
   assert.equal(r.recordFailure(decode.id, T0)?.kind, 'ejected');
@@ -710,7 +714,7 @@ test('the last worker of its model and role in routing is never ejected; with fa
   );
   // Removal forgets the record; an unknown worker has none.
   r.deregister(decode.id);
-  assert.equal(r.health.ejectedCount, 0);
+  assert.equal(r.health.ejectedCount, 1, 'the prefill worker');
   assert.equal(r.recordFailure(decode.id, T0), undefined);
 
   const never = new WorkerRegistry({ blockSize: 16, health: { failuresToEject: 0 } });
@@ -718,6 +722,31 @@ test('the last worker of its model and role in routing is never ejected; with fa
   never.register(body({ address: '127.0.0.1:9002' }), T0);
   for (let i = 0; i < 50; i++) assert.equal(never.recordFailure(n.id, T0)?.kind, 'counted');
   assert.equal(never.candidates('mock', 'decode').length, 2);
+});
+
+test('when the healthy decode workers leave, an ejected one is a candidate again: the model is never left without one', () => {
+  // Before: the last-worker rule held only at ejection time; the other worker deregistering then
+  // left the healthy-again ejected one out of routing, and every request got 503 no_workers (and
+  // /ready said none registered) for the rest of its ejection, up to 5 minutes.
+  const r = new WorkerRegistry({ blockSize: 16, health: { failuresToEject: 1, baseEjectionMs: 60_000 } });
+  const a = r.register(body({ address: '127.0.0.1:9001' }), T0).worker;
+  const b = r.register(body({ address: '127.0.0.1:9002' }), T0).worker;
+  assert.equal(r.recordFailure(a.id, T0)?.kind, 'ejected');
+  assert.deepEqual(
+    r.candidates('mock', 'decode').map((w) => w.id),
+    [b.id],
+  );
+  r.deregister(b.id);
+  assert.deepEqual(
+    r.candidates('mock', 'decode').map((w) => w.id),
+    [a.id],
+  );
+  assert.ok(r.health.isEjected(a.id), 'still ejected: the healthy one is preferred as soon as one joins');
+  const c = r.register(body({ address: '127.0.0.1:9003' }), T0).worker;
+  assert.deepEqual(
+    r.candidates('mock', 'decode').map((w) => w.id),
+    [c.id],
+  );
 });
 
 test("the fleet charges a call's failure to the worker it was sent to, not to a successor at the same address", async () => {

@@ -152,7 +152,7 @@ export const ROUTER_OPTION_SPECS: readonly OptionSpec[] = [
     default: DEFAULT_FAILURES_TO_EJECT,
     min: 0,
     max: 1000,
-    help: 'calls a worker fails in a row by its own fault (no first token in time, a broken stream, an error it answers) before it is taken out of routing for --ejection-ms; never the last worker of its model and role; 0 never ejects',
+    help: 'calls a worker fails in a row by its own fault (no first token in time, a broken stream, an error it answers) before it is taken out of routing for --ejection-ms; never the last decode-capable worker of its model (the last prefill worker may go: prefill then runs on decode workers); 0 never ejects',
   },
   {
     name: 'ejection-ms',

@@ -154,7 +154,8 @@ export class Fleet {
     this.catchUp(now);
     this.expire(now);
     for (const worker of this.registry.reinstateDue(now)) {
-      this.opts.log.info(
+      // At the ejection's level: an operator who saw it go must see it come back.
+      this.opts.log.warn(
         { event: 'worker_reinstated', worker_id: worker.id, address: worker.address },
         'worker back in routing on probation',
       );
@@ -195,7 +196,7 @@ export class Fleet {
       // Once per run of failures: every further failure would say the same.
       this.opts.log.warn(
         { event: 'worker_failing', ...fields },
-        'worker failing requests in a row, but kept in routing: it is the last of its model and role',
+        'worker failing requests in a row, but kept in routing: it is the last decode-capable worker of its model',
       );
     }
   }

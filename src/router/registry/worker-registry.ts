@@ -201,17 +201,20 @@ export class WorkerRegistry {
 
   /**
    * Workers of `model` for `phase` (prefill: dedicated prefill workers, decode: decode|both), in
-   * registration order, less the ejected ones. O(1) after the first call following a change of
-   * membership or ejection; the returned array is shared and must not be mutated.
+   * registration order, less the ejected ones; but never no decode worker while one is registered:
+   * when every decode worker of the model is ejected (the others left after an ejection), all of
+   * them are candidates, since a suspect worker beats a 503 for every request. An empty prefill
+   * list only makes prefill local. O(1) after the first call following a change of membership or
+   * ejection; the returned array is shared and must not be mutated.
    */
   candidates(model: string, phase: WorkerPhase): readonly Worker[] {
     const group = this.byModel.get(model);
     if (!group) return NONE;
     let list = group[phase];
     if (!list) {
-      list = Object.freeze(
-        [...group.members].filter((w) => serves(w.role, phase) && !this.health.isEjected(w.id)),
-      );
+      const serving = [...group.members].filter((w) => serves(w.role, phase));
+      const healthy = serving.filter((w) => !this.health.isEjected(w.id));
+      list = Object.freeze(healthy.length > 0 || phase === 'prefill' ? healthy : serving);
       group[phase] = list;
     }
     return list;
@@ -224,18 +227,19 @@ export class WorkerRegistry {
 
   /**
    * A call to the worker failed by its own fault. Ejects it after enough failures in a row, unless
-   * it is the last worker of its model in routing for its phase: then every request would get a
-   * 503 instead of some getting errors. Undefined for a worker no longer registered.
+   * it is the last decode-capable worker of its model in routing (`decode` and `both` count
+   * together): ejecting it would leave `candidates` nothing better (see there). The last prefill
+   * worker is ejected like any other: without one, prefill runs on the decode worker instead of
+   * waiting out each timeout. Undefined for a worker no longer registered.
    */
   recordFailure(workerId: string, now: number): FailureVerdict | undefined {
     const worker = this.byLease.get(workerId);
     if (worker === undefined) return undefined;
-    const phase: WorkerPhase = worker.role === 'prefill' ? 'prefill' : 'decode';
-    // The worker is in routing (not ejected), so it is one of its candidates.
+    // A worker in routing (not ejected) is one of its candidates.
     const verdict = this.health.recordFailure(
       workerId,
       now,
-      () => this.candidates(worker.model, phase).length > 1,
+      () => worker.role === 'prefill' || this.candidates(worker.model, 'decode').length > 1,
     );
     if (verdict.kind === 'ejected') this.invalidate(worker.model);
     return verdict;
