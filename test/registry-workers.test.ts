@@ -651,7 +651,11 @@ test('failures in a row eject a worker from its candidates; a success between th
   r.recordFailure(a.id, T0);
   assert.deepEqual(r.recordFailure(a.id, T0 + 5), { kind: 'ejected', failures: 3, forMs: 1000 });
   assert.deepEqual(ids(), [b.id]);
-  assert.deepEqual(r.health.view(a.id, T0 + 505), { consecutiveFailures: 0, ejectedForMs: 500 });
+  assert.deepEqual(r.health.view(a.id, T0 + 505), {
+    consecutiveFailures: 0,
+    ejectedForMs: 500,
+    onProbation: false,
+  });
   // Calls begun before the ejection that end now change nothing: it is out already.
   assert.deepEqual(r.recordFailure(a.id, T0 + 10), { kind: 'counted', failures: 0 });
   r.recordSuccess(a.id);
@@ -662,6 +666,14 @@ test('failures in a row eject a worker from its candidates; a success between th
     [a.id],
   );
   assert.deepEqual(ids(), [a.id, b.id]);
+  // On probation, and GET /v1/workers says so: it looked like any healthy worker (0/0).
+  assert.deepEqual(r.health.view(a.id, T0 + 1005), {
+    consecutiveFailures: 0,
+    ejectedForMs: 0,
+    onProbation: true,
+  });
+  r.recordSuccess(a.id);
+  assert.equal(r.health.view(a.id, T0 + 1006).onProbation, false);
 });
 
 test('back from an ejection a worker is on probation: one failure ejects it for twice as long (capped), one success clears it', () => {
@@ -770,7 +782,11 @@ test("the fleet charges a call's failure to the worker it was sent to, not to a 
     );
     assert.notEqual(successor.id, old.id);
     for (let i = 0; i < 3; i++) fleet.recordCall(old.id, new Error('cut with its pool'), T0);
-    assert.deepEqual(registry.health.view(successor.id, T0), { consecutiveFailures: 0, ejectedForMs: 0 });
+    assert.deepEqual(registry.health.view(successor.id, T0), {
+      consecutiveFailures: 0,
+      ejectedForMs: 0,
+      onProbation: false,
+    });
     assert.ok(!events.includes('worker_ejected'));
     // Its own failures do count.
     fleet.recordCall(successor.id, new Error('timeout'), T0);

@@ -378,7 +378,10 @@ describe('outlier ejection', () => {
     const hungId = ids[1]!;
     const listed = async () => {
       const { data } = (await (await fetch(`${router.url}/v1/workers`)).json()) as {
-        data: { worker_id: string; health: { consecutive_failures: number; ejected_for_ms: number } }[];
+        data: {
+          worker_id: string;
+          health: { consecutive_failures: number; ejected_for_ms: number; on_probation: boolean };
+        }[];
       };
       return data.find((w) => w.worker_id === hungId)!.health;
     };
@@ -405,6 +408,7 @@ describe('outlier ejection', () => {
       assert.equal(await metric('kvroute_workers_ejected'), 1);
       // Back on probation: the first request sent to it that fails ejects it again, for 3 s.
       await waitUntil(async () => (await listed()).ejected_for_ms === 0, 'the ejection to run out');
+      assert.equal((await listed()).on_probation, true);
       assert.equal(await metric('kvroute_workers_ejected'), 0);
       for (let i = 0; hungCalls === 3 && i < 20; i++) {
         const res = await post(router, '/v1/completions', {

@@ -190,7 +190,10 @@ class TimeoutGuard extends Guard {
   }
 
   expire(): void {
-    this.fail(new TransportError('timeout', `no response to '${this.path}' within ${this.ms} ms`));
+    // Rounded: a bound left over from a shared deadline is fractional ("within 1999.99858 ms").
+    this.fail(
+      new TransportError('timeout', `no response to '${this.path}' within ${Math.round(this.ms)} ms`),
+    );
   }
 
   protected override onFirstFrame(): void {

@@ -105,7 +105,11 @@ export function registerWorkerRoutes(app: FastifyInstance, fleet: Fleet, workerT
           },
           index_blocks: indexBlocksOf(w.id),
           // Outlier ejection: calls failed in a row by its fault, and how long it stays out of routing.
-          health: { consecutive_failures: health.consecutiveFailures, ejected_for_ms: health.ejectedForMs },
+          health: {
+            consecutive_failures: health.consecutiveFailures,
+            ejected_for_ms: health.ejectedForMs,
+            on_probation: health.onProbation,
+          },
         };
       }),
     };

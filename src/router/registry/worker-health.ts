@@ -46,9 +46,11 @@ export interface HealthView {
   readonly consecutiveFailures: number;
   /** Ms until it is back in routing (at least 1 while it is out); 0 when it is in routing. */
   readonly ejectedForMs: number;
+  /** Back from an ejection and not yet proven: its next failure ejects it again. */
+  readonly onProbation: boolean;
 }
 
-const HEALTHY: HealthView = Object.freeze({ consecutiveFailures: 0, ejectedForMs: 0 });
+const HEALTHY: HealthView = Object.freeze({ consecutiveFailures: 0, ejectedForMs: 0, onProbation: false });
 
 export class WorkerHealth {
   readonly failuresToEject: number;
@@ -126,6 +128,7 @@ export class WorkerHealth {
       consecutiveFailures: record.failures,
       // At least 1 while ejected: its time may have run out, but it is out until a sweep brings it back.
       ejectedForMs: record.ejectedUntil === 0 ? 0 : Math.max(1, record.ejectedUntil - now),
+      onProbation: record.probation,
     };
   }
 
