@@ -1,11 +1,12 @@
 // Operations endpoints: liveness, readiness (a decode-capable worker is registered), Prometheus
-// metrics, and the models (the list, or one) served by registered workers (those with a decode-capable worker: a
-// model whose only workers prefill cannot answer a request).
+// metrics, and the models (the list, or one) served by registered workers (those with a
+// decode-capable worker: a model whose only workers prefill cannot answer a request).
 
 import type { FastifyInstance } from 'fastify';
 import { KvrouteError } from '../../errors.js';
 import type { Fleet } from '../fleet/fleet.js';
 import type { RouterMetrics } from '../metrics.js';
+import { modelNotFound } from '../pipeline/route.js';
 import type { WorkerRegistry } from '../registry/index.js';
 import { shuttingDown } from './app.js';
 
@@ -59,10 +60,7 @@ export function registerOpsRoutes(
   // (`org/name`), sent raw or as %2F.
   app.get<{ Params: { '*': string } }>('/v1/models/*', async (request) => {
     const id = request.params['*'];
-    if (!servedModels(registry).includes(id))
-      throw new KvrouteError('model_not_found', `model '${id}' is not served by any worker`, {
-        param: 'model',
-      });
+    if (!servedModels(registry).includes(id)) throw modelNotFound(id);
     return modelEntry(id);
   });
 }

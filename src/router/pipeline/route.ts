@@ -19,16 +19,21 @@ function elapsedSeconds(startMs: number): number {
   return (performance.now() - startMs) / 1000;
 }
 
-/** Validates the body; an unknown model is a 400, a router without any worker a 503. */
+/** The answer for a model no registered worker serves: 404, as OpenAI answers it. */
+export function modelNotFound(model: string): KvrouteError {
+  return new KvrouteError('model_not_found', `model '${model}' is not served by any worker`, {
+    param: 'model',
+  });
+}
+
+/** Validates the body; an unknown model is a 404, a router without any worker a 503. */
 export function parseStage(deps: PipelineDeps, body: unknown, endpoint: EndpointKind): NormalizedRequest {
   const req = parseInferenceRequest(body, endpoint, deps.limits);
   const { registry } = deps.fleet;
   if (!registry.models().includes(req.model)) {
     if (registry.size === 0)
       throw new KvrouteError('no_workers', 'no workers are registered', { retryAfterSeconds: 1 });
-    throw new KvrouteError('model_not_found', `model '${req.model}' is not served by any worker`, {
-      param: 'model',
-    });
+    throw modelNotFound(req.model);
   }
   return req;
 }
